@@ -1,1 +1,78 @@
-//! placeholder
+//! Tollgate's binary wire protocol, its shard-routing function, and the Rust client.
+//!
+//! Tollgate is a thread-per-core rate-limiting server: every token bucket lives on exactly one
+//! shard (one core), and a request for a bucket is best sent straight to the connection served
+//! by that shard. This crate owns everything a peer needs to agree on to talk to the server:
+//!
+//! * **The frame codec** — a pure, sans-IO encoder/decoder. It never touches a socket, a clock
+//!   or a runtime: bytes in, frames out, and frames in, bytes appended to a `Vec<u8>`. The
+//!   server (glommio), the client (tokio), the load generator and the fuzzer all drive the same
+//!   functions. Decoding of requests is zero-copy: a [`Frame`] borrows from the input buffer,
+//!   and decoding one `CHECK` performs no heap allocation.
+//! * **The routing function** — [`routing::shard_for`]`(`[`routing::routing_hash`]`(value), n)`
+//!   is *the* single definition of which shard owns a bucket. Server, client, load generator and
+//!   tests all call it, so they cannot disagree.
+//! * **The client** — [`client::Client`], a pipelined, shard-aware tokio client (plus a
+//!   [`client::blocking`] wrapper) built on the codec.
+//!
+//! The byte-level specification, precise enough to write a client in another language, lives in
+//! `docs/protocol.md`; the golden frames printed there are checked by this crate's tests.
+//!
+//! # Untrusted input
+//!
+//! Every decoder here is fed bytes straight from the network. The rules, after quinn's
+//! `coding.rs`: check the remaining length before every read, reject a declared length larger
+//! than the buffer or a limit *before* looking at (or allocating for) what it declares, use
+//! checked arithmetic, never recurse, never `unwrap`, and report failures as values carrying a
+//! static reason. A frame whose declared length exceeds the decoder's `max_frame_len` is
+//! rejected from its 4-byte header alone.
+//!
+//! # Layout
+//!
+//! * [`routing`] — FNV-1a-64 [`routing::routing_hash`], [`routing::shard_for`] and
+//!   [`routing::routing_value`]: which shard owns a flow.
+//! * [`frame`] — the frame header, opcodes, flag bits, limits and [`ErrorCode`]s.
+//! * [`decode`] — bounded decoding: borrowed client→server [`Frame`]s ([`decode_frame`],
+//!   [`frame_len`]) and owned server→client [`Reply`]s ([`decode_reply`]).
+//! * [`encode`] — encoders appending any frame, in either direction, to a `Vec<u8>`.
+//! * [`types`] — owned reply types ([`CheckReply`], [`HelloReply`], [`Member`], ...).
+//! * [`intern`] — the per-connection, bounded [`InternTable`] resolving [`StrRef`]s.
+//! * [`error`] — [`DecodeError`] (which says whether the framing survived) and [`EncodeError`].
+//! * [`fuzzing`] — the body of the fuzz target, also driven by `cargo test` with random bytes.
+//! * [`client`] — the tokio client: one pipelined connection per shard port, interning,
+//!   timeouts, reconnects and fail-open/fail-closed; [`client::blocking`] wraps it.
+#![warn(missing_docs)]
+
+mod coding;
+
+pub mod client;
+pub mod decode;
+pub mod encode;
+pub mod error;
+pub mod frame;
+pub mod fuzzing;
+pub mod intern;
+pub mod routing;
+pub mod types;
+
+pub use decode::{
+    decode_frame, decode_reply, frame_len, CheckBatchRef, CheckRef, Decoded, DecodedReply, Frame,
+    HelloRef, Labels, StrRef,
+};
+pub use encode::{
+    encode_batch_reply, encode_check, encode_check_batch, encode_check_reply, encode_error,
+    encode_hello, encode_hello_reply, encode_intern, encode_members, encode_members_reply,
+    encode_ping, encode_pong, BatchReplyWriter, CheckSpec,
+};
+pub use error::{DecodeError, EncodeError, InternError};
+pub use frame::{
+    opcode, ErrorCode, DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, LEN_PREFIX_LEN, MAX_BATCH,
+    MAX_INTERNED, MAX_INTERNED_BYTES, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN, MIN_FRAME_LEN,
+    PROTOCOL_VERSION,
+};
+pub use intern::InternTable;
+pub use smallvec;
+pub use types::{
+    BatchItem, CheckReply, Decision, DecisionReason, ErrorReply, HelloReply, LimiterOutcome,
+    LimiterResult, Member, MemberState, Reply,
+};

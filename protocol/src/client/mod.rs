@@ -1,0 +1,1 @@
+//! The tokio client (in progress).
