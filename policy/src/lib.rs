@@ -1,1 +1,132 @@
-//! placeholder
+//! Tollgate's policy engine: pure, sans-IO token-bucket rate limiting with Aperture's
+//! semantics.
+//!
+//! This crate owns *what* a decision is and never *when* or *where*: it reads no clock
+//! (every call takes `now_ns`, nanoseconds on a caller-chosen monotonic clock), opens no
+//! file except in [`config::load_file`], and knows nothing of shards or sockets. That makes
+//! every rule testable on a virtual clock and lets the server decide where state lives.
+//!
+//! A check flows through it like this:
+//! 1. [`config`] parses YAML (native file or an Aperture `rate-limiting/base` blueprint)
+//!    into validated [`config::Config`], reporting `file: field.path: reason`.
+//! 2. [`Engine::new`] compiles the policies: selectors indexed by control point, bucket
+//!    shapes, token labels, overrides.
+//! 3. [`Engine::plan`] turns a flow (control point + labels + optional tokens) into the
+//!    buckets it must take from: one [`engine::PlannedTake`] per matching limiter.
+//! 4. A [`BucketStore`] (one per shard, single-threaded) takes tokens:
+//!    [`BucketStore::take_group`] returns per-limiter outcomes, handing tokens back when
+//!    one limiter rejects; [`Decision::from_outcomes`] combines them.
+//!
+//! # Layout
+//! - [`duration`]: `50ms` / `3600s` parsing for config.
+//! - [`bucket`]: [`TokenBucket`] and [`BucketParams`]: fill, take, return, wait.
+//! - [`config`]: the file schema, defaults and validation with field paths.
+//! - [`matcher`]: selectors and label matchers (In, NotIn, Exists, DoesNotExist).
+//! - [`engine`]: [`Engine`], planning, [`Decision`] and its parts.
+//! - [`store`]: [`BucketStore`], a shard's buckets, idle eviction, replication hooks.
+//! - [`status`]: HTTP status names as Aperture spells them.
+//! - [`LocalLimiter`]: engine + one store, for single-threaded callers and tests.
+#![warn(missing_docs)]
+
+pub mod bucket;
+pub mod config;
+pub mod duration;
+pub mod engine;
+pub mod matcher;
+pub mod status;
+pub mod store;
+
+pub use bucket::{BucketParams, Take, TokenBucket, WAIT_FOREVER};
+pub use config::{load_file, parse_str, ClusterConfig, Config, ConfigError, PolicyConfig, ServerConfig};
+pub use engine::{
+    Decision, Engine, FlowError, LimiterId, LimiterOutcome, LimiterSpec, OutcomeKind, Outcomes, OwnedFlow, Plan,
+    PlannedTake,
+};
+pub use store::BucketStore;
+
+use std::sync::Arc;
+
+/// Read access to a flow's labels, whatever holds them.
+pub trait Labels {
+    /// The value of `key`, if the flow carries it.
+    fn get(&self, key: &str) -> Option<&str>;
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> Labels for [(K, V)] {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| v.as_ref())
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> Labels for Vec<(K, V)> {
+    fn get(&self, key: &str) -> Option<&str> {
+        Labels::get(self.as_slice(), key)
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, const N: usize> Labels for smallvec::SmallVec<[(K, V); N]> {
+    fn get(&self, key: &str) -> Option<&str> {
+        Labels::get(self.as_slice(), key)
+    }
+}
+
+impl<V: AsRef<str>> Labels for std::collections::BTreeMap<String, V> {
+    fn get(&self, key: &str) -> Option<&str> {
+        std::collections::BTreeMap::get(self, key).map(|v| v.as_ref())
+    }
+}
+
+impl<V: AsRef<str>, S: std::hash::BuildHasher> Labels for std::collections::HashMap<String, V, S> {
+    fn get(&self, key: &str) -> Option<&str> {
+        std::collections::HashMap::get(self, key).map(|v| v.as_ref())
+    }
+}
+
+/// An engine and one bucket store: the whole decision on one thread.
+///
+/// The server splits these across shards; tests, benchmarks and single-threaded
+/// embedders use this.
+pub struct LocalLimiter {
+    engine: Arc<Engine>,
+    store: BucketStore,
+}
+
+impl LocalLimiter {
+    /// A limiter with no buckets yet.
+    pub fn new(engine: Arc<Engine>) -> LocalLimiter {
+        LocalLimiter { engine, store: BucketStore::new() }
+    }
+
+    /// The compiled policies.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The bucket store.
+    pub fn store_mut(&mut self) -> &mut BucketStore {
+        &mut self.store
+    }
+
+    /// Decides one flow at `now_ns`.
+    pub fn check(&mut self, flow: &OwnedFlow, now_ns: u64) -> Result<Decision, FlowError> {
+        self.check_labels(&flow.control_point, flow.labels.as_slice(), flow.tokens, now_ns)
+    }
+
+    /// Drops buckets idle past their limiter's `max_idle_time`; returns how many.
+    pub fn evict_idle(&mut self, now_ns: u64) -> usize {
+        self.store.evict_idle(&self.engine, now_ns)
+    }
+
+    /// Decides one flow given borrowed parts.
+    pub fn check_labels<L: Labels + ?Sized>(
+        &mut self,
+        control_point: &str,
+        labels: &L,
+        tokens: Option<f64>,
+        now_ns: u64,
+    ) -> Result<Decision, FlowError> {
+        let plan = self.engine.plan(control_point, labels, tokens)?;
+        let outcomes = self.store.take_group(&self.engine, &plan, now_ns);
+        Ok(Decision::from_outcomes(outcomes))
+    }
+}

@@ -1,0 +1,344 @@
+//! The token bucket, with Aperture's rate-limiter semantics, on a caller-supplied clock.
+//!
+//! Time is a `u64` of nanoseconds on any monotonic clock the caller chooses (the server uses
+//! its own process-start epoch; tests use a virtual clock). Nothing here reads a clock.
+//!
+//! Semantics (see ../shared/aperture-compat.md, "Bucket"):
+//! - a new key starts full;
+//! - `continuous_fill` adds `fill_amount * elapsed / interval`; otherwise only whole
+//!   intervals add `fill_amount` each;
+//! - the level is capped at `capacity`;
+//! - a take of `n` tokens that would go negative takes nothing and reports the wait until
+//!   `n` tokens exist; a negative take returns tokens (rollback), still capped.
+//! - `delay_initial_fill`: a new bucket starts full but does not fill until the time it
+//!   would take to fill an empty bucket has passed, so the first interval cannot admit
+//!   a full bucket *plus* a fill.
+
+/// Wait reported when a take can never succeed (more tokens than the capacity, or no fill).
+pub const WAIT_FOREVER: u64 = u64::MAX;
+
+/// The shape of one bucket: everything except its level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BucketParams {
+    /// Maximum tokens the bucket holds; a new bucket starts with this many.
+    pub capacity: f64,
+    /// Tokens added per `interval_ns`.
+    pub fill_amount: f64,
+    /// The fill period in nanoseconds (> 0).
+    pub interval_ns: u64,
+    /// true: fill continuously; false: whole intervals only.
+    pub continuous_fill: bool,
+    /// true: a new bucket waits capacity/fill_amount intervals before it starts filling.
+    pub delay_initial_fill: bool,
+}
+
+impl BucketParams {
+    /// The same bucket with capacity and fill multiplied (an override's limit_scale_factor).
+    pub fn scaled(self, factor: f64) -> BucketParams {
+        BucketParams {
+            capacity: self.capacity * factor,
+            fill_amount: self.fill_amount * factor,
+            ..self
+        }
+    }
+
+    /// Tokens per nanosecond.
+    fn fill_rate(&self) -> f64 {
+        self.fill_amount / self.interval_ns as f64
+    }
+
+    /// Time a new bucket waits before filling when `delay_initial_fill` is set.
+    fn initial_fill_delay_ns(&self) -> u64 {
+        if !self.delay_initial_fill || self.fill_amount <= 0.0 {
+            return 0;
+        }
+        let intervals = (self.capacity / self.fill_amount).ceil();
+        saturating_f64_to_u64(intervals * self.interval_ns as f64)
+    }
+}
+
+/// The level of one bucket. 16 bytes: it is stored once per live key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenBucket {
+    /// Tokens available as of `last_fill_ns`.
+    tokens: f64,
+    /// The time up to which fills have been credited. May lie in the future while a
+    /// delayed initial fill has not started.
+    last_fill_ns: u64,
+}
+
+/// The result of one take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Take {
+    /// Whether the tokens were taken (always true for a return, n <= 0).
+    pub accepted: bool,
+    /// Tokens in the bucket before this take (after the fill up to now).
+    pub current: f64,
+    /// Tokens left after this take (equals `current` when refused).
+    pub remaining: f64,
+    /// When refused: nanoseconds until `n` tokens exist, or [`WAIT_FOREVER`]. 0 when accepted.
+    pub wait_ns: u64,
+}
+
+impl TokenBucket {
+    /// A new bucket: full, filling from `now_ns` (or later with `delay_initial_fill`).
+    pub fn new(params: &BucketParams, now_ns: u64) -> TokenBucket {
+        TokenBucket {
+            tokens: params.capacity,
+            last_fill_ns: now_ns.saturating_add(params.initial_fill_delay_ns()),
+        }
+    }
+
+    /// A bucket at an explicit level (replication and tests).
+    pub fn with_level(tokens: f64, last_fill_ns: u64) -> TokenBucket {
+        TokenBucket { tokens, last_fill_ns }
+    }
+
+    /// Tokens available at `now_ns`, without changing the bucket.
+    pub fn level(&self, params: &BucketParams, now_ns: u64) -> f64 {
+        let mut copy = *self;
+        copy.fill(params, now_ns);
+        copy.tokens
+    }
+
+    /// Credit fills up to `now_ns`. A clock that goes backwards credits nothing.
+    fn fill(&mut self, params: &BucketParams, now_ns: u64) {
+        if now_ns <= self.last_fill_ns {
+            return;
+        }
+        let elapsed = now_ns - self.last_fill_ns;
+        if params.continuous_fill {
+            self.tokens += params.fill_rate() * elapsed as f64;
+            self.last_fill_ns = now_ns;
+        } else {
+            let intervals = elapsed / params.interval_ns;
+            self.tokens += intervals as f64 * params.fill_amount;
+            self.last_fill_ns += intervals * params.interval_ns;
+        }
+        if self.tokens >= params.capacity {
+            self.tokens = params.capacity;
+            if params.continuous_fill {
+                self.last_fill_ns = now_ns;
+            }
+        }
+    }
+
+    /// Take `n` tokens at `now_ns`; `n <= 0` returns `-n` tokens (capped at capacity).
+    pub fn take(&mut self, params: &BucketParams, now_ns: u64, n: f64) -> Take {
+        self.fill(params, now_ns);
+        let current = self.tokens;
+        if n <= 0.0 {
+            self.tokens = (self.tokens - n).min(params.capacity);
+            return Take { accepted: true, current, remaining: self.tokens, wait_ns: 0 };
+        }
+        if self.tokens >= n {
+            self.tokens -= n;
+            return Take { accepted: true, current, remaining: self.tokens, wait_ns: 0 };
+        }
+        Take { accepted: false, current, remaining: current, wait_ns: self.wait_for(params, now_ns, n) }
+    }
+
+    /// Debit `n` tokens unconditionally (a peer's consumption arriving by replication):
+    /// the level may go negative, which is what makes over-admission self-correcting.
+    pub fn debit(&mut self, params: &BucketParams, now_ns: u64, n: f64) {
+        self.fill(params, now_ns);
+        self.tokens = (self.tokens - n).min(params.capacity);
+    }
+
+    /// Nanoseconds from `now_ns` until `n` tokens exist (the bucket was just filled).
+    fn wait_for(&self, params: &BucketParams, now_ns: u64, n: f64) -> u64 {
+        if n > params.capacity || params.fill_amount <= 0.0 {
+            return WAIT_FOREVER;
+        }
+        let missing = n - self.tokens;
+        // Fills start at last_fill_ns, which may still be in the future (delayed initial fill).
+        let fill_starts_in = self.last_fill_ns.saturating_sub(now_ns);
+        let since_fill = now_ns.saturating_sub(self.last_fill_ns);
+        let wait = if params.continuous_fill {
+            saturating_f64_to_u64((missing / params.fill_rate()).ceil())
+        } else {
+            let intervals = (missing / params.fill_amount).ceil();
+            let until = saturating_f64_to_u64(intervals * params.interval_ns as f64);
+            until.saturating_sub(since_fill)
+        };
+        fill_starts_in.saturating_add(wait)
+    }
+}
+
+fn saturating_f64_to_u64(x: f64) -> u64 {
+    if x.is_nan() || x <= 0.0 {
+        0
+    } else if x >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        x as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn params(capacity: f64, fill: f64, interval_ns: u64, continuous: bool) -> BucketParams {
+        BucketParams {
+            capacity,
+            fill_amount: fill,
+            interval_ns,
+            continuous_fill: continuous,
+            delay_initial_fill: false,
+        }
+    }
+
+    #[test]
+    fn new_bucket_is_full_and_refuses_past_capacity() {
+        let p = params(5.0, 0.0, SEC, true);
+        let mut b = TokenBucket::new(&p, 0);
+        let accepted = (0..8).filter(|_| b.take(&p, 0, 1.0).accepted).count();
+        assert_eq!(accepted, 5);
+        let refused = b.take(&p, 10 * SEC, 1.0);
+        assert!(!refused.accepted);
+        assert_eq!(refused.wait_ns, WAIT_FOREVER, "no fill: never");
+    }
+
+    #[test]
+    fn continuous_fill_is_proportional_and_capped() {
+        let p = params(10.0, 10.0, SEC, true);
+        let mut b = TokenBucket::new(&p, 0);
+        assert!(b.take(&p, 0, 10.0).accepted);
+        let t = b.take(&p, SEC / 2, 0.0);
+        assert!((t.current - 5.0).abs() < 1e-9);
+        assert!((b.level(&p, 100 * SEC) - 10.0).abs() < 1e-9, "capped at capacity");
+    }
+
+    #[test]
+    fn discrete_fill_adds_whole_intervals_only() {
+        let p = params(10.0, 4.0, SEC, false);
+        let mut b = TokenBucket::new(&p, 0);
+        assert!(b.take(&p, 0, 10.0).accepted);
+        assert_eq!(b.level(&p, SEC - 1), 0.0);
+        assert_eq!(b.level(&p, SEC), 4.0);
+        assert_eq!(b.level(&p, 2 * SEC + SEC / 2), 8.0);
+        // The half interval is not lost: the next boundary is still at 3s.
+        assert!(b.take(&p, 2 * SEC + SEC / 2, 8.0).accepted);
+        assert_eq!(b.level(&p, 3 * SEC), 4.0);
+    }
+
+    #[test]
+    fn refused_take_takes_nothing_and_reports_wait() {
+        let p = params(10.0, 2.0, SEC, true);
+        let mut b = TokenBucket::new(&p, 0);
+        assert!(b.take(&p, 0, 9.0).accepted);
+        let t = b.take(&p, 0, 3.0);
+        assert!(!t.accepted);
+        assert_eq!(t.remaining, 1.0);
+        assert_eq!(t.wait_ns, SEC, "2 missing tokens at 2/s");
+        // Waiting exactly that long is enough.
+        assert!(b.take(&p, SEC, 3.0).accepted);
+    }
+
+    #[test]
+    fn discrete_wait_counts_to_the_next_boundary() {
+        let p = params(10.0, 5.0, SEC, false);
+        let mut b = TokenBucket::new(&p, 0);
+        assert!(b.take(&p, 0, 10.0).accepted);
+        let t = b.take(&p, SEC / 4, 1.0);
+        assert_eq!(t.wait_ns, 3 * SEC / 4);
+    }
+
+    #[test]
+    fn negative_take_returns_tokens_capped() {
+        let p = params(5.0, 0.0, SEC, true);
+        let mut b = TokenBucket::new(&p, 0);
+        assert!(b.take(&p, 0, 3.0).accepted);
+        let back = b.take(&p, 0, -2.0);
+        assert_eq!(back.remaining, 4.0);
+        let over = b.take(&p, 0, -100.0);
+        assert_eq!(over.remaining, 5.0);
+    }
+
+    #[test]
+    fn delayed_initial_fill_starts_after_fill_time() {
+        let mut p = params(10.0, 10.0, SEC, true);
+        p.delay_initial_fill = true;
+        let mut b = TokenBucket::new(&p, 0);
+        assert!(b.take(&p, 0, 10.0).accepted);
+        assert_eq!(b.level(&p, SEC / 2), 0.0, "no fill during the first fill time");
+        assert!((b.level(&p, SEC + SEC / 2) - 5.0).abs() < 1e-9);
+        let t = b.take(&p, SEC / 2, 5.0);
+        assert_eq!(t.wait_ns, SEC, "0.5s until fill starts + 0.5s to fill 5");
+    }
+
+    #[test]
+    fn clock_going_backwards_credits_nothing() {
+        let p = params(10.0, 10.0, SEC, true);
+        let mut b = TokenBucket::new(&p, 5 * SEC);
+        assert!(b.take(&p, 5 * SEC, 10.0).accepted);
+        assert!(!b.take(&p, SEC, 1.0).accepted);
+    }
+
+    #[derive(Debug, Clone)]
+    struct Step {
+        advance_ns: u64,
+        tokens: f64,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            (0u64..2 * SEC, prop_oneof![3 => 0.1f64..5.0, 1 => -3.0f64..0.0])
+                .prop_map(|(advance_ns, tokens)| Step { advance_ns, tokens }),
+            1..300,
+        )
+    }
+
+    proptest! {
+        /// Over any sequence of takes, admitted tokens never exceed
+        /// capacity + fill rate x elapsed (+ whatever was handed back).
+        #[test]
+        fn admitted_never_exceeds_capacity_plus_fill(
+            capacity in 1.0f64..100.0,
+            fill in 0.0f64..50.0,
+            interval_ns in (SEC / 100)..(10 * SEC),
+            continuous in any::<bool>(),
+            delay in any::<bool>(),
+            steps in steps(),
+        ) {
+            let p = BucketParams { capacity, fill_amount: fill, interval_ns, continuous_fill: continuous, delay_initial_fill: delay };
+            let mut b = TokenBucket::new(&p, 0);
+            let (mut now, mut admitted, mut returned) = (0u64, 0.0f64, 0.0f64);
+            for s in steps {
+                now += s.advance_ns;
+                let t = b.take(&p, now, s.tokens);
+                if s.tokens > 0.0 && t.accepted { admitted += s.tokens; }
+                if s.tokens <= 0.0 { returned += -s.tokens; }
+                prop_assert!(t.remaining <= capacity + 1e-9);
+                prop_assert!(t.remaining >= -1e-9);
+                let bound = capacity + p.fill_rate() * now as f64 + returned;
+                prop_assert!(admitted <= bound + 1e-6, "admitted {admitted} > bound {bound}");
+            }
+        }
+
+        /// A refused take followed by waiting the reported time succeeds.
+        #[test]
+        fn waiting_the_reported_time_is_enough(
+            capacity in 1.0f64..100.0,
+            fill in 0.5f64..50.0,
+            interval_ns in (SEC / 100)..(10 * SEC),
+            continuous in any::<bool>(),
+            drain in 0.0f64..1.0,
+            want in 0.0f64..1.0,
+        ) {
+            let p = BucketParams { capacity, fill_amount: fill, interval_ns, continuous_fill: continuous, delay_initial_fill: false };
+            let mut b = TokenBucket::new(&p, 0);
+            prop_assert!(b.take(&p, 0, capacity * drain).accepted);
+            let n = (capacity * want).max(1e-3);
+            let t = b.take(&p, 1, n);
+            if !t.accepted {
+                prop_assert!(t.wait_ns != WAIT_FOREVER);
+                prop_assert!(b.take(&p, 1 + t.wait_ns + 1, n).accepted);
+            }
+        }
+    }
+}
