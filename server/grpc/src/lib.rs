@@ -1,1 +1,42 @@
-//! placeholder
+//! Tollgate's gRPC compat port: lets applications written against FluxNinja Aperture's SDKs
+//! (aperture-py, @fluxninja/aperture-js, Go, Java) and Envoy's rate limit filter use Tollgate
+//! unchanged.
+//!
+//! This crate owns everything on that port: the wire definitions (`proto/`, compiled with
+//! protox + tonic-prost-build, no system protoc), the translation between those messages and
+//! `tollgate_policy`'s flows and decisions, the result/global cache, the OTLP span sink, API-key
+//! auth, TLS, keepalive, health and reflection, and the small tokio runtime thread that runs it.
+//! It owns **no token buckets**: every decision goes through a [`DecisionBackend`], which the
+//! server crate implements by handing the flow to the glommio shard that owns its bucket.
+//!
+//! # Layout
+//! - [`server`]: [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
+//!   health, reflection, graceful shutdown.
+//! - [`backend`]: the [`DecisionBackend`] trait the server implements, and [`BackendError`].
+//! - [`flowcontrol`]: `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
+//!   FlowEnd).
+//! - [`rls`]: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
+//! - [`otlp`]: `opentelemetry.proto.collector.trace.v1.TraceService/Export` span sink.
+//! - [`cache`]: the bounded TTL cache (sans-IO, time passed in).
+//! - [`auth`]: optional `x-api-key` check.
+//! - [`deadline`]: `grpc-timeout` parsing and the deadline wrapper.
+//! - [`proto`]: generated messages, servers and clients.
+//!
+//! # Security
+//! With `server.api_keys` non-empty, every service except `grpc.health.v1.Health` requires
+//! metadata `x-api-key` (else `UNAUTHENTICATED`); health stays open for probes. The SDKs only
+//! send the key over TLS (gRPC call credentials), so pair `api_keys` with `server.tls`.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod backend;
+pub mod cache;
+pub mod deadline;
+pub mod flowcontrol;
+pub mod otlp;
+pub mod proto;
+pub mod rls;
+pub mod server;
+
+pub use backend::{BackendError, DecisionBackend, DecisionFuture};
+pub use server::{start, GrpcHandle};

@@ -1,0 +1,205 @@
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` on the same port, so an Envoy
+//! `envoy.filters.http.ratelimit` filter can use Tollgate as its rate limit service.
+//!
+//! Mapping (Envoy semantics: one status per descriptor, the request is over limit if any is):
+//! - `domain` is the control point;
+//! - each descriptor is evaluated as **its own flow** whose labels are the descriptor's entries
+//!   (a repeated key keeps its last value); descriptors are decided one after the other and
+//!   tokens taken for an OK descriptor are kept even when a later one is OVER_LIMIT (as Envoy's
+//!   reference ratelimit service does);
+//! - `hits_addend` is the tokens taken per descriptor (0 means 1);
+//! - `overall_code` is OVER_LIMIT if any descriptor is, else OK.
+//!
+//! Per descriptor status, describing the *binding* limiter (the rejecting one, else the matching
+//! limiter with the fewest tokens left; none matched: OK with no limit):
+//! - `current_limit`: `name` = policy name; `requests_per_unit`/`unit` from the refill rate
+//!   `fill_amount / interval`, see [`current_limit`] for the unit choice;
+//! - `limit_remaining`: tokens left after this request, floored;
+//! - `duration_until_reset`: OVER_LIMIT: the wait until enough tokens exist for this request;
+//!   OK: the time until the bucket refills to capacity (absent if it never refills).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tollgate_policy::{BucketParams, LimiterOutcome, OutcomeKind, OwnedFlow};
+
+use crate::backend::DecisionBackend;
+use crate::deadline;
+use crate::flowcontrol::{duration_ns, label_value};
+use crate::proto::envoy::service::ratelimit::v3::{
+    rate_limit_response::{rate_limit::Unit, Code, DescriptorStatus, RateLimit},
+    rate_limit_service_server::RateLimitService,
+    RateLimitRequest, RateLimitResponse,
+};
+
+/// Most descriptors accepted in one request: each costs one backend decision.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+const NS_PER_SEC: f64 = 1e9;
+
+/// Envoy's units, shortest first, with their length in seconds.
+const UNITS: [(Unit, f64); 6] = [
+    (Unit::Second, 1.0),
+    (Unit::Minute, 60.0),
+    (Unit::Hour, 3600.0),
+    (Unit::Day, 86_400.0),
+    (Unit::Month, 30.0 * 86_400.0),
+    (Unit::Year, 365.0 * 86_400.0),
+];
+
+/// Envoy's view of a bucket: `fill_amount` tokens per `interval`, expressed in the largest unit
+/// not longer than the interval (the unit closest to how the policy was written: 5 per 3600 s
+/// is 5/HOUR, 10 per 1 s is 10/SECOND, 3 per 90 s is 2/MINUTE), rounded to the nearest whole
+/// number; if that rounds to 0 the next longer unit is tried (1 per 5 h is 5/DAY). A bucket that
+/// never refills (`fill_amount` 0) reports its capacity with unit UNKNOWN.
+pub fn current_limit(name: &str, params: &BucketParams) -> RateLimit {
+    let clamp = |x: f64| if x >= f64::from(u32::MAX) { u32::MAX } else { x.max(0.0) as u32 };
+    let interval_s = params.interval_ns as f64 / NS_PER_SEC;
+    if params.fill_amount <= 0.0 || interval_s <= 0.0 {
+        return RateLimit { name: name.to_owned(), requests_per_unit: clamp(params.capacity.floor()), unit: Unit::Unknown as i32 };
+    }
+    let per_second = params.fill_amount / interval_s;
+    let first = UNITS.iter().rposition(|(_, secs)| *secs <= interval_s).unwrap_or(0);
+    for (unit, secs) in &UNITS[first..] {
+        let n = (per_second * secs).round();
+        if n >= 1.0 {
+            return RateLimit { name: name.to_owned(), requests_per_unit: clamp(n), unit: *unit as i32 };
+        }
+    }
+    RateLimit { name: name.to_owned(), requests_per_unit: 1, unit: Unit::Year as i32 }
+}
+
+/// Nanoseconds until a bucket holding `current` tokens is full again, or `None` if it never
+/// refills.
+fn until_full_ns(params: &BucketParams, current: f64) -> Option<u64> {
+    if params.fill_amount <= 0.0 {
+        return None;
+    }
+    let missing = (params.capacity - current).max(0.0);
+    let ns = (missing / params.fill_amount * params.interval_ns as f64).ceil();
+    Some(if ns >= u64::MAX as f64 { u64::MAX } else { ns as u64 })
+}
+
+/// The Envoy RLS implementation.
+#[derive(Clone)]
+pub struct Rls {
+    backend: Arc<dyn DecisionBackend>,
+}
+
+impl Rls {
+    /// An RLS deciding through `backend`.
+    pub fn new(backend: Arc<dyn DecisionBackend>) -> Self {
+        Self { backend }
+    }
+
+    fn status(&self, flow: &OwnedFlow, accepted: bool, outcomes: &[LimiterOutcome]) -> DescriptorStatus {
+        let engine = self.backend.engine();
+        let code = if accepted { Code::Ok } else { Code::OverLimit };
+        let binding = if accepted {
+            outcomes
+                .iter()
+                .filter(|o| matches!(o.kind, OutcomeKind::Accepted))
+                .min_by(|a, b| a.remaining.total_cmp(&b.remaining))
+        } else {
+            outcomes.iter().find(|o| matches!(o.kind, OutcomeKind::Rejected))
+        };
+        let Some(o) = binding else {
+            return DescriptorStatus { code: code as i32, ..Default::default() };
+        };
+        let spec = engine.limiter(o.limiter);
+        let params = spec.params_for(label_value(flow.labels.as_slice(), spec.limit_by_label_key.as_deref()));
+        let remaining = o.remaining.max(0.0).floor();
+        DescriptorStatus {
+            code: code as i32,
+            current_limit: Some(current_limit(&spec.policy_name, &params)),
+            limit_remaining: if remaining >= f64::from(u32::MAX) { u32::MAX } else { remaining as u32 },
+            duration_until_reset: if accepted {
+                until_full_ns(&params, o.current).map(duration_ns)
+            } else {
+                Some(duration_ns(o.wait_ns))
+            },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for Rls {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let budget = deadline::budget(request.metadata());
+        let req = request.into_inner();
+        if req.domain.is_empty() {
+            return Err(Status::invalid_argument("domain (the control point) is empty"));
+        }
+        if req.descriptors.is_empty() {
+            return Err(Status::invalid_argument("rate limit descriptor list must not be empty"));
+        }
+        if req.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(Status::invalid_argument(format!(
+                "{} descriptors in one request; at most {MAX_DESCRIPTORS} are accepted",
+                req.descriptors.len()
+            )));
+        }
+        let tokens = f64::from(req.hits_addend.max(1));
+        let statuses = deadline::within(budget, async {
+            let mut statuses = Vec::with_capacity(req.descriptors.len());
+            for d in &req.descriptors {
+                let mut labels: Vec<(String, String)> =
+                    d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+                // Stable sort then keep the last of each key: a repeated key keeps its last value.
+                labels.sort_by(|a, b| a.0.cmp(&b.0));
+                labels.reverse();
+                labels.dedup_by(|a, b| a.0 == b.0);
+                labels.reverse();
+                let flow = OwnedFlow { control_point: req.domain.clone(), labels, tokens: Some(tokens) };
+                let decision = self.backend.check(flow.clone()).await.map_err(Status::from)?;
+                statuses.push(self.status(&flow, decision.accepted, &decision.limiters));
+            }
+            Ok(statuses)
+        })
+        .await?;
+        let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
+        let overall_code = if over { Code::OverLimit } else { Code::Ok } as i32;
+        Ok(Response::new(RateLimitResponse { overall_code, statuses }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(capacity: f64, fill_amount: f64, interval_s: f64) -> BucketParams {
+        BucketParams {
+            capacity,
+            fill_amount,
+            interval_ns: (interval_s * 1e9) as u64,
+            continuous_fill: true,
+            delay_initial_fill: false,
+        }
+    }
+
+    fn lim(p: BucketParams) -> (u32, Unit) {
+        let r = current_limit("p", &p);
+        (r.requests_per_unit, Unit::try_from(r.unit).unwrap())
+    }
+
+    #[test]
+    fn closest_unit() {
+        assert_eq!(lim(params(5.0, 5.0, 3600.0)), (5, Unit::Hour));
+        assert_eq!(lim(params(10.0, 10.0, 1.0)), (10, Unit::Second));
+        assert_eq!(lim(params(10.0, 3.0, 90.0)), (2, Unit::Minute));
+        assert_eq!(lim(params(10.0, 1.0, 5.0 * 3600.0)), (5, Unit::Day));
+        assert_eq!(lim(params(10.0, 100.0, 0.1)), (1000, Unit::Second));
+        assert_eq!(lim(params(7.0, 0.0, 60.0)), (7, Unit::Unknown));
+    }
+
+    #[test]
+    fn time_to_full() {
+        let p = params(5.0, 5.0, 3600.0);
+        assert_eq!(until_full_ns(&p, 4.0), Some(720 * 1_000_000_000));
+        assert_eq!(until_full_ns(&p, 5.0), Some(0));
+        assert_eq!(until_full_ns(&params(5.0, 0.0, 1.0), 1.0), None);
+    }
+}

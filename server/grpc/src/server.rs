@@ -1,0 +1,240 @@
+//! The gRPC runtime: one OS thread running a current-thread tokio runtime with one tonic server
+//! on the listener the server binary bound.
+//!
+//! ```text
+//!   [tollgate-grpc thread: tokio current_thread]
+//!     tonic Server (h2, optional TLS, keepalive)
+//!       ├─ aperture.flowcontrol.check.v1.FlowControlService   (api key) ─┐
+//!       ├─ envoy.service.ratelimit.v3.RateLimitService          (api key) ─┼─> DecisionBackend ──> shards
+//!       ├─ opentelemetry...TraceService                         (api key)  │   (channel hop, no locks)
+//!       ├─ grpc.reflection.v1 / v1alpha                         (api key)  │
+//!       └─ grpc.health.v1.Health                                (open)     │
+//!     TtlCache behind an uncontended Mutex (single thread) <──────────────┘ cache stage
+//! ```
+//!
+//! One thread is enough: handlers only translate messages and await the backend; the token
+//! buckets live on the shards.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tollgate_policy::ServerConfig;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::auth::ApiKeyCheck;
+use crate::backend::DecisionBackend;
+use crate::cache::{CacheLimits, TtlCache};
+use crate::deadline::MonoClock;
+use crate::flowcontrol::FlowControl;
+use crate::otlp::SpanSink;
+use crate::proto;
+use crate::rls::Rls;
+
+/// Server-initiated HTTP/2 PING interval: finds dead clients behind NATs. Client pings (the
+/// Python SDK sends one every 10 s) are always answered: hyper's h2 server has no ping-strike
+/// policy that could GOAWAY them.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a server PING may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most concurrent streams per HTTP/2 connection: bounds the work one client can queue.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// How long [`GrpcHandle::shutdown`] lets in-flight calls finish before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Health service names reported SERVING: "" (the whole server) and the name Aperture's agent
+/// registers, plus the services Tollgate really serves.
+pub const HEALTH_SERVICE_NAMES: [&str; 4] = [
+    "",
+    "aperture.flowcontrol.v1.FlowControlService",
+    "aperture.flowcontrol.check.v1.FlowControlService",
+    "envoy.service.ratelimit.v3.RateLimitService",
+];
+
+/// A running gRPC server. Dropping it shuts it down like [`GrpcHandle::shutdown`].
+#[derive(Debug)]
+pub struct GrpcHandle {
+    /// Address actually bound (port 0 resolved).
+    local_addr: SocketAddr,
+    /// `true` = stop accepting and drain.
+    stop: watch::Sender<bool>,
+    /// The runtime thread; `None` once joined.
+    thread: Option<JoinHandle<()>>,
+    /// OTLP spans received so far.
+    spans: Arc<AtomicU64>,
+}
+
+impl GrpcHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// OTLP spans received since start (the SDKs export one per flow).
+    pub fn spans_received(&self) -> u64 {
+        self.spans.load(Ordering::Relaxed)
+    }
+
+    /// Graceful stop: stop accepting, let in-flight calls finish (at most [`SHUTDOWN_GRACE`]),
+    /// join the thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("grpc runtime thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for GrpcHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Starts the gRPC compat port on `listener` (already bound by the caller) with the
+/// `server` settings (`api_keys`, `tls`, `cache`), deciding through `backend`.
+///
+/// Errors (unreadable TLS files, runtime creation) are returned before any thread is left
+/// running.
+pub fn start(
+    listener: std::net::TcpListener,
+    server: &ServerConfig,
+    backend: Arc<dyn DecisionBackend>,
+) -> anyhow::Result<GrpcHandle> {
+    let local_addr = listener.local_addr().context("grpc listener address")?;
+    let tls = match &server.tls {
+        Some(tls) => {
+            let cert = std::fs::read(&tls.cert)
+                .with_context(|| format!("reading TLS certificate {}", tls.cert.display()))?;
+            let key = std::fs::read(&tls.key)
+                .with_context(|| format!("reading TLS private key {}", tls.key.display()))?;
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        }
+        None => None,
+    };
+    let limits = CacheLimits {
+        max_entries: server.cache.max_entries,
+        max_total_bytes: server.cache.max_total_bytes,
+        max_entry_bytes: server.cache.max_entry_bytes,
+    };
+    let auth = ApiKeyCheck::new(&server.api_keys);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("tollgate-grpc")
+        .build()
+        .context("building the grpc tokio runtime")?;
+
+    let spans = Arc::new(AtomicU64::new(0));
+    let sink = SpanSink { spans: spans.clone() };
+    let cache = Arc::new(Mutex::new(TtlCache::new(limits)));
+    let flow_control = FlowControl::new(backend.clone(), cache, MonoClock::new());
+    let rls = Rls::new(backend);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    rt.block_on(async {
+        for name in HEALTH_SERVICE_NAMES {
+            health_reporter.set_service_status(name, ServingStatus::Serving).await;
+        }
+    });
+    let (router_result, incoming) = {
+        let _guard = rt.enter();
+        listener.set_nonblocking(true).context("grpc listener non-blocking")?;
+        let listener = tokio::net::TcpListener::from_std(listener).context("grpc listener")?;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building reflection v1")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building reflection v1alpha")?;
+
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        let router = builder
+            .add_service(health)
+            .add_service(
+                proto::aperture::flowcontrol::check::v1::flow_control_service_server::FlowControlServiceServer::with_interceptor(
+                    flow_control,
+                    auth.clone(),
+                ),
+            )
+            .add_service(
+                proto::opentelemetry::proto::collector::trace::v1::trace_service_server::TraceServiceServer::with_interceptor(
+                    sink,
+                    auth.clone(),
+                ),
+            )
+            .add_service(
+                proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer::with_interceptor(
+                    rls,
+                    auth.clone(),
+                ),
+            )
+            .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, auth));
+        (router, incoming)
+    };
+
+    let thread = std::thread::Builder::new()
+        .name("tollgate-grpc".into())
+        .spawn(move || {
+            let mut stop_serve = stop_rx.clone();
+            let mut stop_grace = stop_rx;
+            let serve = router_result.serve_with_incoming_shutdown(incoming, async move {
+                // A dropped sender also means stop.
+                let _ = stop_serve.wait_for(|s| *s).await;
+            });
+            rt.block_on(async move {
+                tokio::select! {
+                    r = serve => {
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "grpc server failed");
+                        }
+                    }
+                    _ = async {
+                        let _ = stop_grace.wait_for(|s| *s).await;
+                        tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    } => {
+                        tracing::warn!("grpc shutdown grace of {SHUTDOWN_GRACE:?} elapsed; dropping in-flight calls");
+                    }
+                }
+            });
+            tracing::debug!("grpc runtime stopped");
+        })
+        .context("spawning the grpc thread")?;
+
+    tracing::info!(%local_addr, tls = server.tls.is_some(), api_keys = auth_enabled(&server.api_keys), "grpc compat port listening");
+    Ok(GrpcHandle { local_addr, stop: stop_tx, thread: Some(thread), spans })
+}
+
+fn auth_enabled(keys: &[String]) -> bool {
+    !keys.is_empty()
+}
