@@ -91,9 +91,11 @@ mod tests {
     #[test]
     fn worked_example_from_docs() {
         // docs/protocol.md, "Routing": keep in sync.
-        assert_eq!(routing_hash(b"user-42"), 0x2f8d_1ab7_5c6e_d5d4);
-        assert_eq!(shard_for(routing_hash(b"user-42"), 4), 0);
-        assert_eq!(shard_for(routing_hash(b"user-42"), 3), 2);
+        assert_eq!(routing_hash(b"user-42"), 0x32c6_d7a5_4d35_dacb);
+        assert_eq!(shard_for(routing_hash(b"user-42"), 4), 3);
+        assert_eq!(shard_for(routing_hash(b"user-42"), 3), 0);
+        // The shared bucket ("") lives on shard 1 of 4.
+        assert_eq!(shard_for(routing_hash(b""), 4), 1);
     }
 
     #[test]

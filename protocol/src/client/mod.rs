@@ -1,1 +1,621 @@
-//! The tokio client (in progress).
+//! The tokio client: shard-aware, pipelined, with timeouts, reconnects and a fail mode.
+//!
+//! [`Client::connect`] dials the server's shared port and sends `HELLO`. The `HELLO_REPLY`
+//! advertises the shard count, one port per shard and the routing label keys; a shard-aware
+//! client (the default) then opens one connection per shard port on the same host and sends
+//! each check straight to the shard owning its bucket, computed with the crate's one routing
+//! function ([`crate::routing::shard_for`]`(`[`crate::routing::routing_hash`]`(value), n)`).
+//! Against a server with only a shared port (no `shard_ports`), everything goes over the shared
+//! connection and the server forwards internally.
+//!
+//! Every connection pipelines: many requests are in flight at once (up to
+//! `min(ClientConfig::max_in_flight, HELLO_REPLY.max_in_flight)`), replies are matched to
+//! requests by request id in whatever order they come back, each request has its own deadline,
+//! and control points and label keys are interned per connection (`INTERN` the first time a
+//! string is used, then referred to by id). A connection that drops fails its in-flight requests
+//! with [`ClientError::Closed`]; the next request re-dials (with exponential backoff after failed
+//! dials). If a shard port cannot be reached, checks fall back to the shared port.
+//!
+//! [`Client`] is cheap to clone and meant to be shared by many tasks. [`blocking::Client`]
+//! wraps it for synchronous callers.
+
+pub mod blocking;
+mod conn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use crate::decode::StrRef;
+use crate::encode::{
+    encode_check, encode_check_batch, encode_hello, encode_members, encode_ping, CheckSpec,
+};
+use crate::error::EncodeError;
+use crate::frame::{ErrorCode, DEFAULT_MAX_FRAME_LEN, MAX_BATCH, MAX_LABELS, PROTOCOL_VERSION};
+use crate::routing::{routing_hash, routing_value, shard_for, HASH_FNV1A_64};
+use crate::types::{BatchItem, CheckReply, HelloReply, Member, Reply};
+use conn::{Conn, State};
+
+pub use conn::MAX_REPLY_FRAME_LEN;
+
+/// What the client does when it cannot get an answer from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailMode {
+    /// Accept the request: availability over protection.
+    Open,
+    /// Reject the request: protection over availability.
+    Closed,
+}
+
+/// Client settings. There is deliberately no `Default`: the fail mode is a product decision the
+/// caller must make; use [`ClientConfig::new`], [`ClientConfig::fail_open`] or
+/// [`ClientConfig::fail_closed`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the server's shared port.
+    pub addr: String,
+    /// Open one connection per advertised shard port and route each check to its owner
+    /// (default `true`). Saves the server a cross-core hop per check.
+    pub shard_aware: bool,
+    /// Deadline of one request, from the call until its reply, including waiting for an
+    /// in-flight slot and any re-dial (default 200 ms: a rate-limit decision that takes longer
+    /// is better replaced by the fail mode).
+    pub request_timeout: Duration,
+    /// Deadline of one TCP dial (default 1 s).
+    pub connect_timeout: Duration,
+    /// What [`Client::check_with_fail_mode`] decides when the server cannot answer.
+    pub fail_mode: FailMode,
+    /// Most requests in flight per connection (default 1024; lowered to the server's
+    /// `max_in_flight` after `HELLO`).
+    pub max_in_flight: usize,
+    /// Name sent in `HELLO`, for the server's logs (default `"tollgate-rust"`).
+    pub client_name: String,
+}
+
+impl ClientConfig {
+    /// Settings with the documented defaults and the given address and fail mode.
+    pub fn new(addr: impl Into<String>, fail_mode: FailMode) -> Self {
+        Self {
+            addr: addr.into(),
+            shard_aware: true,
+            request_timeout: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(1),
+            fail_mode,
+            max_in_flight: 1024,
+            client_name: "tollgate-rust".to_string(),
+        }
+    }
+
+    /// [`ClientConfig::new`] with [`FailMode::Open`].
+    pub fn fail_open(addr: impl Into<String>) -> Self {
+        Self::new(addr, FailMode::Open)
+    }
+
+    /// [`ClientConfig::new`] with [`FailMode::Closed`].
+    pub fn fail_closed(addr: impl Into<String>) -> Self {
+        Self::new(addr, FailMode::Closed)
+    }
+}
+
+/// One check to ask the server.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CheckRequest {
+    /// The control point (service or route) the policies are attached to.
+    pub control_point: String,
+    /// Flow labels, `(key, value)`; at most [`MAX_LABELS`].
+    pub labels: Vec<(String, String)>,
+    /// Tokens to take; `None` lets each policy use its tokens label (default 1).
+    pub tokens: Option<f64>,
+}
+
+impl CheckRequest {
+    /// A check of `control_point` with no labels and default tokens.
+    pub fn new(control_point: impl Into<String>) -> Self {
+        Self {
+            control_point: control_point.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the tokens to take.
+    pub fn tokens(mut self, tokens: f64) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Why a request got no decision from the server.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// Dialling failed (or is backing off after failures).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Address dialled.
+        addr: String,
+        /// Cause.
+        reason: String,
+    },
+    /// No reply within `request_timeout`.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection dropped while the request was in flight (or was already dead).
+    #[error("connection to {addr} closed: {reason}")]
+    Closed {
+        /// Address of the connection.
+        addr: String,
+        /// Cause.
+        reason: String,
+    },
+    /// The server answered with `ERROR`.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server's bytes or answer made no sense (wrong reply type, malformed frame, ...).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The request cannot be encoded (too many labels, string too long, bad tokens, ...).
+    #[error("invalid request: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Who decided a [`Verdict`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecidedBy {
+    /// The server answered.
+    Server(CheckReply),
+    /// The server could not be asked; the configured fail mode decided.
+    FailMode {
+        /// The mode applied.
+        mode: FailMode,
+        /// Why the server could not decide.
+        error: ClientError,
+    },
+}
+
+/// The outcome of [`Client::check_with_fail_mode`]: always a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Whether to let the request through.
+    pub accepted: bool,
+    /// Whether the server or the fail mode decided, with the reply or the error.
+    pub decided_by: DecidedBy,
+}
+
+/// A shard-aware, pipelined Tollgate client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.cfg.addr)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    hello: HelloReply,
+    /// The connection to the shared port (HELLO, MEMBERS, PING, and checks when not routing).
+    shared: Conn,
+    /// One connection per shard port, indexed by shard; empty when not shard-aware.
+    shards: Vec<Conn>,
+    /// Checks per `CHECK_BATCH` frame: `min(MAX_BATCH, HELLO_REPLY.max_batch)`, at least 1.
+    max_batch: usize,
+}
+
+impl Client {
+    /// Dials the shared port, exchanges `HELLO`, and (if `shard_aware` and the server advertises
+    /// shard ports) opens one connection per shard port on the same host. Shard connections
+    /// that fail to open are retried on use; only the shared port must answer.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let shared = Conn::new(
+            cfg.addr.clone(),
+            cfg.max_in_flight,
+            DEFAULT_MAX_FRAME_LEN,
+            cfg.connect_timeout,
+        );
+        let deadline_budget = cfg.connect_timeout.saturating_add(cfg.request_timeout);
+        let name = cfg.client_name.clone();
+        let reply = shared
+            .call(deadline_budget, |_, out, id| {
+                encode_hello(out, id, PROTOCOL_VERSION, &name).map(|()| 0)
+            })
+            .await?;
+        let Reply::Hello(hello) = reply else {
+            return Err(unexpected("HELLO_REPLY", &reply));
+        };
+        let max_in_flight = usize::try_from(hello.max_in_flight)
+            .unwrap_or(usize::MAX)
+            .min(cfg.max_in_flight)
+            .max(1);
+        shared.apply_limits(max_in_flight, hello.max_frame_len);
+
+        let routable = cfg.shard_aware
+            && !hello.shard_ports.is_empty()
+            && hello.shard_ports.len() == usize::from(hello.shard_count)
+            && hello.hash_algo == HASH_FNV1A_64;
+        if cfg.shard_aware && !hello.shard_ports.is_empty() && !routable {
+            tracing::warn!(
+                shard_count = hello.shard_count,
+                ports = hello.shard_ports.len(),
+                hash_algo = hello.hash_algo,
+                "server's shard ports unusable by this client; routing everything via the shared port"
+            );
+        }
+        let mut shards = Vec::new();
+        if routable {
+            let host = host_of(&cfg.addr);
+            for port in &hello.shard_ports {
+                let conn = Conn::new(
+                    format!("{host}:{port}"),
+                    max_in_flight,
+                    hello.max_frame_len,
+                    cfg.connect_timeout,
+                );
+                shards.push(conn);
+            }
+            for conn in &shards {
+                if let Err(e) = conn.warm_up().await {
+                    tracing::warn!(addr = conn.addr(), error = %e, "shard connection failed; will retry on use");
+                }
+            }
+        }
+        let max_batch = usize::from(hello.max_batch).clamp(1, MAX_BATCH);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cfg,
+                hello,
+                shared,
+                shards,
+                max_batch,
+            }),
+        })
+    }
+
+    /// The server's handshake answer.
+    pub fn hello(&self) -> &HelloReply {
+        &self.inner.hello
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    /// The shard that owns `req`'s bucket, if the client routes by shard.
+    pub fn shard_of(&self, req: &CheckRequest) -> Option<usize> {
+        if self.inner.shards.is_empty() {
+            return None;
+        }
+        let value = routing_value(&self.inner.hello.routing_label_keys, req.label_pairs());
+        Some(shard_for(
+            routing_hash(value.as_bytes()),
+            self.inner.shards.len(),
+        ))
+    }
+
+    fn conn_for(&self, shard: Option<usize>) -> &Conn {
+        shard
+            .and_then(|s| self.inner.shards.get(s))
+            .unwrap_or(&self.inner.shared)
+    }
+
+    /// Asks the server to decide one check, sent to the shard that owns its bucket.
+    pub async fn check(&self, req: &CheckRequest) -> Result<CheckReply, ClientError> {
+        validate(req)?;
+        let timeout = self.inner.cfg.request_timeout;
+        let shard = self.shard_of(req);
+        let result = self.check_on(self.conn_for(shard), req, timeout).await;
+        match result {
+            // The shard port is unreachable: the shared port's shard forwards to the owner.
+            Err(ClientError::Connect { .. }) if shard.is_some() => {
+                self.check_on(&self.inner.shared, req, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    async fn check_on(
+        &self,
+        conn: &Conn,
+        req: &CheckRequest,
+        timeout: Duration,
+    ) -> Result<CheckReply, ClientError> {
+        let reply = conn
+            .call(timeout, |st, out, id| encode_check_interned(st, out, id, req))
+            .await?;
+        match reply {
+            Reply::Check(r) => Ok(r),
+            other => Err(unexpected("CHECK_REPLY", &other)),
+        }
+    }
+
+    /// Like [`check`](Self::check) but never fails: if the server cannot answer (dial failure,
+    /// timeout, closed connection, server error) the configured [`FailMode`] decides.
+    pub async fn check_with_fail_mode(&self, req: &CheckRequest) -> Verdict {
+        match self.check(req).await {
+            Ok(reply) => Verdict {
+                accepted: reply.accepted(),
+                decided_by: DecidedBy::Server(reply),
+            },
+            Err(error) => {
+                let mode = self.inner.cfg.fail_mode;
+                Verdict {
+                    accepted: mode == FailMode::Open,
+                    decided_by: DecidedBy::FailMode { mode, error },
+                }
+            }
+        }
+    }
+
+    /// Decides many checks. They are grouped by owning shard and sent as `CHECK_BATCH` frames
+    /// of at most `HELLO_REPLY.max_batch` checks, all pipelined at once; the results come back
+    /// in `reqs` order. An item fails alone (e.g. its own server error, or its group's
+    /// connection dropping); the outer `Err` means no item could be decided at all, or `reqs`
+    /// holds an invalid request.
+    pub async fn check_batch(
+        &self,
+        reqs: &[CheckRequest],
+    ) -> Result<Vec<Result<CheckReply, ClientError>>, ClientError> {
+        for r in reqs {
+            validate(r)?;
+        }
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let timeout = self.inner.cfg.request_timeout;
+        let deadline = Instant::now() + timeout;
+        // Group request indices by connection (shard index, or None for the shared port).
+        let mut groups: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let shard = self.shard_of(r);
+            match groups.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((shard, vec![i])),
+            }
+        }
+        // Send every chunk before awaiting any, so they are all in flight together.
+        let mut sent = Vec::new();
+        for (shard, idx) in &groups {
+            for chunk in idx.chunks(self.inner.max_batch) {
+                let conn = self.conn_for(*shard);
+                let started = conn
+                    .start(deadline, timeout, |st, out, id| {
+                        encode_batch_interned(st, out, id, reqs, chunk)
+                    })
+                    .await;
+                sent.push((chunk, started));
+            }
+        }
+        let mut results: Vec<Option<Result<CheckReply, ClientError>>> = vec![None; reqs.len()];
+        let mut any_decided = false;
+        let mut first_err = None;
+        for (chunk, started) in sent {
+            let outcome = match started {
+                Ok(in_flight) => in_flight.wait(deadline, timeout).await,
+                Err(e) => Err(e),
+            };
+            let items = match outcome {
+                Ok(Reply::Batch(items)) if items.len() == chunk.len() => items,
+                Ok(Reply::Batch(items)) => {
+                    let e = ClientError::Protocol(format!(
+                        "BATCH_REPLY has {} items for {} checks",
+                        items.len(),
+                        chunk.len()
+                    ));
+                    fill(&mut results, chunk, &e);
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+                Ok(other) => {
+                    let e = unexpected("BATCH_REPLY", &other);
+                    fill(&mut results, chunk, &e);
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => {
+                    fill(&mut results, chunk, &e);
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            any_decided = true;
+            for (&i, item) in chunk.iter().zip(items) {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(match item {
+                        BatchItem::Reply(r) => Ok(r),
+                        BatchItem::Error(e) => Err(ClientError::Server {
+                            code: e.code,
+                            message: e.message,
+                        }),
+                    });
+                }
+            }
+        }
+        if !any_decided {
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ClientError::Protocol("batch item lost".into()))))
+            .collect())
+    }
+
+    /// The cluster membership as the server on the shared port sees it.
+    pub async fn members(&self) -> Result<Vec<Member>, ClientError> {
+        let reply = self
+            .inner
+            .shared
+            .call(self.inner.cfg.request_timeout, |_, out, id| {
+                encode_members(out, id).map(|()| 0)
+            })
+            .await?;
+        match reply {
+            Reply::Members(m) => Ok(m),
+            other => Err(unexpected("MEMBERS_REPLY", &other)),
+        }
+    }
+
+    /// Round trip of an opaque payload over the shared connection; checks the echo.
+    pub async fn ping(&self, payload: &[u8]) -> Result<(), ClientError> {
+        let reply = self
+            .inner
+            .shared
+            .call(self.inner.cfg.request_timeout, |_, out, id| {
+                encode_ping(out, id, payload).map(|()| 0)
+            })
+            .await?;
+        match reply {
+            Reply::Pong(p) if p == payload => Ok(()),
+            Reply::Pong(_) => Err(ClientError::Protocol("PONG payload differs from PING".into())),
+            other => Err(unexpected("PONG", &other)),
+        }
+    }
+}
+
+fn fill(results: &mut [Option<Result<CheckReply, ClientError>>], chunk: &[usize], e: &ClientError) {
+    for &i in chunk {
+        if let Some(slot) = results.get_mut(i) {
+            *slot = Some(Err(e.clone()));
+        }
+    }
+}
+
+fn unexpected(wanted: &str, got: &Reply) -> ClientError {
+    let got = match got {
+        Reply::Hello(_) => "HELLO_REPLY",
+        Reply::Check(_) => "CHECK_REPLY",
+        Reply::Batch(_) => "BATCH_REPLY",
+        Reply::Members(_) => "MEMBERS_REPLY",
+        Reply::Pong(_) => "PONG",
+        Reply::Error(_) => "ERROR",
+    };
+    ClientError::Protocol(format!("expected {wanted}, got {got}"))
+}
+
+/// Checks what the encoder would reject, before anything is interned.
+fn validate(req: &CheckRequest) -> Result<(), ClientError> {
+    if req.labels.len() > MAX_LABELS {
+        return Err(EncodeError::TooManyLabels {
+            count: req.labels.len(),
+        }
+        .into());
+    }
+    if let Some(t) = req.tokens {
+        if !t.is_finite() || t < 0.0 {
+            return Err(EncodeError::InvalidTokens.into());
+        }
+    }
+    let too_long = std::iter::once(req.control_point.as_str())
+        .chain(req.labels.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+        .find(|s| s.len() > crate::MAX_STRING_LEN);
+    if let Some(s) = too_long {
+        return Err(EncodeError::StringTooLong { len: s.len() }.into());
+    }
+    Ok(())
+}
+
+/// Labels of one check, kept on the stack for the common case.
+type LabelRefs<'a> = SmallVec<[(StrRef<'a>, &'a str); 8]>;
+
+fn spec_of<'a>(st: &mut State, out: &mut Vec<u8>, req: &'a CheckRequest) -> (StrRef<'a>, LabelRefs<'a>) {
+    let control_point = st.intern(out, &req.control_point);
+    let labels = req
+        .labels
+        .iter()
+        .map(|(k, v)| (st.intern(out, k), v.as_str()))
+        .collect();
+    (control_point, labels)
+}
+
+fn encode_check_interned(
+    st: &mut State,
+    out: &mut Vec<u8>,
+    id: u32,
+    req: &CheckRequest,
+) -> Result<usize, EncodeError> {
+    let (control_point, labels) = spec_of(st, out, req);
+    let at = out.len();
+    encode_check(
+        out,
+        id,
+        &CheckSpec {
+            control_point,
+            tokens: req.tokens,
+            labels: &labels,
+        },
+    )?;
+    Ok(at)
+}
+
+fn encode_batch_interned(
+    st: &mut State,
+    out: &mut Vec<u8>,
+    id: u32,
+    reqs: &[CheckRequest],
+    chunk: &[usize],
+) -> Result<usize, EncodeError> {
+    let mut parts = Vec::with_capacity(chunk.len());
+    for &i in chunk {
+        if let Some(req) = reqs.get(i) {
+            let (cp, labels) = spec_of(st, out, req);
+            parts.push((cp, req.tokens, labels));
+        }
+    }
+    let specs: Vec<CheckSpec<'_>> = parts
+        .iter()
+        .map(|(cp, tokens, labels)| CheckSpec {
+            control_point: *cp,
+            tokens: *tokens,
+            labels,
+        })
+        .collect();
+    let at = out.len();
+    encode_check_batch(out, id, &specs)?;
+    Ok(at)
+}
+
+/// The host part of `host:port` (`[v6]:port` keeps its brackets).
+fn host_of(addr: &str) -> &str {
+    if addr.starts_with('[') {
+        if let Some(end) = addr.find(']') {
+            return addr.get(..=end).unwrap_or(addr);
+        }
+    }
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(host_of("127.0.0.1:7000"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7000"), "[::1]");
+        assert_eq!(host_of("localhost:1"), "localhost");
+        assert_eq!(host_of("noport"), "noport");
+    }
+}
