@@ -1,0 +1,481 @@
+//! Property tests of the codec: every frame type round-trips, every strict prefix of a frame is
+//! "need more bytes", random and corrupted bytes never panic, and limits are enforced.
+
+use proptest::prelude::*;
+use tollgate_protocol::fuzzing::decode_any;
+use tollgate_protocol::*;
+
+#[derive(Debug, Clone)]
+enum OwnedRef {
+    Inline(String),
+    Interned(u16),
+}
+
+impl OwnedRef {
+    fn as_ref(&self) -> StrRef<'_> {
+        match self {
+            OwnedRef::Inline(s) => StrRef::Inline(s),
+            OwnedRef::Interned(id) => StrRef::Interned(*id),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct OwnedCheck {
+    control_point: OwnedRef,
+    tokens: Option<f64>,
+    labels: Vec<(OwnedRef, String)>,
+}
+
+impl OwnedCheck {
+    fn labels(&self) -> Vec<(StrRef<'_>, &str)> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
+            .collect()
+    }
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9_./-]{0,24}",
+        "\\PC{0,8}",
+        Just(String::new()),
+    ]
+}
+
+fn str_ref() -> impl Strategy<Value = OwnedRef> {
+    prop_oneof![
+        text().prop_map(OwnedRef::Inline),
+        (0..MAX_INTERNED as u16).prop_map(OwnedRef::Interned),
+    ]
+}
+
+fn finite() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(0.0),
+        -1e15f64..1e15,
+        prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL | prop::num::f64::ZERO,
+    ]
+}
+
+fn tokens() -> impl Strategy<Value = Option<f64>> {
+    prop::option::of(prop_oneof![Just(0.0), Just(1.0), 0.0f64..1e9])
+}
+
+fn check() -> impl Strategy<Value = OwnedCheck> {
+    (
+        str_ref(),
+        tokens(),
+        prop::collection::vec((str_ref(), text()), 0..6),
+    )
+        .prop_map(|(control_point, tokens, labels)| OwnedCheck {
+            control_point,
+            tokens,
+            labels,
+        })
+}
+
+fn limiter() -> impl Strategy<Value = LimiterResult> {
+    (
+        any::<u16>(),
+        0u8..4,
+        any::<u16>(),
+        finite(),
+        finite(),
+        finite(),
+        any::<u64>(),
+    )
+        .prop_map(|(limiter_index, o, status_code, tokens, remaining, current, wait_ns)| {
+            LimiterResult {
+                limiter_index,
+                outcome: LimiterOutcome::from_u8(o).unwrap_or(LimiterOutcome::Accepted),
+                status_code,
+                tokens,
+                remaining,
+                current,
+                wait_ns,
+            }
+        })
+}
+
+fn check_reply() -> impl Strategy<Value = CheckReply> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+        prop::collection::vec(limiter(), 0..7),
+    )
+        .prop_map(|(rejected, limited, wait_ns, limiters)| CheckReply {
+            decision: if rejected {
+                Decision::Rejected
+            } else {
+                Decision::Accepted
+            },
+            reason: if limited {
+                DecisionReason::RateLimited
+            } else {
+                DecisionReason::None
+            },
+            wait_ns,
+            limiters: limiters.into_iter().collect(),
+        })
+}
+
+fn error_reply() -> impl Strategy<Value = ErrorReply> {
+    (any::<u16>(), text()).prop_map(|(code, message)| ErrorReply {
+        code: ErrorCode::from_u16(code),
+        message,
+    })
+}
+
+fn hello_reply() -> impl Strategy<Value = HelloReply> {
+    (
+        (any::<u16>(), text(), any::<u16>(), any::<u8>()),
+        prop::option::of(0u16..0xFFFF),
+        prop::collection::vec(any::<u16>(), 0..9),
+        prop::collection::vec(text(), 0..4),
+        prop::collection::vec(text(), 0..4),
+        (any::<u32>(), any::<u16>(), any::<u32>()),
+    )
+        .prop_map(
+            |(
+                (version, node_id, shard_count, hash_algo),
+                shard_index,
+                shard_ports,
+                routing_label_keys,
+                policy_names,
+                (max_frame_len, max_batch, max_in_flight),
+            )| HelloReply {
+                version,
+                node_id,
+                shard_count,
+                hash_algo,
+                shard_index,
+                shard_ports,
+                routing_label_keys,
+                policy_names,
+                max_frame_len,
+                max_batch,
+                max_in_flight,
+            },
+        )
+}
+
+fn member() -> impl Strategy<Value = Member> {
+    (text(), text(), 0u8..4, any::<u64>()).prop_map(|(node_id, address, s, last_contact_ms)| {
+        Member {
+            node_id,
+            address,
+            state: MemberState::from_u8(s).unwrap_or(MemberState::Alive),
+            last_contact_ms,
+        }
+    })
+}
+
+fn decode_one(buf: &[u8]) -> Decoded<'_> {
+    match decode_frame(buf, DEFAULT_MAX_FRAME_LEN) {
+        Ok(Some(d)) => d,
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+fn decode_one_reply(buf: &[u8]) -> DecodedReply {
+    match decode_reply(buf, DEFAULT_MAX_FRAME_LEN) {
+        Ok(Some(d)) => d,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn assert_check_eq(got: &CheckRef<'_>, want: &OwnedCheck) {
+    assert_eq!(got.control_point(), want.control_point.as_ref());
+    assert_eq!(got.tokens(), want.tokens);
+    assert_eq!(got.label_count(), want.labels.len());
+    assert_eq!(got.labels().collect::<Vec<_>>(), want.labels());
+}
+
+/// Every strict prefix of a complete frame must be "need more bytes", never an error or panic.
+fn assert_prefixes_incomplete(buf: &[u8]) {
+    for cut in 0..buf.len() {
+        assert_eq!(decode_frame(&buf[..cut], DEFAULT_MAX_FRAME_LEN), Ok(None), "cut {cut}");
+        assert_eq!(decode_reply(&buf[..cut], DEFAULT_MAX_FRAME_LEN), Ok(None), "cut {cut}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn check_round_trips(c in check(), id in any::<u32>()) {
+        let mut out = vec![0xAA]; // encoders append; existing bytes are left alone
+        let labels = c.labels();
+        encode_check(&mut out, id, &CheckSpec {
+            control_point: c.control_point.as_ref(), tokens: c.tokens, labels: &labels,
+        }).expect("encode");
+        prop_assert_eq!(out[0], 0xAA);
+        let d = decode_one(&out[1..]);
+        prop_assert_eq!(d.request_id, id);
+        prop_assert_eq!(d.len, out.len() - 1);
+        let Frame::Check(got) = d.frame else { panic!("not a check: {:?}", d.frame) };
+        assert_check_eq(&got, &c);
+        assert_prefixes_incomplete(&out[1..]);
+    }
+
+    #[test]
+    fn batch_round_trips(checks in prop::collection::vec(check(), 0..8), id in any::<u32>()) {
+        let labels: Vec<_> = checks.iter().map(|c| c.labels()).collect();
+        let specs: Vec<_> = checks.iter().zip(&labels).map(|(c, l)| CheckSpec {
+            control_point: c.control_point.as_ref(), tokens: c.tokens, labels: l,
+        }).collect();
+        let mut out = Vec::new();
+        encode_check_batch(&mut out, id, &specs).expect("encode");
+        let d = decode_one(&out);
+        let Frame::CheckBatch(b) = d.frame else { panic!("not a batch") };
+        prop_assert_eq!(b.len(), checks.len());
+        let got: Vec<_> = b.iter().collect();
+        prop_assert_eq!(got.len(), checks.len());
+        for (g, w) in got.iter().zip(&checks) {
+            assert_check_eq(g, w);
+        }
+        assert_prefixes_incomplete(&out);
+    }
+
+    #[test]
+    fn small_requests_round_trip(
+        version in any::<u16>(), name in text(), iid in 0..MAX_INTERNED as u16,
+        payload in prop::collection::vec(any::<u8>(), 0..64), id in any::<u32>(),
+    ) {
+        let mut out = Vec::new();
+        encode_hello(&mut out, id, version, &name).expect("hello");
+        encode_intern(&mut out, id, iid, &name).expect("intern");
+        encode_members(&mut out, id).expect("members");
+        encode_ping(&mut out, id, &payload).expect("ping");
+        let mut rest = &out[..];
+        let mut frames = Vec::new();
+        while !rest.is_empty() {
+            let d = decode_one(rest);
+            prop_assert_eq!(d.request_id, id);
+            assert_prefixes_incomplete(&rest[..d.len]);
+            frames.push(d.frame);
+            rest = &rest[d.len..];
+        }
+        prop_assert_eq!(frames, vec![
+            Frame::Hello(HelloRef { version, client_name: &name }),
+            Frame::Intern { id: iid, value: &name },
+            Frame::Members,
+            Frame::Ping(&payload),
+        ]);
+    }
+
+    #[test]
+    fn replies_round_trip(
+        hello in hello_reply(), reply in check_reply(),
+        items in prop::collection::vec(prop_oneof![
+            check_reply().prop_map(BatchItem::Reply),
+            error_reply().prop_map(BatchItem::Error),
+        ], 0..5),
+        members in prop::collection::vec(member(), 0..5),
+        payload in prop::collection::vec(any::<u8>(), 0..64),
+        err in error_reply(),
+        id in any::<u32>(),
+    ) {
+        let mut out = Vec::new();
+        encode_hello_reply(&mut out, id, &hello).expect("hello");
+        encode_check_reply(&mut out, id, &reply).expect("check");
+        encode_batch_reply(&mut out, id, &items).expect("batch");
+        encode_members_reply(&mut out, id, &members).expect("members");
+        encode_pong(&mut out, id, &payload).expect("pong");
+        encode_error(&mut out, id, err.code, &err.message);
+        let want = vec![
+            Reply::Hello(hello), Reply::Check(reply), Reply::Batch(items),
+            Reply::Members(members), Reply::Pong(payload), Reply::Error(err),
+        ];
+        let mut rest = &out[..];
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let d = decode_one_reply(rest);
+            prop_assert_eq!(d.request_id, id);
+            assert_prefixes_incomplete(&rest[..d.len]);
+            got.push(d.reply);
+            rest = &rest[d.len..];
+        }
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        decode_any(&data);
+    }
+
+    #[test]
+    fn frames_with_random_bodies_never_panic(
+        op in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(5), Just(6),
+                          Just(0x81), Just(0x82), Just(0x83), Just(0x85), Just(0x86), Just(0xFF),
+                          any::<u8>()],
+        body in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        // A well-formed header around a random body reaches every body decoder.
+        let mut frame = ((body.len() + 6) as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&[op, 0, 1, 0, 0, 0]);
+        frame.extend_from_slice(&body);
+        decode_any(&frame);
+        for cut in 0..frame.len() {
+            decode_any(&frame[..cut]);
+        }
+        // Framing survives whatever the body holds.
+        match decode_frame(&frame, DEFAULT_MAX_FRAME_LEN) {
+            Ok(Some(d)) => prop_assert_eq!(d.len, frame.len()),
+            Err(e) => {
+                prop_assert!(!e.is_fatal());
+                prop_assert_eq!(e.request_id(), 1);
+            }
+            Ok(None) => panic!("complete frame reported incomplete"),
+        }
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic(c in check(), reply in check_reply(), pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let labels = c.labels();
+        let mut out = Vec::new();
+        encode_check(&mut out, 7, &CheckSpec {
+            control_point: c.control_point.as_ref(), tokens: c.tokens, labels: &labels,
+        }).expect("encode");
+        encode_check_reply(&mut out, 7, &reply).expect("encode");
+        let i = pos.index(out.len());
+        out[i] = byte;
+        decode_any(&out);
+    }
+}
+
+#[test]
+fn oversize_rejected_from_header_alone() {
+    // Only the 4-byte prefix: 2 MiB declared, no body present.
+    let header = (2 * 1024 * 1024u32).to_le_bytes();
+    let err = decode_frame(&header, DEFAULT_MAX_FRAME_LEN).expect_err("too large");
+    assert!(err.is_fatal());
+    assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+    assert_eq!(frame_len(&header, DEFAULT_MAX_FRAME_LEN), Err(err));
+    assert!(decode_reply(&header, DEFAULT_MAX_FRAME_LEN).is_err());
+    // u32::MAX and a tiny custom limit.
+    assert!(frame_len(&u32::MAX.to_le_bytes(), u32::MAX - 1).is_err());
+    assert!(frame_len(&100u32.to_le_bytes(), 99).is_err());
+    assert_eq!(frame_len(&99u32.to_le_bytes(), 99), Ok(Some(103)));
+    // Below the 6-byte header.
+    let err = frame_len(&5u32.to_le_bytes(), DEFAULT_MAX_FRAME_LEN).expect_err("too small");
+    assert!(err.is_fatal());
+    assert_eq!(err.code(), ErrorCode::MalformedFrame);
+    // Fewer than 4 bytes: need more.
+    assert_eq!(frame_len(&[0xFF, 0xFF, 0xFF], 10), Ok(None));
+}
+
+#[test]
+fn body_errors_keep_framing() {
+    // Unknown opcode, then a valid PING: the first is skippable, the second decodes.
+    let mut buf = vec![6, 0, 0, 0, 0x42, 0, 9, 0, 0, 0];
+    encode_ping(&mut buf, 10, b"x").expect("ping");
+    let err = decode_frame(&buf, DEFAULT_MAX_FRAME_LEN).expect_err("unknown opcode");
+    match err {
+        DecodeError::Body { code, request_id, frame_len, .. } => {
+            assert_eq!(code, ErrorCode::UnknownOpcode);
+            assert_eq!(request_id, 9);
+            assert_eq!(frame_len, 10);
+            let d = decode_one(&buf[frame_len..]);
+            assert_eq!(d.frame, Frame::Ping(b"x"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Reserved header flags.
+    let bad = [6, 0, 0, 0, opcode::MEMBERS, 1, 3, 0, 0, 0];
+    let err = decode_frame(&bad, DEFAULT_MAX_FRAME_LEN).expect_err("flags");
+    assert_eq!(err.code(), ErrorCode::MalformedFrame);
+    assert!(!err.is_fatal());
+    // Trailing bytes after a MEMBERS body.
+    let bad = [7, 0, 0, 0, opcode::MEMBERS, 0, 3, 0, 0, 0, 0];
+    assert_eq!(decode_frame(&bad, DEFAULT_MAX_FRAME_LEN).map_err(|e| e.code()), Err(ErrorCode::MalformedFrame));
+}
+
+fn check_frame(body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 6) as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&[opcode::CHECK, 0, 1, 0, 0, 0]);
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn check_body_limits() {
+    let reason = |body: &[u8]| match decode_frame(&check_frame(body), DEFAULT_MAX_FRAME_LEN) {
+        Err(DecodeError::Body { reason, .. }) => reason,
+        other => panic!("expected a body error, got {other:?}"),
+    };
+    // Unknown CHECK flag bit.
+    assert_eq!(reason(&[0x02, 0, 0, 0, 0]), "unknown CHECK flags bits must be zero");
+    // Negative / NaN tokens.
+    let mut b = vec![0x01, 0, 0];
+    b.extend_from_slice(&(-1.0f64).to_le_bytes());
+    b.extend_from_slice(&[0, 0]);
+    assert_eq!(reason(&b), "tokens must be finite and >= 0");
+    let mut b = vec![0x01, 0, 0];
+    b.extend_from_slice(&f64::NAN.to_le_bytes());
+    b.extend_from_slice(&[0, 0]);
+    assert_eq!(reason(&b), "tokens must be finite and >= 0");
+    // Interned id out of range.
+    assert_eq!(reason(&[0, 0x00, 0x90, 0, 0]), "interned id out of range");
+    // Inline string length above MAX_STRING_LEN (0x1001 = 4097).
+    assert_eq!(reason(&[0, 0x01, 0x10]), "string longer than MAX_STRING_LEN");
+    // Declared string longer than the frame.
+    assert_eq!(reason(&[0, 0x05, 0x00, b'a']), "string runs past the end of the frame");
+    // Invalid UTF-8.
+    assert_eq!(reason(&[0, 0x01, 0x00, 0xFF, 0, 0]), "string is not valid UTF-8");
+    // Label count above MAX_LABELS.
+    assert_eq!(reason(&[0, 0, 0, 65, 0]), "element count exceeds its limit");
+    // Label count the body cannot hold.
+    assert_eq!(reason(&[0, 0, 0, 3, 0, 0, 0, 0, 0]), "element count larger than the frame can hold");
+}
+
+#[test]
+fn encoders_enforce_limits_and_leave_buffer_untouched() {
+    let long = "x".repeat(MAX_STRING_LEN + 1);
+    let mut out = vec![1, 2, 3];
+    let labels: Vec<(StrRef<'_>, &str)> = (0..=MAX_LABELS).map(|_| (StrRef::Inline("k"), "v")).collect();
+    let too_many = CheckSpec { control_point: StrRef::Inline("cp"), tokens: None, labels: &labels };
+    assert_eq!(encode_check(&mut out, 1, &too_many), Err(EncodeError::TooManyLabels { count: 65 }));
+    let long_value = [(StrRef::Inline("k"), long.as_str())];
+    let spec = CheckSpec { control_point: StrRef::Inline("cp"), tokens: None, labels: &long_value };
+    assert_eq!(encode_check(&mut out, 1, &spec), Err(EncodeError::StringTooLong { len: 4097 }));
+    let spec = CheckSpec { control_point: StrRef::Interned(4096), tokens: None, labels: &[] };
+    assert_eq!(encode_check(&mut out, 1, &spec), Err(EncodeError::InternedIdOutOfRange { id: 4096 }));
+    let spec = CheckSpec { control_point: StrRef::Inline("cp"), tokens: Some(f64::INFINITY), labels: &[] };
+    assert_eq!(encode_check(&mut out, 1, &spec), Err(EncodeError::InvalidTokens));
+    assert_eq!(encode_intern(&mut out, 1, 4096, "x"), Err(EncodeError::InternedIdOutOfRange { id: 4096 }));
+    assert_eq!(out, vec![1, 2, 3]);
+    // ERROR messages are cut at a character boundary rather than failing.
+    let msg = "é".repeat(MAX_STRING_LEN);
+    encode_error(&mut out, 1, ErrorCode::Internal, &msg);
+    let d = decode_one_reply(&out[3..]);
+    let Reply::Error(e) = d.reply else { panic!() };
+    assert_eq!(e.message.len(), MAX_STRING_LEN);
+    // Batch writer count mismatch removes the frame.
+    let mut out = Vec::new();
+    let w = BatchReplyWriter::new(&mut out, 1, 2).expect("writer");
+    assert_eq!(w.finish(), Err(EncodeError::BatchCountMismatch { declared: 2, written: 0 }));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn labels_resolve_through_intern_table() {
+    let mut out = Vec::new();
+    encode_intern(&mut out, 0, 3, "user").expect("intern");
+    let labels = [(StrRef::Interned(3), "u1"), (StrRef::Inline("tenant"), "t1")];
+    encode_check(&mut out, 1, &CheckSpec { control_point: StrRef::Inline("api"), tokens: None, labels: &labels })
+        .expect("check");
+    let mut table = InternTable::new();
+    let d = decode_one(&out);
+    let Frame::Intern { id, value } = d.frame else { panic!() };
+    table.bind(id, value).expect("bind");
+    let d2 = decode_one(&out[d.len..]);
+    let Frame::Check(c) = d2.frame else { panic!() };
+    let resolved: Vec<(&str, &str)> = c.labels().filter_map(|(k, v)| Some((table.resolve(k)?, v))).collect();
+    assert_eq!(resolved, vec![("user", "u1"), ("tenant", "t1")]);
+    let keys = vec!["user".to_string()];
+    assert_eq!(routing::routing_value(&keys, resolved.iter().copied()), "u1");
+}
