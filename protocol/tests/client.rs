@@ -1,0 +1,511 @@
+//! The tokio client against a tiny in-test fake server built from the crate's own codec.
+//!
+//! The fake server listens on 127.0.0.1:0 (a shared port plus, optionally, one port per shard)
+//! and decides checks deterministically from their labels:
+//! * a label value starting with `deny` → rejected (429), else accepted;
+//! * `delay_ms=N` → the reply is sent N ms later (so replies come back out of order);
+//! * `drop=1` → the server closes the connection without replying;
+//! * `fail=1` → `ERROR BAD_REQUEST` (a failed item inside a batch).
+//!
+//! Each `CHECK_REPLY` carries one limiter whose `limiter_index` is the index of the listener that
+//! answered (0xFFFF for the shared port), and the server records `(listener, routing value)`
+//! for every check, so tests can see where the client routed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tollgate_protocol::client::{
+    CheckRequest, Client, ClientConfig, ClientError, DecidedBy, FailMode,
+};
+use tollgate_protocol::routing::{routing_hash, routing_value, shard_for, HASH_FNV1A_64};
+use tollgate_protocol::*;
+
+const SHARED: u16 = 0xFFFF;
+
+#[derive(Default)]
+struct Stats {
+    /// Connections accepted, per listener (last = shared).
+    accepted: Mutex<Vec<usize>>,
+    /// (listener, routing value) for every check decided.
+    routed: Mutex<Vec<(u16, String)>>,
+    /// INTERN frames received.
+    interns: AtomicUsize,
+}
+
+struct FakeServer {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl FakeServer {
+    fn accepted_shared(&self) -> usize {
+        self.stats.accepted.lock().unwrap().last().copied().unwrap_or(0)
+    }
+
+    fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn keys() -> Vec<String> {
+    vec!["user".to_string(), "tenant".to_string()]
+}
+
+async fn start_server(nr_shards: usize) -> FakeServer {
+    let (shutdown, rx) = watch::channel(false);
+    let stats = Arc::new(Stats::default());
+    *stats.accepted.lock().unwrap() = vec![0; nr_shards + 1];
+    let mut listeners = Vec::new();
+    for _ in 0..=nr_shards {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let ports: Vec<u16> = listeners[..nr_shards]
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect();
+    let addr = listeners[nr_shards].local_addr().expect("addr");
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let index = if i == nr_shards { SHARED } else { i as u16 };
+        let hello = HelloReply {
+            version: PROTOCOL_VERSION,
+            node_id: "fake".into(),
+            shard_count: nr_shards.max(1) as u16,
+            hash_algo: HASH_FNV1A_64,
+            shard_index: (index != SHARED).then_some(index),
+            shard_ports: ports.clone(),
+            routing_label_keys: keys(),
+            policy_names: vec!["p".into()],
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_batch: 4,
+            max_in_flight: 64,
+        };
+        tokio::spawn(accept_loop(listener, i, index, hello, stats.clone(), rx.clone()));
+    }
+    FakeServer {
+        addr,
+        stats,
+        shutdown,
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    slot: usize,
+    index: u16,
+    hello: HelloReply,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { return };
+                stats.accepted.lock().unwrap()[slot] += 1;
+                tokio::spawn(serve(stream, index, hello.clone(), stats.clone(), shutdown.clone()));
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+enum Decided {
+    Reply(CheckReply),
+    Error(ErrorCode, &'static str),
+    Drop,
+}
+
+fn decide(check: &CheckRef<'_>, table: &InternTable, index: u16, stats: &Stats) -> (Decided, u64) {
+    let Some(_cp) = table.resolve(check.control_point()) else {
+        return (Decided::Error(ErrorCode::UnknownInternedId, "control point"), 0);
+    };
+    let mut labels = Vec::new();
+    for (k, v) in check.labels() {
+        let Some(k) = table.resolve(k) else {
+            return (Decided::Error(ErrorCode::UnknownInternedId, "label key"), 0);
+        };
+        labels.push((k, v));
+    }
+    let value = routing_value(&keys(), labels.iter().copied()).to_string();
+    stats.routed.lock().unwrap().push((index, value));
+    let get = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    if get("drop") == Some("1") {
+        return (Decided::Drop, 0);
+    }
+    if get("fail") == Some("1") {
+        return (Decided::Error(ErrorCode::BadRequest, "asked to fail"), 0);
+    }
+    let delay = get("delay_ms").and_then(|d| d.parse().ok()).unwrap_or(0);
+    let deny = labels.iter().any(|(_, v)| v.starts_with("deny"));
+    let reply = CheckReply {
+        decision: if deny { Decision::Rejected } else { Decision::Accepted },
+        reason: if deny { DecisionReason::RateLimited } else { DecisionReason::None },
+        wait_ns: if deny { 1_000 } else { 0 },
+        limiters: [LimiterResult {
+            limiter_index: index,
+            outcome: if deny { LimiterOutcome::Rejected } else { LimiterOutcome::Accepted },
+            status_code: 429,
+            tokens: check.tokens().unwrap_or(1.0),
+            remaining: 5.0,
+            current: 6.0,
+            wait_ns: if deny { 1_000 } else { 0 },
+        }]
+        .into_iter()
+        .collect(),
+    };
+    (Decided::Reply(reply), delay)
+}
+
+async fn serve(
+    stream: TcpStream,
+    index: u16,
+    hello: HelloReply,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut table = InternTable::new();
+    let mut buf = Vec::new();
+    'conn: loop {
+        // Decode everything buffered.
+        let mut start = 0;
+        loop {
+            let mut out = Vec::new();
+            match decode_frame(&buf[start..], DEFAULT_MAX_FRAME_LEN) {
+                Ok(None) => break,
+                Err(DecodeError::Body { code, reason, request_id, frame_len, .. }) => {
+                    encode_error(&mut out, request_id, code, reason);
+                    start += frame_len;
+                }
+                Err(e) => {
+                    encode_error(&mut out, 0, e.code(), e.reason());
+                    let _ = tx.send(out);
+                    break 'conn;
+                }
+                Ok(Some(d)) => {
+                    start += d.len;
+                    let id = d.request_id;
+                    match d.frame {
+                        Frame::Hello(_) => encode_hello_reply(&mut out, id, &hello).expect("hello"),
+                        Frame::Intern { id: iid, value } => {
+                            stats.interns.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = table.bind(iid, value) {
+                                encode_error(&mut out, id, ErrorCode::BadRequest, &e.to_string());
+                            }
+                        }
+                        Frame::Members => encode_members_reply(
+                            &mut out,
+                            id,
+                            &[Member {
+                                node_id: "fake".into(),
+                                address: "127.0.0.1:1".into(),
+                                state: MemberState::Alive,
+                                last_contact_ms: 0,
+                            }],
+                        )
+                        .expect("members"),
+                        Frame::Ping(p) => encode_pong(&mut out, id, p).expect("pong"),
+                        Frame::Check(c) => match decide(&c, &table, index, &stats) {
+                            (Decided::Drop, _) => break 'conn,
+                            (Decided::Error(code, msg), _) => encode_error(&mut out, id, code, msg),
+                            (Decided::Reply(r), delay) => {
+                                encode_check_reply(&mut out, id, &r).expect("reply");
+                                if delay > 0 {
+                                    let tx = tx.clone();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                                        let _ = tx.send(out);
+                                    });
+                                    continue;
+                                }
+                            }
+                        },
+                        Frame::CheckBatch(b) => {
+                            let mut w = BatchReplyWriter::new(&mut out, id, b.len()).expect("batch");
+                            for c in b.iter() {
+                                match decide(&c, &table, index, &stats).0 {
+                                    Decided::Reply(r) => w.reply(&r).expect("item"),
+                                    Decided::Error(code, msg) => w.error(code, msg).expect("item"),
+                                    Decided::Drop => break 'conn,
+                                }
+                            }
+                            w.finish().expect("finish");
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() {
+                let _ = tx.send(out);
+            }
+        }
+        buf.drain(..start);
+        let mut chunk = [0u8; 4096];
+        tokio::select! {
+            n = rd.read(&mut chunk) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Closing: drop the write half too, even if delayed replies still hold senders.
+    writer.abort();
+}
+
+fn cfg(server: &FakeServer, mode: FailMode) -> ClientConfig {
+    let mut cfg = ClientConfig::new(server.addr.to_string(), mode);
+    cfg.request_timeout = Duration::from_millis(500);
+    cfg.connect_timeout = Duration::from_millis(500);
+    cfg
+}
+
+fn req(user: &str) -> CheckRequest {
+    CheckRequest::new("api").label("user", user)
+}
+
+#[tokio::test]
+async fn hello_members_ping_over_shared_port_only() {
+    let server = start_server(0).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    assert_eq!(client.hello().node_id, "fake");
+    assert!(client.hello().shard_ports.is_empty());
+    assert_eq!(client.shard_of(&req("u1")), None);
+    let members = client.members().await.expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].state, MemberState::Alive);
+    client.ping(b"hello").await.expect("ping");
+    client.ping(&[]).await.expect("empty ping");
+    let r = client.check(&req("u1")).await.expect("check");
+    assert!(r.accepted());
+    assert_eq!(r.limiters[0].limiter_index, SHARED);
+    let r = client.check(&req("deny-me")).await.expect("check");
+    assert_eq!(r.decision, Decision::Rejected);
+    assert_eq!(r.limiters[0].status_code, 429);
+    // Everything went over the single shared connection.
+    assert_eq!(server.accepted_shared(), 1);
+}
+
+#[tokio::test]
+async fn pipelines_and_matches_out_of_order_replies() {
+    let server = start_server(0).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let slow = {
+        let (client, order) = (client.clone(), order.clone());
+        tokio::spawn(async move {
+            let r = client.check(&req("deny-slow").label("delay_ms", "150")).await;
+            order.lock().unwrap().push("slow");
+            r
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await; // the slow one is on the wire first
+    let fast = {
+        let (client, order) = (client.clone(), order.clone());
+        tokio::spawn(async move {
+            let r = client.check(&req("fast")).await;
+            order.lock().unwrap().push("fast");
+            r
+        })
+    };
+    let fast = fast.await.expect("join").expect("fast check");
+    let slow = slow.await.expect("join").expect("slow check");
+    assert!(fast.accepted());
+    assert!(!slow.accepted(), "each reply went to its own request");
+    assert_eq!(*order.lock().unwrap(), vec!["fast", "slow"]);
+    // Many concurrent requests on one connection, each matched to its own decision.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = if i % 3 == 0 { format!("deny-{i}") } else { format!("u{i}") };
+            let delay = format!("{}", (50 - i) % 7);
+            let r = client.check(&req(&user).label("delay_ms", delay)).await.expect("check");
+            assert_eq!(r.accepted(), i % 3 != 0, "request {i}");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(server.accepted_shared(), 1);
+    // Control point and label keys were interned once on the connection, not per request.
+    assert_eq!(server.stats.interns.load(Ordering::Relaxed), 3); // "api", "user", "delay_ms"
+}
+
+#[tokio::test]
+async fn request_timeout_then_connection_still_usable() {
+    let server = start_server(0).await;
+    let mut c = cfg(&server, FailMode::Closed);
+    c.request_timeout = Duration::from_millis(100);
+    let client = Client::connect(c).await.expect("connect");
+    let started = std::time::Instant::now();
+    let err = client
+        .check(&req("u1").label("delay_ms", "400"))
+        .await
+        .expect_err("must time out");
+    assert_eq!(err, ClientError::Timeout(Duration::from_millis(100)));
+    assert!(started.elapsed() < Duration::from_millis(300));
+    // The late reply is dropped; the connection keeps working.
+    assert!(client.check(&req("u2")).await.expect("check").accepted());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(client.check(&req("u3")).await.expect("check").accepted());
+    assert_eq!(server.accepted_shared(), 1);
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_drops_the_connection() {
+    let server = start_server(0).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    assert!(client.check(&req("u1")).await.expect("check").accepted());
+    // An in-flight request on the dropped connection fails with a clear error.
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.check(&req("u2").label("delay_ms", "300")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let err = client.check(&req("u3").label("drop", "1")).await.expect_err("dropped");
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    let err = pending.await.expect("join").expect_err("in flight on dead connection");
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    assert!(err.to_string().contains("closed"), "{err}");
+    // The next request dials a new connection (and re-interns on it).
+    assert!(client.check(&req("u4")).await.expect("after reconnect").accepted());
+    assert_eq!(server.accepted_shared(), 2);
+}
+
+#[tokio::test]
+async fn fail_open_and_fail_closed_when_nothing_listens() {
+    let server = start_server(0).await;
+    let open = Client::connect(cfg(&server, FailMode::Open)).await.expect("connect");
+    let closed = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let v = open.check_with_fail_mode(&req("deny-x")).await;
+    assert!(!v.accepted);
+    assert!(matches!(v.decided_by, DecidedBy::Server(_)));
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        let v = open.check_with_fail_mode(&req("u1")).await;
+        assert!(v.accepted, "fail open accepts");
+        assert!(
+            matches!(v.decided_by, DecidedBy::FailMode { mode: FailMode::Open, .. }),
+            "{v:?}"
+        );
+        let v = closed.check_with_fail_mode(&req("u1")).await;
+        assert!(!v.accepted, "fail closed rejects");
+        match v.decided_by {
+            DecidedBy::FailMode { mode: FailMode::Closed, error } => {
+                assert!(
+                    matches!(error, ClientError::Closed { .. } | ClientError::Connect { .. }),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Connecting to a port where nothing listens fails with Connect.
+    let err = Client::connect(cfg(&server, FailMode::Open)).await.expect_err("nothing listens");
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn shard_aware_routing_sends_each_key_to_its_owner() {
+    const N: usize = 4;
+    let server = start_server(N).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    assert_eq!(client.hello().shard_ports.len(), N);
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let want = shard_for(routing_hash(user.as_bytes()), N);
+        assert_eq!(client.shard_of(&req(&user)), Some(want));
+        let r = client.check(&req(&user)).await.expect("check");
+        assert_eq!(r.limiters[0].limiter_index as usize, want, "{user}");
+    }
+    // The first routing key present wins: tenant only when user is absent.
+    let r = client
+        .check(&CheckRequest::new("api").label("tenant", "t9"))
+        .await
+        .expect("check");
+    assert_eq!(r.limiters[0].limiter_index as usize, shard_for(routing_hash(b"t9"), N));
+    // No routing label: the shared bucket "" lives on shard_for(hash(""), n).
+    let r = client.check(&CheckRequest::new("api")).await.expect("check");
+    assert_eq!(r.limiters[0].limiter_index as usize, shard_for(routing_hash(b""), N));
+    // Every check was seen by the listener that owns its routing value.
+    for (listener, value) in server.stats.routed.lock().unwrap().iter() {
+        assert_eq!(*listener as usize, shard_for(routing_hash(value.as_bytes()), N), "{value}");
+    }
+    // One connection per shard port (opened at connect), one shared.
+    let accepted = server.stats.accepted.lock().unwrap().clone();
+    assert_eq!(accepted, vec![1; N + 1]);
+}
+
+#[tokio::test]
+async fn batch_routes_chunks_and_keeps_request_order() {
+    const N: usize = 3;
+    let server = start_server(N).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    // 20 checks across 3 shards with max_batch 4: several chunks per shard.
+    let reqs: Vec<CheckRequest> = (0..20)
+        .map(|i| {
+            let user = if i % 4 == 0 { format!("deny-{i}") } else { format!("u{i}") };
+            let r = req(&user);
+            if i == 7 { r.label("fail", "1") } else { r }
+        })
+        .collect();
+    let results = client.check_batch(&reqs).await.expect("batch");
+    assert_eq!(results.len(), reqs.len());
+    for (i, (r, q)) in results.iter().zip(&reqs).enumerate() {
+        if i == 7 {
+            assert!(matches!(r, Err(ClientError::Server { code: ErrorCode::BadRequest, .. })), "{r:?}");
+            continue;
+        }
+        let r = r.as_ref().expect("decided");
+        assert_eq!(r.accepted(), i % 4 != 0, "item {i}");
+        let user = &q.labels[0].1;
+        assert_eq!(r.limiters[0].limiter_index as usize, shard_for(routing_hash(user.as_bytes()), N));
+    }
+    assert!(client.check_batch(&[]).await.expect("empty").is_empty());
+}
+
+#[tokio::test]
+async fn invalid_requests_fail_locally() {
+    let server = start_server(0).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let err = client.check(&req("u1").tokens(f64::NAN)).await.expect_err("nan");
+    assert!(matches!(err, ClientError::Encode(EncodeError::InvalidTokens)));
+    let mut many = req("u1");
+    for i in 0..MAX_LABELS {
+        many = many.label(format!("k{i}"), "v");
+    }
+    assert!(matches!(client.check(&many).await, Err(ClientError::Encode(_))));
+    // Still fine afterwards.
+    assert!(client.check(&req("u1").tokens(3.0)).await.expect("check").accepted());
+}
+
+#[test]
+fn blocking_client_works_without_a_runtime() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = rt.block_on(start_server(2));
+    let client = tollgate_protocol::client::blocking::Client::connect(cfg(&server, FailMode::Open))
+        .expect("connect");
+    assert_eq!(client.hello().shard_count, 2);
+    assert!(client.check(&req("u1")).expect("check").accepted());
+    assert!(!client.check_with_fail_mode(&req("deny")).accepted);
+    client.ping(b"x").expect("ping");
+    let results = client.check_batch(&[req("a"), req("deny-b")]).expect("batch");
+    assert!(results[0].as_ref().expect("a").accepted());
+    assert!(!results[1].as_ref().expect("b").accepted());
+    drop(client);
+    server.stop();
+}
