@@ -45,7 +45,7 @@ struct FakeServer {
 
 impl FakeServer {
     fn accepted_shared(&self) -> usize {
-        self.stats.accepted.lock().unwrap().last().copied().unwrap_or(0)
+        self.stats.accepted.lock().expect("lock").last().copied().unwrap_or(0)
     }
 
     fn stop(&self) {
@@ -60,7 +60,7 @@ fn keys() -> Vec<String> {
 async fn start_server(nr_shards: usize) -> FakeServer {
     let (shutdown, rx) = watch::channel(false);
     let stats = Arc::new(Stats::default());
-    *stats.accepted.lock().unwrap() = vec![0; nr_shards + 1];
+    *stats.accepted.lock().expect("lock") = vec![0; nr_shards + 1];
     let mut listeners = Vec::new();
     for _ in 0..=nr_shards {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
@@ -106,7 +106,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { return };
-                stats.accepted.lock().unwrap()[slot] += 1;
+                stats.accepted.lock().expect("lock")[slot] += 1;
                 tokio::spawn(serve(stream, index, hello.clone(), stats.clone(), shutdown.clone()));
             }
             _ = shutdown.changed() => return,
@@ -132,7 +132,7 @@ fn decide(check: &CheckRef<'_>, table: &InternTable, index: u16, stats: &Stats) 
         labels.push((k, v));
     }
     let value = routing_value(&keys(), labels.iter().copied()).to_string();
-    stats.routed.lock().unwrap().push((index, value));
+    stats.routed.lock().expect("lock").push((index, value));
     let get = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     if get("drop") == Some("1") {
         return (Decided::Drop, 0);
@@ -307,7 +307,7 @@ async fn pipelines_and_matches_out_of_order_replies() {
         let (client, order) = (client.clone(), order.clone());
         tokio::spawn(async move {
             let r = client.check(&req("deny-slow").label("delay_ms", "150")).await;
-            order.lock().unwrap().push("slow");
+            order.lock().expect("lock").push("slow");
             r
         })
     };
@@ -316,7 +316,7 @@ async fn pipelines_and_matches_out_of_order_replies() {
         let (client, order) = (client.clone(), order.clone());
         tokio::spawn(async move {
             let r = client.check(&req("fast")).await;
-            order.lock().unwrap().push("fast");
+            order.lock().expect("lock").push("fast");
             r
         })
     };
@@ -324,7 +324,7 @@ async fn pipelines_and_matches_out_of_order_replies() {
     let slow = slow.await.expect("join").expect("slow check");
     assert!(fast.accepted());
     assert!(!slow.accepted(), "each reply went to its own request");
-    assert_eq!(*order.lock().unwrap(), vec!["fast", "slow"]);
+    assert_eq!(*order.lock().expect("lock"), vec!["fast", "slow"]);
     // Many concurrent requests on one connection, each matched to its own decision.
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -442,11 +442,11 @@ async fn shard_aware_routing_sends_each_key_to_its_owner() {
     let r = client.check(&CheckRequest::new("api")).await.expect("check");
     assert_eq!(r.limiters[0].limiter_index as usize, shard_for(routing_hash(b""), N));
     // Every check was seen by the listener that owns its routing value.
-    for (listener, value) in server.stats.routed.lock().unwrap().iter() {
+    for (listener, value) in server.stats.routed.lock().expect("lock").iter() {
         assert_eq!(*listener as usize, shard_for(routing_hash(value.as_bytes()), N), "{value}");
     }
     // One connection per shard port (opened at connect), one shared.
-    let accepted = server.stats.accepted.lock().unwrap().clone();
+    let accepted = server.stats.accepted.lock().expect("lock").clone();
     assert_eq!(accepted, vec![1; N + 1]);
 }
 
