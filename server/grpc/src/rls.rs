@@ -114,7 +114,7 @@ impl Rls {
             current_limit: Some(current_limit(&spec.policy_name, &params)),
             limit_remaining: if remaining >= f64::from(u32::MAX) { u32::MAX } else { remaining as u32 },
             duration_until_reset: if accepted {
-                until_full_ns(&params, o.current).map(duration_ns)
+                until_full_ns(&params, o.remaining).map(duration_ns)
             } else {
                 Some(duration_ns(o.wait_ns))
             },

@@ -36,6 +36,9 @@ use crate::deadline::MonoClock;
 use crate::flowcontrol::FlowControl;
 use crate::otlp::SpanSink;
 use crate::proto;
+use crate::proto::aperture::flowcontrol::check::v1::flow_control_service_server::FlowControlServiceServer;
+use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use crate::proto::opentelemetry::proto::collector::trace::v1::trace_service_server::TraceServiceServer;
 use crate::rls::Rls;
 
 /// Server-initiated HTTP/2 PING interval: finds dead clients behind NATs. Client pings (the
@@ -149,70 +152,62 @@ pub fn start(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    rt.block_on(async {
-        for name in HEALTH_SERVICE_NAMES {
-            health_reporter.set_service_status(name, ServingStatus::Serving).await;
-        }
-    });
-    let (router_result, incoming) = {
-        let _guard = rt.enter();
-        listener.set_nonblocking(true).context("grpc listener non-blocking")?;
-        let listener = tokio::net::TcpListener::from_std(listener).context("grpc listener")?;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection v1")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building reflection v1")?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .context("building reflection v1alpha")?;
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("configuring TLS")?;
+    }
+    let router = builder
+        .add_service(health)
+        .add_service(FlowControlServiceServer::with_interceptor(flow_control, auth.clone()))
+        .add_service(TraceServiceServer::with_interceptor(sink, auth.clone()))
+        .add_service(RateLimitServiceServer::with_interceptor(rls, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth));
+    listener.set_nonblocking(true).context("grpc listener non-blocking")?;
 
-        let mut builder = Server::builder()
-            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls).context("configuring TLS")?;
-        }
-        let router = builder
-            .add_service(health)
-            .add_service(
-                proto::aperture::flowcontrol::check::v1::flow_control_service_server::FlowControlServiceServer::with_interceptor(
-                    flow_control,
-                    auth.clone(),
-                ),
-            )
-            .add_service(
-                proto::opentelemetry::proto::collector::trace::v1::trace_service_server::TraceServiceServer::with_interceptor(
-                    sink,
-                    auth.clone(),
-                ),
-            )
-            .add_service(
-                proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer::with_interceptor(
-                    rls,
-                    auth.clone(),
-                ),
-            )
-            .add_service(InterceptedService::new(reflection_v1, auth.clone()))
-            .add_service(InterceptedService::new(reflection_v1alpha, auth));
-        (router, incoming)
-    };
-
+    // Everything that needs the runtime happens on its own thread, so `start` may be called from
+    // inside another runtime. Set-up errors come back through `ready`.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
     let thread = std::thread::Builder::new()
         .name("tollgate-grpc".into())
         .spawn(move || {
+            let incoming = {
+                let _guard = rt.enter();
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => TcpIncoming::from(l).with_nodelay(Some(true)),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context("grpc listener")));
+                        return;
+                    }
+                }
+            };
+            rt.block_on(async {
+                for name in HEALTH_SERVICE_NAMES {
+                    health_reporter.set_service_status(name, ServingStatus::Serving).await;
+                }
+            });
+            let _ = ready_tx.send(Ok(()));
             let mut stop_serve = stop_rx.clone();
             let mut stop_grace = stop_rx;
-            let serve = router_result.serve_with_incoming_shutdown(incoming, async move {
-                // A dropped sender also means stop.
-                let _ = stop_serve.wait_for(|s| *s).await;
-            });
             rt.block_on(async move {
+                let serve = router.serve_with_incoming_shutdown(incoming, async move {
+                    // A dropped sender also means stop.
+                    let _ = stop_serve.wait_for(|s| *s).await;
+                });
                 tokio::select! {
                     r = serve => {
                         if let Err(e) = r {
@@ -226,10 +221,24 @@ pub fn start(
                         tracing::warn!("grpc shutdown grace of {SHUTDOWN_GRACE:?} elapsed; dropping in-flight calls");
                     }
                 }
+                for name in HEALTH_SERVICE_NAMES {
+                    health_reporter.set_service_status(name, ServingStatus::NotServing).await;
+                }
             });
             tracing::debug!("grpc runtime stopped");
         })
         .context("spawning the grpc thread")?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            anyhow::bail!("grpc thread exited during start-up");
+        }
+    }
 
     tracing::info!(%local_addr, tls = server.tls.is_some(), api_keys = auth_enabled(&server.api_keys), "grpc compat port listening");
     Ok(GrpcHandle { local_addr, stop: stop_tx, thread: Some(thread), spans })

@@ -1,0 +1,88 @@
+//! Test-only backend and server start-up shared by this crate's integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tollgate_grpc::{BackendError, DecisionBackend, DecisionFuture, GrpcHandle};
+use tollgate_policy::{Engine, LocalLimiter, OwnedFlow};
+
+/// Capacity 5 per user, refilling 5 per hour: effectively no refill during a test.
+pub const POLICY_YAML: &str = r#"
+server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: 2 }
+policies:
+  - policy_name: five_per_user
+    rate_limiter:
+      bucket_capacity: 5
+      fill_amount: 5
+      parameters: { interval: 3600s, limit_by_label_key: user }
+      selectors: [ { control_point: checkout } ]
+"#;
+
+/// `LocalLimiter` behind a std Mutex (test-only; the real server routes to shards), real clock.
+pub struct LocalBackend {
+    engine: Arc<Engine>,
+    limiter: Mutex<LocalLimiter>,
+    epoch: Instant,
+    /// Extra latency per decision, to test deadlines.
+    delay: Option<Duration>,
+}
+
+impl DecisionBackend for LocalBackend {
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn check(&self, flow: OwnedFlow) -> DecisionFuture {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let result = self.limiter.lock().unwrap().check(&flow, now).map_err(BackendError::Flow);
+        let delay = self.delay;
+        Box::pin(async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            result
+        })
+    }
+}
+
+/// A server started with [`tollgate_grpc::start`] on 127.0.0.1:0.
+pub struct LocalServer {
+    pub handle: GrpcHandle,
+}
+
+impl LocalServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.handle.local_addr())
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url()).unwrap().connect().await.unwrap()
+    }
+
+    pub async fn fcs(
+        &self,
+    ) -> tollgate_grpc::proto::aperture::flowcontrol::check::v1::flow_control_service_client::FlowControlServiceClient<
+        tonic::transport::Channel,
+    > {
+        tollgate_grpc::proto::aperture::flowcontrol::check::v1::flow_control_service_client::FlowControlServiceClient::new(
+            self.channel().await,
+        )
+    }
+}
+
+/// Parses `yaml`, starts the gRPC port with a [`LocalBackend`]; cache entries limited to 1 KiB.
+pub fn start_local(yaml: &str, delay: Option<Duration>) -> LocalServer {
+    let mut config = tollgate_policy::parse_str(yaml, "test.yaml").unwrap();
+    config.server.cache.max_entry_bytes = 1024;
+    let engine = Arc::new(Engine::new(&config.policies));
+    let backend = Arc::new(LocalBackend {
+        limiter: Mutex::new(LocalLimiter::new(engine.clone())),
+        engine,
+        epoch: Instant::now(),
+        delay,
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let handle = tollgate_grpc::start(listener, &config.server, backend).unwrap();
+    LocalServer { handle }
+}
