@@ -1,1 +1,41 @@
-//! placeholder
+//! The Tollgate server: a thread-per-core rate-limit dataplane.
+//!
+//! Each core runs one glommio executor, a *shard*, pinned to that core. A token bucket
+//! lives on exactly one shard — `shard_for(routing_hash(label value), shards)`, the
+//! protocol crate's routing function — and that shard owns it without locks. Clients that
+//! are shard-aware connect to every shard's own port and send each check straight to its
+//! owner; a check that lands elsewhere hops once over the glommio channel mesh.
+//!
+//! The pure rules live in `tollgate-policy` (buckets, selectors, decisions) and
+//! `tollgate-protocol` (frames, routing); this crate is the IO shell around them.
+//!
+//! A check's path: [`listeners`] bound the sockets -> [`runtime`] started the shards and
+//! their accept loops -> [`conn`] decodes frames and asks its [`shard::Shard`] ->
+//! `Shard::decide_now` plans with the engine and takes from the local
+//! [`tollgate_policy::BucketStore`], or `Shard::decide_forwarded` hops to the owner(s) ->
+//! the reply is encoded into the connection's outbox and written.
+//!
+//! # Layout
+//! - [`runtime`]: start (bind, executors, mesh, ready) and graceful shutdown.
+//! - [`listeners`]: socket2 binding: shared SO_REUSEPORT port + shard-aware ports.
+//! - [`node`]: node-wide read-only facts (engine, ports, limits) and the HELLO reply.
+//! - [`shard`]: a shard's buckets, local decisions, cross-shard hops and their batching.
+//! - [`conn`]: one binary connection: read, decode, decide, reply; bounded buffers.
+//! - [`bridge`]: the inbox through which non-shard threads (gRPC, gossip) reach shards.
+//! - [`grpc_backend`]: the gRPC compat port's view of the shards.
+//! - [`clock`]: the process-wide monotonic nanosecond clock.
+//! - [`cli`]: `tollgate serve | check | validate | members`.
+#![warn(missing_docs)]
+
+pub mod bridge;
+pub mod cli;
+pub mod clock;
+pub mod conn;
+pub mod grpc_backend;
+pub mod listeners;
+pub mod node;
+pub mod runtime;
+pub mod shard;
+
+/// The policy `tollgate serve` runs without `--config` (see README).
+pub const DEFAULT_POLICY: &str = include_str!("../default-policy.yaml");

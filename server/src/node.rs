@@ -1,0 +1,121 @@
+//! What every shard of a node shares, read-only after start (plus two counters that are
+//! touched per connection, never per decision).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tollgate_policy::{Engine, ServerConfig};
+use tollgate_protocol::routing::{self, HASH_FNV1A_64};
+use tollgate_protocol::{HelloReply, Member, MemberState, MAX_BATCH, PROTOCOL_VERSION};
+
+/// A source of the cluster member list (the gossip layer implements it).
+pub trait MembersView: Send + Sync {
+    /// Current members, this node included.
+    fn members(&self) -> Vec<Member>;
+}
+
+/// Immutable node-wide facts and limits.
+pub struct Node {
+    /// The compiled policies.
+    pub engine: Arc<Engine>,
+    /// Shards on this node.
+    pub nr_shards: usize,
+    /// Name reported in HELLO and MEMBERS.
+    pub node_id: String,
+    /// The shared binary port.
+    pub listen: SocketAddr,
+    /// Shard-aware ports, index = shard.
+    pub shard_ports: Vec<u16>,
+    /// Limits from `server:`.
+    pub limits: Limits,
+    /// Open binary connections on the node (all shards).
+    pub connections: AtomicUsize,
+    /// The cluster's member list, when clustered.
+    pub members: Option<Arc<dyn MembersView>>,
+}
+
+/// Per-connection bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections beyond this are closed at accept.
+    pub max_connections: usize,
+    /// Requests in flight per connection before OVERLOADED.
+    pub max_in_flight: usize,
+    /// Largest frame accepted.
+    pub max_frame_len: u32,
+    /// Shutdown waits this long for connections to finish.
+    pub drain_timeout: std::time::Duration,
+}
+
+impl Limits {
+    /// From the `server:` section.
+    pub fn from_config(c: &ServerConfig) -> Limits {
+        Limits {
+            max_connections: c.max_connections,
+            max_in_flight: c.max_in_flight,
+            max_frame_len: c.max_frame_len,
+            drain_timeout: c.drain_timeout.0,
+        }
+    }
+}
+
+impl Node {
+    /// The shard that owns the bucket keyed by `key` (a limit label's value).
+    ///
+    /// This is the one routing rule: the protocol crate's function, also used by the
+    /// client, the loadgen and the tests.
+    #[inline]
+    pub fn owner_of(&self, key: &str) -> usize {
+        routing::shard_for(routing::routing_hash(key.as_bytes()), self.nr_shards)
+    }
+
+    /// HELLO_REPLY for a connection on `shard_index` (None = the shared port).
+    pub fn hello(&self, shard_index: Option<u16>) -> HelloReply {
+        HelloReply {
+            version: PROTOCOL_VERSION,
+            node_id: self.node_id.clone(),
+            shard_count: self.nr_shards as u16,
+            hash_algo: HASH_FNV1A_64,
+            shard_index,
+            shard_ports: self.shard_ports.clone(),
+            routing_label_keys: self.engine.routing_label_keys().to_vec(),
+            policy_names: self
+                .engine
+                .limiters()
+                .iter()
+                .map(|l| l.policy_name.clone())
+                .collect(),
+            max_frame_len: self.limits.max_frame_len,
+            max_batch: MAX_BATCH as u16,
+            max_in_flight: u32::try_from(self.limits.max_in_flight).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The member list: the cluster's view, or this node alone.
+    pub fn member_list(&self) -> Vec<Member> {
+        match &self.members {
+            Some(view) => view.members(),
+            None => vec![Member {
+                node_id: self.node_id.clone(),
+                address: self.listen.to_string(),
+                state: MemberState::Alive,
+                last_contact_ms: 0,
+            }],
+        }
+    }
+
+    /// Claims a connection slot; false when the node is full.
+    pub fn try_add_connection(&self) -> bool {
+        let prev = self.connections.fetch_add(1, Ordering::Relaxed);
+        if prev >= self.limits.max_connections {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Releases a connection slot.
+    pub fn remove_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

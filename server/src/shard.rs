@@ -1,0 +1,441 @@
+//! A shard: one pinned glommio executor that owns a slice of the buckets, with no locks.
+//!
+//! A bucket lives on `node.owner_of(key)`. A check is planned on the shard where it
+//! arrives; if every bucket it needs is local (always, when the client is shard-aware)
+//! the decision is made inline ([`Shard::decide_now`]). Otherwise the shard forwards the
+//! takes to their owners over the glommio channel mesh and awaits the outcomes
+//! ([`Shard::decide_forwarded`]); when any limiter rejects, tokens taken elsewhere are
+//! handed back, as on a single shard.
+//!
+//! Mesh traffic is batched: each destination has an outbox that a forwarder task drains
+//! into one mesh message, so a burst of hops costs one channel send and one wakeup.
+//! Replies never block the receive loop (they go through the outbox too), so two shards
+//! sending to each other cannot deadlock on full channels.
+
+use crate::clock;
+use crate::node::Node;
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use tollgate_policy::{
+    BucketStore, Decision, Engine, FlowError, Labels, LimiterId, OutcomeKind, Outcomes, PlannedTake,
+};
+
+/// Messages between shards of one node. A mesh message is a `Vec` of these (a batch).
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// Take these buckets (all owned by the receiver) and answer `Taken { ticket }`.
+    Take {
+        /// Matches the answer to the waiting request on the sender.
+        ticket: u32,
+        /// The buckets, in the flow's limiter order.
+        takes: Vec<OwnedTake>,
+    },
+    /// Hand these tokens back (another shard's limiter rejected the flow).
+    GiveBack {
+        /// Buckets and the tokens to return.
+        takes: Vec<OwnedTake>,
+    },
+    /// The outcomes of a `Take`, in its order.
+    Taken {
+        /// From the `Take`.
+        ticket: u32,
+        /// One per take.
+        outcomes: Outcomes,
+    },
+    /// Debit consumption that happened on a peer node (cluster replication).
+    Debit {
+        /// Buckets and tokens consumed elsewhere.
+        takes: Vec<OwnedTake>,
+    },
+    /// Lower buckets to at most these levels (state transfer from a peer node).
+    LowerTo {
+        /// (limiter, key, level).
+        levels: Vec<(LimiterId, String, f64)>,
+    },
+}
+
+/// A [`PlannedTake`] with an owned key, to cross threads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedTake {
+    /// Which limiter.
+    pub limiter: LimiterId,
+    /// Bucket key; None = the flow lacks the limit label.
+    pub key: Option<String>,
+    /// Tokens.
+    pub tokens: f64,
+}
+
+impl OwnedTake {
+    fn planned(&self) -> PlannedTake<'_> {
+        PlannedTake {
+            limiter: self.limiter,
+            key: self.key.as_deref(),
+            tokens: self.tokens,
+        }
+    }
+}
+
+/// A plan that needs other shards: owned, so it can outlive the read buffer.
+#[derive(Debug)]
+pub struct ForwardPlan {
+    takes: Vec<OwnedTake>,
+    owners: SmallVec<[usize; 4]>,
+}
+
+/// The result of planning a check where it arrived.
+pub enum Planned {
+    /// Every bucket is local: decided already.
+    Decided(Decision),
+    /// Some bucket lives on another shard: await [`Shard::decide_forwarded`].
+    Forward(ForwardPlan),
+}
+
+/// Mesh batches per peer channel before a sender waits. Each batch is already many
+/// messages, so this bounds memory, not throughput.
+pub const MESH_CHANNEL_SIZE: usize = 1024;
+
+/// Messages one mesh batch carries at most, so one batch cannot monopolise a receiver.
+const MAX_MESH_BATCH: usize = 4096;
+
+/// A destination's outbox, drained by its forwarder task.
+struct Outbox {
+    queue: RefCell<Vec<MeshMsg>>,
+    wake: LocalSender<()>,
+}
+
+/// One shard's state. Lives in an `Rc` on its executor; never crosses threads.
+pub struct Shard {
+    /// This shard's index (its mesh peer id).
+    pub id: usize,
+    /// Node-wide facts.
+    pub node: Arc<Node>,
+    /// The buckets this shard owns.
+    store: RefCell<BucketStore>,
+    /// Per destination shard (None for self).
+    outboxes: Vec<Option<Outbox>>,
+    /// Tickets of forwarded takes awaiting their `Taken`.
+    pending: RefCell<HashMap<u32, oneshot::Sender<Outcomes>>>,
+    next_ticket: Cell<u32>,
+}
+
+impl Shard {
+    /// Creates the shard and starts its mesh tasks (forwarders and receivers).
+    pub fn start(
+        id: usize,
+        node: Arc<Node>,
+        senders: Senders<Vec<MeshMsg>>,
+        mut receivers: Receivers<Vec<MeshMsg>>,
+    ) -> Rc<Shard> {
+        let senders = Rc::new(senders);
+        let mut outboxes = Vec::with_capacity(node.nr_shards);
+        let mut wake_receivers = Vec::new();
+        for dest in 0..node.nr_shards {
+            if dest == id {
+                outboxes.push(None);
+                continue;
+            }
+            let (wake, woken) = local_channel::new_bounded(1);
+            outboxes.push(Some(Outbox {
+                queue: RefCell::new(Vec::new()),
+                wake,
+            }));
+            wake_receivers.push((dest, woken));
+        }
+        let shard = Rc::new(Shard {
+            id,
+            node,
+            store: RefCell::new(BucketStore::new()),
+            outboxes,
+            pending: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(0),
+        });
+        for (dest, woken) in wake_receivers {
+            glommio::spawn_local(forward_loop(shard.clone(), senders.clone(), dest, woken))
+                .detach();
+        }
+        for (from, stream) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(batch) = stream.recv().await {
+                    for msg in batch {
+                        shard.handle_mesh(from, msg);
+                    }
+                }
+            })
+            .detach();
+        }
+        shard
+    }
+
+    /// The compiled policies.
+    pub fn engine(&self) -> &Engine {
+        &self.node.engine
+    }
+
+    /// Live buckets on this shard.
+    pub fn bucket_count(&self) -> usize {
+        self.store.borrow().len()
+    }
+
+    /// Plans a flow and, when every bucket is local, decides it at once.
+    pub fn decide_now<L: Labels + ?Sized>(
+        &self,
+        control_point: &str,
+        labels: &L,
+        tokens: Option<f64>,
+        now_ns: u64,
+    ) -> Result<Planned, FlowError> {
+        let engine = &*self.node.engine;
+        let plan = engine.plan(control_point, labels, tokens)?;
+        let mut owners: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut all_local = true;
+        for take in &plan {
+            let owner = match take.key {
+                Some(key) => self.node.owner_of(key),
+                None => self.id,
+            };
+            all_local &= owner == self.id;
+            owners.push(owner);
+        }
+        if all_local {
+            let outcomes = self.store.borrow_mut().take_group(engine, &plan, now_ns);
+            return Ok(Planned::Decided(Decision::from_outcomes(outcomes)));
+        }
+        let takes = plan
+            .iter()
+            .map(|t| OwnedTake {
+                limiter: t.limiter,
+                key: t.key.map(str::to_owned),
+                tokens: t.tokens,
+            })
+            .collect();
+        Ok(Planned::Forward(ForwardPlan { takes, owners }))
+    }
+
+    /// Decides a plan whose buckets live on several shards: each owner takes its group;
+    /// if any limiter rejects, every group that accepted gets its tokens back.
+    pub async fn decide_forwarded(self: &Rc<Self>, plan: ForwardPlan) -> Decision {
+        let engine = self.node.engine.clone();
+        let mut groups: SmallVec<[(usize, SmallVec<[usize; 4]>); 2]> = SmallVec::new();
+        for (i, &owner) in plan.owners.iter().enumerate() {
+            match groups.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((owner, SmallVec::from_slice(&[i]))),
+            }
+        }
+        // Send every remote group first so they run concurrently, then do the local one.
+        let mut waiting: SmallVec<[(usize, oneshot::Receiver<Outcomes>); 2]> = SmallVec::new();
+        let mut outcomes: Vec<Option<tollgate_policy::LimiterOutcome>> =
+            vec![None; plan.takes.len()];
+        for (g, (owner, members)) in groups.iter().enumerate() {
+            if *owner == self.id {
+                continue;
+            }
+            let takes = members.iter().map(|&i| plan.takes[i].clone()).collect();
+            let (tx, rx) = oneshot::channel();
+            let ticket = self.next_ticket.get();
+            self.next_ticket.set(ticket.wrapping_add(1));
+            self.pending.borrow_mut().insert(ticket, tx);
+            self.send(*owner, MeshMsg::Take { ticket, takes });
+            waiting.push((g, rx));
+        }
+        if let Some((_, members)) = groups.iter().find(|(o, _)| *o == self.id) {
+            let takes: SmallVec<[PlannedTake<'_>; 4]> =
+                members.iter().map(|&i| plan.takes[i].planned()).collect();
+            let local = self
+                .store
+                .borrow_mut()
+                .take_group(&engine, &takes, clock::now_ns());
+            for (&i, o) in members.iter().zip(local) {
+                outcomes[i] = Some(o);
+            }
+        }
+        for (g, rx) in waiting {
+            let members = &groups[g].1;
+            // A dropped sender means the owner shard is gone (shutdown): count it as a
+            // rejection-free no-op would over-admit, so the limiter rejects instead.
+            let remote = rx.await.unwrap_or_default();
+            for (k, &i) in members.iter().enumerate() {
+                outcomes[i] = Some(
+                    remote
+                        .get(k)
+                        .copied()
+                        .unwrap_or_else(|| unavailable(&plan.takes[i])),
+                );
+            }
+        }
+        let mut merged: Outcomes = outcomes
+            .into_iter()
+            .zip(&plan.takes)
+            .map(|(o, t)| o.unwrap_or_else(|| unavailable(t)))
+            .collect();
+        if Decision::needs_return(&merged) {
+            self.return_accepted(&engine, &plan, &groups, &mut merged);
+        }
+        Decision::from_outcomes(merged)
+    }
+
+    /// After a rejection elsewhere, hands back every still-accepted take to its owner.
+    fn return_accepted(
+        &self,
+        engine: &Engine,
+        plan: &ForwardPlan,
+        groups: &[(usize, SmallVec<[usize; 4]>)],
+        merged: &mut Outcomes,
+    ) {
+        for (owner, members) in groups {
+            let accepted: SmallVec<[usize; 4]> = members
+                .iter()
+                .copied()
+                .filter(|&i| merged[i].kind == OutcomeKind::Accepted)
+                .collect();
+            if accepted.is_empty() {
+                continue;
+            }
+            let back: Vec<OwnedTake> = accepted.iter().map(|&i| plan.takes[i].clone()).collect();
+            if *owner == self.id {
+                let now = clock::now_ns();
+                let mut store = self.store.borrow_mut();
+                for t in &back {
+                    if let Some(key) = &t.key {
+                        store.take(engine, t.limiter, key, -t.tokens, now);
+                    }
+                }
+            } else {
+                self.send(*owner, MeshMsg::GiveBack { takes: back });
+            }
+            for i in accepted {
+                let o = &mut merged[i];
+                let capacity = engine.limiter(o.limiter).params.capacity;
+                o.remaining = (o.remaining + o.tokens).min(capacity);
+                o.kind = OutcomeKind::Returned;
+            }
+        }
+    }
+
+    /// Queues a message for another shard and wakes its forwarder.
+    pub fn send(&self, dest: usize, msg: MeshMsg) {
+        let Some(Some(outbox)) = self.outboxes.get(dest) else {
+            tracing::error!(
+                shard = self.id,
+                dest,
+                "mesh message to an unknown shard dropped"
+            );
+            return;
+        };
+        outbox.queue.borrow_mut().push(msg);
+        // Full means a wakeup is already pending: the forwarder will see this message.
+        let _ = outbox.wake.try_send(());
+    }
+
+    fn handle_mesh(&self, from: usize, msg: MeshMsg) {
+        let engine = &*self.node.engine;
+        let now = clock::now_ns();
+        match msg {
+            MeshMsg::Take { ticket, takes } => {
+                let planned: SmallVec<[PlannedTake<'_>; 4]> =
+                    takes.iter().map(OwnedTake::planned).collect();
+                let outcomes = self.store.borrow_mut().take_group(engine, &planned, now);
+                self.send(from, MeshMsg::Taken { ticket, outcomes });
+            }
+            MeshMsg::GiveBack { takes } => {
+                let mut store = self.store.borrow_mut();
+                for t in takes {
+                    if let Some(key) = &t.key {
+                        store.take(engine, t.limiter, key, -t.tokens, now);
+                    }
+                }
+            }
+            MeshMsg::Taken { ticket, outcomes } => {
+                if let Some(tx) = self.pending.borrow_mut().remove(&ticket) {
+                    let _ = tx.send(outcomes);
+                }
+            }
+            MeshMsg::Debit { takes } => self.debit(takes),
+            MeshMsg::LowerTo { levels } => self.lower_to(levels),
+        }
+    }
+
+    /// Applies a peer node's consumption to buckets this shard owns.
+    pub fn debit(&self, takes: Vec<OwnedTake>) {
+        let engine = &*self.node.engine;
+        let now = clock::now_ns();
+        let mut store = self.store.borrow_mut();
+        for t in takes {
+            if let (Some(key), Some(_)) = (&t.key, engine.get_limiter(t.limiter)) {
+                store.debit(engine, t.limiter, key, t.tokens, now);
+            }
+        }
+    }
+
+    /// Lowers buckets this shard owns to peer-reported levels.
+    pub fn lower_to(&self, levels: Vec<(LimiterId, String, f64)>) {
+        let engine = &*self.node.engine;
+        let now = clock::now_ns();
+        let mut store = self.store.borrow_mut();
+        for (limiter, key, level) in levels {
+            if engine.get_limiter(limiter).is_some() {
+                store.lower_to(engine, limiter, &key, level, now);
+            }
+        }
+    }
+
+    /// Runs `f` with this shard's store (replication drains, snapshots, eviction).
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut BucketStore, &Engine) -> R) -> R {
+        f(&mut self.store.borrow_mut(), &self.node.engine)
+    }
+}
+
+/// An outcome for a take whose owner never answered (it shut down): a rejection, since
+/// admitting without the owner's word could exceed the limit.
+fn unavailable(t: &OwnedTake) -> tollgate_policy::LimiterOutcome {
+    tollgate_policy::LimiterOutcome {
+        limiter: t.limiter,
+        kind: if t.key.is_some() {
+            OutcomeKind::Rejected
+        } else {
+            OutcomeKind::KeyNotFound
+        },
+        tokens: t.tokens,
+        remaining: 0.0,
+        current: 0.0,
+        wait_ns: 0,
+    }
+}
+
+/// Drains one destination's outbox into mesh batches.
+async fn forward_loop(
+    shard: Rc<Shard>,
+    senders: Rc<Senders<Vec<MeshMsg>>>,
+    dest: usize,
+    woken: LocalReceiver<()>,
+) {
+    while woken.recv().await.is_some() {
+        loop {
+            let batch: Vec<MeshMsg> = {
+                let Some(Some(outbox)) = shard.outboxes.get(dest) else {
+                    return;
+                };
+                let mut queue = outbox.queue.borrow_mut();
+                if queue.is_empty() {
+                    break;
+                }
+                if queue.len() <= MAX_MESH_BATCH {
+                    std::mem::take(&mut *queue)
+                } else {
+                    queue.drain(..MAX_MESH_BATCH).collect()
+                }
+            };
+            if senders.send_to(dest, batch).await.is_err() {
+                tracing::debug!(shard = shard.id, dest, "mesh peer closed; dropping batch");
+                return;
+            }
+        }
+    }
+}
