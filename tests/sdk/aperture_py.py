@@ -144,7 +144,12 @@ def main():
         client = ApertureClient.new_client(address=args.address, api_key=args.api_key, insecure=True)
 
     {"flows": scenario_flows, "cache": scenario_cache, "auth": scenario_auth}[args.scenario](client, args)
-    # Flushes the batched "Aperture Check" spans to the same address (OTLP export).
+    # The SDK batches its "Aperture Check" spans (BatchSpanProcessor on the global tracer
+    # provider) and exports them to the same address; close() only shuts the exporter down, so
+    # flush first or the spans are dropped.
+    from opentelemetry import trace
+
+    trace.get_tracer_provider().force_flush()
     client.close()
     emit(event="done")
 
