@@ -91,7 +91,10 @@ impl TokenBucket {
 
     /// A bucket at an explicit level (replication and tests).
     pub fn with_level(tokens: f64, last_fill_ns: u64) -> TokenBucket {
-        TokenBucket { tokens, last_fill_ns }
+        TokenBucket {
+            tokens,
+            last_fill_ns,
+        }
     }
 
     /// Tokens available at `now_ns`, without changing the bucket.
@@ -129,13 +132,28 @@ impl TokenBucket {
         let current = self.tokens;
         if n <= 0.0 {
             self.tokens = (self.tokens - n).min(params.capacity);
-            return Take { accepted: true, current, remaining: self.tokens, wait_ns: 0 };
+            return Take {
+                accepted: true,
+                current,
+                remaining: self.tokens,
+                wait_ns: 0,
+            };
         }
         if self.tokens >= n {
             self.tokens -= n;
-            return Take { accepted: true, current, remaining: self.tokens, wait_ns: 0 };
+            return Take {
+                accepted: true,
+                current,
+                remaining: self.tokens,
+                wait_ns: 0,
+            };
         }
-        Take { accepted: false, current, remaining: current, wait_ns: self.wait_for(params, now_ns, n) }
+        Take {
+            accepted: false,
+            current,
+            remaining: current,
+            wait_ns: self.wait_for(params, now_ns, n),
+        }
     }
 
     /// Debit `n` tokens unconditionally (a peer's consumption arriving by replication):
@@ -210,7 +228,10 @@ mod tests {
         assert!(b.take(&p, 0, 10.0).accepted);
         let t = b.take(&p, SEC / 2, 0.0);
         assert!((t.current - 5.0).abs() < 1e-9);
-        assert!((b.level(&p, 100 * SEC) - 10.0).abs() < 1e-9, "capped at capacity");
+        assert!(
+            (b.level(&p, 100 * SEC) - 10.0).abs() < 1e-9,
+            "capped at capacity"
+        );
     }
 
     #[test]
@@ -265,7 +286,11 @@ mod tests {
         p.delay_initial_fill = true;
         let mut b = TokenBucket::new(&p, 0);
         assert!(b.take(&p, 0, 10.0).accepted);
-        assert_eq!(b.level(&p, SEC / 2), 0.0, "no fill during the first fill time");
+        assert_eq!(
+            b.level(&p, SEC / 2),
+            0.0,
+            "no fill during the first fill time"
+        );
         assert!((b.level(&p, SEC + SEC / 2) - 5.0).abs() < 1e-9);
         let t = b.take(&p, SEC / 2, 5.0);
         assert_eq!(t.wait_ns, SEC, "0.5s until fill starts + 0.5s to fill 5");
@@ -287,7 +312,10 @@ mod tests {
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
         prop::collection::vec(
-            (0u64..2 * SEC, prop_oneof![3 => 0.1f64..5.0, 1 => -3.0f64..0.0])
+            (
+                0u64..2 * SEC,
+                prop_oneof![3 => 0.1f64..5.0, 1 => -3.0f64..0.0],
+            )
                 .prop_map(|(advance_ns, tokens)| Step { advance_ns, tokens }),
             1..300,
         )

@@ -108,7 +108,11 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { max_entries: 100_000, max_total_bytes: 64 << 20, max_entry_bytes: 1 << 20 }
+        CacheConfig {
+            max_entries: 100_000,
+            max_total_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
     }
 }
 
@@ -221,7 +225,10 @@ pub struct LazySync {
 
 impl Default for LazySync {
     fn default() -> Self {
-        LazySync { enabled: false, num_sync: 4 }
+        LazySync {
+            enabled: false,
+            num_sync: 4,
+        }
     }
 }
 
@@ -402,38 +409,62 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         origin: origin.clone(),
-        errors: vec![FieldError { path: String::new(), reason: format!("cannot read file: {e}") }],
+        errors: vec![FieldError {
+            path: String::new(),
+            reason: format!("cannot read file: {e}"),
+        }],
     })?;
     parse_str(&text, &origin)
 }
 
 /// Parses and validates config text; `origin` names it in errors.
 pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let fail = |errors| ConfigError { origin: origin.to_string(), errors };
-    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| fail(vec![FieldError { path: String::new(), reason: format!("not valid YAML: {e}") }]))?;
-    let is_blueprint = value.as_mapping().is_some_and(|m| m.contains_key("blueprint"));
+    let fail = |errors| ConfigError {
+        origin: origin.to_string(),
+        errors,
+    };
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        fail(vec![FieldError {
+            path: String::new(),
+            reason: format!("not valid YAML: {e}"),
+        }])
+    })?;
+    let is_blueprint = value
+        .as_mapping()
+        .is_some_and(|m| m.contains_key("blueprint"));
     let config = if is_blueprint {
         let file: BlueprintFile = deserialize_tracked(value).map_err(|e| fail(vec![e]))?;
         if file.blueprint != RATE_LIMITING_BLUEPRINT {
             return Err(fail(vec![FieldError {
                 path: "blueprint".into(),
-                reason: format!("unsupported blueprint {:?} (Tollgate runs {RATE_LIMITING_BLUEPRINT:?})", file.blueprint),
+                reason: format!(
+                    "unsupported blueprint {:?} (Tollgate runs {RATE_LIMITING_BLUEPRINT:?})",
+                    file.blueprint
+                ),
             }]));
         }
         let mut errors = Vec::new();
         if file.policy.components.is_some() {
-            errors.push(FieldError { path: "policy.components".into(), reason: "not supported: Tollgate runs only the rate limiter".into() });
+            errors.push(FieldError {
+                path: "policy.components".into(),
+                reason: "not supported: Tollgate runs only the rate limiter".into(),
+            });
         }
         if file.policy.resources.is_some() {
-            errors.push(FieldError { path: "policy.resources".into(), reason: "not supported: Tollgate has no classifiers or flux meters".into() });
+            errors.push(FieldError {
+                path: "policy.resources".into(),
+                reason: "not supported: Tollgate has no classifiers or flux meters".into(),
+            });
         }
         if !errors.is_empty() {
             return Err(fail(errors));
         }
         Config {
             server: file.server,
-            policies: vec![PolicyConfig { policy_name: file.policy.policy_name, rate_limiter: file.policy.rate_limiter }],
+            policies: vec![PolicyConfig {
+                policy_name: file.policy.policy_name,
+                rate_limiter: file.policy.rate_limiter,
+            }],
             cluster: file.cluster,
         }
     } else {
@@ -449,27 +480,47 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
 /// serde with the path of the failing field, and serde's wording turned into ours
 /// (`missing field `x`` at `a.b` becomes `a.b.x: missing`).
-fn deserialize_tracked<T: serde::de::DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, FieldError> {
+fn deserialize_tracked<T: serde::de::DeserializeOwned>(
+    value: serde_yaml_ng::Value,
+) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut path = e.path().to_string();
         if path == "." {
             path.clear();
         }
         let message = e.inner().to_string();
-        let join = |path: &str, field: &str| if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        let join = |path: &str, field: &str| {
+            if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            }
+        };
         if let Some(field) = backticked_after(&message, "missing field ") {
-            FieldError { path: join(&path, field), reason: "missing".into() }
+            FieldError {
+                path: join(&path, field),
+                reason: "missing".into(),
+            }
         } else if let Some(field) = backticked_after(&message, "unknown field ") {
-            let expected = message.split_once(", expected ").map(|(_, rest)| rest.to_string());
+            let expected = message
+                .split_once(", expected ")
+                .map(|(_, rest)| rest.to_string());
             let reason = match expected {
                 Some(rest) => format!("unknown field (expected {rest})"),
                 None => "unknown field".into(),
             };
             // serde_path_to_error already ends the path with the unknown field.
-            let path = if path.ends_with(field) { path } else { join(&path, field) };
+            let path = if path.ends_with(field) {
+                path
+            } else {
+                join(&path, field)
+            };
             FieldError { path, reason }
         } else {
-            FieldError { path, reason: message }
+            FieldError {
+                path,
+                reason: message,
+            }
         }
     })
 }
@@ -483,7 +534,12 @@ impl Config {
     /// Rules serde cannot express. Returns every problem, not just the first.
     fn validate(&self, is_blueprint: bool) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        let mut err = |path: String, reason: &str| errors.push(FieldError { path, reason: reason.to_string() });
+        let mut err = |path: String, reason: &str| {
+            errors.push(FieldError {
+                path,
+                reason: reason.to_string(),
+            })
+        };
 
         let s = &self.server;
         if let Some(shards) = s.shards {
@@ -498,7 +554,10 @@ impl Config {
             err("server.max_in_flight".into(), "must be at least 1");
         }
         if s.max_frame_len < 1024 || s.max_frame_len > 64 << 20 {
-            err("server.max_frame_len".into(), "must be between 1024 and 67108864 bytes");
+            err(
+                "server.max_frame_len".into(),
+                "must be between 1024 and 67108864 bytes",
+            );
         }
         if s.api_keys.iter().any(|k| k.is_empty()) {
             err("server.api_keys".into(), "an API key must not be empty");
@@ -507,12 +566,19 @@ impl Config {
             err("server.cache.max_entries".into(), "must be at least 1");
         }
         if s.cache.max_entry_bytes > s.cache.max_total_bytes {
-            err("server.cache.max_entry_bytes".into(), "must not exceed server.cache.max_total_bytes");
+            err(
+                "server.cache.max_entry_bytes".into(),
+                "must not exceed server.cache.max_total_bytes",
+            );
         }
 
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
-            let at = if is_blueprint { "policy".to_string() } else { format!("policies[{i}]") };
+            let at = if is_blueprint {
+                "policy".to_string()
+            } else {
+                format!("policies[{i}]")
+            };
             if p.policy_name.trim().is_empty() {
                 err(format!("{at}.policy_name"), "must not be empty");
             } else if !names.insert(p.policy_name.as_str()) {
@@ -521,33 +587,57 @@ impl Config {
             let rl = &p.rate_limiter;
             let at = format!("{at}.rate_limiter");
             if !(rl.bucket_capacity.is_finite() && rl.bucket_capacity > 0.0) {
-                err(format!("{at}.bucket_capacity"), "must be a number greater than 0");
+                err(
+                    format!("{at}.bucket_capacity"),
+                    "must be a number greater than 0",
+                );
             }
             if !(rl.fill_amount.is_finite() && rl.fill_amount >= 0.0) {
                 err(format!("{at}.fill_amount"), "must be a number, 0 or more");
             }
             if rl.parameters.interval.0.is_zero() {
-                err(format!("{at}.parameters.interval"), "must be greater than 0");
+                err(
+                    format!("{at}.parameters.interval"),
+                    "must be greater than 0",
+                );
             }
             if rl.parameters.max_idle_time.0.is_zero() {
-                err(format!("{at}.parameters.max_idle_time"), "must be greater than 0");
+                err(
+                    format!("{at}.parameters.max_idle_time"),
+                    "must be greater than 0",
+                );
             }
             if rl.parameters.lazy_sync.num_sync == 0 {
-                err(format!("{at}.parameters.lazy_sync.num_sync"), "must be at least 1");
+                err(
+                    format!("{at}.parameters.lazy_sync.num_sync"),
+                    "must be at least 1",
+                );
             }
             if rl.parameters.limit_by_label_key.as_deref() == Some("") {
-                err(format!("{at}.parameters.limit_by_label_key"), "must not be empty (omit it for one shared bucket)");
+                err(
+                    format!("{at}.parameters.limit_by_label_key"),
+                    "must not be empty (omit it for one shared bucket)",
+                );
             }
             if rl.request_parameters.tokens_label_key.as_deref() == Some("") {
-                err(format!("{at}.request_parameters.tokens_label_key"), "must not be empty");
+                err(
+                    format!("{at}.request_parameters.tokens_label_key"),
+                    "must not be empty",
+                );
             }
             if let Some(StatusCode(code)) = rl.request_parameters.denied_response_status_code {
                 if !(100..=599).contains(&code) {
-                    err(format!("{at}.request_parameters.denied_response_status_code"), "must be an HTTP status between 100 and 599");
+                    err(
+                        format!("{at}.request_parameters.denied_response_status_code"),
+                        "must be an HTTP status between 100 and 599",
+                    );
                 }
             }
             if rl.selectors.is_empty() {
-                err(format!("{at}.selectors"), "at least one selector is required");
+                err(
+                    format!("{at}.selectors"),
+                    "at least one selector is required",
+                );
             }
             for (j, sel) in rl.selectors.iter().enumerate() {
                 let at = format!("{at}.selectors[{j}]");
@@ -558,21 +648,28 @@ impl Config {
                     err(format!("{at}.service"), "Tollgate does not resolve services: omit it or use `any`, and select with a label matcher");
                 }
                 if sel.agent_group.as_deref().is_some_and(|g| g != "default") {
-                    err(format!("{at}.agent_group"), "Tollgate nodes form one agent group: omit it or use `default`");
+                    err(
+                        format!("{at}.agent_group"),
+                        "Tollgate nodes form one agent group: omit it or use `default`",
+                    );
                 }
-                let Some(m) = &sel.label_matcher else { continue };
+                let Some(m) = &sel.label_matcher else {
+                    continue;
+                };
                 for (k, e) in m.match_expressions.iter().enumerate() {
                     let at = format!("{at}.label_matcher.match_expressions[{k}]");
                     if e.key.is_empty() {
                         err(format!("{at}.key"), "must not be empty");
                     }
                     match e.operator {
-                        Operator::In | Operator::NotIn if e.values.is_empty() => {
-                            err(format!("{at}.values"), "In and NotIn need at least one value")
-                        }
-                        Operator::Exists | Operator::DoesNotExist if !e.values.is_empty() => {
-                            err(format!("{at}.values"), "Exists and DoesNotExist take no values")
-                        }
+                        Operator::In | Operator::NotIn if e.values.is_empty() => err(
+                            format!("{at}.values"),
+                            "In and NotIn need at least one value",
+                        ),
+                        Operator::Exists | Operator::DoesNotExist if !e.values.is_empty() => err(
+                            format!("{at}.values"),
+                            "Exists and DoesNotExist take no values",
+                        ),
                         _ => {}
                     }
                 }
@@ -581,10 +678,16 @@ impl Config {
             for (j, o) in rl.overrides.iter().enumerate() {
                 let at = format!("{at}.overrides[{j}]");
                 if !(o.limit_scale_factor.is_finite() && o.limit_scale_factor > 0.0) {
-                    err(format!("{at}.limit_scale_factor"), "must be a number greater than 0");
+                    err(
+                        format!("{at}.limit_scale_factor"),
+                        "must be a number greater than 0",
+                    );
                 }
                 if !seen.insert(o.label_value.as_str()) {
-                    err(format!("{at}.label_value"), "duplicate override for this label value");
+                    err(
+                        format!("{at}.label_value"),
+                        "duplicate override for this label value",
+                    );
                 }
                 if rl.parameters.limit_by_label_key.is_none() {
                     err(format!("{at}"), "overrides need parameters.limit_by_label_key (there is only one shared bucket)");
@@ -597,7 +700,10 @@ impl Config {
                 err("cluster.sync_interval".into(), "must be greater than 0");
             }
             if c.secret_file.is_some() && c.secret.is_some() {
-                err("cluster.secret".into(), "give either secret or secret_file, not both");
+                err(
+                    "cluster.secret".into(),
+                    "give either secret or secret_file, not both",
+                );
             }
             if c.secret.as_deref() == Some("") {
                 err("cluster.secret".into(), "must not be empty");
@@ -624,7 +730,9 @@ mod optional_addr {
             return Ok(None);
         }
         s.parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("{s:?} is not an address like 127.0.0.1:8089 (or `off` to disable)"))
+            serde::de::Error::custom(format!(
+                "{s:?} is not an address like 127.0.0.1:8089 (or `off` to disable)"
+            ))
         })
     }
 
@@ -659,7 +767,12 @@ policies:
 "#;
 
     fn errors_of(text: &str) -> Vec<String> {
-        parse_str(text, "test.yaml").unwrap_err().errors.iter().map(|e| e.to_string()).collect()
+        parse_str(text, "test.yaml")
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -670,30 +783,45 @@ policies:
         assert_eq!(rl.parameters.interval.0, Duration::from_secs(3600));
         assert_eq!(rl.parameters.limit_by_label_key.as_deref(), Some("user"));
         assert_eq!(rl.overrides[0].limit_scale_factor, 10.0);
-        assert_eq!(rl.request_parameters.denied_response_status_code, Some(StatusCode(429)));
+        assert_eq!(
+            rl.request_parameters.denied_response_status_code,
+            Some(StatusCode(429))
+        );
         assert_eq!(c.server.grpc, Some("127.0.0.1:8089".parse().unwrap()));
     }
 
     #[test]
     fn missing_interval_names_the_field() {
         let text = SAMPLE.replace("interval: 3600s, ", "");
-        assert_eq!(errors_of(&text), vec!["policies[0].rate_limiter.parameters.interval: missing"]);
+        assert_eq!(
+            errors_of(&text),
+            vec!["policies[0].rate_limiter.parameters.interval: missing"]
+        );
         let err = parse_str(&text, "p.yaml").unwrap_err().to_string();
-        assert_eq!(err, "p.yaml: policies[0].rate_limiter.parameters.interval: missing");
+        assert_eq!(
+            err,
+            "p.yaml: policies[0].rate_limiter.parameters.interval: missing"
+        );
     }
 
     #[test]
     fn unknown_field_is_an_error_not_a_default() {
         let text = SAMPLE.replace("bucket_capacity", "bucket_capcity");
         let errs = errors_of(&text);
-        assert!(errs[0].starts_with("policies[0].rate_limiter.bucket_capcity: unknown field"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("policies[0].rate_limiter.bucket_capcity: unknown field"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn bad_duration_names_the_field_and_reason() {
         let text = SAMPLE.replace("interval: 3600s", "interval: 3600");
         let errs = errors_of(&text);
-        assert!(errs[0].starts_with("policies[0].rate_limiter.parameters.interval: invalid duration"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("policies[0].rate_limiter.parameters.interval: invalid duration"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -734,13 +862,22 @@ policy:
         let c = parse_str(text, "bp").unwrap();
         assert_eq!(c.policies.len(), 1);
         assert_eq!(c.policies[0].policy_name, "api_limit");
-        assert_eq!(c.policies[0].rate_limiter.request_parameters.denied_response_status_code, Some(StatusCode(429)));
+        assert_eq!(
+            c.policies[0]
+                .rate_limiter
+                .request_parameters
+                .denied_response_status_code,
+            Some(StatusCode(429))
+        );
     }
 
     #[test]
     fn blueprint_errors_use_blueprint_paths() {
         let text = "blueprint: rate-limiting/base\npolicy:\n  policy_name: x\n  rate_limiter:\n    bucket_capacity: 1\n    fill_amount: 1\n    parameters: {}\n    selectors: [ { control_point: a } ]\n";
-        assert_eq!(errors_of(text), vec!["policy.rate_limiter.parameters.interval: missing"]);
+        assert_eq!(
+            errors_of(text),
+            vec!["policy.rate_limiter.parameters.interval: missing"]
+        );
         let other = "blueprint: quota-scheduling/base\npolicy: { policy_name: x, rate_limiter: { bucket_capacity: 1, fill_amount: 1, parameters: { interval: 1s }, selectors: [ { control_point: a } ] } }\n";
         assert!(errors_of(other)[0].starts_with("blueprint: unsupported blueprint"));
     }

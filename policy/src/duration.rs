@@ -29,7 +29,10 @@ pub struct DurationError {
 
 /// Parses `50ms`, `1s`, `1.5s`, `2m`, `1h`, `100us`, `10ns`.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let err = |reason| DurationError { input: input.to_string(), reason };
+    let err = |reason| DurationError {
+        input: input.to_string(),
+        reason,
+    };
     let s = input.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

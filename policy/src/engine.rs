@@ -142,7 +142,11 @@ impl Decision {
         let rejected = limiters.iter().filter(|o| o.kind == OutcomeKind::Rejected);
         let wait_ns = rejected.clone().map(|o| o.wait_ns).max().unwrap_or(0);
         let accepted = rejected.count() == 0;
-        Decision { accepted, wait_ns, limiters }
+        Decision {
+            accepted,
+            wait_ns,
+            limiters,
+        }
     }
 
     /// Whether any outcome rejects: then every `Accepted` outcome must be handed back.
@@ -207,7 +211,11 @@ impl Engine {
                     .denied_response_status_code
                     .map_or(TOO_MANY_REQUESTS, |StatusCode(c)| c),
                 params,
-                overrides: rl.overrides.iter().map(|o| (o.label_value.clone(), o.limit_scale_factor)).collect(),
+                overrides: rl
+                    .overrides
+                    .iter()
+                    .map(|o| (o.label_value.clone(), o.limit_scale_factor))
+                    .collect(),
                 max_idle_ns: rl.parameters.max_idle_time.as_nanos_u64(),
                 lazy_sync_interval_ns: lazy
                     .enabled
@@ -215,7 +223,10 @@ impl Engine {
                 selectors: rl.selectors.iter().map(CompiledSelector::new).collect(),
             };
             for sel in &spec.selectors {
-                let ids = engine.by_control_point.entry(sel.control_point.clone()).or_default();
+                let ids = engine
+                    .by_control_point
+                    .entry(sel.control_point.clone())
+                    .or_default();
                 if !ids.contains(&id) {
                     ids.push(id);
                 }
@@ -285,15 +296,23 @@ impl Engine {
                 Some(t) => t,
                 None => token_label(spec, labels)?,
             };
-            plan.push(PlannedTake { limiter: id, key, tokens });
+            plan.push(PlannedTake {
+                limiter: id,
+                key,
+                tokens,
+            });
         }
         Ok(plan)
     }
 }
 
 fn token_label<L: Labels + ?Sized>(spec: &LimiterSpec, labels: &L) -> Result<f64, FlowError> {
-    let Some(key) = &spec.tokens_label_key else { return Ok(1.0) };
-    let Some(value) = labels.get(key) else { return Ok(1.0) };
+    let Some(key) = &spec.tokens_label_key else {
+        return Ok(1.0);
+    };
+    let Some(value) = labels.get(key) else {
+        return Ok(1.0);
+    };
     match value.trim().parse::<f64>() {
         Ok(t) if t.is_finite() => Ok(t),
         _ => Err(FlowError::BadTokensLabel {

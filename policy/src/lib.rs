@@ -37,10 +37,12 @@ pub mod status;
 pub mod store;
 
 pub use bucket::{BucketParams, Take, TokenBucket, WAIT_FOREVER};
-pub use config::{load_file, parse_str, ClusterConfig, Config, ConfigError, PolicyConfig, ServerConfig};
+pub use config::{
+    load_file, parse_str, ClusterConfig, Config, ConfigError, PolicyConfig, ServerConfig,
+};
 pub use engine::{
-    Decision, Engine, FlowError, LimiterId, LimiterOutcome, LimiterSpec, OutcomeKind, Outcomes, OwnedFlow, Plan,
-    PlannedTake,
+    Decision, Engine, FlowError, LimiterId, LimiterOutcome, LimiterSpec, OutcomeKind, Outcomes,
+    OwnedFlow, Plan, PlannedTake,
 };
 pub use store::BucketStore;
 
@@ -54,7 +56,9 @@ pub trait Labels {
 
 impl<K: AsRef<str>, V: AsRef<str>> Labels for [(K, V)] {
     fn get(&self, key: &str) -> Option<&str> {
-        self.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| v.as_ref())
+        self.iter()
+            .find(|(k, _)| k.as_ref() == key)
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -94,7 +98,10 @@ pub struct LocalLimiter {
 impl LocalLimiter {
     /// A limiter with no buckets yet.
     pub fn new(engine: Arc<Engine>) -> LocalLimiter {
-        LocalLimiter { engine, store: BucketStore::new() }
+        LocalLimiter {
+            engine,
+            store: BucketStore::new(),
+        }
     }
 
     /// The compiled policies.
@@ -109,7 +116,12 @@ impl LocalLimiter {
 
     /// Decides one flow at `now_ns`.
     pub fn check(&mut self, flow: &OwnedFlow, now_ns: u64) -> Result<Decision, FlowError> {
-        self.check_labels(&flow.control_point, flow.labels.as_slice(), flow.tokens, now_ns)
+        self.check_labels(
+            &flow.control_point,
+            flow.labels.as_slice(),
+            flow.tokens,
+            now_ns,
+        )
     }
 
     /// Drops buckets idle past their limiter's `max_idle_time`; returns how many.

@@ -25,7 +25,11 @@ impl CompiledSelector {
     /// Compiles a config selector.
     pub fn new(selector: &Selector) -> CompiledSelector {
         let mut conditions = Vec::new();
-        if let Some(LabelMatcher { match_labels, match_expressions }) = &selector.label_matcher {
+        if let Some(LabelMatcher {
+            match_labels,
+            match_expressions,
+        }) = &selector.label_matcher
+        {
             for (k, v) in match_labels {
                 conditions.push(Condition::Equals(k.clone(), v.clone()));
             }
@@ -39,7 +43,10 @@ impl CompiledSelector {
                 });
             }
         }
-        CompiledSelector { control_point: selector.control_point.clone(), conditions }
+        CompiledSelector {
+            control_point: selector.control_point.clone(),
+            conditions,
+        }
     }
 
     /// Whether the labels satisfy every condition (the control point is matched by the caller's index).
@@ -65,14 +72,21 @@ mod tests {
             agent_group: None,
             service: None,
             label_matcher: Some(LabelMatcher {
-                match_labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                match_labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 match_expressions: exprs,
             }),
         })
     }
 
     fn expr(key: &str, operator: Operator, values: &[&str]) -> MatchExpression {
-        MatchExpression { key: key.into(), operator, values: values.iter().map(|s| s.to_string()).collect() }
+        MatchExpression {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -80,12 +94,24 @@ mod tests {
         let flow: &[(&str, &str)] = &[("region", "eu"), ("tier", "premium")];
         assert!(selector(&[("region", "eu")], vec![]).matches_labels(flow));
         assert!(!selector(&[("region", "us")], vec![]).matches_labels(flow));
-        assert!(selector(&[], vec![expr("tier", Operator::In, &["gold", "premium"])]).matches_labels(flow));
-        assert!(!selector(&[], vec![expr("tier", Operator::NotIn, &["premium"])]).matches_labels(flow));
-        assert!(selector(&[], vec![expr("plan", Operator::NotIn, &["x"])]).matches_labels(flow), "absent label is NotIn");
+        assert!(
+            selector(&[], vec![expr("tier", Operator::In, &["gold", "premium"])])
+                .matches_labels(flow)
+        );
+        assert!(
+            !selector(&[], vec![expr("tier", Operator::NotIn, &["premium"])]).matches_labels(flow)
+        );
+        assert!(
+            selector(&[], vec![expr("plan", Operator::NotIn, &["x"])]).matches_labels(flow),
+            "absent label is NotIn"
+        );
         assert!(selector(&[], vec![expr("tier", Operator::Exists, &[])]).matches_labels(flow));
-        assert!(!selector(&[], vec![expr("tier", Operator::DoesNotExist, &[])]).matches_labels(flow));
-        assert!(selector(&[], vec![expr("plan", Operator::DoesNotExist, &[])]).matches_labels(flow));
+        assert!(
+            !selector(&[], vec![expr("tier", Operator::DoesNotExist, &[])]).matches_labels(flow)
+        );
+        assert!(
+            selector(&[], vec![expr("plan", Operator::DoesNotExist, &[])]).matches_labels(flow)
+        );
         assert!(!selector(&[], vec![expr("plan", Operator::In, &["x"])]).matches_labels(flow));
     }
 }

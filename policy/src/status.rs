@@ -63,7 +63,10 @@ pub const STATUS_NAMES: &[(&str, u16)] = &[
 
 /// The code for an enum name (`TooManyRequests` -> 429).
 pub fn code_for_name(name: &str) -> Option<u16> {
-    STATUS_NAMES.iter().find(|(n, _)| *n == name).map(|&(_, c)| c)
+    STATUS_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, c)| c)
 }
 
 /// The default status a denied flow gets.

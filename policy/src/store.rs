@@ -8,7 +8,9 @@
 //! the hot path allocates only when a new key appears.
 
 use crate::bucket::{Take, TokenBucket};
-use crate::engine::{Decision, Engine, LimiterId, LimiterOutcome, OutcomeKind, Outcomes, PlannedTake};
+use crate::engine::{
+    Decision, Engine, LimiterId, LimiterOutcome, OutcomeKind, Outcomes, PlannedTake,
+};
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 
@@ -84,12 +86,20 @@ impl Default for BucketStore {
 impl BucketStore {
     /// An empty store.
     pub fn new() -> BucketStore {
-        BucketStore { map: HashTable::new(), hasher: Default::default(), track_unsynced: false, dirty: Vec::new() }
+        BucketStore {
+            map: HashTable::new(),
+            hasher: Default::default(),
+            track_unsynced: false,
+            dirty: Vec::new(),
+        }
     }
 
     /// An empty store sized for `keys` buckets.
     pub fn with_capacity(keys: usize) -> BucketStore {
-        BucketStore { map: HashTable::with_capacity(keys), ..BucketStore::new() }
+        BucketStore {
+            map: HashTable::with_capacity(keys),
+            ..BucketStore::new()
+        }
     }
 
     /// Start recording consumption for [`BucketStore::drain_unsynced`].
@@ -115,7 +125,9 @@ impl BucketStore {
     fn find(&self, limiter: LimiterId, key: &str) -> Option<&Slot> {
         let hash = hash_key(&self.hasher, limiter, key.as_bytes());
         self.map
-            .find(hash, |(k, _)| k.limiter() == limiter && k.value() == key.as_bytes())
+            .find(hash, |(k, _)| {
+                k.limiter() == limiter && k.value() == key.as_bytes()
+            })
             .map(|(_, slot)| slot)
     }
 
@@ -129,14 +141,25 @@ impl BucketStore {
         );
         let occupied = entry.or_insert_with(|| {
             let params = engine.limiter(limiter).params_for(key);
-            let slot = Slot { bucket: TokenBucket::new(&params, now_ns), last_used_s: seconds(now_ns), unsynced: 0.0 };
+            let slot = Slot {
+                bucket: TokenBucket::new(&params, now_ns),
+                last_used_s: seconds(now_ns),
+                unsynced: 0.0,
+            };
             (BucketKey::new(limiter, key), slot)
         });
         &mut occupied.into_mut().1
     }
 
     /// Take `tokens` from one bucket (negative = return), creating it full if new.
-    pub fn take(&mut self, engine: &Engine, limiter: LimiterId, key: &str, tokens: f64, now_ns: u64) -> Take {
+    pub fn take(
+        &mut self,
+        engine: &Engine,
+        limiter: LimiterId,
+        key: &str,
+        tokens: f64,
+        now_ns: u64,
+    ) -> Take {
         let params = engine.limiter(limiter).params_for(key);
         let track = self.track_unsynced;
         let slot = self.slot(engine, limiter, key, now_ns);
@@ -153,7 +176,14 @@ impl BucketStore {
     }
 
     /// Debit a peer's consumption (replication): may drive the level below zero.
-    pub fn debit(&mut self, engine: &Engine, limiter: LimiterId, key: &str, tokens: f64, now_ns: u64) {
+    pub fn debit(
+        &mut self,
+        engine: &Engine,
+        limiter: LimiterId,
+        key: &str,
+        tokens: f64,
+        now_ns: u64,
+    ) {
         let params = engine.limiter(limiter).params_for(key);
         let slot = self.slot(engine, limiter, key, now_ns);
         slot.bucket.debit(&params, now_ns, tokens);
@@ -172,7 +202,12 @@ impl BucketStore {
     /// Takes every planned bucket of one shard's group, in order. If any rejects, the
     /// group's accepted takes are handed back at once and marked `Returned`; the caller
     /// hands back other groups' tokens (see [`BucketStore::give_back`]).
-    pub fn take_group(&mut self, engine: &Engine, takes: &[PlannedTake<'_>], now_ns: u64) -> Outcomes {
+    pub fn take_group(
+        &mut self,
+        engine: &Engine,
+        takes: &[PlannedTake<'_>],
+        now_ns: u64,
+    ) -> Outcomes {
         let mut outcomes = Outcomes::new();
         for t in takes {
             let outcome = match t.key {
@@ -188,7 +223,11 @@ impl BucketStore {
                     let take = self.take(engine, t.limiter, key, t.tokens, now_ns);
                     LimiterOutcome {
                         limiter: t.limiter,
-                        kind: if take.accepted { OutcomeKind::Accepted } else { OutcomeKind::Rejected },
+                        kind: if take.accepted {
+                            OutcomeKind::Accepted
+                        } else {
+                            OutcomeKind::Rejected
+                        },
                         tokens: t.tokens,
                         remaining: take.remaining,
                         current: take.current,
@@ -206,7 +245,13 @@ impl BucketStore {
 
     /// Hands back the tokens of every `Accepted` outcome (matched to `takes` by position)
     /// and marks it `Returned`.
-    pub fn give_back(&mut self, engine: &Engine, takes: &[PlannedTake<'_>], outcomes: &mut [LimiterOutcome], now_ns: u64) {
+    pub fn give_back(
+        &mut self,
+        engine: &Engine,
+        takes: &[PlannedTake<'_>],
+        outcomes: &mut [LimiterOutcome],
+        now_ns: u64,
+    ) {
         for (t, o) in takes.iter().zip(outcomes.iter_mut()) {
             if o.kind != OutcomeKind::Accepted {
                 continue;
@@ -226,9 +271,9 @@ impl BucketStore {
         let now_s = seconds(now_ns);
         let before = self.map.len();
         self.map.retain(|(key, slot)| {
-            let max_idle_s = engine
-                .get_limiter(key.limiter())
-                .map_or(0, |spec| (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32);
+            let max_idle_s = engine.get_limiter(key.limiter()).map_or(0, |spec| {
+                (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32
+            });
             slot.unsynced != 0.0 || now_s.saturating_sub(slot.last_used_s) < max_idle_s
         });
         before - self.map.len()
@@ -238,7 +283,9 @@ impl BucketStore {
     pub fn drain_unsynced(&mut self, mut emit: impl FnMut(Consumed)) {
         for key in std::mem::take(&mut self.dirty) {
             let hash = hash_key(&self.hasher, key.limiter(), key.value());
-            let Some((_, slot)) = self.map.find_mut(hash, |(k, _)| *k == key) else { continue };
+            let Some((_, slot)) = self.map.find_mut(hash, |(k, _)| *k == key) else {
+                continue;
+            };
             let tokens = std::mem::replace(&mut slot.unsynced, 0.0);
             if tokens != 0.0 {
                 emit(Consumed {
@@ -251,18 +298,36 @@ impl BucketStore {
     }
 
     /// Every bucket's level at `now_ns` (state transfer to a joining peer).
-    pub fn snapshot(&self, engine: &Engine, now_ns: u64, mut emit: impl FnMut(LimiterId, &str, f64)) {
+    pub fn snapshot(
+        &self,
+        engine: &Engine,
+        now_ns: u64,
+        mut emit: impl FnMut(LimiterId, &str, f64),
+    ) {
         for (key, slot) in self.map.iter() {
-            let Some(spec) = engine.get_limiter(key.limiter()) else { continue };
+            let Some(spec) = engine.get_limiter(key.limiter()) else {
+                continue;
+            };
             let value = std::str::from_utf8(key.value()).unwrap_or_default();
-            emit(key.limiter(), value, slot.bucket.level(&spec.params_for(value), now_ns));
+            emit(
+                key.limiter(),
+                value,
+                slot.bucket.level(&spec.params_for(value), now_ns),
+            );
         }
     }
 
     /// Lowers a bucket to `level` if it is above it (state transfer: a peer saw more
     /// consumption than we did). Never raises a level, so a stale snapshot cannot
     /// hand out tokens again.
-    pub fn lower_to(&mut self, engine: &Engine, limiter: LimiterId, key: &str, level: f64, now_ns: u64) {
+    pub fn lower_to(
+        &mut self,
+        engine: &Engine,
+        limiter: LimiterId,
+        key: &str,
+        level: f64,
+        now_ns: u64,
+    ) {
         let params = engine.limiter(limiter).params_for(key);
         let slot = self.slot(engine, limiter, key, now_ns);
         let current = slot.bucket.level(&params, now_ns);

@@ -13,7 +13,10 @@ fn limiter(yaml: &str) -> LocalLimiter {
 fn flow(cp: &str, labels: &[(&str, &str)]) -> OwnedFlow {
     OwnedFlow {
         control_point: cp.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         tokens: None,
     }
 }
@@ -33,9 +36,19 @@ policies:
 #[test]
 fn exactly_capacity_admitted_per_key_and_keys_are_independent() {
     let mut l = limiter(FIVE_PER_USER);
-    let alice: Vec<bool> = (0..8).map(|_| l.check(&flow("checkout", &[("user", "alice")]), 0).unwrap().accepted).collect();
+    let alice: Vec<bool> = (0..8)
+        .map(|_| {
+            l.check(&flow("checkout", &[("user", "alice")]), 0)
+                .unwrap()
+                .accepted
+        })
+        .collect();
     assert_eq!(alice, [true, true, true, true, true, false, false, false]);
-    assert!(l.check(&flow("checkout", &[("user", "bob")]), 0).unwrap().accepted);
+    assert!(
+        l.check(&flow("checkout", &[("user", "bob")]), 0)
+            .unwrap()
+            .accepted
+    );
     let d = l.check(&flow("checkout", &[("user", "alice")]), 0).unwrap();
     assert_eq!(d.limiters[0].kind, OutcomeKind::Rejected);
     assert_eq!(d.denied_status_code(l.engine()), Some(429));
@@ -44,19 +57,37 @@ fn exactly_capacity_admitted_per_key_and_keys_are_independent() {
 #[test]
 fn override_scales_capacity() {
     let mut l = limiter(FIVE_PER_USER);
-    let admitted = (0..30).filter(|_| l.check(&flow("checkout", &[("user", "admin")]), 0).unwrap().accepted).count();
+    let admitted = (0..30)
+        .filter(|_| {
+            l.check(&flow("checkout", &[("user", "admin")]), 0)
+                .unwrap()
+                .accepted
+        })
+        .count();
     assert_eq!(admitted, 10);
 }
 
 #[test]
 fn tokens_label_sets_the_cost_and_bad_values_are_errors() {
     let mut l = limiter(FIVE_PER_USER);
-    let d = l.check(&flow("checkout", &[("user", "carol"), ("cost", "4")]), 0).unwrap();
+    let d = l
+        .check(&flow("checkout", &[("user", "carol"), ("cost", "4")]), 0)
+        .unwrap();
     assert!(d.accepted);
     assert_eq!(d.limiters[0].remaining, 1.0);
-    assert!(!l.check(&flow("checkout", &[("user", "carol"), ("cost", "2")]), 0).unwrap().accepted);
-    assert!(l.check(&flow("checkout", &[("user", "carol"), ("cost", "1")]), 0).unwrap().accepted);
-    let err = l.check(&flow("checkout", &[("user", "carol"), ("cost", "lots")]), 0).unwrap_err();
+    assert!(
+        !l.check(&flow("checkout", &[("user", "carol"), ("cost", "2")]), 0)
+            .unwrap()
+            .accepted
+    );
+    assert!(
+        l.check(&flow("checkout", &[("user", "carol"), ("cost", "1")]), 0)
+            .unwrap()
+            .accepted
+    );
+    let err = l
+        .check(&flow("checkout", &[("user", "carol"), ("cost", "lots")]), 0)
+        .unwrap_err();
     assert!(matches!(err, FlowError::BadTokensLabel { .. }), "{err}");
 }
 
@@ -106,7 +137,10 @@ policies:
     let eu_premium = flow("checkout", &[("region", "eu"), ("tier", "premium")]);
     let us_premium = flow("checkout", &[("region", "us"), ("tier", "premium")]);
     assert!(l.check(&eu_premium, 0).unwrap().accepted);
-    assert!(!l.check(&eu_premium, 0).unwrap().accepted, "shared bucket of 1");
+    assert!(
+        !l.check(&eu_premium, 0).unwrap().accepted,
+        "shared bucket of 1"
+    );
     for _ in 0..5 {
         let d = l.check(&us_premium, 0).unwrap();
         assert!(d.accepted && d.limiters.is_empty());
@@ -180,7 +214,8 @@ policies:
 "#,
     );
     for i in 0..100 {
-        l.check(&flow("cp", &[("user", &format!("u{i}"))]), 0).unwrap();
+        l.check(&flow("cp", &[("user", &format!("u{i}"))]), 0)
+            .unwrap();
     }
     l.check(&flow("cp", &[("user", "late")]), 8 * SEC).unwrap();
     assert_eq!(l.evict_idle(11 * SEC), 100);
