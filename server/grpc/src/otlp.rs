@@ -34,8 +34,13 @@ impl TraceService for SpanSink {
             n += 1;
             tracing::trace!(name = %span.name, "otlp span");
         }
-        let total = self.spans.fetch_add(n, Ordering::Relaxed) + n;
-        tracing::debug!(spans = n, total, "otlp trace export accepted");
+        let before = self.spans.fetch_add(n, Ordering::Relaxed);
+        if before == 0 && n > 0 {
+            // Once at info: tells the operator SDK telemetry reaches this port.
+            tracing::info!(spans = n, "first OTLP trace export accepted (later ones are logged at debug)");
+        } else {
+            tracing::debug!(spans = n, total = before + n, "otlp trace export accepted");
+        }
         Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
