@@ -1,0 +1,431 @@
+//! The server's behaviour over its binary protocol, against the real binary on free ports.
+
+mod common;
+
+use common::{run_cli, start_server, temp_dir};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use tollgate_protocol::client::{blocking::Client, CheckRequest, ClientConfig, FailMode};
+use tollgate_protocol::{
+    decode_reply, encode_check, opcode, routing, CheckSpec, ErrorCode, LimiterOutcome, Reply,
+    StrRef,
+};
+
+/// Generous per-request timeout: debug builds on a loaded 2-core CI box.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+const POLICIES: &str = r#"
+server: { listen: 127.0.0.1:0, grpc: off, shards: 2 }
+policies:
+  - policy_name: five_per_user
+    rate_limiter:
+      bucket_capacity: 5
+      fill_amount: 1
+      parameters: { interval: 3600s, limit_by_label_key: user }
+      request_parameters: { tokens_label_key: cost, denied_response_status_code: 429 }
+      overrides: [ { label_value: vip, limit_scale_factor: 2 } ]
+      selectors: [ { control_point: checkout } ]
+  - policy_name: eu_premium
+    rate_limiter:
+      bucket_capacity: 2
+      fill_amount: 1
+      parameters: { interval: 3600s, limit_by_label_key: user }
+      request_parameters: { denied_response_status_code: TooManyRequests }
+      selectors:
+        - control_point: search
+          label_matcher:
+            match_labels: { region: eu }
+            match_expressions: [ { key: tier, operator: In, values: [premium] } ]
+"#;
+
+fn client(addr: &str, shard_aware: bool) -> Client {
+    let mut cfg = ClientConfig::new(addr.to_string(), FailMode::Closed);
+    cfg.shard_aware = shard_aware;
+    cfg.request_timeout = TIMEOUT;
+    cfg.connect_timeout = TIMEOUT;
+    Client::connect(cfg).expect("connect")
+}
+
+fn req(cp: &str, labels: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        control_point: cp.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        tokens: None,
+    }
+}
+
+fn accepted(c: &Client, r: &CheckRequest, n: usize) -> Vec<bool> {
+    (0..n)
+        .map(|_| c.check(r).expect("check").accepted())
+        .collect()
+}
+
+#[test]
+fn capacity_five_admits_exactly_five_per_user() {
+    let server = start_server(POLICIES);
+    let c = client(&server.addr(), true);
+    let alice = req("checkout", &[("user", "alice")]);
+    assert_eq!(
+        accepted(&c, &alice, 8),
+        [true, true, true, true, true, false, false, false]
+    );
+    let reply = c.check(&alice).unwrap();
+    assert_eq!(reply.limiters.len(), 1);
+    assert_eq!(reply.limiters[0].outcome, LimiterOutcome::Rejected);
+    assert_eq!(reply.limiters[0].status_code, 429);
+    assert!(reply.wait_ns > 0, "rejections report a wait");
+    assert!(
+        c.check(&req("checkout", &[("user", "bob")]))
+            .unwrap()
+            .accepted(),
+        "bob is unaffected"
+    );
+    assert!(
+        c.check(&req("browse", &[("user", "alice")]))
+            .unwrap()
+            .accepted(),
+        "no policy on browse"
+    );
+}
+
+#[test]
+fn overrides_tokens_label_and_missing_label() {
+    let server = start_server(POLICIES);
+    let c = client(&server.addr(), true);
+    let vip = req("checkout", &[("user", "vip")]);
+    assert_eq!(
+        accepted(&c, &vip, 12).iter().filter(|a| **a).count(),
+        10,
+        "override x2"
+    );
+
+    let heavy = req("checkout", &[("user", "carol"), ("cost", "4")]);
+    let r = c.check(&heavy).unwrap();
+    assert!(r.accepted());
+    assert_eq!(r.limiters[0].remaining, 1.0);
+    assert!(
+        !c.check(&heavy).unwrap().accepted(),
+        "4 more do not fit in 1"
+    );
+
+    let bad = req("checkout", &[("user", "carol"), ("cost", "many")]);
+    let err = c.check(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("cost"),
+        "bad tokens label is a clear error: {err}"
+    );
+
+    let anonymous = req("checkout", &[("region", "eu")]);
+    for _ in 0..8 {
+        let r = c.check(&anonymous).unwrap();
+        assert!(r.accepted());
+        assert_eq!(r.limiters[0].outcome, LimiterOutcome::KeyNotFound);
+    }
+}
+
+#[test]
+fn label_matchers_select_flows() {
+    let server = start_server(POLICIES);
+    let c = client(&server.addr(), true);
+    let eu_premium = req(
+        "search",
+        &[("user", "dan"), ("region", "eu"), ("tier", "premium")],
+    );
+    assert_eq!(accepted(&c, &eu_premium, 3), [true, true, false]);
+    let us_premium = req(
+        "search",
+        &[("user", "dan"), ("region", "us"), ("tier", "premium")],
+    );
+    let eu_free = req(
+        "search",
+        &[("user", "dan"), ("region", "eu"), ("tier", "free")],
+    );
+    for r in [us_premium, eu_free] {
+        let reply = c.check(&r).unwrap();
+        assert!(
+            reply.accepted() && reply.limiters.is_empty(),
+            "not selected: {reply:?}"
+        );
+    }
+}
+
+/// Picks a user whose bucket lives on `shard` of `n`.
+fn user_on_shard(shard: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|u| routing::shard_for(routing::routing_hash(u.as_bytes()), n) == shard)
+        .unwrap()
+}
+
+#[test]
+fn checks_on_a_shard_that_does_not_own_the_key_get_the_same_answers() {
+    let server = start_server(POLICIES);
+    assert_eq!(server.shard_ports.len(), 2);
+    let user = user_on_shard(1, 2);
+    // Connect straight to shard 0's own port, not shard-aware: every check hops to shard 1.
+    let wrong = client(&format!("127.0.0.1:{}", server.shard_ports[0]), false);
+    let right = client(&format!("127.0.0.1:{}", server.shard_ports[1]), false);
+    let r = req("checkout", &[("user", user.as_str())]);
+    let mut remaining = Vec::new();
+    for i in 0..8 {
+        // Alternate the entry shard: both see one bucket.
+        let c = if i % 2 == 0 { &wrong } else { &right };
+        let reply = c.check(&r).unwrap();
+        remaining.push((reply.accepted(), reply.limiters[0].remaining.floor()));
+    }
+    let expected: Vec<(bool, f64)> = vec![
+        (true, 4.0),
+        (true, 3.0),
+        (true, 2.0),
+        (true, 1.0),
+        (true, 0.0),
+        (false, 0.0),
+        (false, 0.0),
+        (false, 0.0),
+    ];
+    assert_eq!(remaining, expected);
+}
+
+#[test]
+fn a_rejection_on_one_shard_returns_tokens_taken_on_another() {
+    let yaml = r#"
+server: { listen: 127.0.0.1:0, grpc: off, shards: 2 }
+policies:
+  - policy_name: per_user
+    rate_limiter:
+      bucket_capacity: 10
+      fill_amount: 1
+      parameters: { interval: 3600s, limit_by_label_key: user }
+      selectors: [ { control_point: api } ]
+  - policy_name: per_tenant
+    rate_limiter:
+      bucket_capacity: 2
+      fill_amount: 1
+      parameters: { interval: 3600s, limit_by_label_key: tenant }
+      selectors: [ { control_point: api } ]
+"#;
+    let server = start_server(yaml);
+    let c = client(&server.addr(), true);
+    let (user, tenant) = (user_on_shard(0, 2), user_on_shard(1, 2));
+    let r = req(
+        "api",
+        &[("user", user.as_str()), ("tenant", tenant.as_str())],
+    );
+    assert_eq!(accepted(&c, &r, 3), [true, true, false]);
+    let reply = c.check(&r).unwrap();
+    assert_eq!(reply.limiters[0].outcome, LimiterOutcome::Returned);
+    assert_eq!(reply.limiters[1].outcome, LimiterOutcome::Rejected);
+    // per_user kept only the two admitted tokens.
+    let user_only = req("api", &[("user", user.as_str())]);
+    let r = c.check(&user_only).unwrap();
+    assert_eq!(
+        r.limiters[0].remaining.round(),
+        7.0,
+        "10 - 2 admitted - this one"
+    );
+}
+
+fn read_frame(s: &mut TcpStream) -> (u32, Reply) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Ok(Some(d)) = decode_reply(&buf, 1 << 20) {
+            return (d.request_id, d.reply);
+        }
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed before a reply");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn check_frame(request_id: u32, user: &str) -> Vec<u8> {
+    let labels = [(StrRef::Inline("user"), user)];
+    let mut out = Vec::new();
+    encode_check(
+        &mut out,
+        request_id,
+        &CheckSpec {
+            control_point: StrRef::Inline("checkout"),
+            tokens: None,
+            labels: &labels,
+        },
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn a_malformed_frame_gets_an_error_and_the_connection_keeps_working() {
+    let server = start_server(POLICIES);
+    let mut s = TcpStream::connect(server.listen).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let other = client(&server.addr(), true);
+
+    // A CHECK whose body is garbage: length intact, so framing survives.
+    let mut bad = Vec::new();
+    bad.extend_from_slice(&9u32.to_le_bytes());
+    bad.extend_from_slice(&[opcode::CHECK, 0, 7, 0, 0, 0, 0xff, 0xff, 0xff]);
+    s.write_all(&bad).unwrap();
+    let (id, reply) = read_frame(&mut s);
+    assert_eq!(id, 7);
+    match reply {
+        Reply::Error(e) => assert_eq!(e.code, ErrorCode::MalformedFrame),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // Same connection, valid check: answered.
+    s.write_all(&check_frame(8, "erin")).unwrap();
+    let (id, reply) = read_frame(&mut s);
+    assert_eq!(id, 8);
+    assert!(
+        matches!(reply, Reply::Check(ref r) if r.accepted()),
+        "{reply:?}"
+    );
+    // Other connections are unaffected.
+    assert!(other
+        .check(&req("checkout", &[("user", "frank")]))
+        .unwrap()
+        .accepted());
+
+    // A frame declaring more than max_frame_len: ERROR, then the server closes.
+    let mut huge = TcpStream::connect(server.listen).unwrap();
+    huge.set_read_timeout(Some(TIMEOUT)).unwrap();
+    huge.write_all(&(64u32 << 20).to_le_bytes()).unwrap();
+    let (_, reply) = read_frame(&mut huge);
+    assert!(
+        matches!(reply, Reply::Error(ref e) if e.code == ErrorCode::FrameTooLarge),
+        "{reply:?}"
+    );
+    let mut rest = [0u8; 16];
+    assert_eq!(
+        huge.read(&mut rest).unwrap_or(0),
+        0,
+        "closed after FRAME_TOO_LARGE"
+    );
+    assert!(other
+        .check(&req("checkout", &[("user", "frank")]))
+        .unwrap()
+        .accepted());
+}
+
+#[test]
+fn pipelined_requests_on_one_connection_are_all_answered() {
+    let server = start_server(POLICIES);
+    let mut s = TcpStream::connect(server.listen).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut burst = Vec::new();
+    for id in 1..=200u32 {
+        burst.extend_from_slice(&check_frame(id, &format!("p{}", id % 7)));
+    }
+    s.write_all(&burst).unwrap();
+    let mut buf = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut chunk = [0u8; 8192];
+    while seen.len() < 200 {
+        while let Ok(Some(d)) = decode_reply(&buf, 1 << 20) {
+            assert!(matches!(d.reply, Reply::Check(_)));
+            seen.insert(d.request_id);
+            buf.drain(..d.len);
+        }
+        if seen.len() == 200 {
+            break;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(seen, (1..=200).collect());
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_field() {
+    let dir = temp_dir("badcfg");
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, POLICIES.replace("interval: 3600s, limit_by_label_key: user }\n      request_parameters: { tokens_label_key", "limit_by_label_key: user }\n      request_parameters: { tokens_label_key")).unwrap();
+    let (code, _, stderr) = run_cli(&["serve", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("policies[0].rate_limiter.parameters.interval: missing"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.yaml"), "names the file: {stderr}");
+    let (code, _, stderr) = run_cli(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("policies[0].rate_limiter.parameters.interval: missing"));
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, POLICIES).unwrap();
+    let (code, stdout, _) = run_cli(&["validate", good.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("valid"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cli_check_exit_codes_and_graceful_shutdown() {
+    let mut server = start_server(POLICIES);
+    let addr = server.addr();
+    let args = |user: &'static str| {
+        [
+            "check",
+            "--server",
+            &addr,
+            "--control-point",
+            "checkout",
+            "--label",
+            user,
+            "--timeout",
+            "10s",
+        ]
+        .map(String::from)
+    };
+    let run = |user| {
+        let a = args(user);
+        run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let codes: Vec<i32> = (0..6).map(|_| run("user=gina").0).collect();
+    assert_eq!(codes, [0, 0, 0, 0, 0, 1]);
+    let (code, stdout, _) = run_cli(&[
+        "check",
+        "--server",
+        &addr,
+        "--control-point",
+        "checkout",
+        "--label",
+        "user=gina",
+        "--json",
+    ]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["accepted"], false);
+    assert_eq!(v["limiters"][0]["policy"], "five_per_user");
+    let (code, _, _) = run_cli(&[
+        "check",
+        "--server",
+        "127.0.0.1:1",
+        "--control-point",
+        "x",
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(code, 2, "unreachable server is an error");
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+#[test]
+fn hello_reports_routing_and_members_lists_the_node() {
+    let server = start_server(POLICIES);
+    let c = client(&server.addr(), true);
+    let hello = c.hello();
+    assert_eq!(hello.shard_count, 2);
+    assert_eq!(hello.shard_ports, server.shard_ports);
+    assert_eq!(hello.routing_label_keys, ["user"]);
+    assert_eq!(hello.policy_names, ["five_per_user", "eu_premium"]);
+    assert_eq!(hello.hash_algo, routing::HASH_FNV1A_64);
+    let members = c.members().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].address, server.addr());
+}
