@@ -303,3 +303,23 @@ async fn reflection_lists_services() {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }
+
+/// Clients that ping often (aperture-py pings every 10 s) must not be sent away: hyper's h2
+/// server answers every PING and has no ping-strike policy. Here: a ping every 100 ms, also
+/// while idle, for a second, then a call on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frequent_client_pings_are_tolerated() {
+    let srv = start_local(POLICY_YAML, None);
+    let ch = tonic::transport::Endpoint::from_shared(srv.url())
+        .unwrap()
+        .http2_keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::flow_control_service_client::FlowControlServiceClient::new(ch);
+    c.check(check_req("checkout", &[("user", "pinger")])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.check(check_req("checkout", &[("user", "pinger")])).await.unwrap();
+}

@@ -152,3 +152,20 @@ async fn aperture_py_api_key_over_tls() {
     assert_eq!(rec["decision"], "Unreachable", "{rec}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Our check.proto against the descriptors generated into aperture-py: every message, field
+/// number, type and enum value must be identical.
+#[test]
+fn proto_matches_aperture_py_descriptors() {
+    let Some(sdk) = sdk_dir() else { return };
+    let path = std::env::temp_dir().join(format!("tollgate-grpc-fds-{}.bin", std::process::id()));
+    std::fs::write(&path, tollgate_grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut py = Command::new(sdk.join("py/bin/python"));
+    py.arg(root().join("tests/sdk/compare_descriptors.py")).arg(&path);
+    let (lines, stderr) = run(py, Duration::from_secs(60));
+    let _ = std::fs::remove_file(&path);
+    let rec = events(&lines, "descriptors")[0];
+    assert_eq!(rec["diffs"], serde_json::json!([]), "{rec}\n{stderr}");
+    assert_eq!(rec["services_equal"], true, "{rec}");
+    assert!(rec["compared"].as_u64().unwrap() >= 39, "{rec}");
+}
