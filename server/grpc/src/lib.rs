@@ -10,17 +10,17 @@
 //! server crate implements by handing the flow to the glommio shard that owns its bucket.
 //!
 //! # Layout
-//! - [`server`]: [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
+//! - [`server`] — [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
 //!   health, reflection, graceful shutdown.
-//! - [`backend`]: the [`DecisionBackend`] trait the server implements, and [`BackendError`].
-//! - [`flowcontrol`]: `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
+//! - [`backend`] — the [`DecisionBackend`] trait the server implements, and [`BackendError`].
+//! - [`flowcontrol`] — `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
 //!   FlowEnd).
-//! - [`rls`]: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
-//! - [`otlp`]: `opentelemetry.proto.collector.trace.v1.TraceService/Export` span sink.
-//! - [`cache`]: the bounded TTL cache (sans-IO, time passed in).
-//! - [`auth`]: optional `x-api-key` check.
-//! - [`deadline`]: `grpc-timeout` parsing and the deadline wrapper.
-//! - [`proto`]: generated messages, servers and clients.
+//! - [`rls`] — `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
+//! - [`otlp`] — `opentelemetry.proto.collector.trace.v1.TraceService/Export` span sink.
+//! - [`cache`] — the bounded TTL cache (sans-IO, time passed in).
+//! - [`auth`] — optional `x-api-key` check.
+//! - [`deadline`] — `grpc-timeout` parsing and the deadline wrapper.
+//! - [`proto`] — generated messages, servers and clients.
 //!
 //! # Security
 //! With `server.api_keys` non-empty, every service except `grpc.health.v1.Health` requires

@@ -323,3 +323,20 @@ async fn frequent_client_pings_are_tolerated() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.check(check_req("checkout", &[("user", "pinger")])).await.unwrap();
 }
+
+/// `shutdown` stops accepting, lets an in-flight call finish, and returns well before the grace
+/// period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_calls() {
+    let srv = start_local(POLICY_YAML, Some(Duration::from_millis(300)));
+    let url = srv.url();
+    let mut c = srv.fcs().await;
+    let call = tokio::spawn(async move { c.check(check_req("checkout", &[("user", "late")])).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || srv.handle.shutdown()).await.unwrap();
+    assert!(t.elapsed() < tollgate_grpc::server::SHUTDOWN_GRACE, "{:?}", t.elapsed());
+    let resp = call.await.unwrap().expect("in-flight call answered");
+    assert_eq!(resp.into_inner().decision_type, 0);
+    assert!(tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.is_err(), "still accepting");
+}

@@ -4,6 +4,8 @@
 //!
 //! Runs when `TOLLGATE_SDK_TESTS=1`, or when `.sdk/` exists; otherwise prints a skip line.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod support;
 
 use std::path::{Path, PathBuf};
