@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{start_server, RunningServer};
 use serde_json::Value;
-use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
+use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor::Entry, RateLimitDescriptor,
+};
 use tollgate_grpc::proto::envoy::service::ratelimit::v3 as rls;
 
 /// Capacity 5 per user, refilled 5 per hour: no visible refill during a test.
@@ -33,7 +35,10 @@ policies:
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// The SDK install dir, or None (after printing the skip line) when SDK tests are off.
@@ -57,7 +62,11 @@ fn grpc_addr(server: &RunningServer) -> std::net::SocketAddr {
 
 /// Runs `cmd` to completion within [`SCRIPT_TIMEOUT`]; returns (JSON lines of stdout, stderr).
 fn run(mut cmd: Command) -> (Vec<Value>, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn SDK script");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn SDK script");
     // Read both pipes on threads so a chatty script cannot block on a full pipe.
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
@@ -84,7 +93,10 @@ fn run(mut cmd: Command) -> (Vec<Value>, String) {
     };
     let stdout = out_t.join().expect("stdout reader");
     let stderr = err_t.join().expect("stderr reader");
-    assert!(status.success(), "{cmd:?} failed ({status}):\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        status.success(),
+        "{cmd:?} failed ({status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     let lines = stdout
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -109,7 +121,10 @@ fn drain_logs(server: &RunningServer) -> Vec<String> {
 }
 
 fn assert_no_server_errors(logs: &[String]) {
-    let bad: Vec<_> = logs.iter().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
+    let bad: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
     assert!(bad.is_empty(), "server logged problems:\n{bad:#?}");
 }
 
@@ -130,7 +145,10 @@ fn wait_for_log(server: &RunningServer, seen: &mut Vec<String>, needle: &str) ->
 fn envoy_rls_ok_then_over_limit() {
     let server = start_server(POLICY);
     let url = format!("http://{}", grpc_addr(&server));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let channel = tollgate_grpc::tonic::transport::Endpoint::from_shared(url)
             .expect("url")
@@ -141,7 +159,10 @@ fn envoy_rls_ok_then_over_limit() {
         let req = |user: &str, hits: u32| rls::RateLimitRequest {
             domain: "checkout".into(),
             descriptors: vec![RateLimitDescriptor {
-                entries: vec![Entry { key: "user".into(), value: user.into() }],
+                entries: vec![Entry {
+                    key: "user".into(),
+                    value: user.into(),
+                }],
                 limit: None,
             }],
             hits_addend: hits,
@@ -150,30 +171,58 @@ fn envoy_rls_ok_then_over_limit() {
         let over = rls::rate_limit_response::Code::OverLimit as i32;
 
         // hits_addend 0 means 1.
-        let r = c.should_rate_limit(req("envoy-user", 0)).await.expect("rls").into_inner();
+        let r = c
+            .should_rate_limit(req("envoy-user", 0))
+            .await
+            .expect("rls")
+            .into_inner();
         assert_eq!(r.overall_code, ok, "{r:?}");
         let s = &r.statuses[0];
         assert_eq!((s.code, s.limit_remaining), (ok, 4), "{s:?}");
         let limit = s.current_limit.as_ref().expect("current_limit");
         assert_eq!(limit.requests_per_unit, 5);
-        assert_eq!(limit.unit, rls::rate_limit_response::rate_limit::Unit::Hour as i32);
+        assert_eq!(
+            limit.unit,
+            rls::rate_limit_response::rate_limit::Unit::Hour as i32
+        );
         let reset = s.duration_until_reset.expect("reset");
-        assert!((719..=720).contains(&reset.seconds), "1 of 5 tokens at 5/hour: ~720 s, got {reset:?}");
+        assert!(
+            (719..=720).contains(&reset.seconds),
+            "1 of 5 tokens at 5/hour: ~720 s, got {reset:?}"
+        );
 
-        let r = c.should_rate_limit(req("envoy-user", 4)).await.expect("rls").into_inner();
-        assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (ok, 0), "{r:?}");
+        let r = c
+            .should_rate_limit(req("envoy-user", 4))
+            .await
+            .expect("rls")
+            .into_inner();
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (ok, 0),
+            "{r:?}"
+        );
 
-        let r = c.should_rate_limit(req("envoy-user", 1)).await.expect("rls").into_inner();
+        let r = c
+            .should_rate_limit(req("envoy-user", 1))
+            .await
+            .expect("rls")
+            .into_inner();
         assert_eq!(r.overall_code, over, "{r:?}");
         let s = &r.statuses[0];
         assert_eq!((s.code, s.limit_remaining), (over, 0));
         let reset = s.duration_until_reset.expect("reset");
-        assert!(reset.seconds > 0 && reset.seconds <= 720, "wait for one token at 5/hour: {reset:?}");
+        assert!(
+            reset.seconds > 0 && reset.seconds <= 720,
+            "wait for one token at 5/hour: {reset:?}"
+        );
 
         // Another user is unaffected; one status per descriptor.
         let mut two = req("envoy-user", 1);
         two.descriptors.push(RateLimitDescriptor {
-            entries: vec![Entry { key: "user".into(), value: "other".into() }],
+            entries: vec![Entry {
+                key: "user".into(),
+                value: "other".into(),
+            }],
             limit: None,
         });
         let r = c.should_rate_limit(two).await.expect("rls").into_inner();
@@ -196,7 +245,11 @@ fn aperture_py_flows_end_cache_and_spans() {
     });
     let flows = events(&lines, "flow");
     assert_eq!(flows.len(), 8, "{lines:#?}");
-    assert_eq!(flows.iter().filter(|f| f["should_run"] == true).count(), 5, "exactly 5 of 8: {lines:#?}");
+    assert_eq!(
+        flows.iter().filter(|f| f["should_run"] == true).count(),
+        5,
+        "exactly 5 of 8: {lines:#?}"
+    );
     for (i, f) in flows.iter().enumerate() {
         let accepted = f["should_run"] == true;
         assert_eq!(accepted, i < 5, "flows run in order: {f}");
@@ -212,11 +265,23 @@ fn aperture_py_flows_end_cache_and_spans() {
         assert_eq!(f["limiters"][0]["policy_name"], "five_per_user", "{f}");
         assert!(f["end_error"].is_null(), "end() failed: {f}");
     }
-    assert!(!stderr.contains("ERROR") && !stderr.contains("Failed to export"), "aperture-py logged errors:\n{stderr}");
+    assert!(
+        !stderr.contains("ERROR") && !stderr.contains("Failed to export"),
+        "aperture-py logged errors:\n{stderr}"
+    );
 
     let (lines, stderr) = run({
         let mut c = python(&sdk);
-        c.args([&addr, "cache", "--label", "user=bob", "--key", "report-42", "--value", "cached report"]);
+        c.args([
+            &addr,
+            "cache",
+            "--label",
+            "user=bob",
+            "--key",
+            "report-42",
+            "--value",
+            "cached report",
+        ]);
         c
     });
     let cache = events(&lines, "cache");
@@ -228,7 +293,10 @@ fn aperture_py_flows_end_cache_and_spans() {
     assert_eq!(c["after_status"], "HIT", "{c}");
     assert_eq!(c["after_value"], "cached report", "{c}");
     assert!(c["after_error"].is_null(), "{c}");
-    assert!(!stderr.contains("ERROR"), "aperture-py logged errors:\n{stderr}");
+    assert!(
+        !stderr.contains("ERROR"),
+        "aperture-py logged errors:\n{stderr}"
+    );
 
     // The SDK exported its "Aperture Check" spans to the same port and the server took them.
     let mut logs = Vec::new();
@@ -246,8 +314,23 @@ fn aperture_py_api_key_over_tls() {
     let dir = common::temp_dir("sdk-tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -263,24 +346,46 @@ fn aperture_py_api_key_over_tls() {
     // The SDKs send x-api-key as gRPC call credentials, which gRPC only attaches over TLS.
     let yaml = POLICY.replace(
         "shards: 2 }",
-        &format!("shards: 2, api_keys: [sesame], tls: {{ cert: {}, key: {} }} }}", cert.display(), key.display()),
+        &format!(
+            "shards: 2, api_keys: [sesame], tls: {{ cert: {}, key: {} }} }}",
+            cert.display(),
+            key.display()
+        ),
     );
     let server = start_server(&yaml);
     let addr = format!("localhost:{}", grpc_addr(&server).port());
     let auth = |api_key: &str| {
         let mut c = python(&sdk);
-        c.args([&addr, "auth", "--label", "user=dan", "--api-key", api_key, "--ca"]).arg(&cert);
+        c.args([
+            &addr,
+            "auth",
+            "--label",
+            "user=dan",
+            "--api-key",
+            api_key,
+            "--ca",
+        ])
+        .arg(&cert);
         c
     };
 
     let (lines, stderr) = run(auth("sesame"));
     let rec = events(&lines, "auth")[0];
-    assert_eq!(rec["decision_type"], "DECISION_TYPE_ACCEPTED", "{rec}\n{stderr}");
-    assert!(!stderr.contains("ERROR"), "aperture-py logged errors with the right key:\n{stderr}");
+    assert_eq!(
+        rec["decision_type"], "DECISION_TYPE_ACCEPTED",
+        "{rec}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("ERROR"),
+        "aperture-py logged errors with the right key:\n{stderr}"
+    );
 
     let (lines, _) = run(auth("wrong-key"));
     let rec = events(&lines, "auth")[0];
-    assert_eq!(rec["error_code"], "UNAUTHENTICATED", "wrong key must be refused: {rec}");
+    assert_eq!(
+        rec["error_code"], "UNAUTHENTICATED",
+        "wrong key must be refused: {rec}"
+    );
     // The SDK fails open on errors: that is the client's policy, not the server's answer.
     assert_eq!(rec["decision"], "Unreachable", "{rec}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -293,12 +398,18 @@ fn aperture_js_flows() {
     let addr = grpc_addr(&server).to_string();
     let (lines, stderr) = run({
         let mut c = Command::new("node");
-        c.arg(root().join("tests/sdk/aperture_js.mjs")).arg(sdk.join("js")).args([&addr, "8", "checkout", "user=carol"]);
+        c.arg(root().join("tests/sdk/aperture_js.mjs"))
+            .arg(sdk.join("js"))
+            .args([&addr, "8", "checkout", "user=carol"]);
         c
     });
     let flows = events(&lines, "flow");
     assert_eq!(flows.len(), 8, "{lines:#?}\n{stderr}");
-    assert_eq!(flows.iter().filter(|f| f["should_run"] == true).count(), 5, "exactly 5 of 8: {lines:#?}");
+    assert_eq!(
+        flows.iter().filter(|f| f["should_run"] == true).count(),
+        5,
+        "exactly 5 of 8: {lines:#?}"
+    );
     for (i, f) in flows.iter().enumerate() {
         assert_eq!(f["should_run"] == true, i < 5, "{f}");
         assert!(f["error"].is_null(), "{f}");
@@ -306,7 +417,10 @@ fn aperture_js_flows() {
             assert_eq!(f["http_code"], 429, "{f}");
         }
     }
-    assert!(!stderr.to_lowercase().contains("error"), "aperture-js logged errors:\n{stderr}");
+    assert!(
+        !stderr.to_lowercase().contains("error"),
+        "aperture-js logged errors:\n{stderr}"
+    );
     let mut logs = Vec::new();
     assert!(
         wait_for_log(&server, &mut logs, "first OTLP trace export accepted"),

@@ -24,7 +24,9 @@ pub struct ApiKeyCheck {
 impl ApiKeyCheck {
     /// Accepts calls carrying any of `keys`; accepts every call when `keys` is empty.
     pub fn new(keys: &[String]) -> Self {
-        Self { keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect() }
+        Self {
+            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+        }
     }
 
     /// Whether any key is configured.
@@ -35,7 +37,9 @@ impl ApiKeyCheck {
     fn accepts(&self, presented: &[u8]) -> bool {
         // Every configured key is compared in full, in constant time per key, so timing tells
         // nothing about which prefix matched.
-        self.keys.iter().fold(false, |ok, k| ok | constant_time_eq(k, presented))
+        self.keys
+            .iter()
+            .fold(false, |ok, k| ok | constant_time_eq(k, presented))
     }
 }
 
@@ -67,7 +71,8 @@ mod tests {
     fn call(check: &mut ApiKeyCheck, key: Option<&str>) -> Result<(), tonic::Code> {
         let mut req = Request::new(());
         if let Some(k) = key {
-            req.metadata_mut().insert(API_KEY_HEADER, k.parse().unwrap());
+            req.metadata_mut()
+                .insert(API_KEY_HEADER, k.parse().unwrap());
         }
         check.call(req).map(|_| ()).map_err(|s| s.code())
     }
@@ -78,8 +83,14 @@ mod tests {
         assert_eq!(call(&mut open, None), Ok(()));
         let mut guarded = ApiKeyCheck::new(&["alpha".into(), "beta".into()]);
         assert_eq!(call(&mut guarded, Some("beta")), Ok(()));
-        assert_eq!(call(&mut guarded, Some("bet")), Err(tonic::Code::Unauthenticated));
-        assert_eq!(call(&mut guarded, Some("gamma")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(
+            call(&mut guarded, Some("bet")),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            call(&mut guarded, Some("gamma")),
+            Err(tonic::Code::Unauthenticated)
+        );
         assert_eq!(call(&mut guarded, None), Err(tonic::Code::Unauthenticated));
     }
 }

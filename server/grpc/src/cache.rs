@@ -139,7 +139,10 @@ impl TtlCache {
     /// The value under `key` if present and not expired at `now_ns`.
     pub fn get(&self, scope: &Scope, key: &str, now_ns: u64) -> Option<&[u8]> {
         // A lookup key is built per call; keys are short, and this keeps the map key simple.
-        let k = Key { scope: scope.clone(), key: key.to_owned() };
+        let k = Key {
+            scope: scope.clone(),
+            key: key.to_owned(),
+        };
         self.entries
             .get(&k)
             .filter(|e| e.expires_ns > now_ns)
@@ -168,16 +171,25 @@ impl TtlCache {
         if ttl_ns > MAX_TTL_NS {
             return Err(CacheError::TtlTooLong);
         }
-        let k = Key { scope, key: key.to_owned() };
+        let k = Key {
+            scope,
+            key: key.to_owned(),
+        };
         let size = k
             .bytes()
             .saturating_add(value.len())
             .saturating_add(ENTRY_OVERHEAD_BYTES);
         if value.len() > self.limits.max_entry_bytes {
-            return Err(CacheError::ValueTooLarge { size: value.len(), limit: self.limits.max_entry_bytes });
+            return Err(CacheError::ValueTooLarge {
+                size: value.len(),
+                limit: self.limits.max_entry_bytes,
+            });
         }
         if size > self.limits.max_total_bytes {
-            return Err(CacheError::EntryTooLarge { size, limit: self.limits.max_total_bytes });
+            return Err(CacheError::EntryTooLarge {
+                size,
+                limit: self.limits.max_total_bytes,
+            });
         }
         // Replacing: drop the old version first so its bytes do not count against the new one.
         self.remove_key(&k);
@@ -185,7 +197,9 @@ impl TtlCache {
         while self.entries.len() >= self.limits.max_entries.max(1)
             || self.total_bytes.saturating_add(size) > self.limits.max_total_bytes
         {
-            let Some((_, oldest)) = self.by_age.pop_first() else { break };
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
             self.remove_key(&oldest);
         }
         let seq = self.next_seq;
@@ -194,13 +208,24 @@ impl TtlCache {
         self.by_expiry.insert((expires_ns, seq), k.clone());
         self.by_age.insert(seq, k.clone());
         self.total_bytes += size;
-        self.entries.insert(k, Entry { value, expires_ns, seq, size });
+        self.entries.insert(
+            k,
+            Entry {
+                value,
+                expires_ns,
+                seq,
+                size,
+            },
+        );
         Ok(())
     }
 
     /// Removes `key`; returns whether a live (unexpired) entry was there.
     pub fn delete(&mut self, scope: Scope, key: &str, now_ns: u64) -> bool {
-        let k = Key { scope, key: key.to_owned() };
+        let k = Key {
+            scope,
+            key: key.to_owned(),
+        };
         let live = self.entries.get(&k).is_some_and(|e| e.expires_ns > now_ns);
         self.remove_key(&k);
         live
@@ -249,7 +274,11 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn cache(max_entries: usize, max_total_bytes: usize, max_entry_bytes: usize) -> TtlCache {
-        TtlCache::new(CacheLimits { max_entries, max_total_bytes, max_entry_bytes })
+        TtlCache::new(CacheLimits {
+            max_entries,
+            max_total_bytes,
+            max_entry_bytes,
+        })
     }
 
     fn cp(s: &str) -> Scope {
@@ -261,11 +290,16 @@ mod tests {
         let mut c = cache(10, 1 << 20, 1 << 20);
         c.upsert(cp("a"), "k", b"1".to_vec(), 5 * S, 0).unwrap();
         c.upsert(cp("b"), "k", b"2".to_vec(), 5 * S, 0).unwrap();
-        c.upsert(Scope::Global, "k", b"3".to_vec(), 10 * S, 0).unwrap();
+        c.upsert(Scope::Global, "k", b"3".to_vec(), 10 * S, 0)
+            .unwrap();
         assert_eq!(c.get(&cp("a"), "k", S), Some(&b"1"[..]));
         assert_eq!(c.get(&cp("b"), "k", S), Some(&b"2"[..]));
         assert_eq!(c.get(&Scope::Global, "k", S), Some(&b"3"[..]));
-        assert_eq!(c.get(&cp("a"), "k", 5 * S), None, "expired at exactly now+ttl");
+        assert_eq!(
+            c.get(&cp("a"), "k", 5 * S),
+            None,
+            "expired at exactly now+ttl"
+        );
         assert_eq!(c.get(&Scope::Global, "k", 5 * S), Some(&b"3"[..]));
         c.evict_expired(5 * S);
         assert_eq!(c.len(), 1);
@@ -286,14 +320,18 @@ mod tests {
     #[test]
     fn evicts_expired_before_oldest() {
         let mut c = cache(2, 1 << 20, 1 << 20);
-        c.upsert(Scope::Global, "old-long", b"x".to_vec(), 100 * S, 0).unwrap();
-        c.upsert(Scope::Global, "new-short", b"x".to_vec(), S, 1).unwrap();
+        c.upsert(Scope::Global, "old-long", b"x".to_vec(), 100 * S, 0)
+            .unwrap();
+        c.upsert(Scope::Global, "new-short", b"x".to_vec(), S, 1)
+            .unwrap();
         // At t=2s "new-short" has expired: it goes, not the older but live "old-long".
-        c.upsert(Scope::Global, "third", b"x".to_vec(), 100 * S, 2 * S).unwrap();
+        c.upsert(Scope::Global, "third", b"x".to_vec(), 100 * S, 2 * S)
+            .unwrap();
         assert!(c.get(&Scope::Global, "old-long", 2 * S).is_some());
         assert!(c.get(&Scope::Global, "third", 2 * S).is_some());
         // Nothing expired now: the oldest goes.
-        c.upsert(Scope::Global, "fourth", b"x".to_vec(), 100 * S, 3 * S).unwrap();
+        c.upsert(Scope::Global, "fourth", b"x".to_vec(), 100 * S, 3 * S)
+            .unwrap();
         assert!(c.get(&Scope::Global, "old-long", 3 * S).is_none());
         assert_eq!(c.len(), 2);
     }
@@ -303,7 +341,8 @@ mod tests {
         let entry = 1 + 100 + ENTRY_OVERHEAD_BYTES;
         let mut c = cache(100, entry * 3, 100);
         for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
-            c.upsert(Scope::Global, k, vec![0; 100], 100 * S, i as u64).unwrap();
+            c.upsert(Scope::Global, k, vec![0; 100], 100 * S, i as u64)
+                .unwrap();
         }
         assert_eq!(c.len(), 3);
         assert!(c.total_bytes() <= entry * 3);
@@ -314,16 +353,42 @@ mod tests {
     #[test]
     fn refuses_oversized_and_invalid_entries_without_change() {
         let mut c = cache(10, 10_000, 200);
-        c.upsert(Scope::Global, "keep", b"v".to_vec(), S, 0).unwrap();
-        let err = c.upsert(Scope::Global, "big", vec![0; 500], S, 0).unwrap_err();
-        assert_eq!(err, CacheError::ValueTooLarge { size: 500, limit: 200 });
-        assert!(err.to_string().contains("exceeds the limit of 200 bytes"), "{err}");
+        c.upsert(Scope::Global, "keep", b"v".to_vec(), S, 0)
+            .unwrap();
+        let err = c
+            .upsert(Scope::Global, "big", vec![0; 500], S, 0)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CacheError::ValueTooLarge {
+                size: 500,
+                limit: 200
+            }
+        );
+        assert!(
+            err.to_string().contains("exceeds the limit of 200 bytes"),
+            "{err}"
+        );
         let mut tiny = cache(10, 100, 1000);
-        let err = tiny.upsert(Scope::Global, "k", vec![0; 50], S, 0).unwrap_err();
-        assert!(matches!(err, CacheError::EntryTooLarge { limit: 100, .. }), "{err}");
-        assert_eq!(c.upsert(Scope::Global, "", vec![], S, 0), Err(CacheError::EmptyKey));
-        assert_eq!(c.upsert(cp(""), "k", vec![], S, 0), Err(CacheError::EmptyControlPoint));
-        assert_eq!(c.upsert(Scope::Global, "k", vec![], 0, 0), Err(CacheError::NonPositiveTtl));
+        let err = tiny
+            .upsert(Scope::Global, "k", vec![0; 50], S, 0)
+            .unwrap_err();
+        assert!(
+            matches!(err, CacheError::EntryTooLarge { limit: 100, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            c.upsert(Scope::Global, "", vec![], S, 0),
+            Err(CacheError::EmptyKey)
+        );
+        assert_eq!(
+            c.upsert(cp(""), "k", vec![], S, 0),
+            Err(CacheError::EmptyControlPoint)
+        );
+        assert_eq!(
+            c.upsert(Scope::Global, "k", vec![], 0, 0),
+            Err(CacheError::NonPositiveTtl)
+        );
         assert_eq!(
             c.upsert(Scope::Global, "k", vec![], MAX_TTL_NS + 1, 0),
             Err(CacheError::TtlTooLong)
@@ -338,8 +403,14 @@ mod tests {
         for i in 0..10_000u64 {
             let key = format!("k{}", i % 997);
             let len = (i % 300) as usize;
-            c.upsert(Scope::Result(format!("cp{}", i % 7)), &key, vec![0; len], (i % 13 + 1) * S, i * S / 10)
-                .unwrap();
+            c.upsert(
+                Scope::Result(format!("cp{}", i % 7)),
+                &key,
+                vec![0; len],
+                (i % 13 + 1) * S,
+                i * S / 10,
+            )
+            .unwrap();
             assert!(c.len() <= 50);
             assert!(c.total_bytes() <= 5_000);
         }

@@ -21,7 +21,10 @@ const MAX_TIMEOUT_DIGITS: usize = 8;
 /// Parses a `grpc-timeout` value (`1*8DIGIT unit`, unit one of `H M S m u n`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > MAX_TIMEOUT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty()
+        || digits.len() > MAX_TIMEOUT_DIGITS
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let n: u64 = digits.parse().ok()?;
@@ -67,7 +70,9 @@ pub struct MonoClock {
 impl MonoClock {
     /// A clock reading 0 now.
     pub fn new() -> Self {
-        Self { start: Instant::now() }
+        Self {
+            start: Instant::now(),
+        }
     }
 
     /// Nanoseconds since [`MonoClock::new`].
@@ -90,7 +95,10 @@ mod tests {
     fn parses_grpc_timeout() {
         assert_eq!(parse_grpc_timeout("200m"), Some(Duration::from_millis(200)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
         assert_eq!(parse_grpc_timeout("999999999n"), None, "9 digits");
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout(""), None);

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tonic::{Request, Response, Status};
 use tollgate_policy::{Decision, Engine, Labels, OutcomeKind, OwnedFlow};
+use tonic::{Request, Response, Status};
 
 use crate::backend::DecisionBackend;
 use crate::cache::{CacheError, Scope, TtlCache};
@@ -46,8 +46,16 @@ pub struct FlowControl {
 
 impl FlowControl {
     /// A service deciding through `backend`, caching in `cache`.
-    pub fn new(backend: Arc<dyn DecisionBackend>, cache: Arc<Mutex<TtlCache>>, clock: MonoClock) -> Self {
-        Self { backend, cache, clock }
+    pub fn new(
+        backend: Arc<dyn DecisionBackend>,
+        cache: Arc<Mutex<TtlCache>>,
+        clock: MonoClock,
+    ) -> Self {
+        Self {
+            backend,
+            cache,
+            clock,
+        }
     }
 
     fn cache(&self) -> MutexGuard<'_, TtlCache> {
@@ -56,7 +64,11 @@ impl FlowControl {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lookup(&self, control_point: &str, req: &pb::CacheLookupRequest) -> Result<pb::CacheLookupResponse, Status> {
+    fn lookup(
+        &self,
+        control_point: &str,
+        req: &pb::CacheLookupRequest,
+    ) -> Result<pb::CacheLookupResponse, Status> {
         if req.global_cache_keys.len() > MAX_GLOBAL_KEYS_PER_CALL {
             return Err(too_many_keys(req.global_cache_keys.len()));
         }
@@ -85,7 +97,10 @@ impl FlowControl {
                     ..Default::default()
                 }
             } else {
-                found(&Scope::Result(control_point.to_owned()), &req.result_cache_key)
+                found(
+                    &Scope::Result(control_point.to_owned()),
+                    &req.result_cache_key,
+                )
             }
         });
         let global_cache_responses = req
@@ -93,7 +108,10 @@ impl FlowControl {
             .iter()
             .map(|k| (k.clone(), found(&Scope::Global, k)))
             .collect();
-        Ok(pb::CacheLookupResponse { result_cache_response, global_cache_responses })
+        Ok(pb::CacheLookupResponse {
+            result_cache_response,
+            global_cache_responses,
+        })
     }
 }
 
@@ -139,11 +157,17 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 }
 
 /// Labels as the policy crate takes them: sorted by key (a map's keys are unique).
-fn owned_flow(control_point: &str, labels: &std::collections::HashMap<String, String>) -> OwnedFlow {
+fn owned_flow(
+    control_point: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> OwnedFlow {
     let sorted: BTreeMap<&String, &String> = labels.iter().collect();
     OwnedFlow {
         control_point: control_point.to_owned(),
-        labels: sorted.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: sorted
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         tokens: None,
     }
 }
@@ -155,7 +179,11 @@ pub(crate) fn label_value<'a, L: Labels + ?Sized>(labels: &'a L, key: Option<&st
 }
 
 /// One `LimiterDecision` per outcome, in the engine's order.
-pub fn limiter_decisions<L: Labels + ?Sized>(engine: &Engine, labels: &L, decision: &Decision) -> Vec<pb::LimiterDecision> {
+pub fn limiter_decisions<L: Labels + ?Sized>(
+    engine: &Engine,
+    labels: &L,
+    decision: &Decision,
+) -> Vec<pb::LimiterDecision> {
     decision
         .limiters
         .iter()
@@ -172,7 +200,11 @@ pub fn limiter_decisions<L: Labels + ?Sized>(engine: &Engine, labels: &L, decisi
                 } else {
                     pb::limiter_decision::LimiterReason::Unspecified as i32
                 },
-                denied_response_status_code: if dropped { i32::from(spec.denied_status_code) } else { 0 },
+                denied_response_status_code: if dropped {
+                    i32::from(spec.denied_status_code)
+                } else {
+                    0
+                },
                 wait_time: (o.wait_ns > 0).then(|| duration_ns(o.wait_ns)),
                 details: Some(pb::limiter_decision::Details::RateLimiterInfo(
                     pb::limiter_decision::RateLimiterInfo {
@@ -180,7 +212,11 @@ pub fn limiter_decisions<L: Labels + ?Sized>(engine: &Engine, labels: &L, decisi
                         tokens_info: Some(pb::limiter_decision::TokensInfo {
                             remaining: o.remaining,
                             current: o.current,
-                            consumed: if matches!(o.kind, OutcomeKind::Accepted) { o.tokens } else { 0.0 },
+                            consumed: if matches!(o.kind, OutcomeKind::Accepted) {
+                                o.tokens
+                            } else {
+                                0.0
+                            },
                         }),
                     },
                 )),
@@ -190,7 +226,11 @@ pub fn limiter_decisions<L: Labels + ?Sized>(engine: &Engine, labels: &L, decisi
 }
 
 /// The CheckResponse for `decision` (without timestamps and cache stage).
-pub fn check_response(engine: &Engine, req: &pb::CheckRequest, decision: &Decision) -> pb::CheckResponse {
+pub fn check_response(
+    engine: &Engine,
+    req: &pb::CheckRequest,
+    decision: &Decision,
+) -> pb::CheckResponse {
     let mut flow_label_keys: Vec<String> = req.labels.keys().cloned().collect();
     flow_label_keys.sort_unstable();
     let mut resp = pb::CheckResponse {
@@ -219,18 +259,27 @@ pub fn check_response(engine: &Engine, req: &pb::CheckRequest, decision: &Decisi
 
 #[tonic::async_trait]
 impl FlowControlService for FlowControl {
-    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         let start = SystemTime::now();
         let budget = deadline::budget(request.metadata());
         let req = request.into_inner();
         let flow = owned_flow(&req.control_point, &req.labels);
-        let decision =
-            deadline::within(budget, async { self.backend.check(flow).await.map_err(Status::from) }).await?;
+        let decision = deadline::within(budget, async {
+            self.backend.check(flow).await.map_err(Status::from)
+        })
+        .await?;
         let mut resp = check_response(self.backend.engine(), &req, &decision);
         if decision.accepted {
             if let Some(lookup) = &req.cache_lookup_request {
                 if !lookup.result_cache_key.is_empty() || !lookup.global_cache_keys.is_empty() {
-                    let cp = if lookup.control_point.is_empty() { &req.control_point } else { &lookup.control_point };
+                    let cp = if lookup.control_point.is_empty() {
+                        &req.control_point
+                    } else {
+                        &lookup.control_point
+                    };
                     resp.cache_lookup_response = Some(self.lookup(cp, lookup)?);
                 }
             }
@@ -259,9 +308,18 @@ impl FlowControlService for FlowControl {
         let now = self.clock.now_ns();
         let mut cache = self.cache();
         let result_cache_response = req.result_cache_entry.map(|e| {
-            let r = cache.upsert(Scope::Result(req.control_point.clone()), &e.key, e.value, ttl_ns(e.ttl.as_ref()), now);
+            let r = cache.upsert(
+                Scope::Result(req.control_point.clone()),
+                &e.key,
+                e.value,
+                ttl_ns(e.ttl.as_ref()),
+                now,
+            );
             let (operation_status, error) = op_status(r);
-            pb::KeyUpsertResponse { operation_status, error }
+            pb::KeyUpsertResponse {
+                operation_status,
+                error,
+            }
         });
         let global_cache_responses = req
             .global_cache_entries
@@ -270,10 +328,19 @@ impl FlowControlService for FlowControl {
                 // The map key names the entry; the SDKs leave CacheEntry.key empty here.
                 let r = cache.upsert(Scope::Global, &k, e.value, ttl_ns(e.ttl.as_ref()), now);
                 let (operation_status, error) = op_status(r);
-                (k, pb::KeyUpsertResponse { operation_status, error })
+                (
+                    k,
+                    pb::KeyUpsertResponse {
+                        operation_status,
+                        error,
+                    },
+                )
             })
             .collect();
-        Ok(Response::new(pb::CacheUpsertResponse { result_cache_response, global_cache_responses }))
+        Ok(Response::new(pb::CacheUpsertResponse {
+            result_cache_response,
+            global_cache_responses,
+        }))
     }
 
     async fn cache_delete(
@@ -290,9 +357,16 @@ impl FlowControlService for FlowControl {
         let result_cache_response = (!req.result_cache_key.is_empty()).then(|| {
             if req.control_point.is_empty() {
                 let (operation_status, error) = op_status(Err(CacheError::EmptyControlPoint));
-                pb::KeyDeleteResponse { operation_status, error }
+                pb::KeyDeleteResponse {
+                    operation_status,
+                    error,
+                }
             } else {
-                cache.delete(Scope::Result(req.control_point.clone()), &req.result_cache_key, now);
+                cache.delete(
+                    Scope::Result(req.control_point.clone()),
+                    &req.result_cache_key,
+                    now,
+                );
                 pb::KeyDeleteResponse::default()
             }
         });
@@ -304,10 +378,16 @@ impl FlowControlService for FlowControl {
                 (k.clone(), pb::KeyDeleteResponse::default())
             })
             .collect();
-        Ok(Response::new(pb::CacheDeleteResponse { result_cache_response, global_cache_responses }))
+        Ok(Response::new(pb::CacheDeleteResponse {
+            result_cache_response,
+            global_cache_responses,
+        }))
     }
 
-    async fn flow_end(&self, request: Request<pb::FlowEndRequest>) -> Result<Response<pb::FlowEndResponse>, Status> {
+    async fn flow_end(
+        &self,
+        request: Request<pb::FlowEndRequest>,
+    ) -> Result<Response<pb::FlowEndResponse>, Status> {
         let req = request.into_inner();
         let token_return_statuses = req
             .inflight_requests
@@ -318,6 +398,8 @@ impl FlowControlService for FlowControl {
                 error: FLOW_END_UNSUPPORTED.to_owned(),
             })
             .collect();
-        Ok(Response::new(pb::FlowEndResponse { token_return_statuses }))
+        Ok(Response::new(pb::FlowEndResponse {
+            token_return_statuses,
+        }))
     }
 }

@@ -39,7 +39,7 @@ pub mod rls;
 pub mod server;
 
 pub use backend::{BackendError, DecisionBackend, DecisionFuture};
+pub use server::{start, GrpcHandle};
 /// The tonic this crate is built with, so callers can use [`proto`]'s clients without naming a
 /// tonic version themselves.
 pub use tonic;
-pub use server::{start, GrpcHandle};

@@ -28,7 +28,11 @@ impl TraceService for SpanSink {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let req = request.into_inner();
-        let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+        let spans = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans);
         let mut n = 0u64;
         for span in spans {
             n += 1;
@@ -37,10 +41,15 @@ impl TraceService for SpanSink {
         let before = self.spans.fetch_add(n, Ordering::Relaxed);
         if before == 0 && n > 0 {
             // Once at info: tells the operator SDK telemetry reaches this port.
-            tracing::info!(spans = n, "first OTLP trace export accepted (later ones are logged at debug)");
+            tracing::info!(
+                spans = n,
+                "first OTLP trace export accepted (later ones are logged at debug)"
+            );
         } else {
             tracing::debug!(spans = n, total = before + n, "otlp trace export accepted");
         }
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }

@@ -16,7 +16,10 @@ pub mod aperture {
         pub mod check {
             /// `aperture.flowcontrol.check.v1`: the flow-control service the SDKs call.
             pub mod v1 {
-                include!(concat!(env!("OUT_DIR"), "/aperture.flowcontrol.check.v1.rs"));
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/aperture.flowcontrol.check.v1.rs"
+                ));
             }
         }
     }

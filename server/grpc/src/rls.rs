@@ -20,8 +20,8 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
 use tollgate_policy::{BucketParams, LimiterOutcome, OutcomeKind, OwnedFlow};
+use tonic::{Request, Response, Status};
 
 use crate::backend::DecisionBackend;
 use crate::deadline;
@@ -53,20 +53,41 @@ const UNITS: [(Unit, f64); 6] = [
 /// number; if that rounds to 0 the next longer unit is tried (1 per 5 h is 5/DAY). A bucket that
 /// never refills (`fill_amount` 0) reports its capacity with unit UNKNOWN.
 pub fn current_limit(name: &str, params: &BucketParams) -> RateLimit {
-    let clamp = |x: f64| if x >= f64::from(u32::MAX) { u32::MAX } else { x.max(0.0) as u32 };
+    let clamp = |x: f64| {
+        if x >= f64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            x.max(0.0) as u32
+        }
+    };
     let interval_s = params.interval_ns as f64 / NS_PER_SEC;
     if params.fill_amount <= 0.0 || interval_s <= 0.0 {
-        return RateLimit { name: name.to_owned(), requests_per_unit: clamp(params.capacity.floor()), unit: Unit::Unknown as i32 };
+        return RateLimit {
+            name: name.to_owned(),
+            requests_per_unit: clamp(params.capacity.floor()),
+            unit: Unit::Unknown as i32,
+        };
     }
     let per_second = params.fill_amount / interval_s;
-    let first = UNITS.iter().rposition(|(_, secs)| *secs <= interval_s).unwrap_or(0);
+    let first = UNITS
+        .iter()
+        .rposition(|(_, secs)| *secs <= interval_s)
+        .unwrap_or(0);
     for (unit, secs) in &UNITS[first..] {
         let n = (per_second * secs).round();
         if n >= 1.0 {
-            return RateLimit { name: name.to_owned(), requests_per_unit: clamp(n), unit: *unit as i32 };
+            return RateLimit {
+                name: name.to_owned(),
+                requests_per_unit: clamp(n),
+                unit: *unit as i32,
+            };
         }
     }
-    RateLimit { name: name.to_owned(), requests_per_unit: 1, unit: Unit::Year as i32 }
+    RateLimit {
+        name: name.to_owned(),
+        requests_per_unit: 1,
+        unit: Unit::Year as i32,
+    }
 }
 
 /// Nanoseconds until a bucket holding `current` tokens is full again, or `None` if it never
@@ -77,7 +98,11 @@ fn until_full_ns(params: &BucketParams, current: f64) -> Option<u64> {
     }
     let missing = (params.capacity - current).max(0.0);
     let ns = (missing / params.fill_amount * params.interval_ns as f64).ceil();
-    Some(if ns >= u64::MAX as f64 { u64::MAX } else { ns as u64 })
+    Some(if ns >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        ns as u64
+    })
 }
 
 /// The Envoy RLS implementation.
@@ -92,7 +117,12 @@ impl Rls {
         Self { backend }
     }
 
-    fn status(&self, flow: &OwnedFlow, accepted: bool, outcomes: &[LimiterOutcome]) -> DescriptorStatus {
+    fn status(
+        &self,
+        flow: &OwnedFlow,
+        accepted: bool,
+        outcomes: &[LimiterOutcome],
+    ) -> DescriptorStatus {
         let engine = self.backend.engine();
         let code = if accepted { Code::Ok } else { Code::OverLimit };
         let binding = if accepted {
@@ -101,18 +131,30 @@ impl Rls {
                 .filter(|o| matches!(o.kind, OutcomeKind::Accepted))
                 .min_by(|a, b| a.remaining.total_cmp(&b.remaining))
         } else {
-            outcomes.iter().find(|o| matches!(o.kind, OutcomeKind::Rejected))
+            outcomes
+                .iter()
+                .find(|o| matches!(o.kind, OutcomeKind::Rejected))
         };
         let Some(o) = binding else {
-            return DescriptorStatus { code: code as i32, ..Default::default() };
+            return DescriptorStatus {
+                code: code as i32,
+                ..Default::default()
+            };
         };
         let spec = engine.limiter(o.limiter);
-        let params = spec.params_for(label_value(flow.labels.as_slice(), spec.limit_by_label_key.as_deref()));
+        let params = spec.params_for(label_value(
+            flow.labels.as_slice(),
+            spec.limit_by_label_key.as_deref(),
+        ));
         let remaining = o.remaining.max(0.0).floor();
         DescriptorStatus {
             code: code as i32,
             current_limit: Some(current_limit(&spec.policy_name, &params)),
-            limit_remaining: if remaining >= f64::from(u32::MAX) { u32::MAX } else { remaining as u32 },
+            limit_remaining: if remaining >= f64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                remaining as u32
+            },
             duration_until_reset: if accepted {
                 until_full_ns(&params, o.remaining).map(duration_ns)
             } else {
@@ -131,10 +173,14 @@ impl RateLimitService for Rls {
         let budget = deadline::budget(request.metadata());
         let req = request.into_inner();
         if req.domain.is_empty() {
-            return Err(Status::invalid_argument("domain (the control point) is empty"));
+            return Err(Status::invalid_argument(
+                "domain (the control point) is empty",
+            ));
         }
         if req.descriptors.is_empty() {
-            return Err(Status::invalid_argument("rate limit descriptor list must not be empty"));
+            return Err(Status::invalid_argument(
+                "rate limit descriptor list must not be empty",
+            ));
         }
         if req.descriptors.len() > MAX_DESCRIPTORS {
             return Err(Status::invalid_argument(format!(
@@ -146,15 +192,26 @@ impl RateLimitService for Rls {
         let statuses = deadline::within(budget, async {
             let mut statuses = Vec::with_capacity(req.descriptors.len());
             for d in &req.descriptors {
-                let mut labels: Vec<(String, String)> =
-                    d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+                let mut labels: Vec<(String, String)> = d
+                    .entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .collect();
                 // Stable sort then keep the last of each key: a repeated key keeps its last value.
                 labels.sort_by(|a, b| a.0.cmp(&b.0));
                 labels.reverse();
                 labels.dedup_by(|a, b| a.0 == b.0);
                 labels.reverse();
-                let flow = OwnedFlow { control_point: req.domain.clone(), labels, tokens: Some(tokens) };
-                let decision = self.backend.check(flow.clone()).await.map_err(Status::from)?;
+                let flow = OwnedFlow {
+                    control_point: req.domain.clone(),
+                    labels,
+                    tokens: Some(tokens),
+                };
+                let decision = self
+                    .backend
+                    .check(flow.clone())
+                    .await
+                    .map_err(Status::from)?;
                 statuses.push(self.status(&flow, decision.accepted, &decision.limiters));
             }
             Ok(statuses)
@@ -162,7 +219,10 @@ impl RateLimitService for Rls {
         .await?;
         let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
         let overall_code = if over { Code::OverLimit } else { Code::Ok } as i32;
-        Ok(Response::new(RateLimitResponse { overall_code, statuses }))
+        Ok(Response::new(RateLimitResponse {
+            overall_code,
+            statuses,
+        }))
     }
 }
 

@@ -145,7 +145,9 @@ pub fn start(
         .context("building the grpc tokio runtime")?;
 
     let spans = Arc::new(AtomicU64::new(0));
-    let sink = SpanSink { spans: spans.clone() };
+    let sink = SpanSink {
+        spans: spans.clone(),
+    };
     let cache = Arc::new(Mutex::new(TtlCache::new(limits)));
     let flow_control = FlowControl::new(backend.clone(), cache, MonoClock::new());
     let rls = Rls::new(backend);
@@ -172,12 +174,17 @@ pub fn start(
     }
     let router = builder
         .add_service(health)
-        .add_service(FlowControlServiceServer::with_interceptor(flow_control, auth.clone()))
+        .add_service(FlowControlServiceServer::with_interceptor(
+            flow_control,
+            auth.clone(),
+        ))
         .add_service(TraceServiceServer::with_interceptor(sink, auth.clone()))
         .add_service(RateLimitServiceServer::with_interceptor(rls, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, auth));
-    listener.set_nonblocking(true).context("grpc listener non-blocking")?;
+    listener
+        .set_nonblocking(true)
+        .context("grpc listener non-blocking")?;
 
     // Everything that needs the runtime happens on its own thread, so `start` may be called from
     // inside another runtime. Set-up errors come back through `ready`.
@@ -241,7 +248,12 @@ pub fn start(
     }
 
     tracing::info!(%local_addr, tls = server.tls.is_some(), api_keys = auth_enabled(&server.api_keys), "grpc compat port listening");
-    Ok(GrpcHandle { local_addr, stop: stop_tx, thread: Some(thread), spans })
+    Ok(GrpcHandle {
+        local_addr,
+        stop: stop_tx,
+        thread: Some(thread),
+        spans,
+    })
 }
 
 fn auth_enabled(keys: &[String]) -> bool {

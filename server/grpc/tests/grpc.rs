@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use support::{start_local, POLICY_YAML};
 use tollgate_grpc::proto::aperture::flowcontrol::check::v1 as pb;
-use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
+use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor::Entry, RateLimitDescriptor,
+};
 use tollgate_grpc::proto::envoy::service::ratelimit::v3 as rls;
 use tollgate_grpc::proto::opentelemetry::proto::collector::trace::v1 as otlp;
 use tollgate_grpc::proto::opentelemetry::proto::trace::v1 as trace;
@@ -15,7 +17,10 @@ use tollgate_grpc::proto::opentelemetry::proto::trace::v1 as trace;
 fn check_req(cp: &str, labels: &[(&str, &str)]) -> pb::CheckRequest {
     pb::CheckRequest {
         control_point: cp.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         expect_end: true,
         ..Default::default()
     }
@@ -27,16 +32,28 @@ async fn check_five_of_eight_with_aperture_fields() {
     let mut c = srv.fcs().await;
     let mut accepted = 0;
     for i in 0..8 {
-        let resp = c.check(check_req("checkout", &[("user", "alice"), ("b", "1")])).await.unwrap().into_inner();
+        let resp = c
+            .check(check_req("checkout", &[("user", "alice"), ("b", "1")]))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(resp.control_point, "checkout");
         assert!(resp.expect_end);
-        assert_eq!(resp.flow_label_keys, vec!["b".to_string(), "user".to_string()]);
-        assert_eq!(resp.telemetry_flow_labels.get("user").map(String::as_str), Some("alice"));
+        assert_eq!(
+            resp.flow_label_keys,
+            vec!["b".to_string(), "user".to_string()]
+        );
+        assert_eq!(
+            resp.telemetry_flow_labels.get("user").map(String::as_str),
+            Some("alice")
+        );
         assert!(resp.start.is_some() && resp.end.is_some());
         assert_eq!(resp.limiter_decisions.len(), 1);
         let d = &resp.limiter_decisions[0];
         assert_eq!(d.policy_name, "five_per_user");
-        let Some(pb::limiter_decision::Details::RateLimiterInfo(info)) = &d.details else { panic!("{d:?}") };
+        let Some(pb::limiter_decision::Details::RateLimiterInfo(info)) = &d.details else {
+            panic!("{d:?}")
+        };
         assert_eq!(info.label, "alice");
         let tokens = info.tokens_info.unwrap();
         if resp.decision_type == pb::check_response::DecisionType::Accepted as i32 {
@@ -44,14 +61,23 @@ async fn check_five_of_eight_with_aperture_fields() {
             assert_eq!(resp.reject_reason, 0);
             assert!(!d.dropped);
             assert_eq!(tokens.consumed, 1.0);
-            assert!((tokens.remaining - f64::from(4 - i)).abs() < 0.01, "{tokens:?}");
+            assert!(
+                (tokens.remaining - f64::from(4 - i)).abs() < 0.01,
+                "{tokens:?}"
+            );
             assert_eq!(resp.denied_response_status_code, 0);
         } else {
             assert!(i >= 5, "flow {i} rejected");
-            assert_eq!(resp.reject_reason, pb::check_response::RejectReason::RateLimited as i32);
+            assert_eq!(
+                resp.reject_reason,
+                pb::check_response::RejectReason::RateLimited as i32
+            );
             assert!(d.dropped);
             assert_eq!(tokens.consumed, 0.0);
-            assert_eq!(resp.denied_response_status_code, pb::StatusCode::TooManyRequests as i32);
+            assert_eq!(
+                resp.denied_response_status_code,
+                pb::StatusCode::TooManyRequests as i32
+            );
             assert_eq!(d.denied_response_status_code, 429);
             let wait = resp.wait_time.unwrap();
             assert!(wait.seconds > 0, "{wait:?}");
@@ -59,13 +85,28 @@ async fn check_five_of_eight_with_aperture_fields() {
     }
     assert_eq!(accepted, 5);
     // Another user has their own bucket; a flow without the label is KEY_NOT_FOUND and accepted.
-    let resp = c.check(check_req("checkout", &[("user", "bob")])).await.unwrap().into_inner();
+    let resp = c
+        .check(check_req("checkout", &[("user", "bob")]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.decision_type, 0);
-    let resp = c.check(check_req("checkout", &[])).await.unwrap().into_inner();
+    let resp = c
+        .check(check_req("checkout", &[]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.decision_type, 0);
-    assert_eq!(resp.limiter_decisions[0].reason, pb::limiter_decision::LimiterReason::KeyNotFound as i32);
+    assert_eq!(
+        resp.limiter_decisions[0].reason,
+        pb::limiter_decision::LimiterReason::KeyNotFound as i32
+    );
     // No matching policy: accepted, no decisions.
-    let resp = c.check(check_req("elsewhere", &[("user", "alice")])).await.unwrap().into_inner();
+    let resp = c
+        .check(check_req("elsewhere", &[("user", "alice")]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.decision_type, 0);
     assert!(resp.limiter_decisions.is_empty());
     srv.handle.shutdown();
@@ -86,10 +127,17 @@ policies:
 "#;
     let srv = start_local(yaml, None);
     let mut c = srv.fcs().await;
-    let err = c.check(check_req("api", &[("cost", "lots")])).await.unwrap_err();
+    let err = c
+        .check(check_req("api", &[("cost", "lots")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("cost"), "{}", err.message());
-    let resp = c.check(check_req("api", &[("cost", "9")])).await.unwrap().into_inner();
+    let resp = c
+        .check(check_req("api", &[("cost", "9")]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.decision_type, 1);
     assert_eq!(resp.denied_response_status_code, 503);
 }
@@ -98,18 +146,35 @@ policies:
 async fn cache_roundtrip_and_limits() {
     let srv = start_local(POLICY_YAML, None);
     let mut c = srv.fcs().await;
-    let ttl = Some(prost_types::Duration { seconds: 60, nanos: 0 });
+    let ttl = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
     let up = c
         .cache_upsert(pb::CacheUpsertRequest {
             control_point: "checkout".into(),
-            result_cache_entry: Some(pb::CacheEntry { key: "r".into(), value: b"result".to_vec(), ttl }),
-            global_cache_entries: [("g".to_string(), pb::CacheEntry { key: String::new(), value: b"global".to_vec(), ttl })]
-                .into(),
+            result_cache_entry: Some(pb::CacheEntry {
+                key: "r".into(),
+                value: b"result".to_vec(),
+                ttl,
+            }),
+            global_cache_entries: [(
+                "g".to_string(),
+                pb::CacheEntry {
+                    key: String::new(),
+                    value: b"global".to_vec(),
+                    ttl,
+                },
+            )]
+            .into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(up.result_cache_response.unwrap().operation_status, pb::CacheOperationStatus::Success as i32);
+    assert_eq!(
+        up.result_cache_response.unwrap().operation_status,
+        pb::CacheOperationStatus::Success as i32
+    );
     assert_eq!(up.global_cache_responses["g"].operation_status, 0);
 
     // Through Check: limiter accepts, then the cache stage answers.
@@ -122,16 +187,29 @@ async fn cache_roundtrip_and_limits() {
     let resp = c.check(req.clone()).await.unwrap().into_inner();
     let lookup = resp.cache_lookup_response.unwrap();
     let r = lookup.result_cache_response.unwrap();
-    assert_eq!((r.lookup_status, r.value.as_slice()), (pb::CacheLookupStatus::Hit as i32, &b"result"[..]));
+    assert_eq!(
+        (r.lookup_status, r.value.as_slice()),
+        (pb::CacheLookupStatus::Hit as i32, &b"result"[..])
+    );
     assert_eq!(lookup.global_cache_responses["g"].value, b"global");
-    assert_eq!(lookup.global_cache_responses["missing"].lookup_status, pb::CacheLookupStatus::Miss as i32);
+    assert_eq!(
+        lookup.global_cache_responses["missing"].lookup_status,
+        pb::CacheLookupStatus::Miss as i32
+    );
     // The result cache is per control point.
     let other = c
-        .cache_lookup(pb::CacheLookupRequest { control_point: "other".into(), result_cache_key: "r".into(), ..Default::default() })
+        .cache_lookup(pb::CacheLookupRequest {
+            control_point: "other".into(),
+            result_cache_key: "r".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(other.result_cache_response.unwrap().lookup_status, pb::CacheLookupStatus::Miss as i32);
+    assert_eq!(
+        other.result_cache_response.unwrap().lookup_status,
+        pb::CacheLookupStatus::Miss as i32
+    );
 
     // Delete, then miss.
     c.cache_delete(pb::CacheDeleteRequest {
@@ -143,13 +221,20 @@ async fn cache_roundtrip_and_limits() {
     .unwrap();
     let resp = c.check(req).await.unwrap().into_inner();
     let lookup = resp.cache_lookup_response.unwrap();
-    assert_eq!(lookup.result_cache_response.unwrap().lookup_status, pb::CacheLookupStatus::Miss as i32);
+    assert_eq!(
+        lookup.result_cache_response.unwrap().lookup_status,
+        pb::CacheLookupStatus::Miss as i32
+    );
 
     // Oversized value (support sets max_entry_bytes = 1024): ERROR with an explanation.
     let up = c
         .cache_upsert(pb::CacheUpsertRequest {
             control_point: "checkout".into(),
-            result_cache_entry: Some(pb::CacheEntry { key: "big".into(), value: vec![0; 4096], ttl }),
+            result_cache_entry: Some(pb::CacheEntry {
+                key: "big".into(),
+                value: vec![0; 4096],
+                ttl,
+            }),
             ..Default::default()
         })
         .await
@@ -157,7 +242,11 @@ async fn cache_roundtrip_and_limits() {
         .into_inner();
     let r = up.result_cache_response.unwrap();
     assert_eq!(r.operation_status, pb::CacheOperationStatus::Error as i32);
-    assert!(r.error.contains("exceeds the limit of 1024 bytes"), "{}", r.error);
+    assert!(
+        r.error.contains("exceeds the limit of 1024 bytes"),
+        "{}",
+        r.error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +256,11 @@ async fn flow_end_is_honest() {
     let resp = c
         .flow_end(pb::FlowEndRequest {
             control_point: "checkout".into(),
-            inflight_requests: vec![pb::InflightRequestRef { request_id: "r1".into(), tokens: 1.0, ..Default::default() }],
+            inflight_requests: vec![pb::InflightRequestRef {
+                request_id: "r1".into(),
+                tokens: 1.0,
+                ..Default::default()
+            }],
         })
         .await
         .unwrap()
@@ -175,7 +268,11 @@ async fn flow_end_is_honest() {
     assert_eq!(resp.token_return_statuses.len(), 1);
     let s = &resp.token_return_statuses[0];
     assert!(!s.returned);
-    assert!(s.error.contains("concurrency limiting is not supported"), "{}", s.error);
+    assert!(
+        s.error.contains("concurrency limiting is not supported"),
+        "{}",
+        s.error
+    );
     assert_eq!(s.inflight_request_ref.as_ref().unwrap().request_id, "r1");
 }
 
@@ -183,10 +280,16 @@ async fn flow_end_is_honest() {
 async fn otlp_spans_are_counted() {
     let srv = start_local(POLICY_YAML, None);
     let mut c = otlp::trace_service_client::TraceServiceClient::new(srv.channel().await);
-    let span = |n: &str| trace::Span { name: n.into(), ..Default::default() };
+    let span = |n: &str| trace::Span {
+        name: n.into(),
+        ..Default::default()
+    };
     c.export(otlp::ExportTraceServiceRequest {
         resource_spans: vec![trace::ResourceSpans {
-            scope_spans: vec![trace::ScopeSpans { spans: vec![span("a"), span("b")], ..Default::default() }],
+            scope_spans: vec![trace::ScopeSpans {
+                spans: vec![span("a"), span("b")],
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     })
@@ -204,16 +307,31 @@ async fn api_keys_guard_everything_but_health() {
     let err = c.check(check_req("checkout", &[])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let mut req = tonic::Request::new(check_req("checkout", &[]));
-    req.metadata_mut().insert("x-api-key", "wrong".parse().unwrap());
-    assert_eq!(c.check(req).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    req.metadata_mut()
+        .insert("x-api-key", "wrong".parse().unwrap());
+    assert_eq!(
+        c.check(req).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     let mut req = tonic::Request::new(check_req("checkout", &[]));
-    req.metadata_mut().insert("x-api-key", "sesame".parse().unwrap());
+    req.metadata_mut()
+        .insert("x-api-key", "sesame".parse().unwrap());
     c.check(req).await.unwrap();
 
     let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
     for service in ["", "aperture.flowcontrol.v1.FlowControlService"] {
-        let r = h.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service:?}");
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
     }
 }
 
@@ -238,7 +356,10 @@ async fn envoy_rls_ok_then_over_limit() {
     let req = |user: &str, hits: u32| rls::RateLimitRequest {
         domain: "checkout".into(),
         descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry { key: "user".into(), value: user.into() }],
+            entries: vec![Entry {
+                key: "user".into(),
+                value: user.into(),
+            }],
             limit: None,
         }],
         hits_addend: hits,
@@ -246,36 +367,63 @@ async fn envoy_rls_ok_then_over_limit() {
     let ok = rls::rate_limit_response::Code::Ok as i32;
     let over = rls::rate_limit_response::Code::OverLimit as i32;
 
-    let r = c.should_rate_limit(req("dave", 0)).await.unwrap().into_inner();
+    let r = c
+        .should_rate_limit(req("dave", 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.overall_code, ok);
     let s = &r.statuses[0];
     assert_eq!(s.code, ok);
     assert_eq!(s.limit_remaining, 4);
     let limit = s.current_limit.as_ref().unwrap();
-    assert_eq!((limit.requests_per_unit, limit.unit), (5, rls::rate_limit_response::rate_limit::Unit::Hour as i32));
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit),
+        (5, rls::rate_limit_response::rate_limit::Unit::Hour as i32)
+    );
     assert_eq!(limit.name, "five_per_user");
     // 1 of 5 tokens missing at 5/hour: full again in 720 s.
     let reset = s.duration_until_reset.unwrap();
     assert!((719..=720).contains(&reset.seconds), "{reset:?}");
 
-    let r = c.should_rate_limit(req("dave", 4)).await.unwrap().into_inner();
+    let r = c
+        .should_rate_limit(req("dave", 4))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (ok, 0));
-    let r = c.should_rate_limit(req("dave", 1)).await.unwrap().into_inner();
+    let r = c
+        .should_rate_limit(req("dave", 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.overall_code, over);
     let s = &r.statuses[0];
     assert_eq!((s.code, s.limit_remaining), (over, 0));
     let reset = s.duration_until_reset.unwrap();
-    assert!(reset.seconds > 0 && reset.seconds <= 3600, "{reset:?} {r:?}");
+    assert!(
+        reset.seconds > 0 && reset.seconds <= 3600,
+        "{reset:?} {r:?}"
+    );
 
     // Two descriptors: one per status, overall OVER_LIMIT if any is.
     let mut two = req("dave", 1);
-    two.descriptors.push(RateLimitDescriptor { entries: vec![Entry { key: "user".into(), value: "erin".into() }], limit: None });
+    two.descriptors.push(RateLimitDescriptor {
+        entries: vec![Entry {
+            key: "user".into(),
+            value: "erin".into(),
+        }],
+        limit: None,
+    });
     let r = c.should_rate_limit(two).await.unwrap().into_inner();
     assert_eq!(r.overall_code, over);
     assert_eq!((r.statuses[0].code, r.statuses[1].code), (over, ok));
 
     let err = c
-        .should_rate_limit(rls::RateLimitRequest { domain: "checkout".into(), ..Default::default() })
+        .should_rate_limit(rls::RateLimitRequest {
+            domain: "checkout".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -284,15 +432,25 @@ async fn envoy_rls_ok_then_over_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_services() {
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
     };
     let srv = start_local(POLICY_YAML, None);
     let mut c = ServerReflectionClient::new(srv.channel().await);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = c.server_reflection_info(tokio_stream::once(req)).await.unwrap().into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .unwrap()
+        .into_inner();
     let msg = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("{msg:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("{msg:?}")
+    };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     for want in [
         "aperture.flowcontrol.check.v1.FlowControlService",
@@ -319,9 +477,13 @@ async fn frequent_client_pings_are_tolerated() {
         .await
         .unwrap();
     let mut c = pb::flow_control_service_client::FlowControlServiceClient::new(ch);
-    c.check(check_req("checkout", &[("user", "pinger")])).await.unwrap();
+    c.check(check_req("checkout", &[("user", "pinger")]))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    c.check(check_req("checkout", &[("user", "pinger")])).await.unwrap();
+    c.check(check_req("checkout", &[("user", "pinger")]))
+        .await
+        .unwrap();
 }
 
 /// `shutdown` stops accepting, lets an in-flight call finish, and returns well before the grace
@@ -331,12 +493,26 @@ async fn graceful_shutdown_finishes_in_flight_calls() {
     let srv = start_local(POLICY_YAML, Some(Duration::from_millis(300)));
     let url = srv.url();
     let mut c = srv.fcs().await;
-    let call = tokio::spawn(async move { c.check(check_req("checkout", &[("user", "late")])).await });
+    let call =
+        tokio::spawn(async move { c.check(check_req("checkout", &[("user", "late")])).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t = std::time::Instant::now();
-    tokio::task::spawn_blocking(move || srv.handle.shutdown()).await.unwrap();
-    assert!(t.elapsed() < tollgate_grpc::server::SHUTDOWN_GRACE, "{:?}", t.elapsed());
+    tokio::task::spawn_blocking(move || srv.handle.shutdown())
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < tollgate_grpc::server::SHUTDOWN_GRACE,
+        "{:?}",
+        t.elapsed()
+    );
     let resp = call.await.unwrap().expect("in-flight call answered");
     assert_eq!(resp.into_inner().decision_type, 0);
-    assert!(tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.is_err(), "still accepting");
+    assert!(
+        tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .is_err(),
+        "still accepting"
+    );
 }

@@ -16,7 +16,10 @@ use serde_json::Value;
 use support::{start_local, POLICY_YAML};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn sdk_dir() -> Option<PathBuf> {
@@ -26,13 +29,20 @@ fn sdk_dir() -> Option<PathBuf> {
         println!("skipped: run scripts/setup-sdk.sh (Aperture SDKs not installed in .sdk/)");
         return None;
     }
-    assert!(sdk.join(".installed").exists(), "TOLLGATE_SDK_TESTS=1 but .sdk/ is not set up: run scripts/setup-sdk.sh");
+    assert!(
+        sdk.join(".installed").exists(),
+        "TOLLGATE_SDK_TESTS=1 but .sdk/ is not set up: run scripts/setup-sdk.sh"
+    );
     Some(sdk)
 }
 
 /// Runs `cmd` (bounded by `limit`), returns (JSON lines of stdout, stderr).
 fn run(mut cmd: Command, limit: Duration) -> (Vec<Value>, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > limit {
@@ -44,8 +54,16 @@ fn run(mut cmd: Command, limit: Duration) -> (Vec<Value>, String) {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    let lines = stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let lines = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     (lines, stderr)
 }
 
@@ -60,21 +78,40 @@ async fn aperture_py_and_js_against_local_backend() {
     let addr = srv.handle.local_addr().to_string();
 
     let mut py = Command::new(sdk.join("py/bin/python"));
-    py.arg(root().join("tests/sdk/aperture_py.py")).args([&addr, "flows", "--count", "8", "--label", "user=alice"]);
-    let (lines, stderr) = tokio::task::spawn_blocking(move || run(py, Duration::from_secs(60))).await.unwrap();
+    py.arg(root().join("tests/sdk/aperture_py.py")).args([
+        &addr,
+        "flows",
+        "--count",
+        "8",
+        "--label",
+        "user=alice",
+    ]);
+    let (lines, stderr) = tokio::task::spawn_blocking(move || run(py, Duration::from_secs(60)))
+        .await
+        .unwrap();
     let flows = events(&lines, "flow");
     assert_eq!(flows.len(), 8, "{lines:?}");
-    assert_eq!(flows.iter().filter(|f| f["should_run"] == true).count(), 5, "{lines:?}");
+    assert_eq!(
+        flows.iter().filter(|f| f["should_run"] == true).count(),
+        5,
+        "{lines:?}"
+    );
     for f in flows.iter().filter(|f| f["should_run"] == false) {
         assert_eq!(f["reject_reason"], "REJECT_REASON_RATE_LIMITED", "{f}");
         assert_eq!(f["http_code"], 429, "{f}");
     }
     assert!(flows.iter().all(|f| f["end_error"].is_null()), "{lines:?}");
-    assert!(!stderr.contains("ERROR") && !stderr.contains("Failed to export"), "SDK logged errors:\n{stderr}");
+    assert!(
+        !stderr.contains("ERROR") && !stderr.contains("Failed to export"),
+        "SDK logged errors:\n{stderr}"
+    );
 
     let mut py = Command::new(sdk.join("py/bin/python"));
-    py.arg(root().join("tests/sdk/aperture_py.py")).args([&addr, "cache", "--label", "user=bob"]);
-    let (lines, stderr) = tokio::task::spawn_blocking(move || run(py, Duration::from_secs(60))).await.unwrap();
+    py.arg(root().join("tests/sdk/aperture_py.py"))
+        .args([&addr, "cache", "--label", "user=bob"]);
+    let (lines, stderr) = tokio::task::spawn_blocking(move || run(py, Duration::from_secs(60)))
+        .await
+        .unwrap();
     let cache = events(&lines, "cache");
     assert_eq!(cache[0]["before_status"], "MISS", "{lines:?}");
     assert!(cache[0]["set_error"].is_null(), "{lines:?}");
@@ -83,13 +120,24 @@ async fn aperture_py_and_js_against_local_backend() {
     assert!(!stderr.contains("ERROR"), "SDK logged errors:\n{stderr}");
 
     let mut js = Command::new("node");
-    js.arg(root().join("tests/sdk/aperture_js.mjs")).arg(sdk.join("js")).args([&addr, "8", "checkout", "user=carol"]);
-    let (lines, stderr) = tokio::task::spawn_blocking(move || run(js, Duration::from_secs(60))).await.unwrap();
+    js.arg(root().join("tests/sdk/aperture_js.mjs"))
+        .arg(sdk.join("js"))
+        .args([&addr, "8", "checkout", "user=carol"]);
+    let (lines, stderr) = tokio::task::spawn_blocking(move || run(js, Duration::from_secs(60)))
+        .await
+        .unwrap();
     let flows = events(&lines, "flow");
     assert_eq!(flows.len(), 8, "{lines:?}\n{stderr}");
-    assert_eq!(flows.iter().filter(|f| f["should_run"] == true).count(), 5, "{lines:?}");
+    assert_eq!(
+        flows.iter().filter(|f| f["should_run"] == true).count(),
+        5,
+        "{lines:?}"
+    );
     assert!(flows.iter().all(|f| f["error"].is_null()), "{lines:?}");
-    assert!(!stderr.to_lowercase().contains("error"), "SDK logged errors:\n{stderr}");
+    assert!(
+        !stderr.to_lowercase().contains("error"),
+        "SDK logged errors:\n{stderr}"
+    );
 
     // 8 py flows + 2 cache flows + 8 js flows, one span each.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -104,8 +152,23 @@ async fn aperture_py_and_js_against_local_backend() {
 fn self_signed(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -128,26 +191,42 @@ async fn aperture_py_api_key_over_tls() {
     };
     let yaml = POLICY_YAML.replace(
         "shards: 2 }",
-        &format!("shards: 2, api_keys: [sesame], tls: {{ cert: {}, key: {} }} }}", cert.display(), key.display()),
+        &format!(
+            "shards: 2, api_keys: [sesame], tls: {{ cert: {}, key: {} }} }}",
+            cert.display(),
+            key.display()
+        ),
     );
     let srv = start_local(&yaml, None);
     let addr = format!("localhost:{}", srv.handle.local_addr().port());
     let auth = |api_key: &str| {
         let mut py = Command::new(sdk.join("py/bin/python"));
         py.arg(root().join("tests/sdk/aperture_py.py"))
-            .args([&addr, "auth", "--label", "user=dan", "--api-key", api_key, "--ca"])
+            .args([
+                &addr,
+                "auth",
+                "--label",
+                "user=dan",
+                "--api-key",
+                api_key,
+                "--ca",
+            ])
             .arg(&cert);
         py
     };
     let good = auth("sesame");
-    let (lines, stderr) = tokio::task::spawn_blocking(move || run(good, Duration::from_secs(60))).await.unwrap();
+    let (lines, stderr) = tokio::task::spawn_blocking(move || run(good, Duration::from_secs(60)))
+        .await
+        .unwrap();
     let rec = events(&lines, "auth")[0].clone();
     assert_eq!(rec["decision"], "Accepted", "{rec}\n{stderr}");
     assert_eq!(rec["decision_type"], "DECISION_TYPE_ACCEPTED", "{rec}");
     assert!(!stderr.contains("ERROR"), "SDK logged errors:\n{stderr}");
 
     let bad = auth("wrong");
-    let (lines, _) = tokio::task::spawn_blocking(move || run(bad, Duration::from_secs(60))).await.unwrap();
+    let (lines, _) = tokio::task::spawn_blocking(move || run(bad, Duration::from_secs(60)))
+        .await
+        .unwrap();
     let rec = events(&lines, "auth")[0].clone();
     // Refused: the SDK fails open (decision Unreachable) and reports the gRPC error.
     assert_eq!(rec["error_code"], "UNAUTHENTICATED", "{rec}");
@@ -163,7 +242,8 @@ fn proto_matches_aperture_py_descriptors() {
     let path = std::env::temp_dir().join(format!("tollgate-grpc-fds-{}.bin", std::process::id()));
     std::fs::write(&path, tollgate_grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
     let mut py = Command::new(sdk.join("py/bin/python"));
-    py.arg(root().join("tests/sdk/compare_descriptors.py")).arg(&path);
+    py.arg(root().join("tests/sdk/compare_descriptors.py"))
+        .arg(&path);
     let (lines, stderr) = run(py, Duration::from_secs(60));
     let _ = std::fs::remove_file(&path);
     let rec = events(&lines, "descriptors")[0];

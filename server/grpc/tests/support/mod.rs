@@ -35,7 +35,12 @@ impl DecisionBackend for LocalBackend {
 
     fn check(&self, flow: OwnedFlow) -> DecisionFuture {
         let now = self.epoch.elapsed().as_nanos() as u64;
-        let result = self.limiter.lock().unwrap().check(&flow, now).map_err(BackendError::Flow);
+        let result = self
+            .limiter
+            .lock()
+            .unwrap()
+            .check(&flow, now)
+            .map_err(BackendError::Flow);
         let delay = self.delay;
         Box::pin(async move {
             if let Some(d) = delay {
@@ -57,14 +62,18 @@ impl LocalServer {
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.url()).unwrap().connect().await.unwrap()
+        tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn fcs(
         &self,
     ) -> tollgate_grpc::proto::aperture::flowcontrol::check::v1::flow_control_service_client::FlowControlServiceClient<
         tonic::transport::Channel,
-    > {
+    >{
         tollgate_grpc::proto::aperture::flowcontrol::check::v1::flow_control_service_client::FlowControlServiceClient::new(
             self.channel().await,
         )
