@@ -20,9 +20,11 @@ PY_PKGS=(
 )
 JS_PKGS=(
   "@fluxninja/aperture-js@2.5.0"
-  "@grpc/grpc-js"
+  # aperture-js depends on @grpc/grpc-js ^1.9.5; the scripts need the same (deduplicated) copy
+  # for grpc.credentials.createInsecure().
+  "@grpc/grpc-js@^1.9.5"
 )
-STAMP_CONTENT="v1 ${PY_PKGS[*]} | ${JS_PKGS[*]}"
+STAMP_CONTENT="v2 ${PY_PKGS[*]} | ${JS_PKGS[*]}"
 STAMP="$SDK/.installed"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_CONTENT" \
@@ -50,7 +52,7 @@ mkdir -p "$SDK/js"
 if [[ ! -f "$SDK/js/package.json" ]]; then
   printf '{\n  "name": "tollgate-sdk-compat",\n  "private": true\n}\n' > "$SDK/js/package.json"
 fi
-(cd "$SDK/js" && npm install --silent --no-audit --no-fund "${JS_PKGS[@]}")
+(cd "$SDK/js" && npm install --silent --no-audit --no-fund --save-exact "${JS_PKGS[@]}")
 
 echo "$STAMP_CONTENT" > "$STAMP"
 echo "setup-sdk: done"
