@@ -211,9 +211,14 @@ pub fn start(
             let mut stop_serve = stop_rx.clone();
             let mut stop_grace = stop_rx;
             rt.block_on(async move {
+                let reporter = health_reporter.clone();
                 let serve = router.serve_with_incoming_shutdown(incoming, async move {
                     // A dropped sender also means stop.
                     let _ = stop_serve.wait_for(|s| *s).await;
+                    // Health watchers on open connections learn we are draining.
+                    for name in HEALTH_SERVICE_NAMES {
+                        reporter.set_service_status(name, ServingStatus::NotServing).await;
+                    }
                 });
                 tokio::select! {
                     r = serve => {
@@ -227,9 +232,6 @@ pub fn start(
                     } => {
                         tracing::warn!("grpc shutdown grace of {SHUTDOWN_GRACE:?} elapsed; dropping in-flight calls");
                     }
-                }
-                for name in HEALTH_SERVICE_NAMES {
-                    health_reporter.set_service_status(name, ServingStatus::NotServing).await;
                 }
             });
             tracing::debug!("grpc runtime stopped");
