@@ -184,7 +184,35 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         Some(addr) => Some(crate::listeners::bind_tcp(addr, false).context("gRPC port")?),
         None => None,
     };
-    let server = runtime::start(&config, runtime::StartOptions::default())?;
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let settings =
+                crate::cluster::ClusterSettings::from_config(c, config.server.node_id.as_deref())?;
+            Some(crate::cluster::Cluster::bind(settings)?)
+        }
+        None => None,
+    };
+    let options = match &cluster {
+        Some(c) => runtime::StartOptions {
+            members: Some(c.members_view()),
+            track_consumption: true,
+        },
+        None => runtime::StartOptions::default(),
+    };
+    let server = runtime::start(&config, options)?;
+    let cluster = match cluster {
+        Some(c) => {
+            let running = c.start(server.handle.clone())?;
+            if !running.wait_caught_up() {
+                tracing::warn!(
+                    timeout = ?running.join_timeout,
+                    "no peer sent bucket state in time; serving from local state"
+                );
+            }
+            Some(running)
+        }
+        None => None,
+    };
     let grpc = match grpc_listener {
         Some(listener) => {
             let backend = Arc::new(ShardBackend::new(server.handle.clone()));
@@ -193,14 +221,28 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         None => None,
     };
     let shard_ports: Vec<String> = server.shard_ports.iter().map(u16::to_string).collect();
-    tracing::info!(
-        listen = %server.listen,
-        grpc = %grpc.as_ref().map_or("off".to_string(), |g| g.local_addr().to_string()),
-        shard_ports = %shard_ports.join(","),
-        shards = server.node.nr_shards,
-        policies = server.node.engine.limiters().len(),
-        "tollgate ready"
-    );
+    let grpc_addr = grpc
+        .as_ref()
+        .map_or("off".to_string(), |g| g.local_addr().to_string());
+    match &cluster {
+        Some(c) => tracing::info!(
+            listen = %server.listen,
+            grpc = %grpc_addr,
+            shard_ports = %shard_ports.join(","),
+            gossip = %c.gossip,
+            shards = server.node.nr_shards,
+            policies = server.node.engine.limiters().len(),
+            "tollgate ready"
+        ),
+        None => tracing::info!(
+            listen = %server.listen,
+            grpc = %grpc_addr,
+            shard_ports = %shard_ports.join(","),
+            shards = server.node.nr_shards,
+            policies = server.node.engine.limiters().len(),
+            "tollgate ready"
+        ),
+    }
     let signal = signals.forever().next();
     tracing::info!(
         ?signal,
@@ -208,6 +250,9 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
     );
     if let Some(grpc) = grpc {
         grpc.shutdown();
+    }
+    if let Some(cluster) = cluster {
+        cluster.leave();
     }
     server.shutdown()?;
     tracing::info!("stopped");

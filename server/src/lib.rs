@@ -25,11 +25,13 @@
 //! - [`grpc_backend`]: the gRPC compat port's view of the shards.
 //! - [`clock`]: the process-wide monotonic nanosecond clock.
 //! - [`cli`]: `tollgate serve | check | validate | members`.
+//! - [`cluster`]: gossip membership (foca/SWIM) and shard-delta replication over UDP.
 #![warn(missing_docs)]
 
 pub mod bridge;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod conn;
 pub mod grpc_backend;
 pub mod listeners;

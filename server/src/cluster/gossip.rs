@@ -1,0 +1,408 @@
+//! One node's whole gossip logic, sans-IO: datagram in + `now` -> effects out.
+//!
+//! [`Gossip`] joins three parts: the envelope ([`super::wire::Auth`]) that every datagram
+//! passes first, SWIM membership ([`super::membership`]) and delta replication
+//! ([`super::replication`]). Membership decides who the replication peers are: a member
+//! that comes up (or restarts under a new instance) becomes a peer and is sent a state
+//! transfer; a member declared down stops being one. Replication datagrams from an address
+//! that is not a live member are dropped (and counted), so a stranger that knows the secret
+//! still has to join first.
+//!
+//! The IO shell ([`super::io`]) and the simulation ([`super::sim`]) drive the same code.
+
+use super::membership::{Effects, Membership, Timings};
+use super::replication::{Output, ReplicationConfig, ReplicationStats, Replicator};
+use super::wire::{self, Auth, Entry, Kind, Leave, NodeId, WireError};
+use foca::{OwnedNotification, State};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send a sealed datagram.
+    Send {
+        /// Destination.
+        to: SocketAddr,
+        /// Sealed bytes (at most [`wire::MAX_DATAGRAM`]).
+        datagram: Vec<u8>,
+    },
+    /// Debit peer consumption on the owning shards.
+    Debit(Vec<Entry>),
+    /// Lower buckets to peer-reported levels.
+    LowerTo(Vec<Entry>),
+    /// Take a snapshot of every shard and pass it to [`Gossip::send_transfer`] for `to`.
+    SnapshotFor(SocketAddr),
+    /// The first state transfer from a peer completed: this node has caught up.
+    Synced,
+}
+
+/// Settings of one node's gossip.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Our identity (address, boot instance, name).
+    pub identity: NodeId,
+    /// Failure-detection timings.
+    pub timings: Timings,
+    /// Replication cadences.
+    pub replication: ReplicationConfig,
+    /// Seed for foca's randomness.
+    pub rng_seed: u64,
+}
+
+/// Monotonic counters (the `cluster stats` log line and tests read them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GossipStats {
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes_out: u64,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Dropped: failed authentication.
+    pub auth_failed: u64,
+    /// Dropped: authentic but malformed.
+    pub invalid: u64,
+    /// Dropped: replication datagram from an address that is not a live member.
+    pub not_member: u64,
+    /// foca refused a membership message (malformed, from a down member, ...).
+    pub membership_rejected: u64,
+    /// Replication counters.
+    pub replication: ReplicationStats,
+}
+
+/// A member as this node sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberInfo {
+    /// Its configured node id.
+    pub node_id: String,
+    /// Its gossip address.
+    pub address: SocketAddr,
+    /// Its state.
+    pub state: MemberState,
+    /// When we last received an authentic datagram from it (ns on our clock).
+    pub last_contact_ns: Option<u64>,
+}
+
+/// A member's state, as `tollgate members` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed probes; not yet declared down.
+    Suspect,
+    /// Declared down by failure detection.
+    Down,
+    /// Left gracefully.
+    Left,
+}
+
+/// The sans-IO gossip node.
+pub struct Gossip {
+    membership: Membership,
+    replication: Replicator,
+    auth: Auth,
+    /// Last authentic datagram per address.
+    last_contact: HashMap<SocketAddr, u64>,
+    /// Addresses whose current instance said LEAVE (boot nonce).
+    left: HashMap<SocketAddr, u64>,
+    synced: bool,
+    /// Counters.
+    pub stats: GossipStats,
+}
+
+impl Gossip {
+    /// A node that knows nobody yet; `secret` keys the HMAC.
+    pub fn new(config: GossipConfig, secret: &[u8], now_ns: u64) -> Gossip {
+        let auth = Auth::new(secret);
+        let boot = config.identity.instance;
+        Gossip {
+            membership: Membership::new(config.identity, config.timings, config.rng_seed),
+            replication: Replicator::new(config.replication, auth.clone(), boot, now_ns),
+            auth,
+            last_contact: HashMap::new(),
+            left: HashMap::new(),
+            synced: false,
+            stats: GossipStats::default(),
+        }
+    }
+
+    /// Our current identity.
+    pub fn identity(&self) -> &NodeId {
+        self.membership.foca.identity()
+    }
+
+    /// Whether a state transfer from some peer has completed.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Live peers (alive or suspect).
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.membership.active_peers().map(|id| id.addr).collect()
+    }
+
+    /// The replication core's settings.
+    pub fn replication_config(&self) -> &ReplicationConfig {
+        self.replication.config()
+    }
+
+    /// Announces us to every seed that is not us and not already a live member.
+    pub fn join(&mut self, seeds: &[SocketAddr], now_ns: u64, out: &mut Vec<Effect>) {
+        let me = self.identity().addr;
+        let known = self.peers();
+        for &seed in seeds {
+            if seed == me || known.contains(&seed) {
+                continue;
+            }
+            let mut fx = Effects::default();
+            if self.membership.foca.announce(NodeId::seed(seed), &mut fx).is_err() {
+                self.stats.membership_rejected += 1;
+            }
+            self.apply(fx, now_ns, out);
+        }
+    }
+
+    /// Handles one datagram received from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now_ns: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let (kind, payload) = match self.auth.open(datagram) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.count(e);
+                return;
+            }
+        };
+        self.last_contact.insert(from, now_ns);
+        match kind {
+            Kind::Membership => {
+                let mut fx = Effects::default();
+                if self.membership.foca.handle_data(payload, &mut fx).is_err() {
+                    self.stats.membership_rejected += 1;
+                }
+                self.apply(fx, now_ns, out);
+            }
+            Kind::Batch | Kind::Acks => {
+                if !self.replication.is_peer(&from) {
+                    self.stats.not_member += 1;
+                    return;
+                }
+                let mut outputs = Vec::new();
+                let result = if kind == Kind::Batch {
+                    wire::decode_batch(payload)
+                        .map(|b| self.replication.handle_batch(from, b, &mut outputs))
+                } else {
+                    wire::decode_acks(payload).map(|a| self.replication.handle_acks(from, a))
+                };
+                if let Err(e) = result {
+                    self.count(e);
+                }
+                self.apply_replication(outputs, out);
+            }
+            Kind::Leave => match wire::decode_leave(payload) {
+                Ok(Leave { boot }) => {
+                    let current = self
+                        .membership
+                        .all()
+                        .find(|(id, _)| id.addr == from)
+                        .map(|(id, _)| id.instance);
+                    if current == Some(boot) {
+                        self.left.insert(from, boot);
+                    }
+                }
+                Err(e) => self.count(e),
+            },
+        }
+    }
+
+    /// Fires due timers, flushes due deltas, acks and retransmissions.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Effect>) {
+        while let Some(timer) = self.membership.pop_due(now_ns) {
+            let mut fx = Effects::default();
+            if self.membership.foca.handle_timer(timer, &mut fx).is_err() {
+                self.stats.membership_rejected += 1;
+            }
+            self.apply(fx, now_ns, out);
+        }
+        let mut outputs = Vec::new();
+        self.replication.tick(now_ns, &mut outputs);
+        self.apply_replication(outputs, out);
+    }
+
+    /// The next time [`Gossip::tick`] has work.
+    pub fn next_deadline(&self) -> u64 {
+        self.membership
+            .next_deadline()
+            .min(self.replication.next_deadline())
+    }
+
+    /// Local consumption drained from a shard.
+    pub fn record_local(&mut self, limiter: u32, key: String, tokens: f64) {
+        self.replication.record_local(limiter, key, tokens);
+    }
+
+    /// Sends our bucket levels to `to` (answer to [`Effect::SnapshotFor`]).
+    pub fn send_transfer(
+        &mut self,
+        to: SocketAddr,
+        levels: Vec<Entry>,
+        now_ns: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        if !self.replication.is_peer(&to) {
+            return;
+        }
+        let mut outputs = Vec::new();
+        self.replication
+            .send_transfer(to, levels, now_ns, &mut outputs);
+        self.apply_replication(outputs, out);
+    }
+
+    /// Leaves gracefully: tells every live member (LEAVE, then foca's own leave).
+    pub fn leave(&mut self, now_ns: u64, out: &mut Vec<Effect>) {
+        let leave = Leave {
+            boot: self.identity().instance,
+        };
+        if let Ok(payload) = wire::encode(&leave) {
+            if let Ok(datagram) = self.auth.seal(Kind::Leave, &payload) {
+                for to in self.peers() {
+                    self.push_send(to, datagram.clone(), out);
+                }
+            }
+        }
+        let mut fx = Effects::default();
+        if self.membership.foca.leave_cluster(&mut fx).is_err() {
+            self.stats.membership_rejected += 1;
+        }
+        self.apply(fx, now_ns, out);
+    }
+
+    /// Every member known, this node first.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let me = self.identity();
+        let mut list = vec![MemberInfo {
+            node_id: me.name.clone(),
+            address: me.addr,
+            state: MemberState::Alive,
+            last_contact_ns: None,
+        }];
+        let mut others: Vec<MemberInfo> = self
+            .membership
+            .all()
+            .filter(|(id, _)| id.addr != me.addr)
+            .map(|(id, state)| MemberInfo {
+                node_id: id.name.clone(),
+                address: id.addr,
+                state: match state {
+                    State::Alive => MemberState::Alive,
+                    State::Suspect => MemberState::Suspect,
+                    State::Down if self.left.get(&id.addr) == Some(&id.instance) => {
+                        MemberState::Left
+                    }
+                    State::Down => MemberState::Down,
+                },
+                last_contact_ns: self.last_contact.get(&id.addr).copied(),
+            })
+            .collect();
+        others.sort_by(|a, b| a.node_id.cmp(&b.node_id).then(a.address.cmp(&b.address)));
+        list.extend(others);
+        list
+    }
+
+    /// Counters, with the replication core's folded in.
+    pub fn stats(&self) -> GossipStats {
+        GossipStats {
+            replication: self.replication.stats.clone(),
+            ..self.stats.clone()
+        }
+    }
+
+    fn count(&mut self, e: WireError) {
+        match e {
+            WireError::Auth(_) => self.stats.auth_failed += 1,
+            WireError::Invalid(_) | WireError::TooLarge => self.stats.invalid += 1,
+        }
+    }
+
+    fn push_send(&mut self, to: SocketAddr, datagram: Vec<u8>, out: &mut Vec<Effect>) {
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += datagram.len() as u64;
+        out.push(Effect::Send { to, datagram });
+    }
+
+    /// Turns foca's recorded effects into ours, reacting to membership changes.
+    fn apply(&mut self, fx: Effects, now_ns: u64, out: &mut Vec<Effect>) {
+        self.membership.schedule(now_ns, fx.timers);
+        for (to, payload) in fx.sends {
+            match self.auth.seal(Kind::Membership, &payload) {
+                Ok(datagram) => self.push_send(to, datagram, out),
+                Err(_) => self.stats.invalid += 1,
+            }
+        }
+        let mut snapshot_for: Vec<SocketAddr> = Vec::new();
+        for n in fx.notifications {
+            match n {
+                OwnedNotification::MemberUp(id) => {
+                    tracing::info!(node = %id.name, addr = %id.addr, "cluster member up");
+                    self.replication.peer_up(id.addr);
+                    self.left.remove(&id.addr);
+                    if !snapshot_for.contains(&id.addr) {
+                        snapshot_for.push(id.addr);
+                    }
+                }
+                OwnedNotification::MemberDown(id) => {
+                    tracing::warn!(node = %id.name, addr = %id.addr, "cluster member down");
+                    self.replication.peer_down(id.addr);
+                    snapshot_for.retain(|a| *a != id.addr);
+                }
+                OwnedNotification::Rename(old, new) => {
+                    tracing::info!(node = %new.name, addr = %new.addr, old = old.instance, new = new.instance, "cluster member restarted");
+                    let active = self.membership.active_peers().any(|id| *id == new);
+                    if active {
+                        self.replication.peer_up(new.addr);
+                        self.left.remove(&new.addr);
+                        if !snapshot_for.contains(&new.addr) {
+                            snapshot_for.push(new.addr);
+                        }
+                    }
+                }
+                OwnedNotification::Rejoin(id) => {
+                    tracing::warn!(instance = id.instance, "declared down by the cluster; rejoined");
+                }
+                OwnedNotification::Idle => {
+                    tracing::warn!("no live cluster members");
+                }
+                _ => {}
+            }
+        }
+        for to in snapshot_for {
+            out.push(Effect::SnapshotFor(to));
+        }
+    }
+
+    fn apply_replication(&mut self, outputs: Vec<Output>, out: &mut Vec<Effect>) {
+        for o in outputs {
+            match o {
+                Output::Send { to, datagram } => self.push_send(to, datagram, out),
+                Output::Debit(e) => out.push(Effect::Debit(e)),
+                Output::LowerTo(e) => out.push(Effect::LowerTo(e)),
+                Output::TransferComplete { from } => {
+                    if !self.synced {
+                        tracing::info!(%from, "caught up: bucket state received");
+                        self.synced = true;
+                        out.push(Effect::Synced);
+                    }
+                }
+            }
+        }
+    }
+}

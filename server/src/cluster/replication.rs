@@ -1,0 +1,700 @@
+//! Shard-delta replication, sans-IO: local consumption in, batches out; batches in, debits
+//! out. Time is a `now_ns` argument; nothing here touches a socket, a clock or a shard.
+//!
+//! # Reliability: acknowledged batches, not cumulative counters
+//!
+//! Each node sends what its shards consumed since the previous sync as *deltas* in
+//! [`Batch`]es numbered per boot (`boot`, `seq`). A receiver applies each (boot, seq) once
+//! (so duplicates and replays are harmless and reordering does not matter, since debits
+//! commute) and acknowledges it; the sender retransmits a batch until it is acknowledged,
+//! [`MAX_TRIES`] times at most, or until the peer is declared down. A lost datagram
+//! therefore delays consumption by one retransmission timeout instead of losing it.
+//!
+//! Cumulative per-bucket counters would also survive loss, but every receiver would keep a
+//! counter per (peer, bucket) — at a million keys that is tens of megabytes per peer, and a
+//! lost final update is only repaired if the bucket changes again. Acknowledged deltas keep
+//! per-peer state proportional to what is in flight, bounded by [`MAX_UNACKED_PER_PEER`].
+//!
+//! What is still lost, deliberately and counted in [`ReplicationStats`]: a batch
+//! retransmitted [`MAX_TRIES`] times without an acknowledgement, the oldest batch when a
+//! peer has [`MAX_UNACKED_PER_PEER`] in flight, and everything in flight to a peer when it
+//! is declared down (it restarts and gets levels by state transfer instead).
+//!
+//! # State transfer
+//!
+//! When a peer joins (or restarts), every node sends it its bucket levels as `LOWER`
+//! batches of one *transfer* (`transfer` id, `parts` count), and the receiver lowers each
+//! bucket to the level (never raising it). The receiver reports [`Output::TransferComplete`]
+//! once it has every part of one transfer, which `serve` waits for before reporting ready.
+
+use super::wire::{self, op, Acks, Auth, Batch, Entry, Kind};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+
+/// Transmissions of one batch before the sender gives up on it (counted as
+/// `gave_up`). With [`ReplicationConfig::rto_ns`] of three sync intervals, eight tries span
+/// 24 intervals: far longer than a transient loss burst, far shorter than a partition.
+pub const MAX_TRIES: u8 = 8;
+/// Batches one peer may have unacknowledged. 16,384 datagrams is about 22 MB and more than
+/// half a second of a 1M-active-key workload at 50 ms syncs; past it the oldest is dropped.
+pub const MAX_UNACKED_PER_PEER: usize = 16_384;
+/// Out-of-order sequence numbers a receiver remembers above its contiguous floor. Past it
+/// the floor jumps forward (older missing batches would then count as duplicates).
+pub const MAX_SEEN_ABOVE_FLOOR: usize = 65_536;
+/// State transfers a receiver tracks at once (a few peers join at a time).
+pub const MAX_OPEN_TRANSFERS: usize = 64;
+
+/// Settings of the replication core.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Sync cadence per limiter id, in nanoseconds (the cluster's `sync_interval`, or a
+    /// policy's `interval / lazy_sync.num_sync`).
+    pub limiter_intervals_ns: Vec<u64>,
+    /// Cadence of limiters not in the list (and of acks): the cluster's `sync_interval`.
+    pub default_interval_ns: u64,
+    /// Retransmission timeout: an unacknowledged batch is resent after this long.
+    pub rto_ns: u64,
+}
+
+impl ReplicationConfig {
+    /// Retransmission timeout for a sync interval: acks go out once per interval, so an ack
+    /// may take one interval plus a round trip; three intervals (at least 30 ms, at most 2 s)
+    /// avoids spurious resends.
+    pub fn rto_for(interval_ns: u64) -> u64 {
+        interval_ns.saturating_mul(3).clamp(30_000_000, 2_000_000_000)
+    }
+
+    /// The shortest cadence: how often local consumption must be drained.
+    pub fn tick_ns(&self) -> u64 {
+        self.limiter_intervals_ns
+            .iter()
+            .copied()
+            .chain([self.default_interval_ns])
+            .min()
+            .unwrap_or(self.default_interval_ns)
+            .max(1_000_000)
+    }
+}
+
+/// What the replication core asks its shell to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send this sealed datagram.
+    Send {
+        /// Destination gossip address.
+        to: SocketAddr,
+        /// Sealed bytes.
+        datagram: Vec<u8>,
+    },
+    /// Debit these peer consumptions on their owning shards.
+    Debit(Vec<Entry>),
+    /// Lower these buckets to at most these levels.
+    LowerTo(Vec<Entry>),
+    /// Every part of a state transfer from `from` arrived.
+    TransferComplete {
+        /// The peer that sent it.
+        from: SocketAddr,
+    },
+}
+
+/// Counters, all monotonic.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicationStats {
+    /// Batches sent for the first time (per peer).
+    pub batches_sent: u64,
+    /// Retransmissions.
+    pub retransmits: u64,
+    /// Batches given up after [`MAX_TRIES`] or evicted by [`MAX_UNACKED_PER_PEER`].
+    pub gave_up: u64,
+    /// Batches applied.
+    pub batches_applied: u64,
+    /// Duplicate (or replayed) batches ignored.
+    pub duplicates: u64,
+    /// Batches from an older boot of a peer, ignored.
+    pub stale: u64,
+    /// Entries not replicated: key longer than [`wire::MAX_KEY_LEN`] or unknown limiter.
+    pub skipped_entries: u64,
+}
+
+struct Pending {
+    datagram: Vec<u8>,
+    sent_at: u64,
+    tries: u8,
+}
+
+#[derive(Default)]
+struct Outbound {
+    unacked: BTreeMap<u64, Pending>,
+}
+
+/// Receiver-side duplicate detection for one peer.
+struct Seen {
+    boot: u64,
+    /// Every seq <= floor was applied.
+    floor: u64,
+    above: BTreeSet<u64>,
+}
+
+enum Verdict {
+    New,
+    Duplicate,
+    Stale,
+}
+
+impl Seen {
+    fn check(&mut self, boot: u64, seq: u64) -> Verdict {
+        if boot < self.boot {
+            return Verdict::Stale;
+        }
+        if boot > self.boot {
+            *self = Seen {
+                boot,
+                floor: 0,
+                above: BTreeSet::new(),
+            };
+        }
+        if seq <= self.floor || !self.above.insert(seq) {
+            return Verdict::Duplicate;
+        }
+        while self.above.remove(&(self.floor + 1)) {
+            self.floor += 1;
+        }
+        while self.above.len() > MAX_SEEN_ABOVE_FLOOR {
+            if let Some(first) = self.above.pop_first() {
+                self.floor = first;
+            }
+            while self.above.remove(&(self.floor + 1)) {
+                self.floor += 1;
+            }
+        }
+        Verdict::New
+    }
+}
+
+/// The replication state machine of one node.
+pub struct Replicator {
+    config: ReplicationConfig,
+    auth: Auth,
+    boot: u64,
+    next_seq: u64,
+    next_transfer: u32,
+    /// Live peers and what they have not acknowledged.
+    peers: HashMap<SocketAddr, Outbound>,
+    /// Per sender: what was applied.
+    seen: HashMap<SocketAddr, Seen>,
+    /// Per sender: (its boot, seqs to acknowledge at the next tick).
+    acks_due: HashMap<SocketAddr, (u64, Vec<u64>)>,
+    /// Local consumption not yet sent, per limiter: key -> tokens.
+    unsent: Vec<HashMap<String, f64>>,
+    /// When each limiter's unsent consumption goes out next.
+    next_flush: Vec<u64>,
+    /// Open transfers: (sender, boot, id) -> (parts expected, parts received).
+    transfers: VecDeque<((SocketAddr, u64, u32), u32, u32)>,
+    next_ack_at: u64,
+    /// Counters.
+    pub stats: ReplicationStats,
+}
+
+impl Replicator {
+    /// A replicator for a node whose process booted with nonce `boot`.
+    pub fn new(config: ReplicationConfig, auth: Auth, boot: u64, now_ns: u64) -> Replicator {
+        let n = config.limiter_intervals_ns.len();
+        let next_flush = config
+            .limiter_intervals_ns
+            .iter()
+            .map(|i| now_ns.saturating_add(*i))
+            .collect();
+        Replicator {
+            next_ack_at: now_ns.saturating_add(config.default_interval_ns),
+            config,
+            auth,
+            boot,
+            next_seq: 1,
+            next_transfer: 1,
+            peers: HashMap::new(),
+            seen: HashMap::new(),
+            acks_due: HashMap::new(),
+            unsent: (0..n).map(|_| HashMap::new()).collect(),
+            next_flush,
+            transfers: VecDeque::new(),
+            stats: ReplicationStats::default(),
+        }
+    }
+
+    /// This process's boot nonce.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    /// A peer became reachable (joined, restarted): deltas go to it from now on.
+    /// A restarted peer's old in-flight batches are dropped (it gets a state transfer).
+    pub fn peer_up(&mut self, addr: SocketAddr) {
+        self.peers.insert(addr, Outbound::default());
+    }
+
+    /// A peer was declared down or left: stop sending and retransmitting to it.
+    pub fn peer_down(&mut self, addr: SocketAddr) {
+        self.peers.remove(&addr);
+        self.acks_due.remove(&addr);
+    }
+
+    /// Whether `addr` is a current peer.
+    pub fn is_peer(&self, addr: &SocketAddr) -> bool {
+        self.peers.contains_key(addr)
+    }
+
+    /// Batches in flight to `addr` (tests and stats).
+    pub fn unacked(&self, addr: &SocketAddr) -> usize {
+        self.peers.get(addr).map_or(0, |p| p.unacked.len())
+    }
+
+    /// Records consumption drained from the local shards.
+    pub fn record_local(&mut self, limiter: u32, key: String, tokens: f64) {
+        if key.len() > wire::MAX_KEY_LEN || !tokens.is_finite() {
+            self.stats.skipped_entries += 1;
+            return;
+        }
+        match self.unsent.get_mut(limiter as usize) {
+            Some(map) => *map.entry(key).or_insert(0.0) += tokens,
+            None => self.stats.skipped_entries += 1,
+        }
+    }
+
+    /// The next time [`Replicator::tick`] has work.
+    pub fn next_deadline(&self) -> u64 {
+        let retransmit = self
+            .peers
+            .values()
+            .flat_map(|p| p.unacked.values().next())
+            .map(|p| p.sent_at.saturating_add(self.config.rto_ns))
+            .min()
+            .unwrap_or(u64::MAX);
+        let flush = self.next_flush.iter().copied().min().unwrap_or(u64::MAX);
+        retransmit.min(flush).min(self.next_ack_at)
+    }
+
+    /// Sends what is due: consumption of limiters whose interval elapsed, acks, and
+    /// retransmissions.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        let mut entries = Vec::new();
+        for (limiter, due) in self.next_flush.iter_mut().enumerate() {
+            if *due > now_ns {
+                continue;
+            }
+            let interval = self.config.limiter_intervals_ns[limiter].max(1);
+            // Skip missed ticks instead of bursting to catch up.
+            *due = (*due + interval).max(now_ns + 1);
+            for (key, value) in self.unsent[limiter].drain() {
+                if value != 0.0 {
+                    entries.push(Entry {
+                        limiter: limiter as u32,
+                        key,
+                        value,
+                    });
+                }
+            }
+        }
+        if !entries.is_empty() && !self.peers.is_empty() {
+            let peers: Vec<SocketAddr> = self.peers.keys().copied().collect();
+            for batch in self.pack(op::DEBIT, 0, entries) {
+                for to in &peers {
+                    self.send_reliable(*to, &batch, now_ns, out);
+                }
+            }
+        }
+        if now_ns >= self.next_ack_at {
+            self.next_ack_at = now_ns + self.config.default_interval_ns;
+            let due: Vec<SocketAddr> = self.acks_due.keys().copied().collect();
+            for to in due {
+                self.flush_acks(to, out);
+            }
+        }
+        self.retransmit(now_ns, out);
+    }
+
+    /// Sends `levels` to a joining peer as one state transfer.
+    pub fn send_transfer(
+        &mut self,
+        to: SocketAddr,
+        levels: Vec<Entry>,
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let transfer = self.next_transfer;
+        self.next_transfer = self.next_transfer.wrapping_add(1).max(1);
+        let levels: Vec<Entry> = levels
+            .into_iter()
+            .filter(|e| {
+                let ok = e.key.len() <= wire::MAX_KEY_LEN && e.value.is_finite();
+                if !ok {
+                    self.stats.skipped_entries += 1;
+                }
+                ok
+            })
+            .collect();
+        let mut batches = self.pack(op::LOWER, transfer, levels);
+        if batches.is_empty() {
+            batches.push(self.new_batch(op::LOWER, transfer, Vec::new()));
+        }
+        let parts = batches.len() as u32;
+        for mut batch in batches {
+            batch.parts = parts;
+            self.send_reliable(to, &batch, now_ns, out);
+        }
+    }
+
+    /// Handles an authenticated BATCH from `from` (the caller checked it is a member).
+    pub fn handle_batch(&mut self, from: SocketAddr, batch: Batch, out: &mut Vec<Output>) {
+        let seen = self.seen.entry(from).or_insert(Seen {
+            boot: batch.boot,
+            floor: 0,
+            above: BTreeSet::new(),
+        });
+        match seen.check(batch.boot, batch.seq) {
+            Verdict::Stale => {
+                self.stats.stale += 1;
+                return;
+            }
+            Verdict::Duplicate => {
+                self.stats.duplicates += 1;
+                self.ack(from, batch.boot, batch.seq, out);
+                return;
+            }
+            Verdict::New => {}
+        }
+        self.stats.batches_applied += 1;
+        self.ack(from, batch.boot, batch.seq, out);
+        if batch.transfer != 0 {
+            self.count_transfer_part(from, &batch, out);
+        }
+        if batch.entries.is_empty() {
+            return;
+        }
+        if batch.op == op::LOWER {
+            out.push(Output::LowerTo(batch.entries));
+        } else {
+            out.push(Output::Debit(batch.entries));
+        }
+    }
+
+    /// Handles authenticated ACKS from `from`.
+    pub fn handle_acks(&mut self, from: SocketAddr, acks: Acks) {
+        if acks.boot != self.boot {
+            return;
+        }
+        if let Some(peer) = self.peers.get_mut(&from) {
+            for seq in acks.seqs {
+                peer.unacked.remove(&seq);
+            }
+        }
+    }
+
+    fn count_transfer_part(&mut self, from: SocketAddr, batch: &Batch, out: &mut Vec<Output>) {
+        let id = (from, batch.boot, batch.transfer);
+        let pos = match self.transfers.iter().position(|(k, _, _)| *k == id) {
+            Some(pos) => pos,
+            None => {
+                if self.transfers.len() >= MAX_OPEN_TRANSFERS {
+                    self.transfers.pop_front();
+                }
+                self.transfers.push_back((id, batch.parts, 0));
+                self.transfers.len() - 1
+            }
+        };
+        let done = match self.transfers.get_mut(pos) {
+            Some(t) => {
+                t.2 += 1;
+                t.2 >= t.1
+            }
+            None => false,
+        };
+        if done {
+            self.transfers.remove(pos);
+            out.push(Output::TransferComplete { from });
+        }
+    }
+
+    fn ack(&mut self, to: SocketAddr, boot: u64, seq: u64, out: &mut Vec<Output>) {
+        let due = self.acks_due.entry(to).or_insert((boot, Vec::new()));
+        if due.0 != boot {
+            *due = (boot, Vec::new());
+        }
+        due.1.push(seq);
+        if due.1.len() >= wire::MAX_ACKS_PER_DATAGRAM {
+            self.flush_acks(to, out);
+        }
+    }
+
+    fn flush_acks(&mut self, to: SocketAddr, out: &mut Vec<Output>) {
+        let Some((boot, seqs)) = self.acks_due.remove(&to) else {
+            return;
+        };
+        for chunk in seqs.chunks(wire::MAX_ACKS_PER_DATAGRAM) {
+            let acks = Acks {
+                boot,
+                seqs: chunk.to_vec(),
+            };
+            if let Ok(payload) = wire::encode(&acks) {
+                if let Ok(datagram) = self.auth.seal(Kind::Acks, &payload) {
+                    out.push(Output::Send { to, datagram });
+                }
+            }
+        }
+    }
+
+    fn new_batch(&mut self, op: u8, transfer: u32, entries: Vec<Entry>) -> Batch {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Batch {
+            boot: self.boot,
+            seq,
+            op,
+            transfer,
+            parts: 0,
+            entries,
+        }
+    }
+
+    /// Splits entries into batches that each fit one datagram.
+    fn pack(&mut self, op: u8, transfer: u32, entries: Vec<Entry>) -> Vec<Batch> {
+        let mut batches = Vec::new();
+        let mut current = Vec::new();
+        let mut size = wire::BATCH_OVERHEAD;
+        for e in entries {
+            let cost = wire::entry_cost(&e.key);
+            if size + cost > wire::MAX_PAYLOAD && !current.is_empty() {
+                let full = std::mem::take(&mut current);
+                batches.push(self.new_batch(op, transfer, full));
+                size = wire::BATCH_OVERHEAD;
+            }
+            size += cost;
+            current.push(e);
+        }
+        if !current.is_empty() {
+            batches.push(self.new_batch(op, transfer, current));
+        }
+        batches
+    }
+
+    fn send_reliable(&mut self, to: SocketAddr, batch: &Batch, now_ns: u64, out: &mut Vec<Output>) {
+        let datagram = match wire::encode(batch).and_then(|p| self.auth.seal(Kind::Batch, &p)) {
+            Ok(d) => d,
+            Err(e) => {
+                // pack() keeps batches under the limit; this is a bug, not input.
+                tracing::error!(error = %e, entries = batch.entries.len(), "batch does not fit a datagram");
+                self.stats.gave_up += 1;
+                return;
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return;
+        };
+        if peer.unacked.len() >= MAX_UNACKED_PER_PEER {
+            peer.unacked.pop_first();
+            self.stats.gave_up += 1;
+        }
+        peer.unacked.insert(
+            batch.seq,
+            Pending {
+                datagram: datagram.clone(),
+                sent_at: now_ns,
+                tries: 1,
+            },
+        );
+        self.stats.batches_sent += 1;
+        out.push(Output::Send { to, datagram });
+    }
+
+    fn retransmit(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        let rto = self.config.rto_ns;
+        for (to, peer) in self.peers.iter_mut() {
+            let mut expired = Vec::new();
+            for (seq, p) in peer.unacked.iter_mut() {
+                if p.sent_at.saturating_add(rto) > now_ns {
+                    continue;
+                }
+                if p.tries >= MAX_TRIES {
+                    expired.push(*seq);
+                    continue;
+                }
+                p.tries += 1;
+                p.sent_at = now_ns;
+                self.stats.retransmits += 1;
+                out.push(Output::Send {
+                    to: *to,
+                    datagram: p.datagram.clone(),
+                });
+            }
+            for seq in expired {
+                peer.unacked.remove(&seq);
+                self.stats.gave_up += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn replicator(boot: u64) -> Replicator {
+        Replicator::new(
+            ReplicationConfig {
+                limiter_intervals_ns: vec![10, 100],
+                default_interval_ns: 10,
+                rto_ns: 30,
+            },
+            Auth::new(b"s"),
+            boot,
+            0,
+        )
+    }
+
+    fn batches(out: &[Output]) -> Vec<(SocketAddr, Batch)> {
+        let auth = Auth::new(b"s");
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { to, datagram } => {
+                    let (kind, payload) = auth.open(datagram).ok()?;
+                    (kind == Kind::Batch).then(|| (*to, wire::decode_batch(payload).ok()?))?
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn limiters_flush_on_their_own_interval() {
+        let mut r = replicator(1);
+        r.peer_up(addr(2));
+        r.record_local(0, "a".into(), 1.0);
+        r.record_local(1, "b".into(), 2.0);
+        r.record_local(0, "a".into(), 1.0);
+        let mut out = Vec::new();
+        r.tick(10, &mut out);
+        let sent = batches(&out);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.entries, vec![Entry { limiter: 0, key: "a".into(), value: 2.0 }]);
+        out.clear();
+        r.tick(100, &mut out);
+        let sent = batches(&out);
+        assert!(sent.iter().any(|(_, b)| b.entries.iter().any(|e| e.key == "b")));
+    }
+
+    #[test]
+    fn duplicates_are_applied_once_and_acked_every_time() {
+        let mut a = replicator(1);
+        let mut b = replicator(2);
+        a.peer_up(addr(2));
+        b.peer_up(addr(1));
+        a.record_local(0, "k".into(), 3.0);
+        let mut out = Vec::new();
+        a.tick(10, &mut out);
+        let (_, batch) = batches(&out).remove(0);
+        let mut got = Vec::new();
+        b.handle_batch(addr(1), batch.clone(), &mut got);
+        b.handle_batch(addr(1), batch.clone(), &mut got);
+        let debits: Vec<_> = got.iter().filter(|o| matches!(o, Output::Debit(_))).collect();
+        assert_eq!(debits.len(), 1);
+        assert_eq!(b.stats.duplicates, 1);
+        // An older boot of the same address is stale.
+        let mut old = batch;
+        old.boot = 0;
+        b.handle_batch(addr(1), old, &mut got);
+        assert_eq!(b.stats.stale, 1);
+    }
+
+    #[test]
+    fn unacked_batches_are_retransmitted_then_given_up() {
+        let mut a = replicator(1);
+        a.peer_up(addr(2));
+        a.record_local(0, "k".into(), 1.0);
+        let mut out = Vec::new();
+        a.tick(10, &mut out);
+        let mut now = 10;
+        for _ in 0..MAX_TRIES + 2 {
+            now += 30;
+            a.tick(now, &mut out);
+        }
+        assert_eq!(a.stats.retransmits, u64::from(MAX_TRIES - 1));
+        assert_eq!(a.stats.gave_up, 1);
+        assert_eq!(a.unacked(&addr(2)), 0);
+    }
+
+    #[test]
+    fn acks_stop_retransmission() {
+        let mut a = replicator(1);
+        let mut b = replicator(2);
+        a.peer_up(addr(2));
+        a.record_local(0, "k".into(), 1.0);
+        let mut out = Vec::new();
+        a.tick(10, &mut out);
+        let (_, batch) = batches(&out).remove(0);
+        let mut back = Vec::new();
+        b.handle_batch(addr(1), batch, &mut back);
+        b.tick(20, &mut back);
+        let auth = Auth::new(b"s");
+        for o in back {
+            if let Output::Send { datagram, .. } = o {
+                let (kind, payload) = auth.open(&datagram).expect("authentic");
+                if kind == Kind::Acks {
+                    a.handle_acks(addr(2), wire::decode_acks(payload).expect("acks"));
+                }
+            }
+        }
+        assert_eq!(a.unacked(&addr(2)), 0);
+    }
+
+    #[test]
+    fn transfer_completes_when_all_parts_arrive_in_any_order() {
+        let mut a = replicator(1);
+        let mut b = replicator(2);
+        a.peer_up(addr(2));
+        let levels: Vec<Entry> = (0..200)
+            .map(|i| Entry { limiter: 0, key: format!("user-{i:06}"), value: 1.0 })
+            .collect();
+        let mut out = Vec::new();
+        a.send_transfer(addr(2), levels, 0, &mut out);
+        let mut sent = batches(&out);
+        assert!(sent.len() > 1);
+        assert!(out.iter().all(|o| match o {
+            Output::Send { datagram, .. } => datagram.len() <= wire::MAX_DATAGRAM,
+            _ => true,
+        }));
+        sent.reverse();
+        let mut got = Vec::new();
+        let n = sent.len();
+        for (i, (_, batch)) in sent.into_iter().enumerate() {
+            b.handle_batch(addr(1), batch, &mut got);
+            let complete = got.iter().any(|o| matches!(o, Output::TransferComplete { .. }));
+            assert_eq!(complete, i + 1 == n);
+        }
+        let lowered: usize = got
+            .iter()
+            .map(|o| match o {
+                Output::LowerTo(e) => e.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(lowered, 200);
+    }
+
+    #[test]
+    fn seen_window_is_bounded() {
+        let mut s = Seen { boot: 1, floor: 0, above: BTreeSet::new() };
+        for seq in (2..MAX_SEEN_ABOVE_FLOOR as u64 + 10).step_by(1) {
+            assert!(matches!(s.check(1, seq), Verdict::New));
+        }
+        assert!(s.above.len() <= MAX_SEEN_ABOVE_FLOOR);
+        assert!(matches!(s.check(1, 3), Verdict::Duplicate));
+    }
+}
