@@ -1,0 +1,301 @@
+//! How many admissions a limit allows, and how close a run came to it. Pure: times are
+//! nanoseconds since the run's epoch, passed in; nothing here reads a clock.
+//!
+//! A token bucket that starts full (capacity `C`), fills continuously with `F` tokens per
+//! interval `I`, and refuses a take it cannot cover admits at most
+//!
+//! ```text
+//! allowed(key) = C + F * (t_last - t_first) / I        (tokens)
+//! ```
+//!
+//! over a window `[t_first, t_last]`. The loadgen takes, per key actually used,
+//! `t_first` = when the first request for the key was *sent* and `t_last` = when the reply to
+//! the last *admitted* request for the key was *received*. Every admission the server (or
+//! servers) made for that key happened inside that window, so the window can only be wider
+//! than the server's, and `admitted / allowed <= 1` for any correct limiter, however many
+//! targets shared the key. A ratio above 1 is over-admission: the error of lazy sync in a
+//! cluster, or a bug. A key whose bucket existed before the run (a previous run used the same
+//! key) starts below full and only lowers the ratio.
+//!
+//! The ledger is shared by every load task: one slot per key index, updated with relaxed
+//! atomics (the totals are read after every task has finished).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The limit the target enforces, as the loadgen was told (`--capacity`, `--fill-amount`,
+/// `--interval`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Limit {
+    /// Tokens a new bucket holds.
+    pub capacity: f64,
+    /// Tokens added per interval.
+    pub fill_amount: f64,
+    /// The fill interval in nanoseconds (> 0).
+    pub interval_ns: u64,
+}
+
+impl Limit {
+    /// Tokens the limit allows over a window of `elapsed_ns` for one key that starts full.
+    pub fn allowed(&self, elapsed_ns: u64) -> f64 {
+        if self.interval_ns == 0 {
+            return self.capacity;
+        }
+        self.capacity + self.fill_amount * elapsed_ns as f64 / self.interval_ns as f64
+    }
+}
+
+/// Sentinel for "no request sent yet" in [`Ledger`]'s first-sent slots.
+const NEVER: u64 = u64::MAX;
+
+/// Admitted tokens are summed as integers in these units per token, so atomics can add them:
+/// a thousandth of a token is finer than any `--tokens` anyone sets.
+const MILLI: f64 = 1000.0;
+
+/// Per-key admission record of one run.
+pub struct Ledger {
+    /// Tokens admitted per key index, in thousandths.
+    admitted_milli: Vec<AtomicU64>,
+    /// Earliest send time per key ([`NEVER`] if unused).
+    first_sent_ns: Vec<AtomicU64>,
+    /// Latest reply time of an admitted request per key (0 if none admitted).
+    last_admit_ns: Vec<AtomicU64>,
+}
+
+/// The accuracy of a run: admitted against allowed, overall and for the worst key.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AccuracyReport {
+    /// Keys that got at least one request.
+    pub keys_used: u64,
+    /// Tokens admitted, summed over keys.
+    pub admitted_tokens: f64,
+    /// Tokens the limit allows, summed over used keys.
+    pub allowed_tokens: f64,
+    /// `admitted_tokens / allowed_tokens` (0 when nothing was allowed).
+    pub ratio: f64,
+    /// The key with the highest admitted/allowed ratio, as `user-<n>` index.
+    pub worst_key: Option<u64>,
+    /// That key's ratio.
+    pub worst_ratio: f64,
+    /// That key's admitted tokens.
+    pub worst_admitted_tokens: f64,
+    /// That key's allowed tokens.
+    pub worst_allowed_tokens: f64,
+}
+
+impl Ledger {
+    /// A ledger for keys `0..keys`.
+    pub fn new(keys: usize) -> Ledger {
+        Ledger {
+            admitted_milli: (0..keys).map(|_| AtomicU64::new(0)).collect(),
+            first_sent_ns: (0..keys).map(|_| AtomicU64::new(NEVER)).collect(),
+            last_admit_ns: (0..keys).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Notes that a request for `key` was sent at `sent_ns`. Call before sending.
+    pub fn sent(&self, key: usize, sent_ns: u64) {
+        if let Some(slot) = self.first_sent_ns.get(key) {
+            // Cheap check first: after the first request the slot rarely changes.
+            if slot.load(Ordering::Relaxed) > sent_ns {
+                slot.fetch_min(sent_ns, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Notes that a request for `key` taking `tokens` was admitted, its reply received at
+    /// `reply_ns`.
+    pub fn admitted(&self, key: usize, tokens: f64, reply_ns: u64) {
+        if let Some(slot) = self.admitted_milli.get(key) {
+            slot.fetch_add((tokens * MILLI).round() as u64, Ordering::Relaxed);
+        }
+        if let Some(slot) = self.last_admit_ns.get(key) {
+            if slot.load(Ordering::Relaxed) < reply_ns {
+                slot.fetch_max(reply_ns, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Compares what was admitted with what `limit` allows.
+    pub fn report(&self, limit: &Limit) -> AccuracyReport {
+        let mut r = AccuracyReport {
+            keys_used: 0,
+            admitted_tokens: 0.0,
+            allowed_tokens: 0.0,
+            ratio: 0.0,
+            worst_key: None,
+            worst_ratio: 0.0,
+            worst_admitted_tokens: 0.0,
+            worst_allowed_tokens: 0.0,
+        };
+        let slots = self
+            .admitted_milli
+            .iter()
+            .zip(&self.first_sent_ns)
+            .zip(&self.last_admit_ns);
+        for (key, ((admitted, first), last)) in slots.enumerate() {
+            let first = first.load(Ordering::Relaxed);
+            if first == NEVER {
+                continue;
+            }
+            r.keys_used += 1;
+            let admitted = admitted.load(Ordering::Relaxed) as f64 / MILLI;
+            let last = last.load(Ordering::Relaxed);
+            let allowed = limit.allowed(last.saturating_sub(first));
+            r.admitted_tokens += admitted;
+            r.allowed_tokens += allowed;
+            let ratio = if allowed > 0.0 { admitted / allowed } else { 0.0 };
+            if r.worst_key.is_none() || ratio > r.worst_ratio {
+                r.worst_key = Some(key as u64);
+                r.worst_ratio = ratio;
+                r.worst_admitted_tokens = admitted;
+                r.worst_allowed_tokens = allowed;
+            }
+        }
+        if r.allowed_tokens > 0.0 {
+            r.ratio = r.admitted_tokens / r.allowed_tokens;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000 * MS;
+
+    /// A reference token bucket on a virtual clock, to drive the ledger like a server would.
+    struct Bucket {
+        tokens: f64,
+        at: u64,
+    }
+
+    impl Bucket {
+        fn take(&mut self, limit: &Limit, now: u64, n: f64) -> bool {
+            let fill = limit.fill_amount * (now - self.at) as f64 / limit.interval_ns as f64;
+            self.tokens = (self.tokens + fill).min(limit.capacity);
+            self.at = now;
+            if self.tokens >= n {
+                self.tokens -= n;
+                true
+            } else {
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn allowed_is_capacity_plus_fill_over_the_window() {
+        let limit = Limit {
+            capacity: 100.0,
+            fill_amount: 10.0,
+            interval_ns: SEC,
+        };
+        assert_eq!(limit.allowed(0), 100.0);
+        assert_eq!(limit.allowed(5 * SEC), 150.0);
+        assert_eq!(limit.allowed(500 * MS), 105.0);
+    }
+
+    #[test]
+    fn a_saturated_exact_limiter_scores_close_to_one() {
+        let limit = Limit {
+            capacity: 10.0,
+            // 0.125 tokens per ms: exact in binary, so the reference bucket never loses a
+            // token to rounding.
+            fill_amount: 125.0,
+            interval_ns: SEC,
+        };
+        let ledger = Ledger::new(2);
+        let mut bucket = Bucket {
+            tokens: limit.capacity,
+            at: 0,
+        };
+        // Key 1 hammered every 1 ms for 10 s, 50 us round trip; key 0 never used.
+        let mut now = 0;
+        while now < 10 * SEC {
+            ledger.sent(1, now);
+            if bucket.take(&limit, now + 25_000, 1.0) {
+                ledger.admitted(1, 1.0, now + 50_000);
+            }
+            now += MS;
+        }
+        let r = ledger.report(&limit);
+        assert_eq!(r.keys_used, 1);
+        assert_eq!(r.worst_key, Some(1));
+        // 10 + 125/s * ~10 s = ~1260 allowed; the exact bucket admits just under that.
+        assert!(r.allowed_tokens > 1259.0 && r.allowed_tokens < 1261.0, "{r:?}");
+        assert!(r.ratio <= 1.0 && r.ratio > 0.99, "{r:?}");
+        assert_eq!(r.ratio, r.worst_ratio);
+    }
+
+    #[test]
+    fn over_admission_shows_above_one_and_names_the_worst_key() {
+        let limit = Limit {
+            capacity: 5.0,
+            fill_amount: 1.0,
+            interval_ns: SEC,
+        };
+        let ledger = Ledger::new(3);
+        // Two targets each holding a full bucket for key 2 (no sync): each admits 5 at t=0.
+        for _ in 0..10 {
+            ledger.sent(2, 0);
+            ledger.admitted(2, 1.0, 100);
+        }
+        // Key 0: 3 admissions over 2 s, well within 5 + 2.
+        for i in 0..3 {
+            ledger.sent(0, i * SEC);
+            ledger.admitted(0, 1.0, i * SEC);
+        }
+        let r = ledger.report(&limit);
+        assert_eq!(r.keys_used, 2);
+        assert_eq!(r.worst_key, Some(2));
+        assert_eq!(r.worst_admitted_tokens, 10.0);
+        assert!((r.worst_allowed_tokens - 5.0).abs() < 1e-3);
+        assert!((r.worst_ratio - 2.0).abs() < 1e-3);
+        // Overall: 13 admitted of (5 + ~0) + (5 + 2) allowed.
+        assert!((r.allowed_tokens - 12.0).abs() < 1e-3, "{r:?}");
+        assert!(r.ratio > 1.0);
+    }
+
+    #[test]
+    fn tokens_per_request_scale_admissions_and_unused_or_rejected_keys_count_right() {
+        let limit = Limit {
+            capacity: 10.0,
+            fill_amount: 0.0,
+            interval_ns: SEC,
+        };
+        let ledger = Ledger::new(4);
+        ledger.sent(3, 7);
+        ledger.admitted(3, 4.0, 9);
+        ledger.admitted(3, 4.0, 8);
+        // Key 1: sent but never admitted: allowed is the capacity alone.
+        ledger.sent(1, 5);
+        let r = ledger.report(&limit);
+        assert_eq!(r.keys_used, 2);
+        assert_eq!(r.admitted_tokens, 8.0);
+        assert_eq!(r.allowed_tokens, 20.0);
+        assert_eq!(r.worst_key, Some(3));
+        assert!((r.worst_ratio - 0.8).abs() < 1e-9);
+        // Out-of-range keys are ignored, not a panic.
+        ledger.sent(99, 1);
+        ledger.admitted(99, 1.0, 1);
+    }
+
+    #[test]
+    fn earliest_send_and_latest_admission_win_regardless_of_order() {
+        let limit = Limit {
+            capacity: 0.0,
+            fill_amount: 1.0,
+            interval_ns: SEC,
+        };
+        let ledger = Ledger::new(1);
+        ledger.sent(0, 3 * SEC);
+        ledger.sent(0, SEC);
+        ledger.sent(0, 2 * SEC);
+        ledger.admitted(0, 1.0, 4 * SEC);
+        ledger.admitted(0, 1.0, 2 * SEC);
+        let r = ledger.report(&limit);
+        assert!((r.allowed_tokens - 3.0).abs() < 1e-9, "{r:?}");
+    }
+}
