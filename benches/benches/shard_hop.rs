@@ -1,0 +1,85 @@
+//! One cross-shard hop: a check planned on shard 0 whose bucket lives on shard 1 is
+//! forwarded over the glommio channel mesh and answered — against the same check decided
+//! locally on its owner, in the same run.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_benches::{bench_engine, key};
+use tollgate_policy::ServerConfig;
+use tollgate_protocol::routing;
+use tollgate_server::node::{Limits, Node};
+use tollgate_server::shard::{Planned, Shard};
+
+/// (iterations, local?) -> elapsed, served by shard 0's executor.
+type Job = (u64, bool, flume::Sender<Duration>);
+
+fn shard_hop(c: &mut Criterion) {
+    let node = Arc::new(Node {
+        engine: Arc::new(bench_engine()),
+        nr_shards: 2,
+        node_id: "bench".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shard_ports: vec![],
+        limits: Limits::from_config(&ServerConfig::default()),
+        connections: AtomicUsize::new(0),
+        members: None,
+    });
+    // A key owned by shard 1.
+    let remote_key = (0..).map(key).find(|k| routing::shard_for(routing::routing_hash(k.as_bytes()), 2) == 1).unwrap();
+    let local_key = (0..).map(key).find(|k| routing::shard_for(routing::routing_hash(k.as_bytes()), 2) == 0).unwrap();
+    let mesh = MeshBuilder::full(2, 1024);
+    let (jobs_tx, jobs_rx) = flume::unbounded::<Job>();
+    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+    let mut executors = Vec::new();
+    for i in 0..2 {
+        let (node, mesh, jobs_rx, stop_rx) = (node.clone(), mesh.clone(), jobs_rx.clone(), stop_rx.clone());
+        let (remote_key, local_key) = (remote_key.clone(), local_key.clone());
+        executors.push(
+            LocalExecutorBuilder::new(Placement::Fixed(i % 2))
+                .io_memory(64 * 1024)
+                .spawn(move || async move {
+                    let (senders, receivers) = mesh.join().await.unwrap();
+                    let id = senders.peer_id();
+                    let shard = Shard::start(id, node, senders, receivers);
+                    if id != 0 {
+                        let _ = stop_rx.recv_async().await;
+                        return;
+                    }
+                    while let Ok((iters, local, done)) = jobs_rx.recv_async().await {
+                        let k = if local { local_key.as_str() } else { remote_key.as_str() };
+                        let labels = [("user", k)];
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            match shard.decide_now("bench", &labels[..], None, 1).unwrap() {
+                                Planned::Decided(d) => assert!(d.accepted),
+                                Planned::Forward(plan) => assert!(shard.decide_forwarded(plan).await.accepted),
+                            }
+                        }
+                        let _ = done.send(start.elapsed());
+                    }
+                })
+                .unwrap(),
+        );
+    }
+    let run = |iters: u64, local: bool| {
+        let (tx, rx) = flume::bounded(1);
+        jobs_tx.send((iters, local, tx)).unwrap();
+        rx.recv().unwrap()
+    };
+    let mut group = c.benchmark_group("shard_hop");
+    group.bench_function("cross-shard decision (hop to owner and back)", |b| b.iter_custom(|iters| run(iters, false)));
+    group.bench_function("baseline: local decision on the owner", |b| b.iter_custom(|iters| run(iters, true)));
+    group.finish();
+    drop(jobs_tx);
+    let _ = stop_tx.send(());
+    for e in executors {
+        let _ = e.join();
+    }
+}
+
+criterion_group!(benches, shard_hop);
+criterion_main!(benches);
