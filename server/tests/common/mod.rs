@@ -77,7 +77,10 @@ pub fn start_server_with_args(yaml: &str, extra_args: &[&str]) -> RunningServer 
         .arg("--config")
         .arg(&config)
         .args(extra_args)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -122,15 +125,27 @@ pub fn start_server_with_args(yaml: &str, extra_args: &[&str]) -> RunningServer 
             .find_map(|w| w.strip_prefix(&format!("{name}=")))
             .map(|v| v.trim_matches('"').to_string())
     };
-    let listen: SocketAddr = field("listen").expect("listen= in ready line").parse().expect("listen addr");
-    let grpc = field("grpc").filter(|g| g != "off").map(|g| g.parse().expect("grpc addr"));
+    let listen: SocketAddr = field("listen")
+        .expect("listen= in ready line")
+        .parse()
+        .expect("listen addr");
+    let grpc = field("grpc")
+        .filter(|g| g != "off")
+        .map(|g| g.parse().expect("grpc addr"));
     let shard_ports = field("shard_ports")
         .unwrap_or_default()
         .split(',')
         .filter(|p| !p.is_empty())
         .map(|p| p.parse().expect("port"))
         .collect();
-    RunningServer { listen, grpc, shard_ports, child, logs: log_rx, dir }
+    RunningServer {
+        listen,
+        grpc,
+        shard_ports,
+        child,
+        logs: log_rx,
+        dir,
+    }
 }
 
 /// Starts the server with this config (which should bind port 0 everywhere).
@@ -140,7 +155,11 @@ pub fn start_server(yaml: &str) -> RunningServer {
 
 /// Runs `tollgate ARGS...` to completion: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(tollgate_bin()).args(args).stdin(Stdio::null()).output().expect("run tollgate");
+    let out = Command::new(tollgate_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tollgate");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
