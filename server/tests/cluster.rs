@@ -1,0 +1,255 @@
+//! Three real `tollgate` processes on loopback forming one cluster: replication within
+//! three sync intervals, failure detection, restart with state transfer, and datagrams
+//! with a wrong secret (or from a stranger) changing nothing.
+//!
+//! `measure_admitted_over_allowed` (ignored: it runs for about a minute) is the accuracy
+//! harness behind docs/performance.md's cluster section.
+
+mod common;
+
+use common::{start_server, RunningServer};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use tollgate_protocol::client::{blocking::Client, CheckRequest, ClientConfig, FailMode};
+use tollgate_protocol::MemberState;
+use tollgate_server::cluster::wire::{self, op, Auth, Batch, Entry, Kind};
+
+/// The shared secret of the test cluster.
+const SECRET: &str = "test-cluster-secret";
+
+/// Free UDP ports: bind port 0, note the port, release. Gossip seeds are fixed addresses,
+/// so the ports must be known before any node starts.
+fn free_udp_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind udp"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").port())
+        .collect()
+}
+
+fn node_config(i: usize, ports: &[u16], sync: &str, capacity: f64, fill: f64, interval: &str) -> String {
+    let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    format!(
+        r#"
+server: {{ listen: 127.0.0.1:0, grpc: "off", shards: 2, node_id: node-{n} }}
+policies:
+  - policy_name: global
+    rate_limiter:
+      bucket_capacity: {capacity}
+      fill_amount: {fill}
+      parameters: {{ interval: {interval}, limit_by_label_key: user }}
+      selectors: [{{ control_point: api }}]
+cluster:
+  gossip: 127.0.0.1:{port}
+  seeds: [{seeds}]
+  sync_interval: {sync}
+  secret: {SECRET}
+  join_timeout: 500ms
+  failure_detection: {{ probe_period: 200ms, probe_rtt: 60ms, suspect_to_down_after: 600ms }}
+"#,
+        n = i + 1,
+        port = ports[i],
+        seeds = seeds.join(", "),
+    )
+}
+
+fn client(server: &RunningServer) -> Client {
+    let cfg = ClientConfig {
+        shard_aware: false,
+        ..ClientConfig::new(server.addr(), FailMode::Closed)
+    };
+    Client::connect(cfg).expect("connect")
+}
+
+fn check(c: &Client, user: &str, tokens: f64) -> bool {
+    c.check(&CheckRequest {
+        control_point: "api".into(),
+        labels: vec![("user".into(), user.into())],
+        tokens: Some(tokens),
+    })
+    .expect("check")
+    .accepted()
+}
+
+/// Polls `f` until it is true or `within` passed; returns whether it became true.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn state_of(c: &Client, node: &str) -> Option<MemberState> {
+    c.members()
+        .expect("members")
+        .into_iter()
+        .find(|m| m.node_id == node)
+        .map(|m| m.state)
+}
+
+/// A debit of `tokens` from `user`'s bucket, sealed with `secret`.
+fn forged_debit(secret: &str, user: &str, tokens: f64) -> Vec<u8> {
+    let batch = Batch {
+        boot: u64::MAX,
+        seq: 1,
+        op: op::DEBIT,
+        transfer: 0,
+        parts: 0,
+        entries: vec![Entry { limiter: 0, key: user.into(), value: tokens }],
+    };
+    Auth::new(secret.as_bytes())
+        .seal(Kind::Batch, &wire::encode(&batch).expect("encode"))
+        .expect("seal")
+}
+
+#[test]
+fn three_nodes_replicate_detect_failure_and_restart() {
+    const SYNC: Duration = Duration::from_millis(200);
+    let ports = free_udp_ports(3);
+    let configs: Vec<String> =
+        (0..3).map(|i| node_config(i, &ports, "200ms", 10.0, 1.0, "3600s")).collect();
+    let n1 = start_server(&configs[0]);
+    let n2 = start_server(&configs[1]);
+    let mut n3 = start_server(&configs[2]);
+    let (c1, c2, c3) = (client(&n1), client(&n2), client(&n3));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            ["node-2", "node-3"].iter().all(|n| state_of(&c1, n) == Some(MemberState::Alive))
+        }),
+        "node 1 should see nodes 2 and 3 alive"
+    );
+
+    // Spend the whole bucket through node 1.
+    for i in 0..10 {
+        assert!(check(&c1, "spent", 1.0), "take {i} of 10 should be accepted");
+    }
+    assert!(!check(&c1, "spent", 1.0), "the 11th take on node 1 is rejected");
+    let spent_at = Instant::now();
+    // Within three sync intervals nodes 2 and 3 reject it too. Polls take 0.001 tokens so
+    // they barely consume, and a node that never heard of node 1's takes keeps accepting.
+    for (name, c) in [("node 2", &c2), ("node 3", &c3)] {
+        let left = (3 * SYNC).saturating_sub(spent_at.elapsed());
+        assert!(
+            eventually(left, || !check(c, "spent", 0.001)),
+            "{name} still admits the spent key {:?} after node 1 spent it",
+            spent_at.elapsed()
+        );
+    }
+
+    // Datagrams with a wrong secret, or from a non-member with the right one, change nothing.
+    let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let gossip1 = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    for _ in 0..5 {
+        stranger.send_to(&forged_debit("wrong-secret", "fresh", 1000.0), gossip1).expect("send");
+        stranger.send_to(&forged_debit(SECRET, "fresh", 1000.0), gossip1).expect("send");
+        stranger.send_to(b"TG garbage", gossip1).expect("send");
+    }
+    std::thread::sleep(3 * SYNC);
+    assert!(check(&c1, "fresh", 10.0), "forged debits must not touch node 1's bucket");
+    assert!(
+        ["node-1", "node-2", "node-3"].iter().all(|n| state_of(&c1, n) == Some(MemberState::Alive)),
+        "forged datagrams must not disturb membership"
+    );
+
+    // Crash node 3: nodes 1 and 2 keep serving, and declare it down.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(n3.child.id() as i32, libc::SIGKILL) };
+    let _ = n3.child.wait();
+    assert!(check(&c1, "after-crash-1", 1.0));
+    assert!(check(&c2, "after-crash-2", 1.0));
+    assert!(
+        eventually(Duration::from_secs(10), || state_of(&c1, "node-3") == Some(MemberState::Down)),
+        "node 1 should list node 3 as down, got {:?}",
+        state_of(&c1, "node-3")
+    );
+    assert!(eventually(Duration::from_secs(10), || state_of(&c2, "node-3") == Some(MemberState::Down)));
+    drop(n3);
+
+    // Restart node 3 on the same gossip port: it rejoins and gets the spent bucket's level.
+    let n3 = start_server(&configs[2]);
+    let c3 = client(&n3);
+    assert!(!check(&c3, "spent", 0.001), "a restarted node must not reset the spent key");
+    assert!(
+        eventually(Duration::from_secs(10), || state_of(&c1, "node-3") == Some(MemberState::Alive)),
+        "node 1 should see the restarted node 3 alive"
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        c3.members().expect("members").iter().filter(|m| m.state == MemberState::Alive).count() == 3
+    }));
+}
+
+/// Admitted/allowed with load spread round-robin over three nodes, per sync interval.
+///
+/// `cargo test --release -p tollgate-server --test cluster -- --ignored --nocapture`
+/// Prints one JSON line per interval (see docs/performance.md).
+#[test]
+#[ignore = "measurement: about a minute of load"]
+fn measure_admitted_over_allowed() {
+    let duration = Duration::from_secs(
+        std::env::var("TOLLGATE_MEASURE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10),
+    );
+    let intervals = std::env::var("TOLLGATE_MEASURE_SYNC")
+        .unwrap_or_else(|_| "10ms,50ms,200ms,1s".into());
+    // One global limit: 100 tokens of burst, 1,000 tokens/s.
+    let (capacity, fill, interval_s) = (100.0, 1000.0, 1.0);
+    let threads_per_node = 2;
+    for sync in intervals.split(',') {
+        let ports = free_udp_ports(3);
+        let nodes: Vec<RunningServer> = (0..3)
+            .map(|i| start_server(&node_config(i, &ports, sync, capacity, fill, "1s")))
+            .collect();
+        let probe = client(&nodes[0]);
+        assert!(eventually(Duration::from_secs(10), || {
+            probe.members().expect("members").iter().filter(|m| m.state == MemberState::Alive).count() == 3
+        }));
+        let start = Instant::now();
+        let deadline = start + duration;
+        let mut workers = Vec::new();
+        for t in 0..threads_per_node {
+            // Round-robin: each worker cycles over all three nodes, one request each.
+            let clients: Vec<Client> = nodes.iter().map(client).collect();
+            workers.push(std::thread::spawn(move || {
+                let (mut sent, mut admitted) = (0u64, 0u64);
+                let mut i = t;
+                while Instant::now() < deadline {
+                    if check(&clients[i % 3], "global-user", 1.0) {
+                        admitted += 1;
+                    }
+                    sent += 1;
+                    i += 1;
+                }
+                (sent, admitted)
+            }));
+        }
+        let (mut sent, mut admitted) = (0u64, 0u64);
+        for w in workers {
+            let (s, a) = w.join().expect("worker");
+            sent += s;
+            admitted += a;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let allowed = capacity + fill / interval_s * elapsed;
+        println!(
+            "{}",
+            serde_json::json!({
+                "sync_interval": sync,
+                "nodes": 3,
+                "capacity": capacity,
+                "fill_per_s": fill / interval_s,
+                "duration_s": elapsed,
+                "sent": sent,
+                "admitted": admitted,
+                "allowed": allowed,
+                "admitted_over_allowed": admitted as f64 / allowed,
+            })
+        );
+    }
+}
