@@ -79,8 +79,9 @@ pub struct RunArgs {
     /// Number of distinct keys (buckets) to spread load over.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,
-    /// Key popularity: hot (every request uses user-0), uniform, or zipf:S (rank k drawn with
-    /// probability proportional to 1/k^S, e.g. zipf:1.1).
+    /// Key popularity: hot (every request uses user-0), uniform, zipf:S (rank k drawn with
+    /// probability proportional to 1/k^S, e.g. zipf:1.1), or seq (keys in order, so N requests
+    /// touch N distinct keys: memory tests).
     #[arg(long, default_value = "uniform")]
     pub distribution: Distribution,
     /// Tokens each check takes.

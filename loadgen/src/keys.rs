@@ -1,6 +1,7 @@
-//! Which key each request uses: `hot` (one key), `uniform` over `N` keys, or `zipf:S` over `N`
-//! keys (rank `k` drawn with probability proportional to `1 / k^S`). Key index `i` names the
-//! label value `user-<i>` (see [`key_name`]); with zipf, index 0 is the most popular.
+//! Which key each request uses: `hot` (one key), `uniform` over `N` keys, `zipf:S` over `N`
+//! keys (rank `k` drawn with probability proportional to `1 / k^S`), or `seq` (keys in order,
+//! shared by all tasks: `N` requests touch `N` distinct keys, for memory tests). Key index `i`
+//! names the label value `user-<i>` (see [`key_name`]); with zipf, index 0 is the most popular.
 //!
 //! Zipf is sampled exactly by inverting its cumulative distribution: a table of the `N`
 //! cumulative probabilities (8 bytes per key: 8 MB for 1M keys), shared by all tasks, and a
@@ -8,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rand::Rng;
@@ -21,6 +23,8 @@ pub enum Distribution {
     Uniform,
     /// Zipf with exponent `s` (> 0): rank `k` has weight `1 / k^s`.
     Zipf(f64),
+    /// Keys in order 0, 1, 2, ... (wrapping), one shared sequence for all tasks.
+    Sequential,
 }
 
 impl FromStr for Distribution {
@@ -30,9 +34,10 @@ impl FromStr for Distribution {
         match s {
             "hot" => Ok(Distribution::Hot),
             "uniform" => Ok(Distribution::Uniform),
+            "seq" => Ok(Distribution::Sequential),
             _ => {
                 let exp = s.strip_prefix("zipf:").ok_or_else(|| {
-                    format!("{s:?}: expected hot, uniform or zipf:S (e.g. zipf:1.1)")
+                    format!("{s:?}: expected hot, uniform, seq or zipf:S (e.g. zipf:1.1)")
                 })?;
                 let exp: f64 = exp
                     .parse()
@@ -52,6 +57,7 @@ impl std::fmt::Display for Distribution {
             Distribution::Hot => f.write_str("hot"),
             Distribution::Uniform => f.write_str("uniform"),
             Distribution::Zipf(s) => write!(f, "zipf:{s}"),
+            Distribution::Sequential => f.write_str("seq"),
         }
     }
 }
@@ -69,6 +75,8 @@ enum Kind {
     Uniform,
     /// Cumulative probabilities, `cdf[k]` = P(rank <= k + 1); the last entry is 1.
     Zipf(Arc<[f64]>),
+    /// The next key of the shared sequence.
+    Sequential(Arc<AtomicU64>),
 }
 
 impl KeySampler {
@@ -79,6 +87,7 @@ impl KeySampler {
             Distribution::Hot => Kind::Hot,
             Distribution::Uniform => Kind::Uniform,
             Distribution::Zipf(s) => Kind::Zipf(zipf_cdf(keys, *s)),
+            Distribution::Sequential => Kind::Sequential(Arc::new(AtomicU64::new(0))),
         };
         KeySampler { keys, kind }
     }
@@ -99,6 +108,9 @@ impl KeySampler {
             Kind::Zipf(cdf) => {
                 let u: f64 = rng.gen();
                 cdf.partition_point(|&c| c <= u).min(cdf.len() - 1)
+            }
+            Kind::Sequential(next) => {
+                (next.fetch_add(1, Ordering::Relaxed) % self.keys as u64) as usize
             }
         }
     }
@@ -144,6 +156,7 @@ mod tests {
         assert!("zipf:x".parse::<Distribution>().is_err());
         assert!("pareto".parse::<Distribution>().is_err());
         assert_eq!(Distribution::Zipf(1.1).to_string(), "zipf:1.1");
+        assert_eq!("seq".parse::<Distribution>(), Ok(Distribution::Sequential));
     }
 
     #[test]
@@ -158,6 +171,10 @@ mod tests {
             seen[uni.sample(&mut rng)] += 1;
         }
         assert!(seen.iter().all(|&n| n > 800 && n < 1200), "{seen:?}");
+        let seq = KeySampler::new(&Distribution::Sequential, 3);
+        let clone = seq.clone();
+        let got: Vec<usize> = (0..4).map(|i| if i % 2 == 0 { seq.sample(&mut rng) } else { clone.sample(&mut rng) }).collect();
+        assert_eq!(got, [0, 1, 2, 0]);
     }
 
     #[test]
