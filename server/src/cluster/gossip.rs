@@ -217,6 +217,7 @@ impl Gossip {
                         .map(|(id, _)| id.instance);
                     if current == Some(boot) {
                         self.left.insert(from, boot);
+                        self.replication.peer_left(from);
                     }
                 }
                 Err(e) => self.count(e),
@@ -353,24 +354,28 @@ impl Gossip {
             match n {
                 OwnedNotification::MemberUp(id) => {
                     tracing::info!(node = %id.name, addr = %id.addr, "cluster member up");
-                    self.replication.peer_up(id.addr);
                     self.left.remove(&id.addr);
-                    if !snapshot_for.contains(&id.addr) {
+                    if self.replication.peer_up(id.addr, id.boot) && !snapshot_for.contains(&id.addr) {
                         snapshot_for.push(id.addr);
                     }
                 }
                 OwnedNotification::MemberDown(id) => {
-                    tracing::warn!(node = %id.name, addr = %id.addr, "cluster member down");
-                    self.replication.peer_down(id.addr);
+                    if self.left.get(&id.addr) == Some(&id.instance) {
+                        tracing::info!(node = %id.name, addr = %id.addr, "cluster member left");
+                        self.replication.peer_left(id.addr);
+                    } else {
+                        tracing::warn!(node = %id.name, addr = %id.addr, "cluster member down");
+                        self.replication.peer_down(id.addr, now_ns);
+                    }
                     snapshot_for.retain(|a| *a != id.addr);
                 }
                 OwnedNotification::Rename(old, new) => {
-                    tracing::info!(node = %new.name, addr = %new.addr, old = old.instance, new = new.instance, "cluster member restarted");
+                    let restarted = old.boot != new.boot;
+                    tracing::info!(node = %new.name, addr = %new.addr, restarted, "cluster member has a new identity");
                     let active = self.membership.active_peers().any(|id| *id == new);
                     if active {
-                        self.replication.peer_up(new.addr);
                         self.left.remove(&new.addr);
-                        if !snapshot_for.contains(&new.addr) {
+                        if self.replication.peer_up(new.addr, new.boot) && !snapshot_for.contains(&new.addr) {
                             snapshot_for.push(new.addr);
                         }
                     }

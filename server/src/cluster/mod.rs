@@ -252,6 +252,7 @@ impl Cluster {
         let identity = wire::NodeId {
             addr: self.local,
             instance: boot,
+            boot,
             name: self.settings.node_id.clone(),
         };
         let config = GossipConfig {

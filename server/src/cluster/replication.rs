@@ -28,13 +28,15 @@
 //! once it has every part of one transfer, which `serve` waits for before reporting ready.
 
 use super::wire::{self, op, Acks, Auth, Batch, Entry, Kind};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 /// Transmissions of one batch before the sender gives up on it (counted as
-/// `gave_up`). With [`ReplicationConfig::rto_ns`] of three sync intervals, eight tries span
-/// 24 intervals: far longer than a transient loss burst, far shorter than a partition.
-pub const MAX_TRIES: u8 = 8;
+/// `gave_up`). A try fails when the batch or its ack is lost: at 20% loss that is
+/// 1 - 0.8² = 36%, and 16 tries all fail with probability 0.36^16 < 1e-7. With
+/// [`ReplicationConfig::rto_ns`] of three sync intervals, 16 tries span 48 intervals
+/// (2.4 s at 50 ms): longer than a loss burst, shorter than most partitions.
+pub const MAX_TRIES: u8 = 16;
 /// Batches one peer may have unacknowledged. 16,384 datagrams is about 22 MB and more than
 /// half a second of a 1M-active-key workload at 50 ms syncs; past it the oldest is dropped.
 pub const MAX_UNACKED_PER_PEER: usize = 16_384;
@@ -43,6 +45,13 @@ pub const MAX_UNACKED_PER_PEER: usize = 16_384;
 pub const MAX_SEEN_ABOVE_FLOOR: usize = 65_536;
 /// State transfers a receiver tracks at once (a few peers join at a time).
 pub const MAX_OPEN_TRANSFERS: usize = 64;
+/// How long a peer declared down is still sent deltas (and its batches accepted). A node
+/// falsely declared down (a lossy minute, a long GC-like stall) rejoins under a new
+/// identity but the same boot; if it does so within this grace it has missed nothing and
+/// needs no state transfer. A node that really crashed comes back with a new boot, which
+/// resets its state here regardless. 10 s covers several suspect/down cycles with the
+/// default timings while bounding traffic to a dead node to 10 s of deltas.
+pub const DOWN_GRACE_NS: u64 = 10_000_000_000;
 
 /// Settings of the replication core.
 #[derive(Clone, Debug)]
@@ -122,9 +131,12 @@ struct Pending {
     tries: u8,
 }
 
-#[derive(Default)]
 struct Outbound {
+    /// The peer process's boot nonce.
+    boot: u64,
     unacked: BTreeMap<u64, Pending>,
+    /// When membership declared it down (None = alive or suspect).
+    down_since: Option<u64>,
 }
 
 /// Receiver-side duplicate detection for one peer.
@@ -178,14 +190,16 @@ pub struct Replicator {
     boot: u64,
     next_seq: u64,
     next_transfer: u32,
+    // Ordered maps throughout: iteration order decides the order of sends, and the
+    // simulation must replay exactly from its seed. They also cannot be hash-flooded.
     /// Live peers and what they have not acknowledged.
-    peers: HashMap<SocketAddr, Outbound>,
+    peers: BTreeMap<SocketAddr, Outbound>,
     /// Per sender: what was applied.
-    seen: HashMap<SocketAddr, Seen>,
+    seen: BTreeMap<SocketAddr, Seen>,
     /// Per sender: (its boot, seqs to acknowledge at the next tick).
-    acks_due: HashMap<SocketAddr, (u64, Vec<u64>)>,
+    acks_due: BTreeMap<SocketAddr, (u64, Vec<u64>)>,
     /// Local consumption not yet sent, per limiter: key -> tokens.
-    unsent: Vec<HashMap<String, f64>>,
+    unsent: Vec<BTreeMap<String, f64>>,
     /// When each limiter's unsent consumption goes out next.
     next_flush: Vec<u64>,
     /// Open transfers: (sender, boot, id) -> (parts expected, parts received).
@@ -211,10 +225,10 @@ impl Replicator {
             boot,
             next_seq: 1,
             next_transfer: 1,
-            peers: HashMap::new(),
-            seen: HashMap::new(),
-            acks_due: HashMap::new(),
-            unsent: (0..n).map(|_| HashMap::new()).collect(),
+            peers: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            acks_due: BTreeMap::new(),
+            unsent: (0..n).map(|_| BTreeMap::new()).collect(),
             next_flush,
             transfers: VecDeque::new(),
             stats: ReplicationStats::default(),
@@ -231,14 +245,37 @@ impl Replicator {
         &self.config
     }
 
-    /// A peer became reachable (joined, restarted): deltas go to it from now on.
-    /// A restarted peer's old in-flight batches are dropped (it gets a state transfer).
-    pub fn peer_up(&mut self, addr: SocketAddr) {
-        self.peers.insert(addr, Outbound::default());
+    /// A peer process (`boot`) is alive: deltas go to it from now on. Returns true when
+    /// it is new to us — joined, or restarted with a new boot, whose old in-flight
+    /// batches are dropped — and so needs a state transfer; false when it is the same
+    /// process coming back within [`DOWN_GRACE_NS`] (nothing was missed).
+    pub fn peer_up(&mut self, addr: SocketAddr, boot: u64) -> bool {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            if p.boot == boot {
+                p.down_since = None;
+                return false;
+            }
+        }
+        self.peers.insert(
+            addr,
+            Outbound {
+                boot,
+                unacked: BTreeMap::new(),
+                down_since: None,
+            },
+        );
+        true
     }
 
-    /// A peer was declared down or left: stop sending and retransmitting to it.
-    pub fn peer_down(&mut self, addr: SocketAddr) {
+    /// A peer was declared down: keep replicating to it for [`DOWN_GRACE_NS`].
+    pub fn peer_down(&mut self, addr: SocketAddr, now_ns: u64) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.down_since.get_or_insert(now_ns);
+        }
+    }
+
+    /// A peer left gracefully: stop at once.
+    pub fn peer_left(&mut self, addr: SocketAddr) {
         self.peers.remove(&addr);
         self.acks_due.remove(&addr);
     }
@@ -281,6 +318,18 @@ impl Replicator {
     /// Sends what is due: consumption of limiters whose interval elapsed, acks, and
     /// retransmissions.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        let expired: Vec<SocketAddr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.down_since
+                    .is_some_and(|t| now_ns.saturating_sub(t) >= DOWN_GRACE_NS)
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in expired {
+            self.peer_left(addr);
+        }
         let mut entries = Vec::new();
         for (limiter, due) in self.next_flush.iter_mut().enumerate() {
             if *due > now_ns {
@@ -289,7 +338,7 @@ impl Replicator {
             let interval = self.config.limiter_intervals_ns[limiter].max(1);
             // Skip missed ticks instead of bursting to catch up.
             *due = (*due + interval).max(now_ns + 1);
-            for (key, value) in self.unsent[limiter].drain() {
+            for (key, value) in std::mem::take(&mut self.unsent[limiter]) {
                 if value != 0.0 {
                     entries.push(Entry {
                         limiter: limiter as u32,
@@ -565,7 +614,10 @@ mod tests {
             .filter_map(|o| match o {
                 Output::Send { to, datagram } => {
                     let (kind, payload) = auth.open(datagram).ok()?;
-                    (kind == Kind::Batch).then(|| (*to, wire::decode_batch(payload).ok()?))?
+                    if kind != Kind::Batch {
+                        return None;
+                    }
+                    Some((*to, wire::decode_batch(payload).ok()?))
                 }
                 _ => None,
             })
@@ -575,7 +627,7 @@ mod tests {
     #[test]
     fn limiters_flush_on_their_own_interval() {
         let mut r = replicator(1);
-        r.peer_up(addr(2));
+        r.peer_up(addr(2), 2);
         r.record_local(0, "a".into(), 1.0);
         r.record_local(1, "b".into(), 2.0);
         r.record_local(0, "a".into(), 1.0);
@@ -594,8 +646,8 @@ mod tests {
     fn duplicates_are_applied_once_and_acked_every_time() {
         let mut a = replicator(1);
         let mut b = replicator(2);
-        a.peer_up(addr(2));
-        b.peer_up(addr(1));
+        a.peer_up(addr(2), 2);
+        b.peer_up(addr(1), 1);
         a.record_local(0, "k".into(), 3.0);
         let mut out = Vec::new();
         a.tick(10, &mut out);
@@ -616,7 +668,7 @@ mod tests {
     #[test]
     fn unacked_batches_are_retransmitted_then_given_up() {
         let mut a = replicator(1);
-        a.peer_up(addr(2));
+        a.peer_up(addr(2), 2);
         a.record_local(0, "k".into(), 1.0);
         let mut out = Vec::new();
         a.tick(10, &mut out);
@@ -634,7 +686,7 @@ mod tests {
     fn acks_stop_retransmission() {
         let mut a = replicator(1);
         let mut b = replicator(2);
-        a.peer_up(addr(2));
+        a.peer_up(addr(2), 2);
         a.record_local(0, "k".into(), 1.0);
         let mut out = Vec::new();
         a.tick(10, &mut out);
@@ -658,7 +710,7 @@ mod tests {
     fn transfer_completes_when_all_parts_arrive_in_any_order() {
         let mut a = replicator(1);
         let mut b = replicator(2);
-        a.peer_up(addr(2));
+        a.peer_up(addr(2), 2);
         let levels: Vec<Entry> = (0..200)
             .map(|i| Entry { limiter: 0, key: format!("user-{i:06}"), value: 1.0 })
             .collect();

@@ -203,7 +203,7 @@ pub struct Acks {
 /// A graceful leave.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq)]
 pub struct Leave {
-    /// The leaving node's boot nonce.
+    /// The leaving identity's instance (so a replayed LEAVE cannot mark a later instance).
     pub boot: u64,
 }
 
@@ -289,8 +289,12 @@ pub fn decode_leave(payload: &[u8]) -> Result<Leave, WireError> {
 pub struct NodeId {
     /// Gossip address (UDP).
     pub addr: SocketAddr,
-    /// Boot nonce, bumped by `renew` when the cluster declared us down and we rejoin.
+    /// Starts as the boot nonce; bumped by `renew` when the cluster declared us down and
+    /// we rejoin (same process, new identity).
     pub instance: u64,
+    /// The process's boot nonce: unchanged by `renew`, so peers can tell a rejoin (state
+    /// intact) from a restart (state lost, needs a transfer).
+    pub boot: u64,
     /// The configured node id (for `tollgate members`).
     pub name: String,
 }
@@ -301,6 +305,7 @@ impl NodeId {
         NodeId {
             addr,
             instance: 0,
+            boot: 0,
             name: String::new(),
         }
     }
@@ -328,7 +333,8 @@ impl foca::Identity for NodeId {
 /// foca's wire codec for [`NodeId`], hand-written and bounded.
 ///
 /// ```text
-/// identity: [ip version 4|6: u8][ip: 4|16][port: u16][instance: u64][name len: u8][name]
+/// identity: [ip version 4|6: u8][ip: 4|16][port: u16][instance: u64][boot: u64]
+///           [name len: u8][name]
 /// member:   identity [incarnation: u16][state: u8 0 alive 1 suspect 2 down]
 /// header:   identity(src) [src incarnation: u16] identity(dst) [message tag: u8] [fields]
 /// ```
@@ -359,7 +365,7 @@ fn room(buf: &impl BufMut, n: usize) -> Result<(), CodecError> {
 
 fn id_len(id: &NodeId) -> usize {
     let ip = if id.addr.is_ipv4() { 4 } else { 16 };
-    1 + ip + 2 + 8 + 1 + id.name.len().min(MAX_NODE_ID_LEN)
+    1 + ip + 2 + 8 + 8 + 1 + id.name.len().min(MAX_NODE_ID_LEN)
 }
 
 fn put_id(id: &NodeId, buf: &mut impl BufMut) -> Result<(), CodecError> {
@@ -376,6 +382,7 @@ fn put_id(id: &NodeId, buf: &mut impl BufMut) -> Result<(), CodecError> {
     }
     buf.put_u16(id.addr.port());
     buf.put_u64(id.instance);
+    buf.put_u64(id.boot);
     let name = &id.name.as_bytes()[..id.name.len().min(MAX_NODE_ID_LEN)];
     buf.put_u8(name.len() as u8);
     buf.put_slice(name);
@@ -399,9 +406,10 @@ fn get_id(buf: &mut impl Buf) -> Result<NodeId, CodecError> {
         }
         _ => return Err(CodecError("bad ip version")),
     };
-    need(buf, 2 + 8 + 1)?;
+    need(buf, 2 + 8 + 8 + 1)?;
     let port = buf.get_u16();
     let instance = buf.get_u64();
+    let boot = buf.get_u64();
     let len = usize::from(buf.get_u8());
     if len > MAX_NODE_ID_LEN {
         return Err(CodecError("node id too long"));
@@ -413,6 +421,7 @@ fn get_id(buf: &mut impl Buf) -> Result<NodeId, CodecError> {
     Ok(NodeId {
         addr: SocketAddr::new(ip, port),
         instance,
+        boot,
         name,
     })
 }
@@ -576,7 +585,7 @@ mod tests {
         Batch {
             boot: u64::MAX,
             seq: u64::MAX,
-            op: op::DEBIT,
+            op: op::LOWER,
             transfer: u32::MAX,
             parts: u32::MAX,
             entries: (0..n)
@@ -637,11 +646,13 @@ mod tests {
         let id = NodeId {
             addr: "127.0.0.1:7946".parse().expect("addr"),
             instance: 42,
+            boot: 41,
             name: "node-a".into(),
         };
         let other = NodeId {
             addr: "[::1]:7947".parse().expect("addr"),
             instance: 7,
+            boot: 6,
             name: "b".into(),
         };
         for message in [
