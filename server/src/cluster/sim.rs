@@ -353,17 +353,30 @@ fn replicas_converge_despite_loss_reordering_and_duplication() {
 }
 
 /// Admitted tokens under sustained load over 3 nodes stay within
-/// `B + r·D + (N-1)·(B + r·(T+d))` and, for these parameters, within 1.05 of allowed.
+/// `B + r·D + (N-1)·(B + r·(T+d))` for every sync interval T, and within 1.05 of allowed
+/// at T = 50 ms (docs/cluster.md; `--nocapture` prints the table).
 #[test]
 fn over_admission_stays_within_the_documented_bound() {
-    let (nodes, capacity, rate, sync, delay) = (3usize, 100.0, 1_000.0, 50 * MS, MS);
+    for sync_ms in [10u64, 50, 200, 1_000] {
+        let (ratio, admitted, bound) = sustained_load(sync_ms * MS);
+        assert!(admitted <= bound, "sync {sync_ms}ms: admitted {admitted} > bound {bound}");
+        if sync_ms <= 50 {
+            assert!(ratio <= 1.05, "sync {sync_ms}ms: admitted/allowed = {ratio:.4}");
+        }
+        assert!(ratio >= 0.95, "the cluster should still admit about the rate: {ratio:.4}");
+    }
+}
+
+/// 3 nodes, burst 100, 1,000 tokens/s, 6,000 requests/s round-robin for 10 s of
+/// virtual time. Returns (admitted/allowed, admitted, bound).
+fn sustained_load(sync: u64) -> (f64, f64, f64) {
+    let (nodes, capacity, rate, delay) = (3usize, 100.0, 1_000.0, MS);
     let duration = 10_000 * MS;
     let mut sim = Sim::new(nodes, 7, CLEAN, engine(capacity, rate, "1s"), settings(Duration::from_nanos(sync)));
     formed(&mut sim);
     let start = sim.now;
     let mut admitted = 0.0;
     let mut i = 0;
-    // 6,000 requests/s spread round-robin: six times the fill rate.
     while sim.now < start + duration {
         let t = sim.now + 166_667;
         sim.run_until(t);
@@ -376,10 +389,12 @@ fn over_admission_stays_within_the_documented_bound() {
     let allowed = capacity + rate * d;
     let window = (sync + delay) as f64 / 1e9;
     let bound = allowed + (nodes as f64 - 1.0) * (capacity + rate * window);
-    assert!(admitted <= bound, "admitted {admitted} > bound {bound}");
     let ratio = admitted / allowed;
-    assert!(ratio <= 1.05, "admitted/allowed = {ratio:.4} ({admitted} / {allowed})");
-    assert!(ratio >= 0.95, "the cluster should still admit about the rate: {ratio:.4}");
+    println!(
+        "sim: sync {}ms admitted {admitted} allowed {allowed:.1} ratio {ratio:.4} bound {bound:.1}",
+        sync / MS
+    );
+    (ratio, admitted, bound)
 }
 
 #[test]
