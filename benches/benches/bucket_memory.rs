@@ -23,7 +23,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -47,7 +50,7 @@ fn main() {
         let table_per_bucket = table / n as f64;
         let key_heap_per_bucket = (used - table) / n as f64;
         println!(
-            "buckets={n} bytes/bucket={per_bucket:.1} (table {table_per_bucket:.1} + key slices {key_heap_per_bucket:.1}; avg key {:.1} bytes + 4-byte limiter id)",
+            "buckets={n} bytes/bucket={per_bucket:.1} (table {table_per_bucket:.1} + long-key heap slices {key_heap_per_bucket:.1}; avg key {:.1} bytes; keys of <= 13 bytes are stored inline)",
             key_bytes as f64 / n as f64
         );
         drop(store);

@@ -126,6 +126,11 @@ pub struct ClusterConfig {
     /// UDP address for membership and deltas. Default 127.0.0.1:7946.
     #[serde(default = "default_gossip")]
     pub gossip: String,
+    /// Address peers should send to, when `gossip` binds 0.0.0.0 / [::] (containers).
+    /// Default: the bound address, or, for a wildcard bind, the local IP that routes to the
+    /// first seed, with the gossip port.
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Peers to join through: `host:port` or DNS names, re-resolved periodically.
     #[serde(default)]
     pub seeds: Vec<String>,
@@ -775,7 +780,19 @@ impl Config {
                 }
                 _ => {}
             }
-            if c.seeds.iter().any(|s| s.trim().is_empty() || !s.contains(':')) {
+            if let Some(a) = &c.advertise {
+                match a.parse::<SocketAddr>() {
+                    Ok(addr) if !addr.ip().is_unspecified() && addr.port() != 0 => {}
+                    _ => err(
+                        "cluster.advertise".into(),
+                        "must be a specific IP address and port, e.g. 10.0.0.5:7946",
+                    ),
+                }
+            }
+            if c.seeds
+                .iter()
+                .any(|s| s.trim().is_empty() || !s.contains(':'))
+            {
                 err("cluster.seeds".into(), "each seed must be host:port");
             }
             let fd = &c.failure_detection;
