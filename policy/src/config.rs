@@ -736,7 +736,7 @@ impl Config {
                     );
                 }
                 if rl.parameters.limit_by_label_key.is_none() {
-                    err(format!("{at}"), "overrides need parameters.limit_by_label_key (there is only one shared bucket)");
+                    err(at.clone(), "overrides need parameters.limit_by_label_key (there is only one shared bucket)");
                 }
             }
         }
