@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 //! The server's behaviour over its binary protocol, against the real binary on free ports.
 
 mod common;
