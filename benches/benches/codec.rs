@@ -2,14 +2,26 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tollgate_protocol::{
-    decode_frame, encode_check, encode_check_reply, frame_len, CheckReply, CheckSpec, Decision, DecisionReason,
-    Frame, LimiterOutcome, LimiterResult, StrRef, DEFAULT_MAX_FRAME_LEN,
+    decode_frame, encode_check, encode_check_reply, frame_len, CheckReply, CheckSpec, Decision,
+    DecisionReason, Frame, LimiterOutcome, LimiterResult, StrRef, DEFAULT_MAX_FRAME_LEN,
 };
 
 fn codec(c: &mut Criterion) {
-    let labels = [(StrRef::Interned(1), "user-123456"), (StrRef::Inline("tier"), "premium")];
+    let labels = [
+        (StrRef::Interned(1), "user-123456"),
+        (StrRef::Inline("tier"), "premium"),
+    ];
     let mut frame = Vec::new();
-    encode_check(&mut frame, 42, &CheckSpec { control_point: StrRef::Interned(0), tokens: None, labels: &labels }).unwrap();
+    encode_check(
+        &mut frame,
+        42,
+        &CheckSpec {
+            control_point: StrRef::Interned(0),
+            tokens: None,
+            labels: &labels,
+        },
+    )
+    .unwrap();
     let reply = CheckReply {
         decision: Decision::Accepted,
         reason: DecisionReason::None,
@@ -31,7 +43,9 @@ fn codec(c: &mut Criterion) {
     group.bench_function("decode CHECK + walk labels + encode CHECK_REPLY", |b| {
         b.iter(|| {
             out.clear();
-            let decoded = decode_frame(black_box(&frame), DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+            let decoded = decode_frame(black_box(&frame), DEFAULT_MAX_FRAME_LEN)
+                .unwrap()
+                .unwrap();
             if let Frame::Check(check) = decoded.frame {
                 for l in check.labels() {
                     black_box(l);

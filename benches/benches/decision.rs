@@ -11,11 +11,15 @@ fn decision(c: &mut Criterion) {
     let engine = Arc::new(bench_engine());
     let keys: Vec<String> = (0..KEYS).map(key).collect();
     // Visit keys in a scrambled order so the table is not walked sequentially.
-    let order: Vec<usize> = (0..KEYS).map(|i| (i.wrapping_mul(2_654_435_761)) % KEYS).collect();
+    let order: Vec<usize> = (0..KEYS)
+        .map(|i| (i.wrapping_mul(2_654_435_761)) % KEYS)
+        .collect();
 
     let mut limiter = LocalLimiter::new(engine.clone());
     for k in &keys {
-        limiter.check_labels("bench", &[("user", k.as_str())][..], None, 0).unwrap();
+        limiter
+            .check_labels("bench", &[("user", k.as_str())][..], None, 0)
+            .unwrap();
     }
     let mut group = c.benchmark_group("decision_1M_keys");
     let mut i = 0usize;
@@ -25,7 +29,11 @@ fn decision(c: &mut Criterion) {
             i = (i + 1) % KEYS;
             now += 100;
             let k = keys[order[i]].as_str();
-            black_box(limiter.check_labels("bench", &[("user", k)][..], None, now).unwrap());
+            black_box(
+                limiter
+                    .check_labels("bench", &[("user", k)][..], None, now)
+                    .unwrap(),
+            );
         })
     });
 

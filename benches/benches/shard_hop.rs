@@ -29,14 +29,21 @@ fn shard_hop(c: &mut Criterion) {
         members: None,
     });
     // A key owned by shard 1.
-    let remote_key = (0..).map(key).find(|k| routing::shard_for(routing::routing_hash(k.as_bytes()), 2) == 1).unwrap();
-    let local_key = (0..).map(key).find(|k| routing::shard_for(routing::routing_hash(k.as_bytes()), 2) == 0).unwrap();
+    let remote_key = (0..)
+        .map(key)
+        .find(|k| routing::shard_for(routing::routing_hash(k.as_bytes()), 2) == 1)
+        .unwrap();
+    let local_key = (0..)
+        .map(key)
+        .find(|k| routing::shard_for(routing::routing_hash(k.as_bytes()), 2) == 0)
+        .unwrap();
     let mesh = MeshBuilder::full(2, 1024);
     let (jobs_tx, jobs_rx) = flume::unbounded::<Job>();
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
     let mut executors = Vec::new();
     for i in 0..2 {
-        let (node, mesh, jobs_rx, stop_rx) = (node.clone(), mesh.clone(), jobs_rx.clone(), stop_rx.clone());
+        let (node, mesh, jobs_rx, stop_rx) =
+            (node.clone(), mesh.clone(), jobs_rx.clone(), stop_rx.clone());
         let (remote_key, local_key) = (remote_key.clone(), local_key.clone());
         executors.push(
             LocalExecutorBuilder::new(Placement::Fixed(i % 2))
@@ -50,13 +57,19 @@ fn shard_hop(c: &mut Criterion) {
                         return;
                     }
                     while let Ok((iters, local, done)) = jobs_rx.recv_async().await {
-                        let k = if local { local_key.as_str() } else { remote_key.as_str() };
+                        let k = if local {
+                            local_key.as_str()
+                        } else {
+                            remote_key.as_str()
+                        };
                         let labels = [("user", k)];
                         let start = Instant::now();
                         for _ in 0..iters {
                             match shard.decide_now("bench", &labels[..], None, 1).unwrap() {
                                 Planned::Decided(d) => assert!(d.accepted),
-                                Planned::Forward(plan) => assert!(shard.decide_forwarded(plan).await.accepted),
+                                Planned::Forward(plan) => {
+                                    assert!(shard.decide_forwarded(plan).await.accepted)
+                                }
                             }
                         }
                         let _ = done.send(start.elapsed());
@@ -71,8 +84,12 @@ fn shard_hop(c: &mut Criterion) {
         rx.recv().unwrap()
     };
     let mut group = c.benchmark_group("shard_hop");
-    group.bench_function("cross-shard decision (hop to owner and back)", |b| b.iter_custom(|iters| run(iters, false)));
-    group.bench_function("baseline: local decision on the owner", |b| b.iter_custom(|iters| run(iters, true)));
+    group.bench_function("cross-shard decision (hop to owner and back)", |b| {
+        b.iter_custom(|iters| run(iters, false))
+    });
+    group.bench_function("baseline: local decision on the owner", |b| {
+        b.iter_custom(|iters| run(iters, true))
+    });
     group.finish();
     drop(jobs_tx);
     let _ = stop_tx.send(());
