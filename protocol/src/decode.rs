@@ -389,7 +389,10 @@ fn check_body<'a>(r: &mut Reader<'a>) -> Result<CheckRef<'a>, Reason> {
         r.str_ref()?;
         r.str()?;
     }
-    let used = start.len().checked_sub(r.remaining()).ok_or("unreachable")?;
+    let used = start
+        .len()
+        .checked_sub(r.remaining())
+        .ok_or("unreachable")?;
     let labels_raw = start.get(..used).ok_or("unreachable")?;
     Ok(CheckRef {
         control_point,
@@ -545,7 +548,11 @@ fn hello_reply_body(r: &mut Reader<'_>) -> Result<HelloReply, Reason> {
 const MIN_MEMBER_LEN: usize = 2 + 2 + 1 + 8;
 
 fn members_body(r: &mut Reader<'_>) -> Result<Vec<Member>, Reason> {
-    let count = r.count_u16(MIN_MEMBER_LEN, usize::from(u16::MAX), "truncated member count")?;
+    let count = r.count_u16(
+        MIN_MEMBER_LEN,
+        usize::from(u16::MAX),
+        "truncated member count",
+    )?;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         out.push(Member {

@@ -95,7 +95,11 @@ fn count_u16(count: usize, max: usize, what: &'static str) -> Result<u16, Encode
     u16::try_from(count).map_err(|_| EncodeError::TooManyItems { what, count, max })
 }
 
-fn put_string_list(out: &mut Vec<u8>, list: &[String], what: &'static str) -> Result<(), EncodeError> {
+fn put_string_list(
+    out: &mut Vec<u8>,
+    list: &[String],
+    what: &'static str,
+) -> Result<(), EncodeError> {
     out.extend_from_slice(&count_u16(list.len(), usize::from(u16::MAX), what)?.to_le_bytes());
     for s in list {
         put_str(out, s)?;
@@ -203,7 +207,11 @@ pub fn encode_hello_reply(
         out.push(hello.hash_algo);
         let idx = hello.shard_index.unwrap_or(SHARED_PORT_SHARD_INDEX);
         out.extend_from_slice(&idx.to_le_bytes());
-        let ports = count_u16(hello.shard_ports.len(), usize::from(u16::MAX), "shard_ports")?;
+        let ports = count_u16(
+            hello.shard_ports.len(),
+            usize::from(u16::MAX),
+            "shard_ports",
+        )?;
         out.extend_from_slice(&ports.to_le_bytes());
         for p in &hello.shard_ports {
             out.extend_from_slice(&p.to_le_bytes());

@@ -36,7 +36,11 @@ fn requests(mut data: &[u8]) {
                 out.clear();
                 reencode_request(&mut out, d.request_id, &d.frame, &mut interns);
                 let original = data.get(..d.len);
-                assert_eq!(Some(out.as_slice()), original, "request re-encoding differs");
+                assert_eq!(
+                    Some(out.as_slice()),
+                    original,
+                    "request re-encoding differs"
+                );
                 d.len
             }
         };
@@ -87,7 +91,10 @@ fn reencode_request(out: &mut Vec<u8>, id: u32, frame: &Frame<'_>, interns: &mut
         Frame::Members => encode::encode_members(out, id),
         Frame::Ping(p) => encode::encode_ping(out, id, p),
     };
-    assert!(res.is_ok(), "a decoded request failed to re-encode: {res:?}");
+    assert!(
+        res.is_ok(),
+        "a decoded request failed to re-encode: {res:?}"
+    );
 }
 
 fn replies(mut data: &[u8]) {

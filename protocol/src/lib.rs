@@ -56,8 +56,8 @@ pub mod routing;
 pub mod types;
 
 pub use decode::{
-    decode_frame, decode_reply, frame_len, CheckBatchRef, CheckRef, Decoded, DecodedReply, Frame,
-    HelloRef, Labels, StrRef,
+    decode_frame, decode_reply, frame_len, BatchIter, CheckBatchRef, CheckRef, Decoded,
+    DecodedReply, Frame, HelloRef, Labels, StrRef,
 };
 pub use encode::{
     encode_batch_reply, encode_check, encode_check_batch, encode_check_reply, encode_error,
@@ -74,5 +74,5 @@ pub use intern::InternTable;
 pub use smallvec;
 pub use types::{
     BatchItem, CheckReply, Decision, DecisionReason, ErrorReply, HelloReply, LimiterOutcome,
-    LimiterResult, Member, MemberState, Reply,
+    LimiterResult, Limiters, Member, MemberState, Reply,
 };

@@ -45,7 +45,13 @@ struct FakeServer {
 
 impl FakeServer {
     fn accepted_shared(&self) -> usize {
-        self.stats.accepted.lock().expect("lock").last().copied().unwrap_or(0)
+        self.stats
+            .accepted
+            .lock()
+            .expect("lock")
+            .last()
+            .copied()
+            .unwrap_or(0)
     }
 
     fn stop(&self) {
@@ -85,7 +91,14 @@ async fn start_server(nr_shards: usize) -> FakeServer {
             max_batch: 4,
             max_in_flight: 64,
         };
-        tokio::spawn(accept_loop(listener, i, index, hello, stats.clone(), rx.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            i,
+            index,
+            hello,
+            stats.clone(),
+            rx.clone(),
+        ));
     }
     FakeServer {
         addr,
@@ -122,7 +135,10 @@ enum Decided {
 
 fn decide(check: &CheckRef<'_>, table: &InternTable, index: u16, stats: &Stats) -> (Decided, u64) {
     let Some(_cp) = table.resolve(check.control_point()) else {
-        return (Decided::Error(ErrorCode::UnknownInternedId, "control point"), 0);
+        return (
+            Decided::Error(ErrorCode::UnknownInternedId, "control point"),
+            0,
+        );
     };
     let mut labels = Vec::new();
     for (k, v) in check.labels() {
@@ -143,12 +159,24 @@ fn decide(check: &CheckRef<'_>, table: &InternTable, index: u16, stats: &Stats) 
     let delay = get("delay_ms").and_then(|d| d.parse().ok()).unwrap_or(0);
     let deny = labels.iter().any(|(_, v)| v.starts_with("deny"));
     let reply = CheckReply {
-        decision: if deny { Decision::Rejected } else { Decision::Accepted },
-        reason: if deny { DecisionReason::RateLimited } else { DecisionReason::None },
+        decision: if deny {
+            Decision::Rejected
+        } else {
+            Decision::Accepted
+        },
+        reason: if deny {
+            DecisionReason::RateLimited
+        } else {
+            DecisionReason::None
+        },
         wait_ns: if deny { 1_000 } else { 0 },
         limiters: [LimiterResult {
             limiter_index: index,
-            outcome: if deny { LimiterOutcome::Rejected } else { LimiterOutcome::Accepted },
+            outcome: if deny {
+                LimiterOutcome::Rejected
+            } else {
+                LimiterOutcome::Accepted
+            },
             status_code: 429,
             tokens: check.tokens().unwrap_or(1.0),
             remaining: 5.0,
@@ -186,7 +214,13 @@ async fn serve(
             let mut out = Vec::new();
             match decode_frame(&buf[start..], DEFAULT_MAX_FRAME_LEN) {
                 Ok(None) => break,
-                Err(DecodeError::Body { code, reason, request_id, frame_len, .. }) => {
+                Err(DecodeError::Body {
+                    code,
+                    reason,
+                    request_id,
+                    frame_len,
+                    ..
+                }) => {
                     encode_error(&mut out, request_id, code, reason);
                     start += frame_len;
                 }
@@ -234,7 +268,8 @@ async fn serve(
                             }
                         },
                         Frame::CheckBatch(b) => {
-                            let mut w = BatchReplyWriter::new(&mut out, id, b.len()).expect("batch");
+                            let mut w =
+                                BatchReplyWriter::new(&mut out, id, b.len()).expect("batch");
                             for c in b.iter() {
                                 match decide(&c, &table, index, &stats).0 {
                                     Decided::Reply(r) => w.reply(&r).expect("item"),
@@ -279,7 +314,9 @@ fn req(user: &str) -> CheckRequest {
 #[tokio::test]
 async fn hello_members_ping_over_shared_port_only() {
     let server = start_server(0).await;
-    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
     assert_eq!(client.hello().node_id, "fake");
     assert!(client.hello().shard_ports.is_empty());
     assert_eq!(client.shard_of(&req("u1")), None);
@@ -301,12 +338,16 @@ async fn hello_members_ping_over_shared_port_only() {
 #[tokio::test]
 async fn pipelines_and_matches_out_of_order_replies() {
     let server = start_server(0).await;
-    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
     let order = Arc::new(Mutex::new(Vec::new()));
     let slow = {
         let (client, order) = (client.clone(), order.clone());
         tokio::spawn(async move {
-            let r = client.check(&req("deny-slow").label("delay_ms", "150")).await;
+            let r = client
+                .check(&req("deny-slow").label("delay_ms", "150"))
+                .await;
             order.lock().expect("lock").push("slow");
             r
         })
@@ -330,9 +371,16 @@ async fn pipelines_and_matches_out_of_order_replies() {
     for i in 0..50 {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let user = if i % 3 == 0 { format!("deny-{i}") } else { format!("u{i}") };
+            let user = if i % 3 == 0 {
+                format!("deny-{i}")
+            } else {
+                format!("u{i}")
+            };
             let delay = format!("{}", (50 - i) % 7);
-            let r = client.check(&req(&user).label("delay_ms", delay)).await.expect("check");
+            let r = client
+                .check(&req(&user).label("delay_ms", delay))
+                .await
+                .expect("check");
             assert_eq!(r.accepted(), i % 3 != 0, "request {i}");
         }));
     }
@@ -367,7 +415,9 @@ async fn request_timeout_then_connection_still_usable() {
 #[tokio::test]
 async fn reconnects_after_the_server_drops_the_connection() {
     let server = start_server(0).await;
-    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
     assert!(client.check(&req("u1")).await.expect("check").accepted());
     // An in-flight request on the dropped connection fails with a clear error.
     let pending = {
@@ -375,21 +425,35 @@ async fn reconnects_after_the_server_drops_the_connection() {
         tokio::spawn(async move { client.check(&req("u2").label("delay_ms", "300")).await })
     };
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let err = client.check(&req("u3").label("drop", "1")).await.expect_err("dropped");
+    let err = client
+        .check(&req("u3").label("drop", "1"))
+        .await
+        .expect_err("dropped");
     assert!(matches!(err, ClientError::Closed { .. }), "{err}");
-    let err = pending.await.expect("join").expect_err("in flight on dead connection");
+    let err = pending
+        .await
+        .expect("join")
+        .expect_err("in flight on dead connection");
     assert!(matches!(err, ClientError::Closed { .. }), "{err}");
     assert!(err.to_string().contains("closed"), "{err}");
     // The next request dials a new connection (and re-interns on it).
-    assert!(client.check(&req("u4")).await.expect("after reconnect").accepted());
+    assert!(client
+        .check(&req("u4"))
+        .await
+        .expect("after reconnect")
+        .accepted());
     assert_eq!(server.accepted_shared(), 2);
 }
 
 #[tokio::test]
 async fn fail_open_and_fail_closed_when_nothing_listens() {
     let server = start_server(0).await;
-    let open = Client::connect(cfg(&server, FailMode::Open)).await.expect("connect");
-    let closed = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let open = Client::connect(cfg(&server, FailMode::Open))
+        .await
+        .expect("connect");
+    let closed = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
     let v = open.check_with_fail_mode(&req("deny-x")).await;
     assert!(!v.accepted);
     assert!(matches!(v.decided_by, DecidedBy::Server(_)));
@@ -399,15 +463,27 @@ async fn fail_open_and_fail_closed_when_nothing_listens() {
         let v = open.check_with_fail_mode(&req("u1")).await;
         assert!(v.accepted, "fail open accepts");
         assert!(
-            matches!(v.decided_by, DecidedBy::FailMode { mode: FailMode::Open, .. }),
+            matches!(
+                v.decided_by,
+                DecidedBy::FailMode {
+                    mode: FailMode::Open,
+                    ..
+                }
+            ),
             "{v:?}"
         );
         let v = closed.check_with_fail_mode(&req("u1")).await;
         assert!(!v.accepted, "fail closed rejects");
         match v.decided_by {
-            DecidedBy::FailMode { mode: FailMode::Closed, error } => {
+            DecidedBy::FailMode {
+                mode: FailMode::Closed,
+                error,
+            } => {
                 assert!(
-                    matches!(error, ClientError::Closed { .. } | ClientError::Connect { .. }),
+                    matches!(
+                        error,
+                        ClientError::Closed { .. } | ClientError::Connect { .. }
+                    ),
                     "{error}"
                 );
             }
@@ -415,7 +491,9 @@ async fn fail_open_and_fail_closed_when_nothing_listens() {
         }
     }
     // Connecting to a port where nothing listens fails with Connect.
-    let err = Client::connect(cfg(&server, FailMode::Open)).await.expect_err("nothing listens");
+    let err = Client::connect(cfg(&server, FailMode::Open))
+        .await
+        .expect_err("nothing listens");
     assert!(matches!(err, ClientError::Connect { .. }), "{err}");
 }
 
@@ -423,7 +501,9 @@ async fn fail_open_and_fail_closed_when_nothing_listens() {
 async fn shard_aware_routing_sends_each_key_to_its_owner() {
     const N: usize = 4;
     let server = start_server(N).await;
-    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
     assert_eq!(client.hello().shard_ports.len(), N);
     for i in 0..40 {
         let user = format!("user-{i}");
@@ -437,13 +517,26 @@ async fn shard_aware_routing_sends_each_key_to_its_owner() {
         .check(&CheckRequest::new("api").label("tenant", "t9"))
         .await
         .expect("check");
-    assert_eq!(r.limiters[0].limiter_index as usize, shard_for(routing_hash(b"t9"), N));
+    assert_eq!(
+        r.limiters[0].limiter_index as usize,
+        shard_for(routing_hash(b"t9"), N)
+    );
     // No routing label: the shared bucket "" lives on shard_for(hash(""), n).
-    let r = client.check(&CheckRequest::new("api")).await.expect("check");
-    assert_eq!(r.limiters[0].limiter_index as usize, shard_for(routing_hash(b""), N));
+    let r = client
+        .check(&CheckRequest::new("api"))
+        .await
+        .expect("check");
+    assert_eq!(
+        r.limiters[0].limiter_index as usize,
+        shard_for(routing_hash(b""), N)
+    );
     // Every check was seen by the listener that owns its routing value.
     for (listener, value) in server.stats.routed.lock().expect("lock").iter() {
-        assert_eq!(*listener as usize, shard_for(routing_hash(value.as_bytes()), N), "{value}");
+        assert_eq!(
+            *listener as usize,
+            shard_for(routing_hash(value.as_bytes()), N),
+            "{value}"
+        );
     }
     // One connection per shard port (opened at connect), one shared.
     let accepted = server.stats.accepted.lock().expect("lock").clone();
@@ -454,26 +547,48 @@ async fn shard_aware_routing_sends_each_key_to_its_owner() {
 async fn batch_routes_chunks_and_keeps_request_order() {
     const N: usize = 3;
     let server = start_server(N).await;
-    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
     // 20 checks across 3 shards with max_batch 4: several chunks per shard.
     let reqs: Vec<CheckRequest> = (0..20)
         .map(|i| {
-            let user = if i % 4 == 0 { format!("deny-{i}") } else { format!("u{i}") };
+            let user = if i % 4 == 0 {
+                format!("deny-{i}")
+            } else {
+                format!("u{i}")
+            };
             let r = req(&user);
-            if i == 7 { r.label("fail", "1") } else { r }
+            if i == 7 {
+                r.label("fail", "1")
+            } else {
+                r
+            }
         })
         .collect();
     let results = client.check_batch(&reqs).await.expect("batch");
     assert_eq!(results.len(), reqs.len());
     for (i, (r, q)) in results.iter().zip(&reqs).enumerate() {
         if i == 7 {
-            assert!(matches!(r, Err(ClientError::Server { code: ErrorCode::BadRequest, .. })), "{r:?}");
+            assert!(
+                matches!(
+                    r,
+                    Err(ClientError::Server {
+                        code: ErrorCode::BadRequest,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
             continue;
         }
         let r = r.as_ref().expect("decided");
         assert_eq!(r.accepted(), i % 4 != 0, "item {i}");
         let user = &q.labels[0].1;
-        assert_eq!(r.limiters[0].limiter_index as usize, shard_for(routing_hash(user.as_bytes()), N));
+        assert_eq!(
+            r.limiters[0].limiter_index as usize,
+            shard_for(routing_hash(user.as_bytes()), N)
+        );
     }
     assert!(client.check_batch(&[]).await.expect("empty").is_empty());
 }
@@ -481,16 +596,31 @@ async fn batch_routes_chunks_and_keeps_request_order() {
 #[tokio::test]
 async fn invalid_requests_fail_locally() {
     let server = start_server(0).await;
-    let client = Client::connect(cfg(&server, FailMode::Closed)).await.expect("connect");
-    let err = client.check(&req("u1").tokens(f64::NAN)).await.expect_err("nan");
-    assert!(matches!(err, ClientError::Encode(EncodeError::InvalidTokens)));
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
+    let err = client
+        .check(&req("u1").tokens(f64::NAN))
+        .await
+        .expect_err("nan");
+    assert!(matches!(
+        err,
+        ClientError::Encode(EncodeError::InvalidTokens)
+    ));
     let mut many = req("u1");
     for i in 0..MAX_LABELS {
         many = many.label(format!("k{i}"), "v");
     }
-    assert!(matches!(client.check(&many).await, Err(ClientError::Encode(_))));
+    assert!(matches!(
+        client.check(&many).await,
+        Err(ClientError::Encode(_))
+    ));
     // Still fine afterwards.
-    assert!(client.check(&req("u1").tokens(3.0)).await.expect("check").accepted());
+    assert!(client
+        .check(&req("u1").tokens(3.0))
+        .await
+        .expect("check")
+        .accepted());
 }
 
 #[test]
@@ -503,7 +633,9 @@ fn blocking_client_works_without_a_runtime() {
     assert!(client.check(&req("u1")).expect("check").accepted());
     assert!(!client.check_with_fail_mode(&req("deny")).accepted);
     client.ping(b"x").expect("ping");
-    let results = client.check_batch(&[req("a"), req("deny-b")]).expect("batch");
+    let results = client
+        .check_batch(&[req("a"), req("deny-b")])
+        .expect("batch");
     assert!(results[0].as_ref().expect("a").accepted());
     assert!(!results[1].as_ref().expect("b").accepted());
     drop(client);

@@ -37,11 +37,7 @@ impl OwnedCheck {
 }
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z0-9_./-]{0,24}",
-        "\\PC{0,8}",
-        Just(String::new()),
-    ]
+    prop_oneof!["[a-z0-9_./-]{0,24}", "\\PC{0,8}", Just(String::new()),]
 }
 
 fn str_ref() -> impl Strategy<Value = OwnedRef> {
@@ -86,8 +82,8 @@ fn limiter() -> impl Strategy<Value = LimiterResult> {
         finite(),
         any::<u64>(),
     )
-        .prop_map(|(limiter_index, o, status_code, tokens, remaining, current, wait_ns)| {
-            LimiterResult {
+        .prop_map(
+            |(limiter_index, o, status_code, tokens, remaining, current, wait_ns)| LimiterResult {
                 limiter_index,
                 outcome: LimiterOutcome::from_u8(o).unwrap_or(LimiterOutcome::Accepted),
                 status_code,
@@ -95,8 +91,8 @@ fn limiter() -> impl Strategy<Value = LimiterResult> {
                 remaining,
                 current,
                 wait_ns,
-            }
-        })
+            },
+        )
 }
 
 fn check_reply() -> impl Strategy<Value = CheckReply> {
@@ -197,8 +193,16 @@ fn assert_check_eq(got: &CheckRef<'_>, want: &OwnedCheck) {
 /// Every strict prefix of a complete frame must be "need more bytes", never an error or panic.
 fn assert_prefixes_incomplete(buf: &[u8]) {
     for cut in 0..buf.len() {
-        assert_eq!(decode_frame(&buf[..cut], DEFAULT_MAX_FRAME_LEN), Ok(None), "cut {cut}");
-        assert_eq!(decode_reply(&buf[..cut], DEFAULT_MAX_FRAME_LEN), Ok(None), "cut {cut}");
+        assert_eq!(
+            decode_frame(&buf[..cut], DEFAULT_MAX_FRAME_LEN),
+            Ok(None),
+            "cut {cut}"
+        );
+        assert_eq!(
+            decode_reply(&buf[..cut], DEFAULT_MAX_FRAME_LEN),
+            Ok(None),
+            "cut {cut}"
+        );
     }
 }
 
@@ -375,7 +379,12 @@ fn body_errors_keep_framing() {
     encode_ping(&mut buf, 10, b"x").expect("ping");
     let err = decode_frame(&buf, DEFAULT_MAX_FRAME_LEN).expect_err("unknown opcode");
     match err {
-        DecodeError::Body { code, request_id, frame_len, .. } => {
+        DecodeError::Body {
+            code,
+            request_id,
+            frame_len,
+            ..
+        } => {
             assert_eq!(code, ErrorCode::UnknownOpcode);
             assert_eq!(request_id, 9);
             assert_eq!(frame_len, 10);
@@ -391,7 +400,10 @@ fn body_errors_keep_framing() {
     assert!(!err.is_fatal());
     // Trailing bytes after a MEMBERS body.
     let bad = [7, 0, 0, 0, opcode::MEMBERS, 0, 3, 0, 0, 0, 0];
-    assert_eq!(decode_frame(&bad, DEFAULT_MAX_FRAME_LEN).map_err(|e| e.code()), Err(ErrorCode::MalformedFrame));
+    assert_eq!(
+        decode_frame(&bad, DEFAULT_MAX_FRAME_LEN).map_err(|e| e.code()),
+        Err(ErrorCode::MalformedFrame)
+    );
 }
 
 fn check_frame(body: &[u8]) -> Vec<u8> {
@@ -408,7 +420,10 @@ fn check_body_limits() {
         other => panic!("expected a body error, got {other:?}"),
     };
     // Unknown CHECK flag bit.
-    assert_eq!(reason(&[0x02, 0, 0, 0, 0]), "unknown CHECK flags bits must be zero");
+    assert_eq!(
+        reason(&[0x02, 0, 0, 0, 0]),
+        "unknown CHECK flags bits must be zero"
+    );
     // Negative / NaN tokens.
     let mut b = vec![0x01, 0, 0];
     b.extend_from_slice(&(-1.0f64).to_le_bytes());
@@ -421,32 +436,77 @@ fn check_body_limits() {
     // Interned id out of range.
     assert_eq!(reason(&[0, 0x00, 0x90, 0, 0]), "interned id out of range");
     // Inline string length above MAX_STRING_LEN (0x1001 = 4097).
-    assert_eq!(reason(&[0, 0x01, 0x10]), "string longer than MAX_STRING_LEN");
+    assert_eq!(
+        reason(&[0, 0x01, 0x10]),
+        "string longer than MAX_STRING_LEN"
+    );
     // Declared string longer than the frame.
-    assert_eq!(reason(&[0, 0x05, 0x00, b'a']), "string runs past the end of the frame");
+    assert_eq!(
+        reason(&[0, 0x05, 0x00, b'a']),
+        "string runs past the end of the frame"
+    );
     // Invalid UTF-8.
-    assert_eq!(reason(&[0, 0x01, 0x00, 0xFF, 0, 0]), "string is not valid UTF-8");
+    assert_eq!(
+        reason(&[0, 0x01, 0x00, 0xFF, 0, 0]),
+        "string is not valid UTF-8"
+    );
     // Label count above MAX_LABELS.
     assert_eq!(reason(&[0, 0, 0, 65, 0]), "element count exceeds its limit");
     // Label count the body cannot hold.
-    assert_eq!(reason(&[0, 0, 0, 3, 0, 0, 0, 0, 0]), "element count larger than the frame can hold");
+    assert_eq!(
+        reason(&[0, 0, 0, 3, 0, 0, 0, 0, 0]),
+        "element count larger than the frame can hold"
+    );
 }
 
 #[test]
 fn encoders_enforce_limits_and_leave_buffer_untouched() {
     let long = "x".repeat(MAX_STRING_LEN + 1);
     let mut out = vec![1, 2, 3];
-    let labels: Vec<(StrRef<'_>, &str)> = (0..=MAX_LABELS).map(|_| (StrRef::Inline("k"), "v")).collect();
-    let too_many = CheckSpec { control_point: StrRef::Inline("cp"), tokens: None, labels: &labels };
-    assert_eq!(encode_check(&mut out, 1, &too_many), Err(EncodeError::TooManyLabels { count: 65 }));
+    let labels: Vec<(StrRef<'_>, &str)> = (0..=MAX_LABELS)
+        .map(|_| (StrRef::Inline("k"), "v"))
+        .collect();
+    let too_many = CheckSpec {
+        control_point: StrRef::Inline("cp"),
+        tokens: None,
+        labels: &labels,
+    };
+    assert_eq!(
+        encode_check(&mut out, 1, &too_many),
+        Err(EncodeError::TooManyLabels { count: 65 })
+    );
     let long_value = [(StrRef::Inline("k"), long.as_str())];
-    let spec = CheckSpec { control_point: StrRef::Inline("cp"), tokens: None, labels: &long_value };
-    assert_eq!(encode_check(&mut out, 1, &spec), Err(EncodeError::StringTooLong { len: 4097 }));
-    let spec = CheckSpec { control_point: StrRef::Interned(4096), tokens: None, labels: &[] };
-    assert_eq!(encode_check(&mut out, 1, &spec), Err(EncodeError::InternedIdOutOfRange { id: 4096 }));
-    let spec = CheckSpec { control_point: StrRef::Inline("cp"), tokens: Some(f64::INFINITY), labels: &[] };
-    assert_eq!(encode_check(&mut out, 1, &spec), Err(EncodeError::InvalidTokens));
-    assert_eq!(encode_intern(&mut out, 1, 4096, "x"), Err(EncodeError::InternedIdOutOfRange { id: 4096 }));
+    let spec = CheckSpec {
+        control_point: StrRef::Inline("cp"),
+        tokens: None,
+        labels: &long_value,
+    };
+    assert_eq!(
+        encode_check(&mut out, 1, &spec),
+        Err(EncodeError::StringTooLong { len: 4097 })
+    );
+    let spec = CheckSpec {
+        control_point: StrRef::Interned(4096),
+        tokens: None,
+        labels: &[],
+    };
+    assert_eq!(
+        encode_check(&mut out, 1, &spec),
+        Err(EncodeError::InternedIdOutOfRange { id: 4096 })
+    );
+    let spec = CheckSpec {
+        control_point: StrRef::Inline("cp"),
+        tokens: Some(f64::INFINITY),
+        labels: &[],
+    };
+    assert_eq!(
+        encode_check(&mut out, 1, &spec),
+        Err(EncodeError::InvalidTokens)
+    );
+    assert_eq!(
+        encode_intern(&mut out, 1, 4096, "x"),
+        Err(EncodeError::InternedIdOutOfRange { id: 4096 })
+    );
     assert_eq!(out, vec![1, 2, 3]);
     // ERROR messages are cut at a character boundary rather than failing.
     let msg = "é".repeat(MAX_STRING_LEN);
@@ -457,7 +517,13 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
     // Batch writer count mismatch removes the frame.
     let mut out = Vec::new();
     let w = BatchReplyWriter::new(&mut out, 1, 2).expect("writer");
-    assert_eq!(w.finish(), Err(EncodeError::BatchCountMismatch { declared: 2, written: 0 }));
+    assert_eq!(
+        w.finish(),
+        Err(EncodeError::BatchCountMismatch {
+            declared: 2,
+            written: 0
+        })
+    );
     assert!(out.is_empty());
 }
 
@@ -465,17 +531,36 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
 fn labels_resolve_through_intern_table() {
     let mut out = Vec::new();
     encode_intern(&mut out, 0, 3, "user").expect("intern");
-    let labels = [(StrRef::Interned(3), "u1"), (StrRef::Inline("tenant"), "t1")];
-    encode_check(&mut out, 1, &CheckSpec { control_point: StrRef::Inline("api"), tokens: None, labels: &labels })
-        .expect("check");
+    let labels = [
+        (StrRef::Interned(3), "u1"),
+        (StrRef::Inline("tenant"), "t1"),
+    ];
+    encode_check(
+        &mut out,
+        1,
+        &CheckSpec {
+            control_point: StrRef::Inline("api"),
+            tokens: None,
+            labels: &labels,
+        },
+    )
+    .expect("check");
     let mut table = InternTable::new();
     let d = decode_one(&out);
-    let Frame::Intern { id, value } = d.frame else { panic!() };
+    let Frame::Intern { id, value } = d.frame else {
+        panic!()
+    };
     table.bind(id, value).expect("bind");
     let d2 = decode_one(&out[d.len..]);
     let Frame::Check(c) = d2.frame else { panic!() };
-    let resolved: Vec<(&str, &str)> = c.labels().filter_map(|(k, v)| Some((table.resolve(k)?, v))).collect();
+    let resolved: Vec<(&str, &str)> = c
+        .labels()
+        .filter_map(|(k, v)| Some((table.resolve(k)?, v)))
+        .collect();
     assert_eq!(resolved, vec![("user", "u1"), ("tenant", "t1")]);
     let keys = vec!["user".to_string()];
-    assert_eq!(routing::routing_value(&keys, resolved.iter().copied()), "u1");
+    assert_eq!(
+        routing::routing_value(&keys, resolved.iter().copied()),
+        "u1"
+    );
 }

@@ -6,14 +6,21 @@ use tollgate_protocol::*;
 const DOC: &str = include_str!("../../docs/protocol.md");
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Asserts `bytes` encode to `want` (space-separated hex), that the doc contains `want`
 /// verbatim, and returns the bytes for further checks.
 fn golden(name: &str, bytes: Vec<u8>, want: &str) -> Vec<u8> {
     assert_eq!(hex(&bytes), want, "{name}: encoding changed");
-    assert!(DOC.contains(want), "{name}: docs/protocol.md lacks the golden hex {want}");
+    assert!(
+        DOC.contains(want),
+        "{name}: docs/protocol.md lacks the golden hex {want}"
+    );
     bytes
 }
 
@@ -22,16 +29,32 @@ fn hello() {
     let mut out = Vec::new();
     encode_hello(&mut out, 1, 1, "rust").expect("encode");
     let b = golden("HELLO", out, GOLDEN_HELLO);
-    let d = decode_frame(&b, DEFAULT_MAX_FRAME_LEN).expect("ok").expect("complete");
-    assert_eq!(d.frame, Frame::Hello(HelloRef { version: 1, client_name: "rust" }));
+    let d = decode_frame(&b, DEFAULT_MAX_FRAME_LEN)
+        .expect("ok")
+        .expect("complete");
+    assert_eq!(
+        d.frame,
+        Frame::Hello(HelloRef {
+            version: 1,
+            client_name: "rust"
+        })
+    );
 }
 
 #[test]
 fn check_inline() {
     let mut out = Vec::new();
     let labels = [(StrRef::Inline("user"), "u1")];
-    encode_check(&mut out, 2, &CheckSpec { control_point: StrRef::Inline("api"), tokens: None, labels: &labels })
-        .expect("encode");
+    encode_check(
+        &mut out,
+        2,
+        &CheckSpec {
+            control_point: StrRef::Inline("api"),
+            tokens: None,
+            labels: &labels,
+        },
+    )
+    .expect("encode");
     golden("CHECK inline", out, GOLDEN_CHECK_INLINE);
 }
 
@@ -43,8 +66,16 @@ fn check_interned() {
     golden("INTERN x2", out, GOLDEN_INTERNS);
     let mut out = Vec::new();
     let labels = [(StrRef::Interned(0), "u1")];
-    encode_check(&mut out, 3, &CheckSpec { control_point: StrRef::Interned(1), tokens: Some(2.0), labels: &labels })
-        .expect("encode");
+    encode_check(
+        &mut out,
+        3,
+        &CheckSpec {
+            control_point: StrRef::Interned(1),
+            tokens: Some(2.0),
+            labels: &labels,
+        },
+    )
+    .expect("encode");
     golden("CHECK interned", out, GOLDEN_CHECK_INTERNED);
 }
 
@@ -69,7 +100,9 @@ fn check_reply() {
     let mut out = Vec::new();
     encode_check_reply(&mut out, 2, &reply).expect("encode");
     let b = golden("CHECK_REPLY", out, GOLDEN_CHECK_REPLY);
-    let d = decode_reply(&b, DEFAULT_MAX_FRAME_LEN).expect("ok").expect("complete");
+    let d = decode_reply(&b, DEFAULT_MAX_FRAME_LEN)
+        .expect("ok")
+        .expect("complete");
     assert_eq!(d.reply, Reply::Check(reply));
 }
 
@@ -91,7 +124,9 @@ fn hello_reply() {
     let mut out = Vec::new();
     encode_hello_reply(&mut out, 1, &hello).expect("encode");
     let b = golden("HELLO_REPLY", out, GOLDEN_HELLO_REPLY);
-    let d = decode_reply(&b, DEFAULT_MAX_FRAME_LEN).expect("ok").expect("complete");
+    let d = decode_reply(&b, DEFAULT_MAX_FRAME_LEN)
+        .expect("ok")
+        .expect("complete");
     assert_eq!(d.reply, Reply::Hello(hello));
 }
 
@@ -103,9 +138,11 @@ fn error() {
 }
 
 const GOLDEN_HELLO: &str = "0e 00 00 00 01 00 01 00 00 00 01 00 04 00 72 75 73 74";
-const GOLDEN_CHECK_INLINE: &str = "18 00 00 00 02 00 02 00 00 00 00 03 00 61 70 69 01 00 04 00 75 73 65 72 02 00 75 31";
+const GOLDEN_CHECK_INLINE: &str =
+    "18 00 00 00 02 00 02 00 00 00 00 03 00 61 70 69 01 00 04 00 75 73 65 72 02 00 75 31";
 const GOLDEN_INTERNS: &str = "0e 00 00 00 04 00 00 00 00 00 00 00 04 00 75 73 65 72 0d 00 00 00 04 00 00 00 00 00 01 00 03 00 61 70 69";
-const GOLDEN_CHECK_INTERNED: &str = "19 00 00 00 02 00 03 00 00 00 01 01 80 00 00 00 00 00 00 00 40 01 00 00 80 02 00 75 31";
+const GOLDEN_CHECK_INTERNED: &str =
+    "19 00 00 00 02 00 03 00 00 00 01 01 80 00 00 00 00 00 00 00 40 01 00 00 80 02 00 75 31";
 const GOLDEN_CHECK_REPLY: &str = "36 00 00 00 82 00 02 00 00 00 01 01 80 b2 e6 0e 00 00 00 00 01 00 00 01 ad 01 00 00 00 00 00 00 f0 3f 00 00 00 00 00 00 00 00 00 00 00 00 00 00 e0 3f 80 b2 e6 0e 00 00 00 00";
 const GOLDEN_HELLO_REPLY: &str = "35 00 00 00 81 00 01 00 00 00 01 00 02 00 6e 31 02 00 01 ff ff 02 00 59 1b 5a 1b 01 00 04 00 75 73 65 72 01 00 08 00 70 65 72 2d 75 73 65 72 00 00 10 00 00 04 00 04 00 00";
 const GOLDEN_ERROR: &str = "0e 00 00 00 ff 00 03 00 00 00 05 00 04 00 69 64 20 37";

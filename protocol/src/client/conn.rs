@@ -223,7 +223,9 @@ impl Conn {
     ) -> Self {
         Self {
             addr,
-            permits: Arc::new(Semaphore::new(max_in_flight.clamp(1, Semaphore::MAX_PERMITS))),
+            permits: Arc::new(Semaphore::new(
+                max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             max_frame_len: AtomicU32::new(max_frame_len),
             connect_timeout,
             slot: tokio::sync::Mutex::new(Slot::default()),
@@ -322,7 +324,12 @@ impl Conn {
     /// Takes a permit, encodes with `build(state, out, request_id)` and sends. `build` may
     /// append `INTERN` frames before the request frame; it returns the offset where the request
     /// frame starts so its size can be checked against the server's limit.
-    pub(crate) async fn start<F>(&self, deadline: Instant, timeout: Duration, build: F) -> Result<InFlight, ClientError>
+    pub(crate) async fn start<F>(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+        build: F,
+    ) -> Result<InFlight, ClientError>
     where
         F: FnOnce(&mut State, &mut Vec<u8>, u32) -> Result<usize, EncodeError>,
     {
@@ -387,7 +394,10 @@ impl Conn {
         F: FnOnce(&mut State, &mut Vec<u8>, u32) -> Result<usize, EncodeError>,
     {
         let deadline = Instant::now() + timeout;
-        self.start(deadline, timeout, build).await?.wait(deadline, timeout).await
+        self.start(deadline, timeout, build)
+            .await?
+            .wait(deadline, timeout)
+            .await
     }
 }
 

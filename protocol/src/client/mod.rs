@@ -342,7 +342,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<CheckReply, ClientError> {
         let reply = conn
-            .call(timeout, |st, out, id| encode_check_interned(st, out, id, req))
+            .call(timeout, |st, out, id| {
+                encode_check_interned(st, out, id, req)
+            })
             .await?;
         match reply {
             Reply::Check(r) => Ok(r),
@@ -489,7 +491,9 @@ impl Client {
             .await?;
         match reply {
             Reply::Pong(p) if p == payload => Ok(()),
-            Reply::Pong(_) => Err(ClientError::Protocol("PONG payload differs from PING".into())),
+            Reply::Pong(_) => Err(ClientError::Protocol(
+                "PONG payload differs from PING".into(),
+            )),
             other => Err(unexpected("PONG", &other)),
         }
     }
@@ -529,7 +533,11 @@ fn validate(req: &CheckRequest) -> Result<(), ClientError> {
         }
     }
     let too_long = std::iter::once(req.control_point.as_str())
-        .chain(req.labels.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+        .chain(
+            req.labels
+                .iter()
+                .flat_map(|(k, v)| [k.as_str(), v.as_str()]),
+        )
         .find(|s| s.len() > crate::MAX_STRING_LEN);
     if let Some(s) = too_long {
         return Err(EncodeError::StringTooLong { len: s.len() }.into());
@@ -540,7 +548,11 @@ fn validate(req: &CheckRequest) -> Result<(), ClientError> {
 /// Labels of one check, kept on the stack for the common case.
 type LabelRefs<'a> = SmallVec<[(StrRef<'a>, &'a str); 8]>;
 
-fn spec_of<'a>(st: &mut State, out: &mut Vec<u8>, req: &'a CheckRequest) -> (StrRef<'a>, LabelRefs<'a>) {
+fn spec_of<'a>(
+    st: &mut State,
+    out: &mut Vec<u8>,
+    req: &'a CheckRequest,
+) -> (StrRef<'a>, LabelRefs<'a>) {
     let control_point = st.intern(out, &req.control_point);
     let labels = req
         .labels

@@ -1,0 +1,102 @@
+//! The codec's hot path: decode one `CHECK`, walk and resolve its labels, compute its routing
+//! value, and encode its `CHECK_REPLY`. Budget: <= 100 ns for the lot, with no heap allocation.
+//!
+//! Run: `cargo bench -p tollgate-protocol --bench codec`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tollgate_protocol::routing::{routing_hash, routing_value, shard_for};
+use tollgate_protocol::*;
+
+fn check_frame(interned: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (cp, user) = if interned {
+        (StrRef::Interned(0), StrRef::Interned(1))
+    } else {
+        (StrRef::Inline("checkout-api"), StrRef::Inline("user"))
+    };
+    let labels = [(user, "user-123456"), (StrRef::Inline("tier"), "gold")];
+    encode_check(
+        &mut out,
+        42,
+        &CheckSpec {
+            control_point: cp,
+            tokens: Some(1.0),
+            labels: &labels,
+        },
+    )
+    .expect("encode");
+    out
+}
+
+fn reply() -> CheckReply {
+    CheckReply {
+        decision: Decision::Accepted,
+        reason: DecisionReason::None,
+        wait_ns: 0,
+        limiters: [LimiterResult {
+            limiter_index: 0,
+            outcome: LimiterOutcome::Accepted,
+            status_code: 429,
+            tokens: 1.0,
+            remaining: 99.0,
+            current: 100.0,
+            wait_ns: 0,
+        }]
+        .into_iter()
+        .collect(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut table = InternTable::new();
+    table.bind(0, "checkout-api").expect("bind");
+    table.bind(1, "user").expect("bind");
+    let keys = vec!["user".to_string()];
+    let reply = reply();
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(1));
+    for (name, interned) in [("check_inline", false), ("check_interned", true)] {
+        let frame = check_frame(interned);
+        let mut out = Vec::with_capacity(4096);
+        g.bench_function(format!("decode+route+encode_reply/{name}"), |b| {
+            b.iter(|| {
+                out.clear();
+                let d = decode_frame(black_box(&frame), DEFAULT_MAX_FRAME_LEN)
+                    .expect("ok")
+                    .expect("complete");
+                let Frame::Check(check) = d.frame else {
+                    unreachable!()
+                };
+                let cp = table.resolve(check.control_point()).expect("cp");
+                let labels = check
+                    .labels()
+                    .filter_map(|(k, v)| Some((table.resolve(k)?, v)));
+                let value = routing_value(&keys, labels);
+                let shard = shard_for(routing_hash(value.as_bytes()), 8);
+                encode_check_reply(&mut out, d.request_id, black_box(&reply)).expect("encode");
+                black_box((cp, shard, out.len()))
+            })
+        });
+        g.bench_function(format!("decode_only/{name}"), |b| {
+            b.iter(|| {
+                decode_frame(black_box(&frame), DEFAULT_MAX_FRAME_LEN)
+                    .expect("ok")
+                    .map(|d| d.len)
+            })
+        });
+    }
+    let mut out = Vec::with_capacity(4096);
+    g.bench_function("encode_check_reply", |b| {
+        b.iter(|| {
+            out.clear();
+            encode_check_reply(&mut out, 7, black_box(&reply)).expect("encode");
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
