@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 use crate::coding::{Reader, Reason};
 use crate::error::DecodeError;
 use crate::frame::{
-    opcode, ErrorCode, CHECK_FLAG_TOKENS, LEN_PREFIX_LEN, MAX_BATCH, MAX_LABELS, MAX_LIMITERS,
+    opcode, ErrorCode, CHECK_FLAG_TOKENS, LEN_PREFIX_LEN, MAX_BATCH, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS,
     MIN_FRAME_LEN, SHARED_PORT_SHARD_INDEX,
 };
 use crate::types::{
@@ -49,7 +49,8 @@ pub enum Frame<'a> {
     Check(CheckRef<'a>),
     /// `CHECK_BATCH`.
     CheckBatch(CheckBatchRef<'a>),
-    /// `INTERN`: bind `id` to `value` on this connection.
+    /// `INTERN`: bind `id` to `value` on this connection. `id < MAX_INTERNED` is checked by the
+    /// decoder; the byte budget is checked by [`crate::InternTable::bind`].
     Intern {
         /// The id, `< MAX_INTERNED`.
         id: u16,
@@ -358,6 +359,9 @@ fn hello_body<'a>(r: &mut Reader<'a>) -> Result<HelloRef<'a>, Reason> {
 
 fn intern_body<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, Reason> {
     let id = r.u16("truncated INTERN id")?;
+    if usize::from(id) >= MAX_INTERNED {
+        return Err("interned id out of range");
+    }
     let value = r.str()?;
     Ok(Frame::Intern { id, value })
 }

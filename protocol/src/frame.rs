@@ -131,7 +131,7 @@ pub enum ErrorCode {
     /// Connection stays open.
     UnknownInternedId,
     /// 6: the frame parsed but the request is invalid (e.g. a tokens label that is not a
-    /// number, an INTERN id out of range or over the byte budget). Connection stays open.
+    /// number, an INTERN over the byte budget). Connection stays open.
     BadRequest,
     /// 7: too many requests in flight on this connection; retry later. Connection stays open.
     Overloaded,

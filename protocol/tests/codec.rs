@@ -564,3 +564,17 @@ fn labels_resolve_through_intern_table() {
         "u1"
     );
 }
+
+/// Regressions found by `cargo fuzz` (fuzz/artifacts), replayed on stable.
+#[test]
+fn fuzz_regressions() {
+    // INTERN with id 0xFF00: decoded, then failed to re-encode. Now rejected as malformed.
+    let crash: &[u8] = &[
+        10, 0, 0, 0, 4, 0, 43, 0, 255, 3, 0, 255, 0, 0, 0, 0, 15, 160, 160, 160, 160, 160, 59, 160,
+        63, 39, 0, 0, 42,
+    ];
+    decode_any(crash);
+    let err = decode_frame(crash, DEFAULT_MAX_FRAME_LEN).expect_err("id out of range");
+    assert_eq!(err.code(), ErrorCode::MalformedFrame);
+    assert_eq!(err.reason(), "interned id out of range");
+}
