@@ -53,6 +53,8 @@ pub struct ClusterSettings {
     pub node_id: String,
     /// Gossip bind address.
     pub gossip: SocketAddr,
+    /// Address advertised to peers (None: derived from the bound address).
+    pub advertise: Option<SocketAddr>,
     /// Seeds as configured (resolved periodically).
     pub seeds: Vec<String>,
     /// Default sync interval.
@@ -100,9 +102,17 @@ impl ClusterSettings {
             .or_else(|| server_node_id.map(str::to_string))
             .unwrap_or_else(|| format!("{}:{}", host_name(), gossip.port()));
         let fd = &c.failure_detection;
+        let advertise = match &c.advertise {
+            Some(a) => Some(
+                a.parse()
+                    .with_context(|| format!("cluster.advertise {a:?} is not an address"))?,
+            ),
+            None => None,
+        };
         Ok(ClusterSettings {
             node_id,
             gossip,
+            advertise,
             seeds: c.seeds.clone(),
             sync_interval: c.sync_interval.0,
             secret,
@@ -136,6 +146,43 @@ impl ClusterSettings {
             rto_ns: ReplicationConfig::rto_for(default),
         }
     }
+}
+
+/// The local IP the kernel would use to reach the first resolvable, non-loopback seed
+/// (a connected UDP socket sends nothing): the pod IP in a container.
+fn routed_ip(seeds: &[String], bound: SocketAddr) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let any: SocketAddr = if bound.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    // Last resort, when no seed resolves yet (a pod starting before its DNS record): the
+    // interface of the default route, found by "connecting" to a documentation address.
+    let fallback: SocketAddr = if bound.is_ipv4() {
+        SocketAddr::from(([192, 0, 2, 1], 9))
+    } else {
+        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9))
+    };
+    let candidates = seeds
+        .iter()
+        .filter_map(|s| s.to_socket_addrs().ok())
+        .flatten()
+        .filter(|a| !a.ip().is_loopback() && a.is_ipv4() == bound.is_ipv4())
+        .chain([fallback]);
+    for addr in candidates {
+        let Ok(probe) = UdpSocket::bind(any) else {
+            return None;
+        };
+        if probe.connect(addr).is_ok() {
+            if let Ok(local) = probe.local_addr() {
+                if !local.ip().is_unspecified() {
+                    return Some(local.ip());
+                }
+            }
+        }
+    }
+    None
 }
 
 fn host_name() -> String {
@@ -220,7 +267,19 @@ impl Cluster {
             .bind(&settings.gossip.into())
             .with_context(|| format!("binding gossip UDP {}", settings.gossip))?;
         let socket: UdpSocket = socket.into();
-        let local = socket.local_addr().context("gossip local address")?;
+        let bound = socket.local_addr().context("gossip local address")?;
+        let local = match settings.advertise {
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => {
+                let ip = routed_ip(&settings.seeds, bound).ok_or_else(|| {
+                    anyhow!(
+                        "cluster.gossip binds {bound}: set cluster.advertise to the address peers should use"
+                    )
+                })?;
+                SocketAddr::new(ip, bound.port())
+            }
+            None => bound,
+        };
         Ok(Cluster {
             settings,
             socket,

@@ -398,7 +398,19 @@ impl Replicator {
     }
 
     /// Handles an authenticated BATCH from `from` (the caller checked it is a member).
+    ///
+    /// Only batches of the peer process membership currently knows at that address are
+    /// applied: membership, not the nonce's size, says which boot is current, so a replay
+    /// from a previous process (or a clock that went backwards across a restart) cannot
+    /// confuse the duplicate filter.
     pub fn handle_batch(&mut self, from: SocketAddr, batch: Batch, out: &mut Vec<Output>) {
+        if self.peers.get(&from).map(|p| p.boot) != Some(batch.boot) {
+            self.stats.stale += 1;
+            return;
+        }
+        if self.seen.get(&from).is_some_and(|s| s.boot != batch.boot) {
+            self.seen.remove(&from);
+        }
         let seen = self.seen.entry(from).or_insert(Seen {
             boot: batch.boot,
             floor: 0,
@@ -687,6 +699,7 @@ mod tests {
         let mut a = replicator(1);
         let mut b = replicator(2);
         a.peer_up(addr(2), 2);
+        b.peer_up(addr(1), 1);
         a.record_local(0, "k".into(), 1.0);
         let mut out = Vec::new();
         a.tick(10, &mut out);
@@ -711,6 +724,7 @@ mod tests {
         let mut a = replicator(1);
         let mut b = replicator(2);
         a.peer_up(addr(2), 2);
+        b.peer_up(addr(1), 1);
         let levels: Vec<Entry> = (0..200)
             .map(|i| Entry { limiter: 0, key: format!("user-{i:06}"), value: 1.0 })
             .collect();

@@ -76,6 +76,7 @@ fn settings(sync: Duration) -> ClusterSettings {
     ClusterSettings {
         node_id: String::new(),
         gossip: SocketAddr::from(([10, 0, 0, 1], 7946)),
+        advertise: None,
         seeds: Vec::new(),
         sync_interval: sync,
         secret: SECRET.to_vec(),
