@@ -29,7 +29,14 @@ fn free_udp_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn node_config(i: usize, ports: &[u16], sync: &str, capacity: f64, fill: f64, interval: &str) -> String {
+fn node_config(
+    i: usize,
+    ports: &[u16],
+    sync: &str,
+    capacity: f64,
+    fill: f64,
+    interval: &str,
+) -> String {
     let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     format!(
         r#"
@@ -103,7 +110,11 @@ fn forged_debit(secret: &str, user: &str, tokens: f64) -> Vec<u8> {
         op: op::DEBIT,
         transfer: 0,
         parts: 0,
-        entries: vec![Entry { limiter: 0, key: user.into(), value: tokens }],
+        entries: vec![Entry {
+            limiter: 0,
+            key: user.into(),
+            value: tokens,
+        }],
     };
     Auth::new(secret.as_bytes())
         .seal(Kind::Batch, &wire::encode(&batch).expect("encode"))
@@ -114,24 +125,33 @@ fn forged_debit(secret: &str, user: &str, tokens: f64) -> Vec<u8> {
 fn three_nodes_replicate_detect_failure_and_restart() {
     const SYNC: Duration = Duration::from_millis(200);
     let ports = free_udp_ports(3);
-    let configs: Vec<String> =
-        (0..3).map(|i| node_config(i, &ports, "200ms", 10.0, 1.0, "3600s")).collect();
+    let configs: Vec<String> = (0..3)
+        .map(|i| node_config(i, &ports, "200ms", 10.0, 1.0, "3600s"))
+        .collect();
     let n1 = start_server(&configs[0]);
     let n2 = start_server(&configs[1]);
     let mut n3 = start_server(&configs[2]);
     let (c1, c2, c3) = (client(&n1), client(&n2), client(&n3));
     assert!(
         eventually(Duration::from_secs(10), || {
-            ["node-2", "node-3"].iter().all(|n| state_of(&c1, n) == Some(MemberState::Alive))
+            ["node-2", "node-3"]
+                .iter()
+                .all(|n| state_of(&c1, n) == Some(MemberState::Alive))
         }),
         "node 1 should see nodes 2 and 3 alive"
     );
 
     // Spend the whole bucket through node 1.
     for i in 0..10 {
-        assert!(check(&c1, "spent", 1.0), "take {i} of 10 should be accepted");
+        assert!(
+            check(&c1, "spent", 1.0),
+            "take {i} of 10 should be accepted"
+        );
     }
-    assert!(!check(&c1, "spent", 1.0), "the 11th take on node 1 is rejected");
+    assert!(
+        !check(&c1, "spent", 1.0),
+        "the 11th take on node 1 is rejected"
+    );
     let spent_at = Instant::now();
     // Within three sync intervals nodes 2 and 3 reject it too. Polls take 0.001 tokens so
     // they barely consume, and a node that never heard of node 1's takes keeps accepting.
@@ -148,14 +168,23 @@ fn three_nodes_replicate_detect_failure_and_restart() {
     let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let gossip1 = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     for _ in 0..5 {
-        stranger.send_to(&forged_debit("wrong-secret", "fresh", 1000.0), gossip1).expect("send");
-        stranger.send_to(&forged_debit(SECRET, "fresh", 1000.0), gossip1).expect("send");
+        stranger
+            .send_to(&forged_debit("wrong-secret", "fresh", 1000.0), gossip1)
+            .expect("send");
+        stranger
+            .send_to(&forged_debit(SECRET, "fresh", 1000.0), gossip1)
+            .expect("send");
         stranger.send_to(b"TG garbage", gossip1).expect("send");
     }
     std::thread::sleep(3 * SYNC);
-    assert!(check(&c1, "fresh", 10.0), "forged debits must not touch node 1's bucket");
     assert!(
-        ["node-1", "node-2", "node-3"].iter().all(|n| state_of(&c1, n) == Some(MemberState::Alive)),
+        check(&c1, "fresh", 10.0),
+        "forged debits must not touch node 1's bucket"
+    );
+    assert!(
+        ["node-1", "node-2", "node-3"]
+            .iter()
+            .all(|n| state_of(&c1, n) == Some(MemberState::Alive)),
         "forged datagrams must not disturb membership"
     );
 
@@ -166,23 +195,37 @@ fn three_nodes_replicate_detect_failure_and_restart() {
     assert!(check(&c1, "after-crash-1", 1.0));
     assert!(check(&c2, "after-crash-2", 1.0));
     assert!(
-        eventually(Duration::from_secs(10), || state_of(&c1, "node-3") == Some(MemberState::Down)),
+        eventually(Duration::from_secs(10), || state_of(&c1, "node-3")
+            == Some(MemberState::Down)),
         "node 1 should list node 3 as down, got {:?}",
         state_of(&c1, "node-3")
     );
-    assert!(eventually(Duration::from_secs(10), || state_of(&c2, "node-3") == Some(MemberState::Down)));
+    assert!(eventually(Duration::from_secs(10), || state_of(
+        &c2, "node-3"
+    ) == Some(
+        MemberState::Down
+    )));
     drop(n3);
 
     // Restart node 3 on the same gossip port: it rejoins and gets the spent bucket's level.
     let n3 = start_server(&configs[2]);
     let c3 = client(&n3);
-    assert!(!check(&c3, "spent", 0.001), "a restarted node must not reset the spent key");
     assert!(
-        eventually(Duration::from_secs(10), || state_of(&c1, "node-3") == Some(MemberState::Alive)),
+        !check(&c3, "spent", 0.001),
+        "a restarted node must not reset the spent key"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || state_of(&c1, "node-3")
+            == Some(MemberState::Alive)),
         "node 1 should see the restarted node 3 alive"
     );
     assert!(eventually(Duration::from_secs(10), || {
-        c3.members().expect("members").iter().filter(|m| m.state == MemberState::Alive).count() == 3
+        c3.members()
+            .expect("members")
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .count()
+            == 3
     }));
 }
 
@@ -194,10 +237,13 @@ fn three_nodes_replicate_detect_failure_and_restart() {
 #[ignore = "measurement: about a minute of load"]
 fn measure_admitted_over_allowed() {
     let duration = Duration::from_secs(
-        std::env::var("TOLLGATE_MEASURE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10),
+        std::env::var("TOLLGATE_MEASURE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
     );
-    let intervals = std::env::var("TOLLGATE_MEASURE_SYNC")
-        .unwrap_or_else(|_| "10ms,50ms,200ms,1s".into());
+    let intervals =
+        std::env::var("TOLLGATE_MEASURE_SYNC").unwrap_or_else(|_| "10ms,50ms,200ms,1s".into());
     // One global limit: 100 tokens of burst, 1,000 tokens/s.
     let (capacity, fill, interval_s) = (100.0, 1000.0, 1.0);
     let threads_per_node = 2;
@@ -208,7 +254,13 @@ fn measure_admitted_over_allowed() {
             .collect();
         let probe = client(&nodes[0]);
         assert!(eventually(Duration::from_secs(10), || {
-            probe.members().expect("members").iter().filter(|m| m.state == MemberState::Alive).count() == 3
+            probe
+                .members()
+                .expect("members")
+                .iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .count()
+                == 3
         }));
         let start = Instant::now();
         let deadline = start + duration;

@@ -158,7 +158,12 @@ impl Gossip {
                 continue;
             }
             let mut fx = Effects::default();
-            if self.membership.foca.announce(NodeId::seed(seed), &mut fx).is_err() {
+            if self
+                .membership
+                .foca
+                .announce(NodeId::seed(seed), &mut fx)
+                .is_err()
+            {
                 self.stats.membership_rejected += 1;
             }
             self.apply(fx, now_ns, out);
@@ -355,7 +360,9 @@ impl Gossip {
                 OwnedNotification::MemberUp(id) => {
                     tracing::info!(node = %id.name, addr = %id.addr, "cluster member up");
                     self.left.remove(&id.addr);
-                    if self.replication.peer_up(id.addr, id.boot) && !snapshot_for.contains(&id.addr) {
+                    if self.replication.peer_up(id.addr, id.boot)
+                        && !snapshot_for.contains(&id.addr)
+                    {
                         snapshot_for.push(id.addr);
                     }
                 }
@@ -375,13 +382,18 @@ impl Gossip {
                     let active = self.membership.active_peers().any(|id| *id == new);
                     if active {
                         self.left.remove(&new.addr);
-                        if self.replication.peer_up(new.addr, new.boot) && !snapshot_for.contains(&new.addr) {
+                        if self.replication.peer_up(new.addr, new.boot)
+                            && !snapshot_for.contains(&new.addr)
+                        {
                             snapshot_for.push(new.addr);
                         }
                     }
                 }
                 OwnedNotification::Rejoin(id) => {
-                    tracing::warn!(instance = id.instance, "declared down by the cluster; rejoined");
+                    tracing::warn!(
+                        instance = id.instance,
+                        "declared down by the cluster; rejoined"
+                    );
                 }
                 OwnedNotification::Idle => {
                     tracing::warn!("no live cluster members");

@@ -78,18 +78,20 @@ impl GossipThread {
         let (synced_tx, synced) = mpsc::channel();
         let thread = {
             let stop = stop.clone();
-            std::thread::Builder::new().name("gossip".into()).spawn(move || {
-                let mut shell = Shell {
-                    socket,
-                    gossip,
-                    handle,
-                    shared,
-                    resolved,
-                    synced: synced_tx,
-                    next_shard: 0,
-                };
-                shell.run(&stop);
-            })?
+            std::thread::Builder::new()
+                .name("gossip".into())
+                .spawn(move || {
+                    let mut shell = Shell {
+                        socket,
+                        gossip,
+                        handle,
+                        shared,
+                        resolved,
+                        synced: synced_tx,
+                        next_shard: 0,
+                    };
+                    shell.run(&stop);
+                })?
         };
         Ok(GossipThread {
             stop,
@@ -213,7 +215,8 @@ impl Shell {
                 let joined = !self.gossip.peers().is_empty();
                 let seeds = self.resolved.lock().map(|r| r.clone()).unwrap_or_default();
                 self.gossip.join(&seeds, now, &mut out);
-                next_join = now + if joined { SEED_REANNOUNCE } else { JOIN_RETRY }.as_nanos() as u64;
+                next_join =
+                    now + if joined { SEED_REANNOUNCE } else { JOIN_RETRY }.as_nanos() as u64;
             }
             if now >= next_drain {
                 self.drain_local();
@@ -246,7 +249,8 @@ impl Shell {
         // Shutdown: send what was consumed since the last sync, then leave.
         self.drain_local();
         let now = clock::now_ns();
-        self.gossip.tick(now.saturating_add(3_600_000_000_000), &mut out);
+        self.gossip
+            .tick(now.saturating_add(3_600_000_000_000), &mut out);
         self.gossip.leave(now, &mut out);
         self.carry_out(&mut out);
         self.publish();
@@ -359,8 +363,7 @@ impl Shell {
                     Effect::SnapshotFor(to) => {
                         let levels = self.snapshot();
                         tracing::info!(%to, buckets = levels.len(), "sending bucket state to a joining peer");
-                        self.gossip
-                            .send_transfer(to, levels, clock::now_ns(), out);
+                        self.gossip.send_transfer(to, levels, clock::now_ns(), out);
                     }
                     Effect::Synced => {
                         let _ = self.synced.send(());

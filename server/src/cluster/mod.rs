@@ -367,3 +367,57 @@ impl RunningCluster {
         self.thread.leave();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_yaml(
+        cluster: &str,
+    ) -> Result<tollgate_policy::Config, tollgate_policy::ConfigError> {
+        tollgate_policy::parse_str(&format!("cluster:\n{cluster}"), "test.yaml")
+    }
+
+    #[test]
+    fn a_secret_is_required_off_loopback() {
+        let err = cluster_yaml("  gossip: 0.0.0.0:7946\n").expect_err("needs a secret");
+        assert!(err.to_string().contains("cluster.secret"), "{err}");
+        assert!(cluster_yaml("  gossip: 0.0.0.0:7946\n  secret: s\n").is_ok());
+        assert!(cluster_yaml("  gossip: 127.0.0.1:7946\n").is_ok());
+    }
+
+    #[test]
+    fn bad_cluster_fields_are_reported_by_path() {
+        for (yaml, path) in [
+            ("  gossip: not-an-address\n", "cluster.gossip"),
+            ("  advertise: 0.0.0.0:7946\n", "cluster.advertise"),
+            ("  seeds: [nohostport]\n", "cluster.seeds"),
+            (
+                "  failure_detection: { probe_period: 100ms, probe_rtt: 200ms }\n",
+                "cluster.failure_detection.probe_rtt",
+            ),
+            ("  secret: a\n  secret_file: /x\n", "cluster.secret"),
+        ] {
+            let err = cluster_yaml(yaml).expect_err(yaml);
+            assert!(err.to_string().contains(path), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn settings_default_the_name_and_use_lazy_sync_cadence() {
+        let config = tollgate_policy::parse_str(
+            "policies:\n  - policy_name: a\n    rate_limiter:\n      bucket_capacity: 1\n      fill_amount: 1\n      parameters: { interval: 1s, lazy_sync: { enabled: true, num_sync: 4 } }\n      selectors: [{ control_point: x }]\n  - policy_name: b\n    rate_limiter:\n      bucket_capacity: 1\n      fill_amount: 1\n      parameters: { interval: 1s }\n      selectors: [{ control_point: x }]\ncluster:\n  gossip: 127.0.0.1:7999\n  sync_interval: 20ms\n",
+            "t.yaml",
+        )
+        .expect("valid");
+        let c = config.cluster.as_ref().expect("cluster");
+        let settings = ClusterSettings::from_config(c, None).expect("settings");
+        assert!(settings.node_id.ends_with(":7999"), "{}", settings.node_id);
+        assert_eq!(settings.secret, wire::INSECURE_LOOPBACK_SECRET);
+        let engine = Engine::new(&config.policies);
+        let r = settings.replication_config(&engine);
+        assert_eq!(r.limiter_intervals_ns, vec![250_000_000, 20_000_000]);
+        assert_eq!(r.tick_ns(), 20_000_000);
+        assert_eq!(r.rto_ns, 60_000_000);
+    }
+}

@@ -70,7 +70,9 @@ impl ReplicationConfig {
     /// may take one interval plus a round trip; three intervals (at least 30 ms, at most 2 s)
     /// avoids spurious resends.
     pub fn rto_for(interval_ns: u64) -> u64 {
-        interval_ns.saturating_mul(3).clamp(30_000_000, 2_000_000_000)
+        interval_ns
+            .saturating_mul(3)
+            .clamp(30_000_000, 2_000_000_000)
     }
 
     /// The shortest cadence: how often local consumption must be drained.
@@ -647,11 +649,20 @@ mod tests {
         r.tick(10, &mut out);
         let sent = batches(&out);
         assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].1.entries, vec![Entry { limiter: 0, key: "a".into(), value: 2.0 }]);
+        assert_eq!(
+            sent[0].1.entries,
+            vec![Entry {
+                limiter: 0,
+                key: "a".into(),
+                value: 2.0
+            }]
+        );
         out.clear();
         r.tick(100, &mut out);
         let sent = batches(&out);
-        assert!(sent.iter().any(|(_, b)| b.entries.iter().any(|e| e.key == "b")));
+        assert!(sent
+            .iter()
+            .any(|(_, b)| b.entries.iter().any(|e| e.key == "b")));
     }
 
     #[test]
@@ -667,7 +678,10 @@ mod tests {
         let mut got = Vec::new();
         b.handle_batch(addr(1), batch.clone(), &mut got);
         b.handle_batch(addr(1), batch.clone(), &mut got);
-        let debits: Vec<_> = got.iter().filter(|o| matches!(o, Output::Debit(_))).collect();
+        let debits: Vec<_> = got
+            .iter()
+            .filter(|o| matches!(o, Output::Debit(_)))
+            .collect();
         assert_eq!(debits.len(), 1);
         assert_eq!(b.stats.duplicates, 1);
         // An older boot of the same address is stale.
@@ -726,7 +740,11 @@ mod tests {
         a.peer_up(addr(2), 2);
         b.peer_up(addr(1), 1);
         let levels: Vec<Entry> = (0..200)
-            .map(|i| Entry { limiter: 0, key: format!("user-{i:06}"), value: 1.0 })
+            .map(|i| Entry {
+                limiter: 0,
+                key: format!("user-{i:06}"),
+                value: 1.0,
+            })
             .collect();
         let mut out = Vec::new();
         a.send_transfer(addr(2), levels, 0, &mut out);
@@ -741,7 +759,9 @@ mod tests {
         let n = sent.len();
         for (i, (_, batch)) in sent.into_iter().enumerate() {
             b.handle_batch(addr(1), batch, &mut got);
-            let complete = got.iter().any(|o| matches!(o, Output::TransferComplete { .. }));
+            let complete = got
+                .iter()
+                .any(|o| matches!(o, Output::TransferComplete { .. }));
             assert_eq!(complete, i + 1 == n);
         }
         let lowered: usize = got
@@ -756,7 +776,11 @@ mod tests {
 
     #[test]
     fn seen_window_is_bounded() {
-        let mut s = Seen { boot: 1, floor: 0, above: BTreeSet::new() };
+        let mut s = Seen {
+            boot: 1,
+            floor: 0,
+            above: BTreeSet::new(),
+        };
         for seq in (2..MAX_SEEN_ABOVE_FLOOR as u64 + 10).step_by(1) {
             assert!(matches!(s.check(1, seq), Verdict::New));
         }

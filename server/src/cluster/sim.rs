@@ -51,6 +51,9 @@ struct Node {
     next_join: u64,
 }
 
+/// A datagram on the simulated wire: (deliver at, seq, from, to index, bytes).
+type InFlight = (u64, u64, SocketAddr, usize, Vec<u8>);
+
 struct Sim {
     now: u64,
     engine: Arc<Engine>,
@@ -59,7 +62,7 @@ struct Sim {
     net: NetConfig,
     rng: StdRng,
     /// (deliver at, seq, from, to index, bytes).
-    queue: BinaryHeap<Reverse<(u64, u64, SocketAddr, usize, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     seed: u64,
 }
@@ -90,7 +93,13 @@ fn settings(sync: Duration) -> ClusterSettings {
 }
 
 impl Sim {
-    fn new(n: usize, seed: u64, net: NetConfig, engine: Arc<Engine>, settings: ClusterSettings) -> Sim {
+    fn new(
+        n: usize,
+        seed: u64,
+        net: NetConfig,
+        engine: Arc<Engine>,
+        settings: ClusterSettings,
+    ) -> Sim {
         let mut sim = Sim {
             now: 0,
             engine,
@@ -123,10 +132,13 @@ impl Sim {
             identity,
             timings: self.settings.timings,
             replication: self.settings.replication_config(&self.engine),
-            rng_seed: self.seed ^ u64::from(addr.port()) ^ (restarts << 32) ^ u64::from(u32::from(match addr.ip() {
-                std::net::IpAddr::V4(ip) => ip,
-                std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-            })),
+            rng_seed: self.seed
+                ^ u64::from(addr.port())
+                ^ (restarts << 32)
+                ^ u64::from(u32::from(match addr.ip() {
+                    std::net::IpAddr::V4(ip) => ip,
+                    std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+                })),
         };
         let mut store = BucketStore::new();
         store.track_consumption(true);
@@ -152,16 +164,32 @@ impl Sim {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, datagram: Vec<u8>) {
-        assert!(datagram.len() <= wire::MAX_DATAGRAM, "datagram of {} bytes", datagram.len());
+        assert!(
+            datagram.len() <= wire::MAX_DATAGRAM,
+            "datagram of {} bytes",
+            datagram.len()
+        );
         let Some(to) = self.index_of(to) else { return };
         if self.rng.gen_bool(self.net.loss) {
             return;
         }
-        let copies = if self.rng.gen_bool(self.net.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.gen_bool(self.net.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
-            let delay = self.rng.gen_range(self.net.min_delay_ns..=self.net.max_delay_ns);
+            let delay = self
+                .rng
+                .gen_range(self.net.min_delay_ns..=self.net.max_delay_ns);
             self.seq += 1;
-            self.queue.push(Reverse((self.now + delay, self.seq, from, to, datagram.clone())));
+            self.queue.push(Reverse((
+                self.now + delay,
+                self.seq,
+                from,
+                to,
+                datagram.clone(),
+            )));
         }
     }
 
@@ -177,21 +205,39 @@ impl Sim {
                     }
                     Effect::Debit(entries) => {
                         for e in entries {
-                            self.nodes[i].store.debit(&engine, LimiterId(e.limiter), &e.key, e.value, now);
+                            self.nodes[i].store.debit(
+                                &engine,
+                                LimiterId(e.limiter),
+                                &e.key,
+                                e.value,
+                                now,
+                            );
                         }
                     }
                     Effect::LowerTo(entries) => {
                         for e in entries {
-                            self.nodes[i].store.lower_to(&engine, LimiterId(e.limiter), &e.key, e.value, now);
+                            self.nodes[i].store.lower_to(
+                                &engine,
+                                LimiterId(e.limiter),
+                                &e.key,
+                                e.value,
+                                now,
+                            );
                         }
                     }
                     Effect::SnapshotFor(to) => {
                         let mut levels = Vec::new();
                         self.nodes[i].store.snapshot(&engine, now, |l, k, v| {
-                            levels.push(Entry { limiter: l.0, key: k.to_string(), value: v })
+                            levels.push(Entry {
+                                limiter: l.0,
+                                key: k.to_string(),
+                                value: v,
+                            })
                         });
                         levels.sort_by(|a, b| a.key.cmp(&b.key));
-                        self.nodes[i].gossip.send_transfer(to, levels, now, &mut effects);
+                        self.nodes[i]
+                            .gossip
+                            .send_transfer(to, levels, now, &mut effects);
                     }
                     Effect::Synced => {}
                 }
@@ -221,12 +267,16 @@ impl Sim {
             self.now = self.now.max(next);
             let now = self.now;
             while self.queue.peek().is_some_and(|Reverse(e)| e.0 <= now) {
-                let Some(Reverse((_, _, from, to, bytes))) = self.queue.pop() else { break };
+                let Some(Reverse((_, _, from, to, bytes))) = self.queue.pop() else {
+                    break;
+                };
                 if !self.nodes[to].up {
                     continue;
                 }
                 let mut fx = Vec::new();
-                self.nodes[to].gossip.handle_datagram(from, &bytes, now, &mut fx);
+                self.nodes[to]
+                    .gossip
+                    .handle_datagram(from, &bytes, now, &mut fx);
                 self.apply(to, fx);
             }
             let seeds = self.addrs();
@@ -237,7 +287,11 @@ impl Sim {
                 let mut fx = Vec::new();
                 if self.nodes[i].next_join <= now {
                     let node = &mut self.nodes[i];
-                    let retry = if node.gossip.peers().is_empty() { JOIN_RETRY } else { Duration::from_secs(15) };
+                    let retry = if node.gossip.peers().is_empty() {
+                        JOIN_RETRY
+                    } else {
+                        Duration::from_secs(15)
+                    };
                     node.gossip.join(&seeds, now, &mut fx);
                     node.next_join = now + retry.as_nanos() as u64;
                 }
@@ -246,7 +300,8 @@ impl Sim {
                     let mut drained = Vec::new();
                     node.store.drain_unsynced(|c| drained.push(c));
                     for c in drained {
-                        node.gossip.record_local(c.limiter.0, c.key, f64::from(c.tokens));
+                        node.gossip
+                            .record_local(c.limiter.0, c.key, f64::from(c.tokens));
                     }
                     let tick = node.gossip.replication_config().tick_ns();
                     node.next_drain = (node.next_drain + tick).max(now + 1);
@@ -262,11 +317,16 @@ impl Sim {
     fn take(&mut self, i: usize, key: &str, tokens: f64) -> bool {
         let engine = self.engine.clone();
         let now = self.now;
-        self.nodes[i].store.take(&engine, LimiterId(0), key, tokens, now).accepted
+        self.nodes[i]
+            .store
+            .take(&engine, LimiterId(0), key, tokens, now)
+            .accepted
     }
 
     fn level(&self, i: usize, key: &str) -> f64 {
-        self.nodes[i].store.level(&self.engine, LimiterId(0), key, self.now)
+        self.nodes[i]
+            .store
+            .level(&self.engine, LimiterId(0), key, self.now)
     }
 
     fn state_of(&self, observer: usize, name: &str) -> Option<MemberState> {
@@ -281,7 +341,10 @@ impl Sim {
     fn all_alive(&self) -> bool {
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
         (0..self.nodes.len()).all(|o| {
-            !self.nodes[o].up || names.iter().all(|n| self.state_of(o, n) == Some(MemberState::Alive))
+            !self.nodes[o].up
+                || names
+                    .iter()
+                    .all(|n| self.state_of(o, n) == Some(MemberState::Alive))
         })
     }
 
@@ -312,10 +375,21 @@ fn formed(sim: &mut Sim) {
 fn replicas_converge_despite_loss_reordering_and_duplication() {
     for seed in 1..=5 {
         // 20% loss, 10% duplicates, 1-40 ms delay (so heavy reordering at 50 ms syncs).
-        let net = NetConfig { loss: 0.2, duplicate: 0.1, min_delay_ns: MS, max_delay_ns: 40 * MS };
+        let net = NetConfig {
+            loss: 0.2,
+            duplicate: 0.1,
+            min_delay_ns: MS,
+            max_delay_ns: 40 * MS,
+        };
         // Fill is negligible (1 token per hour), so every replica must end at exactly
         // capacity minus everything admitted anywhere.
-        let mut sim = Sim::new(3, seed, net, engine(1_000.0, 1.0, "3600s"), settings(Duration::from_millis(50)));
+        let mut sim = Sim::new(
+            3,
+            seed,
+            net,
+            engine(1_000.0, 1.0, "3600s"),
+            settings(Duration::from_millis(50)),
+        );
         formed(&mut sim);
         let keys: Vec<String> = (0..50).map(|k| format!("user-{k}")).collect();
         let mut admitted = vec![0.0f64; keys.len()];
@@ -345,10 +419,20 @@ fn replicas_converge_despite_loss_reordering_and_duplication() {
             }
         }
         let stats = sim.nodes[0].gossip.stats();
-        assert!(stats.replication.retransmits > 0, "20% loss must cause retransmissions");
-        assert!(stats.replication.duplicates > 0, "duplicates must be detected");
+        assert!(
+            stats.replication.retransmits > 0,
+            "20% loss must cause retransmissions"
+        );
+        assert!(
+            stats.replication.duplicates > 0,
+            "duplicates must be detected"
+        );
         for n in 0..3 {
-            assert_eq!(sim.nodes[n].gossip.stats().replication.gave_up, 0, "seed {seed} node {n}");
+            assert_eq!(
+                sim.nodes[n].gossip.stats().replication.gave_up,
+                0,
+                "seed {seed} node {n}"
+            );
         }
     }
 }
@@ -360,11 +444,20 @@ fn replicas_converge_despite_loss_reordering_and_duplication() {
 fn over_admission_stays_within_the_documented_bound() {
     for sync_ms in [10u64, 50, 200, 1_000] {
         let (ratio, admitted, bound) = sustained_load(sync_ms * MS);
-        assert!(admitted <= bound, "sync {sync_ms}ms: admitted {admitted} > bound {bound}");
+        assert!(
+            admitted <= bound,
+            "sync {sync_ms}ms: admitted {admitted} > bound {bound}"
+        );
         if sync_ms <= 50 {
-            assert!(ratio <= 1.05, "sync {sync_ms}ms: admitted/allowed = {ratio:.4}");
+            assert!(
+                ratio <= 1.05,
+                "sync {sync_ms}ms: admitted/allowed = {ratio:.4}"
+            );
         }
-        assert!(ratio >= 0.95, "the cluster should still admit about the rate: {ratio:.4}");
+        assert!(
+            ratio >= 0.95,
+            "the cluster should still admit about the rate: {ratio:.4}"
+        );
     }
 }
 
@@ -373,7 +466,13 @@ fn over_admission_stays_within_the_documented_bound() {
 fn sustained_load(sync: u64) -> (f64, f64, f64) {
     let (nodes, capacity, rate, delay) = (3usize, 100.0, 1_000.0, MS);
     let duration = 10_000 * MS;
-    let mut sim = Sim::new(nodes, 7, CLEAN, engine(capacity, rate, "1s"), settings(Duration::from_nanos(sync)));
+    let mut sim = Sim::new(
+        nodes,
+        7,
+        CLEAN,
+        engine(capacity, rate, "1s"),
+        settings(Duration::from_nanos(sync)),
+    );
     formed(&mut sim);
     let start = sim.now;
     let mut admitted = 0.0;
@@ -400,7 +499,13 @@ fn sustained_load(sync: u64) -> (f64, f64, f64) {
 
 #[test]
 fn crashed_node_is_declared_down_within_the_documented_time() {
-    let mut sim = Sim::new(3, 11, CLEAN, engine(10.0, 1.0, "1s"), settings(Duration::from_millis(50)));
+    let mut sim = Sim::new(
+        3,
+        11,
+        CLEAN,
+        engine(10.0, 1.0, "1s"),
+        settings(Duration::from_millis(50)),
+    );
     formed(&mut sim);
     let t = sim.now + 1_000 * MS;
     sim.run_until(t);
@@ -414,21 +519,32 @@ fn crashed_node_is_declared_down_within_the_documented_time() {
     while sim.now < crashed_at + 2 * bound && down_at.iter().any(Option::is_none) {
         let t = sim.now + 10 * MS;
         sim.run_until(t);
-        for o in 0..2 {
-            if down_at[o].is_none() && sim.state_of(o, "node-3") == Some(MemberState::Down) {
-                down_at[o] = Some(sim.now - crashed_at);
+        for (o, at) in down_at.iter_mut().enumerate() {
+            if at.is_none() && sim.state_of(o, "node-3") == Some(MemberState::Down) {
+                *at = Some(sim.now - crashed_at);
             }
         }
     }
     for (o, at) in down_at.iter().enumerate() {
         let at = at.unwrap_or_else(|| panic!("node {o} never declared node-3 down"));
-        assert!(at <= bound + 20 * MS, "node {o} took {}ms (bound {}ms)", at / MS, bound / MS);
+        assert!(
+            at <= bound + 20 * MS,
+            "node {o} took {}ms (bound {}ms)",
+            at / MS,
+            bound / MS
+        );
     }
 }
 
 #[test]
 fn restarted_node_gets_current_levels_and_forged_datagrams_change_nothing() {
-    let mut sim = Sim::new(3, 3, CLEAN, engine(10.0, 1.0, "3600s"), settings(Duration::from_millis(50)));
+    let mut sim = Sim::new(
+        3,
+        3,
+        CLEAN,
+        engine(10.0, 1.0, "3600s"),
+        settings(Duration::from_millis(50)),
+    );
     formed(&mut sim);
     for _ in 0..10 {
         assert!(sim.take(0, "spent", 1.0));
@@ -445,13 +561,23 @@ fn restarted_node_gets_current_levels_and_forged_datagrams_change_nothing() {
         op: wire::op::DEBIT,
         transfer: 0,
         parts: 0,
-        entries: vec![Entry { limiter: 0, key: "fresh".into(), value: 5.0 }],
+        entries: vec![Entry {
+            limiter: 0,
+            key: "fresh".into(),
+            value: 5.0,
+        }],
     };
-    let forged = wire::Auth::new(b"wrong").seal(wire::Kind::Batch, &wire::encode(&batch).expect("encode")).expect("seal");
+    let forged = wire::Auth::new(b"wrong")
+        .seal(wire::Kind::Batch, &wire::encode(&batch).expect("encode"))
+        .expect("seal");
     let from = sim.nodes[1].addr;
     let mut fx = Vec::new();
-    sim.nodes[0].gossip.handle_datagram(from, &forged, sim.now, &mut fx);
-    sim.nodes[0].gossip.handle_datagram(from, b"TG\x01\x02not authentic at all", sim.now, &mut fx);
+    sim.nodes[0]
+        .gossip
+        .handle_datagram(from, &forged, sim.now, &mut fx);
+    sim.nodes[0]
+        .gossip
+        .handle_datagram(from, b"TG\x01\x02not authentic at all", sim.now, &mut fx);
     assert!(fx.is_empty(), "forged datagrams produce no effects: {fx:?}");
     assert_eq!(sim.nodes[0].gossip.stats().auth_failed, 2);
     assert_eq!(sim.level(0, "fresh"), 10.0);
@@ -462,7 +588,10 @@ fn restarted_node_gets_current_levels_and_forged_datagrams_change_nothing() {
     sim.restart(2);
     let deadline = sim.now + 3_000 * MS;
     while sim.level(2, "spent") > 0.5 {
-        assert!(sim.now < deadline, "restarted node never received the spent level");
+        assert!(
+            sim.now < deadline,
+            "restarted node never received the spent level"
+        );
         let t = sim.now + 10 * MS;
         sim.run_until(t);
     }
@@ -474,8 +603,19 @@ fn restarted_node_gets_current_levels_and_forged_datagrams_change_nothing() {
 #[test]
 fn the_same_seed_replays_the_same_run() {
     let run = |seed| {
-        let net = NetConfig { loss: 0.1, duplicate: 0.05, min_delay_ns: MS, max_delay_ns: 20 * MS };
-        let mut sim = Sim::new(3, seed, net, engine(100.0, 10.0, "1s"), settings(Duration::from_millis(20)));
+        let net = NetConfig {
+            loss: 0.1,
+            duplicate: 0.05,
+            min_delay_ns: MS,
+            max_delay_ns: 20 * MS,
+        };
+        let mut sim = Sim::new(
+            3,
+            seed,
+            net,
+            engine(100.0, 10.0, "1s"),
+            settings(Duration::from_millis(20)),
+        );
         formed(&mut sim);
         let mut admitted = 0u32;
         for i in 0..2_000 {

@@ -257,7 +257,11 @@ pub fn decode_batch(payload: &[u8]) -> Result<Batch, WireError> {
     if batch.op != op::DEBIT && batch.op != op::LOWER {
         return Err(WireError::Invalid("unknown batch op"));
     }
-    if batch.entries.iter().any(|e| !e.value.is_finite() || e.key.len() > MAX_KEY_LEN) {
+    if batch
+        .entries
+        .iter()
+        .any(|e| !e.value.is_finite() || e.key.len() > MAX_KEY_LEN)
+    {
         return Err(WireError::Invalid("entry value not finite or key too long"));
     }
     if batch.transfer != 0 && (batch.parts == 0 || batch.op != op::LOWER) {
@@ -610,7 +614,10 @@ mod tests {
         flipped[5] ^= 1;
         assert!(matches!(a.open(&flipped), Err(WireError::Auth(_))));
         assert!(matches!(a.open(&d[..10]), Err(WireError::Auth(_))));
-        assert_eq!(a.seal(Kind::Batch, &[0; MAX_PAYLOAD + 1]), Err(WireError::TooLarge));
+        assert_eq!(
+            a.seal(Kind::Batch, &[0; MAX_PAYLOAD + 1]),
+            Err(WireError::TooLarge)
+        );
     }
 
     #[test]
@@ -618,12 +625,20 @@ mod tests {
         for key_len in [0, 1, 8, 9, 20, 100, 300] {
             for n in [0, 1, 2, 7, 30] {
                 let b = batch(n, key_len);
-                let len = rkyv::to_bytes::<rkyv::rancor::Error>(&b).expect("archive").len();
+                let len = rkyv::to_bytes::<rkyv::rancor::Error>(&b)
+                    .expect("archive")
+                    .len();
                 let estimate = BATCH_OVERHEAD + n * entry_cost(&"k".repeat(key_len));
-                assert!(len <= estimate, "n={n} key_len={key_len}: {len} > {estimate}");
+                assert!(
+                    len <= estimate,
+                    "n={n} key_len={key_len}: {len} > {estimate}"
+                );
             }
         }
-        let acks = Acks { boot: 1, seqs: vec![u64::MAX; MAX_ACKS_PER_DATAGRAM] };
+        let acks = Acks {
+            boot: 1,
+            seqs: vec![u64::MAX; MAX_ACKS_PER_DATAGRAM],
+        };
         assert!(encode(&acks).is_ok());
     }
 
@@ -657,12 +672,23 @@ mod tests {
         };
         for message in [
             Message::Ping(3),
-            Message::PingReq { target: other.clone(), probe_number: 9 },
-            Message::ForwardedAck { origin: other.clone(), probe_number: 1 },
+            Message::PingReq {
+                target: other.clone(),
+                probe_number: 9,
+            },
+            Message::ForwardedAck {
+                origin: other.clone(),
+                probe_number: 1,
+            },
             Message::Announce,
             Message::TurnUndead,
         ] {
-            let header = Header { src: id.clone(), src_incarnation: 5, dst: other.clone(), message };
+            let header = Header {
+                src: id.clone(),
+                src_incarnation: 5,
+                dst: other.clone(),
+                message,
+            };
             let mut buf = Vec::new();
             FocaCodec.encode_header(&header, &mut buf).expect("encode");
             let decoded = FocaCodec.decode_header(&buf[..]).expect("decode");
