@@ -65,28 +65,15 @@ pub struct ConnSettings {
     pub redis_limit: RedisLimit,
 }
 
-/// One check, as built by a load task: the labels include the key label at `key_label`.
-#[derive(Clone, Debug)]
-pub struct Request {
-    /// Control point, labels and tokens.
-    pub check: CheckRequest,
-    /// Index of the `--label-key` label in `check.labels`.
-    pub key_label: usize,
+/// The key of a check: by the loadgen's convention the key label (`--label-key`) is the
+/// *last* label of every [`CheckRequest`] it builds.
+pub fn key_value(req: &CheckRequest) -> &str {
+    req.labels.last().map_or("", |(_, v)| v.as_str())
 }
 
-impl Request {
-    /// The key label's value (`user-<n>`).
-    pub fn key_value(&self) -> &str {
-        self.check
-            .labels
-            .get(self.key_label)
-            .map_or("", |(_, v)| v.as_str())
-    }
-
-    /// Tokens this request takes (1 when unset).
-    pub fn tokens(&self) -> f64 {
-        self.check.tokens.unwrap_or(1.0)
-    }
+/// Tokens a check takes (1 when unset, as the server assumes).
+pub fn tokens_of(req: &CheckRequest) -> f64 {
+    req.tokens.unwrap_or(1.0)
 }
 
 /// A connection to one target.
@@ -148,17 +135,17 @@ impl Conn {
     }
 
     /// Decides one check: `Ok(true)` accepted, `Ok(false)` rejected.
-    pub async fn check(&self, req: &Request) -> Result<bool, CallError> {
+    pub async fn check(&self, req: &CheckRequest) -> Result<bool, CallError> {
         match self {
             Conn::Tollgate(c) => c
-                .check(&req.check)
+                .check(req)
                 .await
                 .map(|r| r.accepted())
                 .map_err(|e| e.to_string()),
             Conn::Grpc(c) => {
                 let msg = aperture::CheckRequest {
-                    control_point: req.check.control_point.clone(),
-                    labels: req.check.labels.iter().cloned().collect::<HashMap<_, _>>(),
+                    control_point: req.control_point.clone(),
+                    labels: req.labels.iter().cloned().collect::<HashMap<_, _>>(),
                     ..Default::default()
                 };
                 let reply = c.clone().check(msg).await.map_err(|s| {
@@ -174,11 +161,10 @@ impl Conn {
 
     /// Decides several checks with one frame/write where the protocol allows it
     /// (`tollgate`: `CHECK_BATCH`; `redis`: one pipelined write), one by one otherwise.
-    pub async fn check_batch(&self, reqs: &[Request]) -> Vec<Result<bool, CallError>> {
+    pub async fn check_batch(&self, reqs: &[CheckRequest]) -> Vec<Result<bool, CallError>> {
         match self {
             Conn::Tollgate(c) => {
-                let checks: Vec<CheckRequest> = reqs.iter().map(|r| r.check.clone()).collect();
-                match c.check_batch(&checks).await {
+                match c.check_batch(reqs).await {
                     Ok(items) => items
                         .into_iter()
                         .map(|i| i.map(|r| r.accepted()).map_err(|e| e.to_string()))
@@ -287,13 +273,9 @@ impl RedisConn {
         rx.await.map_err(|_| "redis connection closed".to_string())
     }
 
-    fn encode_check(&self, out: &mut Vec<u8>, req: &Request) {
-        let key = format!(
-            "tg:{}:{}",
-            req.check.control_point,
-            req.key_value()
-        );
-        let tokens = format_tokens(req.tokens());
+    fn encode_check(&self, out: &mut Vec<u8>, req: &CheckRequest) {
+        let key = format!("tg:{}:{}", req.control_point, key_value(req));
+        let tokens = format_tokens(tokens_of(req));
         resp::encode_command(
             out,
             &[
@@ -310,7 +292,7 @@ impl RedisConn {
     }
 
     /// One `EVALSHA` of the token bucket for `req`'s key.
-    pub async fn check(&self, req: &Request) -> Result<bool, CallError> {
+    pub async fn check(&self, req: &CheckRequest) -> Result<bool, CallError> {
         let mut out = Vec::with_capacity(160);
         self.encode_check(&mut out, req);
         let mut replies = self.call(out, 1).await?;
@@ -318,7 +300,7 @@ impl RedisConn {
     }
 
     /// Several `EVALSHA`s in one write.
-    pub async fn check_many(&self, reqs: &[Request]) -> Vec<Result<bool, CallError>> {
+    pub async fn check_many(&self, reqs: &[CheckRequest]) -> Vec<Result<bool, CallError>> {
         let mut out = Vec::with_capacity(160 * reqs.len());
         for r in reqs {
             self.encode_check(&mut out, r);

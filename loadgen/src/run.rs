@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use tollgate_protocol::client::CheckRequest;
 
 use crate::accuracy::{Ledger, Limit};
-use crate::drivers::{CallError, Conn, ConnSettings, RedisLimit, Request, PING_PAYLOAD_LEN};
+use crate::drivers::{tokens_of, CallError, Conn, ConnSettings, RedisLimit, PING_PAYLOAD_LEN};
 use crate::keys::{key_name, Distribution, KeySampler};
 use crate::report::{ConfigEcho, Latency, Report};
 use crate::scenario::{MixPicker, Scenario};
@@ -394,7 +394,7 @@ fn progress_line(shared: &Shared, now_ns: u64, t: &Tally, secs: f64) -> String {
 }
 
 /// One request template per scenario mix; the key label is last and rewritten per request.
-fn templates(cfg: &RunConfig, scenario: &Scenario) -> Vec<(Request, f64)> {
+fn templates(cfg: &RunConfig, scenario: &Scenario) -> Vec<(CheckRequest, f64)> {
     scenario
         .mixes
         .iter()
@@ -407,18 +407,15 @@ fn templates(cfg: &RunConfig, scenario: &Scenario) -> Vec<(Request, f64)> {
                 .collect();
             labels.push((cfg.label_key.clone(), String::new()));
             let tokens = m.tokens.unwrap_or(cfg.tokens);
-            let key_label = labels.len() - 1;
+            let control_point = m
+                .control_point
+                .clone()
+                .unwrap_or_else(|| cfg.control_point.clone());
             (
-                Request {
-                    check: CheckRequest {
-                        control_point: m
-                            .control_point
-                            .clone()
-                            .unwrap_or_else(|| cfg.control_point.clone()),
-                        labels,
-                        tokens: Some(tokens),
-                    },
-                    key_label,
+                CheckRequest {
+                    control_point,
+                    labels,
+                    tokens: Some(tokens),
                 },
                 tokens,
             )
@@ -440,7 +437,7 @@ struct Task {
     shared: Arc<Shared>,
     sampler: KeySampler,
     picker: MixPicker,
-    templates: Arc<Vec<(Request, f64)>>,
+    templates: Arc<Vec<(CheckRequest, f64)>>,
     rng: rand::rngs::StdRng,
     spread: Spread,
     op: Op,
@@ -453,8 +450,10 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         // This task's own copies of the templates, rewritten in place per request.
-        let mut reqs: Vec<Request> = self.templates.iter().map(|(r, _)| r.clone()).collect();
-        let mut batch: Vec<(usize, Request)> = Vec::new();
+        let mut singles: Vec<CheckRequest> = self.templates.iter().map(|(r, _)| r.clone()).collect();
+        // Batch slots, reused: (mix of the slot's current contents, key) and the requests.
+        let mut slots: Vec<(usize, usize)> = Vec::with_capacity(self.batch);
+        let mut batch: Vec<CheckRequest> = Vec::with_capacity(self.batch);
         let ping = [0x5au8; PING_PAYLOAD_LEN];
         let mut seq: u64 = 0;
         let mut prev_done_ns: u64 = 0;
@@ -493,20 +492,24 @@ impl Task {
                 }
             }
             seq += 1;
-            let (sent, outcomes) = if self.op == Op::Ping {
+            // [accepted, rejected, errors]
+            let mut counts = [0u64; 3];
+            let (sent, done) = if self.op == Op::Ping {
                 let target = self.spread.pick(targets, seq, 0);
                 let sent = self.shared.now_ns();
                 let r = match self.conns.get(target) {
                     Some(c) => c.ping(&ping).await.map(|()| true),
                     None => Err("no connection".to_string()),
                 };
-                (sent, vec![(usize::MAX, 0.0, r)])
+                let done = self.shared.now_ns();
+                self.tally(None, 0.0, &r, done, &mut counts);
+                (sent, done)
             } else if self.batch == 1 {
                 let mix = self.picker.pick(&mut self.rng);
                 let key = self.sampler.sample(&mut self.rng);
                 let target = self.spread.pick(targets, seq, key);
                 let tokens = self.templates.get(mix).map_or(1.0, |(_, t)| *t);
-                let Some(req) = reqs.get_mut(mix) else { break };
+                let Some(req) = singles.get_mut(mix) else { break };
                 set_key(req, &self.key_prefix, key);
                 let sent = self.shared.now_ns();
                 self.shared.ledger.sent(key, sent);
@@ -514,53 +517,48 @@ impl Task {
                     Some(c) => c.check(req).await,
                     None => Err("no connection".to_string()),
                 };
-                (sent, vec![(key, tokens, r)])
+                let done = self.shared.now_ns();
+                self.tally(Some(key), tokens, &r, done, &mut counts);
+                (sent, done)
             } else {
-                batch.clear();
-                for _ in 0..self.batch {
+                for i in 0..self.batch {
                     let mix = self.picker.pick(&mut self.rng);
                     let key = self.sampler.sample(&mut self.rng);
-                    let Some(template) = reqs.get_mut(mix) else { break };
-                    set_key(template, &self.key_prefix, key);
-                    batch.push((key, template.clone()));
+                    if i >= batch.len() || slots.get(i).map(|s| s.0) != Some(mix) {
+                        let Some((template, _)) = self.templates.get(mix) else { break };
+                        if i >= batch.len() {
+                            batch.push(template.clone());
+                            slots.push((mix, key));
+                        } else {
+                            batch[i] = template.clone();
+                        }
+                    }
+                    if let Some(slot) = slots.get_mut(i) {
+                        *slot = (mix, key);
+                    }
+                    if let Some(req) = batch.get_mut(i) {
+                        set_key(req, &self.key_prefix, key);
+                    }
                 }
                 let sent = self.shared.now_ns();
-                for (key, _) in &batch {
+                for (_, key) in &slots {
                     self.shared.ledger.sent(*key, sent);
                 }
-                let results = self.send_batch(&batch, seq).await;
-                let outcomes = batch
-                    .iter()
-                    .zip(results)
-                    .map(|((key, req), r)| (*key, req.tokens(), r))
-                    .collect();
-                (sent, outcomes)
+                let results = self.send_batch(&batch, &slots, seq).await;
+                let done = self.shared.now_ns();
+                for ((_, key), (req, r)) in slots.iter().zip(batch.iter().zip(&results)) {
+                    self.tally(Some(*key), tokens_of(req), r, done, &mut counts);
+                }
+                (sent, done)
             };
-            let done = self.shared.now_ns();
             // Coordinated-omission correction: charge the wait behind a late reply.
             let start = match intended {
                 Some(at) if prev_done_ns > at => at,
                 _ => sent,
             };
             prev_done_ns = done;
-            let latency = done.saturating_sub(start);
-            let mut counts = [0u64; 3];
-            for (key, tokens, r) in &outcomes {
-                match r {
-                    Ok(true) => {
-                        counts[0] += 1;
-                        if *key != usize::MAX {
-                            self.shared.ledger.admitted(*key, *tokens, done);
-                        }
-                    }
-                    Ok(false) => counts[1] += 1,
-                    Err(e) => {
-                        counts[2] += 1;
-                        self.shared.note_error(e);
-                    }
-                }
-            }
             if measured {
+                let latency = done.saturating_sub(start);
                 for (outcome, n) in [Outcome::Accepted, Outcome::Rejected, Outcome::Error]
                     .into_iter()
                     .zip(counts)
@@ -573,29 +571,67 @@ impl Task {
         }
     }
 
-    /// Sends a batch: grouped by target (one group for round-robin), all groups at once.
-    async fn send_batch(&self, batch: &[(usize, Request)], seq: u64) -> Vec<Result<bool, CallError>> {
+    /// Counts one result; an admission goes into the accuracy ledger.
+    fn tally(
+        &self,
+        key: Option<usize>,
+        tokens: f64,
+        r: &Result<bool, CallError>,
+        done_ns: u64,
+        counts: &mut [u64; 3],
+    ) {
+        match r {
+            Ok(true) => {
+                counts[0] += 1;
+                if let Some(key) = key {
+                    self.shared.ledger.admitted(key, tokens, done_ns);
+                }
+            }
+            Ok(false) => counts[1] += 1,
+            Err(e) => {
+                counts[2] += 1;
+                self.shared.note_error(e);
+            }
+        }
+    }
+
+    /// Sends a batch: with one target as one call; with several, grouped by target (the whole
+    /// batch to one target for round-robin, by key for key spread), all groups at once.
+    async fn send_batch(
+        &self,
+        batch: &[CheckRequest],
+        slots: &[(usize, usize)],
+        seq: u64,
+    ) -> Vec<Result<bool, CallError>> {
         let targets = self.conns.len();
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); targets.max(1)];
-        for (i, (key, _)) in batch.iter().enumerate() {
-            let t = match self.spread {
-                Spread::RoundRobin => self.spread.pick(targets, seq, 0),
-                Spread::Key => self.spread.pick(targets, seq, *key),
+        if targets == 1 || self.spread == Spread::RoundRobin {
+            let t = self.spread.pick(targets, seq, 0);
+            return match self.conns.get(t) {
+                Some(c) => c.check_batch(batch).await,
+                None => vec![Err("no connection".to_string()); batch.len()],
             };
-            if let Some(g) = groups.get_mut(t) {
+        }
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); targets];
+        for (i, (_, key)) in slots.iter().enumerate() {
+            if let Some(g) = groups.get_mut(self.spread.pick(targets, seq, *key)) {
                 g.push(i);
             }
         }
-        let calls = groups.iter().enumerate().filter(|(_, g)| !g.is_empty()).map(|(t, g)| {
-            let reqs: Vec<Request> = g.iter().filter_map(|&i| batch.get(i).map(|(_, r)| r.clone())).collect();
-            let conn = self.conns.get(t).cloned();
-            async move {
-                match conn {
-                    Some(c) => c.check_batch(&reqs).await,
-                    None => vec![Err("no connection".to_string()); reqs.len()],
+        let calls = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(t, g)| {
+                let reqs: Vec<CheckRequest> =
+                    g.iter().filter_map(|&i| batch.get(i).cloned()).collect();
+                let conn = self.conns.get(t).cloned();
+                async move {
+                    match conn {
+                        Some(c) => c.check_batch(&reqs).await,
+                        None => vec![Err("no connection".to_string()); reqs.len()],
+                    }
                 }
-            }
-        });
+            });
         let answers = futures::future::join_all(calls).await;
         let mut out: Vec<Result<bool, CallError>> = vec![Err("lost".into()); batch.len()];
         for (g, a) in groups.iter().filter(|g| !g.is_empty()).zip(answers) {
@@ -609,8 +645,9 @@ impl Task {
     }
 }
 
-fn set_key(req: &mut Request, prefix: &str, key: usize) {
-    if let Some((_, v)) = req.check.labels.get_mut(req.key_label) {
+/// Rewrites the key label (the last label, by convention) to key `key`.
+fn set_key(req: &mut CheckRequest, prefix: &str, key: usize) {
+    if let Some((_, v)) = req.labels.last_mut() {
         key_name(v, prefix, key);
     }
 }

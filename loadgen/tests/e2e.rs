@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate_loadgen::accuracy::Limit;
-use tollgate_loadgen::drivers::{Conn, ConnSettings, RedisConn, RedisLimit, Request};
+use tollgate_loadgen::drivers::{Conn, ConnSettings, RedisConn, RedisLimit};
 use tollgate_loadgen::keys::Distribution;
 use tollgate_loadgen::target::{Protocol, Spread, Target};
 use tollgate_loadgen::{run_blocking, Op, Report, RunConfig, Stop};
@@ -323,11 +323,8 @@ fn redis_limit(capacity: f64, fill: f64, interval: Duration) -> RedisLimit {
     }
 }
 
-fn req(key: &str, tokens: f64) -> Request {
-    Request {
-        check: CheckRequest::new("bench").label("user", key).tokens(tokens),
-        key_label: 0,
-    }
+fn req(key: &str, tokens: f64) -> CheckRequest {
+    CheckRequest::new("bench").label("user", key).tokens(tokens)
 }
 
 #[test]
