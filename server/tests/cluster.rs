@@ -67,8 +67,11 @@ cluster:
 }
 
 fn client(server: &RunningServer) -> Client {
+    // Generous deadlines: three debug servers share a loaded CI machine with the test.
     let cfg = ClientConfig {
         shard_aware: false,
+        request_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
         ..ClientConfig::new(server.addr(), FailMode::Closed)
     };
     Client::connect(cfg).expect("connect")
@@ -98,9 +101,11 @@ fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `node`'s state in `c`'s member list (None if absent or the call failed: callers poll).
 fn state_of(c: &Client, node: &str) -> Option<MemberState> {
     c.members()
-        .expect("members")
+        .map_err(|e| eprintln!("members: {e}"))
+        .ok()?
         .into_iter()
         .find(|m| m.node_id == node)
         .map(|m| m.state)
@@ -225,7 +230,7 @@ fn three_nodes_replicate_detect_failure_and_restart() {
     );
     assert!(eventually(Duration::from_secs(10), || {
         c3.members()
-            .expect("members")
+            .unwrap_or_default()
             .iter()
             .filter(|m| m.state == MemberState::Alive)
             .count()
@@ -260,7 +265,7 @@ fn measure_admitted_over_allowed() {
         assert!(eventually(Duration::from_secs(10), || {
             probe
                 .members()
-                .expect("members")
+                .unwrap_or_default()
                 .iter()
                 .filter(|m| m.state == MemberState::Alive)
                 .count()
