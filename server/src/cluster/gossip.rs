@@ -8,7 +8,7 @@
 //! that is not a live member are dropped (and counted), so a stranger that knows the secret
 //! still has to join first.
 //!
-//! The IO shell ([`super::io`]) and the simulation ([`super::sim`]) drive the same code.
+//! The IO shell ([`super::io`]) and the simulation (`sim.rs`, tests only) drive the same code.
 
 use super::membership::{Effects, Membership, Timings};
 use super::replication::{Output, ReplicationConfig, ReplicationStats, Replicator};
@@ -421,5 +421,73 @@ impl Gossip {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::membership::Timings;
+    use proptest::prelude::*;
+
+    fn node() -> Gossip {
+        let identity = NodeId {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            instance: 5,
+            boot: 5,
+            name: "n".into(),
+        };
+        let config = GossipConfig {
+            identity,
+            timings: Timings::default(),
+            replication: ReplicationConfig {
+                limiter_intervals_ns: vec![50_000_000],
+                default_interval_ns: 50_000_000,
+                rto_ns: 150_000_000,
+            },
+            rng_seed: 1,
+        };
+        Gossip::new(config, b"k", 0)
+    }
+
+    proptest! {
+        /// Authentic datagrams of every kind with arbitrary payloads never panic, and a
+        /// stranger's replication datagrams change nothing.
+        #[test]
+        fn authentic_garbage_of_any_kind_is_harmless(
+            kind in 1u8..=4,
+            payload in proptest::collection::vec(any::<u8>(), 0..wire::MAX_PAYLOAD),
+        ) {
+            let mut g = node();
+            let kind = match kind {
+                1 => Kind::Membership,
+                2 => Kind::Batch,
+                3 => Kind::Acks,
+                _ => Kind::Leave,
+            };
+            let datagram = Auth::new(b"k").seal(kind, &payload).expect("fits");
+            let mut out = Vec::new();
+            g.handle_datagram(SocketAddr::from(([127, 0, 0, 1], 7001)), &datagram, 1, &mut out);
+            g.tick(2, &mut out);
+            prop_assert!(!out.iter().any(|e| matches!(e, Effect::Debit(_) | Effect::LowerTo(_))));
+        }
+    }
+
+    #[test]
+    fn wrong_secret_is_counted_and_ignored() {
+        let mut g = node();
+        let datagram = Auth::new(b"other")
+            .seal(Kind::Membership, b"x")
+            .expect("fits");
+        let mut out = Vec::new();
+        g.handle_datagram(
+            SocketAddr::from(([127, 0, 0, 1], 7001)),
+            &datagram,
+            1,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(g.stats().auth_failed, 1);
+        assert_eq!(g.members().len(), 1);
     }
 }

@@ -18,7 +18,7 @@
 //!   a timer queue on the caller's clock.
 //! - [`gossip`]: one node's sans-IO gossip: datagram in + now -> effects out.
 //! - [`io`]: the thread that owns the UDP socket and reaches shards via
-//!   [`DecisionHandle`](crate::bridge::DecisionHandle).
+//!   [`DecisionHandle`].
 //! - `sim` (tests): a deterministic cluster on virtual time with loss, reordering and
 //!   duplication.
 //!
