@@ -278,7 +278,8 @@ pub async fn run(cfg: RunConfig) -> Result<Report, RunError> {
     };
     let shared = Arc::new(Shared {
         recorder: Recorder::new(),
-        ledger: Ledger::new(sampler.key_space()),
+        // Without a limit there is no accuracy report: an empty ledger ignores every update.
+        ledger: Ledger::new(if limit.is_some() { sampler.key_space() } else { 0 }),
         stop: AtomicBool::new(false),
         issued: AtomicU64::new(0),
         first_error: Mutex::new(None),
