@@ -22,8 +22,8 @@ use smallvec::SmallVec;
 use crate::coding::{Reader, Reason};
 use crate::error::DecodeError;
 use crate::frame::{
-    opcode, ErrorCode, CHECK_FLAG_TOKENS, LEN_PREFIX_LEN, MAX_BATCH, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS,
-    MIN_FRAME_LEN, SHARED_PORT_SHARD_INDEX,
+    opcode, ErrorCode, CHECK_FLAG_TOKENS, LEN_PREFIX_LEN, MAX_BATCH, MAX_INTERNED, MAX_LABELS,
+    MAX_LIMITERS, MIN_FRAME_LEN, SHARED_PORT_SHARD_INDEX,
 };
 use crate::types::{
     BatchItem, CheckReply, Decision, DecisionReason, ErrorReply, HelloReply, LimiterOutcome,

@@ -404,7 +404,10 @@ async fn request_timeout_then_connection_still_usable() {
         .await
         .expect_err("must time out");
     assert_eq!(err, ClientError::Timeout(Duration::from_millis(100)));
-    assert!(started.elapsed() < Duration::from_millis(390), "timed out before the reply");
+    assert!(
+        started.elapsed() < Duration::from_millis(390),
+        "timed out before the reply"
+    );
     // The late reply is dropped; the connection keeps working.
     assert!(client.check(&req("u2")).await.expect("check").accepted());
     tokio::time::sleep(Duration::from_millis(400)).await;
