@@ -149,7 +149,11 @@ impl Ledger {
             let allowed = limit.allowed(last.saturating_sub(first));
             r.admitted_tokens += admitted;
             r.allowed_tokens += allowed;
-            let ratio = if allowed > 0.0 { admitted / allowed } else { 0.0 };
+            let ratio = if allowed > 0.0 {
+                admitted / allowed
+            } else {
+                0.0
+            };
             if r.worst_key.is_none() || ratio > r.worst_ratio {
                 r.worst_key = Some(key as u64);
                 r.worst_ratio = ratio;
@@ -230,7 +234,10 @@ mod tests {
         assert_eq!(r.keys_used, 1);
         assert_eq!(r.worst_key, Some(1));
         // 10 + 125/s * ~10 s = ~1260 allowed; the exact bucket admits just under that.
-        assert!(r.allowed_tokens > 1259.0 && r.allowed_tokens < 1261.0, "{r:?}");
+        assert!(
+            r.allowed_tokens > 1259.0 && r.allowed_tokens < 1261.0,
+            "{r:?}"
+        );
         assert!(r.ratio <= 1.0 && r.ratio > 0.99, "{r:?}");
         assert_eq!(r.ratio, r.worst_ratio);
     }

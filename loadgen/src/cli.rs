@@ -152,18 +152,18 @@ pub struct RunArgs {
 impl RunArgs {
     /// The run these flags describe (reads the scenario file).
     pub fn to_config(&self) -> Result<RunConfig, String> {
-        let limit = if self.capacity.is_some() || self.fill_amount.is_some() || self.interval.is_some()
-        {
-            Some(Limit {
-                capacity: self.capacity.unwrap_or(DEFAULT_LIMIT.capacity),
-                fill_amount: self.fill_amount.unwrap_or(DEFAULT_LIMIT.fill_amount),
-                interval_ns: self
-                    .interval
-                    .map_or(DEFAULT_LIMIT.interval_ns, |d| d.as_nanos() as u64),
-            })
-        } else {
-            None
-        };
+        let limit =
+            if self.capacity.is_some() || self.fill_amount.is_some() || self.interval.is_some() {
+                Some(Limit {
+                    capacity: self.capacity.unwrap_or(DEFAULT_LIMIT.capacity),
+                    fill_amount: self.fill_amount.unwrap_or(DEFAULT_LIMIT.fill_amount),
+                    interval_ns: self
+                        .interval
+                        .map_or(DEFAULT_LIMIT.interval_ns, |d| d.as_nanos() as u64),
+                })
+            } else {
+                None
+            };
         let scenario = match &self.scenario {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -227,7 +227,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ns" => 1e-9,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -283,6 +287,9 @@ mod tests {
         assert_eq!(limit.fill_amount, DEFAULT_LIMIT.fill_amount);
         assert_eq!(limit.interval_ns, 100_000_000);
         assert!(Cli::try_parse_from(["tollgate-loadgen", "echo-server"]).is_ok());
-        assert!(Cli::try_parse_from(["tollgate-loadgen", "--duration", "1s", "--requests", "5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["tollgate-loadgen", "--duration", "1s", "--requests", "5"])
+                .is_err()
+        );
     }
 }

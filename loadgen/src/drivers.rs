@@ -82,7 +82,9 @@ pub enum Conn {
     /// Binary protocol client.
     Tollgate(Client),
     /// Aperture FlowControlService client.
-    Grpc(aperture::flow_control_service_client::FlowControlServiceClient<tonic::transport::Channel>),
+    Grpc(
+        aperture::flow_control_service_client::FlowControlServiceClient<tonic::transport::Channel>,
+    ),
     /// Redis+Lua.
     Redis(Arc<RedisConn>),
     /// Raw echo.
@@ -148,9 +150,11 @@ impl Conn {
                     labels: req.labels.iter().cloned().collect::<HashMap<_, _>>(),
                     ..Default::default()
                 };
-                let reply = c.clone().check(msg).await.map_err(|s| {
-                    format!("grpc {:?}: {}", s.code(), s.message())
-                })?;
+                let reply = c
+                    .clone()
+                    .check(msg)
+                    .await
+                    .map_err(|s| format!("grpc {:?}: {}", s.code(), s.message()))?;
                 Ok(reply.get_ref().decision_type
                     == aperture::check_response::DecisionType::Accepted as i32)
             }
@@ -163,15 +167,13 @@ impl Conn {
     /// (`tollgate`: `CHECK_BATCH`; `redis`: one pipelined write), one by one otherwise.
     pub async fn check_batch(&self, reqs: &[CheckRequest]) -> Vec<Result<bool, CallError>> {
         match self {
-            Conn::Tollgate(c) => {
-                match c.check_batch(reqs).await {
-                    Ok(items) => items
-                        .into_iter()
-                        .map(|i| i.map(|r| r.accepted()).map_err(|e| e.to_string()))
-                        .collect(),
-                    Err(e) => vec![Err(e.to_string()); reqs.len()],
-                }
-            }
+            Conn::Tollgate(c) => match c.check_batch(reqs).await {
+                Ok(items) => items
+                    .into_iter()
+                    .map(|i| i.map(|r| r.accepted()).map_err(|e| e.to_string()))
+                    .collect(),
+                Err(e) => vec![Err(e.to_string()); reqs.len()],
+            },
             Conn::Redis(c) => c.check_many(reqs).await,
             _ => {
                 let mut out = Vec::with_capacity(reqs.len());
@@ -306,7 +308,10 @@ impl RedisConn {
             self.encode_check(&mut out, r);
         }
         match self.call(out, reqs.len()).await {
-            Ok(replies) => replies.into_iter().map(|v| script_verdict(Some(v))).collect(),
+            Ok(replies) => replies
+                .into_iter()
+                .map(|v| script_verdict(Some(v)))
+                .collect(),
             Err(e) => vec![Err(e); reqs.len()],
         }
     }
@@ -376,7 +381,9 @@ async fn redis_reader(mut rd: OwnedReadHalf, mut pending: mpsc::UnboundedReceive
                 Ok(Some((value, used))) => {
                     start += used;
                     if current.is_none() {
-                        let Some(p) = pending.recv().await else { return };
+                        let Some(p) = pending.recv().await else {
+                            return;
+                        };
                         let n = p.replies;
                         current = Some((p, Vec::with_capacity(n)));
                     }
@@ -475,7 +482,11 @@ mod tests {
 
     #[test]
     fn verdicts_and_tokens() {
-        let ok = Value::Array(Some(vec![Value::Int(1), Value::Bulk(Some(b"3".to_vec())), Value::Int(0)]));
+        let ok = Value::Array(Some(vec![
+            Value::Int(1),
+            Value::Bulk(Some(b"3".to_vec())),
+            Value::Int(0),
+        ]));
         assert_eq!(script_verdict(Some(ok)), Ok(true));
         let no = Value::Array(Some(vec![Value::Int(0)]));
         assert_eq!(script_verdict(Some(no)), Ok(false));

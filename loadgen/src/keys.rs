@@ -151,7 +151,10 @@ mod tests {
     fn parses_and_prints() {
         assert_eq!("hot".parse::<Distribution>(), Ok(Distribution::Hot));
         assert_eq!("uniform".parse::<Distribution>(), Ok(Distribution::Uniform));
-        assert_eq!("zipf:1.1".parse::<Distribution>(), Ok(Distribution::Zipf(1.1)));
+        assert_eq!(
+            "zipf:1.1".parse::<Distribution>(),
+            Ok(Distribution::Zipf(1.1))
+        );
         assert!("zipf:0".parse::<Distribution>().is_err());
         assert!("zipf:x".parse::<Distribution>().is_err());
         assert!("pareto".parse::<Distribution>().is_err());
@@ -173,7 +176,15 @@ mod tests {
         assert!(seen.iter().all(|&n| n > 800 && n < 1200), "{seen:?}");
         let seq = KeySampler::new(&Distribution::Sequential, 3);
         let clone = seq.clone();
-        let got: Vec<usize> = (0..4).map(|i| if i % 2 == 0 { seq.sample(&mut rng) } else { clone.sample(&mut rng) }).collect();
+        let got: Vec<usize> = (0..4)
+            .map(|i| {
+                if i % 2 == 0 {
+                    seq.sample(&mut rng)
+                } else {
+                    clone.sample(&mut rng)
+                }
+            })
+            .collect();
         assert_eq!(got, [0, 1, 2, 0]);
     }
 
@@ -195,7 +206,10 @@ mod tests {
             let got = counts[rank - 1] as f64;
             // Well within 5 standard deviations of a binomial count.
             let sd = expected.sqrt();
-            assert!((got - expected).abs() < 5.0 * sd, "rank {rank}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 5.0 * sd,
+                "rank {rank}: {got} vs {expected}"
+            );
         }
         // Rank 1 over rank 2 is 2^1.1 ~ 2.14.
         let ratio = counts[0] as f64 / counts[1] as f64;

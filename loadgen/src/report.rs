@@ -181,7 +181,11 @@ impl Report {
             thousands(self.rejected),
             thousands(self.errors)
         );
-        let _ = writeln!(s, "decisions/s   {}", thousands(self.decisions_per_sec as u64));
+        let _ = writeln!(
+            s,
+            "decisions/s   {}",
+            thousands(self.decisions_per_sec as u64)
+        );
         let l = &self.latency_us;
         let _ = writeln!(
             s,
@@ -220,7 +224,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -169,7 +169,10 @@ mod tests {
     fn encodes_commands() {
         let mut out = Vec::new();
         encode_command(&mut out, &[b"EVALSHA", b"abc", b"1", b""]);
-        assert_eq!(out, b"*4\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n1\r\n$0\r\n\r\n");
+        assert_eq!(
+            out,
+            b"*4\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n1\r\n$0\r\n\r\n"
+        );
     }
 
     #[test]

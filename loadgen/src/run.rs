@@ -279,7 +279,11 @@ pub async fn run(cfg: RunConfig) -> Result<Report, RunError> {
     let shared = Arc::new(Shared {
         recorder: Recorder::new(),
         // Without a limit there is no accuracy report: an empty ledger ignores every update.
-        ledger: Ledger::new(if limit.is_some() { sampler.key_space() } else { 0 }),
+        ledger: Ledger::new(if limit.is_some() {
+            sampler.key_space()
+        } else {
+            0
+        }),
         stop: AtomicBool::new(false),
         issued: AtomicU64::new(0),
         first_error: Mutex::new(None),
@@ -332,7 +336,14 @@ pub async fn run(cfg: RunConfig) -> Result<Report, RunError> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Ok(build_report(&cfg, limit, &tally, duration_s, accuracy, first_error))
+    Ok(build_report(
+        &cfg,
+        limit,
+        &tally,
+        duration_s,
+        accuracy,
+        first_error,
+    ))
 }
 
 /// Draws progress and ends the measured phase.
@@ -451,7 +462,8 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         // This task's own copies of the templates, rewritten in place per request.
-        let mut singles: Vec<CheckRequest> = self.templates.iter().map(|(r, _)| r.clone()).collect();
+        let mut singles: Vec<CheckRequest> =
+            self.templates.iter().map(|(r, _)| r.clone()).collect();
         // Batch slots, reused: (mix of the slot's current contents, key) and the requests.
         let mut slots: Vec<(usize, usize)> = Vec::with_capacity(self.batch);
         let mut batch: Vec<CheckRequest> = Vec::with_capacity(self.batch);
@@ -510,7 +522,9 @@ impl Task {
                 let key = self.sampler.sample(&mut self.rng);
                 let target = self.spread.pick(targets, seq, key);
                 let tokens = self.templates.get(mix).map_or(1.0, |(_, t)| *t);
-                let Some(req) = singles.get_mut(mix) else { break };
+                let Some(req) = singles.get_mut(mix) else {
+                    break;
+                };
                 set_key(req, &self.key_prefix, key);
                 let sent = self.shared.now_ns();
                 self.shared.ledger.sent(key, sent);
@@ -526,7 +540,9 @@ impl Task {
                     let mix = self.picker.pick(&mut self.rng);
                     let key = self.sampler.sample(&mut self.rng);
                     if i >= batch.len() || slots.get(i).map(|s| s.0) != Some(mix) {
-                        let Some((template, _)) = self.templates.get(mix) else { break };
+                        let Some((template, _)) = self.templates.get(mix) else {
+                            break;
+                        };
                         if i >= batch.len() {
                             batch.push(template.clone());
                             slots.push((mix, key));
@@ -662,7 +678,13 @@ fn build_report(
     first_error: Option<String>,
 ) -> Report {
     let targets: Vec<String> = cfg.targets.iter().map(ToString::to_string).collect();
-    let per_sec = |n: u64| if duration_s > 0.0 { n as f64 / duration_s } else { 0.0 };
+    let per_sec = |n: u64| {
+        if duration_s > 0.0 {
+            n as f64 / duration_s
+        } else {
+            0.0
+        }
+    };
     Report {
         target: targets.join(","),
         targets,

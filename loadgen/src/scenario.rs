@@ -118,7 +118,10 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.mixes.len(), 2);
-        assert_eq!(s.mixes[0].labels.get("tier").map(String::as_str), Some("gold"));
+        assert_eq!(
+            s.mixes[0].labels.get("tier").map(String::as_str),
+            Some("gold")
+        );
         assert_eq!(s.mixes[1].tokens, Some(2.0));
         let p = s.picker();
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);

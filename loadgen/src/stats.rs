@@ -170,7 +170,10 @@ mod tests {
         r.record(1, Outcome::Rejected, 20_000, 3);
         r.record(65, Outcome::Error, 0, 2);
         let i = r.take_interval();
-        assert_eq!((i.accepted, i.rejected, i.errors, i.requests()), (1, 3, 2, 6));
+        assert_eq!(
+            (i.accepted, i.rejected, i.errors, i.requests()),
+            (1, 3, 2, 6)
+        );
         assert_eq!(i.latency.len(), 4);
         assert!(r.take_interval().requests() == 0);
         let t = r.total();

@@ -100,7 +100,9 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        let t: Target = "tollgate://127.0.0.1:7070".parse().unwrap_or_else(|e| panic!("{e}"));
+        let t: Target = "tollgate://127.0.0.1:7070"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.protocol, Protocol::Tollgate);
         assert_eq!(t.addr, "127.0.0.1:7070");
         assert_eq!(t.to_string(), "tollgate://127.0.0.1:7070");

@@ -106,9 +106,12 @@ fn assert_sane(report: &Report) {
     let num = |path: &[&str]| -> f64 {
         let mut v = &json;
         for p in path {
-            v = v.get(*p).unwrap_or_else(|| panic!("missing {path:?} in {json}"));
+            v = v
+                .get(*p)
+                .unwrap_or_else(|| panic!("missing {path:?} in {json}"));
         }
-        v.as_f64().unwrap_or_else(|| panic!("{path:?} not a number in {json}"))
+        v.as_f64()
+            .unwrap_or_else(|| panic!("{path:?} not a number in {json}"))
     };
     for field in ["target", "mode", "config", "latency_us"] {
         assert!(json.get(field).is_some(), "missing {field}");
@@ -126,7 +129,10 @@ fn assert_sane(report: &Report) {
         .iter()
         .map(|q| num(&["latency_us", q]))
         .collect();
-    assert!(p.windows(2).all(|w| w[0] <= w[1]), "percentiles out of order: {p:?}");
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles out of order: {p:?}"
+    );
     assert!(p[0] > 0.0, "{json}");
 }
 
@@ -194,7 +200,10 @@ fn two_targets_without_sync_show_over_admission_of_a_hot_key() {
     cfg.stop = Stop::Requests(3000);
     let report = run_blocking(cfg).expect("round-robin run");
     let acc = report.accuracy.expect("accuracy");
-    assert!(acc.ratio > 1.2, "two unsynced nodes should over-admit: {acc:?}");
+    assert!(
+        acc.ratio > 1.2,
+        "two unsynced nodes should over-admit: {acc:?}"
+    );
 }
 
 #[test]
@@ -237,8 +246,25 @@ fn cli_writes_the_json_file() {
     let json = dir.join("out.json");
     let status = Command::new(env!("CARGO_BIN_EXE_tollgate-loadgen"))
         .args(["--target", &node.target().to_string()])
-        .args(["--duration", "1s", "--warmup", "200ms", "-c", "2", "-d", "2", "--quiet"])
-        .args(["--capacity", "100", "--fill-amount", "10", "--interval", "1s"])
+        .args([
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "-c",
+            "2",
+            "-d",
+            "2",
+            "--quiet",
+        ])
+        .args([
+            "--capacity",
+            "100",
+            "--fill-amount",
+            "10",
+            "--interval",
+            "1s",
+        ])
         .arg("--json")
         .arg(&json)
         .stdout(Stdio::null())
@@ -399,7 +425,10 @@ fn redis_baseline_run_is_consistent() {
     // All targets are Redis: the loadgen sets the limit itself and reports accuracy.
     let acc = report.accuracy.expect("accuracy");
     assert!(acc.worst_ratio <= 1.0 + 1e-6, "{acc:?}");
-    assert!(report.rejected > 0, "3 keys at 100 + 10/s saturate within a second");
+    assert!(
+        report.rejected > 0,
+        "3 keys at 100 + 10/s saturate within a second"
+    );
 
     let mut cfg = short(vec![target(&format!("redis://{}", redis.addr))]);
     cfg.op = Op::Ping;
