@@ -19,4 +19,11 @@ if [[ -x scripts/install-redis.sh ]]; then
 fi
 
 echo "==> cargo test --workspace"
-cargo test --workspace "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one "test result" line per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
