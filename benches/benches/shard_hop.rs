@@ -17,7 +17,49 @@ use tollgate_server::shard::{Planned, Shard};
 /// (iterations, local?) -> elapsed, served by shard 0's executor.
 type Job = (u64, bool, flume::Sender<Duration>);
 
+/// Two shards on their own executors; shard 0 serves benchmark jobs.
+struct Pair {
+    jobs: flume::Sender<Job>,
+    stop: flume::Sender<()>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Pair {
+    fn run(&self, iters: u64, local: bool) -> Duration {
+        let (tx, rx) = flume::bounded(1);
+        self.jobs.send((iters, local, tx)).unwrap();
+        rx.recv().unwrap()
+    }
+
+    fn stop(self) {
+        drop(self.jobs);
+        let _ = self.stop.send(());
+        for e in self.executors {
+            let _ = e.join();
+        }
+    }
+}
+
 fn shard_hop(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard_hop");
+    for (label, spin) in [
+        ("idle_spin 0", None),
+        ("idle_spin 100us", Some(Duration::from_micros(100))),
+    ] {
+        let pair = start_pair(spin);
+        group.bench_function(format!("cross-shard decision, {label}"), |b| {
+            b.iter_custom(|iters| pair.run(iters, false))
+        });
+        group.bench_function(
+            format!("baseline: local decision on the owner, {label}"),
+            |b| b.iter_custom(|iters| pair.run(iters, true)),
+        );
+        pair.stop();
+    }
+    group.finish();
+}
+
+fn start_pair(spin: Option<Duration>) -> Pair {
     let node = Arc::new(Node {
         engine: Arc::new(bench_engine()),
         nr_shards: 2,
@@ -46,55 +88,45 @@ fn shard_hop(c: &mut Criterion) {
             (node.clone(), mesh.clone(), jobs_rx.clone(), stop_rx.clone());
         let (remote_key, local_key) = (remote_key.clone(), local_key.clone());
         executors.push(
-            LocalExecutorBuilder::new(Placement::Fixed(i % 2))
-                .io_memory(64 * 1024)
-                .spawn(move || async move {
-                    let (senders, receivers) = mesh.join().await.unwrap();
-                    let id = senders.peer_id();
-                    let shard = Shard::start(id, node, senders, receivers);
-                    if id != 0 {
-                        let _ = stop_rx.recv_async().await;
-                        return;
-                    }
-                    while let Ok((iters, local, done)) = jobs_rx.recv_async().await {
-                        let k = if local {
-                            local_key.as_str()
-                        } else {
-                            remote_key.as_str()
-                        };
-                        let labels = [("user", k)];
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            match shard.decide_now("bench", &labels[..], None, 1).unwrap() {
-                                Planned::Decided(d) => assert!(d.accepted),
-                                Planned::Forward(plan) => {
-                                    assert!(shard.decide_forwarded(plan).await.accepted)
-                                }
+            spin.map_or_else(
+                || LocalExecutorBuilder::new(Placement::Fixed(i % 2)),
+                |spin| LocalExecutorBuilder::new(Placement::Fixed(i % 2)).spin_before_park(spin),
+            )
+            .io_memory(64 * 1024)
+            .spawn(move || async move {
+                let (senders, receivers) = mesh.join().await.unwrap();
+                let id = senders.peer_id();
+                let shard = Shard::start(id, node, senders, receivers);
+                if id != 0 {
+                    let _ = stop_rx.recv_async().await;
+                    return;
+                }
+                while let Ok((iters, local, done)) = jobs_rx.recv_async().await {
+                    let k = if local {
+                        local_key.as_str()
+                    } else {
+                        remote_key.as_str()
+                    };
+                    let labels = [("user", k)];
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        match shard.decide_now("bench", &labels[..], None, 1).unwrap() {
+                            Planned::Decided(d) => assert!(d.accepted),
+                            Planned::Forward(plan) => {
+                                assert!(shard.decide_forwarded(plan).await.accepted)
                             }
                         }
-                        let _ = done.send(start.elapsed());
                     }
-                })
-                .unwrap(),
+                    let _ = done.send(start.elapsed());
+                }
+            })
+            .unwrap(),
         );
     }
-    let run = |iters: u64, local: bool| {
-        let (tx, rx) = flume::bounded(1);
-        jobs_tx.send((iters, local, tx)).unwrap();
-        rx.recv().unwrap()
-    };
-    let mut group = c.benchmark_group("shard_hop");
-    group.bench_function("cross-shard decision (hop to owner and back)", |b| {
-        b.iter_custom(|iters| run(iters, false))
-    });
-    group.bench_function("baseline: local decision on the owner", |b| {
-        b.iter_custom(|iters| run(iters, true))
-    });
-    group.finish();
-    drop(jobs_tx);
-    let _ = stop_tx.send(());
-    for e in executors {
-        let _ = e.join();
+    Pair {
+        jobs: jobs_tx,
+        stop: stop_tx,
+        executors,
     }
 }
 

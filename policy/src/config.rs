@@ -64,6 +64,11 @@ pub struct ServerConfig {
     pub drain_timeout: ConfigDuration,
     /// Name this node reports in HELLO. Default: the cluster node id, else "tollgate".
     pub node_id: Option<String>,
+    /// How long an idle shard spins before it sleeps. Default 0s: sleep at once, leaving
+    /// the core to other processes. On dedicated cores, e.g. 100us cuts the latency of a
+    /// wake-up (a cross-shard hop, a gRPC check) from hundreds to tens of microseconds
+    /// (docs/performance.md), at the price of a busy core while traffic trickles.
+    pub idle_spin: ConfigDuration,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +85,7 @@ impl Default for ServerConfig {
             max_frame_len: 1 << 20,
             drain_timeout: ConfigDuration(Duration::from_secs(5)),
             node_id: None,
+            idle_spin: ConfigDuration(Duration::ZERO),
         }
     }
 }
@@ -604,6 +610,9 @@ impl Config {
                 "server.max_frame_len".into(),
                 "must be between 1024 and 67108864 bytes",
             );
+        }
+        if s.idle_spin.0 > Duration::from_millis(10) {
+            err("server.idle_spin".into(), "must be at most 10ms (it keeps an idle core busy)");
         }
         if s.api_keys.iter().any(|k| k.is_empty()) {
             err("server.api_keys".into(), "an API key must not be empty");

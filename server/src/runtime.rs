@@ -113,9 +113,13 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
             ready_tx.clone(),
             drained_tx.clone(),
         );
-        let executor = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
             .name(&format!("shard-{i}"))
-            .io_memory(SHARD_IO_MEMORY)
+            .io_memory(SHARD_IO_MEMORY);
+        if !config.server.idle_spin.0.is_zero() {
+            builder = builder.spin_before_park(config.server.idle_spin.0);
+        }
+        let executor = builder
             .spawn(move || async move {
                 if let Err(e) = run_shard(node, slots, mesh, rx, &ready_tx, drained_tx, track).await
                 {
