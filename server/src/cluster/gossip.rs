@@ -206,7 +206,8 @@ impl Gossip {
                     wire::decode_batch(payload)
                         .map(|b| self.replication.handle_batch(from, b, &mut outputs))
                 } else {
-                    wire::decode_acks(payload).map(|a| self.replication.handle_acks(from, a))
+                    wire::decode_acks(payload)
+                        .map(|a| self.replication.handle_acks(from, a, now_ns, &mut outputs))
                 };
                 if let Err(e) = result {
                     self.count(e);

@@ -418,6 +418,6 @@ mod tests {
         let r = settings.replication_config(&engine);
         assert_eq!(r.limiter_intervals_ns, vec![250_000_000, 20_000_000]);
         assert_eq!(r.tick_ns(), 20_000_000);
-        assert_eq!(r.rto_ns, 60_000_000);
+        assert_eq!(r.rto_ns, 100_000_000);
     }
 }

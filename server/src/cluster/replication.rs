@@ -13,12 +13,20 @@
 //! Cumulative per-bucket counters would also survive loss, but every receiver would keep a
 //! counter per (peer, bucket) — at a million keys that is tens of megabytes per peer, and a
 //! lost final update is only repaired if the bucket changes again. Acknowledged deltas keep
-//! per-peer state proportional to what is in flight, bounded by [`MAX_UNACKED_PER_PEER`].
+//! per-peer state proportional to what is in flight and queued, and nothing per key.
 //!
-//! What is still lost, deliberately and counted in [`ReplicationStats`]: a batch
-//! retransmitted [`MAX_TRIES`] times without an acknowledgement, the oldest batch when a
-//! peer has [`MAX_UNACKED_PER_PEER`] in flight, and everything in flight to a peer when it
-//! is declared down (it restarts and gets levels by state transfer instead).
+//! # Flow control
+//!
+//! At most [`MAX_IN_FLIGHT_PER_PEER`] batches are unacknowledged per peer; more wait in a
+//! per-peer backlog (at most [`MAX_BACKLOG_PER_PEER`]) and go out as acks free the window.
+//! Acks are sent every [`ReplicationConfig::ack_interval_ns`] (at most 20 ms), so a window
+//! turns over quickly even with long sync intervals, and a large state transfer is paced
+//! instead of overflowing the peer's socket buffer.
+//!
+//! What is still lost, deliberately and counted in [`ReplicationStats`] (`gave_up`): a
+//! batch retransmitted [`MAX_TRIES`] times without an acknowledgement, the oldest queued
+//! batch when a peer's backlog is full, and everything still queued for a peer that stays
+//! down longer than [`DOWN_GRACE_NS`] (it gets levels by state transfer when it returns).
 //!
 //! # State transfer
 //!
@@ -33,13 +41,22 @@ use std::net::SocketAddr;
 
 /// Transmissions of one batch before the sender gives up on it (counted as
 /// `gave_up`). A try fails when the batch or its ack is lost: at 20% loss that is
-/// 1 - 0.8² = 36%, and 16 tries all fail with probability 0.36^16 < 1e-7. With
-/// [`ReplicationConfig::rto_ns`] of three sync intervals, 16 tries span 48 intervals
-/// (2.4 s at 50 ms): longer than a loss burst, shorter than most partitions.
+/// 1 - 0.8² = 36%, and 16 tries all fail with probability 0.36^16 < 1e-7. Retries back off
+/// (RTO, 2×, 4×, ... capped at [`MAX_RETRY_GAP_NS`]), so with the 100 ms RTO 16 tries span
+/// about 13 s: longer than a loss burst or [`DOWN_GRACE_NS`], and a dead peer costs at most
+/// one window of retransmissions per second.
 pub const MAX_TRIES: u8 = 16;
-/// Batches one peer may have unacknowledged. 16,384 datagrams is about 22 MB and more than
-/// half a second of a 1M-active-key workload at 50 ms syncs; past it the oldest is dropped.
-pub const MAX_UNACKED_PER_PEER: usize = 16_384;
+/// Longest gap between two transmissions of one batch.
+pub const MAX_RETRY_GAP_NS: u64 = 1_000_000_000;
+/// Batches one peer may have unacknowledged (the send window). 1,024 datagrams is 1.4 MB:
+/// a third of the 4 MiB socket buffers, so a burst cannot overflow them, and with acks
+/// every 20 ms still 50,000 datagrams/s (70 MB/s) per peer.
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 1_024;
+/// Batches queued per peer behind the window. 32,768 datagrams (about 45 MB) holds a state
+/// transfer of about a million buckets; past it the oldest queued batch is dropped.
+pub const MAX_BACKLOG_PER_PEER: usize = 32_768;
+/// Acks go out at least this often (and at the sync interval if shorter).
+pub const MAX_ACK_DELAY_NS: u64 = 20_000_000;
 /// Out-of-order sequence numbers a receiver remembers above its contiguous floor. Past it
 /// the floor jumps forward (older missing batches would then count as duplicates).
 pub const MAX_SEEN_ABOVE_FLOOR: usize = 65_536;
@@ -59,20 +76,26 @@ pub struct ReplicationConfig {
     /// Sync cadence per limiter id, in nanoseconds (the cluster's `sync_interval`, or a
     /// policy's `interval / lazy_sync.num_sync`).
     pub limiter_intervals_ns: Vec<u64>,
-    /// Cadence of limiters not in the list (and of acks): the cluster's `sync_interval`.
+    /// Cadence of limiters not in the list: the cluster's `sync_interval`.
     pub default_interval_ns: u64,
     /// Retransmission timeout: an unacknowledged batch is resent after this long.
     pub rto_ns: u64,
 }
 
 impl ReplicationConfig {
-    /// Retransmission timeout for a sync interval: acks go out once per interval, so an ack
-    /// may take one interval plus a round trip; three intervals (at least 30 ms, at most 2 s)
-    /// avoids spurious resends.
+    /// Retransmission timeout for a sync interval: an ack may wait one ack interval (at
+    /// most 20 ms) plus a round trip and the receiver's loop; five ack intervals (at least
+    /// 30 ms: 100 ms for syncs of 20 ms or more) avoid spurious resends on a busy host.
     pub fn rto_for(interval_ns: u64) -> u64 {
         interval_ns
-            .saturating_mul(3)
-            .clamp(30_000_000, 2_000_000_000)
+            .min(MAX_ACK_DELAY_NS)
+            .saturating_mul(5)
+            .max(30_000_000)
+    }
+
+    /// How often pending acks are flushed.
+    pub fn ack_interval_ns(&self) -> u64 {
+        self.default_interval_ns.clamp(1, MAX_ACK_DELAY_NS)
     }
 
     /// The shortest cadence: how often local consumption must be drained.
@@ -137,6 +160,8 @@ struct Outbound {
     /// The peer process's boot nonce.
     boot: u64,
     unacked: BTreeMap<u64, Pending>,
+    /// Sealed batches waiting for room in the window: (seq, datagram).
+    backlog: VecDeque<(u64, Vec<u8>)>,
     /// When membership declared it down (None = alive or suspect).
     down_since: Option<u64>,
 }
@@ -221,7 +246,7 @@ impl Replicator {
             .map(|i| now_ns.saturating_add(*i))
             .collect();
         Replicator {
-            next_ack_at: now_ns.saturating_add(config.default_interval_ns),
+            next_ack_at: now_ns.saturating_add(config.ack_interval_ns()),
             config,
             auth,
             boot,
@@ -263,6 +288,7 @@ impl Replicator {
             Outbound {
                 boot,
                 unacked: BTreeMap::new(),
+                backlog: VecDeque::new(),
                 down_since: None,
             },
         );
@@ -287,9 +313,11 @@ impl Replicator {
         self.peers.contains_key(addr)
     }
 
-    /// Batches in flight to `addr` (tests and stats).
+    /// Batches in flight or queued to `addr` (tests and stats).
     pub fn unacked(&self, addr: &SocketAddr) -> usize {
-        self.peers.get(addr).map_or(0, |p| p.unacked.len())
+        self.peers
+            .get(addr)
+            .map_or(0, |p| p.unacked.len() + p.backlog.len())
     }
 
     /// Records consumption drained from the local shards.
@@ -304,17 +332,27 @@ impl Replicator {
         }
     }
 
-    /// The next time [`Replicator::tick`] has work.
+    /// The next time [`Replicator::tick`] has work. O(batches in flight).
     pub fn next_deadline(&self) -> u64 {
+        let rto = self.config.rto_ns;
         let retransmit = self
             .peers
             .values()
-            .flat_map(|p| p.unacked.values().next())
-            .map(|p| p.sent_at.saturating_add(self.config.rto_ns))
+            .flat_map(|p| p.unacked.values())
+            .map(|p| p.sent_at.saturating_add(retry_gap(rto, p.tries)))
             .min()
             .unwrap_or(u64::MAX);
+        let backlog = if self
+            .peers
+            .values()
+            .any(|p| !p.backlog.is_empty() && p.unacked.len() < MAX_IN_FLIGHT_PER_PEER)
+        {
+            0
+        } else {
+            u64::MAX
+        };
         let flush = self.next_flush.iter().copied().min().unwrap_or(u64::MAX);
-        retransmit.min(flush).min(self.next_ack_at)
+        retransmit.min(flush).min(self.next_ack_at).min(backlog)
     }
 
     /// Sends what is due: consumption of limiters whose interval elapsed, acks, and
@@ -359,7 +397,7 @@ impl Replicator {
             }
         }
         if now_ns >= self.next_ack_at {
-            self.next_ack_at = now_ns + self.config.default_interval_ns;
+            self.next_ack_at = now_ns + self.config.ack_interval_ns();
             let due: Vec<SocketAddr> = self.acks_due.keys().copied().collect();
             for to in due {
                 self.flush_acks(to, out);
@@ -445,8 +483,14 @@ impl Replicator {
         }
     }
 
-    /// Handles authenticated ACKS from `from`.
-    pub fn handle_acks(&mut self, from: SocketAddr, acks: Acks) {
+    /// Handles authenticated ACKS from `from`; sends queued batches the freed window allows.
+    pub fn handle_acks(
+        &mut self,
+        from: SocketAddr,
+        acks: Acks,
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
         if acks.boot != self.boot {
             return;
         }
@@ -454,6 +498,7 @@ impl Replicator {
             for seq in acks.seqs {
                 peer.unacked.remove(&seq);
             }
+            self.stats.batches_sent += fill_window(from, peer, now_ns, out);
         }
     }
 
@@ -557,28 +602,21 @@ impl Replicator {
         let Some(peer) = self.peers.get_mut(&to) else {
             return;
         };
-        if peer.unacked.len() >= MAX_UNACKED_PER_PEER {
-            peer.unacked.pop_first();
+        if peer.backlog.len() >= MAX_BACKLOG_PER_PEER {
+            peer.backlog.pop_front();
             self.stats.gave_up += 1;
         }
-        peer.unacked.insert(
-            batch.seq,
-            Pending {
-                datagram: datagram.clone(),
-                sent_at: now_ns,
-                tries: 1,
-            },
-        );
-        self.stats.batches_sent += 1;
-        out.push(Output::Send { to, datagram });
+        peer.backlog.push_back((batch.seq, datagram));
+        self.stats.batches_sent += fill_window(to, peer, now_ns, out);
     }
 
     fn retransmit(&mut self, now_ns: u64, out: &mut Vec<Output>) {
         let rto = self.config.rto_ns;
         for (to, peer) in self.peers.iter_mut() {
+            self.stats.batches_sent += fill_window(*to, peer, now_ns, out);
             let mut expired = Vec::new();
             for (seq, p) in peer.unacked.iter_mut() {
-                if p.sent_at.saturating_add(rto) > now_ns {
+                if p.sent_at.saturating_add(retry_gap(rto, p.tries)) > now_ns {
                     continue;
                 }
                 if p.tries >= MAX_TRIES {
@@ -599,6 +637,37 @@ impl Replicator {
             }
         }
     }
+}
+
+/// Time from a batch's latest transmission to its next: RTO doubled per try so far,
+/// at most [`MAX_RETRY_GAP_NS`] (or the RTO, if that is longer).
+fn retry_gap(rto: u64, tries: u8) -> u64 {
+    rto.saturating_mul(1 << u32::from(tries.saturating_sub(1)).min(10))
+        .min(MAX_RETRY_GAP_NS.max(rto))
+}
+
+/// Moves queued batches into the window while it has room; returns how many were sent.
+fn fill_window(to: SocketAddr, peer: &mut Outbound, now_ns: u64, out: &mut Vec<Output>) -> u64 {
+    let mut sent = 0;
+    while peer.unacked.len() < MAX_IN_FLIGHT_PER_PEER {
+        let Some((seq, datagram)) = peer.backlog.pop_front() else {
+            break;
+        };
+        out.push(Output::Send {
+            to,
+            datagram: datagram.clone(),
+        });
+        peer.unacked.insert(
+            seq,
+            Pending {
+                datagram,
+                sent_at: now_ns,
+                tries: 1,
+            },
+        );
+        sent += 1;
+    }
+    sent
 }
 
 #[cfg(test)]
@@ -700,7 +769,7 @@ mod tests {
         a.tick(10, &mut out);
         let mut now = 10;
         for _ in 0..MAX_TRIES + 2 {
-            now += 30;
+            now += MAX_RETRY_GAP_NS + 1;
             a.tick(now, &mut out);
         }
         assert_eq!(a.stats.retransmits, u64::from(MAX_TRIES - 1));
@@ -726,7 +795,13 @@ mod tests {
             if let Output::Send { datagram, .. } = o {
                 let (kind, payload) = auth.open(&datagram).expect("authentic");
                 if kind == Kind::Acks {
-                    a.handle_acks(addr(2), wire::decode_acks(payload).expect("acks"));
+                    let mut more = Vec::new();
+                    a.handle_acks(
+                        addr(2),
+                        wire::decode_acks(payload).expect("acks"),
+                        30,
+                        &mut more,
+                    );
                 }
             }
         }
@@ -772,6 +847,63 @@ mod tests {
             })
             .sum();
         assert_eq!(lowered, 200);
+    }
+
+    /// A transfer larger than the window is paced by acks and completes.
+    #[test]
+    fn large_transfer_is_paced_by_the_window() {
+        let mut a = replicator(1);
+        let mut b = replicator(2);
+        a.peer_up(addr(2), 2);
+        b.peer_up(addr(1), 1);
+        let n = 60_000;
+        let levels: Vec<Entry> = (0..n)
+            .map(|i| Entry {
+                limiter: 0,
+                key: format!("user-{i:07}"),
+                value: 0.0,
+            })
+            .collect();
+        let mut to_b = Vec::new();
+        a.send_transfer(addr(2), levels, 0, &mut to_b);
+        assert_eq!(
+            to_b.len(),
+            MAX_IN_FLIGHT_PER_PEER,
+            "only a window's worth goes out at once"
+        );
+        let auth = Auth::new(b"s");
+        let (mut lowered, mut complete, mut now) = (0, false, 0);
+        for _round in 0..200 {
+            now += 5;
+            let mut to_a = Vec::new();
+            for o in std::mem::take(&mut to_b) {
+                if let Output::Send { datagram, .. } = o {
+                    let (_, payload) = auth.open(&datagram).expect("authentic");
+                    let batch = wire::decode_batch(payload).expect("batch");
+                    b.handle_batch(addr(1), batch, &mut to_a);
+                }
+            }
+            b.tick(now, &mut to_a);
+            for o in to_a {
+                match o {
+                    Output::LowerTo(e) => lowered += e.len(),
+                    Output::TransferComplete { .. } => complete = true,
+                    Output::Send { datagram, .. } => {
+                        let (kind, payload) = auth.open(&datagram).expect("authentic");
+                        assert_eq!(kind, Kind::Acks);
+                        let acks = wire::decode_acks(payload).expect("acks");
+                        a.handle_acks(addr(2), acks, now, &mut to_b);
+                    }
+                    Output::Debit(_) => unreachable!("no debits in a transfer"),
+                }
+            }
+            if complete {
+                break;
+            }
+        }
+        assert!(complete, "transfer never completed");
+        assert_eq!(lowered, n);
+        assert_eq!(a.stats.gave_up, 0);
     }
 
     #[test]

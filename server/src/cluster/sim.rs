@@ -405,8 +405,9 @@ fn replicas_converge_despite_loss_reordering_and_duplication() {
                 admitted[k] += tokens;
             }
         }
-        // Traffic stops; retransmissions (up to 16 tries, 150 ms apart) repair the losses.
-        let t = sim.now + 4_000 * MS;
+        // Traffic stops; retransmissions (up to 16 tries, backing off from 100 ms to 1 s)
+        // repair the losses.
+        let t = sim.now + 15_000 * MS;
         sim.run_until(t);
         for (k, key) in keys.iter().enumerate() {
             let expected = 1_000.0 - admitted[k];
