@@ -134,7 +134,8 @@ pub struct RunArgs {
     /// Deadline of one dial.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub connect_timeout: Duration,
-    /// Runtime worker threads (default: available cores).
+    /// Load threads (default: available cores), each a single-threaded runtime owning a share
+    /// of the connection slots: a request never wakes another thread.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Period of the progress line (redrawn in place on a terminal, one line per period

@@ -68,7 +68,7 @@ pub struct ConfigEcho {
     pub timeout_ms: u64,
     /// Random seed.
     pub seed: u64,
-    /// Runtime threads.
+    /// Load threads.
     pub threads: usize,
 }
 

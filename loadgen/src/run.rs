@@ -18,7 +18,7 @@
 //! actual send, so the loadgen's own timer granularity is not charged to the server.
 
 use std::io::{IsTerminal, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,7 +108,8 @@ pub struct RunConfig {
     pub progress: Option<Duration>,
     /// Seed of the per-task random generators (task `i` uses `seed + i`).
     pub seed: u64,
-    /// Runtime worker threads (informational in the echo; the caller builds the runtime).
+    /// Load threads, each a single-threaded tokio runtime owning a share of the connection
+    /// slots (at most one thread per slot).
     pub threads: usize,
 }
 
@@ -207,6 +208,8 @@ struct Shared {
     stop: AtomicBool,
     /// Measured requests issued (for `Stop::Requests`).
     issued: AtomicU64,
+    /// Tasks that have finished (the controller waits for all).
+    tasks_done: AtomicUsize,
     first_error: Mutex<Option<String>>,
     epoch: Instant,
     /// End of the warm-up, ns since `epoch`.
@@ -228,18 +231,14 @@ impl Shared {
     }
 }
 
-/// Builds a tokio runtime with `cfg.threads` workers and runs [`run`] on it.
+/// Runs the load described by `cfg` and reports. Blocks.
+///
+/// The load runs on `cfg.threads` threads (at most one per connection slot), each with its own
+/// single-threaded tokio runtime owning a share of the slots (slot `c` on thread
+/// `c % threads`). A connection's request tasks, and its client's writer and reader tasks, then
+/// share one thread: a request costs no cross-thread wake-up, which on a small machine would
+/// cost the loadgen more CPU than the server it measures.
 pub fn run_blocking(cfg: RunConfig) -> Result<Report, RunError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(|e| RunError::Config(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(run(cfg))
-}
-
-/// Runs the load described by `cfg` on the current tokio runtime and reports.
-pub async fn run(cfg: RunConfig) -> Result<Report, RunError> {
     cfg.validate().map_err(RunError::Config)?;
     let limit = cfg.effective_limit();
     let redis_limit = limit.unwrap_or(DEFAULT_LIMIT);
@@ -253,29 +252,57 @@ pub async fn run(cfg: RunConfig) -> Result<Report, RunError> {
             interval_us: (redis_limit.interval_ns / 1000).max(1).to_string(),
         },
     };
-    // Connect everything first: dials are not part of the measurement.
-    let mut slots: Vec<Arc<Vec<Conn>>> = Vec::with_capacity(cfg.connections);
-    for _ in 0..cfg.connections {
-        let mut conns = Vec::with_capacity(cfg.targets.len());
-        for t in &cfg.targets {
-            let conn = Conn::connect(t, &settings)
-                .await
-                .map_err(|e| RunError::Connect(format!("{t}: {e}")))?;
-            conns.push(conn);
-        }
-        slots.push(Arc::new(conns));
-    }
-
     let sampler = KeySampler::new(&cfg.distribution, cfg.keys);
     let scenario = cfg.scenario.clone().unwrap_or_else(Scenario::single);
-    let picker = scenario.picker();
-    let templates = Arc::new(templates(&cfg, &scenario));
-    let epoch = Instant::now();
+    let plan = Arc::new(Plan {
+        picker: scenario.picker(),
+        templates: templates(&cfg, &scenario),
+        sampler: sampler.clone(),
+        settings,
+        cfg: cfg.clone(),
+    });
+    let threads = cfg.threads.clamp(1, cfg.connections);
+
+    // Phase 1: every thread dials its slots (dials are not measured) and reports.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut go = Vec::with_capacity(threads);
+    let mut joins = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Arc<Shared>>();
+        go.push(go_tx);
+        let slots: Vec<usize> = (0..cfg.connections).filter(|c| c % threads == t).collect();
+        let (plan, ready_tx) = (plan.clone(), ready_tx.clone());
+        let join = std::thread::Builder::new()
+            .name(format!("load-{t}"))
+            .spawn(move || load_thread(&plan, &slots, &ready_tx, go_rx))
+            .map_err(|e| RunError::Config(format!("cannot start a load thread: {e}")))?;
+        joins.push(join);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..threads {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a load thread died while connecting".into());
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Dropping the go senders releases the threads that did connect.
+        drop(go);
+        for j in joins {
+            let _ = j.join();
+        }
+        return Err(RunError::Connect(e));
+    }
+
+    // Phase 2: the clock starts; every thread gets the shared state and runs its tasks.
     let measure_from_ns = cfg.warmup.as_nanos() as u64;
-    let measure_until_ns = match cfg.stop {
-        Stop::Duration(d) => measure_from_ns.saturating_add(d.as_nanos() as u64),
-        Stop::Requests(_) => u64::MAX,
-    };
     let shared = Arc::new(Shared {
         recorder: Recorder::new(),
         // Without a limit there is no accuracy report: an empty ledger ignores every update.
@@ -286,46 +313,21 @@ pub async fn run(cfg: RunConfig) -> Result<Report, RunError> {
         }),
         stop: AtomicBool::new(false),
         issued: AtomicU64::new(0),
+        tasks_done: AtomicUsize::new(0),
         first_error: Mutex::new(None),
-        epoch,
+        epoch: Instant::now(),
         measure_from_ns,
-        measure_until_ns,
+        measure_until_ns: match cfg.stop {
+            Stop::Duration(d) => measure_from_ns.saturating_add(d.as_nanos() as u64),
+            Stop::Requests(_) => u64::MAX,
+        },
     });
-
-    let tasks_total = cfg.connections * cfg.pipeline;
-    let period_ns = cfg.rate.map(|r| (tasks_total as f64 * 1e9 / r).max(1.0));
-    let mut handles = Vec::with_capacity(tasks_total);
-    for (c, conns) in slots.iter().enumerate() {
-        for d in 0..cfg.pipeline {
-            let index = c * cfg.pipeline + d;
-            let task = Task {
-                index,
-                conns: conns.clone(),
-                shared: shared.clone(),
-                sampler: sampler.clone(),
-                picker: picker.clone(),
-                templates: templates.clone(),
-                rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(index as u64)),
-                spread: cfg.spread,
-                op: cfg.op,
-                batch: cfg.batch,
-                key_prefix: cfg.key_prefix.clone(),
-                stop_after: match cfg.stop {
-                    Stop::Requests(n) => Some(n),
-                    Stop::Duration(_) => None,
-                },
-                pacing: period_ns.map(|p| Pacing {
-                    period_ns: p,
-                    next_ns: p * index as f64 / tasks_total as f64,
-                }),
-            };
-            handles.push(tokio::spawn(task.run()));
-        }
+    for g in go {
+        let _ = g.send(shared.clone());
     }
-
-    controller(&cfg, &shared, &handles).await;
-    for h in handles {
-        let _ = h.await;
+    controller(&cfg, &shared, cfg.connections * cfg.pipeline);
+    for j in joins {
+        let _ = j.join();
     }
     let end_ns = shared.now_ns();
     let tally = shared.recorder.total();
@@ -346,18 +348,98 @@ pub async fn run(cfg: RunConfig) -> Result<Report, RunError> {
     ))
 }
 
-/// Draws progress and ends the measured phase.
-async fn controller(cfg: &RunConfig, shared: &Shared, handles: &[tokio::task::JoinHandle<()>]) {
+/// What every load thread needs, fixed before the run.
+struct Plan {
+    cfg: RunConfig,
+    settings: ConnSettings,
+    sampler: KeySampler,
+    picker: MixPicker,
+    templates: Vec<(CheckRequest, f64)>,
+}
+
+/// One load thread: dial `slots`, report, wait for the start, run the slots' tasks.
+fn load_thread(
+    plan: &Arc<Plan>,
+    slots: &[usize],
+    ready: &std::sync::mpsc::Sender<Result<(), String>>,
+    go: tokio::sync::oneshot::Receiver<Arc<Shared>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot start a runtime: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async {
+        let cfg = &plan.cfg;
+        let mut conns: Vec<(usize, Arc<Vec<Conn>>)> = Vec::with_capacity(slots.len());
+        for &c in slots {
+            let mut slot = Vec::with_capacity(cfg.targets.len());
+            for t in &cfg.targets {
+                match Conn::connect(t, &plan.settings).await {
+                    Ok(conn) => slot.push(conn),
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("{t}: {e}")));
+                        return;
+                    }
+                }
+            }
+            conns.push((c, Arc::new(slot)));
+        }
+        let _ = ready.send(Ok(()));
+        let Ok(shared) = go.await else { return };
+        let tasks_total = cfg.connections * cfg.pipeline;
+        let period_ns = cfg.rate.map(|r| (tasks_total as f64 * 1e9 / r).max(1.0));
+        let mut handles = Vec::with_capacity(conns.len() * cfg.pipeline);
+        for (c, slot) in &conns {
+            for d in 0..cfg.pipeline {
+                let index = c * cfg.pipeline + d;
+                let task = Task {
+                    index,
+                    conns: slot.clone(),
+                    shared: shared.clone(),
+                    sampler: plan.sampler.clone(),
+                    picker: plan.picker.clone(),
+                    plan: plan.clone(),
+                    rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(index as u64)),
+                    spread: cfg.spread,
+                    op: cfg.op,
+                    batch: cfg.batch,
+                    stop_after: match cfg.stop {
+                        Stop::Requests(n) => Some(n),
+                        Stop::Duration(_) => None,
+                    },
+                    pacing: period_ns.map(|p| Pacing {
+                        period_ns: p,
+                        next_ns: p * index as f64 / tasks_total as f64,
+                    }),
+                };
+                handles.push(tokio::spawn(task.run()));
+            }
+        }
+        for h in handles {
+            let _ = h.await;
+            shared.tasks_done.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Draws progress and ends the measured phase; returns once all `tasks` have finished.
+fn controller(cfg: &RunConfig, shared: &Shared, tasks: usize) {
     let tty = std::io::stderr().is_terminal();
     let mut last_tick = shared.now_ns();
     let mut drew = false;
     loop {
-        tokio::time::sleep(CONTROLLER_TICK).await;
+        std::thread::sleep(CONTROLLER_TICK);
         let now = shared.now_ns();
         if now >= shared.measure_until_ns {
             shared.stop.store(true, Ordering::Relaxed);
         }
-        let finished = handles.iter().all(|h| h.is_finished());
+        let finished = shared.tasks_done.load(Ordering::Relaxed) >= tasks;
         if let Some(period) = cfg.progress {
             if now.saturating_sub(last_tick) >= period.as_nanos() as u64 || finished {
                 let interval = shared.recorder.take_interval();
@@ -449,12 +531,12 @@ struct Task {
     shared: Arc<Shared>,
     sampler: KeySampler,
     picker: MixPicker,
-    templates: Arc<Vec<(CheckRequest, f64)>>,
+    /// The run's fixed inputs (templates, key prefix).
+    plan: Arc<Plan>,
     rng: rand::rngs::StdRng,
     spread: Spread,
     op: Op,
     batch: usize,
-    key_prefix: String,
     stop_after: Option<u64>,
     pacing: Option<Pacing>,
 }
@@ -463,7 +545,7 @@ impl Task {
     async fn run(mut self) {
         // This task's own copies of the templates, rewritten in place per request.
         let mut singles: Vec<CheckRequest> =
-            self.templates.iter().map(|(r, _)| r.clone()).collect();
+            self.plan.templates.iter().map(|(r, _)| r.clone()).collect();
         // Batch slots, reused: (mix of the slot's current contents, key) and the requests.
         let mut slots: Vec<(usize, usize)> = Vec::with_capacity(self.batch);
         let mut batch: Vec<CheckRequest> = Vec::with_capacity(self.batch);
@@ -521,11 +603,11 @@ impl Task {
                 let mix = self.picker.pick(&mut self.rng);
                 let key = self.sampler.sample(&mut self.rng);
                 let target = self.spread.pick(targets, seq, key);
-                let tokens = self.templates.get(mix).map_or(1.0, |(_, t)| *t);
+                let tokens = self.plan.templates.get(mix).map_or(1.0, |(_, t)| *t);
                 let Some(req) = singles.get_mut(mix) else {
                     break;
                 };
-                set_key(req, &self.key_prefix, key);
+                set_key(req, &self.plan.cfg.key_prefix, key);
                 let sent = self.shared.now_ns();
                 self.shared.ledger.sent(key, sent);
                 let r = match self.conns.get(target) {
@@ -540,7 +622,7 @@ impl Task {
                     let mix = self.picker.pick(&mut self.rng);
                     let key = self.sampler.sample(&mut self.rng);
                     if i >= batch.len() || slots.get(i).map(|s| s.0) != Some(mix) {
-                        let Some((template, _)) = self.templates.get(mix) else {
+                        let Some((template, _)) = self.plan.templates.get(mix) else {
                             break;
                         };
                         if i >= batch.len() {
@@ -554,7 +636,7 @@ impl Task {
                         *slot = (mix, key);
                     }
                     if let Some(req) = batch.get_mut(i) {
-                        set_key(req, &self.key_prefix, key);
+                        set_key(req, &self.plan.cfg.key_prefix, key);
                     }
                 }
                 let sent = self.shared.now_ns();
