@@ -1,7 +1,9 @@
 //! Bytes per live bucket, counted by a tracking global allocator (not timed).
 //!
 //! Target: <= 96 bytes per bucket plus the key. Reports the table's share and the key
-//! slices' share separately, at 1M keys and at a size just after the table grew.
+//! slices' share separately, at 1M keys and at the worst size: one key past a table doubling
+//! (hashbrown keeps at most 7/8 of its buckets full, so 2^20 * 7/8 + 1 = 917,505 keys is the
+//! first count that needs 2^21 buckets, the emptiest a table ever is per live key).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -34,9 +36,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// One key more than a 2^20-bucket table holds (7/8 load factor): the table has just doubled.
+const WORST_CASE_KEYS: usize = (1 << 20) / 8 * 7 + 1;
+
 fn main() {
     let engine = bench_engine();
-    for n in [1_000_000usize, 1_100_000] {
+    for n in [WORST_CASE_KEYS, 1_000_000] {
         let names: Vec<String> = (0..n).map(key).collect();
         let key_bytes: usize = names.iter().map(String::len).sum();
         let before = LIVE.load(Ordering::Relaxed);
