@@ -612,7 +612,10 @@ impl Config {
             );
         }
         if s.idle_spin.0 > Duration::from_millis(10) {
-            err("server.idle_spin".into(), "must be at most 10ms (it keeps an idle core busy)");
+            err(
+                "server.idle_spin".into(),
+                "must be at most 10ms (it keeps an idle core busy)",
+            );
         }
         if s.api_keys.iter().any(|k| k.is_empty()) {
             err("server.api_keys".into(), "an API key must not be empty");

@@ -29,10 +29,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (binary protocol, gRPC compat port, cluster gossip).
-    #[command(after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug or \
+    #[command(
+        after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug or \
 RUST_LOG=tollgate_server=debug) for more. Once every port is bound the server logs one \
 'tollgate ready' line with the real addresses. SIGINT/SIGTERM: stop accepting, drain \
-in-flight requests (server.drain_timeout), exit 0. Exit 2: invalid config.")]
+in-flight requests (server.drain_timeout), exit 0. Exit 2: invalid config."
+    )]
     Serve(ServeArgs),
     /// Ask a server whether a flow may run. Exits 0 accepted, 1 rejected, 2 error.
     Check(CheckArgs),
