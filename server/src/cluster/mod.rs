@@ -17,6 +17,8 @@
 //! - [`membership`]: foca glue: config from our timings, an effect-collecting runtime,
 //!   a timer queue on the caller's clock.
 //! - [`gossip`]: one node's sans-IO gossip: datagram in + now -> effects out.
+//! - [`fuzzing`]: the body of the `gossip_datagram` fuzz target: every decoder, and a
+//!   joined node, fed arbitrary datagrams (`cargo test` drives it too).
 //! - [`io`]: the thread that owns the UDP socket and reaches shards via
 //!   [`DecisionHandle`].
 //! - `sim` (tests): a deterministic cluster on virtual time with loss, reordering and
@@ -25,6 +27,7 @@
 //! [`Cluster::bind`] runs before the shards start (so `MEMBERS` has a view to ask);
 //! [`Cluster::start`] after them (so the thread has a handle to reach them).
 
+pub mod fuzzing;
 pub mod gossip;
 pub mod io;
 pub mod membership;
