@@ -138,7 +138,8 @@ pub struct ReplicationStats {
     pub batches_sent: u64,
     /// Retransmissions.
     pub retransmits: u64,
-    /// Batches given up after [`MAX_TRIES`] or evicted by [`MAX_UNACKED_PER_PEER`].
+    /// Batches given up after [`MAX_TRIES`] or dropped from a full backlog
+    /// ([`MAX_BACKLOG_PER_PEER`]).
     pub gave_up: u64,
     /// Batches applied.
     pub batches_applied: u64,
@@ -195,18 +196,25 @@ impl Seen {
         if seq <= self.floor || !self.above.insert(seq) {
             return Verdict::Duplicate;
         }
-        while self.above.remove(&(self.floor + 1)) {
-            self.floor += 1;
-        }
+        self.advance_floor();
         while self.above.len() > MAX_SEEN_ABOVE_FLOOR {
             if let Some(first) = self.above.pop_first() {
                 self.floor = first;
             }
-            while self.above.remove(&(self.floor + 1)) {
-                self.floor += 1;
-            }
+            self.advance_floor();
         }
         Verdict::New
+    }
+
+    /// Moves the floor over every contiguous seq remembered above it. Checked: a peer holding
+    /// the secret may send any seq, u64::MAX included.
+    fn advance_floor(&mut self) {
+        while let Some(next) = self.floor.checked_add(1) {
+            if !self.above.remove(&next) {
+                break;
+            }
+            self.floor = next;
+        }
     }
 }
 
@@ -918,5 +926,19 @@ mod tests {
         }
         assert!(s.above.len() <= MAX_SEEN_ABOVE_FLOOR);
         assert!(matches!(s.check(1, 3), Verdict::Duplicate));
+    }
+
+    #[test]
+    fn seen_survives_the_largest_sequence_numbers() {
+        let mut s = Seen {
+            boot: 1,
+            floor: u64::MAX - 2,
+            above: BTreeSet::new(),
+        };
+        assert!(matches!(s.check(1, u64::MAX), Verdict::New));
+        assert!(matches!(s.check(1, u64::MAX - 1), Verdict::New));
+        assert_eq!(s.floor, u64::MAX);
+        assert!(s.above.is_empty());
+        assert!(matches!(s.check(1, u64::MAX), Verdict::Duplicate));
     }
 }
