@@ -129,8 +129,9 @@ lookup-and-increment on the same keys in the same order, pays the same misses. I
 of the 1M-key `store.take` bench, ~93% of the samples inside `BucketStore::take` sit on those two
 loads (the control-group load and the key compare). The baseline is cheaper still because its loop body is so small
 that the CPU overlaps the next iteration's misses with the current one; `take` (bucket refill
-math, insert-or-get) is long enough to stop that overlap. The 10K-key rows are the code's own
-cost with the table in cache. In the server, popular keys stay cached (zipf rows of the
+math, insert-or-get) is long enough to stop that overlap. The 10K-key rows keep the table
+(~650 KiB) and the keys in L2/L3, so they show the code's cost plus cache (not DRAM) latency:
+the ~100 ns a decision costs once its bucket is cached. In the server, popular keys stay cached (zipf rows of the
 end-to-end section), and a request's own network round trip dwarfs either figure.
 
 The cross-shard hop is one check forwarded from shard 0 to its owner, shard 1, and answered,
