@@ -51,7 +51,7 @@ const NEVER: u64 = u64::MAX;
 /// a thousandth of a token is finer than any `--tokens` anyone sets.
 const MILLI: f64 = 1000.0;
 
-/// Per-key admission record of one run: one [`Slot`] per key index.
+/// Per-key admission record of one run: one `Slot` per key index.
 pub struct Ledger {
     slots: Vec<Slot>,
 }

@@ -73,7 +73,7 @@ pub struct RunArgs {
     /// Label that carries the key: the policy's limit_by_label_key.
     #[arg(long, default_value = "user")]
     pub label_key: String,
-    /// Key values are PREFIX<n>, n in 0..keys.
+    /// Key values are this prefix followed by the key index n, for n in 0..keys.
     #[arg(long, default_value = "user-")]
     pub key_prefix: String,
     /// Number of distinct keys (buckets) to spread load over.

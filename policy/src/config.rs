@@ -4,7 +4,7 @@
 //! Parsing is two steps, both reporting the file, the field path and the reason:
 //! 1. serde (with `deny_unknown_fields`, so a typo is an error, not a silent default),
 //!    tracked by `serde_path_to_error` for the path;
-//! 2. [`Config::validate`], for rules serde cannot express (ranges, required-if, duplicates).
+//! 2. `Config::validate`, for rules serde cannot express (ranges, required-if, duplicates).
 //!
 //! Defaults are documented on each field together with what they assume.
 
@@ -132,7 +132,7 @@ pub struct ClusterConfig {
     /// UDP address for membership and deltas. Default 127.0.0.1:7946.
     #[serde(default = "default_gossip")]
     pub gossip: String,
-    /// Address peers should send to, when `gossip` binds 0.0.0.0 / [::] (containers).
+    /// Address peers should send to, when `gossip` binds 0.0.0.0 / `[::]` (containers).
     /// Default: the bound address, or, for a wildcard bind, the local IP that routes to the
     /// first seed, with the gossip port.
     #[serde(default)]

@@ -1,13 +1,13 @@
 //! One binary-protocol connection: bytes -> frames -> checks -> decisions -> reply bytes.
 //!
-//! Two tasks per connection share an [`Outbox`]: the reader decodes every complete frame
+//! Two tasks per connection share an `Outbox`: the reader decodes every complete frame
 //! in what it read, answers local decisions straight into the outbox, and spawns a task
 //! for each check that must hop to another shard (its reply lands in the outbox later,
 //! so replies may come out of order — request ids pair them up). The writer sends
 //! whatever accumulated, one `write` per batch. Bounds: the read buffer never exceeds
 //! `max_frame_len` (checked from the 4-byte prefix before buffering), in-flight hops per
 //! connection are capped at `max_in_flight` (OVERLOADED beyond), and the reader stops
-//! reading while the outbox holds more than [`MAX_WRITE_BACKLOG`] unsent bytes.
+//! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes.
 
 use crate::clock;
 use crate::shard::{Planned, Shard};
