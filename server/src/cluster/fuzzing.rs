@@ -367,13 +367,7 @@ mod tests {
 
     fn archived<T>(kind: Kind, value: &T) -> Vec<u8>
     where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::util::AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Error,
-            >,
-        >,
+        T: for<'a> rkyv::Serialize<wire::Serializer<'a>>,
     {
         input(kind, &wire::encode(value).expect("fits"))
     }

@@ -218,16 +218,18 @@ pub fn entry_cost(key: &str) -> usize {
     32 + key.len()
 }
 
+/// The rkyv serializer [`encode`] uses; a payload type is one that implements
+/// `for<'a> rkyv::Serialize<Serializer<'a>>` ([`Batch`], [`Acks`], [`Leave`]).
+pub type Serializer<'a> = rkyv::api::high::HighSerializer<
+    rkyv::util::AlignedVec,
+    rkyv::ser::allocator::ArenaHandle<'a>,
+    rkyv::rancor::Error,
+>;
+
 /// Serializes any of the archived payloads.
 pub fn encode<T>(value: &T) -> Result<Vec<u8>, WireError>
 where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::Error,
-        >,
-    >,
+    T: for<'a> rkyv::Serialize<Serializer<'a>>,
 {
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|_| WireError::TooLarge)?;
     if bytes.len() > MAX_PAYLOAD {
