@@ -136,7 +136,7 @@ end-to-end section), and a request's own network round trip dwarfs either figure
 
 The cross-shard hop is one check forwarded from shard 0 to its owner, shard 1, and answered,
 one at a time: with both executors parked between hops it is two cross-core wake-ups on this
-VM (compare the ~75 us cross-core TCP echo in the end-to-end section), which `server.idle_spin`
+VM (compare the cross-core raw TCP echo in the end-to-end placement table), which `server.idle_spin`
 trades for a spinning core. Shard-aware clients avoid the hop altogether.
 <!-- /section:micro -->"""
 
