@@ -58,31 +58,31 @@ memory = re.findall(r"buckets=(\d+) bytes/bucket=([\d.]+) \(table ([\d.]+) \+ lo
 if not memory:
     raise SystemExit("micro.sh: no bucket_memory line in bench.log")
 
-rows = []
-def row(what, full_id, base_id=None, per=1, base_per=1):
-    v = ns(full_id, per)
-    ratio = ""
-    if base_id:
-        b = ns(base_id, base_per)
-        ratio = f"{v[0] / b[0]:.2f}x"
-    rows.append((what, fmt(v), fmt(ns(base_id, base_per)) if base_id else "", ratio))
-    return v
+# (name, label, criterion id, baseline id or None, iterations per criterion iteration)
+BENCHES = [
+    ("d1m", "decision, 1M keys: check (plan + hash + lookup + update)", "decision_1M_keys/check (plan + take)",
+     "decision_1M_keys/baseline: hashbrown lookup + increment", 1),
+    ("t1m", "decision, 1M keys: store.take (hash + lookup + update)", "decision_1M_keys/store.take (hash + lookup + update)",
+     "decision_1M_keys/baseline: hashbrown lookup + increment", 1),
+    ("d10k", "decision, 10K keys (in cache): check (plan + take)", "decision_10K_keys/check (plan + take)",
+     "decision_10K_keys/baseline: hashbrown lookup + increment", 1),
+    ("t10k", "decision, 10K keys (in cache): store.take", "decision_10K_keys/store.take (hash + lookup + update)",
+     "decision_10K_keys/baseline: hashbrown lookup + increment", 1),
+    ("ins", "new key (insert path), per key", "decision_insert/new key (insert path)", None, 512),
+    ("codec", "CHECK decode + label walk + CHECK_REPLY encode", "codec/decode CHECK + walk labels + encode CHECK_REPLY",
+     "codec/baseline: read the length prefix", 1),
+    ("hop0", "one cross-shard hop (idle_spin 0, the default)", "shard_hop/cross-shard decision, idle_spin 0",
+     "shard_hop/baseline: local decision on the owner, idle_spin 0", 1),
+    ("hop_spin", "one cross-shard hop (server.idle_spin: 100us)", "shard_hop/cross-shard decision, idle_spin 100us",
+     "shard_hop/baseline: local decision on the owner, idle_spin 100us", 1),
+]
 
-d1m = row("decision, 1M keys: check (plan + hash + lookup + update)", "decision_1M_keys/check (plan + take)",
-          "decision_1M_keys/baseline: hashbrown lookup + increment")
-t1m = row("decision, 1M keys: store.take (hash + lookup + update)", "decision_1M_keys/store.take (hash + lookup + update)",
-          "decision_1M_keys/baseline: hashbrown lookup + increment")
-d10k = row("decision, 10K keys (in cache): check (plan + take)", "decision_10K_keys/check (plan + take)",
-           "decision_10K_keys/baseline: hashbrown lookup + increment")
-t10k = row("decision, 10K keys (in cache): store.take", "decision_10K_keys/store.take (hash + lookup + update)",
-           "decision_10K_keys/baseline: hashbrown lookup + increment")
-ins = row("new key (insert path), per key", "decision_insert/new key (insert path)", per=512)
-codec = row("CHECK decode + label walk + CHECK_REPLY encode", "codec/decode CHECK + walk labels + encode CHECK_REPLY",
-            "codec/baseline: read the length prefix")
-hop0 = row("one cross-shard hop (idle_spin 0, the default)", "shard_hop/cross-shard decision, idle_spin 0",
-           "shard_hop/baseline: local decision on the owner, idle_spin 0")
-hop_spin = row("one cross-shard hop (server.idle_spin: 100us)", "shard_hop/cross-shard decision, idle_spin 100us",
-               "shard_hop/baseline: local decision on the owner, idle_spin 100us")
+rows, m = [], {}
+for name, label, full_id, base_id, per in BENCHES:
+    v = m[name] = ns(full_id, per)
+    b = ns(base_id) if base_id else None
+    rows.append((label, fmt(v), fmt(b) if b else "", f"{v[0] / b[0]:.2f}x" if b else ""))
+d1m, t1m, d10k, t10k, codec, hop0, hop_spin = (m[k] for k in ("d1m", "t1m", "d10k", "t10k", "codec", "hop0", "hop_spin"))
 
 table = ["| what | median [95% CI] | baseline, same run | ratio |", "|---|---:|---:|---:|"]
 table += [f"| {w} | {v} | {b} | {r} |" for w, v, b, r in rows]
