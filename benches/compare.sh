@@ -348,7 +348,7 @@ e.append("")
 e.append("| round trip | p50 us | p90 us | p99 us | p99.9 us | per second |")
 e.append("|---|---:|---:|---:|---:|---:|")
 rows = [("latency-echo", "raw TCP echo, 32 bytes (loadgen `echo-server`)"),
-        ("latency-tollgate-ping", "Tollgate PING/PONG (server IO path, no decision)"),
+        ("latency-tollgate-ping", "Tollgate PING/PONG (server IO path, no decision; shared port, so the kernel picks the answering shard and both placements may be cross-core)"),
         ("latency-tollgate-check", "Tollgate check, uniform 1M keys (binary protocol; checks alternate between the two shards' connections)"),
         ("latency-tollgate-check-hot", "Tollgate check, one key (one shard connection)"),
         ("latency-redis-check", "Redis+Lua check (EVALSHA)"),
