@@ -318,13 +318,16 @@ e.append(f"Measured by `benches/compare.sh` on {now} at commit `{os.environ.get(
          "Accuracy = admitted/allowed tokens, overall / worst key (<= 1 means never over-admitted; "
          "well below 1 is expected when keys are far from saturation). JSON reports: `target/compare/`.")
 e.append("")
-e.append("| keys | load | Tollgate dec/s | Redis+Lua dec/s | Tollgate / Redis | Tollgate p50 / p99 us | Redis p50 / p99 us | accuracy T | accuracy R |")
-e.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+throughput_rows, cpu_rows = [], []
 for d, dn in dists:
     for l, ln in loads:
-        t = load(f"tollgate-{d}-{l}")
-        r = load(f"redis-{d}-{l}")
-        e.append(f"| {dn} | {ln} | {rate(t)} | {rate(r)} | {fmt_ratio(ratio(t, r))} | {lat(t)} | {lat(r)} | {acc(t)} | {acc(r)} |")
+        tn, rn = f"tollgate-{d}-{l}", f"redis-{d}-{l}"
+        t, r = load(tn), load(rn)
+        throughput_rows.append(f"| {dn} | {ln} | {rate(t)} | {rate(r)} | {fmt_ratio(ratio(t, r))} | {lat(t)} | {lat(r)} | {acc(t)} | {acc(r)} |")
+        cpu_rows.append(f"| {dn} | {ln} | {fmt_cpu(tn)} | {fmt_cpu(rn)} |")
+e.append("| keys | load | Tollgate dec/s | Redis+Lua dec/s | Tollgate / Redis | Tollgate p50 / p99 us | Redis p50 / p99 us | accuracy T | accuracy R |")
+e.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+e.extend(throughput_rows)
 e.append("")
 e.append("CPU per decision, microseconds of CPU (all threads) for the server / for the loadgen, "
          "over each whole run (`/proc/PID/stat` and the shell's `time`, divided by decisions/s x "
@@ -333,9 +336,7 @@ e.append("CPU per decision, microseconds of CPU (all threads) for the server / f
 e.append("")
 e.append("| keys | load | Tollgate server / loadgen us | Redis server / loadgen us |")
 e.append("|---|---|---:|---:|")
-for d, dn in dists:
-    for l, ln in loads:
-        e.append(f"| {dn} | {ln} | {fmt_cpu(f'tollgate-{d}-{l}')} | {fmt_cpu(f'redis-{d}-{l}')} |")
+e.extend(cpu_rows)
 e.append("")
 e.append("### One connection, depth 1: latency against the loopback floor")
 e.append("")
