@@ -8,7 +8,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use tollgate_benches::{bench_engine, key};
-use tollgate_policy::{BucketStore, LimiterId};
+use tollgate_policy::{BucketStore, Tokens};
 
 struct Counting;
 
@@ -41,13 +41,14 @@ const WORST_CASE_KEYS: usize = (1 << 20) / 8 * 7 + 1;
 
 fn main() {
     let engine = bench_engine();
+    let id = engine.limiters()[0].id;
     for n in [WORST_CASE_KEYS, 1_000_000] {
         let names: Vec<String> = (0..n).map(key).collect();
         let key_bytes: usize = names.iter().map(String::len).sum();
         let before = LIVE.load(Ordering::Relaxed);
         let mut store = BucketStore::new();
         for k in &names {
-            store.take(&engine, LimiterId(0), k, 1.0, 0);
+            store.take(&engine, id, k, Tokens::ONE, 0);
         }
         let used = (LIVE.load(Ordering::Relaxed) - before) as f64;
         let table = store.table_bytes() as f64;

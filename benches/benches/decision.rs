@@ -7,7 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::sync::Arc;
 use tollgate_benches::{bench_engine, key};
-use tollgate_policy::{BucketStore, LimiterId, LocalLimiter};
+use tollgate_policy::{BucketStore, LocalLimiter, Tokens};
 
 /// Table sizes: one that fits in L2/L3, and the 1M keys of the target.
 const SIZES: [(usize, &str); 2] = [(10_000, "10K"), (1_000_000, "1M")];
@@ -17,6 +17,7 @@ const INSERTS: usize = 512;
 
 fn decision(c: &mut Criterion) {
     let engine = Arc::new(bench_engine());
+    let id = engine.limiters()[0].id;
     for (n, label) in SIZES {
         let keys: Vec<String> = (0..n).map(key).collect();
         // Visit keys in a scrambled order so the table is not walked sequentially
@@ -50,13 +51,13 @@ fn decision(c: &mut Criterion) {
 
         let mut store = BucketStore::with_capacity(n);
         for k in &keys {
-            store.take(&engine, LimiterId(0), k, 1.0, 0);
+            store.take(&engine, id, k, Tokens::ONE, 0);
         }
         group.bench_function("store.take (hash + lookup + update)", |b| {
             b.iter(|| {
                 i = (i + 1) % n;
                 now += 100;
-                black_box(store.take(&engine, LimiterId(0), keys[order[i]].as_str(), 1.0, now));
+                black_box(store.take(&engine, id, keys[order[i]].as_str(), Tokens::ONE, now));
             })
         });
         drop(store);
@@ -86,7 +87,7 @@ fn decision(c: &mut Criterion) {
             || BucketStore::with_capacity(2 * INSERTS),
             |s| {
                 for k in &keys {
-                    black_box(s.take(&engine, LimiterId(0), k, 1.0, 0));
+                    black_box(s.take(&engine, id, k, Tokens::ONE, 0));
                 }
             },
             BatchSize::SmallInput,

@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_benches::{bench_engine, key};
-use tollgate_policy::ServerConfig;
 use tollgate_protocol::routing;
+use tollgate_server::config::ServerConfig;
 use tollgate_server::node::{Limits, Node};
 use tollgate_server::shard::{Planned, Shard};
 

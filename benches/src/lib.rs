@@ -14,7 +14,7 @@
 //! - `benches/bucket_memory.rs`: bytes per live bucket, counted by a tracking allocator.
 #![warn(missing_docs)]
 
-use tollgate_policy::{parse_str, Engine};
+use tollgate_policy::{parse_policies, Engine};
 
 /// The policy every bench uses: one limiter keyed by `user`, never exhausted in practice
 /// (a refused take would be a cheaper path than the one we want to measure).
@@ -30,8 +30,8 @@ policies:
 
 /// The compiled bench policy.
 pub fn bench_engine() -> Engine {
-    let config = parse_str(BENCH_POLICY, "bench").expect("bench policy is valid");
-    Engine::new(&config.policies)
+    let policies = parse_policies(BENCH_POLICY, "bench").expect("bench policy is valid");
+    Engine::new(&policies)
 }
 
 /// Key `i` as the loadgen names keys.

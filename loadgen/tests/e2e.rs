@@ -43,7 +43,7 @@ struct Node {
 impl Node {
     fn start(with_grpc: bool) -> Node {
         let yaml = format!("server: {{ listen: 127.0.0.1:0, grpc: off, shards: 2 }}\n{POLICY}");
-        let config = tollgate_policy::parse_str(&yaml, "test").expect("test config parses");
+        let config = tollgate_server::config::parse_str(&yaml, "test").expect("test config parses");
         let server = tollgate_server::runtime::start(
             &config,
             tollgate_server::runtime::StartOptions::default(),
@@ -55,8 +55,8 @@ impl Node {
             let backend = Arc::new(tollgate_server::grpc_backend::ShardBackend::new(
                 server.handle.clone(),
             ));
-            let handle =
-                tollgate_grpc::start(listener, &config.server, backend).expect("grpc starts");
+            let handle = tollgate_grpc::start(listener, &config.server.grpc_settings(), backend)
+                .expect("grpc starts");
             (Some(handle), Some(addr))
         } else {
             (None, None)

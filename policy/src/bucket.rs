@@ -9,10 +9,12 @@
 //!   intervals add `fill_amount` each;
 //! - the level is capped at `capacity`;
 //! - a take of `n` tokens that would go negative takes nothing and reports the wait until
-//!   `n` tokens exist; a negative take returns tokens (rollback), still capped.
+//!   `n` tokens exist; tokens handed back (rollback) are still capped.
 //! - `delay_initial_fill`: a new bucket starts full but does not fill until the time it
 //!   would take to fill an empty bucket has passed, so the first interval cannot admit
 //!   a full bucket *plus* a fill.
+
+use crate::tokens::Tokens;
 
 /// Wait reported when a take can never succeed (more tokens than the capacity, or no fill).
 pub const WAIT_FOREVER: u64 = u64::MAX;
@@ -126,19 +128,11 @@ impl TokenBucket {
         }
     }
 
-    /// Take `n` tokens at `now_ns`; `n <= 0` returns `-n` tokens (capped at capacity).
-    pub fn take(&mut self, params: &BucketParams, now_ns: u64, n: f64) -> Take {
+    /// Take `n` tokens at `now_ns`, or none if fewer than `n` are there.
+    pub fn take(&mut self, params: &BucketParams, now_ns: u64, n: Tokens) -> Take {
         self.fill(params, now_ns);
+        let n = n.get();
         let current = self.tokens;
-        if n <= 0.0 {
-            self.tokens = (self.tokens - n).min(params.capacity);
-            return Take {
-                accepted: true,
-                current,
-                remaining: self.tokens,
-                wait_ns: 0,
-            };
-        }
         if self.tokens >= n {
             self.tokens -= n;
             return Take {
@@ -154,6 +148,14 @@ impl TokenBucket {
             remaining: current,
             wait_ns: self.wait_for(params, now_ns, n),
         }
+    }
+
+    /// Hands back `n` tokens taken earlier (another limiter rejected the flow), capped at
+    /// the capacity; returns the level after.
+    pub fn put_back(&mut self, params: &BucketParams, now_ns: u64, n: Tokens) -> f64 {
+        self.fill(params, now_ns);
+        self.tokens = (self.tokens + n.get()).min(params.capacity);
+        self.tokens
     }
 
     /// Debit `n` tokens unconditionally (a peer's consumption arriving by replication):
@@ -200,6 +202,10 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
+    fn tk(n: f64) -> Tokens {
+        Tokens::new(n).expect("test cost")
+    }
+
     fn params(capacity: f64, fill: f64, interval_ns: u64, continuous: bool) -> BucketParams {
         BucketParams {
             capacity,
@@ -214,9 +220,9 @@ mod tests {
     fn new_bucket_is_full_and_refuses_past_capacity() {
         let p = params(5.0, 0.0, SEC, true);
         let mut b = TokenBucket::new(&p, 0);
-        let accepted = (0..8).filter(|_| b.take(&p, 0, 1.0).accepted).count();
+        let accepted = (0..8).filter(|_| b.take(&p, 0, tk(1.0)).accepted).count();
         assert_eq!(accepted, 5);
-        let refused = b.take(&p, 10 * SEC, 1.0);
+        let refused = b.take(&p, 10 * SEC, tk(1.0));
         assert!(!refused.accepted);
         assert_eq!(refused.wait_ns, WAIT_FOREVER, "no fill: never");
     }
@@ -225,8 +231,8 @@ mod tests {
     fn continuous_fill_is_proportional_and_capped() {
         let p = params(10.0, 10.0, SEC, true);
         let mut b = TokenBucket::new(&p, 0);
-        assert!(b.take(&p, 0, 10.0).accepted);
-        let t = b.take(&p, SEC / 2, 0.0);
+        assert!(b.take(&p, 0, tk(10.0)).accepted);
+        let t = b.take(&p, SEC / 2, tk(0.0));
         assert!((t.current - 5.0).abs() < 1e-9);
         assert!(
             (b.level(&p, 100 * SEC) - 10.0).abs() < 1e-9,
@@ -238,12 +244,12 @@ mod tests {
     fn discrete_fill_adds_whole_intervals_only() {
         let p = params(10.0, 4.0, SEC, false);
         let mut b = TokenBucket::new(&p, 0);
-        assert!(b.take(&p, 0, 10.0).accepted);
+        assert!(b.take(&p, 0, tk(10.0)).accepted);
         assert_eq!(b.level(&p, SEC - 1), 0.0);
         assert_eq!(b.level(&p, SEC), 4.0);
         assert_eq!(b.level(&p, 2 * SEC + SEC / 2), 8.0);
         // The half interval is not lost: the next boundary is still at 3s.
-        assert!(b.take(&p, 2 * SEC + SEC / 2, 8.0).accepted);
+        assert!(b.take(&p, 2 * SEC + SEC / 2, tk(8.0)).accepted);
         assert_eq!(b.level(&p, 3 * SEC), 4.0);
     }
 
@@ -251,33 +257,31 @@ mod tests {
     fn refused_take_takes_nothing_and_reports_wait() {
         let p = params(10.0, 2.0, SEC, true);
         let mut b = TokenBucket::new(&p, 0);
-        assert!(b.take(&p, 0, 9.0).accepted);
-        let t = b.take(&p, 0, 3.0);
+        assert!(b.take(&p, 0, tk(9.0)).accepted);
+        let t = b.take(&p, 0, tk(3.0));
         assert!(!t.accepted);
         assert_eq!(t.remaining, 1.0);
         assert_eq!(t.wait_ns, SEC, "2 missing tokens at 2/s");
         // Waiting exactly that long is enough.
-        assert!(b.take(&p, SEC, 3.0).accepted);
+        assert!(b.take(&p, SEC, tk(3.0)).accepted);
     }
 
     #[test]
     fn discrete_wait_counts_to_the_next_boundary() {
         let p = params(10.0, 5.0, SEC, false);
         let mut b = TokenBucket::new(&p, 0);
-        assert!(b.take(&p, 0, 10.0).accepted);
-        let t = b.take(&p, SEC / 4, 1.0);
+        assert!(b.take(&p, 0, tk(10.0)).accepted);
+        let t = b.take(&p, SEC / 4, tk(1.0));
         assert_eq!(t.wait_ns, 3 * SEC / 4);
     }
 
     #[test]
-    fn negative_take_returns_tokens_capped() {
+    fn put_back_returns_tokens_capped() {
         let p = params(5.0, 0.0, SEC, true);
         let mut b = TokenBucket::new(&p, 0);
-        assert!(b.take(&p, 0, 3.0).accepted);
-        let back = b.take(&p, 0, -2.0);
-        assert_eq!(back.remaining, 4.0);
-        let over = b.take(&p, 0, -100.0);
-        assert_eq!(over.remaining, 5.0);
+        assert!(b.take(&p, 0, tk(3.0)).accepted);
+        assert_eq!(b.put_back(&p, 0, tk(2.0)), 4.0);
+        assert_eq!(b.put_back(&p, 0, tk(100.0)), 5.0, "capped at capacity");
     }
 
     #[test]
@@ -285,14 +289,14 @@ mod tests {
         let mut p = params(10.0, 10.0, SEC, true);
         p.delay_initial_fill = true;
         let mut b = TokenBucket::new(&p, 0);
-        assert!(b.take(&p, 0, 10.0).accepted);
+        assert!(b.take(&p, 0, tk(10.0)).accepted);
         assert_eq!(
             b.level(&p, SEC / 2),
             0.0,
             "no fill during the first fill time"
         );
         assert!((b.level(&p, SEC + SEC / 2) - 5.0).abs() < 1e-9);
-        let t = b.take(&p, SEC / 2, 5.0);
+        let t = b.take(&p, SEC / 2, tk(5.0));
         assert_eq!(t.wait_ns, SEC, "0.5s until fill starts + 0.5s to fill 5");
     }
 
@@ -300,8 +304,8 @@ mod tests {
     fn clock_going_backwards_credits_nothing() {
         let p = params(10.0, 10.0, SEC, true);
         let mut b = TokenBucket::new(&p, 5 * SEC);
-        assert!(b.take(&p, 5 * SEC, 10.0).accepted);
-        assert!(!b.take(&p, SEC, 1.0).accepted);
+        assert!(b.take(&p, 5 * SEC, tk(10.0)).accepted);
+        assert!(!b.take(&p, SEC, tk(1.0)).accepted);
     }
 
     #[derive(Debug, Clone)]
@@ -338,11 +342,16 @@ mod tests {
             let (mut now, mut admitted, mut returned) = (0u64, 0.0f64, 0.0f64);
             for s in steps {
                 now += s.advance_ns;
-                let t = b.take(&p, now, s.tokens);
-                if s.tokens > 0.0 && t.accepted { admitted += s.tokens; }
-                if s.tokens <= 0.0 { returned += -s.tokens; }
-                prop_assert!(t.remaining <= capacity + 1e-9);
-                prop_assert!(t.remaining >= -1e-9);
+                let remaining = if s.tokens > 0.0 {
+                    let t = b.take(&p, now, tk(s.tokens));
+                    if t.accepted { admitted += s.tokens; }
+                    t.remaining
+                } else {
+                    returned += -s.tokens;
+                    b.put_back(&p, now, tk(-s.tokens))
+                };
+                prop_assert!(remaining <= capacity + 1e-9);
+                prop_assert!(remaining >= -1e-9);
                 let bound = capacity + p.fill_rate() * now as f64 + returned;
                 prop_assert!(admitted <= bound + 1e-6, "admitted {admitted} > bound {bound}");
             }
@@ -360,12 +369,12 @@ mod tests {
         ) {
             let p = BucketParams { capacity, fill_amount: fill, interval_ns, continuous_fill: continuous, delay_initial_fill: false };
             let mut b = TokenBucket::new(&p, 0);
-            prop_assert!(b.take(&p, 0, capacity * drain).accepted);
+            prop_assert!(b.take(&p, 0, tk(capacity * drain)).accepted);
             let n = (capacity * want).max(1e-3);
-            let t = b.take(&p, 1, n);
+            let t = b.take(&p, 1, tk(n));
             if !t.accepted {
                 prop_assert!(t.wait_ns != WAIT_FOREVER);
-                prop_assert!(b.take(&p, 1 + t.wait_ns + 1, n).accepted);
+                prop_assert!(b.take(&p, 1 + t.wait_ns + 1, tk(n)).accepted);
             }
         }
     }

@@ -1,5 +1,4 @@
-//! The compiled policy set: which limiters a flow meets, with which bucket keys and costs,
-//! and how per-limiter outcomes combine into one decision.
+//! The compiled policy set: which limiters a flow meets, with which bucket keys and costs.
 //!
 //! The engine is immutable once built and shared by every shard. Planning (selectors,
 //! keys, token costs) is separate from taking (bucket state, owned by a shard's
@@ -7,62 +6,19 @@
 //! different shards: the server plans where the request arrives and takes where each
 //! bucket lives.
 
-use crate::bucket::BucketParams;
-use crate::config::{PolicyConfig, StatusCode};
-use crate::matcher::CompiledSelector;
-use crate::status::TOO_MANY_REQUESTS;
+use crate::config::PolicyConfig;
+use crate::identity::{ComponentKind, Digest, DigestWriter, LimiterId, Resolution};
+use crate::limiter::LimiterSpec;
+use crate::tokens::{Tokens, TokensError};
 use crate::Labels;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-/// Index of a limiter in [`Engine::limiters`]; stable for the engine's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LimiterId(pub u32);
-
-/// Everything known about one rate limiter once compiled.
-#[derive(Clone, Debug)]
-pub struct LimiterSpec {
-    /// Its index.
-    pub id: LimiterId,
-    /// The policy's name.
-    pub policy_name: String,
-    /// A stable hash of the policy's configuration (hex), as Aperture reports it.
-    pub policy_hash: String,
-    /// Aperture's component id for the limiter within its policy.
-    pub component_id: String,
-    /// The label keying buckets; None = one shared bucket.
-    pub limit_by_label_key: Option<String>,
-    /// The label carrying a request's token cost; None = 1 token.
-    pub tokens_label_key: Option<String>,
-    /// HTTP status a denied flow should get.
-    pub denied_status_code: u16,
-    /// Bucket shape for keys without an override.
-    pub params: BucketParams,
-    /// label value -> scale factor.
-    overrides: Vec<(String, f64)>,
-    /// Idle buckets older than this are evicted.
-    pub max_idle_ns: u64,
-    /// `lazy_sync` cadence (interval / num_sync) when enabled.
-    pub lazy_sync_interval_ns: Option<u64>,
-    /// Any of these must match.
-    selectors: Vec<CompiledSelector>,
-}
-
-impl LimiterSpec {
-    /// Bucket shape for one key, overrides applied.
-    pub fn params_for(&self, key: &str) -> BucketParams {
-        match self.overrides.iter().find(|(v, _)| v == key) {
-            Some(&(_, factor)) => self.params.scaled(factor),
-            None => self.params,
-        }
-    }
-}
-
 /// A flow that failed before any bucket was touched.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum FlowError {
-    /// The tokens label is not a finite number.
-    #[error("label {key:?} (the tokens label of policy {policy:?}) must be a finite number, got {value:?}")]
+    /// The tokens label is not a usable cost.
+    #[error("label {key:?} (the tokens label of policy {policy:?}) {reason}, got {value:?}")]
     BadTokensLabel {
         /// The tokens label key.
         key: String,
@@ -70,10 +26,9 @@ pub enum FlowError {
         value: String,
         /// The policy whose tokens label it is.
         policy: String,
+        /// Why it is not a cost.
+        reason: TokensError,
     },
-    /// The explicit token count is NaN or infinite.
-    #[error("tokens must be a finite number, got {0}")]
-    BadTokens(f64),
 }
 
 /// One bucket a flow must take from.
@@ -85,83 +40,11 @@ pub struct PlannedTake<'a> {
     /// flow lacks the limit label (accepted with reason key-not-found, nothing taken).
     pub key: Option<&'a str>,
     /// Token cost for this limiter.
-    pub tokens: f64,
+    pub tokens: Tokens,
 }
 
 /// The buckets of one flow, in limiter order. Inline for the common 1-4 limiters.
 pub type Plan<'a> = SmallVec<[PlannedTake<'a>; 4]>;
-
-/// What one limiter said about a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutcomeKind {
-    /// Tokens taken.
-    Accepted,
-    /// Not enough tokens: this limiter rejects the flow.
-    Rejected,
-    /// The flow lacks the limit label: accepted, nothing taken.
-    KeyNotFound,
-    /// Tokens were taken, then handed back because another limiter rejected the flow.
-    Returned,
-}
-
-/// One limiter's part of a decision.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LimiterOutcome {
-    /// Which limiter.
-    pub limiter: LimiterId,
-    /// What it said.
-    pub kind: OutcomeKind,
-    /// Tokens asked for.
-    pub tokens: f64,
-    /// Tokens left in the bucket after this decision.
-    pub remaining: f64,
-    /// Tokens in the bucket before the take.
-    pub current: f64,
-    /// When rejected: ns until enough tokens exist ([`crate::WAIT_FOREVER`] = never).
-    pub wait_ns: u64,
-}
-
-/// Per-limiter outcomes, inline for the common case.
-pub type Outcomes = SmallVec<[LimiterOutcome; 2]>;
-
-/// The answer for a flow.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
-    /// false when any limiter rejected.
-    pub accepted: bool,
-    /// The largest wait among rejecting limiters; 0 when accepted.
-    pub wait_ns: u64,
-    /// One entry per matching limiter, in limiter order.
-    pub limiters: Outcomes,
-}
-
-impl Decision {
-    /// Combines outcomes. Callers have already returned the tokens of accepted limiters
-    /// when any rejected (see [`Decision::needs_return`]).
-    pub fn from_outcomes(limiters: Outcomes) -> Decision {
-        let rejected = limiters.iter().filter(|o| o.kind == OutcomeKind::Rejected);
-        let wait_ns = rejected.clone().map(|o| o.wait_ns).max().unwrap_or(0);
-        let accepted = rejected.count() == 0;
-        Decision {
-            accepted,
-            wait_ns,
-            limiters,
-        }
-    }
-
-    /// Whether any outcome rejects: then every `Accepted` outcome must be handed back.
-    pub fn needs_return(outcomes: &[LimiterOutcome]) -> bool {
-        outcomes.iter().any(|o| o.kind == OutcomeKind::Rejected)
-    }
-
-    /// The HTTP status to deny with: the first rejecting limiter's.
-    pub fn denied_status_code(&self, engine: &Engine) -> Option<u16> {
-        self.limiters
-            .iter()
-            .find(|o| o.kind == OutcomeKind::Rejected)
-            .map(|o| engine.limiter(o.limiter).denied_status_code)
-    }
-}
 
 /// A flow with owned strings, for callers that cross threads (the gRPC bridge).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -171,57 +54,57 @@ pub struct OwnedFlow {
     /// Flow labels.
     pub labels: Vec<(String, String)>,
     /// Explicit cost for every limiter; None = each limiter's tokens label, default 1.
-    pub tokens: Option<f64>,
+    pub tokens: Option<Tokens>,
 }
+
+/// Marks "no limiter" in [`Engine`]'s id -> position table.
+const ABSENT: u32 = u32::MAX;
 
 /// The compiled policy set.
 #[derive(Debug, Default)]
 pub struct Engine {
+    /// In policy order (a limiter's `position`).
     limiters: Vec<LimiterSpec>,
+    /// LimiterId -> position, [`ABSENT`] for ids of limiters this engine does not have.
+    position_of: Vec<u32>,
+    /// Identity (name, kind) -> id, for successors and peers.
+    by_identity: HashMap<(String, ComponentKind), LimiterId>,
     /// control point -> limiters with a selector on it (each listed once).
     by_control_point: HashMap<String, SmallVec<[LimiterId; 4]>>,
     /// Distinct limit label keys, in policy order: what a shard-aware client hashes.
     routing_label_keys: Vec<String>,
+    /// Digest of the whole set (every limiter's name and digest, in name order).
+    digest: Digest,
 }
 
 impl Engine {
-    /// Compiles validated policies (see [`crate::config::parse_str`]).
+    /// Compiles validated policies (see [`crate::config::parse_policies`]).
     pub fn new(policies: &[PolicyConfig]) -> Engine {
+        Engine::build(policies, None)
+    }
+
+    /// Compiles `policies` as the next version of this engine: a limiter whose identity
+    /// (policy name and kind) is unchanged keeps its [`LimiterId`], so its buckets carry
+    /// over; new limiters get ids never used by this engine's line.
+    pub fn successor(&self, policies: &[PolicyConfig]) -> Engine {
+        Engine::build(policies, Some(self))
+    }
+
+    fn build(policies: &[PolicyConfig], previous: Option<&Engine>) -> Engine {
         let mut engine = Engine::default();
-        for (i, p) in policies.iter().enumerate() {
-            let id = LimiterId(i as u32);
-            let rl = &p.rate_limiter;
-            let params = BucketParams {
-                capacity: rl.bucket_capacity,
-                fill_amount: rl.fill_amount,
-                interval_ns: rl.parameters.interval.as_nanos_u64().max(1),
-                continuous_fill: rl.parameters.continuous_fill,
-                delay_initial_fill: rl.parameters.delay_initial_fill,
+        let mut next_id = previous.map_or(0, |p| p.position_of.len() as u32);
+        for (position, p) in policies.iter().enumerate() {
+            let identity = (p.policy_name.clone(), ComponentKind::RateLimiter);
+            let id = match previous.and_then(|prev| prev.by_identity.get(&identity)) {
+                Some(&id) => id,
+                None => {
+                    let id = LimiterId(next_id);
+                    next_id += 1;
+                    id
+                }
             };
-            let lazy = &rl.parameters.lazy_sync;
-            let spec = LimiterSpec {
-                id,
-                policy_name: p.policy_name.clone(),
-                policy_hash: policy_hash(p),
-                component_id: "root.0".to_string(),
-                limit_by_label_key: rl.parameters.limit_by_label_key.clone(),
-                tokens_label_key: rl.request_parameters.tokens_label_key.clone(),
-                denied_status_code: rl
-                    .request_parameters
-                    .denied_response_status_code
-                    .map_or(TOO_MANY_REQUESTS, |StatusCode(c)| c),
-                params,
-                overrides: rl
-                    .overrides
-                    .iter()
-                    .map(|o| (o.label_value.clone(), o.limit_scale_factor))
-                    .collect(),
-                max_idle_ns: rl.parameters.max_idle_time.as_nanos_u64(),
-                lazy_sync_interval_ns: lazy
-                    .enabled
-                    .then(|| (params.interval_ns / u64::from(lazy.num_sync.max(1))).max(1)),
-                selectors: rl.selectors.iter().map(CompiledSelector::new).collect(),
-            };
+            let position = u16::try_from(position).unwrap_or(u16::MAX);
+            let spec = LimiterSpec::compile(p, id, position);
             for sel in &spec.selectors {
                 let ids = engine
                     .by_control_point
@@ -236,24 +119,65 @@ impl Engine {
                     engine.routing_label_keys.push(key.clone());
                 }
             }
+            engine.by_identity.insert(identity, id);
             engine.limiters.push(spec);
         }
+        engine.position_of = vec![ABSENT; next_id as usize];
+        for (position, spec) in engine.limiters.iter().enumerate() {
+            engine.position_of[spec.id.0 as usize] = position as u32;
+        }
+        let mut named: Vec<(&str, Digest)> = engine
+            .limiters
+            .iter()
+            .map(|l| (l.policy_name.as_str(), l.digest))
+            .collect();
+        named.sort();
+        let mut w = DigestWriter::new();
+        for (name, digest) in named {
+            w.str(name).u64(digest.0);
+        }
+        engine.digest = w.finish();
         engine
     }
 
-    /// Every limiter, indexed by [`LimiterId`].
+    /// Every limiter, in policy order.
     pub fn limiters(&self) -> &[LimiterSpec] {
         &self.limiters
     }
 
-    /// One limiter. Panics on an id from another engine (a programming error, not input).
+    /// One limiter. Panics on an id this engine does not have: use it only with ids from
+    /// this engine's own plans; ids that arrive later or from elsewhere go through
+    /// [`Engine::get_limiter`].
     pub fn limiter(&self, id: LimiterId) -> &LimiterSpec {
-        &self.limiters[id.0 as usize]
+        &self.limiters[self.position_of[id.0 as usize] as usize]
     }
 
-    /// One limiter, if the id is in range (ids that arrive over the network).
+    /// One limiter, if this engine has it.
     pub fn get_limiter(&self, id: LimiterId) -> Option<&LimiterSpec> {
-        self.limiters.get(id.0 as usize)
+        let position = *self.position_of.get(id.0 as usize)?;
+        self.limiters.get(position as usize)
+    }
+
+    /// The limiter a peer names by policy name and definition digest.
+    pub fn resolve(&self, policy_name: &str, digest: Digest) -> Resolution {
+        let Some(&id) = self
+            .by_identity
+            .get(&(policy_name.to_string(), ComponentKind::RateLimiter))
+        else {
+            return Resolution::Unknown;
+        };
+        let ours = self.limiter(id).digest;
+        if ours == digest {
+            Resolution::Local(id)
+        } else {
+            Resolution::DefinitionDiffers { ours }
+        }
+    }
+
+    /// A digest of the whole policy set: equal on nodes that run the same limiters
+    /// (whatever the order of their `policies:` lists).
+    pub fn digest(&self) -> Digest {
+        self.digest
     }
 
     /// The distinct limit label keys, in policy order. A flow is routed by the value of
@@ -268,14 +192,9 @@ impl Engine {
         &self,
         control_point: &str,
         labels: &'a L,
-        tokens: Option<f64>,
+        tokens: Option<Tokens>,
     ) -> Result<Plan<'a>, FlowError> {
         let mut plan = Plan::new();
-        if let Some(t) = tokens {
-            if !t.is_finite() {
-                return Err(FlowError::BadTokens(t));
-            }
-        }
         let Some(ids) = self.by_control_point.get(control_point) else {
             return Ok(plan);
         };
@@ -306,30 +225,90 @@ impl Engine {
     }
 }
 
-fn token_label<L: Labels + ?Sized>(spec: &LimiterSpec, labels: &L) -> Result<f64, FlowError> {
+fn token_label<L: Labels + ?Sized>(spec: &LimiterSpec, labels: &L) -> Result<Tokens, FlowError> {
     let Some(key) = &spec.tokens_label_key else {
-        return Ok(1.0);
+        return Ok(Tokens::ONE);
     };
     let Some(value) = labels.get(key) else {
-        return Ok(1.0);
+        return Ok(Tokens::ONE);
     };
-    match value.trim().parse::<f64>() {
-        Ok(t) if t.is_finite() => Ok(t),
-        _ => Err(FlowError::BadTokensLabel {
-            key: key.clone(),
-            value: value.to_string(),
-            policy: spec.policy_name.clone(),
-        }),
-    }
+    Tokens::parse(value).map_err(|reason| FlowError::BadTokensLabel {
+        key: key.clone(),
+        value: value.to_string(),
+        policy: spec.policy_name.clone(),
+        reason,
+    })
 }
 
-/// FNV-1a over the policy's canonical YAML: stable across runs and nodes.
-fn policy_hash(p: &PolicyConfig) -> String {
-    let text = serde_yaml_ng::to_string(p).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_policies;
+
+    fn policies(names_and_capacity: &[(&str, f64)]) -> Vec<PolicyConfig> {
+        let mut yaml = String::from("policies:\n");
+        for (name, capacity) in names_and_capacity {
+            yaml.push_str(&format!(
+                "  - policy_name: {name}\n    rate_limiter: {{ bucket_capacity: {capacity}, fill_amount: 1, parameters: {{ interval: 1s, limit_by_label_key: user }}, selectors: [ {{ control_point: cp }} ] }}\n"
+            ));
+        }
+        parse_policies(&yaml, "test").expect("valid")
     }
-    format!("{h:016x}")
+
+    #[test]
+    fn identity_does_not_depend_on_list_order() {
+        let ab = Engine::new(&policies(&[("a", 5.0), ("b", 7.0)]));
+        let ba = Engine::new(&policies(&[("b", 7.0), ("a", 5.0)]));
+        assert_eq!(ab.digest(), ba.digest());
+        for spec in ab.limiters() {
+            match ba.resolve(&spec.policy_name, spec.digest) {
+                Resolution::Local(id) => {
+                    assert_eq!(ba.limiter(id).policy_name, spec.policy_name);
+                    assert_eq!(ba.limiter(id).params, spec.params);
+                }
+                other => panic!("{}: {other:?}", spec.policy_name),
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_definition_or_a_missing_policy_does_not_resolve() {
+        let ours = Engine::new(&policies(&[("a", 5.0), ("b", 7.0)]));
+        let theirs = Engine::new(&policies(&[("a", 6.0), ("c", 7.0)]));
+        let a = &theirs.limiters()[0];
+        assert_eq!(
+            ours.resolve("a", a.digest),
+            Resolution::DefinitionDiffers {
+                ours: ours.limiters()[0].digest
+            }
+        );
+        assert_eq!(
+            ours.resolve("c", theirs.limiters()[1].digest),
+            Resolution::Unknown
+        );
+        assert_ne!(ours.digest(), theirs.digest());
+    }
+
+    #[test]
+    fn a_successor_keeps_ids_of_unchanged_identities() {
+        let first = Engine::new(&policies(&[("a", 5.0), ("b", 7.0)]));
+        let next = first.successor(&policies(&[("c", 1.0), ("b", 9.0)]));
+        let id = |e: &Engine, name: &str| {
+            e.limiters()
+                .iter()
+                .find(|l| l.policy_name == name)
+                .map(|l| l.id)
+        };
+        assert_eq!(
+            id(&first, "b"),
+            id(&next, "b"),
+            "b keeps its id, new capacity"
+        );
+        assert_eq!(next.limiter(id(&next, "b").unwrap()).params.capacity, 9.0);
+        let a = id(&first, "a").unwrap();
+        assert!(next.get_limiter(a).is_none(), "a is gone");
+        let c = id(&next, "c").unwrap();
+        assert!(c != a && c != id(&first, "b").unwrap(), "c gets a fresh id");
+        assert_eq!(next.limiter(c).position, 0);
+    }
 }

@@ -3,26 +3,34 @@
 //!
 //! This crate owns *what* a decision is and never *when* or *where*: it reads no clock
 //! (every call takes `now_ns`, nanoseconds on a caller-chosen monotonic clock), opens no
-//! file except in [`config::load_file`], and knows nothing of shards or sockets. That makes
+//! file, and knows nothing of shards or sockets. That makes
 //! every rule testable on a virtual clock and lets the server decide where state lives.
 //!
 //! A check flows through it like this:
-//! 1. [`config`] parses YAML (native file or an Aperture `rate-limiting/base` blueprint)
-//!    into validated [`config::Config`], reporting `file: field.path: reason`.
+//! 1. [`config`] parses the policies (native `policies:` or an Aperture `rate-limiting/base`
+//!    blueprint) into validated [`PolicyConfig`]s, reporting `file: field.path: reason`.
+//!    Other sections of the file (`server:`, `cluster:`) belong to the crates that use them.
 //! 2. [`Engine::new`] compiles the policies: selectors indexed by control point, bucket
-//!    shapes, token labels, overrides.
-//! 3. [`Engine::plan`] turns a flow (control point + labels + optional tokens) into the
-//!    buckets it must take from: one [`engine::PlannedTake`] per matching limiter.
+//!    shapes, token labels, overrides, and each limiter's identity ([`identity`]).
+//! 3. [`Engine::plan`] turns a flow (control point + labels + optional [`Tokens`]) into the
+//!    buckets it must take from: one [`engine::PlannedTake`] per matching limiter. A cost
+//!    from a label is checked there, once, into [`Tokens`] (finite, never negative).
 //! 4. A [`BucketStore`] (one per shard, single-threaded) takes tokens:
 //!    [`BucketStore::take_group`] returns per-limiter outcomes, handing tokens back when
 //!    one limiter rejects; [`Decision::from_outcomes`] combines them.
 //!
 //! # Layout
 //! - [`duration`]: `50ms` / `3600s` parsing for config.
-//! - [`bucket`]: [`TokenBucket`] and [`BucketParams`]: fill, take, return, wait.
-//! - [`config`]: the file schema, defaults and validation with field paths.
+//! - [`tokens`]: [`Tokens`], a validated token cost.
+//! - [`bucket`]: [`TokenBucket`] and [`BucketParams`]: fill, take, put back, wait.
+//! - [`config`]: the policy schema, defaults and validation with field paths; the
+//!   [`config::Problems`] list every config section reports into.
 //! - [`matcher`]: selectors and label matchers (In, NotIn, Exists, DoesNotExist).
-//! - [`engine`]: [`Engine`], planning, [`Decision`] and its parts.
+//! - [`identity`]: [`LimiterId`] (this process's handle) and the stable identity (policy
+//!   name + definition [`Digest`]) that replication and reloads use.
+//! - [`limiter`]: [`LimiterSpec`], one compiled limiter.
+//! - [`engine`]: [`Engine`], planning, [`OwnedFlow`], [`FlowError`].
+//! - [`decision`]: [`Decision`] and its per-limiter [`LimiterOutcome`]s.
 //! - [`store`]: [`BucketStore`], a shard's buckets, idle eviction, replication hooks.
 //! - [`status`]: HTTP status names as Aperture spells them.
 //! - [`LocalLimiter`]: engine + one store, for single-threaded callers and tests.
@@ -30,21 +38,24 @@
 
 pub mod bucket;
 pub mod config;
+pub mod decision;
 pub mod duration;
 pub mod engine;
+pub mod identity;
+pub mod limiter;
 pub mod matcher;
 pub mod status;
 pub mod store;
+pub mod tokens;
 
 pub use bucket::{BucketParams, Take, TokenBucket, WAIT_FOREVER};
-pub use config::{
-    load_file, parse_str, ClusterConfig, Config, ConfigError, PolicyConfig, ServerConfig,
-};
-pub use engine::{
-    Decision, Engine, FlowError, LimiterId, LimiterOutcome, LimiterSpec, OutcomeKind, Outcomes,
-    OwnedFlow, Plan, PlannedTake,
-};
-pub use store::BucketStore;
+pub use config::{parse_policies, ConfigError, FieldError, PolicyConfig, Problems};
+pub use decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes};
+pub use engine::{Engine, FlowError, OwnedFlow, Plan, PlannedTake};
+pub use identity::{ComponentKind, Digest, LimiterId, Resolution};
+pub use limiter::LimiterSpec;
+pub use store::{BucketStore, Consumed};
+pub use tokens::{Tokens, TokensError};
 
 use std::sync::Arc;
 
@@ -134,7 +145,7 @@ impl LocalLimiter {
         &mut self,
         control_point: &str,
         labels: &L,
-        tokens: Option<f64>,
+        tokens: Option<Tokens>,
         now_ns: u64,
     ) -> Result<Decision, FlowError> {
         let plan = self.engine.plan(control_point, labels, tokens)?;

@@ -69,5 +69,35 @@ pub fn code_for_name(name: &str) -> Option<u16> {
         .map(|&(_, c)| c)
 }
 
-/// The default status a denied flow gets.
+/// The default status a flow denied by a rate limiter gets.
 pub const TOO_MANY_REQUESTS: u16 = 429;
+
+/// An HTTP status code, given as a number (429) or Aperture's enum name (`TooManyRequests`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StatusCode(pub u16);
+
+impl StatusCode {
+    /// Whether this is a status a denied flow can carry (100..=599).
+    pub fn is_http_status(self) -> bool {
+        (100..=599).contains(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StatusCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u16),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(StatusCode(n)),
+            Raw::Name(name) => code_for_name(&name).map(StatusCode).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown status code name {name:?} (use a number such as 429 or a name such as TooManyRequests)"
+                ))
+            }),
+        }
+    }
+}

@@ -13,9 +13,10 @@
 //! stored key hashes, so the hot path allocates only when a new long key appears.
 
 use crate::bucket::{Take, TokenBucket};
-use crate::engine::{
-    Decision, Engine, LimiterId, LimiterOutcome, OutcomeKind, Outcomes, PlannedTake,
-};
+use crate::decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes};
+use crate::engine::{Engine, PlannedTake};
+use crate::identity::LimiterId;
+use crate::tokens::Tokens;
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 
@@ -257,28 +258,58 @@ impl BucketStore {
         }
     }
 
-    /// Take `tokens` from one bucket (negative = return), creating it full if new.
+    /// Takes `tokens` from one bucket, creating it full if new.
     pub fn take(
         &mut self,
         engine: &Engine,
         limiter: LimiterId,
         key: &str,
-        tokens: f64,
+        tokens: Tokens,
         now_ns: u64,
     ) -> Take {
         let params = engine.limiter(limiter).params_for(key);
-        let track = self.track_unsynced;
         let slot = self.slot(engine, limiter, key, now_ns);
         let take = slot.bucket.take(&params, now_ns, tokens);
         slot.last_used_s = seconds(now_ns);
-        if track && take.accepted && tokens != 0.0 {
-            let was_clean = slot.unsynced == 0.0;
-            slot.unsynced += tokens as f32;
-            if was_clean {
-                self.dirty.push((limiter, key.into()));
-            }
+        if take.accepted {
+            self.record_consumption(limiter, key, tokens.get());
         }
         take
+    }
+
+    /// Hands back `tokens` taken from one bucket by a flow that another limiter rejected.
+    /// The one way tokens return to a bucket, whichever shard decided the flow.
+    pub fn give_back(
+        &mut self,
+        engine: &Engine,
+        limiter: LimiterId,
+        key: &str,
+        tokens: Tokens,
+        now_ns: u64,
+    ) {
+        let Some(spec) = engine.get_limiter(limiter) else {
+            return;
+        };
+        let params = spec.params_for(key);
+        let slot = self.slot(engine, limiter, key, now_ns);
+        slot.bucket.put_back(&params, now_ns, tokens);
+        slot.last_used_s = seconds(now_ns);
+        self.record_consumption(limiter, key, -tokens.get());
+    }
+
+    /// Adds to a bucket's consumption since the last replication drain (cluster mode).
+    fn record_consumption(&mut self, limiter: LimiterId, key: &str, tokens: f64) {
+        if !self.track_unsynced || tokens == 0.0 {
+            return;
+        }
+        let Some(slot) = self.find_mut(limiter, key) else {
+            return;
+        };
+        let was_clean = slot.unsynced == 0.0;
+        slot.unsynced += tokens as f32;
+        if was_clean {
+            self.dirty.push((limiter, key.into()));
+        }
     }
 
     /// Debit a peer's consumption (replication): may drive the level below zero.
@@ -307,7 +338,8 @@ impl BucketStore {
 
     /// Takes every planned bucket of one shard's group, in order. If any rejects, the
     /// group's accepted takes are handed back at once and marked `Returned`; the caller
-    /// hands back other groups' tokens (see [`BucketStore::give_back`]).
+    /// hands back other groups' tokens the same way ([`BucketStore::give_back`] and
+    /// [`LimiterOutcome::mark_returned`]).
     pub fn take_group(
         &mut self,
         engine: &Engine,
@@ -320,7 +352,7 @@ impl BucketStore {
                 None => LimiterOutcome {
                     limiter: t.limiter,
                     kind: OutcomeKind::KeyNotFound,
-                    tokens: t.tokens,
+                    tokens: t.tokens.get(),
                     remaining: 0.0,
                     current: 0.0,
                     wait_ns: 0,
@@ -334,7 +366,7 @@ impl BucketStore {
                         } else {
                             OutcomeKind::Rejected
                         },
-                        tokens: t.tokens,
+                        tokens: t.tokens.get(),
                         remaining: take.remaining,
                         current: take.current,
                         wait_ns: take.wait_ns,
@@ -344,30 +376,17 @@ impl BucketStore {
             outcomes.push(outcome);
         }
         if Decision::needs_return(&outcomes) {
-            self.give_back(engine, takes, &mut outcomes, now_ns);
+            for (t, o) in takes.iter().zip(outcomes.iter_mut()) {
+                if o.kind != OutcomeKind::Accepted {
+                    continue;
+                }
+                if let Some(key) = t.key {
+                    self.give_back(engine, t.limiter, key, t.tokens, now_ns);
+                    o.mark_returned(engine.limiter(t.limiter).params_for(key).capacity);
+                }
+            }
         }
         outcomes
-    }
-
-    /// Hands back the tokens of every `Accepted` outcome (matched to `takes` by position)
-    /// and marks it `Returned`.
-    pub fn give_back(
-        &mut self,
-        engine: &Engine,
-        takes: &[PlannedTake<'_>],
-        outcomes: &mut [LimiterOutcome],
-        now_ns: u64,
-    ) {
-        for (t, o) in takes.iter().zip(outcomes.iter_mut()) {
-            if o.kind != OutcomeKind::Accepted {
-                continue;
-            }
-            if let Some(key) = t.key {
-                let back = self.take(engine, t.limiter, key, -t.tokens, now_ns);
-                o.remaining = back.remaining;
-            }
-            o.kind = OutcomeKind::Returned;
-        }
     }
 
     /// Drops buckets idle longer than their limiter's `max_idle_time` (and with nothing
@@ -465,15 +484,19 @@ fn seconds(now_ns: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_str;
+    use crate::config::parse_policies;
+
+    fn tk(n: f64) -> Tokens {
+        Tokens::new(n).expect("test cost")
+    }
 
     fn engine() -> Engine {
-        let c = parse_str(
+        let policies = parse_policies(
             "policies: [ { policy_name: p, rate_limiter: { bucket_capacity: 3, fill_amount: 0, parameters: { interval: 1s, limit_by_label_key: k }, selectors: [ { control_point: c } ] } } ]",
             "t",
         )
         .unwrap();
-        Engine::new(&c.policies)
+        Engine::new(&policies)
     }
 
     #[test]
@@ -484,13 +507,13 @@ mod tests {
         let long = "abcdefghijklmn"; // one more: heap
         assert_eq!(short.len(), INLINE_VALUE_MAX);
         for _ in 0..3 {
-            assert!(s.take(&e, LimiterId(0), short, 1.0, 0).accepted);
+            assert!(s.take(&e, LimiterId(0), short, tk(1.0), 0).accepted);
         }
-        assert!(!s.take(&e, LimiterId(0), short, 1.0, 0).accepted);
-        assert!(s.take(&e, LimiterId(0), long, 3.0, 0).accepted);
-        assert!(!s.take(&e, LimiterId(0), long, 1.0, 0).accepted);
+        assert!(!s.take(&e, LimiterId(0), short, tk(1.0), 0).accepted);
+        assert!(s.take(&e, LimiterId(0), long, tk(3.0), 0).accepted);
+        assert!(!s.take(&e, LimiterId(0), long, tk(1.0), 0).accepted);
         assert!(
-            s.take(&e, LimiterId(0), "", 1.0, 0).accepted,
+            s.take(&e, LimiterId(0), "", tk(1.0), 0).accepted,
             "empty key (shared bucket) is its own"
         );
         assert_eq!(s.len(), 3);
@@ -499,13 +522,38 @@ mod tests {
     }
 
     #[test]
+    fn a_rejection_in_a_group_hands_back_the_others_tokens() {
+        let e = engine();
+        let mut s = BucketStore::new();
+        let id = LimiterId(0);
+        assert!(s.take(&e, id, "b", tk(3.0), 0).accepted, "drain b");
+        let plan = [
+            PlannedTake {
+                limiter: id,
+                key: Some("a"),
+                tokens: tk(2.0),
+            },
+            PlannedTake {
+                limiter: id,
+                key: Some("b"),
+                tokens: tk(1.0),
+            },
+        ];
+        let outcomes = s.take_group(&e, &plan, 0);
+        assert_eq!(outcomes[0].kind, OutcomeKind::Returned);
+        assert_eq!(outcomes[0].remaining, 3.0, "a is full again");
+        assert_eq!(outcomes[1].kind, OutcomeKind::Rejected);
+        assert_eq!(s.level(&e, id, "a", 0), 3.0);
+    }
+
+    #[test]
     fn drain_reports_consumption_once() {
         let e = engine();
         let mut s = BucketStore::new();
         s.track_consumption(true);
-        s.take(&e, LimiterId(0), "a", 1.0, 0);
-        s.take(&e, LimiterId(0), "a", 1.0, 0);
-        s.take(&e, LimiterId(0), "a-very-long-key-value", 2.0, 0);
+        s.take(&e, LimiterId(0), "a", tk(1.0), 0);
+        s.take(&e, LimiterId(0), "a", tk(1.0), 0);
+        s.take(&e, LimiterId(0), "a-very-long-key-value", tk(2.0), 0);
         let mut seen = Vec::new();
         s.drain_unsynced(|c| seen.push((c.key, c.tokens)));
         seen.sort_by(|a, b| a.0.cmp(&b.0));
@@ -534,8 +582,8 @@ mod tests {
             for (k, dt, n) in ops {
                 now += dt * 100_000_000;
                 let key = keys[k];
-                let got = store.take(&e, LimiterId(0), key, n, now);
-                let want = model.entry(key).or_insert_with(|| TokenBucket::new(&params, now)).take(&params, now, n);
+                let got = store.take(&e, LimiterId(0), key, tk(n), now);
+                let want = model.entry(key).or_insert_with(|| TokenBucket::new(&params, now)).take(&params, now, tk(n));
                 proptest::prop_assert_eq!(got, want);
             }
         }

@@ -1,13 +1,15 @@
 //! Engine + store behaviour on a virtual clock: the rules users rely on.
 
 use std::sync::Arc;
-use tollgate_policy::{parse_str, Engine, FlowError, LocalLimiter, OutcomeKind, OwnedFlow};
+use tollgate_policy::{
+    parse_policies, Engine, FlowError, LocalLimiter, OutcomeKind, OwnedFlow, Tokens, TokensError,
+};
 
 const SEC: u64 = 1_000_000_000;
 
 fn limiter(yaml: &str) -> LocalLimiter {
-    let config = parse_str(yaml, "test").expect("valid config");
-    LocalLimiter::new(Arc::new(Engine::new(&config.policies)))
+    let policies = parse_policies(yaml, "test").expect("valid config");
+    LocalLimiter::new(Arc::new(Engine::new(&policies)))
 }
 
 fn flow(cp: &str, labels: &[(&str, &str)]) -> OwnedFlow {
@@ -91,11 +93,36 @@ fn tokens_label_sets_the_cost_and_bad_values_are_errors() {
     assert!(matches!(err, FlowError::BadTokensLabel { .. }), "{err}");
 }
 
+/// A cost label can only take tokens: a negative, NaN, infinite or non-numeric value is
+/// refused before any bucket is touched, so it can never refill an exhausted bucket.
+#[test]
+fn a_tokens_label_can_never_refill_a_bucket() {
+    let mut l = limiter(FIVE_PER_USER);
+    let alice = |cost: &str| flow("checkout", &[("user", "alice"), ("cost", cost)]);
+    assert!(l.check(&alice("5"), 0).unwrap().accepted, "drain");
+    for (bad, reason) in [
+        ("-1000", TokensError::Negative),
+        ("-1", TokensError::Negative),
+        ("NaN", TokensError::NotFinite),
+        ("inf", TokensError::NotFinite),
+        ("-inf", TokensError::NotFinite),
+        ("abc", TokensError::NotANumber),
+    ] {
+        match l.check(&alice(bad), 0) {
+            Err(FlowError::BadTokensLabel { reason: r, .. }) => assert_eq!(r, reason, "{bad}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let d = l.check(&alice("1"), 0).unwrap();
+    assert!(!d.accepted, "still exhausted");
+    assert_eq!(d.limiters[0].current, 0.0);
+}
+
 #[test]
 fn explicit_tokens_override_the_label() {
     let mut l = limiter(FIVE_PER_USER);
     let mut f = flow("checkout", &[("user", "dave"), ("cost", "1")]);
-    f.tokens = Some(5.0);
+    f.tokens = Some(Tokens::new(5.0).unwrap());
     assert!(l.check(&f, 0).unwrap().accepted);
     assert!(!l.check(&f, 0).unwrap().accepted);
 }

@@ -4,7 +4,6 @@
 //! A check from outside goes straight to the shard that owns its routing label's bucket
 //! (the same routing function as the binary client), so the usual case costs one hop.
 
-use crate::shard::OwnedTake;
 use std::sync::Arc;
 use tollgate_policy::{Decision, Engine, FlowError, LimiterId, OwnedFlow};
 use tollgate_protocol::routing;
@@ -18,8 +17,8 @@ pub enum Inbound {
         /// Where the decision goes.
         reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
     },
-    /// Debit consumption reported by a peer node (buckets owned by this shard).
-    Debit(Vec<OwnedTake>),
+    /// Debit consumption reported by a peer node: (limiter, key, tokens).
+    Debit(Vec<(LimiterId, String, f64)>),
     /// Lower buckets to levels reported by a peer node (state transfer).
     LowerTo(Vec<(LimiterId, String, f64)>),
     /// Hand over consumption since the last call (replication); see [`ReplicaDelta`].

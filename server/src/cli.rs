@@ -4,6 +4,7 @@
 //! 1 rejected, 2 error; `validate` exits 0 valid, 2 invalid; `serve` exits 0 after a
 //! graceful shutdown, 2 for a bad config, 1 for any other failure.
 
+use crate::config::{self, check_shards, Config, ConfigError};
 use crate::{grpc_backend::ShardBackend, runtime, DEFAULT_POLICY};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_policy::WAIT_FOREVER as WAIT_FOREVER_NS;
-use tollgate_policy::{config, Config, ConfigError};
 use tollgate_protocol::client::{blocking, CheckRequest, ClientConfig, FailMode};
 use tollgate_protocol::{CheckReply, LimiterOutcome};
 
@@ -83,8 +83,9 @@ pub struct CheckArgs {
     /// A flow label, `key=value`; repeat for more.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Tokens the flow costs (default: each policy's tokens label, else 1).
-    #[arg(long)]
+    /// Tokens the flow costs, a number of at least 0 (default: each policy's tokens
+    /// label, else 1).
+    #[arg(long, value_parser = parse_tokens)]
     pub tokens: Option<f64>,
     /// Print the decision as JSON.
     #[arg(long)]
@@ -99,6 +100,12 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("label {s:?} must look like key=value")),
     }
+}
+
+fn parse_tokens(s: &str) -> Result<f64, String> {
+    tollgate_policy::Tokens::parse(s)
+        .map(tollgate_policy::Tokens::get)
+        .map_err(|e| format!("{s:?} {e}"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -136,17 +143,9 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, ConfigError> {
         .config
         .as_ref()
         .map_or("<command line>".to_string(), |p| p.display().to_string());
-    let cli_error = |path: &str, reason: String| ConfigError {
-        origin: origin.clone(),
-        errors: vec![config::FieldError {
-            path: path.into(),
-            reason,
-        }],
-    };
+    let cli_error = |path: &str, reason: String| ConfigError::one(&origin, path, reason);
     if let Some(shards) = args.shards {
-        if shards == 0 || shards > 1024 {
-            return Err(cli_error("--shards", "must be between 1 and 1024".into()));
-        }
+        check_shards(shards).map_err(|reason| cli_error("--shards", reason))?;
         config.server.shards = Some(shards);
     }
     if let Some(listen) = args.listen {
@@ -222,7 +221,11 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
     let grpc = match grpc_listener {
         Some(listener) => {
             let backend = Arc::new(ShardBackend::new(server.handle.clone()));
-            Some(tollgate_grpc::start(listener, &config.server, backend)?)
+            Some(tollgate_grpc::start(
+                listener,
+                &config.server.grpc_settings(),
+                backend,
+            )?)
         }
         None => None,
     };

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use tollgate_policy::{Decision, Engine, FlowError, OutcomeKind};
+use tollgate_policy::{Decision, Engine, FlowError, OutcomeKind, Tokens};
 use tollgate_protocol::{
     decode_frame, encode_check_reply, encode_error, encode_hello_reply, encode_members_reply,
     encode_pong, frame_len, BatchReplyWriter, CheckRef, CheckReply, DecisionReason, DecodeError,
@@ -247,8 +247,13 @@ impl Reader {
                 None => return Err(unknown(str_ref_id(key))),
             }
         }
+        // The decoder already refused a negative or non-finite tokens field.
+        let tokens = match check.tokens().map(Tokens::new).transpose() {
+            Ok(t) => t,
+            Err(e) => return Err((ErrorCode::BadRequest, format!("tokens {e}"))),
+        };
         self.shard
-            .decide_now(cp, labels.as_slice(), check.tokens(), now)
+            .decide_now(cp, labels.as_slice(), tokens, now)
             .map_err(|e: FlowError| (ErrorCode::BadRequest, e.to_string()))
     }
 
@@ -383,7 +388,7 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
             .limiters
             .iter()
             .map(|o| LimiterResult {
-                limiter_index: o.limiter.0 as u16,
+                limiter_index: engine.limiter(o.limiter).position,
                 outcome: match o.kind {
                     OutcomeKind::Accepted => LimiterOutcome::Accepted,
                     OutcomeKind::Rejected => LimiterOutcome::Rejected,

@@ -16,6 +16,8 @@
 //! the reply is encoded into the connection's outbox and written.
 //!
 //! # Layout
+//! - [`config`]: the config file: the `server:` section here, `policies:` from the
+//!   policy crate, `cluster:` from [`cluster`]; parsed once, every problem reported.
 //! - [`runtime`]: start (bind, executors, mesh, ready) and graceful shutdown.
 //! - [`listeners`]: socket2 binding: shared SO_REUSEPORT port + shard-aware ports.
 //! - [`node`]: node-wide read-only facts (engine, ports, limits) and the HELLO reply.
@@ -32,6 +34,7 @@ pub mod bridge;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod config;
 pub mod conn;
 pub mod grpc_backend;
 pub mod listeners;

@@ -1,10 +1,11 @@
 //! What every shard of a node shares, read-only after start (plus two counters that are
 //! touched per connection, never per decision).
 
+use crate::config::ServerConfig;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tollgate_policy::{Engine, ServerConfig};
+use tollgate_policy::Engine;
 use tollgate_protocol::routing::{self, HASH_FNV1A_64};
 use tollgate_protocol::{HelloReply, Member, MemberState, MAX_BATCH, PROTOCOL_VERSION};
 

@@ -3,6 +3,7 @@
 //! connections and exit.
 
 use crate::bridge::{DecisionHandle, Inbound, ReplicaDelta, INBOX_DEPTH};
+use crate::config::Config;
 use crate::node::{Limits, MembersView, Node};
 use crate::shard::{MeshMsg, Planned, Shard, MESH_CHANNEL_SIZE};
 use crate::{clock, conn, listeners};
@@ -17,7 +18,7 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-use tollgate_policy::{Config, Engine, OwnedFlow};
+use tollgate_policy::{Engine, OwnedFlow};
 
 /// glommio reserves this much io_uring-registered memory per executor for storage I/O.
 /// Tollgate does no file I/O on shards, so the minimum (64 KiB) leaves locked-memory
@@ -295,12 +296,22 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             })
             .detach();
         }
-        Inbound::Debit(takes) => route_to_owners(
-            shard,
-            takes,
-            |s, t| s.debit(t),
-            |t| MeshMsg::Debit { takes: t },
-        ),
+        Inbound::Debit(takes) => {
+            let mut by_owner: Vec<Vec<_>> = vec![Vec::new(); shard.node.nr_shards];
+            for t in takes {
+                by_owner[shard.node.owner_of(&t.1)].push(t);
+            }
+            for (owner, takes) in by_owner.into_iter().enumerate() {
+                if takes.is_empty() {
+                    continue;
+                }
+                if owner == shard.id {
+                    shard.debit(takes);
+                } else {
+                    shard.send(owner, MeshMsg::Debit { takes });
+                }
+            }
+        }
         Inbound::LowerTo(levels) => {
             let mut by_owner: Vec<Vec<_>> = vec![Vec::new(); shard.node.nr_shards];
             for l in levels {
@@ -339,33 +350,6 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             let _ = reply.send(levels);
         }
         Inbound::Stop | Inbound::Exit => {}
-    }
-}
-
-/// Applies `takes` to their owners: local ones now, others through the mesh.
-fn route_to_owners(
-    shard: &Rc<Shard>,
-    takes: Vec<crate::shard::OwnedTake>,
-    local: impl Fn(&Shard, Vec<crate::shard::OwnedTake>),
-    remote: impl Fn(Vec<crate::shard::OwnedTake>) -> MeshMsg,
-) {
-    let mut by_owner: Vec<Vec<_>> = vec![Vec::new(); shard.node.nr_shards];
-    for t in takes {
-        let owner = t
-            .key
-            .as_deref()
-            .map_or(shard.id, |k| shard.node.owner_of(k));
-        by_owner[owner].push(t);
-    }
-    for (owner, takes) in by_owner.into_iter().enumerate() {
-        if takes.is_empty() {
-            continue;
-        }
-        if owner == shard.id {
-            local(shard, takes);
-        } else {
-            shard.send(owner, remote(takes));
-        }
     }
 }
 

@@ -23,7 +23,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use tollgate_policy::{
-    BucketStore, Decision, Engine, FlowError, Labels, LimiterId, OutcomeKind, Outcomes, PlannedTake,
+    BucketStore, Decision, Engine, FlowError, Labels, LimiterId, OutcomeKind, Outcomes,
+    PlannedTake, Tokens,
 };
 
 /// Messages between shards of one node. A mesh message is a `Vec` of these (a batch).
@@ -50,8 +51,8 @@ pub enum MeshMsg {
     },
     /// Debit consumption that happened on a peer node (cluster replication).
     Debit {
-        /// Buckets and tokens consumed elsewhere.
-        takes: Vec<OwnedTake>,
+        /// (limiter, key, tokens consumed elsewhere; negative when more were returned).
+        takes: Vec<(LimiterId, String, f64)>,
     },
     /// Lower buckets to at most these levels (state transfer from a peer node).
     LowerTo {
@@ -68,7 +69,7 @@ pub struct OwnedTake {
     /// Bucket key; None = the flow lacks the limit label.
     pub key: Option<String>,
     /// Tokens.
-    pub tokens: f64,
+    pub tokens: Tokens,
 }
 
 impl OwnedTake {
@@ -188,7 +189,7 @@ impl Shard {
         &self,
         control_point: &str,
         labels: &L,
-        tokens: Option<f64>,
+        tokens: Option<Tokens>,
         now_ns: u64,
     ) -> Result<Planned, FlowError> {
         let engine = &*self.node.engine;
@@ -290,31 +291,41 @@ impl Shard {
         merged: &mut Outcomes,
     ) {
         for (owner, members) in groups {
-            let accepted: SmallVec<[usize; 4]> = members
-                .iter()
-                .copied()
-                .filter(|&i| merged[i].kind == OutcomeKind::Accepted)
-                .collect();
-            if accepted.is_empty() {
-                continue;
-            }
-            let back: Vec<OwnedTake> = accepted.iter().map(|&i| plan.takes[i].clone()).collect();
-            if *owner == self.id {
-                let now = clock::now_ns();
-                let mut store = self.store.borrow_mut();
-                for t in &back {
-                    if let Some(key) = &t.key {
-                        store.take(engine, t.limiter, key, -t.tokens, now);
-                    }
+            let mut back = Vec::new();
+            for &i in members {
+                let (o, t) = (&mut merged[i], &plan.takes[i]);
+                if o.kind != OutcomeKind::Accepted {
+                    continue;
                 }
-            } else {
-                self.send(*owner, MeshMsg::GiveBack { takes: back });
+                if let Some(key) = &t.key {
+                    o.mark_returned(engine.limiter(t.limiter).params_for(key).capacity);
+                    back.push(t.clone());
+                }
             }
-            for i in accepted {
-                let o = &mut merged[i];
-                let capacity = engine.limiter(o.limiter).params.capacity;
-                o.remaining = (o.remaining + o.tokens).min(capacity);
-                o.kind = OutcomeKind::Returned;
+            if !back.is_empty() {
+                self.give_back(*owner, back);
+            }
+        }
+    }
+
+    /// Hands `takes` back to the buckets of `owner` (this shard or another): the one path
+    /// by which a multi-limiter check returns tokens outside its own group.
+    fn give_back(&self, owner: usize, takes: Vec<OwnedTake>) {
+        if owner == self.id {
+            self.apply_give_back(takes);
+        } else {
+            self.send(owner, MeshMsg::GiveBack { takes });
+        }
+    }
+
+    /// Returns tokens to buckets this shard owns.
+    fn apply_give_back(&self, takes: Vec<OwnedTake>) {
+        let engine = &*self.node.engine;
+        let now = clock::now_ns();
+        let mut store = self.store.borrow_mut();
+        for t in takes {
+            if let Some(key) = &t.key {
+                store.give_back(engine, t.limiter, key, t.tokens, now);
             }
         }
     }
@@ -344,14 +355,7 @@ impl Shard {
                 let outcomes = self.store.borrow_mut().take_group(engine, &planned, now);
                 self.send(from, MeshMsg::Taken { ticket, outcomes });
             }
-            MeshMsg::GiveBack { takes } => {
-                let mut store = self.store.borrow_mut();
-                for t in takes {
-                    if let Some(key) = &t.key {
-                        store.take(engine, t.limiter, key, -t.tokens, now);
-                    }
-                }
-            }
+            MeshMsg::GiveBack { takes } => self.apply_give_back(takes),
             MeshMsg::Taken { ticket, outcomes } => {
                 if let Some(tx) = self.pending.borrow_mut().remove(&ticket) {
                     let _ = tx.send(outcomes);
@@ -363,13 +367,13 @@ impl Shard {
     }
 
     /// Applies a peer node's consumption to buckets this shard owns.
-    pub fn debit(&self, takes: Vec<OwnedTake>) {
+    pub fn debit(&self, takes: Vec<(LimiterId, String, f64)>) {
         let engine = &*self.node.engine;
         let now = clock::now_ns();
         let mut store = self.store.borrow_mut();
-        for t in takes {
-            if let (Some(key), Some(_)) = (&t.key, engine.get_limiter(t.limiter)) {
-                store.debit(engine, t.limiter, key, t.tokens, now);
+        for (limiter, key, tokens) in takes {
+            if engine.get_limiter(limiter).is_some() {
+                store.debit(engine, limiter, &key, tokens, now);
             }
         }
     }
@@ -402,7 +406,7 @@ fn unavailable(t: &OwnedTake) -> tollgate_policy::LimiterOutcome {
         } else {
             OutcomeKind::KeyNotFound
         },
-        tokens: t.tokens,
+        tokens: t.tokens.get(),
         remaining: 0.0,
         current: 0.0,
         wait_ns: 0,

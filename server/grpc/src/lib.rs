@@ -18,6 +18,7 @@
 //! - [`rls`] — `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
 //! - [`otlp`] — `opentelemetry.proto.collector.trace.v1.TraceService/Export` span sink.
 //! - [`cache`] — the bounded TTL cache (sans-IO, time passed in).
+//! - [`config`] — [`GrpcSettings`]: TLS and cache bounds from the `server:` section.
 //! - [`auth`] — optional `x-api-key` check.
 //! - [`deadline`] — `grpc-timeout` parsing and the deadline wrapper.
 //! - [`proto`] — generated messages, servers and clients.
@@ -31,6 +32,7 @@
 pub mod auth;
 pub mod backend;
 pub mod cache;
+pub mod config;
 pub mod deadline;
 pub mod flowcontrol;
 pub mod otlp;
@@ -39,6 +41,7 @@ pub mod rls;
 pub mod server;
 
 pub use backend::{BackendError, DecisionBackend, DecisionFuture};
+pub use config::{CacheConfig, GrpcSettings, TlsConfig};
 pub use server::{start, GrpcHandle};
 /// The tonic this crate is built with, so callers can use [`proto`]'s clients without naming a
 /// tonic version themselves.

@@ -188,7 +188,9 @@ impl RateLimitService for Rls {
                 req.descriptors.len()
             )));
         }
-        let tokens = f64::from(req.hits_addend.max(1));
+        // A u32 is always a finite, non-negative cost.
+        let tokens = tollgate_policy::Tokens::new(f64::from(req.hits_addend.max(1)))
+            .unwrap_or(tollgate_policy::Tokens::ONE);
         let statuses = deadline::within(budget, async {
             let mut statuses = Vec::with_capacity(req.descriptors.len());
             for d in &req.descriptors {

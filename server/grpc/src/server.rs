@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::config::GrpcSettings;
 use anyhow::Context as _;
 use tokio::sync::watch;
-use tollgate_policy::ServerConfig;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -110,18 +110,18 @@ impl Drop for GrpcHandle {
     }
 }
 
-/// Starts the gRPC compat port on `listener` (already bound by the caller) with the
-/// `server` settings (`api_keys`, `tls`, `cache`), deciding through `backend`.
+/// Starts the gRPC compat port on `listener` (already bound by the caller) with `settings`
+/// (API keys, TLS, cache bounds), deciding through `backend`.
 ///
 /// Errors (unreadable TLS files, runtime creation) are returned before any thread is left
 /// running.
 pub fn start(
     listener: std::net::TcpListener,
-    server: &ServerConfig,
+    settings: &GrpcSettings,
     backend: Arc<dyn DecisionBackend>,
 ) -> anyhow::Result<GrpcHandle> {
     let local_addr = listener.local_addr().context("grpc listener address")?;
-    let tls = match &server.tls {
+    let tls = match &settings.tls {
         Some(tls) => {
             let cert = std::fs::read(&tls.cert)
                 .with_context(|| format!("reading TLS certificate {}", tls.cert.display()))?;
@@ -132,11 +132,11 @@ pub fn start(
         None => None,
     };
     let limits = CacheLimits {
-        max_entries: server.cache.max_entries,
-        max_total_bytes: server.cache.max_total_bytes,
-        max_entry_bytes: server.cache.max_entry_bytes,
+        max_entries: settings.cache.max_entries,
+        max_total_bytes: settings.cache.max_total_bytes,
+        max_entry_bytes: settings.cache.max_entry_bytes,
     };
-    let auth = ApiKeyCheck::new(&server.api_keys);
+    let auth = ApiKeyCheck::new(&settings.api_keys);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -249,7 +249,7 @@ pub fn start(
         }
     }
 
-    tracing::info!(%local_addr, tls = server.tls.is_some(), api_keys = auth_enabled(&server.api_keys), "grpc compat port listening");
+    tracing::info!(%local_addr, tls = settings.tls.is_some(), api_keys = auth_enabled(&settings.api_keys), "grpc compat port listening");
     Ok(GrpcHandle {
         local_addr,
         stop: stop_tx,

@@ -14,12 +14,10 @@ use super::gossip::{Effect, Gossip, GossipStats, MemberInfo};
 use super::wire::{Entry, MAX_DATAGRAM};
 use crate::bridge::{DecisionHandle, Inbound};
 use crate::clock;
-use crate::shard::OwnedTake;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-use tollgate_policy::LimiterId;
 
 /// Socket buffers: a state transfer or a sync of many keys is a burst of datagrams;
 /// 4 MiB holds about 3,000 of them (the kernel may cap it at `net.core.rmem_max`).
@@ -282,8 +280,11 @@ impl Shell {
         for rx in waiting {
             if let Ok(deltas) = rx.blocking_recv() {
                 for d in deltas {
-                    self.gossip
-                        .record_local(d.limiter.0, d.key, f64::from(d.tokens));
+                    self.gossip.record_local(
+                        u32::from(self.handle.engine().limiter(d.limiter).position),
+                        d.key,
+                        f64::from(d.tokens),
+                    );
                 }
             }
         }
@@ -304,8 +305,9 @@ impl Shell {
         let mut levels = Vec::new();
         for rx in waiting {
             if let Ok(l) = rx.blocking_recv() {
+                let engine = self.handle.engine();
                 levels.extend(l.into_iter().map(|(limiter, key, value)| Entry {
-                    limiter: limiter.0,
+                    limiter: u32::from(engine.limiter(limiter).position),
                     key,
                     value,
                 }));
@@ -334,13 +336,11 @@ impl Shell {
                     }
                     Effect::Debit(entries) => {
                         let engine = self.handle.engine();
-                        let takes: Vec<OwnedTake> = entries
+                        let takes: Vec<_> = entries
                             .into_iter()
-                            .filter(|e| engine.get_limiter(LimiterId(e.limiter)).is_some())
-                            .map(|e| OwnedTake {
-                                limiter: LimiterId(e.limiter),
-                                key: Some(e.key),
-                                tokens: e.value,
+                            .filter_map(|e| {
+                                let spec = engine.limiters().get(e.limiter as usize)?;
+                                Some((spec.id, e.key, e.value))
                             })
                             .collect();
                         if !takes.is_empty() {
@@ -352,8 +352,10 @@ impl Shell {
                         let engine = self.handle.engine();
                         let levels: Vec<_> = entries
                             .into_iter()
-                            .filter(|e| engine.get_limiter(LimiterId(e.limiter)).is_some())
-                            .map(|e| (LimiterId(e.limiter), e.key, e.value))
+                            .filter_map(|e| {
+                                let spec = engine.limiters().get(e.limiter as usize)?;
+                                Some((spec.id, e.key, e.value))
+                            })
                             .collect();
                         if !levels.is_empty() {
                             let shard = self.any_shard();

@@ -11,6 +11,7 @@
 //! tokens more than one node would (docs/cluster.md derives it and shows measurements).
 //!
 //! # Layout
+//! - [`config`]: the `cluster:` section of the config file and its validation.
 //! - [`wire`]: the datagram envelope (HMAC-SHA256), rkyv payloads, foca's codec; bounded.
 //! - [`replication`]: sans-IO reliable delta replication (seq + ack + retransmit) and
 //!   state transfer to joining nodes.
@@ -27,6 +28,7 @@
 //! [`Cluster::bind`] runs before the shards start (so `MEMBERS` has a view to ask);
 //! [`Cluster::start`] after them (so the thread has a handle to reach them).
 
+pub mod config;
 pub mod fuzzing;
 pub mod gossip;
 pub mod io;
@@ -40,13 +42,14 @@ use crate::bridge::DecisionHandle;
 use crate::clock;
 use crate::node::MembersView;
 use anyhow::{anyhow, Context, Result};
+use config::ClusterConfig;
 use gossip::{Gossip, GossipConfig, GossipStats, MemberState};
 use membership::Timings;
 use replication::ReplicationConfig;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_policy::{ClusterConfig, Engine};
+use tollgate_policy::Engine;
 use tollgate_protocol::Member;
 
 /// `cluster:` resolved: addresses parsed, secret read, defaults filled in.
@@ -74,10 +77,7 @@ impl ClusterSettings {
     /// Resolves a validated `cluster:` section. `server_node_id` (from `server.node_id`)
     /// is the fallback name before host name + port.
     pub fn from_config(c: &ClusterConfig, server_node_id: Option<&str>) -> Result<Self> {
-        let gossip: SocketAddr = c
-            .gossip
-            .parse()
-            .with_context(|| format!("cluster.gossip {:?} is not an address", c.gossip))?;
+        let gossip = c.gossip;
         let secret = match (&c.secret_file, &c.secret) {
             (Some(path), _) => {
                 let bytes = std::fs::read(path).with_context(|| {
@@ -90,14 +90,8 @@ impl ClusterSettings {
                 trimmed
             }
             (None, Some(s)) => s.as_bytes().to_vec(),
-            (None, None) => {
-                if !gossip.ip().is_loopback() {
-                    return Err(anyhow!(
-                        "cluster.secret: required when gossip binds a non-loopback address"
-                    ));
-                }
-                wire::INSECURE_LOOPBACK_SECRET.to_vec()
-            }
+            // Validation refused a missing secret off loopback.
+            (None, None) => wire::INSECURE_LOOPBACK_SECRET.to_vec(),
         };
         let node_id = c
             .node_id
@@ -105,17 +99,10 @@ impl ClusterSettings {
             .or_else(|| server_node_id.map(str::to_string))
             .unwrap_or_else(|| format!("{}:{}", host_name(), gossip.port()));
         let fd = &c.failure_detection;
-        let advertise = match &c.advertise {
-            Some(a) => Some(
-                a.parse()
-                    .with_context(|| format!("cluster.advertise {a:?} is not an address"))?,
-            ),
-            None => None,
-        };
         Ok(ClusterSettings {
             node_id,
             gossip,
-            advertise,
+            advertise: c.advertise,
             seeds: c.seeds.clone(),
             sync_interval: c.sync_interval.0,
             secret,
@@ -375,10 +362,8 @@ impl RunningCluster {
 mod tests {
     use super::*;
 
-    fn cluster_yaml(
-        cluster: &str,
-    ) -> Result<tollgate_policy::Config, tollgate_policy::ConfigError> {
-        tollgate_policy::parse_str(&format!("cluster:\n{cluster}"), "test.yaml")
+    fn cluster_yaml(cluster: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::parse_str(&format!("cluster:\n{cluster}"), "test.yaml")
     }
 
     #[test]
@@ -408,7 +393,7 @@ mod tests {
 
     #[test]
     fn settings_default_the_name_and_use_lazy_sync_cadence() {
-        let config = tollgate_policy::parse_str(
+        let config = crate::config::parse_str(
             "policies:\n  - policy_name: a\n    rate_limiter:\n      bucket_capacity: 1\n      fill_amount: 1\n      parameters: { interval: 1s, lazy_sync: { enabled: true, num_sync: 4 } }\n      selectors: [{ control_point: x }]\n  - policy_name: b\n    rate_limiter:\n      bucket_capacity: 1\n      fill_amount: 1\n      parameters: { interval: 1s }\n      selectors: [{ control_point: x }]\ncluster:\n  gossip: 127.0.0.1:7999\n  sync_interval: 20ms\n",
             "t.yaml",
         )

@@ -19,7 +19,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_policy::{BucketStore, Engine, LimiterId};
+use tollgate_policy::{BucketStore, Engine, Tokens};
 
 const MS: u64 = 1_000_000;
 const SECRET: &[u8] = b"sim-secret";
@@ -71,7 +71,7 @@ fn engine(capacity: f64, fill: f64, interval: &str) -> Arc<Engine> {
     let yaml = format!(
         "policies:\n  - policy_name: p\n    rate_limiter:\n      bucket_capacity: {capacity}\n      fill_amount: {fill}\n      parameters: {{ interval: {interval}, limit_by_label_key: user }}\n      selectors: [{{ control_point: api }}]\n"
     );
-    let config = tollgate_policy::parse_str(&yaml, "sim").expect("valid policy");
+    let config = crate::config::parse_str(&yaml, "sim").expect("valid policy");
     Arc::new(Engine::new(&config.policies))
 }
 
@@ -207,7 +207,7 @@ impl Sim {
                         for e in entries {
                             self.nodes[i].store.debit(
                                 &engine,
-                                LimiterId(e.limiter),
+                                engine.limiters()[e.limiter as usize].id,
                                 &e.key,
                                 e.value,
                                 now,
@@ -218,7 +218,7 @@ impl Sim {
                         for e in entries {
                             self.nodes[i].store.lower_to(
                                 &engine,
-                                LimiterId(e.limiter),
+                                engine.limiters()[e.limiter as usize].id,
                                 &e.key,
                                 e.value,
                                 now,
@@ -229,7 +229,7 @@ impl Sim {
                         let mut levels = Vec::new();
                         self.nodes[i].store.snapshot(&engine, now, |l, k, v| {
                             levels.push(Entry {
-                                limiter: l.0,
+                                limiter: u32::from(engine.limiter(l).position),
                                 key: k.to_string(),
                                 value: v,
                             })
@@ -301,7 +301,7 @@ impl Sim {
                     node.store.drain_unsynced(|c| drained.push(c));
                     for c in drained {
                         node.gossip
-                            .record_local(c.limiter.0, c.key, f64::from(c.tokens));
+                            .record_local(c.limiter.get(), c.key, f64::from(c.tokens));
                     }
                     let tick = node.gossip.replication_config().tick_ns();
                     node.next_drain = (node.next_drain + tick).max(now + 1);
@@ -319,14 +319,20 @@ impl Sim {
         let now = self.now;
         self.nodes[i]
             .store
-            .take(&engine, LimiterId(0), key, tokens, now)
+            .take(
+                &engine,
+                engine.limiters()[0].id,
+                key,
+                Tokens::new(tokens).expect("test cost"),
+                now,
+            )
             .accepted
     }
 
     fn level(&self, i: usize, key: &str) -> f64 {
         self.nodes[i]
             .store
-            .level(&self.engine, LimiterId(0), key, self.now)
+            .level(&self.engine, self.engine.limiters()[0].id, key, self.now)
     }
 
     fn state_of(&self, observer: usize, name: &str) -> Option<MemberState> {

@@ -80,11 +80,43 @@ impl LocalServer {
     }
 }
 
+/// The gRPC part of a test config's `server:` section (other server fields ignored).
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ServerPart {
+    api_keys: Vec<String>,
+    tls: Option<tollgate_grpc::TlsConfig>,
+}
+
+/// A test config as the server crate would split it: the policies and the gRPC settings.
+fn split_config(
+    yaml: &str,
+) -> (
+    Vec<tollgate_policy::PolicyConfig>,
+    tollgate_grpc::GrpcSettings,
+) {
+    let mut document = tollgate_policy::config::yaml_document(yaml, "test.yaml").unwrap();
+    let server: ServerPart = document
+        .remove("server")
+        .map(|v| serde_yaml_ng::from_value(v).unwrap())
+        .unwrap_or_default();
+    let mut problems = tollgate_policy::Problems::new();
+    let policies =
+        tollgate_policy::config::policies_from_document(document, &["server"], &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    let settings = tollgate_grpc::GrpcSettings {
+        api_keys: server.api_keys,
+        tls: server.tls,
+        ..Default::default()
+    };
+    (policies, settings)
+}
+
 /// Parses `yaml`, starts the gRPC port with a [`LocalBackend`]; cache entries limited to 1 KiB.
 pub fn start_local(yaml: &str, delay: Option<Duration>) -> LocalServer {
-    let mut config = tollgate_policy::parse_str(yaml, "test.yaml").unwrap();
-    config.server.cache.max_entry_bytes = 1024;
-    let engine = Arc::new(Engine::new(&config.policies));
+    let (policies, mut settings) = split_config(yaml);
+    settings.cache.max_entry_bytes = 1024;
+    let engine = Arc::new(Engine::new(&policies));
     let backend = Arc::new(LocalBackend {
         limiter: Mutex::new(LocalLimiter::new(engine.clone())),
         engine,
@@ -92,6 +124,6 @@ pub fn start_local(yaml: &str, delay: Option<Duration>) -> LocalServer {
         delay,
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let handle = tollgate_grpc::start(listener, &config.server, backend).unwrap();
+    let handle = tollgate_grpc::start(listener, &settings, backend).unwrap();
     LocalServer { handle }
 }

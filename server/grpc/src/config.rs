@@ -1,0 +1,64 @@
+//! The gRPC port's part of the `server:` section: TLS and cache bounds, with their
+//! validation, and [`GrpcSettings`], everything [`crate::start`] needs.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use tollgate_policy::config::{join, Problems};
+
+/// What the gRPC port runs with (taken from the `server:` section by the server crate).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GrpcSettings {
+    /// API keys accepted (`x-api-key`). Empty = no authentication.
+    pub api_keys: Vec<String>,
+    /// TLS; None = plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Bounds of the result/global cache.
+    pub cache: CacheConfig,
+}
+
+/// `server.tls` — PEM files for the gRPC port.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `server.cache` — bounds of the result and global caches behind the gRPC Cache* calls.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Entries kept at most (result + global). Default 100,000.
+    pub max_entries: usize,
+    /// Bytes of keys + values kept at most. Default 64 MiB.
+    pub max_total_bytes: usize,
+    /// Largest single value accepted. Default 1 MiB.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
+            max_total_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Checks the cache bounds at `at` (e.g. `server.cache`).
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        if self.max_entries == 0 {
+            problems.at(join(at, "max_entries"), "must be at least 1");
+        }
+        if self.max_entry_bytes > self.max_total_bytes {
+            problems.at(
+                join(at, "max_entry_bytes"),
+                "must not exceed server.cache.max_total_bytes",
+            );
+        }
+    }
+}

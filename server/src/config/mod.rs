@@ -1,0 +1,223 @@
+//! The configuration file: `server:` (this crate), `policies:` (tollgate-policy) and
+//! `cluster:` (the cluster layer), or an Aperture `rate-limiting/base` blueprint values
+//! file (which may carry `server:` and `cluster:` too).
+//!
+//! The document is read once; each owner deserializes and validates its own section, and
+//! every problem is reported, each as `file: field.path: reason`.
+//!
+//! # Layout
+//! - [`server`]: the `server:` section ([`ServerConfig`]).
+//! - the `cluster:` section lives with the cluster code ([`ClusterConfig`]).
+
+pub mod server;
+
+pub use crate::cluster::config::ClusterConfig;
+pub use server::{check_shards, ServerConfig};
+pub use tollgate_policy::config::{ConfigError, FieldError, Problems};
+
+use std::path::Path;
+use tollgate_policy::config::{deserialize_section, policies_from_document, yaml_document};
+use tollgate_policy::PolicyConfig;
+
+/// The whole configuration file, validated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    /// Listeners and limits of this node.
+    pub server: ServerConfig,
+    /// The policies. An empty list admits everything.
+    pub policies: Vec<PolicyConfig>,
+    /// Cluster membership and replication; absent = this node runs alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Top-level sections other than the policies.
+const OTHER_SECTIONS: [&str; 2] = ["server", "cluster"];
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(&origin, "", format!("cannot read file: {e}")))?;
+    parse_str(&text, &origin)
+}
+
+/// Parses and validates config text; `origin` names it in errors.
+pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let mut document = yaml_document(text, origin)?;
+    let mut problems = Problems::new();
+    let server = match document.remove("server") {
+        None | Some(serde_yaml_ng::Value::Null) => ServerConfig::default(),
+        Some(v) => deserialize_section(v, "server").unwrap_or_else(|e| {
+            problems.push(e);
+            ServerConfig::default()
+        }),
+    };
+    let cluster: Option<ClusterConfig> = match document.remove("cluster") {
+        None | Some(serde_yaml_ng::Value::Null) => None,
+        Some(v) => deserialize_section(v, "cluster").unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        }),
+    };
+    let parsed_cleanly = problems.is_empty();
+    let policies = policies_from_document(document, &OTHER_SECTIONS, &mut problems);
+    // Rules across fields only make sense once every section deserialized.
+    if parsed_cleanly {
+        server.validate(&mut problems);
+        if let Some(c) = &cluster {
+            c.validate(&mut problems);
+        }
+    }
+    problems.into_result(
+        origin,
+        Config {
+            server,
+            policies,
+            cluster,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const SAMPLE: &str = r#"
+server: { listen: 127.0.0.1:7070, shards: 2 }
+policies:
+  - policy_name: per_user
+    rate_limiter:
+      bucket_capacity: 60
+      fill_amount: 60
+      parameters: { interval: 3600s, limit_by_label_key: user, max_idle_time: 7200s,
+                    lazy_sync: { enabled: true, num_sync: 4 } }
+      request_parameters: { tokens_label_key: tokens, denied_response_status_code: 429 }
+      overrides: [ { label_value: admin, limit_scale_factor: 10 } ]
+      selectors:
+        - control_point: checkout
+          label_matcher:
+            match_labels: { region: eu }
+            match_expressions: [ { key: tier, operator: In, values: [premium] } ]
+"#;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        parse_str(text, "test.yaml")
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn parses_the_documented_sample() {
+        let c = parse_str(SAMPLE, "sample").unwrap();
+        assert_eq!(c.server.shards, Some(2));
+        let rl = &c.policies[0].rate_limiter;
+        assert_eq!(rl.parameters.interval.0, Duration::from_secs(3600));
+        assert_eq!(rl.parameters.limit_by_label_key.as_deref(), Some("user"));
+        assert_eq!(rl.overrides[0].limit_scale_factor, 10.0);
+        assert_eq!(
+            rl.request_parameters
+                .denied_response_status_code
+                .map(|c| c.0),
+            Some(429)
+        );
+        assert_eq!(c.server.grpc, Some("127.0.0.1:8089".parse().unwrap()));
+    }
+
+    #[test]
+    fn missing_interval_names_the_field() {
+        let text = SAMPLE.replace("interval: 3600s, ", "");
+        assert_eq!(
+            errors_of(&text),
+            vec!["policies[0].rate_limiter.parameters.interval: missing"]
+        );
+        let err = parse_str(&text, "p.yaml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "p.yaml: policies[0].rate_limiter.parameters.interval: missing"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_not_a_default() {
+        let text = SAMPLE.replace("bucket_capacity", "bucket_capcity");
+        let errs = errors_of(&text);
+        assert!(
+            errs[0].starts_with("policies[0].rate_limiter.bucket_capcity: unknown field"),
+            "{errs:?}"
+        );
+        assert_eq!(
+            errors_of("polices: []"),
+            vec!["polices: unknown field (expected one of `policies`, `server`, `cluster`)"]
+        );
+        assert!(
+            errors_of("server: { listn: 1.2.3.4:5 }")[0].starts_with("server.listn: unknown field")
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_field_and_reason() {
+        let text = SAMPLE.replace("interval: 3600s", "interval: 3600");
+        let errs = errors_of(&text);
+        assert!(
+            errs[0].starts_with("policies[0].rate_limiter.parameters.interval: invalid duration"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let text = SAMPLE
+            .replace("bucket_capacity: 60", "bucket_capacity: 0")
+            .replace("values: [premium]", "values: []")
+            .replace("shards: 2", "shards: 0");
+        let errs = errors_of(&text);
+        assert_eq!(
+            errs,
+            vec![
+                "policies[0].rate_limiter.bucket_capacity: must be a finite number greater than 0",
+                "policies[0].rate_limiter.selectors[0].label_matcher.match_expressions[0].values: In and NotIn need at least one value",
+                "server.shards: must be between 1 and 1024",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_blueprint_may_carry_server_and_cluster_sections() {
+        let text = r#"
+blueprint: rate-limiting/base
+policy:
+  policy_name: api_limit
+  rate_limiter:
+    bucket_capacity: 40
+    fill_amount: 2
+    parameters: { interval: 1s, limit_by_label_key: user_id }
+    selectors: [ { control_point: api } ]
+server: { shards: 1 }
+cluster: { gossip: 127.0.0.1:7999 }
+"#;
+        let c = parse_str(text, "bp").unwrap();
+        assert_eq!(c.policies[0].policy_name, "api_limit");
+        assert_eq!(c.server.shards, Some(1));
+        assert_eq!(c.cluster.unwrap().gossip.port(), 7999);
+        let other = "blueprint: quota-scheduling/base\npolicy: { policy_name: x, rate_limiter: { bucket_capacity: 1, fill_amount: 1, parameters: { interval: 1s }, selectors: [ { control_point: a } ] } }\n";
+        assert!(errors_of(other)[0].starts_with("blueprint: unsupported blueprint"));
+    }
+
+    #[test]
+    fn grpc_can_be_turned_off() {
+        let c = parse_str("server: { grpc: off }", "x").unwrap();
+        assert_eq!(c.server.grpc, None);
+        assert!(errors_of("server: { grpc: nowhere }")[0].starts_with("server.grpc: "));
+    }
+
+    #[test]
+    fn not_yaml_is_reported() {
+        assert!(errors_of("policies: [")[0].starts_with("not valid YAML"));
+        assert!(errors_of("- a\n- b\n")[0].starts_with("the file must be a YAML mapping"));
+        assert!(parse_str("", "empty").unwrap().policies.is_empty());
+    }
+}

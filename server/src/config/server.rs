@@ -1,0 +1,148 @@
+//! `server:` — this node's listeners and per-node limits.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tollgate_grpc::{CacheConfig, GrpcSettings, TlsConfig};
+use tollgate_policy::config::{join, Problems};
+use tollgate_policy::duration::ConfigDuration;
+
+/// Shards a node may run: at least one, and no more than 1,024 (far above any core count
+/// this runs on; bounds the channel mesh, which is quadratic in shards).
+pub const MAX_SHARDS: usize = 1024;
+
+/// Checks a shard count (from `server.shards` or `--shards`).
+pub fn check_shards(shards: usize) -> Result<(), String> {
+    if shards == 0 || shards > MAX_SHARDS {
+        Err(format!("must be between 1 and {MAX_SHARDS}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `server:` — listeners and per-node limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Shared binary-protocol port, bound once per shard with SO_REUSEPORT.
+    /// Shard-aware ports are `listen port + 1 + shard index` (OS-chosen when the port is 0).
+    /// Default 127.0.0.1:7070: loopback, so a first run exposes nothing.
+    pub listen: SocketAddr,
+    /// Number of shards (one pinned executor each). Default: every available core.
+    pub shards: Option<usize>,
+    /// gRPC compat port (Aperture FlowControlService, Envoy RLS). Default 127.0.0.1:8089,
+    /// the address in Aperture's SDK examples; `off` disables it.
+    #[serde(with = "optional_addr")]
+    pub grpc: Option<SocketAddr>,
+    /// API keys accepted on the gRPC port (`x-api-key`). Empty = no authentication.
+    pub api_keys: Vec<String>,
+    /// TLS for the gRPC port (the Aperture SDKs default to TLS). Absent = plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Bounds of the gRPC result/global cache.
+    pub cache: CacheConfig,
+    /// Open binary connections per node beyond which new ones are closed at once.
+    /// Default 10,000: far above what a service fleet needs, well below fd limits.
+    pub max_connections: usize,
+    /// Requests one binary connection may have in flight before it is answered OVERLOADED.
+    /// Default 4,096: enough for deep pipelining, bounds per-connection memory.
+    pub max_in_flight: usize,
+    /// Largest binary frame accepted, in bytes. Default 1 MiB (a batch of 1,024 checks
+    /// with a few labels each fits many times over).
+    pub max_frame_len: u32,
+    /// How long shutdown waits for connections to finish before closing them. Default 5s.
+    pub drain_timeout: ConfigDuration,
+    /// Name this node reports in HELLO. Default: the cluster node id, else "tollgate".
+    pub node_id: Option<String>,
+    /// How long an idle shard spins before it sleeps. Default 0s: sleep at once, leaving
+    /// the core to other processes. On dedicated cores, e.g. 100us cuts the latency of a
+    /// wake-up (a cross-shard hop, a gRPC check) from hundreds to tens of microseconds
+    /// (docs/performance.md), at the price of a busy core while traffic trickles.
+    pub idle_spin: ConfigDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            shards: None,
+            grpc: Some(SocketAddr::from(([127, 0, 0, 1], 8089))),
+            api_keys: Vec::new(),
+            tls: None,
+            cache: CacheConfig::default(),
+            max_connections: 10_000,
+            max_in_flight: 4_096,
+            max_frame_len: 1 << 20,
+            drain_timeout: ConfigDuration(Duration::from_secs(5)),
+            node_id: None,
+            idle_spin: ConfigDuration(Duration::ZERO),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the section (its path is `server`).
+    pub fn validate(&self, problems: &mut Problems) {
+        let at = "server";
+        if let Some(shards) = self.shards {
+            if let Err(reason) = check_shards(shards) {
+                problems.at(join(at, "shards"), reason);
+            }
+        }
+        if self.max_connections == 0 {
+            problems.at(join(at, "max_connections"), "must be at least 1");
+        }
+        if self.max_in_flight == 0 {
+            problems.at(join(at, "max_in_flight"), "must be at least 1");
+        }
+        if self.max_frame_len < 1024 || self.max_frame_len > 64 << 20 {
+            problems.at(
+                join(at, "max_frame_len"),
+                "must be between 1024 and 67108864 bytes",
+            );
+        }
+        if self.idle_spin.0 > Duration::from_millis(10) {
+            problems.at(
+                join(at, "idle_spin"),
+                "must be at most 10ms (it keeps an idle core busy)",
+            );
+        }
+        if self.api_keys.iter().any(|k| k.is_empty()) {
+            problems.at(join(at, "api_keys"), "an API key must not be empty");
+        }
+        self.cache.validate(&join(at, "cache"), problems);
+    }
+
+    /// What the gRPC port runs with.
+    pub fn grpc_settings(&self) -> GrpcSettings {
+        GrpcSettings {
+            api_keys: self.api_keys.clone(),
+            tls: self.tls.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+mod optional_addr {
+    //! `grpc: 127.0.0.1:8089` or `grpc: off`.
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "off" {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not an address like 127.0.0.1:8089 (or `off` to disable)"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+}
