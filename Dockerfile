@@ -18,8 +18,8 @@ RUN cargo build --release --locked
 
 # Runtime stage: the binary and the default policy, run as a non-root user.
 FROM docker.io/library/debian:bookworm-slim
-RUN groupadd --system --gid 10001 tollgate \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+RUN groupadd --gid 10001 tollgate \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin tollgate
 COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
 COPY server/default-policy.yaml /etc/tollgate/tollgate.yaml

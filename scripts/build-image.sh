@@ -71,6 +71,7 @@ RUNTIME_BASE="${BASES[${#BASES[@]}-1]}"
 # buildah can fall back to chroot isolation where the OCI runtime cannot create containers
 # (e.g. no cgroup setup it supports); podman and docker run through their OCI runtime only.
 ISOLATION=()
+# Containers run with seccomp unconfined: the default profiles block io_uring (docs/deploy.md).
 runs_in() { # IMAGE CMD...: run CMD in a fresh container of IMAGE as the image's user
     local image="$1"; shift
     case "$BUILDER" in
@@ -78,7 +79,7 @@ runs_in() { # IMAGE CMD...: run CMD in a fresh container of IMAGE as the image's
         docker) docker run --rm --security-opt seccomp=unconfined --entrypoint "$1" "$image" "${@:2}" ;;
         buildah)
             local ctr status=0
-            ctr="$(buildah from -q "$image")"
+            ctr="$(buildah from -q --security-opt seccomp=unconfined "$image")"
             buildah run "${ISOLATION[@]}" "$ctr" -- "$@" || status=$?
             buildah rm "$ctr" >/dev/null
             return "$status"

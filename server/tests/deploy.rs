@@ -3,7 +3,9 @@
 //! Dockerfile, the Kubernetes manifests (deploy/kubernetes/) and the systemd unit
 //! (deploy/systemd/). No cluster and no container builder needed: the facts come from the
 //! `tollgate` binary itself (`--help`, `--version`, `validate`) and from the config files
-//! the manifests mount. `scripts/build-image.sh` builds the image for real.
+//! the manifests mount. Beyond the suite, `scripts/check-manifests.sh` validates the built
+//! kustomization against the Kubernetes schemas and `scripts/build-image.sh` builds the
+//! image for real.
 //!
 //! The probes are checked in both forms: `tcpSocket` on a port the config binds (today),
 //! and `httpGet` on `/readyz` / `/healthz` of the `server.admin` port, once the binary
