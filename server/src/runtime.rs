@@ -98,7 +98,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
             .collect(),
     }));
     let mesh = MeshBuilder::<Vec<MeshMsg>, _>::full(nr_shards, MESH_CHANNEL_SIZE);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let (drained_tx, drained_rx) = mpsc::channel::<usize>();
     let mut inboxes = Vec::with_capacity(nr_shards);
@@ -114,7 +114,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
             ready_tx.clone(),
             drained_tx.clone(),
         );
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
             .name(&format!("shard-{i}"))
             .io_memory(SHARD_IO_MEMORY);
         if !config.server.idle_spin.0.is_zero() {
@@ -137,7 +137,16 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(anyhow!("a shard failed to start: {e}")),
-            Err(_) => return Err(anyhow!("shards did not start within 30s")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(anyhow!("shards did not start within 30s"))
+            }
+            // A shard thread ended without a word: glommio panicked (see above), most often
+            // because io_uring is blocked (seccomp) or locked memory is short.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(anyhow!(
+                    "a shard thread died while starting (glommio needs io_uring, allowed by seccomp, and at least 512 KiB of locked memory: docs/deploy.md)"
+                ))
+            }
         }
     }
     Ok(RunningServer {
@@ -424,6 +433,30 @@ async fn evict_loop(shard: Rc<Shard>) {
                 "evicted idle buckets"
             );
         }
+    }
+}
+
+/// The CPUs this process may run on, ascending: its affinity mask, which a container's
+/// cpuset (e.g. Kubernetes' static CPU manager) or `taskset` narrows. Shards are pinned to
+/// these, since pinning to a CPU outside a cpuset fails (EINVAL): CPU ids 0..n only work
+/// where the process may use CPU 0 onwards. Falls back to 0..available_parallelism if the
+/// mask cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain bits; sched_getaffinity writes at most its size into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let read = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } == 0;
+    let cpus: Vec<usize> = if read {
+        // SAFETY: every index is below CPU_SETSIZE, the size of `set`.
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        cpus
     }
 }
 
