@@ -599,6 +599,57 @@ fn cli_check_exit_codes_and_graceful_shutdown() {
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }
 
+/// Waits (bounded) for a server log line containing `needle`.
+fn wait_for_log(server: &common::RunningServer, needle: &str) -> Result<String, Vec<String>> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match server.logs.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Ok(line),
+            Ok(line) => seen.push(line),
+            Err(_) => return Err(seen),
+        }
+    }
+}
+
+#[test]
+fn sighup_and_sigusr1_are_logged_and_the_server_keeps_serving() {
+    let mut server = start_server(POLICIES);
+    let c = client(&server.addr(), true);
+    let alice = req("checkout", &[("user", "alice")]);
+    assert!(c.check(&alice).unwrap().accepted());
+    for (signal, needle) in [
+        (
+            libc::SIGHUP,
+            "SIGHUP received: config reload is not supported yet",
+        ),
+        (libc::SIGUSR1, "SIGUSR1 received"),
+    ] {
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(server.child.id() as i32, signal) }, 0);
+        let line = wait_for_log(&server, needle).unwrap_or_else(|seen| {
+            let status = server.child.try_wait();
+            panic!("no {needle:?} log line (server exit status: {status:?}); saw {seen:#?}")
+        });
+        assert!(line.contains("WARN"), "{line}");
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "signal {signal} killed the server"
+        );
+        // Same connection and a new one: both still answered, from the same buckets.
+        assert!(c.check(&alice).unwrap().accepted());
+        assert!(client(&server.addr(), true)
+            .check(&alice)
+            .unwrap()
+            .accepted());
+    }
+    // Five checks took alice's five tokens: the signals did not reset any bucket.
+    assert!(!c.check(&alice).unwrap().accepted());
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM still exits 0: {status:?}");
+}
+
 #[test]
 fn hello_reports_routing_and_members_lists_the_node() {
     let server = start_server(POLICIES);
