@@ -3,7 +3,9 @@
 //! Two tasks per connection share an `Outbox`: the reader decodes every complete frame
 //! in what it read, answers local decisions straight into the outbox, and spawns a task
 //! for each check that must hop to another shard (its reply lands in the outbox later,
-//! so replies may come out of order — request ids pair them up). The writer sends
+//! so replies may come out of order — request ids pair them up). A `CHECK_BATCH` whose
+//! checks hop gets one task that starts every hop at once and writes the `BATCH_REPLY`,
+//! in request order, when the last one is back. The writer sends
 //! whatever accumulated, one `write` per batch. Bounds: the read buffer never exceeds
 //! `max_frame_len` (checked from the 4-byte prefix before buffering), in-flight hops per
 //! connection are capped at `max_in_flight` (OVERLOADED beyond), and the reader stops
@@ -336,8 +338,16 @@ impl Reader {
         self.out.in_flight.set(self.out.in_flight.get() + 1);
         let (shard, out) = (self.shard.clone(), self.out.clone());
         glommio::spawn_local(async move {
-            for (slot, plan) in forwards {
-                results[slot] = BatchSlot::Done(shard.decide_forwarded(plan).await);
+            // Start every hop before awaiting any: each `decide_forwarded` queues its takes
+            // on the owners' outboxes when first polled, so the whole batch is in flight
+            // together and costs one round trip, not one per hopped check.
+            let decided = futures::future::join_all(forwards.into_iter().map(|(slot, plan)| {
+                let shard = &shard;
+                async move { (slot, shard.decide_forwarded(plan).await) }
+            }))
+            .await;
+            for (slot, decision) in decided {
+                results[slot] = BatchSlot::Done(decision);
             }
             write_batch(
                 &mut out.bytes.borrow_mut(),

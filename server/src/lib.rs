@@ -44,3 +44,9 @@ pub mod shard;
 
 /// The policy `tollgate serve` runs without `--config` (see README).
 pub const DEFAULT_POLICY: &str = include_str!("../default-policy.yaml");
+
+/// The README's Rust examples, compiled by `cargo test --doc` (its other blocks run in
+/// `tests/docs.rs`, which checks that every Markdown file with a `rust` block is listed here).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeRustExamples;

@@ -19,7 +19,8 @@ use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
 };
 use tollgate_grpc::proto::envoy::service::ratelimit::v3 as rls;
 
-/// Capacity 5 per user, refilled 5 per hour: no visible refill during a test.
+/// Capacity 5 per user, refilled 5 per hour: no visible refill during a test. The label
+/// `tokens` sets a flow's cost.
 const POLICY: &str = r#"
 server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: 2 }
 policies:
@@ -28,6 +29,7 @@ policies:
       bucket_capacity: 5
       fill_amount: 5
       parameters: { interval: 3600s, limit_by_label_key: user }
+      request_parameters: { tokens_label_key: tokens }
       selectors: [ { control_point: checkout } ]
 "#;
 
@@ -306,6 +308,58 @@ fn aperture_py_flows_end_cache_and_spans() {
     );
     logs.extend(drain_logs(&server));
     assert_no_server_errors(&logs);
+}
+
+/// A flow the server cannot judge (tokens label `-1000`, `NaN`, `abc`, `inf`) must not run:
+/// the answer is a REJECTED decision with status 400, not an RPC error (which aperture-py
+/// turns into "Unreachable" and runs the flow). And the bucket, exhausted first, stays
+/// exhausted: a negative cost does not refill it.
+#[test]
+fn aperture_py_unjudgeable_tokens_label_does_not_run_or_refill() {
+    let Some(sdk) = sdk_dir() else { return };
+    let server = start_server(POLICY);
+    let addr = grpc_addr(&server).to_string();
+    let plain = serde_json::json!({ "user": "gail" });
+    let bad = ["-1000", "NaN", "abc", "inf"];
+    let mut flows = vec![plain.clone(); 5];
+    flows.extend(bad.map(|t| serde_json::json!({ "user": "gail", "tokens": t })));
+    flows.push(plain);
+    let (lines, stderr) = run({
+        let mut c = python(&sdk);
+        c.args([
+            &addr,
+            "labelled",
+            "--flows",
+            &Value::Array(flows).to_string(),
+        ]);
+        c
+    });
+    let flows = events(&lines, "flow");
+    assert_eq!(flows.len(), 10, "{lines:#?}\n{stderr}");
+    for f in &flows[..5] {
+        assert_eq!(f["should_run"], true, "the bucket holds 5: {f}");
+    }
+    for (f, tokens) in flows[5..9].iter().zip(bad) {
+        assert_eq!(f["labels"]["tokens"], tokens, "{f}");
+        assert_eq!(f["should_run"], false, "tokens={tokens} must not run: {f}");
+        assert!(
+            f["error_code"].is_null(),
+            "an answer, not an RPC error: {f}"
+        );
+        assert_eq!(f["decision"], "Rejected", "{f}");
+        assert_eq!(f["decision_type"], "DECISION_TYPE_REJECTED", "{f}");
+        assert_eq!(f["http_code"], 400, "{f}");
+        assert_eq!(f["limiters"][0]["policy_name"], "five_per_user", "{f}");
+        assert_eq!(f["limiters"][0]["dropped"], true, "{f}");
+        assert!(f["end_error"].is_null(), "end() failed: {f}");
+    }
+    let last = flows[9];
+    assert_eq!(last["should_run"], false, "still exhausted: {last}");
+    assert_eq!(last["http_code"], 429, "rate limited, as before: {last}");
+    assert!(
+        !stderr.contains("ERROR"),
+        "aperture-py logged errors:\n{stderr}"
+    );
 }
 
 #[test]

@@ -20,6 +20,10 @@
 //! - [`cache`] — the bounded TTL cache (sans-IO, time passed in).
 //! - [`config`] — [`GrpcSettings`]: TLS and cache bounds from the `server:` section.
 //! - [`auth`] — optional `x-api-key` check.
+//! - [`reject_header`] — the `tollgate-reject-reason` response header: why a flow could not be
+//!   judged.
+//! - [`undecodable`] — [`undecodable::InvalidArgumentOnUndecodable`]: a request message that
+//!   does not decode is `INVALID_ARGUMENT`, not tonic's `INTERNAL`.
 //! - [`deadline`] — `grpc-timeout` parsing and the deadline wrapper.
 //! - [`proto`] — generated messages, servers and clients.
 //!
@@ -37,8 +41,10 @@ pub mod deadline;
 pub mod flowcontrol;
 pub mod otlp;
 pub mod proto;
+pub mod reject_header;
 pub mod rls;
 pub mod server;
+pub mod undecodable;
 
 pub use backend::{BackendError, DecisionBackend, DecisionFuture};
 pub use config::{CacheConfig, GrpcSettings, TlsConfig};
