@@ -35,10 +35,6 @@ use std::time::{Duration, Instant};
 
 use common::{temp_dir, tollgate_bin, READY_TIMEOUT};
 
-/// Files whose owners (other sessions) have not annotated their blocks yet: their blocks are
-/// listed, not run or judged. Remove a file from here once its fences follow the convention.
-const AWAITING_ANNOTATION: [&str; 2] = ["docs/architecture.md", "docs/deploy.md"];
-
 /// Longest a runnable block may take (they take a second or two; this bounds a hang).
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -195,35 +191,24 @@ fn classify(info: &str) -> Result<Kind, String> {
 }
 
 /// Every block of every file, classified; problems as `file:line: reason`.
-fn collect() -> (Vec<(Kind, Block)>, Vec<String>, Vec<Block>) {
+fn collect() -> (Vec<(Kind, Block)>, Vec<String>) {
     let mut classified = Vec::new();
     let mut problems = Vec::new();
-    let mut awaiting = Vec::new();
     for file in markdown_files() {
         let text = std::fs::read_to_string(root().join(&file)).unwrap();
         for block in fenced_blocks(&file, &text) {
-            if AWAITING_ANNOTATION.contains(&file.as_str()) {
-                awaiting.push(block);
-                continue;
-            }
             match classify(&block.info) {
                 Ok(kind) => classified.push((kind, block)),
                 Err(reason) => problems.push(format!("{}: {reason}", block.at())),
             }
         }
     }
-    (classified, problems, awaiting)
+    (classified, problems)
 }
 
 #[test]
 fn code_blocks_in_readme_and_docs_run_as_written() {
-    let (blocks, mut problems, awaiting) = collect();
-    for block in &awaiting {
-        println!(
-            "not checked (its owner has not annotated it yet): {}",
-            block.at()
-        );
-    }
+    let (blocks, mut problems) = collect();
 
     let doctests = std::fs::read_to_string(root().join("server/src/lib.rs")).unwrap();
     for (kind, block) in &blocks {
@@ -301,7 +286,7 @@ fn code_blocks_in_readme_and_docs_run_as_written() {
 #[test]
 #[ignore = "run by code_blocks_in_readme_and_docs_run_as_written, in a private network namespace"]
 fn server_blocks_run_in_private_network() {
-    let (blocks, _, _) = collect();
+    let (blocks, _) = collect();
     let problems = run_server_blocks(&blocks);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
