@@ -35,7 +35,7 @@
 //!   limiter.
 //! - [`gossip`]: one node: datagram in + now -> effects out.
 //! - [`effect`]: [`Effect`], everything the core asks of its shell.
-//! - [`fuzzing`] (tests and `cfg(fuzzing)` only): the body of the `gossip_datagram` fuzz
+//! - `fuzzing` (tests and `cfg(fuzzing)` only): the body of the `gossip_datagram` fuzz
 //!   target.
 //! - `sim` (tests only): a deterministic cluster on virtual time with loss, reordering and
 //!   duplication, with real bucket stores.

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use tollgate_policy::Resolution;
 
 /// (peer, limiter) pairs remembered as logged. A rolling change touches a few policies on a
-/// few peers at a time; 4,096 pairs (under 1 MB with the longest names) cover every policy
-/// of a large config on dozens of peers. Past it, new pairs are counted but not logged (one
-/// line says so).
+/// few peers at a time, and a peer's pairs are forgotten when it leaves or restarts;
+/// 4,096 pairs (under 1 MB with the longest names) cover every policy of a large config on
+/// dozens of peers. Past it, new pairs are counted but not logged (one line says so).
 pub const MAX_LOGGED_MISMATCHES: usize = 4_096;
 
 /// Which (peer, limiter) mismatches were logged already.
@@ -58,6 +58,12 @@ impl MismatchLog {
         self.logged.insert(pair);
     }
 
+    /// Forgets `peer`'s pairs: it left, or restarted (perhaps with other policies), so a
+    /// mismatch it still has is worth one more line.
+    pub(crate) fn forget(&mut self, peer: SocketAddr) {
+        self.logged.retain(|(p, _)| *p != peer);
+    }
+
     /// Pairs remembered (tests).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -82,6 +88,8 @@ mod tests {
             log.note(peer, &limiter, Resolution::Unknown);
         }
         assert_eq!(log.len(), 1);
+        log.forget(peer);
+        assert_eq!(log.len(), 0);
         for i in 0..MAX_LOGGED_MISMATCHES as u64 + 10 {
             let other = LimiterRef {
                 policy: format!("p{i}"),

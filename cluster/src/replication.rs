@@ -282,6 +282,7 @@ impl Replicator {
                 return false;
             }
         }
+        self.mismatches.forget(addr);
         self.peers.insert(
             addr,
             Outbound {
@@ -301,10 +302,11 @@ impl Replicator {
         }
     }
 
-    /// A peer left gracefully: stop at once.
+    /// A peer left gracefully (or stayed down past [`DOWN_GRACE_NS`]): stop at once.
     pub fn peer_left(&mut self, addr: SocketAddr) {
         self.peers.remove(&addr);
         self.acks_due.remove(&addr);
+        self.mismatches.forget(addr);
     }
 
     /// Whether `addr` is a current peer.
