@@ -5,7 +5,8 @@
 //! (the same routing function as the binary client), so the usual case costs one hop.
 
 use std::sync::Arc;
-use tollgate_policy::{Decision, Engine, FlowError, LimiterId, OwnedFlow};
+use tollgate_cluster::{Op, Replica};
+use tollgate_policy::{Consumed, Decision, Engine, FlowError, OwnedFlow};
 use tollgate_protocol::routing;
 
 /// Messages into a shard from other threads.
@@ -17,29 +18,23 @@ pub enum Inbound {
         /// Where the decision goes.
         reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
     },
-    /// Debit consumption reported by a peer node: (limiter, key, tokens).
-    Debit(Vec<(LimiterId, String, f64)>),
-    /// Lower buckets to levels reported by a peer node (state transfer).
-    LowerTo(Vec<(LimiterId, String, f64)>),
-    /// Hand over consumption since the last call (replication); see [`ReplicaDelta`].
-    DrainConsumed(tokio::sync::oneshot::Sender<Vec<ReplicaDelta>>),
+    /// Apply a peer node's entries: debit each ([`Op::Debit`]) or lower it to the level
+    /// ([`Op::Lower`], state transfer). The gossip thread sends each shard only the entries
+    /// whose buckets it owns ([`DecisionHandle::owner_of`]).
+    Replica {
+        /// What to do with each entry.
+        op: Op,
+        /// Entries whose limiters the node's engine resolved.
+        entries: Vec<Replica>,
+    },
+    /// Hand over consumption since the last call (replication).
+    DrainConsumed(tokio::sync::oneshot::Sender<Vec<Consumed>>),
     /// Hand over every bucket's level (a peer joined).
-    Snapshot(tokio::sync::oneshot::Sender<Vec<(LimiterId, String, f64)>>),
+    Snapshot(tokio::sync::oneshot::Sender<Vec<Replica>>),
     /// Stop accepting and drain connections.
     Stop,
     /// Every shard has drained: exit.
     Exit,
-}
-
-/// Tokens one bucket consumed since the previous drain.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReplicaDelta {
-    /// Which limiter.
-    pub limiter: LimiterId,
-    /// Bucket key.
-    pub key: String,
-    /// Tokens consumed (negative when more were returned than taken).
-    pub tokens: f32,
 }
 
 /// Queue depth per shard inbox. Deep enough to absorb a burst from the gRPC runtime;
@@ -81,6 +76,12 @@ impl DecisionHandle {
     /// Number of shards.
     pub fn nr_shards(&self) -> usize {
         self.inboxes.len()
+    }
+
+    /// The shard that owns the bucket keyed by `key`: the routing rule of checks
+    /// (`Node::owner_of`), for entries that enter from another thread.
+    pub fn owner_of(&self, key: &str) -> usize {
+        routing::shard_for(routing::routing_hash(key.as_bytes()), self.inboxes.len())
     }
 
     /// Decides a flow on the shard that owns its routing label.

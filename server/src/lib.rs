@@ -27,7 +27,8 @@
 //! - [`grpc_backend`]: the gRPC compat port's view of the shards.
 //! - [`clock`]: the process-wide monotonic nanosecond clock.
 //! - [`cli`]: `tollgate serve | check | validate | members`.
-//! - [`cluster`]: gossip membership (foca/SWIM) and shard-delta replication over UDP.
+//! - [`cluster`]: the cluster's IO shell: the gossip socket and thread around the sans-IO
+//!   `tollgate-cluster` core, which routes replicated entries to their owner shards.
 #![warn(missing_docs)]
 
 pub mod bridge;

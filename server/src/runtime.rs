@@ -2,7 +2,7 @@
 //! connect them with a channel mesh, report ready, and on shutdown stop accepting, drain
 //! connections and exit.
 
-use crate::bridge::{DecisionHandle, Inbound, ReplicaDelta, INBOX_DEPTH};
+use crate::bridge::{DecisionHandle, Inbound, INBOX_DEPTH};
 use crate::config::Config;
 use crate::node::{Limits, MembersView, Node};
 use crate::shard::{MeshMsg, Planned, Shard, MESH_CHANNEL_SIZE};
@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+use tollgate_cluster::Replica;
 use tollgate_policy::{Engine, OwnedFlow};
 
 /// glommio reserves this much io_uring-registered memory per executor for storage I/O.
@@ -305,56 +306,23 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             })
             .detach();
         }
-        Inbound::Debit(takes) => {
-            let mut by_owner: Vec<Vec<_>> = vec![Vec::new(); shard.node.nr_shards];
-            for t in takes {
-                by_owner[shard.node.owner_of(&t.1)].push(t);
-            }
-            for (owner, takes) in by_owner.into_iter().enumerate() {
-                if takes.is_empty() {
-                    continue;
-                }
-                if owner == shard.id {
-                    shard.debit(takes);
-                } else {
-                    shard.send(owner, MeshMsg::Debit { takes });
-                }
-            }
-        }
-        Inbound::LowerTo(levels) => {
-            let mut by_owner: Vec<Vec<_>> = vec![Vec::new(); shard.node.nr_shards];
-            for l in levels {
-                by_owner[shard.node.owner_of(&l.1)].push(l);
-            }
-            for (owner, levels) in by_owner.into_iter().enumerate() {
-                if levels.is_empty() {
-                    continue;
-                }
-                if owner == shard.id {
-                    shard.lower_to(levels);
-                } else {
-                    shard.send(owner, MeshMsg::LowerTo { levels });
-                }
-            }
-        }
+        Inbound::Replica { op, entries } => shard.apply_replica(op, entries),
         Inbound::DrainConsumed(reply) => {
-            let mut deltas = Vec::new();
-            shard.with_store(|store, _| {
-                store.drain_unsynced(|c| {
-                    deltas.push(ReplicaDelta {
-                        limiter: c.limiter,
-                        key: c.key,
-                        tokens: c.tokens,
-                    })
-                })
-            });
-            let _ = reply.send(deltas);
+            let mut consumed = Vec::new();
+            shard.with_store(|store, _| store.drain_unsynced(|c| consumed.push(c)));
+            let _ = reply.send(consumed);
         }
         Inbound::Snapshot(reply) => {
             let mut levels = Vec::new();
             let now = clock::now_ns();
             shard.with_store(|store, engine| {
-                store.snapshot(engine, now, |l, k, v| levels.push((l, k.to_string(), v)))
+                store.snapshot(engine, now, |limiter, key, value| {
+                    levels.push(Replica {
+                        limiter,
+                        key: key.to_string(),
+                        value,
+                    })
+                })
             });
             let _ = reply.send(levels);
         }

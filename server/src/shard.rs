@@ -22,6 +22,7 @@ use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use tollgate_cluster::{Op, Replica};
 use tollgate_policy::{
     BucketStore, Decision, Engine, FlowError, Labels, LimiterId, OutcomeKind, Outcomes,
     PlannedTake, Tokens,
@@ -48,16 +49,6 @@ pub enum MeshMsg {
         ticket: u32,
         /// One per take.
         outcomes: Outcomes,
-    },
-    /// Debit consumption that happened on a peer node (cluster replication).
-    Debit {
-        /// (limiter, key, tokens consumed elsewhere; negative when more were returned).
-        takes: Vec<(LimiterId, String, f64)>,
-    },
-    /// Lower buckets to at most these levels (state transfer from a peer node).
-    LowerTo {
-        /// (limiter, key, level).
-        levels: Vec<(LimiterId, String, f64)>,
     },
 }
 
@@ -361,31 +352,29 @@ impl Shard {
                     let _ = tx.send(outcomes);
                 }
             }
-            MeshMsg::Debit { takes } => self.debit(takes),
-            MeshMsg::LowerTo { levels } => self.lower_to(levels),
         }
     }
 
-    /// Applies a peer node's consumption to buckets this shard owns.
-    pub fn debit(&self, takes: Vec<(LimiterId, String, f64)>) {
+    /// Applies a peer node's entries to buckets this shard owns (the gossip thread routed
+    /// them here): debits their consumption or lowers them to their levels.
+    pub fn apply_replica(&self, op: Op, entries: Vec<Replica>) {
         let engine = &*self.node.engine;
         let now = clock::now_ns();
         let mut store = self.store.borrow_mut();
-        for (limiter, key, tokens) in takes {
-            if engine.get_limiter(limiter).is_some() {
-                store.debit(engine, limiter, &key, tokens, now);
+        for e in entries {
+            debug_assert_eq!(
+                self.node.owner_of(&e.key),
+                self.id,
+                "replica routed to a non-owner"
+            );
+            // The gossip thread resolved the limiter with this same engine; the check keeps
+            // an id from another engine (a future reload) from reaching `Engine::limiter`.
+            if engine.get_limiter(e.limiter).is_none() {
+                continue;
             }
-        }
-    }
-
-    /// Lowers buckets this shard owns to peer-reported levels.
-    pub fn lower_to(&self, levels: Vec<(LimiterId, String, f64)>) {
-        let engine = &*self.node.engine;
-        let now = clock::now_ns();
-        let mut store = self.store.borrow_mut();
-        for (limiter, key, level) in levels {
-            if engine.get_limiter(limiter).is_some() {
-                store.lower_to(engine, limiter, &key, level, now);
+            match op {
+                Op::Debit => store.debit(engine, e.limiter, &e.key, e.value, now),
+                Op::Lower => store.lower_to(engine, e.limiter, &e.key, e.value, now),
             }
         }
     }

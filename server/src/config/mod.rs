@@ -7,12 +7,13 @@
 //!
 //! # Layout
 //! - [`server`]: the `server:` section ([`ServerConfig`]).
-//! - the `cluster:` section lives with the cluster code ([`ClusterConfig`]).
+//! - the `cluster:` section lives with the cluster core ([`ClusterConfig`], in
+//!   `tollgate-cluster`).
 
 pub mod server;
 
-pub use crate::cluster::config::ClusterConfig;
 pub use server::{check_shards, ServerConfig};
+pub use tollgate_cluster::ClusterConfig;
 pub use tollgate_policy::config::{ConfigError, FieldError, Problems};
 
 use std::path::Path;
@@ -66,6 +67,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         server.validate(&mut problems);
         if let Some(c) = &cluster {
             c.validate(&mut problems);
+            c.validate_policies(&policies, &mut problems);
         }
     }
     problems.into_result(

@@ -1,17 +1,21 @@
 //! A deterministic simulated cluster: the real sans-IO [`Gossip`] nodes and real
-//! [`BucketStore`]s, a virtual clock, and a seeded network that loses, delays (so
-//! reorders) and duplicates datagrams. Every run replays exactly from its seed.
+//! [`BucketStore`]s, each node with its own policies, a virtual clock, and a seeded network
+//! that loses, delays (so reorders) and duplicates datagrams. Every run replays exactly
+//! from its seed.
 //!
 //! What it asserts: replicas converge to the same level once traffic stops (despite loss,
 //! reordering and duplication); over-admission under sustained load stays within the bound
 //! of docs/cluster.md; a crashed node is declared down within the documented time; a
-//! restarted node gets the current levels; forged datagrams change nothing.
+//! restarted node gets the current levels; forged datagrams change nothing; nodes whose
+//! `policies:` are ordered differently share limits exactly, and nodes whose policies
+//! differ share exactly the limiters they agree on.
 
-use super::gossip::{Effect, Gossip, GossipConfig, MemberState};
-use super::io::JOIN_RETRY;
-use super::membership::Timings;
-use super::wire::{self, Entry, NodeId};
-use super::ClusterSettings;
+use crate::effect::{Effect, Replica};
+use crate::gossip::{Gossip, GossipConfig, MemberState, JOIN_RETRY, SEED_REANNOUNCE};
+use crate::membership::Timings;
+use crate::node_id::NodeId;
+use crate::replication::ReplicationConfig;
+use crate::wire::{self, Entry, LimiterRef, Op};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -19,7 +23,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_policy::{BucketStore, Engine, Tokens};
+use tollgate_policy::{BucketStore, Engine, LimiterId, Tokens};
 
 const MS: u64 = 1_000_000;
 const SECRET: &[u8] = b"sim-secret";
@@ -40,9 +44,19 @@ const CLEAN: NetConfig = NetConfig {
     max_delay_ns: MS,
 };
 
+/// 20% loss, 10% duplicates, 1-40 ms delay (so heavy reordering at 50 ms syncs).
+const LOSSY: NetConfig = NetConfig {
+    loss: 0.2,
+    duplicate: 0.1,
+    min_delay_ns: MS,
+    max_delay_ns: 40 * MS,
+};
+
 struct Node {
     addr: SocketAddr,
     name: String,
+    /// This node's policies (nodes may differ: a rolling config change).
+    engine: Arc<Engine>,
     gossip: Gossip,
     store: BucketStore,
     up: bool,
@@ -56,54 +70,57 @@ type InFlight = (u64, u64, SocketAddr, usize, Vec<u8>);
 
 struct Sim {
     now: u64,
-    engine: Arc<Engine>,
-    settings: ClusterSettings,
+    /// The cluster's `sync_interval`.
+    sync: Duration,
+    timings: Timings,
     nodes: Vec<Node>,
     net: NetConfig,
     rng: StdRng,
-    /// (deliver at, seq, from, to index, bytes).
     queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     seed: u64,
 }
 
-fn engine(capacity: f64, fill: f64, interval: &str) -> Arc<Engine> {
-    let yaml = format!(
-        "policies:\n  - policy_name: p\n    rate_limiter:\n      bucket_capacity: {capacity}\n      fill_amount: {fill}\n      parameters: {{ interval: {interval}, limit_by_label_key: user }}\n      selectors: [{{ control_point: api }}]\n"
-    );
-    let config = crate::config::parse_str(&yaml, "sim").expect("valid policy");
-    Arc::new(Engine::new(&config.policies))
+/// One `rate_limiter` policy named `name` on control point `api`, keyed by `user`.
+fn policy(name: &str, capacity: f64, fill: f64, interval: &str) -> String {
+    format!(
+        "  - policy_name: {name}\n    rate_limiter:\n      bucket_capacity: {capacity}\n      fill_amount: {fill}\n      parameters: {{ interval: {interval}, limit_by_label_key: user }}\n      selectors: [{{ control_point: api }}]\n"
+    )
 }
 
-fn settings(sync: Duration) -> ClusterSettings {
-    ClusterSettings {
-        node_id: String::new(),
-        gossip: SocketAddr::from(([10, 0, 0, 1], 7946)),
-        advertise: None,
-        seeds: Vec::new(),
-        sync_interval: sync,
-        secret: SECRET.to_vec(),
-        timings: Timings {
-            probe_period: Duration::from_millis(200),
-            probe_rtt: Duration::from_millis(60),
-            suspect_to_down_after: Duration::from_millis(600),
-        },
-        join_timeout: Duration::from_millis(500),
+/// An engine of these policies, in this order.
+fn engine_of(policies: &[String]) -> Arc<Engine> {
+    let yaml = format!("policies:\n{}", policies.concat());
+    let policies = tollgate_policy::parse_policies(&yaml, "sim").expect("valid policies");
+    Arc::new(Engine::new(&policies))
+}
+
+/// An engine of one policy, `p`.
+fn engine(capacity: f64, fill: f64, interval: &str) -> Arc<Engine> {
+    engine_of(&[policy("p", capacity, fill, interval)])
+}
+
+/// Fast failure detection, so simulated runs stay short.
+fn timings() -> Timings {
+    Timings {
+        probe_period: Duration::from_millis(200),
+        probe_rtt: Duration::from_millis(60),
+        suspect_to_down_after: Duration::from_millis(600),
     }
 }
 
 impl Sim {
-    fn new(
-        n: usize,
-        seed: u64,
-        net: NetConfig,
-        engine: Arc<Engine>,
-        settings: ClusterSettings,
-    ) -> Sim {
+    /// `n` nodes running the same policies.
+    fn new(n: usize, seed: u64, net: NetConfig, engine: Arc<Engine>, sync: Duration) -> Sim {
+        Sim::with_engines(seed, net, vec![engine; n], sync)
+    }
+
+    /// One node per engine.
+    fn with_engines(seed: u64, net: NetConfig, engines: Vec<Arc<Engine>>, sync: Duration) -> Sim {
         let mut sim = Sim {
             now: 0,
-            engine,
-            settings,
+            sync,
+            timings: timings(),
             nodes: Vec::new(),
             net,
             rng: StdRng::seed_from_u64(seed),
@@ -111,15 +128,15 @@ impl Sim {
             seq: 0,
             seed,
         };
-        for i in 0..n {
+        for (i, engine) in engines.into_iter().enumerate() {
             let addr = SocketAddr::from(([10, 0, 0, 1 + i as u8], 7946));
-            let node = sim.boot(addr, format!("node-{}", i + 1), 0);
+            let node = sim.boot(addr, format!("node-{}", i + 1), engine, 0);
             sim.nodes.push(node);
         }
         sim
     }
 
-    fn boot(&self, addr: SocketAddr, name: String, restarts: u64) -> Node {
+    fn boot(&self, addr: SocketAddr, name: String, engine: Arc<Engine>, restarts: u64) -> Node {
         // Larger on every restart, as the wall-clock boot nonce is in production.
         let boot = 1_000 * (restarts + 1);
         let identity = NodeId {
@@ -130,8 +147,8 @@ impl Sim {
         };
         let config = GossipConfig {
             identity,
-            timings: self.settings.timings,
-            replication: self.settings.replication_config(&self.engine),
+            timings: self.timings,
+            replication: ReplicationConfig::new(self.sync.as_nanos() as u64),
             rng_seed: self.seed
                 ^ u64::from(addr.port())
                 ^ (restarts << 32)
@@ -142,15 +159,17 @@ impl Sim {
         };
         let mut store = BucketStore::new();
         store.track_consumption(true);
-        let tick = config.replication.tick_ns();
+        let gossip = Gossip::new(config, SECRET, self.now);
+        let drain = gossip.drain_interval_ns(&engine);
         Node {
             addr,
             name,
-            gossip: Gossip::new(config, SECRET, self.now),
+            engine,
+            gossip,
             store,
             up: true,
             restarts,
-            next_drain: self.now + tick,
+            next_drain: self.now + drain,
             next_join: self.now,
         }
     }
@@ -193,51 +212,46 @@ impl Sim {
         }
     }
 
+    /// Carries out node `i`'s effects, as the server's gossip thread does (there, each
+    /// entry goes to the shard that owns its key; here one store holds every bucket).
     fn apply(&mut self, i: usize, mut effects: Vec<Effect>) {
         while !effects.is_empty() {
             for effect in std::mem::take(&mut effects) {
                 let now = self.now;
-                let engine = self.engine.clone();
+                let engine = self.nodes[i].engine.clone();
                 match effect {
                     Effect::Send { to, datagram } => {
                         let from = self.nodes[i].addr;
                         self.send(from, to, datagram);
                     }
-                    Effect::Debit(entries) => {
+                    Effect::Apply { op, entries } => {
+                        let store = &mut self.nodes[i].store;
                         for e in entries {
-                            self.nodes[i].store.debit(
-                                &engine,
-                                engine.limiters()[e.limiter as usize].id,
-                                &e.key,
-                                e.value,
-                                now,
-                            );
-                        }
-                    }
-                    Effect::LowerTo(entries) => {
-                        for e in entries {
-                            self.nodes[i].store.lower_to(
-                                &engine,
-                                engine.limiters()[e.limiter as usize].id,
-                                &e.key,
-                                e.value,
-                                now,
-                            );
+                            match op {
+                                Op::Debit => store.debit(&engine, e.limiter, &e.key, e.value, now),
+                                Op::Lower => {
+                                    store.lower_to(&engine, e.limiter, &e.key, e.value, now)
+                                }
+                            }
                         }
                     }
                     Effect::SnapshotFor(to) => {
                         let mut levels = Vec::new();
-                        self.nodes[i].store.snapshot(&engine, now, |l, k, v| {
-                            levels.push(Entry {
-                                limiter: u32::from(engine.limiter(l).position),
-                                key: k.to_string(),
-                                value: v,
-                            })
-                        });
-                        levels.sort_by(|a, b| a.key.cmp(&b.key));
+                        self.nodes[i]
+                            .store
+                            .snapshot(&engine, now, |limiter, key, value| {
+                                levels.push(Replica {
+                                    limiter,
+                                    key: key.to_string(),
+                                    value,
+                                })
+                            });
+                        // The store iterates in its hasher's (random) order: sort, so the
+                        // run replays from its seed.
+                        levels.sort_by(|a, b| (a.limiter, &a.key).cmp(&(b.limiter, &b.key)));
                         self.nodes[i]
                             .gossip
-                            .send_transfer(to, levels, now, &mut effects);
+                            .send_transfer(to, levels, &engine, now, &mut effects);
                     }
                     Effect::Synced => {}
                 }
@@ -274,9 +288,9 @@ impl Sim {
                     continue;
                 }
                 let mut fx = Vec::new();
-                self.nodes[to]
-                    .gossip
-                    .handle_datagram(from, &bytes, now, &mut fx);
+                let node = &mut self.nodes[to];
+                node.gossip
+                    .handle_datagram(from, &bytes, now, &node.engine, &mut fx);
                 self.apply(to, fx);
             }
             let seeds = self.addrs();
@@ -285,43 +299,53 @@ impl Sim {
                     continue;
                 }
                 let mut fx = Vec::new();
-                if self.nodes[i].next_join <= now {
-                    let node = &mut self.nodes[i];
+                let node = &mut self.nodes[i];
+                if node.next_join <= now {
                     let retry = if node.gossip.peers().is_empty() {
                         JOIN_RETRY
                     } else {
-                        Duration::from_secs(15)
+                        SEED_REANNOUNCE
                     };
                     node.gossip.join(&seeds, now, &mut fx);
                     node.next_join = now + retry.as_nanos() as u64;
                 }
-                if self.nodes[i].next_drain <= now {
-                    let node = &mut self.nodes[i];
+                if node.next_drain <= now {
                     let mut drained = Vec::new();
                     node.store.drain_unsynced(|c| drained.push(c));
                     for c in drained {
-                        node.gossip
-                            .record_local(c.limiter.get(), c.key, f64::from(c.tokens));
+                        node.gossip.record_local(&node.engine, c, now);
                     }
-                    let tick = node.gossip.replication_config().tick_ns();
-                    node.next_drain = (node.next_drain + tick).max(now + 1);
+                    let drain = node.gossip.drain_interval_ns(&node.engine);
+                    node.next_drain = (node.next_drain + drain).max(now + 1);
                 }
-                if self.nodes[i].gossip.next_deadline() <= now || !fx.is_empty() {
-                    self.nodes[i].gossip.tick(now, &mut fx);
+                if node.gossip.next_deadline() <= now || !fx.is_empty() {
+                    node.gossip.tick(now, &mut fx);
                 }
                 self.apply(i, fx);
             }
         }
     }
 
-    fn take(&mut self, i: usize, key: &str, tokens: f64) -> bool {
-        let engine = self.engine.clone();
-        let now = self.now;
+    /// Node `i`'s id for `policy`.
+    fn limiter(&self, i: usize, policy: &str) -> LimiterId {
         self.nodes[i]
-            .store
+            .engine
+            .limiters()
+            .iter()
+            .find(|l| l.policy_name == policy)
+            .unwrap_or_else(|| panic!("node {i} has no policy {policy}"))
+            .id
+    }
+
+    /// Takes `tokens` from `policy`'s bucket for `key` on node `i`.
+    fn take_from(&mut self, i: usize, policy: &str, key: &str, tokens: f64) -> bool {
+        let limiter = self.limiter(i, policy);
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        node.store
             .take(
-                &engine,
-                engine.limiters()[0].id,
+                &node.engine,
+                limiter,
                 key,
                 Tokens::new(tokens).expect("test cost"),
                 now,
@@ -329,10 +353,20 @@ impl Sim {
             .accepted
     }
 
+    /// Node `i`'s level of `policy`'s bucket for `key`.
+    fn level_of(&self, i: usize, policy: &str, key: &str) -> f64 {
+        let node = &self.nodes[i];
+        node.store
+            .level(&node.engine, self.limiter(i, policy), key, self.now)
+    }
+
+    /// Takes from the one policy `p` of the single-policy tests.
+    fn take(&mut self, i: usize, key: &str, tokens: f64) -> bool {
+        self.take_from(i, "p", key, tokens)
+    }
+
     fn level(&self, i: usize, key: &str) -> f64 {
-        self.nodes[i]
-            .store
-            .level(&self.engine, self.engine.limiters()[0].id, key, self.now)
+        self.level_of(i, "p", key)
     }
 
     fn state_of(&self, observer: usize, name: &str) -> Option<MemberState> {
@@ -358,12 +392,13 @@ impl Sim {
         self.nodes[i].up = false;
     }
 
+    /// Restarts node `i` with its policies and empty buckets.
     fn restart(&mut self, i: usize) {
-        let (addr, name, restarts) = {
+        let (addr, name, engine, restarts) = {
             let n = &self.nodes[i];
-            (n.addr, n.name.clone(), n.restarts + 1)
+            (n.addr, n.name.clone(), n.engine.clone(), n.restarts + 1)
         };
-        self.nodes[i] = self.boot(addr, name, restarts);
+        self.nodes[i] = self.boot(addr, name, engine, restarts);
     }
 }
 
@@ -380,13 +415,7 @@ fn formed(sim: &mut Sim) {
 #[test]
 fn replicas_converge_despite_loss_reordering_and_duplication() {
     for seed in 1..=5 {
-        // 20% loss, 10% duplicates, 1-40 ms delay (so heavy reordering at 50 ms syncs).
-        let net = NetConfig {
-            loss: 0.2,
-            duplicate: 0.1,
-            min_delay_ns: MS,
-            max_delay_ns: 40 * MS,
-        };
+        let net = LOSSY;
         // Fill is negligible (1 token per hour), so every replica must end at exactly
         // capacity minus everything admitted anywhere.
         let mut sim = Sim::new(
@@ -394,7 +423,7 @@ fn replicas_converge_despite_loss_reordering_and_duplication() {
             seed,
             net,
             engine(1_000.0, 1.0, "3600s"),
-            settings(Duration::from_millis(50)),
+            Duration::from_millis(50),
         );
         formed(&mut sim);
         let keys: Vec<String> = (0..50).map(|k| format!("user-{k}")).collect();
@@ -478,7 +507,7 @@ fn sustained_load(sync: u64) -> (f64, f64, f64) {
         7,
         CLEAN,
         engine(capacity, rate, "1s"),
-        settings(Duration::from_nanos(sync)),
+        Duration::from_nanos(sync),
     );
     formed(&mut sim);
     let start = sim.now;
@@ -511,14 +540,14 @@ fn crashed_node_is_declared_down_within_the_documented_time() {
         11,
         CLEAN,
         engine(10.0, 1.0, "1s"),
-        settings(Duration::from_millis(50)),
+        Duration::from_millis(50),
     );
     formed(&mut sim);
     let t = sim.now + 1_000 * MS;
     sim.run_until(t);
     sim.crash(2);
     let crashed_at = sim.now;
-    let s = &sim.settings.timings;
+    let s = &sim.timings;
     // Probed within N probe periods (shuffled round-robin, the probe itself takes one),
     // then suspect_to_down_after.
     let bound = 3 * s.probe_period.as_nanos() as u64 + s.suspect_to_down_after.as_nanos() as u64;
@@ -550,7 +579,7 @@ fn restarted_node_gets_current_levels_and_forged_datagrams_change_nothing() {
         3,
         CLEAN,
         engine(10.0, 1.0, "3600s"),
-        settings(Duration::from_millis(50)),
+        Duration::from_millis(50),
     );
     formed(&mut sim);
     for _ in 0..10 {
@@ -565,9 +594,10 @@ fn restarted_node_gets_current_levels_and_forged_datagrams_change_nothing() {
     let batch = wire::Batch {
         boot: 1,
         seq: 1,
-        op: wire::op::DEBIT,
+        op: Op::Debit,
         transfer: 0,
         parts: 0,
+        limiters: vec![LimiterRef::of(&sim.nodes[0].engine.limiters()[0])],
         entries: vec![Entry {
             limiter: 0,
             key: "fresh".into(),
@@ -579,12 +609,16 @@ fn restarted_node_gets_current_levels_and_forged_datagrams_change_nothing() {
         .expect("seal");
     let from = sim.nodes[1].addr;
     let mut fx = Vec::new();
-    sim.nodes[0]
-        .gossip
-        .handle_datagram(from, &forged, sim.now, &mut fx);
-    sim.nodes[0]
-        .gossip
-        .handle_datagram(from, b"TG\x01\x02not authentic at all", sim.now, &mut fx);
+    let node = &mut sim.nodes[0];
+    node.gossip
+        .handle_datagram(from, &forged, sim.now, &node.engine, &mut fx);
+    node.gossip.handle_datagram(
+        from,
+        b"TG\x02\x02not authentic at all",
+        sim.now,
+        &node.engine,
+        &mut fx,
+    );
     assert!(fx.is_empty(), "forged datagrams produce no effects: {fx:?}");
     assert_eq!(sim.nodes[0].gossip.stats().auth_failed, 2);
     assert_eq!(sim.level(0, "fresh"), 10.0);
@@ -621,7 +655,7 @@ fn the_same_seed_replays_the_same_run() {
             seed,
             net,
             engine(100.0, 10.0, "1s"),
-            settings(Duration::from_millis(20)),
+            Duration::from_millis(20),
         );
         formed(&mut sim);
         let mut admitted = 0u32;
@@ -633,4 +667,217 @@ fn the_same_seed_replays_the_same_run() {
         (admitted, sim.nodes[0].gossip.stats())
     };
     assert_eq!(run(42), run(42));
+}
+
+/// Fill is negligible in the policy tests (1 token per 10 hours: under 0.001 token over a
+/// run), so each replica must end at exactly capacity minus what was admitted.
+const NO_FILL: (f64, &str) = (1.0, "36000s");
+
+/// Random takes of 1-3 tokens over `keys` keys of `policies`, on random nodes, at 5,000
+/// requests/s for `duration_ns`. Returns what each node admitted per (policy, key).
+fn random_traffic(
+    sim: &mut Sim,
+    seed: u64,
+    policies: &[&str],
+    keys: usize,
+    duration_ns: u64,
+) -> std::collections::BTreeMap<(usize, String, String), f64> {
+    let mut admitted = std::collections::BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let end = sim.now + duration_ns;
+    while sim.now < end {
+        let t = sim.now + 200_000;
+        sim.run_until(t);
+        let node = rng.gen_range(0..sim.nodes.len());
+        let policy = policies[rng.gen_range(0..policies.len())];
+        let key = format!("user-{}", rng.gen_range(0..keys));
+        let tokens = f64::from(rng.gen_range(1u8..=3));
+        if sim.take_from(node, policy, &key, tokens) {
+            *admitted
+                .entry((node, policy.to_string(), key))
+                .or_insert(0.0) += tokens;
+        }
+    }
+    admitted
+}
+
+/// What `nodes` admitted for `policy` and `key` together.
+fn admitted_on(
+    admitted: &std::collections::BTreeMap<(usize, String, String), f64>,
+    nodes: &[usize],
+    policy: &str,
+    key: &str,
+) -> f64 {
+    nodes
+        .iter()
+        .map(|n| {
+            admitted
+                .get(&(*n, policy.to_string(), key.to_string()))
+                .copied()
+                .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// Three nodes whose `policies:` lists hold the same policies in three different orders
+/// share every limit exactly, through loss, duplication and reordering: replication names
+/// limiters by policy and definition, not by position.
+#[test]
+fn policies_in_another_order_share_limits_exactly() {
+    let (fill, interval) = NO_FILL;
+    let [x, y, z] = [
+        policy("x", 100.0, fill, interval),
+        policy("y", 200.0, fill, interval),
+        policy("z", 300.0, fill, interval),
+    ];
+    let engines = vec![
+        engine_of(&[x.clone(), y.clone(), z.clone()]),
+        engine_of(&[z.clone(), x.clone(), y.clone()]),
+        engine_of(&[y, z, x]),
+    ];
+    let mut sim = Sim::with_engines(5, LOSSY, engines, Duration::from_millis(50));
+    formed(&mut sim);
+    let admitted = random_traffic(&mut sim, 5, &["x", "y", "z"], 20, 2_000 * MS);
+    let t = sim.now + 15_000 * MS;
+    sim.run_until(t);
+    for (policy, capacity) in [("x", 100.0), ("y", 200.0), ("z", 300.0)] {
+        for k in 0..20 {
+            let key = format!("user-{k}");
+            let expected = capacity - admitted_on(&admitted, &[0, 1, 2], policy, &key);
+            for n in 0..3 {
+                let level = sim.level_of(n, policy, &key);
+                assert!(
+                    (level - expected).abs() < 0.01,
+                    "node {n} {policy}/{key}: level {level}, expected {expected}"
+                );
+            }
+        }
+    }
+    for n in 0..3 {
+        let stats = sim.nodes[n].gossip.stats().replication;
+        assert_eq!(stats.dropped_unknown_limiter, 0, "node {n}");
+        assert_eq!(stats.dropped_definition_differs, 0, "node {n}");
+        assert_eq!(stats.gave_up, 0, "node {n}");
+    }
+}
+
+/// A rolling config change caught half way: nodes 1 and 3 run `[shared, changed(50), also]`,
+/// node 2 runs `[also, changed(70), shared, extra]` (one capacity edited, one policy added,
+/// the list reordered). The limiters all agree on stay exact everywhere; `changed` is shared
+/// by nodes 1 and 3 only and node 2 keeps its own; `extra` stays on node 2; the entries
+/// each side cannot use are dropped and counted. After node 2 restarts, the state transfer
+/// follows the same rule.
+#[test]
+fn a_changed_policy_does_not_corrupt_the_shared_ones() {
+    let (fill, interval) = NO_FILL;
+    let shared = policy("shared", 100.0, fill, interval);
+    let also = policy("also", 150.0, fill, interval);
+    let old = engine_of(&[
+        shared.clone(),
+        policy("changed", 50.0, fill, interval),
+        also.clone(),
+    ]);
+    let new = engine_of(&[
+        also,
+        policy("changed", 70.0, fill, interval),
+        shared,
+        policy("extra", 1_000.0, fill, interval),
+    ]);
+    let mut sim = Sim::with_engines(
+        9,
+        LOSSY,
+        vec![old.clone(), new, old],
+        Duration::from_millis(50),
+    );
+    formed(&mut sim);
+    let mut admitted = random_traffic(&mut sim, 9, &["shared", "changed", "also"], 10, 2_000 * MS);
+    // Node 2's extra policy, which the others do not have.
+    for k in 0..10 {
+        let key = format!("user-{k}");
+        if sim.take_from(1, "extra", &key, 2.0) {
+            *admitted.entry((1, "extra".into(), key)).or_insert(0.0) += 2.0;
+        }
+    }
+    let t = sim.now + 15_000 * MS;
+    sim.run_until(t);
+    let check = |sim: &Sim, nodes: &[usize], changed_on_node_2: f64| {
+        for k in 0..10 {
+            let key = format!("user-{k}");
+            for (policy, capacity) in [("shared", 100.0), ("also", 150.0)] {
+                let expected = capacity - admitted_on(&admitted, &[0, 1, 2], policy, &key);
+                for &n in nodes {
+                    let level = sim.level_of(n, policy, &key);
+                    assert!(
+                        (level - expected).abs() < 0.01,
+                        "node {n} {policy}/{key}: level {level}, expected {expected}"
+                    );
+                }
+            }
+            let expected = 50.0 - admitted_on(&admitted, &[0, 2], "changed", &key);
+            for n in [0, 2] {
+                let level = sim.level_of(n, "changed", &key);
+                assert!(
+                    (level - expected).abs() < 0.01,
+                    "node {n} changed/{key}: level {level}, expected {expected}"
+                );
+            }
+            let expected = if changed_on_node_2 < 0.0 {
+                70.0 - admitted_on(&admitted, &[1], "changed", &key)
+            } else {
+                changed_on_node_2
+            };
+            let level = sim.level_of(1, "changed", &key);
+            assert!(
+                (level - expected).abs() < 0.01,
+                "node 2 changed/{key}: level {level}, expected {expected}"
+            );
+        }
+    };
+    check(&sim, &[0, 1, 2], -1.0);
+    let extra_keys = (0..10)
+        .filter(|k| admitted_on(&admitted, &[1], "extra", &format!("user-{k}")) > 0.0)
+        .count();
+    assert_eq!(extra_keys, 10);
+    for n in 0..3 {
+        let stats = sim.nodes[n].gossip.stats().replication;
+        assert!(stats.dropped_definition_differs > 0, "node {n}: {stats:?}");
+        assert_eq!(stats.gave_up, 0, "node {n}");
+    }
+    for n in [0, 2] {
+        let stats = sim.nodes[n].gossip.stats().replication;
+        assert!(stats.dropped_unknown_limiter > 0, "node {n}: {stats:?}");
+    }
+    assert_eq!(
+        sim.nodes[1]
+            .gossip
+            .stats()
+            .replication
+            .dropped_unknown_limiter,
+        0
+    );
+
+    // Node 2 restarts with empty buckets: the others' levels lower its shared buckets and
+    // leave its `changed` ones (another definition) full.
+    sim.crash(1);
+    let t = sim.now + 1_000 * MS;
+    sim.run_until(t);
+    sim.restart(1);
+    let deadline = sim.now + 10_000 * MS;
+    while !sim.nodes[1].gossip.synced() {
+        assert!(sim.now < deadline, "node 2 never caught up");
+        let t = sim.now + 10 * MS;
+        sim.run_until(t);
+    }
+    let t = sim.now + 5_000 * MS;
+    sim.run_until(t);
+    check(&sim, &[0, 1, 2], 70.0);
+    assert!(
+        sim.nodes[1]
+            .gossip
+            .stats()
+            .replication
+            .dropped_definition_differs
+            > 0,
+        "the restarted node dropped the others' `changed` levels"
+    );
 }
