@@ -13,8 +13,7 @@
 //! stored key hashes, so the hot path allocates only when a new long key appears.
 
 use crate::bucket::{Take, TokenBucket};
-use crate::decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes};
-use crate::engine::{Engine, PlannedTake};
+use crate::engine::Engine;
 use crate::identity::LimiterId;
 use crate::tokens::Tokens;
 use hashbrown::HashTable;
@@ -336,77 +335,35 @@ impl BucketStore {
         }
     }
 
-    /// Takes every planned bucket of one shard's group, in order. If any rejects, the
-    /// group's accepted takes are handed back at once and marked `Returned`; the caller
-    /// hands back other groups' tokens the same way ([`BucketStore::give_back`] and
-    /// [`LimiterOutcome::mark_returned`]).
-    pub fn take_group(
-        &mut self,
-        engine: &Engine,
-        takes: &[PlannedTake<'_>],
-        now_ns: u64,
-    ) -> Outcomes {
-        let mut outcomes = Outcomes::new();
-        for t in takes {
-            let outcome = match t.key {
-                None => LimiterOutcome {
-                    limiter: t.limiter,
-                    kind: OutcomeKind::KeyNotFound,
-                    tokens: t.tokens.get(),
-                    remaining: 0.0,
-                    current: 0.0,
-                    wait_ns: 0,
-                },
-                Some(key) => {
-                    let take = self.take(engine, t.limiter, key, t.tokens, now_ns);
-                    LimiterOutcome {
-                        limiter: t.limiter,
-                        kind: if take.accepted {
-                            OutcomeKind::Accepted
-                        } else {
-                            OutcomeKind::Rejected
-                        },
-                        tokens: t.tokens.get(),
-                        remaining: take.remaining,
-                        current: take.current,
-                        wait_ns: take.wait_ns,
-                    }
-                }
-            };
-            outcomes.push(outcome);
-        }
-        if Decision::needs_return(&outcomes) {
-            for (t, o) in takes.iter().zip(outcomes.iter_mut()) {
-                if o.kind != OutcomeKind::Accepted {
-                    continue;
-                }
-                if let Some(key) = t.key {
-                    self.give_back(engine, t.limiter, key, t.tokens, now_ns);
-                    o.mark_returned(engine.limiter(t.limiter).params_for(key).capacity);
-                }
-            }
-        }
-        outcomes
-    }
-
     /// Drops buckets idle longer than their limiter's `max_idle_time` (and with nothing
     /// left to replicate). Returns how many were dropped. O(live buckets): the server
     /// runs it on a timer, not per request.
     pub fn evict_idle(&mut self, engine: &Engine, now_ns: u64) -> usize {
         let now_s = seconds(now_ns);
         let before = self.len();
-        let keep = |limiter: LimiterId, slot: &Slot| {
-            let max_idle_s = engine.get_limiter(limiter).map_or(0, |spec| {
-                (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32
-            });
-            slot.unsynced != 0.0 || now_s.saturating_sub(slot.last_used_s) < max_idle_s
+        let keep = |limiter: LimiterId, value: &[u8], slot: &Slot| {
+            let Some(spec) = engine.get_limiter(limiter) else {
+                return false; // its component is gone (a reload removed it)
+            };
+            if slot.unsynced != 0.0 {
+                return true;
+            }
+            if spec.kind.counts_in_flight() {
+                // Tokens of flows in flight: dropping the counter would forget them.
+                let params = spec.params_for(std::str::from_utf8(value).unwrap_or_default());
+                if slot.bucket.level(&params, now_ns) < params.capacity {
+                    return true;
+                }
+            }
+            let max_idle_s = (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32;
+            now_s.saturating_sub(slot.last_used_s) < max_idle_s
         };
         self.short
             .entries
-            .retain(|(k, slot)| keep(k.limiter(), slot));
+            .retain(|(k, slot)| keep(k.limiter(), k.value(), slot));
         self.long
             .entries
-            .retain(|(k, slot)| keep(k.limiter(), slot));
+            .retain(|(k, slot)| keep(k.limiter(), k.value(), slot));
         before - self.len()
     }
 
@@ -519,31 +476,6 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s.level(&e, LimiterId(0), short, 0), 0.0);
         assert_eq!(s.level(&e, LimiterId(0), "unseen", 0), 3.0);
-    }
-
-    #[test]
-    fn a_rejection_in_a_group_hands_back_the_others_tokens() {
-        let e = engine();
-        let mut s = BucketStore::new();
-        let id = LimiterId(0);
-        assert!(s.take(&e, id, "b", tk(3.0), 0).accepted, "drain b");
-        let plan = [
-            PlannedTake {
-                limiter: id,
-                key: Some("a"),
-                tokens: tk(2.0),
-            },
-            PlannedTake {
-                limiter: id,
-                key: Some("b"),
-                tokens: tk(1.0),
-            },
-        ];
-        let outcomes = s.take_group(&e, &plan, 0);
-        assert_eq!(outcomes[0].kind, OutcomeKind::Returned);
-        assert_eq!(outcomes[0].remaining, 3.0, "a is full again");
-        assert_eq!(outcomes[1].kind, OutcomeKind::Rejected);
-        assert_eq!(s.level(&e, id, "a", 0), 3.0);
     }
 
     #[test]
