@@ -24,8 +24,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use tollgate_cluster::{Op, Replica};
 use tollgate_policy::{
-    BucketStore, Decision, Engine, FlowError, Labels, LimiterId, OutcomeKind, Outcomes,
-    PlannedTake, Tokens,
+    BucketStore, ComponentKind, Decision, Engine, FlowError, FlowId, Labels, LimiterId,
+    LimiterOutcome, OutcomeKind, Outcomes, PlannedTake, Refusal, ShardLimits, ShardState, Tokens,
 };
 
 /// Messages between shards of one node. A mesh message is a `Vec` of these (a batch).
@@ -61,14 +61,20 @@ pub struct OwnedTake {
     pub key: Option<String>,
     /// Tokens.
     pub tokens: Tokens,
+    /// The limiter's kind.
+    pub kind: ComponentKind,
+    /// When handing back a concurrency component's tokens: the flow that holds them.
+    pub flow: Option<FlowId>,
 }
 
 impl OwnedTake {
     fn planned(&self) -> PlannedTake<'_> {
         PlannedTake {
             limiter: self.limiter,
+            kind: self.kind,
             key: self.key.as_deref(),
             tokens: self.tokens,
+            workload: None,
         }
     }
 }
@@ -108,7 +114,7 @@ pub struct Shard {
     /// Node-wide facts.
     pub node: Arc<Node>,
     /// The buckets this shard owns.
-    store: RefCell<BucketStore>,
+    state: RefCell<ShardState>,
     /// Per destination shard (None for self).
     outboxes: Vec<Option<Outbox>>,
     /// Tickets of forwarded takes awaiting their `Taken`.
@@ -142,7 +148,11 @@ impl Shard {
         let shard = Rc::new(Shard {
             id,
             node,
-            store: RefCell::new(BucketStore::new()),
+            state: RefCell::new(ShardState::new(
+                id as u16,
+                ShardLimits::default(),
+                flow_seed(id),
+            )),
             outboxes,
             pending: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
@@ -172,7 +182,7 @@ impl Shard {
 
     /// Live buckets on this shard.
     pub fn bucket_count(&self) -> usize {
-        self.store.borrow().len()
+        self.state.borrow().store().len()
     }
 
     /// Plans a flow and, when every bucket is local, decides it at once.
@@ -196,7 +206,7 @@ impl Shard {
             owners.push(owner);
         }
         if all_local {
-            let outcomes = self.store.borrow_mut().take_group(engine, &plan, now_ns);
+            let outcomes = self.state.borrow_mut().take_group(engine, &plan, now_ns);
             return Ok(Planned::Decided(Decision::from_outcomes(outcomes)));
         }
         let takes = plan
@@ -205,6 +215,8 @@ impl Shard {
                 limiter: t.limiter,
                 key: t.key.map(str::to_owned),
                 tokens: t.tokens,
+                kind: t.kind,
+                flow: None,
             })
             .collect();
         Ok(Planned::Forward(ForwardPlan { takes, owners }))
@@ -241,7 +253,7 @@ impl Shard {
             let takes: SmallVec<[PlannedTake<'_>; 4]> =
                 members.iter().map(|&i| plan.takes[i].planned()).collect();
             let local = self
-                .store
+                .state
                 .borrow_mut()
                 .take_group(&engine, &takes, clock::now_ns());
             for (&i, o) in members.iter().zip(local) {
@@ -290,7 +302,10 @@ impl Shard {
                 }
                 if let Some(key) = &t.key {
                     o.mark_returned(engine.limiter(t.limiter).params_for(key).capacity);
-                    back.push(t.clone());
+                    back.push(OwnedTake {
+                        flow: o.flow,
+                        ..t.clone()
+                    });
                 }
             }
             if !back.is_empty() {
@@ -313,10 +328,10 @@ impl Shard {
     fn apply_give_back(&self, takes: Vec<OwnedTake>) {
         let engine = &*self.node.engine;
         let now = clock::now_ns();
-        let mut store = self.store.borrow_mut();
+        let mut state = self.state.borrow_mut();
         for t in takes {
             if let Some(key) = &t.key {
-                store.give_back(engine, t.limiter, key, t.tokens, now);
+                state.give_back(engine, t.limiter, key, t.tokens, t.flow, now);
             }
         }
     }
@@ -343,7 +358,7 @@ impl Shard {
             MeshMsg::Take { ticket, takes } => {
                 let planned: SmallVec<[PlannedTake<'_>; 4]> =
                     takes.iter().map(OwnedTake::planned).collect();
-                let outcomes = self.store.borrow_mut().take_group(engine, &planned, now);
+                let outcomes = self.state.borrow_mut().take_group(engine, &planned, now);
                 self.send(from, MeshMsg::Taken { ticket, outcomes });
             }
             MeshMsg::GiveBack { takes } => self.apply_give_back(takes),
@@ -360,7 +375,7 @@ impl Shard {
     pub fn apply_replica(&self, op: Op, entries: Vec<Replica>) {
         let engine = &*self.node.engine;
         let now = clock::now_ns();
-        let mut store = self.store.borrow_mut();
+        let mut state = self.state.borrow_mut();
         for e in entries {
             debug_assert_eq!(
                 self.node.owner_of(&e.key),
@@ -373,33 +388,42 @@ impl Shard {
                 continue;
             }
             match op {
-                Op::Debit => store.debit(engine, e.limiter, &e.key, e.value, now),
-                Op::Lower => store.lower_to(engine, e.limiter, &e.key, e.value, now),
+                Op::Debit => state.debit(engine, e.limiter, &e.key, e.value, now),
+                Op::Lower => state
+                    .store_mut()
+                    .lower_to(engine, e.limiter, &e.key, e.value, now),
             }
         }
     }
 
     /// Runs `f` with this shard's store (replication drains, snapshots, eviction).
     pub fn with_store<R>(&self, f: impl FnOnce(&mut BucketStore, &Engine) -> R) -> R {
-        f(&mut self.store.borrow_mut(), &self.node.engine)
+        f(self.state.borrow_mut().store_mut(), &self.node.engine)
     }
 }
 
 /// An outcome for a take whose owner never answered (it shut down): a rejection, since
 /// admitting without the owner's word could exceed the limit.
 fn unavailable(t: &OwnedTake) -> tollgate_policy::LimiterOutcome {
-    tollgate_policy::LimiterOutcome {
-        limiter: t.limiter,
-        kind: if t.key.is_some() {
-            OutcomeKind::Rejected
-        } else {
-            OutcomeKind::KeyNotFound
-        },
-        tokens: t.tokens.get(),
-        remaining: 0.0,
-        current: 0.0,
-        wait_ns: 0,
+    match t.key {
+        Some(_) => LimiterOutcome::refused(t.limiter, t.tokens.get(), Refusal::ShuttingDown),
+        None => LimiterOutcome::key_not_found(t.limiter, t.tokens.get()),
     }
+}
+
+/// Where a shard's flow ids start: random enough per process that ids a previous process
+/// handed out are unknown here (see `tollgate_policy::flow`).
+fn flow_seed(shard: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // splitmix64 of the time, the pid and the shard: distinct per shard and per process.
+    let mut z = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ (shard as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Drains one destination's outbox into mesh batches.

@@ -116,7 +116,7 @@ policies:
     fn parses_the_documented_sample() {
         let c = parse_str(SAMPLE, "sample").unwrap();
         assert_eq!(c.server.shards, Some(2));
-        let rl = &c.policies[0].rate_limiter;
+        let rl = c.policies[0].rate_limiter.as_ref().unwrap();
         assert_eq!(rl.parameters.interval.0, Duration::from_secs(3600));
         assert_eq!(rl.parameters.limit_by_label_key.as_deref(), Some("user"));
         assert_eq!(rl.overrides[0].limit_scale_factor, 10.0);
@@ -205,8 +205,21 @@ cluster: { gossip: 127.0.0.1:7999 }
         assert_eq!(c.policies[0].policy_name, "api_limit");
         assert_eq!(c.server.shards, Some(1));
         assert_eq!(c.cluster.unwrap().gossip.port(), 7999);
-        let other = "blueprint: quota-scheduling/base\npolicy: { policy_name: x, rate_limiter: { bucket_capacity: 1, fill_amount: 1, parameters: { interval: 1s }, selectors: [ { control_point: a } ] } }\n";
-        assert!(errors_of(other)[0].starts_with("blueprint: unsupported blueprint"));
+        let rl = "{ bucket_capacity: 1, fill_amount: 1, parameters: { interval: 1s }, selectors: [ { control_point: a } ] }";
+        let other = format!(
+            "blueprint: load-scheduling/base\npolicy: {{ policy_name: x, rate_limiter: {rl} }}\n"
+        );
+        assert!(errors_of(&other)[0].starts_with("blueprint: unsupported blueprint"));
+        let mismatch = format!(
+            "blueprint: quota-scheduling/base\npolicy: {{ policy_name: x, rate_limiter: {rl} }}\n"
+        );
+        assert_eq!(
+            errors_of(&mismatch),
+            vec![
+                "policy.quota_scheduler: missing",
+                "policy.rate_limiter: not part of the quota-scheduling/base blueprint"
+            ]
+        );
     }
 
     #[test]
