@@ -5,8 +5,9 @@
 # 1. Installs what the tests need beyond cargo, into git-ignored folders:
 #    the Aperture SDKs (aperture-py in .sdk/py, aperture-js in .sdk/js) and, when
 #    possible, Debian's redis-server (for the Redis+Lua baseline tests).
-# 2. Lints: cargo fmt --check, then clippy on every crate and target with warnings as errors
-#    (seconds to a few minutes; a style slip fails before the long part starts).
+# 2. Lints: cargo fmt --check, then clippy on every crate and target with warnings as errors,
+#    and on tollgate-protocol without its client feature (a style slip fails before the long
+#    part starts).
 # 3. Runs every crate's tests: cargo test --workspace. A test whose dependency (SDKs,
 #    redis-server, openssl) is missing fails under CI (CI=true) and skips with a printed
 #    reason elsewhere.
@@ -31,6 +32,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+# The codec without the tokio client (what a non-tokio user of tollgate-protocol builds).
+cargo clippy -p tollgate-protocol --no-default-features --lib -- -D warnings
 
 step "cargo test --workspace"
 log="$(mktemp)"
