@@ -1,6 +1,7 @@
 //! One cross-shard hop: a check planned on shard 0 whose bucket lives on shard 1 is
 //! forwarded over the glommio channel mesh and answered — against the same check decided
 //! locally on its owner, in the same run.
+#![allow(clippy::unwrap_used)] // benchmark set-up: a panic is the failure report
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use glommio::channels::channel_mesh::MeshBuilder;

@@ -2,9 +2,8 @@
 //!
 //! - `envoy_rls_ok_then_over_limit`: a Rust tonic client speaking Envoy's RLS; always runs.
 //! - `aperture_*`: the real SDKs (aperture-py 2.26.0, @fluxninja/aperture-js 2.5.0) driven by the
-//!   scripts in tests/sdk/. They need `scripts/setup-sdk.sh` (installs into .sdk/). They run when
-//!   `TOLLGATE_SDK_TESTS=1` (then a missing .sdk/ is a failure) or when .sdk/ exists; otherwise
-//!   they print "skipped: run scripts/setup-sdk.sh" and pass.
+//!   scripts in tests/sdk/. They need `scripts/setup-sdk.sh` (installs into .sdk/); without it
+//!   they fail under CI and print why they skip elsewhere (`common::deps::require`).
 
 mod common;
 
@@ -12,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::deps::{aperture_sdks, repo_root, require, self_signed_cert};
 use common::{start_server, RunningServer};
 use serde_json::Value;
 use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
@@ -37,25 +37,12 @@ policies:
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("workspace root")
+    repo_root()
 }
 
-/// The SDK install dir, or None (after printing the skip line) when SDK tests are off.
+/// The SDK install dir; `None` when the test skips (see [`require`]).
 fn sdk_dir() -> Option<PathBuf> {
-    let sdk = root().join(".sdk");
-    let wanted = std::env::var("TOLLGATE_SDK_TESTS").is_ok_and(|v| v == "1");
-    if !wanted && !sdk.exists() {
-        println!("skipped: run scripts/setup-sdk.sh (Aperture SDKs not installed in .sdk/)");
-        return None;
-    }
-    assert!(
-        sdk.join(".installed").exists(),
-        "SDK tests requested but .sdk/ is not set up: run scripts/setup-sdk.sh"
-    );
-    Some(sdk)
+    require("the Aperture SDKs", aperture_sdks())
 }
 
 fn grpc_addr(server: &RunningServer) -> std::net::SocketAddr {
@@ -366,37 +353,9 @@ fn aperture_py_unjudgeable_tokens_label_does_not_run_or_refill() {
 fn aperture_py_api_key_over_tls() {
     let Some(sdk) = sdk_dir() else { return };
     let dir = common::temp_dir("sdk-tls");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !made {
-        println!("skipped: openssl is needed to make a test certificate");
+    let Some((cert, key)) = require("openssl", self_signed_cert(&dir)) else {
         return;
-    }
+    };
     // The SDKs send x-api-key as gRPC call credentials, which gRPC only attaches over TLS.
     let yaml = POLICY.replace(
         "shards: 2 }",

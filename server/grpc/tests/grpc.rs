@@ -760,28 +760,98 @@ async fn reflection_lists_services() {
     }
 }
 
-/// Clients that ping often (aperture-py pings every 10 s) must not be sent away: hyper's h2
-/// server answers every PING and has no ping-strike policy. Here: a ping every 100 ms, also
-/// while idle, for a second, then a call on the same connection.
+/// One unary `FlowControlService/Check` over a raw HTTP/2 connection; the decoded answer.
+async fn raw_check(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    req: &pb::CheckRequest,
+) -> Result<pb::CheckResponse, String> {
+    use prost::Message as _;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/aperture.flowcontrol.check.v1.FlowControlService/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let msg = req.encode_to_vec();
+    // gRPC message framing: uncompressed flag, 4-byte big-endian length, the message.
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    let mut ready = send
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| format!("ready: {e}"))?;
+    let (response, mut stream) = ready
+        .send_request(request, false)
+        .map_err(|e| format!("send_request: {e}"))?;
+    stream
+        .send_data(body.into(), true)
+        .map_err(|e| format!("send_data: {e}"))?;
+    let response = response.await.map_err(|e| format!("response: {e}"))?;
+    if response.status() != 200 {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let mut recv = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(|e| format!("data: {e}"))?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = recv
+        .trailers()
+        .await
+        .map_err(|e| format!("trailers: {e}"))?
+        .ok_or("no trailers")?;
+    let status = trailers.get("grpc-status").map(|v| v.as_bytes().to_vec());
+    if status.as_deref() != Some(b"0") {
+        return Err(format!("grpc-status {status:?}: {trailers:?}"));
+    }
+    pb::CheckResponse::decode(data.get(5..).ok_or("short gRPC message")?)
+        .map_err(|e| format!("decode: {e}"))
+}
+
+/// Clients that ping often must not be sent away. gRPC's own servers answer a client that pings
+/// more often than every 5 minutes without data with GOAWAY ENHANCE_YOUR_CALM; aperture-py pings
+/// every 10 s. Over one raw HTTP/2 connection (tonic's Channel would silently redial after a
+/// GOAWAY, hiding it): a call, then 20 PINGs 50 ms apart with no data in between, each answered
+/// by a PONG, then a call on the same connection, which is still open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frequent_client_pings_are_tolerated() {
+    const PINGS: usize = 20;
     let srv = start_local(POLICY_YAML, None);
-    let ch = tonic::transport::Endpoint::from_shared(srv.url())
-        .unwrap()
-        .http2_keep_alive_interval(Duration::from_millis(100))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .keep_alive_while_idle(true)
-        .connect()
+    let addr = srv.handle.local_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().expect("first ping_pong");
+    let conn = tokio::spawn(conn);
+    let req = check_req("checkout", &[("user", "pinger")]);
+
+    let first = raw_check(&mut send, addr, &req).await.expect("first call");
+    assert_eq!(first.decision_type, 0, "{first:?}");
+    let mut pongs = 0;
+    for i in 0..PINGS {
+        match pings.ping(h2::Ping::opaque()).await {
+            Ok(_) => pongs += 1,
+            Err(e) => panic!("PING {i} failed (GOAWAY: {}): {e}", e.is_go_away()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pongs, PINGS);
+    let second = raw_check(&mut send, addr, &req)
         .await
-        .unwrap();
-    let mut c = pb::flow_control_service_client::FlowControlServiceClient::new(ch);
-    c.check(check_req("checkout", &[("user", "pinger")]))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    c.check(check_req("checkout", &[("user", "pinger")]))
-        .await
-        .unwrap();
+        .expect("a call on the same connection after the pings");
+    assert_eq!(second.decision_type, 0, "{second:?}");
+    assert!(
+        !conn.is_finished(),
+        "the server closed the connection: {:?}",
+        conn.await
+    );
 }
 
 /// `shutdown` stops accepting, lets an in-flight call finish, and returns well before the grace
@@ -793,7 +863,8 @@ async fn graceful_shutdown_finishes_in_flight_calls() {
     let mut c = srv.fcs().await;
     let call =
         tokio::spawn(async move { c.check(check_req("checkout", &[("user", "late")])).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The call is in the backend (which takes 300 ms to answer) when shutdown starts.
+    srv.entered.wait_for(1).await;
     let t = std::time::Instant::now();
     tokio::task::spawn_blocking(move || srv.handle.shutdown())
         .await
