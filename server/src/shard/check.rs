@@ -151,7 +151,7 @@ impl Shard {
         }
         if !schedulers {
             // The fast path: one group, taken (or refused and handed back) at once.
-            let outcomes = self.state.borrow_mut().take_group(engine, &plan, now_ns);
+            let outcomes = self.take_here(&plan, now_ns);
             return Ok(Planned::Decided(Decision::from_outcomes(outcomes)));
         }
         let mut slots: Slots = smallvec![None; plan.len()];
@@ -161,11 +161,7 @@ impl Shard {
             .copied()
             .collect();
         if !immediate.is_empty() {
-            let mut taken = self
-                .state
-                .borrow_mut()
-                .take_group(engine, &immediate, now_ns)
-                .into_iter();
+            let mut taken = self.take_here(&immediate, now_ns).into_iter();
             for (slot, t) in slots.iter_mut().zip(&plan) {
                 if t.stage() == Stage::Immediate {
                     *slot = taken.next();
@@ -219,6 +215,20 @@ impl Shard {
             Planned::Decided(d) => Ok(d),
             Planned::Pending(p) => Ok(p.decide().await),
         }
+    }
+
+    /// Takes a group of immediate components owned here, at once (see
+    /// [`tollgate_policy::ShardState::take_group`]).
+    pub(crate) fn take_here(&self, takes: &[PlannedTake<'_>], now_ns: u64) -> Outcomes {
+        let outcomes = self
+            .state
+            .borrow_mut()
+            .take_group(&self.node.engine, takes, now_ns);
+        if outcomes.iter().any(|o| o.flow.is_some()) {
+            // A flow in flight expires: the scheduler must wake for it.
+            self.wake_if_sooner();
+        }
+        outcomes
     }
 
     /// Hands back every accepted component of a check that will not run: marks each
@@ -300,7 +310,7 @@ impl Shard {
         }
         if any {
             // Tokens came back: a queue of these buckets may admit its head.
-            self.wake_scheduler();
+            self.wake_if_sooner();
         }
     }
 
@@ -390,11 +400,7 @@ impl PendingCheck {
         if let Some((_, members)) = groups.iter().find(|(o, _)| *o == shard.id) {
             let planned: SmallVec<[PlannedTake<'_>; 4]> =
                 members.iter().map(|&i| self.takes[i].planned()).collect();
-            let taken =
-                shard
-                    .state
-                    .borrow_mut()
-                    .take_group(&shard.node.engine, &planned, clock::now_ns());
+            let taken = shard.take_here(&planned, clock::now_ns());
             for (&i, o) in members.iter().zip(taken) {
                 self.slots[i] = Some(o);
             }

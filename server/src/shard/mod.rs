@@ -268,6 +268,9 @@ pub struct Shard {
     next_wait_ticket: Cell<Ticket>,
     /// Wakes the scheduler task (capacity 1: a pending wake covers any number of events).
     kick: LocalSender<()>,
+    /// When the scheduler task's timer fires (`u64::MAX`: none; 0: it is running), so a
+    /// new flow's expiry wakes it only when sooner.
+    sleeping_until: Cell<u64>,
     /// What other nodes' flows hold of this shard's concurrency buckets.
     peer_holds: RefCell<PeerHolds>,
     /// The shard is stopping: flows no longer wait (they are refused `shutting_down`).
@@ -310,6 +313,7 @@ impl Shard {
             waiters: RefCell::new(HashMap::new()),
             next_wait_ticket: Cell::new(0),
             kick,
+            sleeping_until: Cell::new(0),
             peer_holds: RefCell::new(PeerHolds::new(limits.max_flows)),
             stopping: Cell::new(false),
         });
@@ -379,11 +383,7 @@ impl Shard {
             MeshMsg::Take { ticket, takes } => {
                 let planned: SmallVec<[PlannedTake<'_>; 4]> =
                     takes.iter().map(OwnedTake::planned).collect();
-                let outcomes = self.state.borrow_mut().take_group(
-                    &self.node.engine,
-                    &planned,
-                    clock::now_ns(),
-                );
+                let outcomes = self.take_here(&planned, clock::now_ns());
                 drop(planned);
                 self.send(
                     from,
@@ -462,7 +462,7 @@ impl Shard {
             .borrow_mut()
             .end_flow(&self.node.engine, id, clock::now_ns());
         if ended {
-            self.wake_scheduler();
+            self.wake_if_sooner();
         }
         ended
     }
@@ -558,7 +558,7 @@ impl Shard {
         }
         drop((state, holds));
         // Negative debits may let waiters in; a new release time may be the next wake.
-        self.wake_scheduler();
+        self.wake_if_sooner();
     }
 
     /// The peer process `peer` (boot nonce) is gone for good: hands back what its flows
@@ -584,7 +584,7 @@ impl Shard {
             tokens,
             "a peer node is gone: handed back what its flows in flight held"
         );
-        self.wake_scheduler();
+        self.wake_if_sooner();
     }
 
     /// Stops letting flows wait: every waiter is answered `shutting_down` now, and flows
@@ -608,7 +608,7 @@ impl Shard {
             .state
             .borrow_mut()
             .end_all_flows(&self.node.engine, clock::now_ns());
-        self.wake_scheduler();
+        self.wake_if_sooner();
         n
     }
 

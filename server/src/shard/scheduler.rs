@@ -5,9 +5,11 @@
 //! A waiter is a ticket (unique on this shard) that maps to who awaits the answer: a check
 //! task on this shard (a oneshot) or the shard that offered the flow (a mesh reply). The
 //! task sleeps until the state's next wake (a queue's tokens or deadline, a flow's expiry)
-//! or until [`Shard::wake_scheduler`] is called — after anything that may let a waiter in
-//! or move the next wake earlier: a new waiter, a flow's end, tokens handed back, a peer's
-//! returned tokens — then polls and delivers. An answer whose waiter is gone (the check
+//! or until it is woken: after anything that may let a waiter in or move the next wake
+//! earlier (a new waiter, a new flow, a flow's end, tokens handed back, a peer's returned
+//! tokens), [`Shard::wake_if_sooner`] compares the state's next wake with the task's timer
+//! and wakes it only when sooner — so a check that frees nothing and waits on nothing
+//! costs no wake-up. Then it polls and delivers. An answer whose waiter is gone (the check
 //! was dropped: its connection broke, its gRPC call was cancelled) has its admitted tokens
 //! handed back at once.
 
@@ -150,6 +152,9 @@ impl Shard {
             now_ns,
             out,
         );
+        if decided.is_some_and(|o| o.flow.is_some()) {
+            self.wake_if_sooner();
+        }
         decided.ok_or(ticket)
     }
 
@@ -165,7 +170,7 @@ impl Shard {
                 out,
             );
         }
-        self.wake_scheduler();
+        self.wake_if_sooner();
     }
 
     /// Hands each answer to its waiter; an answer whose waiter is gone has its admitted
@@ -207,10 +212,17 @@ impl Shard {
         }
     }
 
-    /// Wakes the scheduler task: something may let a waiter in, or moved the next wake.
-    pub(crate) fn wake_scheduler(&self) {
-        // Full means a wake is already pending: the task will see this event too.
-        let _ = self.kick.try_send(());
+    /// Wakes the scheduler task if the state's next wake is sooner than its timer: a
+    /// queue became due (tokens came back, a flow ended), a new waiter's deadline, a new
+    /// flow's expiry, a peer's hold due back.
+    pub(crate) fn wake_if_sooner(&self) {
+        if self
+            .next_wake()
+            .is_some_and(|at| at < self.sleeping_until.get())
+        {
+            // Full means a wake is already pending: the task will see this event too.
+            let _ = self.kick.try_send(());
+        }
     }
 
     /// Serves what is due at `now_ns`: unattributed peer holds due back, queues whose
@@ -252,22 +264,29 @@ pub(crate) async fn run(shard: Rc<Shard>, kicked: LocalReceiver<()>) {
     loop {
         let now = clock::now_ns();
         shard.poll(now);
-        match shard.next_wake() {
+        let wake = shard.next_wake();
+        // Single-threaded: nothing changes the state between this and the sleep below.
+        shard.sleeping_until.set(wake.unwrap_or(u64::MAX));
+        let kick = match wake {
             // Due already (answers handed tokens back): serve again, after others ran.
-            Some(at) if at <= now => futures_lite::future::yield_now().await,
+            Some(at) if at <= now => {
+                futures_lite::future::yield_now().await;
+                Some(())
+            }
             Some(at) => {
                 let sleep = glommio::timer::sleep(Duration::from_nanos(at - now));
                 let kick = kicked.recv();
                 futures::pin_mut!(sleep, kick);
-                if let Either::Right((None, _)) = futures::future::select(sleep, kick).await {
-                    return;
+                match futures::future::select(sleep, kick).await {
+                    Either::Left(_) => Some(()),
+                    Either::Right((kick, _)) => kick,
                 }
             }
-            None => {
-                if kicked.recv().await.is_none() {
-                    return;
-                }
-            }
+            None => kicked.recv().await,
+        };
+        shard.sleeping_until.set(0);
+        if kick.is_none() {
+            return; // the shard is gone
         }
     }
 }
