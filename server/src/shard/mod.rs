@@ -529,10 +529,15 @@ impl Shard {
             let in_flight = spec.kind.counts_in_flight();
             match op {
                 Op::Debit => {
+                    let mut tokens = e.value;
                     if in_flight {
-                        overflowed |= holds.debit(peer, e.limiter, &e.key, e.value);
+                        let debit = holds.debit(peer, e.limiter, &e.key, e.value);
+                        overflowed |= debit.first_overflow;
+                        tokens = debit.apply;
                     }
-                    state.debit(engine, e.limiter, &e.key, e.value, now);
+                    if tokens != 0.0 {
+                        state.debit(engine, e.limiter, &e.key, tokens, now);
+                    }
                 }
                 Op::Lower => {
                     let store = state.store_mut();

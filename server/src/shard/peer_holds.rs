@@ -17,10 +17,15 @@
 //! transfer, plus [`UNATTRIBUTED_GRACE_NS`] for the ends to replicate) belonged to owners
 //! that are gone, and is put back then.
 //!
+//! Ends are applied only as far as a record accounts for them: an end of a flow whose
+//! tokens were already put back (its node was declared gone, then came back with the flow
+//! still in flight; or unattributed tokens were released) is not applied twice.
+//!
 //! Pure and single-threaded: the shard calls it with its clock and applies the returned
 //! tokens to its buckets. Memory is bounded: records whose net reaches zero are dropped,
 //! and at most `max_records` are kept (beyond that a peer's debits still count against the
-//! buckets, but are not remembered: they come back when the peer ends those flows).
+//! buckets, but are not remembered: they come back when the peer ends those flows, and
+//! from then on ends are applied in full).
 
 use hashbrown::HashMap;
 use std::cmp::Reverse;
@@ -39,6 +44,15 @@ pub const UNATTRIBUTED_GRACE_NS: u64 = 10_000_000_000;
 
 /// A bucket of one limiter: (limiter, key).
 type Bucket = (LimiterId, Box<str>);
+
+/// What [`PeerHolds::debit`] makes of a peer's debit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PeerDebit {
+    /// Tokens to debit from the bucket (negative: tokens coming back).
+    pub apply: f64,
+    /// This is the first debit that could not be remembered (records full): warn once.
+    pub first_overflow: bool,
+}
 
 /// Tokens to put back into one bucket.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,38 +112,48 @@ impl PeerHolds {
         self.records == 0
     }
 
-    /// Notes a peer's debit of `tokens` on a concurrency bucket (the caller applies it to the
-    /// bucket). A positive debit is that peer's flows taking capacity; a negative one is
-    /// flows ending, which settles that peer's record first and then what state transfers
-    /// left unattributed. Returns true the first time a debit could not be remembered
-    /// because the records are full (for a one-time warning).
-    pub fn debit(&mut self, peer: u64, limiter: LimiterId, key: &str, tokens: f64) -> bool {
+    /// Notes a peer's debit of `tokens` on a concurrency bucket and says how much of it to
+    /// apply. A positive debit is that peer's flows taking capacity: applied and
+    /// remembered. A negative one is flows ending: it settles that peer's record first,
+    /// then what state transfers left unattributed, and only what those account for is
+    /// applied — the rest was released already (the peer was declared gone and came back,
+    /// or the unattributed tokens were put back), and applying it again would count that
+    /// capacity free twice. Once a debit could not be remembered (records full), ends are
+    /// applied in full, since they may be that debit's.
+    pub fn debit(&mut self, peer: u64, limiter: LimiterId, key: &str, tokens: f64) -> PeerDebit {
+        let pass = PeerDebit {
+            apply: tokens,
+            first_overflow: false,
+        };
         if !tokens.is_finite() || tokens.abs() < NEGLIGIBLE_TOKENS {
-            return false;
+            return pass;
         }
         if tokens > 0.0 {
             let bucket = &BucketRef(limiter, key);
             if let Some(net) = self.by_peer.get_mut(&peer).and_then(|h| h.get_mut(bucket)) {
                 *net += tokens;
-                return false;
+                return pass;
             }
             if self.records >= self.max_records {
-                return self.overflow();
+                return PeerDebit {
+                    apply: tokens,
+                    first_overflow: self.overflow(),
+                };
             }
             self.by_peer
                 .entry(peer)
                 .or_default()
                 .insert((limiter, key.into()), tokens);
             self.records += 1;
-            return false;
+            return pass;
         }
-        let mut returned = -tokens;
+        let mut unaccounted = -tokens;
         if let Some(held) = self.by_peer.get_mut(&peer) {
             let bucket = &BucketRef(limiter, key);
             if let Some(net) = held.get_mut(bucket) {
-                let settled = returned.min(*net);
+                let settled = unaccounted.min(*net);
                 *net -= settled;
-                returned -= settled;
+                unaccounted -= settled;
                 if *net < NEGLIGIBLE_TOKENS {
                     held.remove(bucket);
                     self.records -= 1;
@@ -139,17 +163,25 @@ impl PeerHolds {
                 self.by_peer.remove(&peer);
             }
         }
-        if returned >= NEGLIGIBLE_TOKENS {
+        if unaccounted >= NEGLIGIBLE_TOKENS {
             let bucket = &BucketRef(limiter, key);
             if let Some(u) = self.unattributed.get_mut(bucket) {
-                u.tokens -= returned.min(u.tokens);
+                let settled = unaccounted.min(u.tokens);
+                u.tokens -= settled;
+                unaccounted -= settled;
                 if u.tokens < NEGLIGIBLE_TOKENS {
                     self.unattributed.remove(bucket);
                     self.records -= 1;
                 }
             }
         }
-        false
+        if self.overflowed || unaccounted < NEGLIGIBLE_TOKENS {
+            return pass;
+        }
+        PeerDebit {
+            apply: tokens + unaccounted,
+            first_overflow: false,
+        }
     }
 
     /// Notes that a state transfer lowered a concurrency bucket by `tokens`; unless flows'
@@ -317,25 +349,49 @@ mod tests {
     }
 
     #[test]
+    fn ends_nothing_accounts_for_are_not_applied_twice() {
+        let (a, _) = ids();
+        let mut h = PeerHolds::new(100);
+        assert_eq!(h.debit(1, a, "x", 2.0).apply, 2.0);
+        assert_eq!(sorted(h.peer_gone(1)), vec![(a, "x".into(), 2.0)]);
+        // The peer was only cut off: its flows end after all. Released already: not again.
+        assert_eq!(h.debit(1, a, "x", -2.0).apply, 0.0);
+        // Partly accounted for: the record's share only.
+        h.debit(1, a, "x", 1.0);
+        h.lowered(a, "x", 0.5, 10);
+        assert_eq!(h.debit(1, a, "x", -2.0).apply, -1.5);
+        assert!(h.is_empty());
+    }
+
+    #[test]
     fn records_are_bounded_and_overflow_is_reported_once() {
         let (a, b) = ids();
         let mut h = PeerHolds::new(2);
-        assert!(!h.debit(1, a, "x", 1.0));
-        assert!(!h.debit(1, a, "y", 1.0));
-        assert!(h.debit(1, a, "z", 1.0), "first overflow is reported");
-        assert!(!h.debit(2, b, "z", 1.0), "later ones are not");
+        assert!(!h.debit(1, a, "x", 1.0).first_overflow);
+        assert!(!h.debit(1, a, "y", 1.0).first_overflow);
+        let d = h.debit(1, a, "z", 1.0);
+        assert!(d.first_overflow, "first overflow is reported");
+        assert_eq!(d.apply, 1.0, "and the debit still counts");
+        assert!(
+            !h.debit(2, b, "z", 1.0).first_overflow,
+            "later ones are not"
+        );
         assert!(!h.lowered(b, "w", 1.0, 5));
-        assert!(!h.debit(1, a, "x", 1.0), "known records still grow");
+        assert!(
+            !h.debit(1, a, "x", 1.0).first_overflow,
+            "known records still grow"
+        );
+        assert_eq!(
+            h.debit(2, b, "z", -1.0).apply,
+            -1.0,
+            "after an overflow, ends pass in full"
+        );
         assert_eq!(h.len(), 2);
         assert_eq!(
             sorted(h.peer_gone(1)),
             vec![(a, "x".into(), 2.0), (a, "y".into(), 1.0)]
         );
         assert!(h.peer_gone(2).is_empty());
-        assert!(
-            !h.debit(1, a, "z", f64::NAN),
-            "non-finite debits are ignored"
-        );
         assert!(h.is_empty());
     }
 }
