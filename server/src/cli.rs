@@ -77,7 +77,8 @@ pub struct ServeArgs {
     /// gRPC compat address (overrides server.grpc), or `off`.
     #[arg(long)]
     pub grpc: Option<String>,
-    /// Reload the policies when the config file changes (as SIGHUP does). Needs --config.
+    /// Reload the policies whenever the config file changes, as SIGHUP does (needs a
+    /// config file).
     #[arg(long, requires = "config")]
     pub watch: bool,
 }
