@@ -150,6 +150,7 @@ pub fn start(
     let spans = Arc::new(AtomicU64::new(0));
     let sink = SpanSink {
         spans: spans.clone(),
+        backend: backend.clone(),
     };
     let cache = Arc::new(Mutex::new(TtlCache::new(limits)));
     let flow_control = FlowControl::new(backend.clone(), cache, MonoClock::new());
