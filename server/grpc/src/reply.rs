@@ -29,6 +29,16 @@
 //!
 //! The response is REJECTED when a component rejected, with the first rejecting component's
 //! reason and status code and the longest wait.
+//!
+//! # Flow ids for SDKs that cannot see `request_id`
+//!
+//! aperture-js 2.5.0 decodes responses with a check.proto older than the concurrency
+//! components: it drops `concurrency_limiter_info` and `concurrency_scheduler_info`, so the
+//! JSON check response in its span carries no `request_id`, and it sends no `FlowEnd`. When a
+//! request does not set `expect_end` (only such SDKs, whose span must end the flow) and the flow
+//! holds concurrency tokens, the response's `telemetry_flow_labels` also carry
+//! [`FLOW_IDS_LABEL`]: the flow ids, comma-separated. Every SDK keeps that map and writes it
+//! into the span's check response, where [`crate::span_flows`] reads it back.
 
 use std::time::Duration;
 
@@ -42,6 +52,10 @@ use pb::limiter_decision::{
     ConcurrencyLimiterInfo, ConcurrencySchedulerInfo, Details, QuotaSchedulerInfo, RateLimiterInfo,
     TokensInfo,
 };
+
+/// The telemetry flow label that lists a flow's ids for its span (see the module docs). A
+/// request label of this name is overwritten in the telemetry labels of such answers.
+pub const FLOW_IDS_LABEL: &str = "tollgate.flow_ids";
 
 /// The bucket label Aperture's agent reports for one of `spec`'s decisions on a flow with
 /// `labels` (see the module docs).
@@ -217,6 +231,18 @@ pub fn check_response(
             .unwrap_or_else(|| default_status(reason));
         resp.denied_response_status_code = i32::from(status);
     }
+    if !req.expect_end {
+        let ids: Vec<String> = decision
+            .limiters
+            .iter()
+            .filter_map(|o| o.flow)
+            .map(|id| id.to_string())
+            .collect();
+        if !ids.is_empty() {
+            resp.telemetry_flow_labels
+                .insert(FLOW_IDS_LABEL.to_owned(), ids.join(","));
+        }
+    }
     resp
 }
 
@@ -347,6 +373,11 @@ policies:
             "no limit_by_label_key: one shared bucket"
         );
         let id = tollgate_policy::FlowId::parse(&info.request_id).expect("a flow id");
+        assert_eq!(
+            resp.telemetry_flow_labels.get(FLOW_IDS_LABEL),
+            Some(&info.request_id),
+            "no expect_end: the span's labels name the flow"
+        );
         assert_eq!(info.tokens_info.unwrap().consumed, 1.0);
 
         // The pool is full: RATE_LIMITED with 429, the rate limiter's take handed back (no
@@ -374,7 +405,12 @@ policies:
 
         // Ending the flow frees the pool.
         assert!(l.state_mut().end_flow(&engine, id, 0));
-        assert_eq!(decide(&mut l, &req).decision_type, 0);
+        // A request that expects FlowEnd (aperture-py) gets no flow-ids label.
+        let mut expecting_end = req.clone();
+        expecting_end.expect_end = true;
+        let resp = decide(&mut l, &expecting_end);
+        assert_eq!(resp.decision_type, 0);
+        assert!(!resp.telemetry_flow_labels.contains_key(FLOW_IDS_LABEL));
         // The rate limiter is now empty (2 taken): its rejection is RATE_LIMITED too.
         let resp = decide(&mut l, &req);
         assert_eq!(resp.denied_response_status_code, 429);

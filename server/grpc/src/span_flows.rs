@@ -9,6 +9,10 @@
 //! concurrency scheduler decisions. With `expect_end` true (aperture-py 2.26, Go, Java) the SDK
 //! sends `FlowEnd` itself and the span ends nothing.
 //!
+//! aperture-js 2.5.0's check.proto predates the concurrency components, so its JSON has no
+//! `request_id`s; the server lists the ids in the telemetry flow label
+//! [`FLOW_IDS_LABEL`](crate::reply::FLOW_IDS_LABEL) for it ([`crate::reply`]), read here too.
+//!
 //! The JSON comes from the network, so parsing is bounded: a value longer than
 //! [`MAX_CHECK_RESPONSE_JSON_BYTES`] is not parsed, at most [`MAX_FLOWS_PER_SPAN`] ids are
 //! taken from one span, and fields other than the few read here are skipped without being
@@ -65,7 +69,19 @@ pub fn flows_to_end(json: &str) -> Result<SpanFlows, SpanError> {
     if response.expect_end == Some(true) {
         return Ok(SpanFlows::default());
     }
-    Ok(response.limiter_decisions.0)
+    let mut flows = response.limiter_decisions.0;
+    let listed = response
+        .telemetry_flow_labels
+        .and_then(|labels| labels.flow_ids)
+        .unwrap_or_default();
+    for id in listed.split(',').filter(|id| !id.is_empty()) {
+        match FlowId::parse(id) {
+            Some(flow) if flows.ends.contains(&flow) => {}
+            Some(flow) if flows.ends.len() < MAX_FLOWS_PER_SPAN => flows.ends.push(flow),
+            _ => flows.ignored += 1,
+        }
+    }
+    Ok(flows)
 }
 
 /// The fields of a JSON `CheckResponse` read here; everything else is skipped.
@@ -75,6 +91,19 @@ struct CheckResponseJson {
     expect_end: Option<bool>,
     #[serde(default, rename = "limiterDecisions", alias = "limiter_decisions")]
     limiter_decisions: BoundedIds,
+    #[serde(
+        default,
+        rename = "telemetryFlowLabels",
+        alias = "telemetry_flow_labels"
+    )]
+    telemetry_flow_labels: Option<TelemetryLabelsJson>,
+}
+
+/// The one telemetry flow label read here; the others are skipped.
+#[derive(Deserialize)]
+struct TelemetryLabelsJson {
+    #[serde(default, rename = "tollgate.flow_ids")]
+    flow_ids: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +183,7 @@ impl<'de> Visitor<'de> for BoundedIdsVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reply::FLOW_IDS_LABEL;
 
     const ID_A: &str = "0010000000000abc";
     const ID_B: &str = "0020000000000def";
@@ -177,6 +207,27 @@ mod tests {
             vec![FlowId::parse(ID_A).unwrap(), FlowId::parse(ID_B).unwrap()]
         );
         assert_eq!(flows.ignored, 0);
+    }
+
+    #[test]
+    fn flow_ids_label_ends_flows_once() {
+        // aperture-js 2.5.0 drops the concurrency infos: only the telemetry label names them.
+        let json = format!(
+            r#"{{"controlPoint":"db","limiterDecisions":[{{"policyName":"pool","componentId":"1"}}],
+            "telemetryFlowLabels":{{"user":"a","{FLOW_IDS_LABEL}":"{ID_A},{ID_B},zz"}}}}"#
+        );
+        let flows = flows_to_end(&json).unwrap();
+        assert_eq!(
+            flows.ends,
+            vec![FlowId::parse(ID_A).unwrap(), FlowId::parse(ID_B).unwrap()]
+        );
+        assert_eq!(flows.ignored, 1, "zz is not a flow id");
+        // Named both ways: ended once.
+        let json = format!(
+            r#"{{"limiterDecisions":[{{"concurrencyLimiterInfo":{{"requestId":"{ID_A}"}}}}],
+            "telemetryFlowLabels":{{"{FLOW_IDS_LABEL}":"{ID_A}"}}}}"#
+        );
+        assert_eq!(flows_to_end(&json).unwrap().ends.len(), 1);
     }
 
     #[test]
