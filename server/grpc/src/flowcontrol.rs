@@ -30,6 +30,13 @@
 //! a flow it cannot admit at the deadline minus its `decision_deadline_margin`. The handler
 //! does not cut the call short (see [`crate::deadline`]).
 //!
+//! # A request outside the bounds
+//!
+//! At most 64 labels, label keys, values and the control point at most 4,096 bytes, the
+//! request at most 1 MiB: the binary protocol's bounds ([`crate::request_bounds`]). Beyond
+//! them the answer is REJECTED, status 400, reason NONE, no limiter decision, and the bound
+//! broken in the [`REJECT_REASON_HEADER`] header; not an RPC error, for the reason below.
+//!
 //! # A flow Tollgate cannot judge
 //!
 //! A flow whose tokens label is not a cost (`-1000`, `NaN`, `inf`, `abc`) cannot be decided.
@@ -59,7 +66,8 @@ use crate::cache::{CacheError, Scope, TtlCache};
 use crate::deadline::{self, MonoClock};
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
 use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
-use crate::reply::{check_response, unjudgeable_response};
+use crate::reply::{check_response, invalid_request_response, unjudgeable_response};
+use crate::request_bounds;
 use pb::flow_control_service_server::FlowControlService;
 
 /// `TokenReturnStatus.error` for a flow id that holds nothing: never issued here, already
@@ -220,6 +228,17 @@ impl FlowControlService for FlowControl {
         let start = SystemTime::now();
         let timeout = deadline::client_timeout(request.metadata());
         let req = request.into_inner();
+        if let Err(error) = request_bounds::check_request(&req) {
+            let mut resp = invalid_request_response(&req);
+            resp.start = Some(timestamp(start));
+            resp.end = Some(timestamp(SystemTime::now()));
+            let mut response = Response::new(resp);
+            response.metadata_mut().insert(
+                REJECT_REASON_HEADER,
+                reject_reason_value(&error.to_string()),
+            );
+            return Ok(response);
+        }
         let flow = owned_flow(&req.control_point, &req.labels);
         let decided = deadline::within(timeout, async {
             Ok(self.backend.check(flow, timeout).await)

@@ -20,6 +20,9 @@
 //!   FlowEnd).
 //! - [`reply`] — a decision as Aperture's agent answers it: one `LimiterDecision` per component
 //!   with the details of its kind, reject reason and status.
+//! - [`request_bounds`] — the bounds a `Check` request must keep (labels, sizes); beyond them
+//!   a REJECTED decision, not an RPC error.
+//! - [`connections`] — the port's connection cap and handshake timeout.
 //! - [`rls`] — `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
 //! - [`otlp`] — `opentelemetry.proto.collector.trace.v1.TraceService/Export` span sink; a span
 //!   that expects no `FlowEnd` ends its flows.
@@ -45,18 +48,20 @@ pub mod auth;
 pub mod backend;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod deadline;
 pub mod flowcontrol;
 pub mod otlp;
 pub mod reject_header;
 pub mod reply;
+pub mod request_bounds;
 pub mod rls;
 pub mod server;
 pub mod span_flows;
 pub mod undecodable;
 
 pub use backend::{BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture};
-pub use config::{CacheConfig, GrpcSettings, TlsConfig};
+pub use config::{CacheConfig, ConnectionConfig, GrpcSettings, TlsConfig};
 pub use server::{start, GrpcHandle};
 /// The generated messages, servers and clients (the `tollgate-proto` crate), under their
 /// historical path `tollgate_grpc::proto`.

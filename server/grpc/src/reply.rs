@@ -246,6 +246,26 @@ pub fn check_response(
     resp
 }
 
+/// The CheckResponse (without timestamps) for a request outside the bounds
+/// ([`crate::request_bounds`]): REJECTED with status 400 and reason NONE, as a flow that cannot
+/// be judged, with no limiter decision (no component was consulted). Labels are not echoed
+/// (they may be what is too large); the control point is, when it is within its bound.
+pub fn invalid_request_response(req: &pb::CheckRequest) -> pb::CheckResponse {
+    let control_point = if req.control_point.len() <= crate::request_bounds::MAX_STRING_BYTES {
+        req.control_point.clone()
+    } else {
+        String::new()
+    };
+    pb::CheckResponse {
+        control_point,
+        expect_end: req.expect_end,
+        decision_type: pb::check_response::DecisionType::Rejected as i32,
+        reject_reason: pb::check_response::RejectReason::None as i32,
+        denied_response_status_code: UNJUDGEABLE_STATUS as i32,
+        ..Default::default()
+    }
+}
+
 /// HTTP status of a flow Tollgate cannot judge: the request, not the rate, is the problem.
 pub const UNJUDGEABLE_STATUS: pb::StatusCode = pb::StatusCode::BadRequest;
 

@@ -62,6 +62,7 @@ impl LocalServer {
 struct ServerPart {
     api_keys: Vec<String>,
     tls: Option<tollgate_grpc::TlsConfig>,
+    grpc_connections: tollgate_grpc::ConnectionConfig,
 }
 
 /// A test config as the server crate would split it: the policies and the gRPC settings.
@@ -83,6 +84,7 @@ fn split_config(
     let settings = tollgate_grpc::GrpcSettings {
         api_keys: server.api_keys,
         tls: server.tls,
+        connections: server.grpc_connections,
         ..Default::default()
     };
     (policies, settings)
