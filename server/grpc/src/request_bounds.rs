@@ -10,6 +10,9 @@
 //! A message larger than tonic's decoding limit (4 MiB) never decodes and is answered
 //! `RESOURCE_EXHAUSTED` by tonic; every request between [`MAX_CHECK_REQUEST_BYTES`] and that is
 //! answered here.
+//!
+//! Envoy's `ShouldRateLimit` gets the same label bounds per descriptor ([`check_flow`]): a
+//! descriptor outside them is OVER_LIMIT with its reason in the header ([`crate::rls`]).
 
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
 use prost::Message as _;
@@ -39,7 +42,7 @@ pub enum BoundsError {
         len: usize,
     },
     /// More than [`MAX_LABELS`] labels.
-    #[error("the request has {count} labels; at most {MAX_LABELS} are accepted")]
+    #[error("the flow has {count} labels; at most {MAX_LABELS} are accepted")]
     TooManyLabels {
         /// How many it has.
         count: usize,
@@ -62,8 +65,8 @@ pub enum BoundsError {
         /// The value's length.
         len: usize,
     },
-    /// A control point longer than [`MAX_STRING_BYTES`].
-    #[error("control_point is {len} bytes; at most {MAX_STRING_BYTES} are accepted")]
+    /// A control point (an RLS domain) longer than [`MAX_STRING_BYTES`].
+    #[error("the control point is {len} bytes; at most {MAX_STRING_BYTES} are accepted")]
     ControlPointTooLong {
         /// Its length.
         len: usize,
@@ -85,31 +88,40 @@ pub fn check_request(req: &pb::CheckRequest) -> Result<(), BoundsError> {
     if len > MAX_CHECK_REQUEST_BYTES {
         return Err(BoundsError::RequestTooLarge { len });
     }
-    if req.control_point.len() > MAX_STRING_BYTES {
-        return Err(BoundsError::ControlPointTooLong {
-            len: req.control_point.len(),
-        });
-    }
-    if req.labels.len() > MAX_LABELS {
-        return Err(BoundsError::TooManyLabels {
-            count: req.labels.len(),
-        });
-    }
     // A HashMap's order is arbitrary: report the smallest offending key, so the answer to one
     // request is always the same.
-    let mut keys: Vec<&String> = req.labels.keys().collect();
-    keys.sort_unstable();
-    for key in keys {
+    let mut labels: Vec<(&str, &str)> = req
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    labels.sort_unstable();
+    check_flow(&req.control_point, &labels)
+}
+
+/// Checks a flow's control point and labels (keys distinct) against the bounds; the first
+/// bound broken, in label order, is the error. Envoy RLS descriptors are checked with it.
+pub fn check_flow(control_point: &str, labels: &[(&str, &str)]) -> Result<(), BoundsError> {
+    if control_point.len() > MAX_STRING_BYTES {
+        return Err(BoundsError::ControlPointTooLong {
+            len: control_point.len(),
+        });
+    }
+    if labels.len() > MAX_LABELS {
+        return Err(BoundsError::TooManyLabels {
+            count: labels.len(),
+        });
+    }
+    for (key, value) in labels {
         if key.len() > MAX_STRING_BYTES {
             return Err(BoundsError::LabelKeyTooLong {
                 start: quoted(key),
                 len: key.len(),
             });
         }
-        let value = &req.labels[key];
         if value.len() > MAX_STRING_BYTES {
             return Err(BoundsError::LabelValueTooLong {
-                key: key.clone(),
+                key: (*key).to_owned(),
                 len: value.len(),
             });
         }

@@ -16,6 +16,10 @@
 //! no flow end: tokens a concurrency component took for a descriptor come back only after its
 //! `max_inflight_duration`, so concurrency components belong behind the SDKs, not this filter.
 //!
+//! A descriptor outside the label bounds of [`crate::request_bounds`] (more than 64 entries, a
+//! key or value over 4,096 bytes, or a domain over 4,096 bytes) is answered as one Tollgate
+//! cannot judge (next paragraph), without a backend decision.
+//!
 //! A descriptor Tollgate cannot judge (the backend reports a `FlowError`) is OVER_LIMIT, with
 //! no `current_limit`, and the reason goes in the response metadata header
 //! `tollgate-reject-reason` (`descriptor N: ...`, one entry per such descriptor). It is not an
@@ -47,6 +51,7 @@ use crate::proto::envoy::service::ratelimit::v3::{
 };
 use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
 use crate::reply::{duration_ns, label_value};
+use crate::request_bounds;
 
 /// Most descriptors accepted in one request: each costs one backend decision.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -222,6 +227,18 @@ impl RateLimitService for Rls {
                 labels.reverse();
                 labels.dedup_by(|a, b| a.0 == b.0);
                 labels.reverse();
+                let pairs: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                if let Err(error) = request_bounds::check_flow(&req.domain, &pairs) {
+                    statuses.push(DescriptorStatus {
+                        code: Code::OverLimit as i32,
+                        ..Default::default()
+                    });
+                    unjudgeable.push(format!("descriptor {i}: {error}"));
+                    continue;
+                }
                 let flow = OwnedFlow {
                     control_point: req.domain.clone(),
                     labels,

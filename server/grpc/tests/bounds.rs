@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use support::{start_local, POLICY_YAML};
 use tollgate_grpc::proto::aperture::flowcontrol::check::v1 as pb;
+use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor::Entry, RateLimitDescriptor,
+};
+use tollgate_grpc::proto::envoy::service::ratelimit::v3 as rls;
 use tollgate_grpc::reject_header::REJECT_REASON_HEADER;
 use tollgate_grpc::request_bounds::{MAX_LABELS, MAX_STRING_BYTES};
 
@@ -66,7 +70,7 @@ async fn checks_outside_the_bounds_are_rejected_with_a_reason() {
     let cases = [
         (
             check_req(too_many),
-            "the request has 65 labels; at most 64 are accepted",
+            "the flow has 65 labels; at most 64 are accepted",
         ),
         (
             check_req(long_key),
@@ -77,7 +81,7 @@ async fn checks_outside_the_bounds_are_rejected_with_a_reason() {
             "the value of label \"note\" is 4097 bytes; at most 4096 are accepted",
         ),
         (too_large, "at most 1048576 are accepted"),
-        (long_cp, "control_point is 4097 bytes"),
+        (long_cp, "the control point is 4097 bytes"),
     ];
     for (req, reason) in cases {
         let answer = c
@@ -120,6 +124,67 @@ async fn checks_outside_the_bounds_are_rejected_with_a_reason() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.decision_type, rejected, "the sixth is rate limited");
+}
+
+/// An Envoy descriptor outside the label bounds is OVER_LIMIT with its reason; the others in
+/// the request are decided as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_descriptors_outside_the_bounds_are_over_limit() {
+    let srv = start_local(POLICY_YAML, None);
+    let mut c = rls::rate_limit_service_client::RateLimitServiceClient::new(srv.channel().await);
+    let entry = |key: String, value: &str| Entry {
+        key,
+        value: value.into(),
+    };
+    let mut wide: Vec<Entry> = (0..MAX_LABELS)
+        .map(|i| entry(format!("k{i}"), "v"))
+        .collect();
+    wide.push(entry("user".into(), "dee"));
+    let descriptors = vec![
+        RateLimitDescriptor {
+            entries: wide,
+            limit: None,
+        },
+        RateLimitDescriptor {
+            entries: vec![entry("user".into(), &"x".repeat(MAX_STRING_BYTES + 1))],
+            limit: None,
+        },
+        RateLimitDescriptor {
+            entries: vec![entry("user".into(), "dee")],
+            limit: None,
+        },
+    ];
+    let answer = c
+        .should_rate_limit(rls::RateLimitRequest {
+            domain: "checkout".into(),
+            descriptors,
+            hits_addend: 1,
+        })
+        .await
+        .expect("an answer, not an RPC error");
+    let header = answer
+        .metadata()
+        .get(REJECT_REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let r = answer.into_inner();
+    let (ok, over) = (
+        rls::rate_limit_response::Code::Ok as i32,
+        rls::rate_limit_response::Code::OverLimit as i32,
+    );
+    let codes: Vec<i32> = r.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(codes, [over, over, ok], "{r:?}");
+    assert_eq!(r.overall_code, over);
+    assert_eq!(
+        r.statuses[2].limit_remaining, 4,
+        "only the valid one took a token"
+    );
+    assert!(
+        header.contains("descriptor 0: the flow has 65 labels")
+            && header.contains("descriptor 1: the value of label \"user\" is 4097 bytes"),
+        "{header}"
+    );
 }
 
 /// Reads `s` until the server closes it (end of stream or reset) or [`CLOSE_WITHIN`] passes;
