@@ -317,7 +317,7 @@ impl Reader {
                 write_reply(
                     &mut self.out.bytes.borrow_mut(),
                     request_id,
-                    self.shard.engine(),
+                    &self.shard.engine(),
                     &decision,
                 );
             }
@@ -332,7 +332,7 @@ impl Reader {
                     write_reply(
                         &mut out.bytes.borrow_mut(),
                         request_id,
-                        shard.engine(),
+                        &shard.engine(),
                         &decision,
                     );
                 });
@@ -365,7 +365,7 @@ impl Reader {
             write_batch(
                 &mut self.out.bytes.borrow_mut(),
                 request_id,
-                self.shard.engine(),
+                &self.shard.engine(),
                 &results,
             );
             return;
@@ -392,7 +392,7 @@ impl Reader {
             write_batch(
                 &mut out.bytes.borrow_mut(),
                 request_id,
-                shard.engine(),
+                &shard.engine(),
                 &results,
             );
         });
@@ -432,18 +432,22 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
             DecisionReason::RateLimited
         },
         wait_ns: d.wait_ns,
+        // Described with the shard's engine at reply time: a limiter a reload removed
+        // meanwhile is still described by the predecessor kept for that; one neither knows
+        // (two reloads during one check) is left out of the per-limiter results.
         limiters: d
             .limiters
             .iter()
-            .map(|o| LimiterResult {
-                limiter_index: engine.limiter(o.limiter).position,
+            .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
+            .map(|(o, spec)| LimiterResult {
+                limiter_index: spec.position,
                 outcome: match o.kind {
                     OutcomeKind::Accepted => LimiterOutcome::Accepted,
                     OutcomeKind::Rejected => LimiterOutcome::Rejected,
                     OutcomeKind::KeyNotFound => LimiterOutcome::KeyNotFound,
                     OutcomeKind::Returned => LimiterOutcome::Returned,
                 },
-                status_code: engine.limiter(o.limiter).denied_status_code,
+                status_code: spec.denied_status_code,
                 tokens: o.tokens,
                 remaining: o.remaining,
                 current: o.current,

@@ -7,6 +7,7 @@
 //! - `flow_end(ids)`: each [`FlowId`] names the shard whose ledger holds the flow
 //!   ([`FlowId::shard`]); the handle routes each id there.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bridge::{BridgeError, DecisionHandle};
@@ -33,7 +34,7 @@ fn backend_error(e: BridgeError) -> BackendError {
 }
 
 impl DecisionBackend for ShardBackend {
-    fn engine(&self) -> &Engine {
+    fn engine(&self) -> Arc<Engine> {
         self.handle.engine()
     }
 

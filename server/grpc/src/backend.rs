@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_policy::{Decision, Engine, FlowError, FlowId, OwnedFlow};
@@ -28,9 +29,11 @@ pub type FlowEndFuture = Pin<Box<dyn Future<Output = Result<Vec<EndStatus>, Back
 
 /// Where decisions are made. Called from the gRPC runtime thread; must not block it.
 pub trait DecisionBackend: Send + Sync + 'static {
-    /// The engine the backend decides with: used to describe limiters in answers
-    /// (policy name, hash, component id, kind, status code, limit-by key, workloads).
-    fn engine(&self) -> &Engine;
+    /// The engine the backend decides with, as of now: used to describe limiters in
+    /// answers (policy name, hash, component id, kind, status code, limit-by key,
+    /// workloads). Load it after the decision: a reload may replace it at any time, and
+    /// [`Engine::describe`] still knows the limiters the latest reload removed.
+    fn engine(&self) -> Arc<Engine>;
 
     /// Decides `flow`: takes tokens from every matching component, or none if one rejects.
     ///

@@ -247,7 +247,7 @@ impl FlowControlService for FlowControl {
         let decision = match decided {
             Ok(decision) => decision,
             Err(BackendError::Flow(error)) => {
-                let mut resp = unjudgeable_response(self.backend.engine(), &req, &error);
+                let mut resp = unjudgeable_response(&self.backend.engine(), &req, &error);
                 resp.start = Some(timestamp(start));
                 resp.end = Some(timestamp(SystemTime::now()));
                 let mut response = Response::new(resp);
@@ -259,7 +259,7 @@ impl FlowControlService for FlowControl {
             }
             Err(unavailable @ BackendError::Unavailable(_)) => return Err(unavailable.into()),
         };
-        let mut resp = check_response(self.backend.engine(), &req, &decision);
+        let mut resp = check_response(&self.backend.engine(), &req, &decision);
         if decision.accepted {
             if let Some(lookup) = &req.cache_lookup_request {
                 if !lookup.result_cache_key.is_empty() || !lookup.global_cache_keys.is_empty() {

@@ -176,7 +176,7 @@ pub fn limiter_decisions<L: Labels + ?Sized>(
     decision
         .limiters
         .iter()
-        .filter_map(|o| Some(limiter_decision(engine.get_limiter(o.limiter)?, labels, o)))
+        .filter_map(|o| Some(limiter_decision(engine.describe(o.limiter)?, labels, o)))
         .collect()
 }
 

@@ -343,8 +343,8 @@ fn taken(take: &tollgate_policy::PlannedTake<'_>, o: &LimiterOutcome) -> Taken {
 }
 
 impl DecisionBackend for LocalBackend {
-    fn engine(&self) -> &Engine {
-        &self.shared.engine
+    fn engine(&self) -> Arc<Engine> {
+        self.shared.engine.clone()
     }
 
     fn check(&self, flow: OwnedFlow, deadline: Option<Duration>) -> DecisionFuture {
