@@ -144,10 +144,16 @@ async def scenario_sequence(client, args):
 
 
 async def scenario_crowd(client, args):
+    origin = time.monotonic()
+
     async def one(name, labels):
         t0 = time.monotonic()
         flow = await client.start_flow(args.control_point, params(args, args.timeout, labels))
-        rec = decision_record(name, flow, time.monotonic() - t0)
+        done = time.monotonic()
+        rec = decision_record(name, flow, done - t0)
+        # When, from the start of the crowd, the flow was sent and answered: the caller tells
+        # the admissions made while flows were still arriving from those made after.
+        rec.update(started_s=t0 - origin, done_s=done - origin)
         await flow.end()
         return rec
 
