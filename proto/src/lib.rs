@@ -12,10 +12,14 @@
 //! - [`aperture::flowcontrol::check::v1`] — `FlowControlService` (Check, cache RPCs, FlowEnd):
 //!   what the Aperture SDKs call.
 //! - [`opentelemetry::proto::collector::trace::v1`] — OTLP `TraceService/Export` (the SDKs'
-//!   flow spans), with the span data in [`opentelemetry::proto::trace::v1`].
+//!   flow spans), with the span data in [`opentelemetry::proto::trace::v1`] and attribute values
+//!   in [`opentelemetry::proto::common::v1`].
 //! - [`envoy::service::ratelimit::v3`] — Envoy's `RateLimitService/ShouldRateLimit`, with its
 //!   descriptors in [`envoy::extensions::common::ratelimit::v3`].
-//! - [`FILE_DESCRIPTOR_SET`] — every file above and its imports, encoded.
+//! - [`FILE_DESCRIPTOR_SET`] — every file above and its imports, encoded, as the .proto files
+//!   declare them. The Rust types differ in one place: the `global_cache_responses` maps of the
+//!   three cache responses are `Vec`s of their `GlobalCacheResponsesEntry` messages, the maps'
+//!   wire form, so that every entry's value is encoded even when empty (`build.rs` says why).
 //! - [`tonic`] — the tonic the generated code is built with, so users of the clients need not
 //!   name a matching version themselves.
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
@@ -58,6 +62,16 @@ pub mod opentelemetry {
                         "/opentelemetry.proto.collector.trace.v1.rs"
                     ));
                 }
+            }
+        }
+        /// `opentelemetry.proto.common.*`
+        pub mod common {
+            /// `opentelemetry.proto.common.v1`: attribute values (subset).
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.common.v1.rs"
+                ));
             }
         }
         /// `opentelemetry.proto.trace.*`

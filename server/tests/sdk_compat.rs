@@ -250,7 +250,8 @@ fn aperture_py_flows_end_cache_and_spans() {
             assert_eq!(f["http_code"], 429, "{f}");
             assert_eq!(f["limiters"][0]["dropped"], true, "{f}");
         }
-        assert_eq!(f["limiters"][0]["label"], "alice", "{f}");
+        // The bucket label as Aperture's agent reports it: `key:value` of limit_by_label_key.
+        assert_eq!(f["limiters"][0]["label"], "user:alice", "{f}");
         assert_eq!(f["limiters"][0]["policy_name"], "five_per_user", "{f}");
         assert!(f["end_error"].is_null(), "end() failed: {f}");
     }

@@ -1,9 +1,11 @@
-//! The gRPC port's part of the `server:` section: TLS and cache bounds, with their
-//! validation, and [`GrpcSettings`], everything [`crate::start`] needs.
+//! The gRPC port's part of the `server:` section: TLS, cache bounds and connection bounds,
+//! with their validation, and [`GrpcSettings`], everything [`crate::start`] needs.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 use tollgate_policy::config::{join, Problems};
+use tollgate_policy::duration::ConfigDuration;
 
 /// What the gRPC port runs with (taken from the `server:` section by the server crate).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -14,6 +16,45 @@ pub struct GrpcSettings {
     pub tls: Option<TlsConfig>,
     /// Bounds of the result/global cache.
     pub cache: CacheConfig,
+    /// Bounds on the port's connections.
+    pub connections: ConnectionConfig,
+}
+
+/// `server.grpc_connections` — bounds on the gRPC port's TCP connections
+/// ([`crate::connections`]).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionConfig {
+    /// Open connections beyond which a new one is closed at once. Default 10,000: as the
+    /// binary port's `server.max_connections`, far above what a service fleet opens (each SDK
+    /// client keeps one or two), well below file-descriptor limits.
+    pub max_connections: usize,
+    /// How long a new connection has to send its first bytes (the HTTP/2 connection preface,
+    /// or with TLS the start of its handshake); a connection silent that long is closed.
+    /// Default 10s: SDKs send the preface as soon as they connect, and 10 s leaves room for a
+    /// slow network while a silent connection cannot hold its slot for long.
+    pub handshake_timeout: ConfigDuration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_connections: 10_000,
+            handshake_timeout: ConfigDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Checks the bounds at `at` (e.g. `server.grpc_connections`).
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        if self.max_connections == 0 {
+            problems.at(join(at, "max_connections"), "must be at least 1");
+        }
+        if self.handshake_timeout.0.is_zero() {
+            problems.at(join(at, "handshake_timeout"), "must be more than 0s");
+        }
+    }
 }
 
 /// `server.tls` — PEM files for the gRPC port.

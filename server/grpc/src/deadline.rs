@@ -1,19 +1,24 @@
 //! The gRPC deadline (`grpc-timeout` request header) and the clock handlers use.
 //!
-//! The SDKs turn their check timeout (py default 200 ms) into `grpc-timeout`. Handlers that await
-//! the backend stop at the deadline minus [`DEADLINE_MARGIN`] and answer `DEADLINE_EXCEEDED`, so
-//! the client gets an answer before its own timer fires instead of a hung call. (tonic's own
-//! `grpc-timeout` enforcement answers `CANCELLED` at the exact deadline; ours fires first.)
+//! The SDKs turn their check timeout (aperture-py `check_timeout`, default 200 ms; aperture-js
+//! `grpcCallOptions.deadline`) into `grpc-timeout`. Handlers pass it to the backend, which
+//! answers by then on its own: a scheduler rejects a flow it cannot admit at the deadline
+//! minus its `decision_deadline_margin` (default 10 ms), which leaves the answer time to
+//! travel. Handlers therefore never cut a call short before the deadline: a
+//! `DEADLINE_EXCEEDED` from the server would make the SDKs run the flow (they fail open on
+//! RPC errors), so an early cut would turn a scheduler's rejection into an admission.
+//!
+//! [`within`] is only the safety net: if the backend has not answered when the deadline
+//! itself passes (nobody is waiting for the answer any more), the call ends with
+//! `DEADLINE_EXCEEDED` and the backend's future is dropped, which gives back whatever the flow
+//! was admitted with. (tonic's server also cancels a call at its `grpc-timeout`; the net keeps
+//! the rule where the handler runs outside tonic's transport, and says why.)
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
 use tonic::Status;
-
-/// Time kept back from the client's deadline for the answer to travel back, like Aperture's
-/// agent (which keeps ~10 ms). Never more than half the deadline.
-pub const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
 
 /// Longest `grpc-timeout` value the spec allows: 8 digits.
 const MAX_TIMEOUT_DIGITS: usize = 8;
@@ -39,23 +44,24 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// The time budget a handler has for `metadata`'s call, if the client set a deadline.
-pub fn budget(metadata: &MetadataMap) -> Option<Duration> {
-    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
-    Some(timeout.saturating_sub(DEADLINE_MARGIN.min(timeout / 2)))
+/// How long the client of `metadata`'s call waits for the answer (its `grpc-timeout`), if it
+/// set a deadline. A malformed header counts as none, as tonic treats it.
+pub fn client_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
 }
 
-/// Runs `fut` within `budget`, answering `DEADLINE_EXCEEDED` when it runs out.
+/// Runs `fut`, answering `DEADLINE_EXCEEDED` if the client's deadline (`timeout` from now)
+/// passes first. See the module docs: the backend is expected to answer before.
 pub async fn within<T>(
-    budget: Option<Duration>,
+    timeout: Option<Duration>,
     fut: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    match budget {
+    match timeout {
         None => fut.await,
-        Some(b) => tokio::time::timeout(b, fut).await.unwrap_or_else(|_| {
+        Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
             Err(Status::deadline_exceeded(format!(
-                "no decision within the call's deadline ({} ms budget)",
-                b.as_millis()
+                "no decision within the call's deadline ({} ms)",
+                t.as_millis()
             )))
         }),
     }
@@ -107,12 +113,31 @@ mod tests {
     }
 
     #[test]
-    fn budget_keeps_a_margin() {
+    fn client_timeout_is_the_header() {
         let mut md = MetadataMap::new();
-        assert_eq!(budget(&md), None);
+        assert_eq!(client_timeout(&md), None);
         md.insert("grpc-timeout", "200m".parse().unwrap());
-        assert_eq!(budget(&md), Some(Duration::from_millis(190)));
-        md.insert("grpc-timeout", "4m".parse().unwrap());
-        assert_eq!(budget(&md), Some(Duration::from_millis(2)));
+        assert_eq!(client_timeout(&md), Some(Duration::from_millis(200)));
+        md.insert("grpc-timeout", "199874u".parse().unwrap());
+        assert_eq!(client_timeout(&md), Some(Duration::from_micros(199_874)));
+        md.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(client_timeout(&md), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_waits_for_the_answer_until_the_deadline() {
+        let t = Duration::from_millis(200);
+        // An answer 1 ms before the deadline is the answer, not an error.
+        let late = async {
+            tokio::time::sleep(t - Duration::from_millis(1)).await;
+            Ok::<_, Status>(7)
+        };
+        assert_eq!(within(Some(t), late).await.unwrap(), 7);
+        // No answer by the deadline: DEADLINE_EXCEEDED, exactly at the deadline.
+        let start = tokio::time::Instant::now();
+        let never = std::future::pending::<Result<u8, Status>>();
+        let err = within(Some(t), never).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(start.elapsed(), t);
     }
 }

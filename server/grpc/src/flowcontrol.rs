@@ -1,52 +1,88 @@
 //! `aperture.flowcontrol.check.v1.FlowControlService`: what Aperture's SDKs call.
 //!
-//! `Check` follows the agent's stage order (see /work/shared/aperture-compat.md), for the stages
-//! Tollgate has:
+//! `Check` follows the agent's stage order (see /work/shared/aperture-compat.md); the backend
+//! runs the component stages, this handler the cache stage:
 //!
 //! ```text
-//!   request ──> rate limiters (backend) ──rejected──> REJECTED, RATE_LIMITED, status of the
-//!                     │                               rejecting limiter (default 429), wait_time
-//!                  accepted
+//!   request ──> rate limiters, concurrency limiters ──rejected──> REJECTED, RATE_LIMITED
+//!                     │ accepted                                  (default status 429)
+//!                     v
+//!               concurrency schedulers ─┐  may wait (until the ──rejected──> REJECTED,
+//!                     │ accepted        │  gRPC deadline minus            NO_TOKENS
+//!                     v                 │  the decision margin)          (default 503)
+//!               quota schedulers ───────┘
+//!                     │ accepted
 //!                     v
 //!              result/global cache lookup (only if keys were asked for) ──> ACCEPTED
 //! ```
 //!
-//! A result-cache hit answers ACCEPTED at once; with no later stage in Tollgate a miss does too.
-//! Cache RPCs go to the [`TtlCache`]; `FlowEnd` answers honestly that no concurrency limiter exists.
+//! The answer describes each component as Aperture's agent does ([`crate::reply`]); a flow
+//! admitted by a concurrency component carries its `request_id`. Tollgate looks the cache up
+//! after the schedulers, not between them as the agent does (a hit there skips the quota
+//! scheduler): the stages are the backend's and run as one decision.
+//!
+//! `FlowEnd` ends flows by their `request_id` (the `FlowControlService::flow_end` impl says
+//! how each reference is answered). Cache RPCs go to the [`TtlCache`].
+//!
+//! # Deadlines
+//!
+//! The call's `grpc-timeout` goes to the backend, which answers by then: a scheduler rejects
+//! a flow it cannot admit at the deadline minus its `decision_deadline_margin`. The handler
+//! does not cut the call short (see [`crate::deadline`]).
+//!
+//! # A request outside the bounds
+//!
+//! At most 64 labels, label keys, values and the control point at most 4,096 bytes, the
+//! request at most 1 MiB: the binary protocol's bounds ([`crate::request_bounds`]). Beyond
+//! them the answer is REJECTED, status 400, reason NONE, no limiter decision, and the bound
+//! broken in the [`REJECT_REASON_HEADER`] header; not an RPC error, for the reason below.
 //!
 //! # A flow Tollgate cannot judge
 //!
 //! A flow whose tokens label is not a cost (`-1000`, `NaN`, `inf`, `abc`) cannot be decided.
 //! It is **not** answered with an RPC error: every Aperture SDK turns any RPC error into
 //! "Unreachable" and runs the flow (fail open), so garbage labels would bypass the limit.
-//! [`unjudgeable_response`] answers instead, with nothing taken from any bucket:
+//! [`unjudgeable_response`](crate::reply::unjudgeable_response) answers instead, with nothing
+//! taken from any bucket:
 //!
 //! - `decision_type` REJECTED, `reject_reason` NONE (Aperture's enum has no "invalid request";
 //!   RATE_LIMITED would be untrue), `denied_response_status_code` BadRequest (400): the SDKs'
 //!   `should_run()` is false and their HTTP status helpers give 400;
 //! - one `LimiterDecision` for the policy whose tokens label is bad: `dropped`, status 400, its
-//!   limit-by label value, no `tokens_info` (no bucket was consulted);
+//!   bucket label, no `tokens_info` (no bucket was consulted);
 //! - response metadata [`REJECT_REASON_HEADER`] (`tollgate-reject-reason`) with the error text,
 //!   e.g. `label "tokens" (the tokens label of policy "per_user") must not be negative, got
 //!   "-1000"`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tollgate_policy::{Decision, Engine, FlowError, Labels, OutcomeKind, OwnedFlow};
+use tollgate_policy::{FlowId, OwnedFlow};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{BackendError, DecisionBackend};
+use crate::backend::{BackendError, DecisionBackend, EndStatus};
 use crate::cache::{CacheError, Scope, TtlCache};
 use crate::deadline::{self, MonoClock};
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
 use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
+use crate::reply::{check_response, invalid_request_response, unjudgeable_response};
+use crate::request_bounds;
 use pb::flow_control_service_server::FlowControlService;
 
-/// Error string of every `FlowEnd` token return: Tollgate has rate limiters only.
-pub const FLOW_END_UNSUPPORTED: &str =
-    "concurrency limiting is not supported by Tollgate: no tokens are held for this flow, nothing was returned";
+/// `TokenReturnStatus.error` for a flow id that holds nothing: never issued here, already
+/// ended (by an earlier end, its span, or `max_inflight_duration`), or from before a restart.
+/// Harmless, as in Aperture.
+pub const FLOW_END_UNKNOWN: &str = "unknown or already ended flow";
+
+/// `TokenReturnStatus.error` for a `request_id` that is not a flow id Tollgate issues (16 hex
+/// digits): it cannot name a flow here, so nothing was returned.
+pub const FLOW_END_NOT_A_FLOW_ID: &str =
+    "request_id is not a Tollgate flow id (16 hex digits): no flow ended";
+
+/// Most `InflightRequestRef`s in one `FlowEnd`. Bounds the work one request can cause; a flow
+/// holds one per concurrency component it matched, so real requests carry a handful.
+pub const MAX_FLOW_END_REFS: usize = 1024;
 
 /// Most global cache keys looked up, upserted or deleted in one call. Bounds the work one
 /// request can cause while holding the cache lock.
@@ -123,7 +159,10 @@ impl FlowControl {
         let global_cache_responses = req
             .global_cache_keys
             .iter()
-            .map(|k| (k.clone(), found(&Scope::Global, k)))
+            .map(|k| pb::cache_lookup_response::GlobalCacheResponsesEntry {
+                key: k.clone(),
+                value: Some(found(&Scope::Global, k)),
+            })
             .collect();
         Ok(pb::CacheLookupResponse {
             result_cache_response,
@@ -156,15 +195,6 @@ fn op_status(r: Result<(), CacheError>) -> (i32, String) {
     }
 }
 
-/// A protobuf duration from nanoseconds.
-pub(crate) fn duration_ns(ns: u64) -> prost_types::Duration {
-    let d = Duration::from_nanos(ns);
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {
@@ -189,144 +219,6 @@ fn owned_flow(
     }
 }
 
-/// The value of label `key` (a limiter's limit-by key), or "" when it has none or the flow
-/// lacks it.
-pub(crate) fn label_value<'a, L: Labels + ?Sized>(labels: &'a L, key: Option<&str>) -> &'a str {
-    key.and_then(|k| labels.get(k)).unwrap_or("")
-}
-
-/// One `LimiterDecision` per outcome, in the engine's order.
-pub fn limiter_decisions<L: Labels + ?Sized>(
-    engine: &Engine,
-    labels: &L,
-    decision: &Decision,
-) -> Vec<pb::LimiterDecision> {
-    // A limiter neither this engine nor its predecessor knows (two reloads during one
-    // check) is left out of the per-limiter results; the decision itself stands.
-    decision
-        .limiters
-        .iter()
-        .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
-        .map(|(o, spec)| {
-            let dropped = matches!(o.kind, OutcomeKind::Rejected);
-            pb::LimiterDecision {
-                policy_name: spec.policy_name.clone(),
-                policy_hash: spec.policy_hash.clone(),
-                component_id: spec.component_id.clone(),
-                dropped,
-                reason: if matches!(o.kind, OutcomeKind::KeyNotFound) {
-                    pb::limiter_decision::LimiterReason::KeyNotFound as i32
-                } else {
-                    pb::limiter_decision::LimiterReason::Unspecified as i32
-                },
-                denied_response_status_code: if dropped {
-                    i32::from(spec.denied_status_code)
-                } else {
-                    0
-                },
-                wait_time: (o.wait_ns > 0).then(|| duration_ns(o.wait_ns)),
-                details: Some(pb::limiter_decision::Details::RateLimiterInfo(
-                    pb::limiter_decision::RateLimiterInfo {
-                        label: label_value(labels, spec.limit_by_label_key.as_deref()).to_owned(),
-                        tokens_info: Some(pb::limiter_decision::TokensInfo {
-                            remaining: o.remaining,
-                            current: o.current,
-                            consumed: if matches!(o.kind, OutcomeKind::Accepted) {
-                                o.tokens
-                            } else {
-                                0.0
-                            },
-                        }),
-                    },
-                )),
-            }
-        })
-        .collect()
-}
-
-/// What every answer to `req` carries, as the agent fills it: control point and `expect_end`
-/// echoed, label keys sorted, labels as telemetry labels; ACCEPTED.
-fn base_response(req: &pb::CheckRequest) -> pb::CheckResponse {
-    let mut flow_label_keys: Vec<String> = req.labels.keys().cloned().collect();
-    flow_label_keys.sort_unstable();
-    pb::CheckResponse {
-        control_point: req.control_point.clone(),
-        flow_label_keys,
-        telemetry_flow_labels: req.labels.clone(),
-        expect_end: req.expect_end,
-        ..Default::default()
-    }
-}
-
-/// The CheckResponse for `decision` (without timestamps and cache stage).
-pub fn check_response(
-    engine: &Engine,
-    req: &pb::CheckRequest,
-    decision: &Decision,
-) -> pb::CheckResponse {
-    let mut resp = pb::CheckResponse {
-        limiter_decisions: limiter_decisions(engine, &req.labels, decision),
-        ..base_response(req)
-    };
-    if decision.wait_ns > 0 {
-        resp.wait_time = Some(duration_ns(decision.wait_ns));
-    }
-    if !decision.accepted {
-        resp.decision_type = pb::check_response::DecisionType::Rejected as i32;
-        resp.reject_reason = pb::check_response::RejectReason::RateLimited as i32;
-        let status = decision
-            .limiters
-            .iter()
-            .find(|o| matches!(o.kind, OutcomeKind::Rejected))
-            .and_then(|o| engine.describe(o.limiter))
-            .map_or(429, |spec| spec.denied_status_code);
-        resp.denied_response_status_code = i32::from(if status == 0 { 429 } else { status });
-    }
-    resp
-}
-
-/// HTTP status of a flow Tollgate cannot judge: the request, not the rate, is the problem.
-pub const UNJUDGEABLE_STATUS: pb::StatusCode = pb::StatusCode::BadRequest;
-
-/// The CheckResponse (without timestamps) for a flow that could not be judged because of
-/// `error`: REJECTED with status 400 and a dropped `LimiterDecision` for the policy at fault
-/// (see the module docs). Nothing was taken from any bucket.
-pub fn unjudgeable_response(
-    engine: &Engine,
-    req: &pb::CheckRequest,
-    error: &FlowError,
-) -> pb::CheckResponse {
-    let status = UNJUDGEABLE_STATUS as i32;
-    let FlowError::BadTokensLabel { policy, .. } = error;
-    let limiter_decisions = engine
-        .limiters()
-        .iter()
-        .filter(|spec| spec.policy_name == *policy)
-        .map(|spec| pb::LimiterDecision {
-            policy_name: spec.policy_name.clone(),
-            policy_hash: spec.policy_hash.clone(),
-            component_id: spec.component_id.clone(),
-            dropped: true,
-            reason: pb::limiter_decision::LimiterReason::Unspecified as i32,
-            denied_response_status_code: status,
-            wait_time: None,
-            details: Some(pb::limiter_decision::Details::RateLimiterInfo(
-                pb::limiter_decision::RateLimiterInfo {
-                    label: label_value(&req.labels, spec.limit_by_label_key.as_deref()).to_owned(),
-                    tokens_info: None,
-                },
-            )),
-        })
-        .collect();
-    pb::CheckResponse {
-        decision_type: pb::check_response::DecisionType::Rejected as i32,
-        reject_reason: pb::check_response::RejectReason::None as i32,
-        denied_response_status_code: status,
-        limiter_decisions,
-        ..base_response(req)
-    }
-}
-
 #[tonic::async_trait]
 impl FlowControlService for FlowControl {
     async fn check(
@@ -334,11 +226,24 @@ impl FlowControlService for FlowControl {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let start = SystemTime::now();
-        let budget = deadline::budget(request.metadata());
+        let timeout = deadline::client_timeout(request.metadata());
         let req = request.into_inner();
+        if let Err(error) = request_bounds::check_request(&req) {
+            let mut resp = invalid_request_response(&req);
+            resp.start = Some(timestamp(start));
+            resp.end = Some(timestamp(SystemTime::now()));
+            let mut response = Response::new(resp);
+            response.metadata_mut().insert(
+                REJECT_REASON_HEADER,
+                reject_reason_value(&error.to_string()),
+            );
+            return Ok(response);
+        }
         let flow = owned_flow(&req.control_point, &req.labels);
-        let decided =
-            deadline::within(budget, async { Ok(self.backend.check(flow).await) }).await?;
+        let decided = deadline::within(timeout, async {
+            Ok(self.backend.check(flow, timeout).await)
+        })
+        .await?;
         let decision = match decided {
             Ok(decision) => decision,
             Err(BackendError::Flow(error)) => {
@@ -411,13 +316,13 @@ impl FlowControlService for FlowControl {
                 // The map key names the entry; the SDKs leave CacheEntry.key empty here.
                 let r = cache.upsert(Scope::Global, &k, e.value, ttl_ns(e.ttl.as_ref()), now);
                 let (operation_status, error) = op_status(r);
-                (
-                    k,
-                    pb::KeyUpsertResponse {
+                pb::cache_upsert_response::GlobalCacheResponsesEntry {
+                    key: k,
+                    value: Some(pb::KeyUpsertResponse {
                         operation_status,
                         error,
-                    },
-                )
+                    }),
+                }
             })
             .collect();
         Ok(Response::new(pb::CacheUpsertResponse {
@@ -458,7 +363,10 @@ impl FlowControlService for FlowControl {
             .iter()
             .map(|k| {
                 cache.delete(Scope::Global, k, now);
-                (k.clone(), pb::KeyDeleteResponse::default())
+                pb::cache_delete_response::GlobalCacheResponsesEntry {
+                    key: k.clone(),
+                    value: Some(pb::KeyDeleteResponse::default()),
+                }
             })
             .collect();
         Ok(Response::new(pb::CacheDeleteResponse {
@@ -467,18 +375,50 @@ impl FlowControlService for FlowControl {
         }))
     }
 
+    /// Ends each referenced flow by its `request_id` (a [`FlowId`]), whatever its policy
+    /// name, hash, label or tokens say: the id alone names the flow and the shard holding it.
+    /// One `TokenReturnStatus` per reference, in order: `returned` when the flow held tokens
+    /// and they went back; else [`FLOW_END_UNKNOWN`] (harmless) or
+    /// [`FLOW_END_NOT_A_FLOW_ID`].
     async fn flow_end(
         &self,
         request: Request<pb::FlowEndRequest>,
     ) -> Result<Response<pb::FlowEndResponse>, Status> {
         let req = request.into_inner();
+        if req.inflight_requests.len() > MAX_FLOW_END_REFS {
+            return Err(Status::invalid_argument(format!(
+                "{} inflight requests in one FlowEnd; at most {MAX_FLOW_END_REFS} are accepted",
+                req.inflight_requests.len()
+            )));
+        }
+        let ids: Vec<Option<FlowId>> = req
+            .inflight_requests
+            .iter()
+            .map(|r| FlowId::parse(&r.request_id))
+            .collect();
+        let to_end: Vec<FlowId> = ids.iter().flatten().copied().collect();
+        let statuses = if to_end.is_empty() {
+            Vec::new()
+        } else {
+            self.backend.flow_end(to_end).await?
+        };
+        let mut statuses = statuses.into_iter();
         let token_return_statuses = req
             .inflight_requests
             .into_iter()
-            .map(|r| pb::TokenReturnStatus {
-                inflight_request_ref: Some(r),
-                returned: false,
-                error: FLOW_END_UNSUPPORTED.to_owned(),
+            .zip(ids)
+            .map(|(r, id)| {
+                let (returned, error) = match id.map(|_| statuses.next()) {
+                    None => (false, FLOW_END_NOT_A_FLOW_ID),
+                    Some(Some(EndStatus::Ended)) => (true, ""),
+                    // A backend that answers fewer statuses than asked ended nothing more.
+                    Some(Some(EndStatus::Unknown) | None) => (false, FLOW_END_UNKNOWN),
+                };
+                pb::TokenReturnStatus {
+                    inflight_request_ref: Some(r),
+                    returned,
+                    error: error.to_owned(),
+                }
             })
             .collect();
         Ok(Response::new(pb::FlowEndResponse {

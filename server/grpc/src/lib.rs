@@ -7,17 +7,27 @@
 //! messages and `tollgate_policy`'s flows and decisions, the result/global cache, the OTLP span
 //! sink, API-key auth, TLS, keepalive, health and reflection, and the small tokio runtime thread
 //! that runs it.
-//! It owns **no token buckets**: every decision goes through a [`DecisionBackend`], which the
-//! server crate implements by handing the flow to the glommio shard that owns its bucket.
+//! It owns **no token buckets**: every decision and every flow end goes through a
+//! [`DecisionBackend`], which the server crate implements by handing the flow to the glommio
+//! shard that owns its bucket (where a scheduler may queue it until the call's deadline).
 //!
 //! # Layout
 //! - [`server`] — [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
 //!   health, reflection, graceful shutdown.
-//! - [`backend`] — the [`DecisionBackend`] trait the server implements, and [`BackendError`].
+//! - [`backend`] — the [`DecisionBackend`] trait the server implements (check with a deadline,
+//!   end flows), [`EndStatus`] and [`BackendError`].
 //! - [`flowcontrol`] — `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
 //!   FlowEnd).
+//! - [`reply`] — a decision as Aperture's agent answers it: one `LimiterDecision` per component
+//!   with the details of its kind, reject reason and status.
+//! - [`request_bounds`] — the bounds a `Check` request must keep (labels, sizes); beyond them
+//!   a REJECTED decision, not an RPC error.
+//! - [`connections`] — the port's connection cap and handshake timeout.
 //! - [`rls`] — `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
-//! - [`otlp`] — `opentelemetry.proto.collector.trace.v1.TraceService/Export` span sink.
+//! - [`otlp`] — `opentelemetry.proto.collector.trace.v1.TraceService/Export` span sink; a span
+//!   that expects no `FlowEnd` ends its flows.
+//! - [`span_flows`] — which flows a span's `aperture.check_response` ends (bounded JSON
+//!   parsing).
 //! - [`cache`] — the bounded TTL cache (sans-IO, time passed in).
 //! - [`config`] — [`GrpcSettings`]: TLS and cache bounds from the `server:` section.
 //! - [`auth`] — optional `x-api-key` check.
@@ -25,7 +35,7 @@
 //!   judged.
 //! - [`undecodable`] — [`undecodable::InvalidArgumentOnUndecodable`]: a request message that
 //!   does not decode is `INVALID_ARGUMENT`, not tonic's `INTERNAL`.
-//! - [`deadline`] — `grpc-timeout` parsing and the deadline wrapper.
+//! - [`deadline`] — `grpc-timeout` parsing and the safety net at the client's deadline.
 //! - [`proto`] — the `tollgate-proto` crate: generated messages, servers and clients.
 //!
 //! # Security
@@ -38,16 +48,20 @@ pub mod auth;
 pub mod backend;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod deadline;
 pub mod flowcontrol;
 pub mod otlp;
 pub mod reject_header;
+pub mod reply;
+pub mod request_bounds;
 pub mod rls;
 pub mod server;
+pub mod span_flows;
 pub mod undecodable;
 
-pub use backend::{BackendError, DecisionBackend, DecisionFuture};
-pub use config::{CacheConfig, GrpcSettings, TlsConfig};
+pub use backend::{BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture};
+pub use config::{CacheConfig, ConnectionConfig, GrpcSettings, TlsConfig};
 pub use server::{start, GrpcHandle};
 /// The generated messages, servers and clients (the `tollgate-proto` crate), under their
 /// historical path `tollgate_grpc::proto`.

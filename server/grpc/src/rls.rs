@@ -10,6 +10,16 @@
 //! - `hits_addend` is the tokens taken per descriptor (0 means 1);
 //! - `overall_code` is OVER_LIMIT if any descriptor is, else OK.
 //!
+//! Every kind of component applies. A quota or concurrency scheduler may hold a descriptor in
+//! its queue until the call's `grpc-timeout` (Envoy's filter `timeout`, default 20 ms) minus its
+//! decision margin, each descriptor getting what is left of the deadline. Envoy's protocol has
+//! no flow end: tokens a concurrency component took for a descriptor come back only after its
+//! `max_inflight_duration`, so concurrency components belong behind the SDKs, not this filter.
+//!
+//! A descriptor outside the label bounds of [`crate::request_bounds`] (more than 64 entries, a
+//! key or value over 4,096 bytes, or a domain over 4,096 bytes) is answered as one Tollgate
+//! cannot judge (next paragraph), without a backend decision.
+//!
 //! A descriptor Tollgate cannot judge (the backend reports a `FlowError`) is OVER_LIMIT, with
 //! no `current_limit`, and the reason goes in the response metadata header
 //! `tollgate-reject-reason` (`descriptor N: ...`, one entry per such descriptor). It is not an
@@ -34,13 +44,14 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::{BackendError, DecisionBackend};
 use crate::deadline;
-use crate::flowcontrol::{duration_ns, label_value};
 use crate::proto::envoy::service::ratelimit::v3::{
     rate_limit_response::{rate_limit::Unit, Code, DescriptorStatus, RateLimit},
     rate_limit_service_server::RateLimitService,
     RateLimitRequest, RateLimitResponse,
 };
 use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
+use crate::reply::{duration_ns, label_value};
+use crate::request_bounds;
 
 /// Most descriptors accepted in one request: each costs one backend decision.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -185,7 +196,8 @@ impl RateLimitService for Rls {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let budget = deadline::budget(request.metadata());
+        let timeout = deadline::client_timeout(request.metadata());
+        let call_deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let req = request.into_inner();
         if req.domain.is_empty() {
             return Err(Status::invalid_argument(
@@ -206,7 +218,7 @@ impl RateLimitService for Rls {
         // A u32 is always a finite, non-negative cost.
         let tokens = tollgate_policy::Tokens::new(f64::from(req.hits_addend.max(1)))
             .unwrap_or(tollgate_policy::Tokens::ONE);
-        let (statuses, unjudgeable) = deadline::within(budget, async {
+        let (statuses, unjudgeable) = deadline::within(timeout, async {
             let mut statuses = Vec::with_capacity(req.descriptors.len());
             let mut unjudgeable = Vec::new();
             for (i, d) in req.descriptors.iter().enumerate() {
@@ -220,12 +232,27 @@ impl RateLimitService for Rls {
                 labels.reverse();
                 labels.dedup_by(|a, b| a.0 == b.0);
                 labels.reverse();
+                let pairs: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                if let Err(error) = request_bounds::check_flow(&req.domain, &pairs) {
+                    statuses.push(DescriptorStatus {
+                        code: Code::OverLimit as i32,
+                        ..Default::default()
+                    });
+                    unjudgeable.push(format!("descriptor {i}: {error}"));
+                    continue;
+                }
                 let flow = OwnedFlow {
                     control_point: req.domain.clone(),
                     labels,
                     tokens: Some(tokens),
                 };
-                match self.backend.check(flow.clone()).await {
+                // Each descriptor may wait (a scheduler) for what is left of the deadline.
+                let left =
+                    call_deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+                match self.backend.check(flow.clone(), left).await {
                     Ok(decision) => {
                         statuses.push(self.status(&flow, decision.accepted, &decision.limiters))
                     }

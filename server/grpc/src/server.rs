@@ -24,10 +24,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::GrpcSettings;
+use crate::connections::BoundedIncoming;
 use anyhow::Context as _;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -140,6 +140,7 @@ pub fn start(
         max_entry_bytes: settings.cache.max_entry_bytes,
     };
     let auth = ApiKeyCheck::new(&settings.api_keys);
+    let connections = settings.connections.clone();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -150,6 +151,7 @@ pub fn start(
     let spans = Arc::new(AtomicU64::new(0));
     let sink = SpanSink {
         spans: spans.clone(),
+        backend: backend.clone(),
     };
     let cache = Arc::new(Mutex::new(TtlCache::new(limits)));
     let flow_control = FlowControl::new(backend.clone(), cache, MonoClock::new());
@@ -204,7 +206,7 @@ pub fn start(
             let incoming = {
                 let _guard = rt.enter();
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => TcpIncoming::from(l).with_nodelay(Some(true)),
+                    Ok(l) => BoundedIncoming::new(l, &connections),
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::Error::new(e).context("grpc listener")));
                         return;

@@ -14,6 +14,17 @@ use tollgate_grpc::proto::envoy::service::ratelimit::v3 as rls;
 use tollgate_grpc::proto::opentelemetry::proto::collector::trace::v1 as otlp;
 use tollgate_grpc::proto::opentelemetry::proto::trace::v1 as trace;
 
+/// The value of global cache entry `key` in a response's `global_cache_responses`.
+macro_rules! global {
+    ($entries:expr, $key:expr) => {
+        $entries
+            .iter()
+            .find(|e| e.key == $key)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("no global cache entry {:?}", $key))
+    };
+}
+
 fn check_req(cp: &str, labels: &[(&str, &str)]) -> pb::CheckRequest {
     pb::CheckRequest {
         control_point: cp.into(),
@@ -54,7 +65,10 @@ async fn check_five_of_eight_with_aperture_fields() {
         let Some(pb::limiter_decision::Details::RateLimiterInfo(info)) = &d.details else {
             panic!("{d:?}")
         };
-        assert_eq!(info.label, "alice");
+        assert_eq!(
+            info.label, "user:alice",
+            "Aperture's bucket label: key:value"
+        );
         let tokens = info.tokens_info.unwrap();
         if resp.decision_type == pb::check_response::DecisionType::Accepted as i32 {
             accepted += 1;
@@ -173,7 +187,7 @@ policies:
         let Some(pb::limiter_decision::Details::RateLimiterInfo(info)) = &d.details else {
             panic!("{d:?}")
         };
-        assert_eq!(info.label, "ann");
+        assert_eq!(info.label, "user:ann");
         assert!(
             reason.contains("\"cost\"")
                 && reason.contains("\"weighted\"")
@@ -341,7 +355,11 @@ impl tollgate_grpc::DecisionBackend for LabelCostBackend {
         self.engine.clone()
     }
 
-    fn check(&self, mut flow: tollgate_policy::OwnedFlow) -> tollgate_grpc::DecisionFuture {
+    fn check(
+        &self,
+        mut flow: tollgate_policy::OwnedFlow,
+        _deadline: Option<Duration>,
+    ) -> tollgate_grpc::DecisionFuture {
         flow.tokens = None;
         let result = self
             .limiter
@@ -350,6 +368,18 @@ impl tollgate_grpc::DecisionBackend for LabelCostBackend {
             .check(&flow, 0)
             .map_err(tollgate_grpc::BackendError::Flow);
         Box::pin(async move { result })
+    }
+
+    fn flow_end(&self, flows: Vec<tollgate_policy::FlowId>) -> tollgate_grpc::FlowEndFuture {
+        let mut limiter = self.limiter.lock().expect("limiter lock");
+        let statuses = flows
+            .into_iter()
+            .map(|id| {
+                let ended = limiter.state_mut().end_flow(&self.engine, id, 0);
+                tollgate_grpc::EndStatus::from_ended(ended)
+            })
+            .collect();
+        Box::pin(async move { Ok(statuses) })
     }
 }
 
@@ -473,7 +503,7 @@ async fn cache_roundtrip_and_limits() {
         up.result_cache_response.unwrap().operation_status,
         pb::CacheOperationStatus::Success as i32
     );
-    assert_eq!(up.global_cache_responses["g"].operation_status, 0);
+    assert_eq!(global!(up.global_cache_responses, "g").operation_status, 0);
 
     // Through Check: limiter accepts, then the cache stage answers.
     let mut req = check_req("checkout", &[("user", "carol")]);
@@ -489,9 +519,9 @@ async fn cache_roundtrip_and_limits() {
         (r.lookup_status, r.value.as_slice()),
         (pb::CacheLookupStatus::Hit as i32, &b"result"[..])
     );
-    assert_eq!(lookup.global_cache_responses["g"].value, b"global");
+    assert_eq!(global!(lookup.global_cache_responses, "g").value, b"global");
     assert_eq!(
-        lookup.global_cache_responses["missing"].lookup_status,
+        global!(lookup.global_cache_responses, "missing").lookup_status,
         pb::CacheLookupStatus::Miss as i32
     );
     // The result cache is per control point.
@@ -547,53 +577,276 @@ async fn cache_roundtrip_and_limits() {
     );
 }
 
+/// Every global cache entry of a response carries its value on the wire, even an empty one
+/// (a successful upsert or delete, a hit on an empty value): protobufjs (aperture-js) fails the
+/// whole call on an entry without one, and protobuf-go (Aperture's agent) always writes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_end_is_honest() {
+async fn global_cache_entries_carry_empty_values_on_the_wire() {
+    use prost::Message as _;
     let srv = start_local(POLICY_YAML, None);
-    let mut c = srv.fcs().await;
-    let resp = c
-        .flow_end(pb::FlowEndRequest {
-            control_point: "checkout".into(),
-            inflight_requests: vec![pb::InflightRequestRef {
-                request_id: "r1".into(),
+    let channel = srv.channel().await;
+    let ttl = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    let upsert = pb::CacheUpsertRequest {
+        global_cache_entries: [(
+            "k".to_string(),
+            pb::CacheEntry {
+                key: String::new(),
+                value: Vec::new(),
+                ttl,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    // Each answer is one entry: field 2 { key "k" (0a 01 6b), value: empty message (12 00) }.
+    let entry_with_empty_value: &[u8] = &[0x12, 0x05, 0x0a, 0x01, b'k', 0x12, 0x00];
+    for (path, body) in [
+        (
+            "/aperture.flowcontrol.check.v1.FlowControlService/CacheUpsert",
+            upsert.encode_to_vec(),
+        ),
+        (
+            "/aperture.flowcontrol.check.v1.FlowControlService/CacheLookup",
+            pb::CacheLookupRequest {
+                global_cache_keys: vec!["k".into()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/aperture.flowcontrol.check.v1.FlowControlService/CacheDelete",
+            pb::CacheDeleteRequest {
+                global_cache_keys: vec!["k".into()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+    ] {
+        let answer = raw_call(channel.clone(), path, body).await.unwrap();
+        assert_eq!(answer, entry_with_empty_value, "{path}");
+    }
+}
+
+/// Two slots, ended by id over `FlowEnd`; each reference answered on its own.
+const POOL_YAML: &str = r#"
+server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0 }
+policies:
+  - policy_name: pool
+    concurrency_limiter:
+      max_concurrency: 2
+      parameters: { limit_by_label_key: tenant, max_inflight_duration: 60s }
+      selectors: [ { control_point: db } ]
+"#;
+
+/// The `request_id` of a concurrency limiter decision.
+fn request_id(resp: &pb::CheckResponse) -> String {
+    match &resp.limiter_decisions[0].details {
+        Some(pb::limiter_decision::Details::ConcurrencyLimiterInfo(i)) => i.request_id.clone(),
+        other => panic!("not a concurrency limiter decision: {other:?}"),
+    }
+}
+
+fn flow_end_req(ids: &[&str]) -> pb::FlowEndRequest {
+    pb::FlowEndRequest {
+        control_point: "db".into(),
+        inflight_requests: ids
+            .iter()
+            .map(|id| pb::InflightRequestRef {
+                policy_name: "pool".into(),
+                request_id: id.to_string(),
                 tokens: 1.0,
                 ..Default::default()
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.token_return_statuses.len(), 1);
-    let s = &resp.token_return_statuses[0];
-    assert!(!s.returned);
-    assert!(
-        s.error.contains("concurrency limiting is not supported"),
-        "{}",
-        s.error
-    );
-    assert_eq!(s.inflight_request_ref.as_ref().unwrap().request_id, "r1");
+            })
+            .collect(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn otlp_spans_are_counted() {
-    let srv = start_local(POLICY_YAML, None);
-    let mut c = otlp::trace_service_client::TraceServiceClient::new(srv.channel().await);
-    let span = |n: &str| trace::Span {
-        name: n.into(),
-        ..Default::default()
+async fn flow_end_returns_concurrency_tokens_by_request_id() {
+    let srv = start_local(POOL_YAML, None);
+    let mut c = srv.fcs().await;
+    let flow = || check_req("db", &[("tenant", "t1")]);
+    let first = c.check(flow()).await.unwrap().into_inner();
+    let second = c.check(flow()).await.unwrap().into_inner();
+    assert_eq!((first.decision_type, second.decision_type), (0, 0));
+    let third = c.check(flow()).await.unwrap().into_inner();
+    assert_eq!(third.decision_type, 1, "2 in flight: {third:?}");
+    assert_eq!(
+        third.reject_reason,
+        pb::check_response::RejectReason::RateLimited as i32
+    );
+    assert_eq!(third.denied_response_status_code, 429);
+    assert_eq!(request_id(&third), "", "a rejected flow holds nothing");
+
+    let (a, b) = (request_id(&first), request_id(&second));
+    assert_eq!(a.len(), 16, "{a:?}");
+    assert_ne!(a, b);
+    let resp = c
+        .flow_end(flow_end_req(&[&a, "r1", "", &a]))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<(bool, &str, &str)> = resp
+        .token_return_statuses
+        .iter()
+        .map(|s| {
+            let r = s.inflight_request_ref.as_ref().unwrap();
+            (s.returned, s.error.as_str(), r.request_id.as_str())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (true, "", a.as_str()),
+            (
+                false,
+                tollgate_grpc::flowcontrol::FLOW_END_NOT_A_FLOW_ID,
+                "r1"
+            ),
+            (
+                false,
+                tollgate_grpc::flowcontrol::FLOW_END_NOT_A_FLOW_ID,
+                ""
+            ),
+            (
+                false,
+                tollgate_grpc::flowcontrol::FLOW_END_UNKNOWN,
+                a.as_str()
+            ),
+        ]
+    );
+    // One slot is free again, and only one.
+    assert_eq!(c.check(flow()).await.unwrap().into_inner().decision_type, 0);
+    assert_eq!(c.check(flow()).await.unwrap().into_inner().decision_type, 1);
+    // Another tenant has its own slots.
+    let other = c
+        .check(check_req("db", &[("tenant", "t2")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.decision_type, 0);
+
+    let too_many = vec!["0000000000000000"; tollgate_grpc::flowcontrol::MAX_FLOW_END_REFS + 1];
+    let err = c.flow_end(flow_end_req(&too_many)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+/// An "Aperture Check" span as aperture-js 2.5.0 exports it: the check response as JSON in
+/// `aperture.check_response`, without `expectEnd`.
+fn sdk_span(check_response_json: String) -> trace::Span {
+    use tollgate_grpc::proto::opentelemetry::proto::common::v1::{any_value, AnyValue, KeyValue};
+    let attr = |k: &str, v: String| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v)),
+        }),
     };
-    c.export(otlp::ExportTraceServiceRequest {
+    trace::Span {
+        name: "Aperture Check".into(),
+        attributes: vec![
+            attr("aperture.source", "sdk".into()),
+            attr("aperture.check_response", check_response_json),
+        ],
+        ..Default::default()
+    }
+}
+
+fn export(spans: Vec<trace::Span>) -> otlp::ExportTraceServiceRequest {
+    otlp::ExportTraceServiceRequest {
         resource_spans: vec![trace::ResourceSpans {
             scope_spans: vec![trace::ScopeSpans {
-                spans: vec![span("a"), span("b")],
+                spans,
                 ..Default::default()
             }],
             ..Default::default()
         }],
-    })
-    .await
-    .unwrap();
-    assert_eq!(srv.handle.spans_received(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_spans_are_counted_and_end_flows_that_expect_no_end() {
+    let srv = start_local(POOL_YAML, None);
+    let mut fcs = srv.fcs().await;
+    let mut spans = otlp::trace_service_client::TraceServiceClient::new(srv.channel().await);
+    let mut flow = check_req("db", &[("tenant", "js")]);
+    flow.expect_end = false;
+    let a = request_id(&fcs.check(flow.clone()).await.unwrap().into_inner());
+    let b = request_id(&fcs.check(flow.clone()).await.unwrap().into_inner());
+    assert_eq!(
+        fcs.check(flow.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .decision_type,
+        1
+    );
+
+    let json = |id: &str, expect_end: &str| {
+        format!(
+            r#"{{"controlPoint":"db",{expect_end}"limiterDecisions":[{{"policyName":"pool","concurrencyLimiterInfo":{{"label":"tenant:js","requestId":"{id}"}}}}]}}"#
+        )
+    };
+    // expect_end true (aperture-py: it sends FlowEnd itself), a span without the attribute,
+    // and one whose JSON is garbage: counted, nothing ended.
+    let plain = trace::Span {
+        name: "other".into(),
+        ..Default::default()
+    };
+    spans
+        .export(export(vec![
+            sdk_span(json(&a, r#""expectEnd":true,"#)),
+            plain,
+            sdk_span("{not json".into()),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(srv.handle.spans_received(), 3);
+    assert_eq!(
+        fcs.check(flow.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .decision_type,
+        1
+    );
+
+    // Without expectEnd (aperture-js 2.5.0): the span ends the flow before the export is
+    // answered, so the slot is free now.
+    spans
+        .export(export(vec![sdk_span(json(&a, ""))]))
+        .await
+        .unwrap();
+    assert_eq!(srv.handle.spans_received(), 4);
+    let c = fcs.check(flow.clone()).await.unwrap().into_inner();
+    assert_eq!(c.decision_type, 0, "{c:?}");
+    // The same span again (a retried export) ends nothing more.
+    spans
+        .export(export(vec![sdk_span(json(&a, ""))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        fcs.check(flow.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .decision_type,
+        1
+    );
+    // FlowEnd agrees: b is still held, a is not.
+    let resp = fcs
+        .flow_end(flow_end_req(&[&b, &a]))
+        .await
+        .unwrap()
+        .into_inner();
+    let returned: Vec<bool> = resp
+        .token_return_statuses
+        .iter()
+        .map(|s| s.returned)
+        .collect();
+    assert_eq!(returned, [true, false]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,18 +886,98 @@ async fn api_keys_guard_everything_but_health() {
     }
 }
 
+/// A backend that has not answered when the client's deadline passes: the call ends then
+/// (the safety net), not later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_backend_answers_deadline_exceeded() {
-    let srv = start_local(POLICY_YAML, Some(Duration::from_secs(5)));
+async fn a_backend_that_never_answers_ends_at_the_deadline() {
+    let srv = start_local(POLICY_YAML, Some(Duration::from_secs(30)));
     let mut c = srv.fcs().await;
     let mut req = tonic::Request::new(check_req("checkout", &[("user", "alice")]));
     req.set_timeout(Duration::from_millis(300));
     let t = std::time::Instant::now();
     let err = c.check(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
-    // The server answered (with its 10 ms margin), not the client's own timer; either way quickly.
-    assert!(t.elapsed() < Duration::from_secs(2));
-    assert!(err.message().contains("deadline"), "{}", err.message());
+    // The server's net, tonic's own cancel, or the client's timer: all at the deadline.
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// One flow at a time; a second waits for the first to end, until its deadline.
+const ONE_AT_A_TIME_YAML: &str = r#"
+server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0 }
+policies:
+  - policy_name: gpu
+    concurrency_scheduler:
+      max_concurrency: 1
+      concurrency_limiter: { max_inflight_duration: 60s }
+      scheduler: { decision_deadline_margin: 50ms }
+      selectors: [ { control_point: gpu } ]
+"#;
+
+/// The handler waits for the backend until the scheduler's answer at the deadline minus its
+/// margin: a rejection (NO_TOKENS, 503), not an RPC error that the SDKs would run the flow on.
+/// And a waiter admitted when the running flow ends gets its own request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_flow_is_answered_before_its_deadline_not_cut_short() {
+    let srv = start_local(ONE_AT_A_TIME_YAML, None);
+    let mut c = srv.fcs().await;
+    let first = c.check(check_req("gpu", &[])).await.unwrap().into_inner();
+    assert_eq!(first.decision_type, 0, "{first:?}");
+    let scheduler_request_id = |resp: &pb::CheckResponse| match &resp.limiter_decisions[0].details {
+        Some(pb::limiter_decision::Details::ConcurrencySchedulerInfo(i)) => i.clone(),
+        other => panic!("{other:?}"),
+    };
+    let running = scheduler_request_id(&first).request_id;
+
+    let deadline = Duration::from_millis(400);
+    let mut req = tonic::Request::new(check_req("gpu", &[("priority", "9")]));
+    req.set_timeout(deadline);
+    let t = std::time::Instant::now();
+    let resp = c
+        .check(req)
+        .await
+        .expect("an answer, not an error")
+        .into_inner();
+    let took = t.elapsed();
+    assert_eq!(resp.decision_type, 1, "{resp:?}");
+    assert_eq!(
+        resp.reject_reason,
+        pb::check_response::RejectReason::NoTokens as i32
+    );
+    assert_eq!(resp.denied_response_status_code, 503);
+    assert!(took < deadline, "answered after its deadline: {took:?}");
+    // It waited in the queue: the scheduler answers at deadline - margin (350 ms), not at once.
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    let info = scheduler_request_id(&resp);
+    assert_eq!((info.label.as_str(), info.priority), ("default", 9.0));
+    assert_eq!(
+        (info.workload_index.as_str(), info.request_id.as_str()),
+        ("default", "")
+    );
+
+    // A waiter is admitted when the running flow ends.
+    let mut c2 = c.clone();
+    let waiter = tokio::spawn(async move {
+        let mut req = tonic::Request::new(check_req("gpu", &[]));
+        req.set_timeout(Duration::from_secs(10));
+        c2.check(req).await
+    });
+    srv.backend.wait_for_waiting(1).await;
+    let ended = c
+        .flow_end(flow_end_req(&[&running]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ended.token_return_statuses[0].returned, "{ended:?}");
+    let admitted = waiter.await.unwrap().unwrap().into_inner();
+    assert_eq!(admitted.decision_type, 0, "{admitted:?}");
+    let id = scheduler_request_id(&admitted).request_id;
+    assert!(id.len() == 16 && id != running, "{id:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

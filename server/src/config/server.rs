@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tollgate_grpc::{CacheConfig, GrpcSettings, TlsConfig};
+use tollgate_grpc::{CacheConfig, ConnectionConfig, GrpcSettings, TlsConfig};
 use tollgate_policy::config::{join, Problems};
 use tollgate_policy::duration::ConfigDuration;
 use tollgate_policy::ShardLimits;
@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Bounds of the gRPC result/global cache.
     pub cache: CacheConfig,
+    /// Bounds on the gRPC port's connections (cap, handshake timeout).
+    pub grpc_connections: ConnectionConfig,
     /// Open binary connections per node beyond which new ones are closed at once.
     /// Default 10,000: far above what a service fleet needs, well below fd limits.
     pub max_connections: usize,
@@ -89,6 +91,7 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             tls: None,
             cache: CacheConfig::default(),
+            grpc_connections: ConnectionConfig::default(),
             max_connections: 10_000,
             max_in_flight: 4_096,
             max_frame_len: 1 << 20,
@@ -151,6 +154,8 @@ impl ServerConfig {
             problems.at(join(at, "api_keys"), "an API key must not be empty");
         }
         self.cache.validate(&join(at, "cache"), problems);
+        self.grpc_connections
+            .validate(&join(at, "grpc_connections"), problems);
     }
 
     /// The bounds of each shard's state (waiters, flows in flight, longest wait).
@@ -168,6 +173,7 @@ impl ServerConfig {
             api_keys: self.api_keys.clone(),
             tls: self.tls.clone(),
             cache: self.cache.clone(),
+            connections: self.grpc_connections.clone(),
         }
     }
 }

@@ -1,16 +1,15 @@
 //! Test-only backend and server start-up shared by this crate's integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod backend;
 pub mod deps;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::Notify;
-
-use tollgate_grpc::{BackendError, DecisionBackend, DecisionFuture, GrpcHandle};
-use tollgate_policy::{Engine, LocalLimiter, OwnedFlow};
+use backend::{Entered, LocalBackend};
+use tollgate_grpc::GrpcHandle;
+use tollgate_policy::Engine;
 
 /// Capacity 5 per user, refilling 5 per hour: effectively no refill during a test.
 pub const POLICY_YAML: &str = r#"
@@ -24,75 +23,13 @@ policies:
       selectors: [ { control_point: checkout } ]
 "#;
 
-/// `LocalLimiter` behind a std Mutex (test-only; the real server routes to shards), real clock.
-pub struct LocalBackend {
-    engine: Arc<Engine>,
-    limiter: Mutex<LocalLimiter>,
-    epoch: Instant,
-    /// Extra latency per decision, to test deadlines.
-    delay: Option<Duration>,
-    /// Checks that have reached the backend, so tests can wait for a call to be in flight.
-    entered: Arc<Entered>,
-}
-
-/// A count of checks that reached the backend, with a wake-up for each.
-#[derive(Default)]
-pub struct Entered {
-    count: AtomicUsize,
-    notify: Notify,
-}
-
-impl Entered {
-    fn record(&self) {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    /// Waits until at least `n` checks have reached the backend (panics after 10 s).
-    pub async fn wait_for(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            // Registered before the count is read, so a check entering in between still wakes it.
-            let notified = self.notify.notified();
-            if self.count.load(Ordering::SeqCst) >= n {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("{n} checks did not reach the backend within 10 s");
-            }
-        }
-    }
-}
-
-impl DecisionBackend for LocalBackend {
-    fn engine(&self) -> Arc<Engine> {
-        self.engine.clone()
-    }
-
-    fn check(&self, flow: OwnedFlow) -> DecisionFuture {
-        self.entered.record();
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let result = self
-            .limiter
-            .lock()
-            .unwrap()
-            .check(&flow, now)
-            .map_err(BackendError::Flow);
-        let delay = self.delay;
-        Box::pin(async move {
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            result
-        })
-    }
-}
-
 /// A server started with [`tollgate_grpc::start`] on 127.0.0.1:0.
 pub struct LocalServer {
     pub handle: GrpcHandle,
     /// Checks that reached the backend.
     pub entered: Arc<Entered>,
+    /// The backend, to observe its queues.
+    pub backend: Arc<LocalBackend>,
 }
 
 impl LocalServer {
@@ -125,6 +62,7 @@ impl LocalServer {
 struct ServerPart {
     api_keys: Vec<String>,
     tls: Option<tollgate_grpc::TlsConfig>,
+    grpc_connections: tollgate_grpc::ConnectionConfig,
 }
 
 /// A test config as the server crate would split it: the policies and the gRPC settings.
@@ -146,6 +84,7 @@ fn split_config(
     let settings = tollgate_grpc::GrpcSettings {
         api_keys: server.api_keys,
         tls: server.tls,
+        connections: server.grpc_connections,
         ..Default::default()
     };
     (policies, settings)
@@ -156,15 +95,13 @@ pub fn start_local(yaml: &str, delay: Option<Duration>) -> LocalServer {
     let (policies, mut settings) = split_config(yaml);
     settings.cache.max_entry_bytes = 1024;
     let engine = Arc::new(Engine::new(&policies));
-    let entered = Arc::new(Entered::default());
-    let backend = Arc::new(LocalBackend {
-        limiter: Mutex::new(LocalLimiter::new(engine.clone())),
-        engine,
-        epoch: Instant::now(),
-        delay,
-        entered: entered.clone(),
-    });
+    let backend = Arc::new(LocalBackend::new(engine, delay));
+    let entered = backend.entered.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let handle = tollgate_grpc::start(listener, &settings, backend).unwrap();
-    LocalServer { handle, entered }
+    let handle = tollgate_grpc::start(listener, &settings, backend.clone()).unwrap();
+    LocalServer {
+        handle,
+        entered,
+        backend,
+    }
 }
