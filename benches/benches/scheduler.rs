@@ -57,7 +57,8 @@ fn scheduler(c: &mut Criterion) {
     // Every bucket exists before measuring: the insert path is decision.rs's subject.
     for cp in ["rate", "quota", "inflight", "inflight_queue"] {
         for k in &keys {
-            let plan = engine.plan(cp, &[("user", k.as_str())], None).unwrap();
+            let labels = [("user", k.as_str())];
+            let plan = engine.plan(cp, &labels, None).unwrap();
             let o = state.take_group(&engine, &plan, 0);
             if let Some(flow) = o[0].flow {
                 state.end_flow(&engine, flow, 0);
@@ -66,7 +67,7 @@ fn scheduler(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("decision_by_component_10K_keys");
     let (mut i, mut now, mut ticket) = (0usize, 1u64, 0u64);
-    let mut next = |i: &mut usize, now: &mut u64| {
+    let next = |i: &mut usize, now: &mut u64| {
         *i = (*i + 1) % KEYS;
         *now += 100;
         keys[order[*i]].as_str()
@@ -74,7 +75,8 @@ fn scheduler(c: &mut Criterion) {
     group.bench_function("rate limiter (plan + take)", |b| {
         b.iter(|| {
             let k = next(&mut i, &mut now);
-            let plan = engine.plan("rate", &[("user", k)], None).unwrap();
+            let labels = [("user", k)];
+            let plan = engine.plan("rate", &labels, None).unwrap();
             black_box(state.take_group(&engine, &plan, now));
         })
     });
@@ -99,7 +101,8 @@ fn scheduler(c: &mut Criterion) {
     group.bench_function("concurrency limiter (plan + take + end)", |b| {
         b.iter(|| {
             let k = next(&mut i, &mut now);
-            let plan = engine.plan("inflight", &[("user", k)], None).unwrap();
+            let labels = [("user", k)];
+            let plan = engine.plan("inflight", &labels, None).unwrap();
             let o = state.take_group(&engine, &plan, now);
             if let Some(flow) = o[0].flow {
                 black_box(state.end_flow(&engine, flow, now));
@@ -109,7 +112,8 @@ fn scheduler(c: &mut Criterion) {
     group.bench_function("concurrency scheduler (plan + offer + end)", |b| {
         b.iter(|| {
             let k = next(&mut i, &mut now);
-            let plan = engine.plan("inflight_queue", &[("user", k)], None).unwrap();
+            let labels = [("user", k)];
+            let plan = engine.plan("inflight_queue", &labels, None).unwrap();
             ticket += 1;
             let o = state.offer(
                 &engine,

@@ -150,7 +150,7 @@ impl Decision {
             .find(|o| o.kind == OutcomeKind::Rejected)
             .map(|o| {
                 engine
-                    .get_limiter(o.limiter)
+                    .describe(o.limiter)
                     .map_or(RejectReason::RateLimited, |spec| spec.kind.reject_reason())
             })
     }
@@ -160,7 +160,7 @@ impl Decision {
         self.limiters
             .iter()
             .find(|o| o.kind == OutcomeKind::Rejected)
-            .and_then(|o| engine.get_limiter(o.limiter))
+            .and_then(|o| engine.describe(o.limiter))
             .map(|spec| spec.denied_status_code)
     }
 }
