@@ -306,6 +306,7 @@ fn check(args: CheckArgs) -> i32 {
             control_point: args.control_point.clone(),
             labels: args.labels.clone(),
             tokens: args.tokens,
+            wait: None,
         };
         client
             .check(&req)

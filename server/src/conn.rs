@@ -12,6 +12,14 @@
 //! `max_frame_len` (checked from the 4-byte prefix before buffering), pending checks per
 //! connection are capped at `max_in_flight` (OVERLOADED beyond), and the reader stops
 //! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes.
+//!
+//! Protocol versions: a connection speaks version 1 until a `HELLO` switches it to
+//! `min(HELLO.version, 2)`; every reply written after that `HELLO_REPLY` — pending checks'
+//! replies too — is encoded in the connection's version of the moment it is written
+//! (`Outbox::version`), which is the rule clients decode by. A `CHECK`'s wait budget becomes
+//! the client's absolute deadline (`now + budget`), without one the check is decided at once;
+//! `FLOW_END` ends flows through [`Shard::end_flows`] (a pending request when an id lives on
+//! another shard).
 
 use crate::clock;
 use crate::shard::{PendingCheck, Planned, Shard};
@@ -22,13 +30,17 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroU64;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use tollgate_policy::{Decision, Engine, FlowError, OutcomeKind, Tokens};
+use tollgate_policy::{
+    Decision, Engine, FlowError, FlowId, OutcomeKind, Refusal, RejectReason, Tokens,
+};
 use tollgate_protocol::{
-    decode_frame, encode_check_reply, encode_error, encode_hello_reply, encode_members_reply,
-    encode_pong, frame_len, BatchReplyWriter, CheckRef, CheckReply, DecisionReason, DecodeError,
-    ErrorCode, Frame, InternTable, LimiterOutcome, LimiterResult, PROTOCOL_VERSION,
+    decode_frame, encode_check_reply, encode_error, encode_flow_end_reply, encode_hello_reply,
+    encode_members_reply, encode_pong, frame_len, BatchReplyWriter, CheckRef, CheckReply,
+    DecisionReason, DecodeError, ErrorCode, FlowEndStatus, FlowIdsRef, Frame, InternTable,
+    LimiterOutcome, LimiterResult, ProtocolVersion, PROTOCOL_VERSION,
 };
 
 /// Initial read buffer. Most frames are under 200 bytes; 64 KiB lets one read take a
@@ -42,6 +54,8 @@ const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 /// Reply bytes shared by the reader, pending-check tasks and the writer.
 struct Outbox {
     bytes: RefCell<Vec<u8>>,
+    /// The protocol version replies are encoded in: 1 until a `HELLO` switches it.
+    version: Cell<ProtocolVersion>,
     /// Wakes the writer (capacity 1: a pending wake covers any number of appends).
     wake: LocalSender<()>,
     /// Pending checks (hops, waits) not yet answered.
@@ -111,6 +125,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>
     let (breaks, gone) = oneshot::channel();
     let out = Rc::new(Outbox {
         bytes: RefCell::new(Vec::with_capacity(16 * 1024)),
+        version: Cell::new(ProtocolVersion::V1),
         wake,
         in_flight: Cell::new(0),
         gone: gone.shared(),
@@ -237,19 +252,31 @@ impl Reader {
             }
             Frame::Hello(hello) => {
                 let mut out = self.out.bytes.borrow_mut();
-                if hello.version > PROTOCOL_VERSION {
-                    let msg = format!(
-                        "server speaks protocol version {PROTOCOL_VERSION}, client asked for {}",
-                        hello.version
-                    );
-                    encode_error(&mut out, request_id, ErrorCode::UnsupportedVersion, &msg);
-                } else {
-                    let reply = self.shard.node.hello(self.shard_index);
-                    if let Err(e) = encode_hello_reply(&mut out, request_id, &reply) {
-                        encode_error(&mut out, request_id, ErrorCode::Internal, &e.to_string());
+                match ProtocolVersion::negotiate(hello.version) {
+                    None => {
+                        let msg = format!(
+                            "protocol version {} does not exist; this server speaks versions 1 \
+                             to {PROTOCOL_VERSION}",
+                            hello.version
+                        );
+                        encode_error(&mut out, request_id, ErrorCode::UnsupportedVersion, &msg);
+                    }
+                    Some(version) => {
+                        let reply = self.shard.node.hello(self.shard_index, version);
+                        match encode_hello_reply(&mut out, request_id, &reply) {
+                            // Every frame written after this reply is in `version`.
+                            Ok(()) => self.out.version.set(version),
+                            Err(e) => encode_error(
+                                &mut out,
+                                request_id,
+                                ErrorCode::Internal,
+                                &e.to_string(),
+                            ),
+                        }
                     }
                 }
             }
+            Frame::FlowEnd(ids) => self.flow_end(request_id, ids),
             Frame::Members => {
                 let members = self.shard.node.member_list();
                 let mut out = self.out.bytes.borrow_mut();
@@ -290,8 +317,12 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Err((ErrorCode::BadRequest, format!("tokens {e}"))),
         };
-        // The client's deadline. CHECK carries no wait budget yet: decided at once.
-        let deadline = Some(now);
+        // The client's absolute deadline: its wait budget from now; without one, now (decided
+        // at once, never queued).
+        let budget_ns = check
+            .wait_budget_ms()
+            .map_or(0, |ms| u64::from(ms) * 1_000_000);
+        let deadline = Some(now.saturating_add(budget_ns));
         self.shard
             .decide_now(cp, labels.as_slice(), tokens, deadline, now)
             .map_err(|e: FlowError| (ErrorCode::BadRequest, e.to_string()))
@@ -318,6 +349,7 @@ impl Reader {
                     &mut self.out.bytes.borrow_mut(),
                     request_id,
                     self.shard.engine(),
+                    self.out.version.get(),
                     &decision,
                 );
             }
@@ -333,6 +365,7 @@ impl Reader {
                         &mut out.bytes.borrow_mut(),
                         request_id,
                         shard.engine(),
+                        out.version.get(),
                         &decision,
                     );
                 });
@@ -366,6 +399,7 @@ impl Reader {
                 &mut self.out.bytes.borrow_mut(),
                 request_id,
                 self.shard.engine(),
+                self.out.version.get(),
                 &results,
             );
             return;
@@ -393,8 +427,29 @@ impl Reader {
                 &mut out.bytes.borrow_mut(),
                 request_id,
                 shard.engine(),
+                out.version.get(),
                 &results,
             );
+        });
+    }
+
+    /// `FLOW_END`: ends each flow on the shard its id names. Answered at once when every id
+    /// is this shard's; otherwise a pending request (counted, OVERLOADED beyond the limit)
+    /// whose ends hop.
+    fn flow_end(&mut self, request_id: u32, ids: FlowIdsRef<'_>) {
+        let ids: Vec<FlowId> = ids.iter().map(FlowId::from_u64).collect();
+        if ids.iter().all(|id| id.shard() == self.shard.id) {
+            let ended: Vec<bool> = ids.iter().map(|&id| self.shard.end_flow_here(id)).collect();
+            write_flow_end(&mut self.out.bytes.borrow_mut(), request_id, &ended);
+            return;
+        }
+        if !self.admit_pending(request_id) {
+            return;
+        }
+        let (shard, out) = (self.shard.clone(), self.out.clone());
+        self.out.spawn_pending(async move {
+            let ended = shard.end_flows(&ids).await;
+            write_flow_end(&mut out.bytes.borrow_mut(), request_id, &ended);
         });
     }
 }
@@ -418,7 +473,8 @@ enum BatchSlot {
     Failed(ErrorCode, String),
 }
 
-/// The wire form of a decision.
+/// The wire form of a decision (everything version 2 carries; the encoder drops what the
+/// connection's version cannot).
 pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
     CheckReply {
         decision: if d.accepted {
@@ -426,10 +482,10 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
         } else {
             tollgate_protocol::Decision::Rejected
         },
-        reason: if d.accepted {
-            DecisionReason::None
-        } else {
-            DecisionReason::RateLimited
+        reason: match d.reject_reason(engine) {
+            None => DecisionReason::None,
+            Some(RejectReason::RateLimited) => DecisionReason::RateLimited,
+            Some(RejectReason::NoTokens) => DecisionReason::NoTokens,
         },
         wait_ns: d.wait_ns,
         limiters: d
@@ -448,19 +504,54 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
                 remaining: o.remaining,
                 current: o.current,
                 wait_ns: o.wait_ns,
+                // Only a flow that still holds its tokens can be ended; a returned one cannot.
+                flow_id: o
+                    .flow
+                    .filter(|_| o.kind == OutcomeKind::Accepted)
+                    .and_then(|f| NonZeroU64::new(f.get())),
+                refusal: o.refusal.map(|r| match r {
+                    Refusal::Exhausted => tollgate_protocol::Refusal::Exhausted,
+                    Refusal::TimedOut => tollgate_protocol::Refusal::TimedOut,
+                    Refusal::QueueFull => tollgate_protocol::Refusal::QueueFull,
+                    Refusal::TooManyFlows => tollgate_protocol::Refusal::TooManyFlows,
+                    Refusal::ShuttingDown => tollgate_protocol::Refusal::ShuttingDown,
+                    Refusal::Removed => tollgate_protocol::Refusal::Removed,
+                }),
             })
             .collect(),
     }
 }
 
-fn write_reply(out: &mut Vec<u8>, request_id: u32, engine: &Engine, d: &Decision) {
-    if let Err(e) = encode_check_reply(out, request_id, &check_reply(engine, d)) {
+fn write_reply(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    engine: &Engine,
+    version: ProtocolVersion,
+    d: &Decision,
+) {
+    if let Err(e) = encode_check_reply(out, request_id, &check_reply(engine, d), version) {
         encode_error(out, request_id, ErrorCode::Internal, &e.to_string());
     }
 }
 
-fn write_batch(out: &mut Vec<u8>, request_id: u32, engine: &Engine, results: &[BatchSlot]) {
-    let mut writer = match BatchReplyWriter::new(out, request_id, results.len()) {
+fn write_flow_end(out: &mut Vec<u8>, request_id: u32, ended: &[bool]) {
+    let statuses: Vec<FlowEndStatus> = ended
+        .iter()
+        .map(|&e| FlowEndStatus::from_ended(e))
+        .collect();
+    if let Err(e) = encode_flow_end_reply(out, request_id, &statuses) {
+        encode_error(out, request_id, ErrorCode::Internal, &e.to_string());
+    }
+}
+
+fn write_batch(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    engine: &Engine,
+    version: ProtocolVersion,
+    results: &[BatchSlot],
+) {
+    let mut writer = match BatchReplyWriter::new(out, request_id, results.len(), version) {
         Ok(w) => w,
         Err(e) => {
             encode_error(out, request_id, ErrorCode::Internal, &e.to_string());

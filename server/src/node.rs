@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tollgate_policy::{Engine, ShardLimits};
 use tollgate_protocol::routing::{self, HASH_FNV1A_64};
-use tollgate_protocol::{HelloReply, Member, MemberState, MAX_BATCH, PROTOCOL_VERSION};
+use tollgate_protocol::{
+    ControlPointRouting, HelloReply, Member, MemberState, ProtocolVersion, MAX_BATCH,
+};
 
 /// A source of the cluster member list (the gossip layer implements it).
 pub trait MembersView: Send + Sync {
@@ -73,10 +75,26 @@ impl Node {
         routing::shard_for(routing::routing_hash(key.as_bytes()), self.nr_shards)
     }
 
-    /// HELLO_REPLY for a connection on `shard_index` (None = the shared port).
-    pub fn hello(&self, shard_index: Option<u16>) -> HelloReply {
+    /// HELLO_REPLY for a connection on `shard_index` (None = the shared port) that speaks
+    /// `version` from now on.
+    pub fn hello(&self, shard_index: Option<u16>, version: ProtocolVersion) -> HelloReply {
+        let control_point_routing = match version {
+            ProtocolVersion::V1 => Vec::new(),
+            ProtocolVersion::V2 => {
+                let mut routing: Vec<ControlPointRouting> = self
+                    .engine
+                    .control_point_routing()
+                    .map(|(cp, keys)| ControlPointRouting {
+                        control_point: cp.to_owned(),
+                        routing_label_keys: keys.to_vec(),
+                    })
+                    .collect();
+                routing.sort_by(|a, b| a.control_point.cmp(&b.control_point));
+                routing
+            }
+        };
         HelloReply {
-            version: PROTOCOL_VERSION,
+            version,
             node_id: self.node_id.clone(),
             shard_count: self.nr_shards as u16,
             hash_algo: HASH_FNV1A_64,
@@ -92,6 +110,7 @@ impl Node {
             max_frame_len: self.limits.max_frame_len,
             max_batch: MAX_BATCH as u16,
             max_in_flight: u32::try_from(self.limits.max_in_flight).unwrap_or(u32::MAX),
+            control_point_routing,
         }
     }
 
