@@ -387,11 +387,16 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             }
         }
         Inbound::EndFlows { ids, reply } => {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                let _ = reply.send(shard.end_flows(&ids).await);
-            })
-            .detach();
+            if ids.iter().all(|id| id.shard() == shard.id) {
+                // The bridge routes each id to its owner: ended before the next message.
+                let _ = reply.send(ids.iter().map(|&id| shard.end_flow_here(id)).collect());
+            } else {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.end_flows(&ids).await);
+                })
+                .detach();
+            }
         }
         Inbound::Replica { op, peer, entries } => shard.apply_replica(op, peer, entries),
         Inbound::PeerGone { peer } => shard.peer_gone(peer),
