@@ -9,7 +9,8 @@
 //! writes the `BATCH_REPLY`, in request order, when the last one is decided. The writer
 //! sends whatever accumulated, one `write` per batch. If the socket breaks, pending checks
 //! are cancelled, which hands back what they took. Bounds: the read buffer never exceeds
-//! `max_frame_len` (checked from the 4-byte prefix before buffering), pending checks per
+//! `max_frame_len` (checked from the 4-byte prefix before buffering) and grows only as a
+//! frame's bytes arrive, never on the prefix's word (`read_buf`), pending checks per
 //! connection are capped at `max_in_flight` (OVERLOADED beyond), and the reader stops
 //! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes.
 //!
@@ -21,6 +22,8 @@
 //! `FLOW_END` ends flows through [`Shard::end_flows`] (a pending request when an id lives on
 //! another shard).
 
+mod read_buf;
+
 use crate::clock;
 use crate::shard::{PendingCheck, Planned, Shard};
 use futures::channel::oneshot;
@@ -28,6 +31,7 @@ use futures::future::{FutureExt, Shared};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
+use read_buf::ReadBuf;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::num::NonZeroU64;
@@ -42,10 +46,6 @@ use tollgate_protocol::{
     DecisionReason, DecodeError, ErrorCode, FlowEndStatus, FlowIdsRef, Frame, InternTable,
     LimiterOutcome, LimiterResult, ProtocolVersion, PROTOCOL_VERSION,
 };
-
-/// Initial read buffer. Most frames are under 200 bytes; 64 KiB lets one read take a
-/// deep pipeline's worth. It grows (up to `max_frame_len`) only for a larger frame.
-const READ_BUF: usize = 64 * 1024;
 
 /// Unsent reply bytes above which the reader stops reading: a client that does not read
 /// its replies cannot make the server buffer without bound.
@@ -163,16 +163,16 @@ struct Reader {
 impl Reader {
     async fn run(&mut self, drained: &LocalReceiver<()>) {
         let max_frame_len = self.shard.node.limits.max_frame_len;
-        let mut buf = vec![0u8; READ_BUF];
-        let (mut start, mut filled) = (0usize, 0usize);
+        let mut buf = ReadBuf::new();
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
             loop {
-                match decode_frame(&buf[start..filled], max_frame_len) {
+                match decode_frame(buf.data(), max_frame_len) {
                     Ok(Some(decoded)) => {
-                        start += decoded.len;
+                        let len = decoded.len;
                         self.handle(decoded.request_id, decoded.frame, now);
+                        buf.consume(len);
                     }
                     Ok(None) => break,
                     Err(DecodeError::Body {
@@ -183,7 +183,7 @@ impl Reader {
                         ..
                     }) => {
                         encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, reason);
-                        start += frame_len;
+                        buf.consume(frame_len);
                     }
                     Err(e @ DecodeError::Framing { .. }) => {
                         tracing::debug!(error = %e, "closing connection: framing lost");
@@ -201,23 +201,9 @@ impl Reader {
             if !self.out.bytes.borrow().is_empty() {
                 self.out.notify_writer();
             }
-            // Make room: move a partial frame to the front, grow for a large one.
-            if start == filled {
-                start = 0;
-                filled = 0;
-            } else if start > 0 {
-                buf.copy_within(start..filled, 0);
-                filled -= start;
-                start = 0;
-            }
-            if let Ok(Some(total)) = frame_len(&buf[..filled], max_frame_len) {
-                if total > buf.len() {
-                    buf.resize(total, 0);
-                }
-            }
-            if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
+            // Make room: move a partial frame to the front; grow only as its bytes arrive.
+            let frame_total = frame_len(buf.data(), max_frame_len).ok().flatten();
+            buf.make_room(frame_total);
             // Backpressure: let the writer catch up before reading more requests.
             while self.out.bytes.borrow().len() > MAX_WRITE_BACKLOG && !self.out.broken.get() {
                 let _ = drained.recv().await;
@@ -225,9 +211,9 @@ impl Reader {
             if self.out.broken.get() {
                 return;
             }
-            match self.stream.read(&mut buf[filled..]).await {
+            match self.stream.read(buf.spare()).await {
                 Ok(0) => return,
-                Ok(n) => filled += n,
+                Ok(n) => buf.advance(n),
                 Err(e) => {
                     tracing::debug!(error = %e, "connection read failed");
                     return;
