@@ -11,8 +11,11 @@
 //! are cancelled, which hands back what they took. Bounds: the read buffer never exceeds
 //! `max_frame_len` (checked from the 4-byte prefix before buffering) and grows only as a
 //! frame's bytes arrive, never on the prefix's word (`read_buf`), pending checks per
-//! connection are capped at `max_in_flight` (OVERLOADED beyond), and the reader stops
-//! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes.
+//! connection are capped at `max_in_flight` (OVERLOADED beyond), the reader stops
+//! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes, and a
+//! connection that sends no complete frame for `server.idle_timeout` while nothing of it is
+//! pending is closed. Admission (`max_connections`, `max_connections_per_peer`) is
+//! [`admission`]'s.
 //!
 //! Protocol versions: a connection speaks version 1 until a `HELLO` switches it to
 //! `min(HELLO.version, 2)`; every reply written after that `HELLO_REPLY` — pending checks'
@@ -22,6 +25,7 @@
 //! `FLOW_END` ends flows through [`Shard::end_flows`] (a pending request when an id lives on
 //! another shard).
 
+pub mod admission;
 mod read_buf;
 
 use crate::clock;
@@ -37,6 +41,7 @@ use std::cell::{Cell, RefCell};
 use std::num::NonZeroU64;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 use tollgate_policy::{
     Decision, Engine, FlowError, FlowId, OutcomeKind, Refusal, RejectReason, Tokens,
 };
@@ -163,13 +168,17 @@ struct Reader {
 impl Reader {
     async fn run(&mut self, drained: &LocalReceiver<()>) {
         let max_frame_len = self.shard.node.limits.max_frame_len;
+        let idle_timeout = self.shard.node.limits.idle_timeout;
         let mut buf = ReadBuf::new();
+        // When the last complete frame came in (or the connection opened).
+        let mut last_frame = Instant::now();
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
             loop {
                 match decode_frame(buf.data(), max_frame_len) {
                     Ok(Some(decoded)) => {
+                        last_frame = Instant::now();
                         let len = decoded.len;
                         self.handle(decoded.request_id, decoded.frame, now);
                         buf.consume(len);
@@ -182,6 +191,7 @@ impl Reader {
                         frame_len,
                         ..
                     }) => {
+                        last_frame = Instant::now();
                         encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, reason);
                         buf.consume(frame_len);
                     }
@@ -211,9 +221,31 @@ impl Reader {
             if self.out.broken.get() {
                 return;
             }
+            if let Some(idle) = idle_timeout {
+                // Bytes that complete no frame do not count: a peer trickling a frame is
+                // closed like a silent one.
+                let left = (last_frame + idle).saturating_duration_since(Instant::now());
+                let _ = self
+                    .stream
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            }
             match self.stream.read(buf.spare()).await {
                 Ok(0) => return,
                 Ok(n) => buf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    if self.out.in_flight.get() > 0 {
+                        // Its client is waiting for replies, not idle.
+                        last_frame = Instant::now();
+                        continue;
+                    }
+                    if Instant::now() >= last_frame + idle_timeout.unwrap_or_default() {
+                        tracing::debug!(
+                            idle_timeout = ?idle_timeout,
+                            "closing connection: no complete frame within server.idle_timeout"
+                        );
+                        return;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "connection read failed");
                     return;

@@ -2,8 +2,8 @@
 //! touched per connection, never per decision).
 
 use crate::config::ServerConfig;
+use crate::conn::admission::Connections;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tollgate_policy::{Engine, ShardLimits};
 use tollgate_protocol::routing::{self, HASH_FNV1A_64};
@@ -31,8 +31,8 @@ pub struct Node {
     pub shard_ports: Vec<u16>,
     /// Limits from `server:`.
     pub limits: Limits,
-    /// Open binary connections on the node (all shards).
-    pub connections: AtomicUsize,
+    /// Open binary connections on the node (all shards), in total and per peer address.
+    pub connections: Connections,
     /// The cluster's member list, when clustered.
     pub members: Option<Arc<dyn MembersView>>,
 }
@@ -42,6 +42,11 @@ pub struct Node {
 pub struct Limits {
     /// Connections beyond this are closed at accept.
     pub max_connections: usize,
+    /// Connections from one peer address beyond this are closed at accept.
+    pub max_connections_per_peer: usize,
+    /// A connection with no complete frame (and nothing pending) for this long is closed;
+    /// None: never.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Requests in flight per connection before OVERLOADED.
     pub max_in_flight: usize,
     /// Largest frame accepted.
@@ -57,6 +62,8 @@ impl Limits {
     pub fn from_config(c: &ServerConfig) -> Limits {
         Limits {
             max_connections: c.max_connections,
+            max_connections_per_peer: c.max_connections_per_peer,
+            idle_timeout: Some(c.idle_timeout.0).filter(|d| !d.is_zero()),
             max_in_flight: c.max_in_flight,
             max_frame_len: c.max_frame_len,
             drain_timeout: c.drain_timeout.0,
@@ -125,20 +132,5 @@ impl Node {
                 last_contact_ms: 0,
             }],
         }
-    }
-
-    /// Claims a connection slot; false when the node is full.
-    pub fn try_add_connection(&self) -> bool {
-        let prev = self.connections.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.limits.max_connections {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    /// Releases a connection slot.
-    pub fn remove_connection(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

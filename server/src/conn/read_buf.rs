@@ -75,6 +75,7 @@ impl ReadBuf {
     }
 
     /// Bytes allocated (and zero-filled) for reading.
+    #[cfg(test)]
     pub(crate) fn allocated(&self) -> usize {
         self.buf.len()
     }
