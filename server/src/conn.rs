@@ -366,7 +366,7 @@ impl Reader {
                 write_reply(
                     &mut self.out.bytes.borrow_mut(),
                     request_id,
-                    self.shard.engine(),
+                    &self.shard.engine(),
                     self.out.version.get(),
                     &decision,
                 );
@@ -382,7 +382,7 @@ impl Reader {
                     write_reply(
                         &mut out.bytes.borrow_mut(),
                         request_id,
-                        shard.engine(),
+                        &shard.engine(),
                         out.version.get(),
                         &decision,
                     );
@@ -416,7 +416,7 @@ impl Reader {
             write_batch(
                 &mut self.out.bytes.borrow_mut(),
                 request_id,
-                self.shard.engine(),
+                &self.shard.engine(),
                 self.out.version.get(),
                 &results,
             );
@@ -444,7 +444,7 @@ impl Reader {
             write_batch(
                 &mut out.bytes.borrow_mut(),
                 request_id,
-                shard.engine(),
+                &shard.engine(),
                 out.version.get(),
                 &results,
             );
@@ -506,18 +506,22 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
             Some(RejectReason::NoTokens) => DecisionReason::NoTokens,
         },
         wait_ns: d.wait_ns,
+        // Described with the shard's engine at reply time: a limiter a reload removed
+        // meanwhile is still described by the predecessor kept for that; one neither knows
+        // (two reloads during one check) is left out of the per-limiter results.
         limiters: d
             .limiters
             .iter()
-            .map(|o| LimiterResult {
-                limiter_index: engine.limiter(o.limiter).position,
+            .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
+            .map(|(o, spec)| LimiterResult {
+                limiter_index: spec.position,
                 outcome: match o.kind {
                     OutcomeKind::Accepted => LimiterOutcome::Accepted,
                     OutcomeKind::Rejected => LimiterOutcome::Rejected,
                     OutcomeKind::KeyNotFound => LimiterOutcome::KeyNotFound,
                     OutcomeKind::Returned => LimiterOutcome::Returned,
                 },
-                status_code: engine.limiter(o.limiter).denied_status_code,
+                status_code: spec.denied_status_code,
                 tokens: o.tokens,
                 remaining: o.remaining,
                 current: o.current,

@@ -2,6 +2,7 @@
 //! [`DecisionHandle`], so Aperture SDK checks take the same path as binary ones.
 
 use crate::bridge::{BridgeError, DecisionHandle};
+use std::sync::Arc;
 use tollgate_grpc::{BackendError, DecisionBackend, DecisionFuture};
 use tollgate_policy::{Engine, OwnedFlow};
 
@@ -18,7 +19,7 @@ impl ShardBackend {
 }
 
 impl DecisionBackend for ShardBackend {
-    fn engine(&self) -> &Engine {
+    fn engine(&self) -> Arc<Engine> {
         self.handle.engine()
     }
 

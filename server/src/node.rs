@@ -1,8 +1,9 @@
 //! What every shard of a node shares, read-only after start (plus two counters that are
-//! touched per connection, never per decision).
+//! touched per connection, never per decision, and the policies a reload replaces).
 
 use crate::config::ServerConfig;
 use crate::conn::admission::Connections;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tollgate_policy::{Engine, ShardLimits};
@@ -19,8 +20,10 @@ pub trait MembersView: Send + Sync {
 
 /// Immutable node-wide facts and limits.
 pub struct Node {
-    /// The compiled policies.
-    pub engine: Arc<Engine>,
+    /// The compiled policies, replaced whole by a reload (see [`crate::reload`]). Shards
+    /// decide with their own handle on it (`Shard::engine`), switched between two messages;
+    /// other threads load it.
+    pub policies: Arc<ArcSwap<Engine>>,
     /// Shards on this node.
     pub nr_shards: usize,
     /// Name reported in HELLO and MEMBERS.
@@ -85,11 +88,13 @@ impl Node {
     /// HELLO_REPLY for a connection on `shard_index` (None = the shared port) that speaks
     /// `version` from now on.
     pub fn hello(&self, shard_index: Option<u16>, version: ProtocolVersion) -> HelloReply {
+        // One snapshot of the policies for the whole reply: a reload in between cannot mix
+        // two sets.
+        let policies = self.policies.load();
         let control_point_routing = match version {
             ProtocolVersion::V1 => Vec::new(),
             ProtocolVersion::V2 => {
-                let mut routing: Vec<ControlPointRouting> = self
-                    .engine
+                let mut routing: Vec<ControlPointRouting> = policies
                     .control_point_routing()
                     .map(|(cp, keys)| ControlPointRouting {
                         control_point: cp.to_owned(),
@@ -107,9 +112,8 @@ impl Node {
             hash_algo: HASH_FNV1A_64,
             shard_index,
             shard_ports: self.shard_ports.clone(),
-            routing_label_keys: self.engine.routing_label_keys().to_vec(),
-            policy_names: self
-                .engine
+            routing_label_keys: policies.routing_label_keys().to_vec(),
+            policy_names: policies
                 .limiters()
                 .iter()
                 .map(|l| l.policy_name.clone())

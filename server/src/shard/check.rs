@@ -123,7 +123,8 @@ impl Shard {
         deadline_ns: Option<u64>,
         now_ns: u64,
     ) -> Result<Planned, FlowError> {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine: &tollgate_policy::Engine = &engine;
         let plan = engine.plan(control_point, labels, tokens)?;
         let mut owners: SmallVec<[usize; 4]> = SmallVec::new();
         let mut all_local = true;
@@ -223,7 +224,7 @@ impl Shard {
         let outcomes = self
             .state
             .borrow_mut()
-            .take_group(&self.node.engine, takes, now_ns);
+            .take_group(&self.engine(), takes, now_ns);
         if outcomes.iter().any(|o| o.flow.is_some()) {
             // A flow in flight expires: the scheduler must wake for it.
             self.wake_if_sooner();
@@ -239,7 +240,8 @@ impl Shard {
         owners: &[usize],
         slots: &mut [Option<LimiterOutcome>],
     ) {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine: &tollgate_policy::Engine = &engine;
         let mut local: SmallVec<[Return<'_>; 4]> = SmallVec::new();
         let mut remote: SmallVec<[(usize, Vec<OwnedTake>); 2]> = SmallVec::new();
         for ((slot, t), &owner) in slots.iter_mut().zip(takes).zip(owners) {
@@ -249,7 +251,10 @@ impl Shard {
             if o.kind != OutcomeKind::Accepted {
                 continue;
             }
-            o.mark_returned(engine.limiter(t.limiter()).params_for(key).capacity);
+            // The limiter may be gone if a reload reached this shard while the check hopped.
+            if let Some(spec) = engine.get_limiter(t.limiter()) {
+                o.mark_returned(spec.params_for(key).capacity);
+            }
             if owner == self.id {
                 local.push(Return {
                     limiter: t.limiter(),
@@ -290,7 +295,8 @@ impl Shard {
     /// later component refused the flow here or on another shard, or its check is gone.
     /// A concurrency component's tokens go back by ending the flow that holds them.
     pub(crate) fn apply_give_back<'a>(&self, returns: impl IntoIterator<Item = Return<'a>>) {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine: &tollgate_policy::Engine = &engine;
         let now = clock::now_ns();
         let mut any = false;
         {

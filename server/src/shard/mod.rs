@@ -275,7 +275,14 @@ pub struct Shard {
     peer_holds: RefCell<PeerHolds>,
     /// The shard is stopping: flows no longer wait (they are refused `shutting_down`).
     stopping: Cell<bool>,
+    /// The policies this shard decides with: its own handle on the node's engine, so a
+    /// check never touches a cross-core reference count; a reload switches it between two
+    /// messages ([`Shard::reload`]).
+    engine: RefCell<ShardEngine>,
 }
+
+/// A shard's handle on the node's engine: cloned per use without atomics.
+pub type ShardEngine = Rc<Arc<Engine>>;
 
 impl Shard {
     /// Creates the shard and starts its tasks: mesh forwarders and receivers, and the
@@ -306,6 +313,7 @@ impl Shard {
         let shard = Rc::new(Shard {
             id,
             state: RefCell::new(ShardState::new(id as u16, limits, flow_seed(id))),
+            engine: RefCell::new(Rc::new(node.policies.load_full())),
             node,
             outboxes,
             pending: RefCell::new(HashMap::new()),
@@ -336,9 +344,23 @@ impl Shard {
         shard
     }
 
-    /// The compiled policies.
-    pub fn engine(&self) -> &Engine {
-        &self.node.engine
+    /// The policies this shard decides with now. Hold it for one decision: a reload may
+    /// switch the shard to new ones between two messages.
+    pub fn engine(&self) -> ShardEngine {
+        self.engine.borrow().clone()
+    }
+
+    /// Decides with `new` from now on (a reload): buckets of unchanged limiters carry on,
+    /// concurrency counters keep their flows in flight counted, waiting queues are served
+    /// again under the new definitions (a removed scheduler's waiters are refused
+    /// `removed`). See `ShardState::reloaded`.
+    pub fn reload(&self, new: Arc<Engine>) {
+        let old = self.engine.replace(Rc::new(new));
+        let new = self.engine();
+        self.state
+            .borrow_mut()
+            .reloaded(&old, &new, clock::now_ns());
+        self.wake_if_sooner();
     }
 
     /// Live buckets on this shard.
@@ -460,7 +482,7 @@ impl Shard {
         let ended = self
             .state
             .borrow_mut()
-            .end_flow(&self.node.engine, id, clock::now_ns());
+            .end_flow(&self.engine(), id, clock::now_ns());
         if ended {
             self.wake_if_sooner();
         }
@@ -510,7 +532,8 @@ impl Shard {
     /// sending process's boot nonce: what its debits take from concurrency buckets is
     /// remembered, so [`Shard::peer_gone`] can hand it back.
     pub fn apply_replica(&self, op: Op, peer: u64, entries: Vec<Replica>) {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine: &Engine = &engine;
         let now = clock::now_ns();
         let mut state = self.state.borrow_mut();
         let mut holds = self.peer_holds.borrow_mut();
@@ -573,7 +596,8 @@ impl Shard {
         if released.is_empty() {
             return;
         }
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine: &Engine = &engine;
         let now = clock::now_ns();
         let tokens: f64 = released.iter().map(|r| r.tokens).sum();
         {
@@ -598,7 +622,7 @@ impl Shard {
         self.stopping.set(true);
         let mut out = Vec::new();
         self.state.borrow_mut().release_waiters(
-            &self.node.engine,
+            &self.engine(),
             tollgate_policy::Refusal::ShuttingDown,
             clock::now_ns(),
             &mut out,
@@ -612,14 +636,15 @@ impl Shard {
         let n = self
             .state
             .borrow_mut()
-            .end_all_flows(&self.node.engine, clock::now_ns());
+            .end_all_flows(&self.engine(), clock::now_ns());
         self.wake_if_sooner();
         n
     }
 
     /// Runs `f` with this shard's store (replication drains, snapshots, eviction).
     pub fn with_store<R>(&self, f: impl FnOnce(&mut BucketStore, &Engine) -> R) -> R {
-        f(self.state.borrow_mut().store_mut(), &self.node.engine)
+        let engine = self.engine();
+        f(self.state.borrow_mut().store_mut(), &engine)
     }
 }
 
