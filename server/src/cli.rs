@@ -82,7 +82,7 @@ pub struct ServeArgs {
     /// gRPC compat address (overrides server.grpc), or `off`.
     #[arg(long)]
     pub grpc: Option<String>,
-    /// Reload the policies when the config file changes (as SIGHUP does). Needs --config.
+    /// Reload the policies when the config file changes (as SIGHUP does).
     #[arg(long, requires = "config")]
     pub watch: bool,
 }
