@@ -4,7 +4,8 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tollgate_protocol::{
     decode_frame, encode_check, encode_check_reply, frame_len, CheckReply, CheckSpec, Decision,
-    DecisionReason, Frame, LimiterOutcome, LimiterResult, StrRef, DEFAULT_MAX_FRAME_LEN,
+    DecisionReason, Frame, LimiterOutcome, LimiterResult, ProtocolVersion, StrRef,
+    DEFAULT_MAX_FRAME_LEN,
 };
 
 fn codec(c: &mut Criterion) {
@@ -19,6 +20,7 @@ fn codec(c: &mut Criterion) {
         &CheckSpec {
             control_point: StrRef::Interned(0),
             tokens: None,
+            wait_budget_ms: None,
             labels: &labels,
         },
     )
@@ -35,6 +37,8 @@ fn codec(c: &mut Criterion) {
             remaining: 9.0,
             current: 10.0,
             wait_ns: 0,
+            flow_id: None,
+            refusal: None,
         }]
         .into_iter()
         .collect(),
@@ -52,7 +56,13 @@ fn codec(c: &mut Criterion) {
                     black_box(l);
                 }
             }
-            encode_check_reply(&mut out, decoded.request_id, black_box(&reply)).unwrap();
+            encode_check_reply(
+                &mut out,
+                decoded.request_id,
+                black_box(&reply),
+                ProtocolVersion::LATEST,
+            )
+            .unwrap();
             black_box(&out);
         })
     });

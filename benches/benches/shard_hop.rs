@@ -6,7 +6,6 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_benches::{bench_engine, key};
@@ -68,7 +67,7 @@ fn start_pair(spin: Option<Duration>) -> Pair {
         listen: "127.0.0.1:0".parse().unwrap(),
         shard_ports: vec![],
         limits: Limits::from_config(&ServerConfig::default()),
-        connections: AtomicUsize::new(0),
+        connections: Default::default(),
         members: None,
     });
     // A key owned by shard 1.

@@ -41,6 +41,25 @@ pub enum Command {
     /// Serve raw TCP echo (every byte read is written back), to measure the loopback round trip
     /// with `--target echo://ADDR`. Prints `echo-server listening on ADDR` once bound.
     EchoServer(EchoArgs),
+    /// Open-loop load on a quota or concurrency scheduler (wait budgets, flow ends), reported
+    /// per workload: see the `flows` module docs for the scenario file.
+    Flows(FlowsArgs),
+}
+
+/// `flows` flags.
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// The scenario file (YAML).
+    pub scenario: std::path::PathBuf,
+    /// The server's binary-protocol address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub server: String,
+    /// Write the report as JSON to this file (`-` = stdout, instead of the table).
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Seed of the workload picks and hold times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// `echo-server` flags.

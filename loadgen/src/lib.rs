@@ -20,6 +20,8 @@
 //! - [`target`]: target URLs and how requests spread over several.
 //! - [`keys`]: key distributions and key names (`user-<n>`).
 //! - [`scenario`]: `--scenario` label sets with weights.
+//! - [`flows`]: `flows SCENARIO.yaml`, open-loop load on a quota or concurrency scheduler
+//!   with wait budgets and `FLOW_END`, reported per workload.
 //! - [`accuracy`]: pure arithmetic of admitted vs allowed, per key, on a passed-in clock.
 //! - [`stats`]: striped HDR histograms and counters shared by the tasks.
 //! - [`report`]: the end-of-run table and JSON.
@@ -34,6 +36,7 @@
 pub mod accuracy;
 pub mod cli;
 pub mod drivers;
+pub mod flows;
 pub mod html;
 pub mod keys;
 pub mod report;

@@ -18,8 +18,51 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::EchoServer(args)) => echo_server(&args.listen),
+        Some(Command::Flows(args)) => flows(&args),
         None => load(&cli),
     }
+}
+
+fn flows(args: &tollgate_loadgen::cli::FlowsArgs) -> ExitCode {
+    use tollgate_loadgen::flows::{self, FlowScenario};
+    let scenario = std::fs::read_to_string(&args.scenario)
+        .map_err(|e| format!("{}: {e}", args.scenario.display()))
+        .and_then(|text| {
+            FlowScenario::parse(&text).map_err(|e| format!("{}: {e}", args.scenario.display()))
+        });
+    let scenario = match scenario {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match flows::run(&args.server, &scenario, args.seed) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = match serde_json::to_string_pretty(&report) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: report: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.json.as_deref() {
+        Some("-") => println!("{json}"),
+        Some(path) => {
+            print!("{}", report.table());
+            if let Err(e) = std::fs::write(path, json) {
+                eprintln!("error: {path}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        None => print!("{}", report.table()),
+    }
+    ExitCode::SUCCESS
 }
 
 fn load(cli: &Cli) -> ExitCode {

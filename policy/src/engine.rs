@@ -85,8 +85,11 @@ pub struct Engine {
     by_name: HashMap<String, LimiterId>,
     /// control point -> limiters with a selector on it (each listed once).
     by_control_point: HashMap<String, SmallVec<[LimiterId; 4]>>,
-    /// Distinct limit label keys, in policy order: what a shard-aware client hashes.
+    /// Distinct limit label keys, in policy order: what a version-1 shard-aware client hashes.
     routing_label_keys: Vec<String>,
+    /// control point -> the distinct limit label keys of its limiters, in policy order: what
+    /// routes its flows (binary protocol version 2, the gRPC bridge).
+    routing_keys_by_control_point: HashMap<String, Vec<String>>,
     /// Digest of the whole set (every limiter's name and digest, in name order).
     digest: Digest,
     /// Limiters the previous engine had and this one does not (a reload removed them), so
@@ -133,6 +136,15 @@ impl Engine {
                     .or_default();
                 if !ids.contains(&id) {
                     ids.push(id);
+                }
+                let keys = engine
+                    .routing_keys_by_control_point
+                    .entry(sel.control_point.clone())
+                    .or_default();
+                if let Some(key) = &spec.limit_by_label_key {
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
                 }
             }
             if let Some(key) = &spec.limit_by_label_key {
@@ -220,6 +232,24 @@ impl Engine {
         &self.routing_label_keys
     }
 
+    /// The label keys that route a flow of `control_point`: the distinct limit label keys of
+    /// the limiters selected on it, in policy order (empty for a control point without keyed
+    /// limiters, or without limiters). A flow goes to the shard of the first of these it
+    /// carries, `""` if none (see the protocol crate's `routing::RoutingKeys`).
+    pub fn routing_label_keys_for(&self, control_point: &str) -> &[String] {
+        self.routing_keys_by_control_point
+            .get(control_point)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every control point with a limiter, with [`Engine::routing_label_keys_for`] it, in no
+    /// particular order (`HELLO_REPLY.control_point_routing`).
+    pub fn control_point_routing(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.routing_keys_by_control_point
+            .iter()
+            .map(|(cp, keys)| (cp.as_str(), keys.as_slice()))
+    }
+
     /// The buckets a flow must take from: every limiter with a selector matching the
     /// control point and labels, in limiter order.
     pub fn plan<'a, L: Labels + ?Sized>(
@@ -300,6 +330,30 @@ mod tests {
             ));
         }
         parse_policies(&yaml, "test").expect("valid")
+    }
+
+    #[test]
+    fn routing_keys_are_per_control_point() {
+        let yaml = "policies:
+  - policy_name: per_user
+    rate_limiter: { bucket_capacity: 5, fill_amount: 1, parameters: { interval: 1s, limit_by_label_key: user }, selectors: [ { control_point: api } ] }
+  - policy_name: per_tenant
+    rate_limiter: { bucket_capacity: 5, fill_amount: 1, parameters: { interval: 1s, limit_by_label_key: tenant }, selectors: [ { control_point: db }, { control_point: api } ] }
+  - policy_name: shared
+    rate_limiter: { bucket_capacity: 5, fill_amount: 1, parameters: { interval: 1s }, selectors: [ { control_point: open } ] }
+";
+        let engine = Engine::new(&parse_policies(yaml, "test").expect("valid"));
+        assert_eq!(engine.routing_label_keys(), ["user", "tenant"]);
+        assert_eq!(engine.routing_label_keys_for("api"), ["user", "tenant"]);
+        assert_eq!(engine.routing_label_keys_for("db"), ["tenant"]);
+        assert!(engine.routing_label_keys_for("open").is_empty());
+        assert!(engine.routing_label_keys_for("nowhere").is_empty());
+        let mut listed: Vec<(&str, &[String])> = engine.control_point_routing().collect();
+        listed.sort();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].0, "api");
+        assert_eq!(listed[1], ("db", &["tenant".to_string()][..]));
+        assert_eq!(listed[2].0, "open");
     }
 
     #[test]

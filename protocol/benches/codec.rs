@@ -23,6 +23,7 @@ fn check_frame(interned: bool) -> Vec<u8> {
         &CheckSpec {
             control_point: cp,
             tokens: Some(1.0),
+            wait_budget_ms: None,
             labels: &labels,
         },
     )
@@ -43,6 +44,8 @@ fn reply() -> CheckReply {
             remaining: 99.0,
             current: 100.0,
             wait_ns: 0,
+            flow_id: None,
+            refusal: None,
         }]
         .into_iter()
         .collect(),
@@ -75,7 +78,13 @@ fn bench(c: &mut Criterion) {
                     .filter_map(|(k, v)| Some((table.resolve(k)?, v)));
                 let value = routing_value(&keys, labels);
                 let shard = shard_for(routing_hash(value.as_bytes()), 8);
-                encode_check_reply(&mut out, d.request_id, black_box(&reply)).expect("encode");
+                encode_check_reply(
+                    &mut out,
+                    d.request_id,
+                    black_box(&reply),
+                    ProtocolVersion::LATEST,
+                )
+                .expect("encode");
                 black_box((cp, shard, out.len()))
             })
         });
@@ -91,7 +100,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode_check_reply", |b| {
         b.iter(|| {
             out.clear();
-            encode_check_reply(&mut out, 7, black_box(&reply)).expect("encode");
+            encode_check_reply(&mut out, 7, black_box(&reply), ProtocolVersion::LATEST)
+                .expect("encode");
             out.len()
         })
     });

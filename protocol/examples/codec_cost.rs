@@ -40,6 +40,8 @@ fn main() {
             remaining: 99.0,
             current: 100.0,
             wait_ns: 0,
+            flow_id: None,
+            refusal: None,
         }]
         .into_iter()
         .collect(),
@@ -55,6 +57,7 @@ fn main() {
         let spec = CheckSpec {
             control_point: cp,
             tokens: Some(1.0),
+            wait_budget_ms: None,
             labels: &labels,
         };
         encode_check(&mut frame, 42, &spec).expect("encode");
@@ -74,7 +77,12 @@ fn main() {
                 .labels()
                 .filter_map(|(k, v)| Some((table.resolve(k)?, v)));
             let shard = shard_for(routing_hash(routing_value(&keys, labels).as_bytes()), 8);
-            let _ = encode_check_reply(&mut out, d.request_id, black_box(&reply));
+            let _ = encode_check_reply(
+                &mut out,
+                d.request_id,
+                black_box(&reply),
+                ProtocolVersion::LATEST,
+            );
             black_box((cp, shard, out.len()));
         });
         let name = if interned { "interned" } else { "inline" };

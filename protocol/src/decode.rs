@@ -6,7 +6,7 @@
 //!   `&str` into the input buffer, and a `CHECK`'s labels are validated once up front, then
 //!   iterated lazily by [`Labels`] without allocating.
 //! * [`decode_reply`] decodes a server → client frame into an owned [`Reply`] (the client side,
-//!   where allocation is fine).
+//!   where allocation is fine), in the [`ProtocolVersion`] the connection speaks.
 //!
 //! All return `Ok(None)` when `buf` does not yet hold a whole frame, and a [`DecodeError`]
 //! saying whether framing survived otherwise.
@@ -21,14 +21,19 @@ use smallvec::SmallVec;
 
 use crate::coding::{Reader, Reason};
 use crate::error::DecodeError;
+use std::num::NonZeroU64;
+use std::time::Duration;
+
 use crate::frame::{
-    opcode, ErrorCode, CHECK_FLAG_TOKENS, LEN_PREFIX_LEN, MAX_BATCH, MAX_INTERNED, MAX_LABELS,
-    MAX_LIMITERS, MIN_FRAME_LEN, SHARED_PORT_SHARD_INDEX,
+    opcode, ErrorCode, CHECK_FLAGS_KNOWN, CHECK_FLAG_TOKENS, CHECK_FLAG_WAIT, LEN_PREFIX_LEN,
+    MAX_BATCH, MAX_FLOW_END, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS, MIN_FRAME_LEN,
+    SHARED_PORT_SHARD_INDEX,
 };
 use crate::types::{
-    BatchItem, CheckReply, Decision, DecisionReason, ErrorReply, HelloReply, LimiterOutcome,
-    LimiterResult, Member, MemberState, Reply,
+    BatchItem, CheckReply, ControlPointRouting, Decision, DecisionReason, ErrorReply,
+    FlowEndStatus, HelloReply, LimiterOutcome, LimiterResult, Member, MemberState, Refusal, Reply,
 };
+use crate::version::ProtocolVersion;
 
 /// A string that is either inline in the frame or an id bound earlier by `INTERN` on the same
 /// connection (resolve it with [`crate::InternTable::resolve`]).
@@ -61,6 +66,8 @@ pub enum Frame<'a> {
     Members,
     /// `PING` with its opaque payload.
     Ping(&'a [u8]),
+    /// `FLOW_END` (version 2): end these flows.
+    FlowEnd(FlowIdsRef<'a>),
 }
 
 /// A decoded `HELLO`.
@@ -78,6 +85,7 @@ pub struct HelloRef<'a> {
 pub struct CheckRef<'a> {
     control_point: StrRef<'a>,
     tokens: Option<f64>,
+    wait_budget_ms: Option<u32>,
     label_count: u16,
     /// The encoded `(key string ref, value string)` pairs, exactly `label_count` of them.
     labels_raw: &'a [u8],
@@ -95,6 +103,20 @@ impl<'a> CheckRef<'a> {
     #[inline]
     pub fn tokens(&self) -> Option<f64> {
         self.tokens
+    }
+
+    /// The wait budget in milliseconds, if the client set one (`CHECK` flag bit 1): how long
+    /// the client will wait for the decision. `None` (and `Some(0)`): decide at once.
+    #[inline]
+    pub fn wait_budget_ms(&self) -> Option<u32> {
+        self.wait_budget_ms
+    }
+
+    /// [`CheckRef::wait_budget_ms`] as a duration.
+    #[inline]
+    pub fn wait_budget(&self) -> Option<Duration> {
+        self.wait_budget_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)))
     }
 
     /// Number of labels.
@@ -205,6 +227,35 @@ impl<'a> Iterator for BatchIter<'a> {
 }
 
 impl ExactSizeIterator for BatchIter<'_> {}
+
+/// The flow ids of a decoded `FLOW_END` (at most [`MAX_FLOW_END`]), read lazily from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowIdsRef<'a> {
+    /// Exactly `count × 8` bytes: checked by the decoder.
+    raw: &'a [u8],
+}
+
+impl<'a> FlowIdsRef<'a> {
+    /// Number of flow ids.
+    pub fn len(&self) -> usize {
+        self.raw.len() / FLOW_ID_LEN
+    }
+
+    /// True if the frame names no flow.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// The ids, in request order (0 names no flow: it is reported unknown).
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = u64> + 'a {
+        self.raw
+            .chunks_exact(FLOW_ID_LEN)
+            .map(|c| c.try_into().map_or(0, u64::from_le_bytes))
+    }
+}
+
+/// Bytes of one flow id on the wire.
+const FLOW_ID_LEN: usize = 8;
 
 /// A decoded client → server frame and where it ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -337,6 +388,7 @@ pub fn decode_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Decoded<'_>
         opcode::HELLO => hello_body(&mut r).map(Frame::Hello),
         opcode::MEMBERS => Ok(Frame::Members),
         opcode::PING => r.bytes(r.remaining(), "unreachable").map(Frame::Ping),
+        opcode::FLOW_END => flow_end_body(&mut r).map(Frame::FlowEnd),
         _ => return Err(body_error(&h, ErrorCode::UnknownOpcode, "unknown opcode")),
     }
     .and_then(|f| r.finish().map(|()| f))
@@ -374,7 +426,7 @@ const MIN_LABEL_LEN: usize = 4;
 #[inline]
 fn check_body<'a>(r: &mut Reader<'a>) -> Result<CheckRef<'a>, Reason> {
     let flags = r.u8("truncated CHECK flags")?;
-    if flags & !CHECK_FLAG_TOKENS != 0 {
+    if flags & !CHECK_FLAGS_KNOWN != 0 {
         return Err("unknown CHECK flags bits must be zero");
     }
     let control_point = r.str_ref()?;
@@ -384,6 +436,11 @@ fn check_body<'a>(r: &mut Reader<'a>) -> Result<CheckRef<'a>, Reason> {
             return Err("tokens must be finite and >= 0");
         }
         Some(t)
+    } else {
+        None
+    };
+    let wait_budget_ms = if flags & CHECK_FLAG_WAIT != 0 {
+        Some(r.u32("truncated CHECK wait_budget_ms")?)
     } else {
         None
     };
@@ -401,10 +458,18 @@ fn check_body<'a>(r: &mut Reader<'a>) -> Result<CheckRef<'a>, Reason> {
     Ok(CheckRef {
         control_point,
         tokens,
+        wait_budget_ms,
         // count <= MAX_LABELS < u16::MAX
         label_count: u16::try_from(count).map_err(|_| "label count")?,
         labels_raw,
     })
+}
+
+fn flow_end_body<'a>(r: &mut Reader<'a>) -> Result<FlowIdsRef<'a>, Reason> {
+    let count = r.count_u16(FLOW_ID_LEN, MAX_FLOW_END, "truncated FLOW_END count")?;
+    // count × 8 <= remaining: checked by count_u16.
+    let raw = r.bytes(count * FLOW_ID_LEN, "unreachable")?;
+    Ok(FlowIdsRef { raw })
 }
 
 fn batch_body<'a>(r: &mut Reader<'a>) -> Result<CheckBatchRef<'a>, Reason> {
@@ -421,9 +486,17 @@ fn batch_body<'a>(r: &mut Reader<'a>) -> Result<CheckBatchRef<'a>, Reason> {
 
 /// Decodes one server → client frame from the front of `buf` into an owned [`Reply`].
 ///
+/// `version` is what the connection speaks: that of the last `HELLO_REPLY` read on it
+/// ([`ProtocolVersion::V1`] before any). It decides the layout of `CHECK_REPLY` and
+/// `BATCH_REPLY`; a `HELLO_REPLY` is laid out by its own `version` field.
+///
 /// Same contract as [`decode_frame`]. Counts are checked against the bytes that remain before
 /// anything is reserved, so a hostile count cannot make the client allocate.
-pub fn decode_reply(buf: &[u8], max_frame_len: u32) -> Result<Option<DecodedReply>, DecodeError> {
+pub fn decode_reply(
+    buf: &[u8],
+    max_frame_len: u32,
+    version: ProtocolVersion,
+) -> Result<Option<DecodedReply>, DecodeError> {
     let Some(h) = split_frame(buf, max_frame_len)? else {
         return Ok(None);
     };
@@ -436,8 +509,9 @@ pub fn decode_reply(buf: &[u8], max_frame_len: u32) -> Result<Option<DecodedRepl
     }
     let mut r = Reader::new(h.body);
     let reply = match h.opcode {
-        opcode::CHECK_REPLY => check_reply_body(&mut r).map(Reply::Check),
-        opcode::BATCH_REPLY => batch_reply_body(&mut r).map(Reply::Batch),
+        opcode::CHECK_REPLY => check_reply_body(&mut r, version).map(Reply::Check),
+        opcode::BATCH_REPLY => batch_reply_body(&mut r, version).map(Reply::Batch),
+        opcode::FLOW_END_REPLY => flow_end_reply_body(&mut r).map(Reply::FlowEnd),
         opcode::HELLO_REPLY => hello_reply_body(&mut r).map(Reply::Hello),
         opcode::MEMBERS_REPLY => members_body(&mut r).map(Reply::Members),
         opcode::PONG => r
@@ -455,17 +529,26 @@ pub fn decode_reply(buf: &[u8], max_frame_len: u32) -> Result<Option<DecodedRepl
     }))
 }
 
-/// Bytes of one encoded limiter result.
-pub(crate) const LIMITER_RESULT_LEN: usize = 2 + 1 + 2 + 8 * 4;
-fn check_reply_body(r: &mut Reader<'_>) -> Result<CheckReply, Reason> {
+/// Bytes of one encoded limiter result in `version`: 37 in version 1; version 2 adds
+/// `flow_id u64` and `refusal u8`.
+pub(crate) const fn limiter_result_len(version: ProtocolVersion) -> usize {
+    let v1 = 2 + 1 + 2 + 8 * 4;
+    match version {
+        ProtocolVersion::V1 => v1,
+        ProtocolVersion::V2 => v1 + 8 + 1,
+    }
+}
+
+fn check_reply_body(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<CheckReply, Reason> {
     let decision = Decision::from_u8(r.u8("truncated decision")?).ok_or("unknown decision")?;
-    let reason = DecisionReason::from_u8(r.u8("truncated reason")?).ok_or("unknown reason")?;
+    let reason =
+        DecisionReason::from_u8(r.u8("truncated reason")?, version).ok_or("unknown reason")?;
     let wait_ns = r.u64("truncated wait_ns")?;
     let count = usize::from(r.u8("truncated limiter count")?);
-    let count = r.check_count(count, LIMITER_RESULT_LEN, MAX_LIMITERS)?;
+    let count = r.check_count(count, limiter_result_len(version), MAX_LIMITERS)?;
     let mut limiters = SmallVec::with_capacity(count);
     for _ in 0..count {
-        limiters.push(LimiterResult {
+        let mut limiter = LimiterResult {
             limiter_index: r.u16("truncated limiter_index")?,
             outcome: LimiterOutcome::from_u8(r.u8("truncated outcome")?)
                 .ok_or("unknown limiter outcome")?,
@@ -474,7 +557,15 @@ fn check_reply_body(r: &mut Reader<'_>) -> Result<CheckReply, Reason> {
             remaining: r.f64("truncated remaining")?,
             current: r.f64("truncated current")?,
             wait_ns: r.u64("truncated limiter wait_ns")?,
-        });
+            flow_id: None,
+            refusal: None,
+        };
+        if version >= ProtocolVersion::V2 {
+            limiter.flow_id = NonZeroU64::new(r.u64("truncated flow_id")?);
+            limiter.refusal =
+                Refusal::from_u8(r.u8("truncated refusal")?).ok_or("unknown refusal")?;
+        }
+        limiters.push(limiter);
     }
     Ok(CheckReply {
         decision,
@@ -488,17 +579,32 @@ fn check_reply_body(r: &mut Reader<'_>) -> Result<CheckReply, Reason> {
 /// least 12 bytes).
 const MIN_BATCH_ITEM_LEN: usize = 1 + 2 + 2;
 
-fn batch_reply_body(r: &mut Reader<'_>) -> Result<Vec<BatchItem>, Reason> {
+fn batch_reply_body(
+    r: &mut Reader<'_>,
+    version: ProtocolVersion,
+) -> Result<Vec<BatchItem>, Reason> {
     let count = r.count_u16(MIN_BATCH_ITEM_LEN, MAX_BATCH, "truncated batch count")?;
     let mut items = Vec::with_capacity(count);
     for _ in 0..count {
         items.push(match r.u8("truncated batch item tag")? {
-            0 => BatchItem::Reply(check_reply_body(r)?),
+            0 => BatchItem::Reply(check_reply_body(r, version)?),
             1 => BatchItem::Error(error_body(r)?),
             _ => return Err("unknown batch item tag"),
         });
     }
     Ok(items)
+}
+
+fn flow_end_reply_body(r: &mut Reader<'_>) -> Result<Vec<FlowEndStatus>, Reason> {
+    let count = r.count_u16(1, MAX_FLOW_END, "truncated FLOW_END_REPLY count")?;
+    let mut statuses = Vec::with_capacity(count);
+    for _ in 0..count {
+        statuses.push(
+            FlowEndStatus::from_u8(r.u8("truncated flow end status")?)
+                .ok_or("unknown flow end status")?,
+        );
+    }
+    Ok(statuses)
 }
 
 fn error_body(r: &mut Reader<'_>) -> Result<ErrorReply, Reason> {
@@ -518,7 +624,8 @@ fn string_list(r: &mut Reader<'_>, what: Reason) -> Result<Vec<String>, Reason> 
 }
 
 fn hello_reply_body(r: &mut Reader<'_>) -> Result<HelloReply, Reason> {
-    let version = r.u16("truncated version")?;
+    let version = ProtocolVersion::from_u16(r.u16("truncated version")?)
+        .ok_or("unknown HELLO_REPLY version")?;
     let node_id = r.str()?.to_owned();
     let shard_count = r.u16("truncated shard_count")?;
     let hash_algo = r.u8("truncated hash_algo")?;
@@ -533,6 +640,13 @@ fn hello_reply_body(r: &mut Reader<'_>) -> Result<HelloReply, Reason> {
     }
     let routing_label_keys = string_list(r, "truncated routing_label_keys count")?;
     let policy_names = string_list(r, "truncated policy_names count")?;
+    let max_frame_len = r.u32("truncated max_frame_len")?;
+    let max_batch = r.u16("truncated max_batch")?;
+    let max_in_flight = r.u32("truncated max_in_flight")?;
+    let control_point_routing = match version {
+        ProtocolVersion::V1 => Vec::new(),
+        ProtocolVersion::V2 => control_point_routing(r)?,
+    };
     Ok(HelloReply {
         version,
         node_id,
@@ -542,10 +656,30 @@ fn hello_reply_body(r: &mut Reader<'_>) -> Result<HelloReply, Reason> {
         shard_ports,
         routing_label_keys,
         policy_names,
-        max_frame_len: r.u32("truncated max_frame_len")?,
-        max_batch: r.u16("truncated max_batch")?,
-        max_in_flight: r.u32("truncated max_in_flight")?,
+        max_frame_len,
+        max_batch,
+        max_in_flight,
+        control_point_routing,
     })
+}
+
+/// Smallest encoded control point routing entry: an empty name and an empty key list.
+const MIN_CONTROL_POINT_ROUTING_LEN: usize = 2 + 2;
+
+fn control_point_routing(r: &mut Reader<'_>) -> Result<Vec<ControlPointRouting>, Reason> {
+    let count = r.count_u16(
+        MIN_CONTROL_POINT_ROUTING_LEN,
+        usize::from(u16::MAX),
+        "truncated control_point_routing count",
+    )?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.push(ControlPointRouting {
+            control_point: r.str()?.to_owned(),
+            routing_label_keys: string_list(r, "truncated control point key count")?,
+        });
+    }
+    Ok(out)
 }
 
 /// Smallest encoded member: two empty strings, state, last_contact_ms.

@@ -6,14 +6,22 @@
 //!
 //! The encoders do not know the peer's `max_frame_len`; a client compares the encoded length
 //! with `HELLO_REPLY.max_frame_len` before sending.
+//!
+//! Reply encoders whose layout depends on the protocol version (`CHECK_REPLY`, `BATCH_REPLY`)
+//! take the [`ProtocolVersion`] the connection speaks; `HELLO_REPLY` follows its own
+//! `version` field.
 
-use crate::decode::StrRef;
+use crate::decode::{limiter_result_len, StrRef};
 use crate::error::EncodeError;
 use crate::frame::{
-    opcode, ErrorCode, CHECK_FLAG_TOKENS, LEN_PREFIX_LEN, MAX_BATCH, MAX_INTERNED, MAX_LABELS,
-    MAX_LIMITERS, MAX_STRING_LEN, SHARED_PORT_SHARD_INDEX, STR_REF_INTERNED_BIT,
+    opcode, ErrorCode, CHECK_FLAG_TOKENS, CHECK_FLAG_WAIT, LEN_PREFIX_LEN, MAX_BATCH, MAX_FLOW_END,
+    MAX_INTERNED, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN, SHARED_PORT_SHARD_INDEX,
+    STR_REF_INTERNED_BIT,
 };
-use crate::types::{BatchItem, CheckReply, ErrorReply, HelloReply, LimiterResult, Member};
+use crate::types::{
+    BatchItem, CheckReply, ErrorReply, FlowEndStatus, HelloReply, LimiterResult, Member, Refusal,
+};
+use crate::version::ProtocolVersion;
 
 /// What to encode as a `CHECK` (or one item of a `CHECK_BATCH`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,6 +30,9 @@ pub struct CheckSpec<'a> {
     pub control_point: StrRef<'a>,
     /// Tokens to take; `None` lets the server use each policy's tokens label (default 1).
     pub tokens: Option<f64>,
+    /// How long the client will wait for the decision, in milliseconds (`CHECK` flag bit 1);
+    /// `None`: decide at once.
+    pub wait_budget_ms: Option<u32>,
     /// `(key, value)` labels; at most [`MAX_LABELS`].
     pub labels: &'a [(StrRef<'a>, &'a str)],
 }
@@ -126,14 +137,22 @@ fn put_check(out: &mut Vec<u8>, check: &CheckSpec<'_>) -> Result<(), EncodeError
             count: check.labels.len(),
         });
     }
+    let mut flags = 0;
     match check.tokens {
         Some(t) if !t.is_finite() || t < 0.0 => return Err(EncodeError::InvalidTokens),
-        Some(_) => out.push(CHECK_FLAG_TOKENS),
-        None => out.push(0),
+        Some(_) => flags |= CHECK_FLAG_TOKENS,
+        None => {}
     }
+    if check.wait_budget_ms.is_some() {
+        flags |= CHECK_FLAG_WAIT;
+    }
+    out.push(flags);
     put_str_ref(out, check.control_point)?;
     if let Some(t) = check.tokens {
         out.extend_from_slice(&t.to_le_bytes());
+    }
+    if let Some(ms) = check.wait_budget_ms {
+        out.extend_from_slice(&ms.to_le_bytes());
     }
     // labels.len() <= MAX_LABELS, checked above.
     out.extend_from_slice(&(check.labels.len() as u16).to_le_bytes());
@@ -144,7 +163,8 @@ fn put_check(out: &mut Vec<u8>, check: &CheckSpec<'_>) -> Result<(), EncodeError
     Ok(())
 }
 
-/// `CHECK { flags u8, control_point strref, [tokens f64], count u16, (key strref, value string)* }`.
+/// `CHECK { flags u8, control_point strref, [tokens f64], [wait_budget_ms u32], count u16,
+/// (key strref, value string)* }`.
 pub fn encode_check(
     out: &mut Vec<u8>,
     request_id: u32,
@@ -186,6 +206,36 @@ pub fn encode_members(out: &mut Vec<u8>, request_id: u32) -> Result<(), EncodeEr
     frame(out, opcode::MEMBERS, request_id, |_| Ok(()))
 }
 
+/// `FLOW_END { count u16, flow_id u64* }`: at most [`MAX_FLOW_END`] ids.
+pub fn encode_flow_end(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    flow_ids: &[u64],
+) -> Result<(), EncodeError> {
+    frame(out, opcode::FLOW_END, request_id, |out| {
+        let n = count_u16(flow_ids.len(), MAX_FLOW_END, "FLOW_END")?;
+        out.extend_from_slice(&n.to_le_bytes());
+        for id in flow_ids {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        Ok(())
+    })
+}
+
+/// `FLOW_END_REPLY { count u16, status u8* }`: one status per id of the `FLOW_END`, in order.
+pub fn encode_flow_end_reply(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    statuses: &[FlowEndStatus],
+) -> Result<(), EncodeError> {
+    frame(out, opcode::FLOW_END_REPLY, request_id, |out| {
+        let n = count_u16(statuses.len(), MAX_FLOW_END, "FLOW_END_REPLY")?;
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend(statuses.iter().map(|s| s.as_u8()));
+        Ok(())
+    })
+}
+
 /// `PING { payload bytes* }` (the payload is the rest of the frame).
 pub fn encode_ping(out: &mut Vec<u8>, request_id: u32, payload: &[u8]) -> Result<(), EncodeError> {
     frame(out, opcode::PING, request_id, |out| {
@@ -194,14 +244,15 @@ pub fn encode_ping(out: &mut Vec<u8>, request_id: u32, payload: &[u8]) -> Result
     })
 }
 
-/// `HELLO_REPLY`; see [`HelloReply`] for the fields, in wire order.
+/// `HELLO_REPLY`; see [`HelloReply`] for the fields, in wire order. Laid out for
+/// `hello.version`: version 2 appends `control_point_routing`, version 1 leaves it out.
 pub fn encode_hello_reply(
     out: &mut Vec<u8>,
     request_id: u32,
     hello: &HelloReply,
 ) -> Result<(), EncodeError> {
     frame(out, opcode::HELLO_REPLY, request_id, |out| {
-        out.extend_from_slice(&hello.version.to_le_bytes());
+        out.extend_from_slice(&hello.version.as_u16().to_le_bytes());
         put_str(out, &hello.node_id)?;
         out.extend_from_slice(&hello.shard_count.to_le_bytes());
         out.push(hello.hash_algo);
@@ -221,12 +272,24 @@ pub fn encode_hello_reply(
         out.extend_from_slice(&hello.max_frame_len.to_le_bytes());
         out.extend_from_slice(&hello.max_batch.to_le_bytes());
         out.extend_from_slice(&hello.max_in_flight.to_le_bytes());
+        if hello.version >= ProtocolVersion::V2 {
+            let n = count_u16(
+                hello.control_point_routing.len(),
+                usize::from(u16::MAX),
+                "control_point_routing",
+            )?;
+            out.extend_from_slice(&n.to_le_bytes());
+            for cp in &hello.control_point_routing {
+                put_str(out, &cp.control_point)?;
+                put_string_list(out, &cp.routing_label_keys, "control point routing keys")?;
+            }
+        }
         Ok(())
     })
 }
 
 #[inline]
-fn put_limiter(out: &mut Vec<u8>, l: &LimiterResult) {
+fn put_limiter(out: &mut Vec<u8>, l: &LimiterResult, version: ProtocolVersion) {
     out.extend_from_slice(&l.limiter_index.to_le_bytes());
     out.push(l.outcome.as_u8());
     out.extend_from_slice(&l.status_code.to_le_bytes());
@@ -234,10 +297,18 @@ fn put_limiter(out: &mut Vec<u8>, l: &LimiterResult) {
     out.extend_from_slice(&l.remaining.to_le_bytes());
     out.extend_from_slice(&l.current.to_le_bytes());
     out.extend_from_slice(&l.wait_ns.to_le_bytes());
+    if version >= ProtocolVersion::V2 {
+        out.extend_from_slice(&l.flow_id().unwrap_or(0).to_le_bytes());
+        out.push(l.refusal.map_or(0, Refusal::as_u8));
+    }
 }
 
 #[inline]
-fn put_check_reply(out: &mut Vec<u8>, reply: &CheckReply) -> Result<(), EncodeError> {
+fn put_check_reply(
+    out: &mut Vec<u8>,
+    reply: &CheckReply,
+    version: ProtocolVersion,
+) -> Result<(), EncodeError> {
     let count = reply.limiters.len();
     if count > MAX_LIMITERS {
         return Err(EncodeError::TooManyItems {
@@ -246,26 +317,29 @@ fn put_check_reply(out: &mut Vec<u8>, reply: &CheckReply) -> Result<(), EncodeEr
             max: MAX_LIMITERS,
         });
     }
-    out.reserve(11 + count * crate::decode::LIMITER_RESULT_LEN);
+    out.reserve(11 + count * limiter_result_len(version));
     out.push(reply.decision.as_u8());
-    out.push(reply.reason.as_u8());
+    out.push(reply.reason.as_u8(version));
     out.extend_from_slice(&reply.wait_ns.to_le_bytes());
     out.push(count as u8); // <= MAX_LIMITERS == u8::MAX, checked above
     for l in &reply.limiters {
-        put_limiter(out, l);
+        put_limiter(out, l, version);
     }
     Ok(())
 }
 
-/// `CHECK_REPLY { decision u8, reason u8, wait_ns u64, count u8, limiter* }`.
+/// `CHECK_REPLY { decision u8, reason u8, wait_ns u64, count u8, limiter* }`, laid out for
+/// `version` (the connection's): version 1 drops flow ids and refusals and sends `NO_TOKENS`
+/// as `RATE_LIMITED`.
 #[inline]
 pub fn encode_check_reply(
     out: &mut Vec<u8>,
     request_id: u32,
     reply: &CheckReply,
+    version: ProtocolVersion,
 ) -> Result<(), EncodeError> {
     frame(out, opcode::CHECK_REPLY, request_id, |out| {
-        put_check_reply(out, reply)
+        put_check_reply(out, reply, version)
     })
 }
 
@@ -291,11 +365,18 @@ pub struct BatchReplyWriter<'o> {
     start: usize,
     declared: usize,
     written: usize,
+    version: ProtocolVersion,
 }
 
 impl<'o> BatchReplyWriter<'o> {
-    /// Starts a `BATCH_REPLY` of `count` items (at most [`MAX_BATCH`]).
-    pub fn new(out: &'o mut Vec<u8>, request_id: u32, count: usize) -> Result<Self, EncodeError> {
+    /// Starts a `BATCH_REPLY` of `count` items (at most [`MAX_BATCH`]), laid out for `version`
+    /// (the connection's).
+    pub fn new(
+        out: &'o mut Vec<u8>,
+        request_id: u32,
+        count: usize,
+        version: ProtocolVersion,
+    ) -> Result<Self, EncodeError> {
         let n = count_u16(count, MAX_BATCH, "BATCH_REPLY")?;
         let start = out.len();
         out.extend_from_slice(&[0, 0, 0, 0, opcode::BATCH_REPLY, 0]);
@@ -306,6 +387,7 @@ impl<'o> BatchReplyWriter<'o> {
             start,
             declared: count,
             written: 0,
+            version,
         })
     }
 
@@ -314,7 +396,7 @@ impl<'o> BatchReplyWriter<'o> {
         self.check_room()?;
         let mark = self.out.len();
         self.out.push(0);
-        if let Err(e) = put_check_reply(self.out, reply) {
+        if let Err(e) = put_check_reply(self.out, reply, self.version) {
             self.out.truncate(mark);
             return Err(e);
         }
@@ -364,13 +446,15 @@ impl<'o> BatchReplyWriter<'o> {
     }
 }
 
-/// `BATCH_REPLY { count u16, (tag u8, CHECK_REPLY body | ERROR body)* }`.
+/// `BATCH_REPLY { count u16, (tag u8, CHECK_REPLY body | ERROR body)* }`, laid out for
+/// `version`.
 pub fn encode_batch_reply(
     out: &mut Vec<u8>,
     request_id: u32,
     items: &[BatchItem],
+    version: ProtocolVersion,
 ) -> Result<(), EncodeError> {
-    let mut w = BatchReplyWriter::new(out, request_id, items.len())?;
+    let mut w = BatchReplyWriter::new(out, request_id, items.len(), version)?;
     for item in items {
         let r = match item {
             BatchItem::Reply(reply) => w.reply(reply),

@@ -10,14 +10,15 @@
 //!   MIN_FRAME_LEN (6) <= len <= max_frame_len
 //! ```
 //!
-//! `flags` is reserved in protocol version 1: it must be zero, and a frame with any bit set is
+//! `flags` is reserved (in versions 1 and 2): it must be zero, and a frame with any bit set is
 //! rejected as `MALFORMED_FRAME` (so a later version can give bits a meaning without an old
 //! server silently ignoring them). `request_id` is chosen by the client and echoed on the
 //! reply; it is what lets replies come back out of order.
 
-/// The protocol version this crate speaks. A client sends it in `HELLO`; a server answers a
-/// higher version with `UNSUPPORTED_VERSION`. A client that skips `HELLO` is assumed to speak 1.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this crate speaks. A client sends it in `HELLO`; the connection
+/// then speaks `min(client, server)` (see [`crate::ProtocolVersion`]). A client that skips
+/// `HELLO` speaks 1.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of the `len` prefix itself.
 pub const LEN_PREFIX_LEN: usize = 4;
@@ -73,6 +74,12 @@ pub const MAX_INTERNED_BYTES: usize = 256 * 1024;
 /// Most limiter results in one `CHECK_REPLY` (the count is a `u8` on the wire).
 pub const MAX_LIMITERS: usize = u8::MAX as usize;
 
+/// Most flow ids in one `FLOW_END` (and statuses in its `FLOW_END_REPLY`).
+///
+/// Why this value: the same bound as a `CHECK_BATCH` ([`MAX_BATCH`]): ending a flow costs the
+/// server about what deciding one does, so one frame's head-of-line delay stays as bounded.
+pub const MAX_FLOW_END: usize = MAX_BATCH;
+
 /// Frame opcodes. Requests (client → server) have the top bit clear; replies (server → client)
 /// have it set, and a reply to request opcode `op` is `op | 0x80`.
 pub mod opcode {
@@ -88,6 +95,8 @@ pub mod opcode {
     pub const MEMBERS: u8 = 0x05;
     /// Client → server: opaque payload echoed back in `PONG`.
     pub const PING: u8 = 0x06;
+    /// Client → server (version 2): `count u16, count × flow_id u64`: end these flows.
+    pub const FLOW_END: u8 = 0x07;
 
     /// Server → client: answer to `HELLO`.
     pub const HELLO_REPLY: u8 = 0x81;
@@ -99,12 +108,21 @@ pub mod opcode {
     pub const MEMBERS_REPLY: u8 = 0x85;
     /// Server → client: answer to `PING`.
     pub const PONG: u8 = 0x86;
+    /// Server → client: answer to `FLOW_END`, one status per flow id.
+    pub const FLOW_END_REPLY: u8 = 0x87;
     /// Server → client: a request failed; `request_id` names it (0 if unknown).
     pub const ERROR: u8 = 0xFF;
 }
 
 /// `CHECK` body flag: a `tokens: f64` follows the control point.
 pub const CHECK_FLAG_TOKENS: u8 = 0x01;
+
+/// `CHECK` body flag (version 2): a `wait_budget_ms: u32` follows the tokens field (or the
+/// control point when there is no tokens field): how long the client will wait for a decision.
+pub const CHECK_FLAG_WAIT: u8 = 0x02;
+
+/// Every `CHECK` flag bit this crate knows; any other bit makes the check malformed.
+pub const CHECK_FLAGS_KNOWN: u8 = CHECK_FLAG_TOKENS | CHECK_FLAG_WAIT;
 
 /// Top bit of a string ref: set means "interned id in the low 15 bits", clear means "inline
 /// string of this many bytes follows".
@@ -133,9 +151,13 @@ pub enum ErrorCode {
     /// 6: the frame parsed but the request is invalid (e.g. a tokens label that is not a
     /// number, an INTERN over the byte budget). Connection stays open.
     BadRequest,
-    /// 7: too many requests in flight on this connection; retry later. Connection stays open.
+    /// 7: too many requests pending on this connection (checks or batches that hop to
+    /// another shard or wait in a scheduler queue; requests answered at once never count);
+    /// retry later. Connection stays open.
     Overloaded,
-    /// 8: the server is draining; it closes the connection once in-flight replies are sent.
+    /// 8: reserved for a server that answers requests while draining. This server never
+    /// sends it: when it drains it stops reading, answers what it read, and closes (the client
+    /// sees the connection close). A client treats it like a closing connection.
     ShuttingDown,
     /// 9: a server bug or an unexpected internal failure. Connection stays open.
     Internal,

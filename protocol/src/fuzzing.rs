@@ -6,7 +6,7 @@
 //! 2. decoding walks the input frame by frame, skipping bodies that fail with
 //!    [`DecodeError::Body`], and stops at `Ok(None)` or a [`DecodeError::Framing`];
 //! 3. every frame that decodes re-encodes to exactly its original bytes (the encoding is
-//!    canonical), in both directions;
+//!    canonical), in both directions and, for replies, in every protocol version;
 //! 4. interned ids bound by `INTERN` frames resolve through a bounded [`InternTable`].
 
 use crate::decode::{decode_frame, decode_reply, frame_len, Frame, StrRef};
@@ -15,14 +15,17 @@ use crate::error::DecodeError;
 use crate::frame::DEFAULT_MAX_FRAME_LEN;
 use crate::intern::InternTable;
 use crate::types::Reply;
+use crate::version::ProtocolVersion;
 
-/// Decodes `data` as a stream of client frames and, separately, as a stream of server frames,
-/// asserting the properties above. Panics only if a property is violated.
+/// Decodes `data` as a stream of client frames and, separately, as a stream of server frames
+/// in each protocol version, asserting the properties above. Panics only if a property is
+/// violated.
 pub fn decode_any(data: &[u8]) {
     // A small limit exercises the early FRAME_TOO_LARGE path.
     let _ = frame_len(data, 64);
     requests(data);
-    replies(data);
+    replies(data, ProtocolVersion::V1);
+    replies(data, ProtocolVersion::V2);
 }
 
 fn requests(mut data: &[u8]) {
@@ -63,6 +66,7 @@ fn reencode_request(out: &mut Vec<u8>, id: u32, frame: &Frame<'_>, interns: &mut
                 &CheckSpec {
                     control_point: c.control_point(),
                     tokens: c.tokens(),
+                    wait_budget_ms: c.wait_budget_ms(),
                     labels: &labels,
                 },
             )
@@ -77,6 +81,7 @@ fn reencode_request(out: &mut Vec<u8>, id: u32, frame: &Frame<'_>, interns: &mut
                 .map(|(c, labels)| CheckSpec {
                     control_point: c.control_point(),
                     tokens: c.tokens(),
+                    wait_budget_ms: c.wait_budget_ms(),
                     labels,
                 })
                 .collect();
@@ -90,6 +95,10 @@ fn reencode_request(out: &mut Vec<u8>, id: u32, frame: &Frame<'_>, interns: &mut
         }
         Frame::Members => encode::encode_members(out, id),
         Frame::Ping(p) => encode::encode_ping(out, id, p),
+        Frame::FlowEnd(ids) => {
+            let ids: Vec<u64> = ids.iter().collect();
+            encode::encode_flow_end(out, id, &ids)
+        }
     };
     assert!(
         res.is_ok(),
@@ -97,10 +106,10 @@ fn reencode_request(out: &mut Vec<u8>, id: u32, frame: &Frame<'_>, interns: &mut
     );
 }
 
-fn replies(mut data: &[u8]) {
+fn replies(mut data: &[u8], version: ProtocolVersion) {
     let mut out = Vec::new();
     loop {
-        let consumed = match decode_reply(data, DEFAULT_MAX_FRAME_LEN) {
+        let consumed = match decode_reply(data, DEFAULT_MAX_FRAME_LEN, version) {
             Ok(None) | Err(DecodeError::Framing { .. }) => return,
             Err(DecodeError::Body { frame_len, .. }) => frame_len,
             Ok(Some(d)) => {
@@ -108,8 +117,9 @@ fn replies(mut data: &[u8]) {
                 let id = d.request_id;
                 let res = match &d.reply {
                     Reply::Hello(h) => encode::encode_hello_reply(&mut out, id, h),
-                    Reply::Check(c) => encode::encode_check_reply(&mut out, id, c),
-                    Reply::Batch(items) => encode::encode_batch_reply(&mut out, id, items),
+                    Reply::Check(c) => encode::encode_check_reply(&mut out, id, c, version),
+                    Reply::Batch(items) => encode::encode_batch_reply(&mut out, id, items, version),
+                    Reply::FlowEnd(s) => encode::encode_flow_end_reply(&mut out, id, s),
                     Reply::Members(m) => encode::encode_members_reply(&mut out, id, m),
                     Reply::Pong(p) => encode::encode_pong(&mut out, id, p),
                     Reply::Error(e) => {
@@ -135,18 +145,28 @@ fn replies(mut data: &[u8]) {
 /// the body decoders and exercise the re-encoding property far more often than raw bytes).
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU64;
+
     use proptest::prelude::*;
 
     use super::decode_any;
-    use crate::encode::{encode_check, encode_check_reply, CheckSpec};
-    use crate::types::{CheckReply, Decision, DecisionReason, LimiterOutcome, LimiterResult};
+    use crate::encode::{
+        encode_check, encode_check_reply, encode_flow_end, encode_flow_end_reply,
+        encode_hello_reply, CheckSpec,
+    };
+    use crate::types::{
+        CheckReply, ControlPointRouting, Decision, DecisionReason, FlowEndStatus, HelloReply,
+        LimiterOutcome, LimiterResult, Refusal,
+    };
+    use crate::version::ProtocolVersion;
     use crate::StrRef;
 
-    /// A `CHECK` as owned parts: (control point, tokens, labels); `None` strings are interned
-    /// ids (the `u16`), so both string encodings are covered.
+    /// A `CHECK` as owned parts: (control point, tokens, wait budget, labels); `None` strings
+    /// are interned ids (the `u16`), so both string encodings are covered.
     type OwnedCheck = (
         (Option<String>, u16),
         Option<f64>,
+        Option<u32>,
         Vec<((Option<String>, u16), String)>,
     );
 
@@ -168,47 +188,82 @@ mod tests {
         (
             owned_str(),
             prop::option::of(prop_oneof![Just(0.0), Just(1.0), 0.0f64..1e9]),
+            prop::option::of(any::<u32>()),
             prop::collection::vec((owned_str(), "[a-z0-9-]{0,12}"), 0..5),
         )
     }
 
+    fn version() -> impl Strategy<Value = ProtocolVersion> {
+        prop_oneof![Just(ProtocolVersion::V1), Just(ProtocolVersion::V2)]
+    }
+
     fn check_reply() -> impl Strategy<Value = CheckReply> {
         let limiter = (
-            any::<u16>(),
-            0u8..4,
-            any::<u16>(),
-            -1e15f64..1e15,
-            any::<u64>(),
+            (any::<u16>(), 0u8..4, any::<u16>()),
+            (-1e15f64..1e15, any::<u64>()),
+            (any::<u64>(), 0u8..7),
         )
             .prop_map(
-                |(limiter_index, outcome, status_code, remaining, wait_ns)| LimiterResult {
-                    limiter_index,
-                    outcome: LimiterOutcome::from_u8(outcome).unwrap_or(LimiterOutcome::Accepted),
-                    status_code,
-                    tokens: 1.0,
-                    remaining,
-                    current: remaining,
-                    wait_ns,
+                |((limiter_index, outcome, status_code), (remaining, wait_ns), (flow, refusal))| {
+                    LimiterResult {
+                        limiter_index,
+                        outcome: LimiterOutcome::from_u8(outcome)
+                            .unwrap_or(LimiterOutcome::Accepted),
+                        status_code,
+                        tokens: 1.0,
+                        remaining,
+                        current: remaining,
+                        wait_ns,
+                        flow_id: NonZeroU64::new(flow),
+                        refusal: Refusal::from_u8(refusal).flatten(),
+                    }
                 },
             );
-        (
-            any::<bool>(),
-            any::<u64>(),
-            prop::collection::vec(limiter, 0..5),
-        )
-            .prop_map(|(rejected, wait_ns, limiters)| CheckReply {
-                decision: if rejected {
-                    Decision::Rejected
-                } else {
+        (0u8..3, any::<u64>(), prop::collection::vec(limiter, 0..5)).prop_map(
+            |(reason, wait_ns, limiters)| CheckReply {
+                decision: if reason == 0 {
                     Decision::Accepted
-                },
-                reason: if rejected {
-                    DecisionReason::RateLimited
                 } else {
-                    DecisionReason::None
+                    Decision::Rejected
                 },
+                reason: DecisionReason::from_u8(reason, ProtocolVersion::V2)
+                    .unwrap_or(DecisionReason::None),
                 wait_ns,
                 limiters: limiters.into_iter().collect(),
+            },
+        )
+    }
+
+    fn hello_reply() -> impl Strategy<Value = HelloReply> {
+        (
+            version(),
+            prop::collection::vec(
+                ("[a-z]{0,6}", prop::collection::vec("[a-z]{0,6}", 0..3)),
+                0..3,
+            ),
+        )
+            .prop_map(|(version, routing)| HelloReply {
+                version,
+                node_id: "n1".into(),
+                shard_count: 2,
+                hash_algo: crate::routing::HASH_FNV1A_64,
+                shard_index: Some(1),
+                shard_ports: vec![7071, 7072],
+                routing_label_keys: vec!["user".into()],
+                policy_names: vec!["p".into()],
+                max_frame_len: crate::DEFAULT_MAX_FRAME_LEN,
+                max_batch: 1024,
+                max_in_flight: 1024,
+                control_point_routing: match version {
+                    ProtocolVersion::V1 => Vec::new(),
+                    ProtocolVersion::V2 => routing
+                        .into_iter()
+                        .map(|(control_point, routing_label_keys)| ControlPointRouting {
+                            control_point,
+                            routing_label_keys,
+                        })
+                        .collect(),
+                },
             })
     }
 
@@ -232,9 +287,9 @@ mod tests {
 
         #[test]
         fn random_bodies_and_their_prefixes(
-            op in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(5), Just(6),
+            op in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(5), Just(6), Just(7),
                               Just(0x81), Just(0x82), Just(0x83), Just(0x85), Just(0x86),
-                              Just(0xFF), any::<u8>()],
+                              Just(0x87), Just(0xFF), any::<u8>()],
             body in prop::collection::vec(any::<u8>(), 0..256),
         ) {
             let mut frame = ((body.len() + 6) as u32).to_le_bytes().to_vec();
@@ -247,17 +302,27 @@ mod tests {
 
         #[test]
         fn corrupted_frames(
-            (control_point, tokens, labels) in check(),
+            (control_point, tokens, wait_budget_ms, labels) in check(),
             reply in check_reply(),
+            hello in hello_reply(),
+            reply_version in version(),
+            flow_ids in prop::collection::vec(any::<u64>(), 0..4),
             pos in any::<prop::sample::Index>(),
             byte in any::<u8>(),
         ) {
             let labels: Vec<(StrRef<'_>, &str)> =
                 labels.iter().map(|(k, v)| (str_ref(k), v.as_str())).collect();
-            let spec = CheckSpec { control_point: str_ref(&control_point), tokens, labels: &labels };
+            let spec = CheckSpec {
+                control_point: str_ref(&control_point), tokens, wait_budget_ms, labels: &labels,
+            };
+            let statuses: Vec<FlowEndStatus> =
+                flow_ids.iter().map(|id| FlowEndStatus::from_ended(id % 2 == 0)).collect();
             let mut out = Vec::new();
             prop_assert!(encode_check(&mut out, 7, &spec).is_ok());
-            prop_assert!(encode_check_reply(&mut out, 7, &reply).is_ok());
+            prop_assert!(encode_flow_end(&mut out, 8, &flow_ids).is_ok());
+            prop_assert!(encode_hello_reply(&mut out, 9, &hello).is_ok());
+            prop_assert!(encode_check_reply(&mut out, 7, &reply, reply_version).is_ok());
+            prop_assert!(encode_flow_end_reply(&mut out, 8, &statuses).is_ok());
             decode_any(&out);
             let i = pos.index(out.len());
             out[i] = byte;

@@ -42,13 +42,15 @@
 //!
 //! # Layout
 //!
-//! * [`routing`] — FNV-1a-64 [`routing::routing_hash`], [`routing::shard_for`] and
-//!   [`routing::routing_value`]: which shard owns a flow.
+//! * [`routing`] — FNV-1a-64 [`routing::routing_hash`], [`routing::shard_for`],
+//!   [`routing::routing_value`] and [`routing::RoutingKeys`]: which shard owns a flow.
+//! * [`version`] — [`ProtocolVersion`] and its per-connection negotiation by `HELLO`.
 //! * [`frame`] — the frame header, opcodes, flag bits, limits and [`ErrorCode`]s.
 //! * [`decode`] — bounded decoding: borrowed client→server [`Frame`]s ([`decode_frame`],
 //!   [`frame_len`]) and owned server→client [`Reply`]s ([`decode_reply`]).
 //! * [`encode`] — encoders appending any frame, in either direction, to a `Vec<u8>`.
-//! * [`types`] — owned reply types ([`CheckReply`], [`HelloReply`], [`Member`], ...).
+//! * [`types`] — owned reply types ([`CheckReply`], [`HelloReply`], [`FlowEndStatus`],
+//!   [`Member`], ...).
 //! * [`intern`] — the per-connection, bounded [`InternTable`] resolving [`StrRef`]s.
 //! * [`error`] — [`DecodeError`] (which says whether the framing survived) and [`EncodeError`].
 //! * `fuzzing` — the body of the fuzz target, also driven by `cargo test` with random bytes.
@@ -72,25 +74,28 @@ pub mod fuzzing;
 pub mod intern;
 pub mod routing;
 pub mod types;
+pub mod version;
 
 pub use decode::{
     decode_frame, decode_reply, frame_len, BatchIter, CheckBatchRef, CheckRef, Decoded,
-    DecodedReply, Frame, HelloRef, Labels, StrRef,
+    DecodedReply, FlowIdsRef, Frame, HelloRef, Labels, StrRef,
 };
 pub use encode::{
     encode_batch_reply, encode_check, encode_check_batch, encode_check_reply, encode_error,
-    encode_hello, encode_hello_reply, encode_intern, encode_members, encode_members_reply,
-    encode_ping, encode_pong, BatchReplyWriter, CheckSpec,
+    encode_flow_end, encode_flow_end_reply, encode_hello, encode_hello_reply, encode_intern,
+    encode_members, encode_members_reply, encode_ping, encode_pong, BatchReplyWriter, CheckSpec,
 };
 pub use error::{DecodeError, EncodeError, InternError};
 pub use frame::{
     opcode, ErrorCode, DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, LEN_PREFIX_LEN, MAX_BATCH,
-    MAX_INTERNED, MAX_INTERNED_BYTES, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN, MIN_FRAME_LEN,
-    PROTOCOL_VERSION,
+    MAX_FLOW_END, MAX_INTERNED, MAX_INTERNED_BYTES, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN,
+    MIN_FRAME_LEN, PROTOCOL_VERSION,
 };
 pub use intern::InternTable;
 pub use smallvec;
 pub use types::{
-    BatchItem, CheckReply, Decision, DecisionReason, ErrorReply, HelloReply, LimiterOutcome,
-    LimiterResult, Limiters, Member, MemberState, Reply,
+    BatchItem, CheckReply, ControlPointRouting, Decision, DecisionReason, ErrorReply,
+    FlowEndStatus, HelloReply, LimiterOutcome, LimiterResult, Limiters, Member, MemberState,
+    Refusal, Reply,
 };
+pub use version::ProtocolVersion;

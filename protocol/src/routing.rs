@@ -4,17 +4,42 @@
 //! A token bucket is keyed by the value of its policy's `limit_by_label_key` label (`""` for a
 //! policy without one: the shared bucket). The server pins that bucket to shard
 //! `shard_for(routing_hash(value), nr_shards)`, and a shard-aware client sends the request
-//! straight to that shard's port, computing the same value with [`routing_value`] from the
-//! `routing_label_keys` the server advertised in `HELLO_REPLY`.
+//! straight to that shard's port, computing the same value with [`routing_value`].
+//!
+//! **Which keys route a flow** (the one rule, [`RoutingKeys::keys_for`]): the routing label
+//! keys *of the flow's control point* — the distinct limit-by keys of the limiters selected
+//! on it, in policy order (`HELLO_REPLY.control_point_routing` in version 2; the server's
+//! `Engine::routing_label_keys_for`). The flow goes to the shard of the first of those keys
+//! it carries, `""` if none (also for a control point without limiters: no bucket, no hop
+//! either way). A version-1 `HELLO_REPLY` only has the global list (every control point's
+//! keys together), which version-1 clients keep using; it can send a check whose control
+//! point keys on `tenant` to its `user` shard, where it hops.
 //!
 //! The hash is FNV-1a 64 ([`HASH_FNV1A_64`] in `HELLO_REPLY.hash_algo`): trivial to reimplement
 //! in any language, byte-order independent, and good enough spread for a modulo over a handful
 //! of shards. It is *not* DoS-resistant; that is acceptable because a skewed key only moves load
 //! between this server's own cores, it cannot grow memory.
 
-/// `HELLO_REPLY.hash_algo` value naming FNV-1a 64-bit, the only algorithm protocol version 1
-/// defines.
+use std::collections::HashMap;
+
+use crate::types::HelloReply;
+use crate::version::ProtocolVersion;
+
+/// `HELLO_REPLY.hash_algo` value naming FNV-1a 64-bit, the only algorithm versions 1 and 2
+/// define.
 pub const HASH_FNV1A_64: u8 = 1;
+
+/// Bits of a flow id below its shard number: the top 12 bits of a flow id name the shard whose
+/// ledger holds the flow (the server's `tollgate_policy::FlowId` layout), so a `FLOW_END` can
+/// go straight to it.
+pub const FLOW_ID_SHARD_SHIFT: u32 = 52;
+
+/// The shard holding flow `flow_id`: its top 12 bits.
+#[inline]
+pub fn shard_of_flow(flow_id: u64) -> usize {
+    // At most 12 bits remain: always fits.
+    (flow_id >> FLOW_ID_SHARD_SHIFT) as usize
+}
 
 /// FNV-1a 64-bit offset basis.
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -76,6 +101,53 @@ where
     )
 }
 
+/// The routing keys a client learned from `HELLO_REPLY`: per control point in version 2, one
+/// global list in version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutingKeys {
+    /// The version-1 list: every keyed limiter's key, whatever its control point.
+    global: Vec<String>,
+    /// Version 2: the keys of each control point with a limiter. `None` = version 1.
+    by_control_point: Option<HashMap<String, Vec<String>>>,
+}
+
+impl RoutingKeys {
+    /// The keys a `HELLO_REPLY` advertises, for the version it speaks.
+    pub fn from_hello(hello: &HelloReply) -> RoutingKeys {
+        let by_control_point = match hello.version {
+            ProtocolVersion::V1 => None,
+            ProtocolVersion::V2 => Some(
+                hello
+                    .control_point_routing
+                    .iter()
+                    .map(|c| (c.control_point.clone(), c.routing_label_keys.clone()))
+                    .collect(),
+            ),
+        };
+        RoutingKeys {
+            global: hello.routing_label_keys.clone(),
+            by_control_point,
+        }
+    }
+
+    /// The keys that route a flow of `control_point`: that control point's keys (none for a
+    /// control point without limiters) when the server sent them, else the global list.
+    pub fn keys_for(&self, control_point: &str) -> &[String] {
+        match &self.by_control_point {
+            Some(map) => map.get(control_point).map_or(&[], Vec::as_slice),
+            None => &self.global,
+        }
+    }
+
+    /// The shard owning a flow of `control_point` with these labels.
+    pub fn shard_for<'a, I>(&self, control_point: &str, labels: I, nr_shards: usize) -> usize
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    {
+        shard_for_labels(self.keys_for(control_point), labels, nr_shards)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +188,58 @@ mod tests {
         assert_eq!(routing_value(&keys, labels.iter().copied()), "");
         let none: [String; 0] = [];
         assert_eq!(routing_value(&none, labels.iter().copied()), "");
+    }
+
+    fn hello(version: ProtocolVersion) -> HelloReply {
+        HelloReply {
+            version,
+            node_id: "n".into(),
+            shard_count: 4,
+            hash_algo: HASH_FNV1A_64,
+            shard_index: None,
+            shard_ports: vec![],
+            routing_label_keys: vec!["user".into(), "tenant".into()],
+            policy_names: vec![],
+            max_frame_len: 1,
+            max_batch: 1,
+            max_in_flight: 1,
+            control_point_routing: vec![
+                crate::types::ControlPointRouting {
+                    control_point: "db".into(),
+                    routing_label_keys: vec!["tenant".into()],
+                },
+                crate::types::ControlPointRouting {
+                    control_point: "shared".into(),
+                    routing_label_keys: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn control_point_keys_route_in_version_2_only() {
+        let labels = [("user", "u1"), ("tenant", "t1")];
+        let v2 = RoutingKeys::from_hello(&hello(ProtocolVersion::V2));
+        // The control point's limiter keys on tenant: the user label does not route it.
+        assert_eq!(v2.keys_for("db"), ["tenant"]);
+        assert_eq!(
+            v2.shard_for("db", labels.iter().copied(), 4),
+            shard_for(routing_hash(b"t1"), 4)
+        );
+        // Unkeyed limiters and unknown control points: the shared bucket's shard.
+        for cp in ["shared", "unknown"] {
+            assert!(v2.keys_for(cp).is_empty());
+            assert_eq!(
+                v2.shard_for(cp, labels.iter().copied(), 4),
+                shard_for(routing_hash(b""), 4)
+            );
+        }
+        // Version 1 has only the global list: the first global key the flow carries.
+        let v1 = RoutingKeys::from_hello(&hello(ProtocolVersion::V1));
+        assert_eq!(v1.keys_for("db"), ["user", "tenant"]);
+        assert_eq!(
+            v1.shard_for("db", labels.iter().copied(), 4),
+            shard_for(routing_hash(b"u1"), 4)
+        );
     }
 }

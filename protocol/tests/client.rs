@@ -1,8 +1,13 @@
 //! The tokio client against a tiny in-test fake server built from the crate's own codec.
 //!
-//! The fake server listens on 127.0.0.1:0 (a shared port plus, optionally, one port per shard)
-//! and decides checks deterministically from their labels:
+//! The fake server listens on 127.0.0.1:0 (a shared port plus, optionally, one port per shard),
+//! negotiates the protocol version per connection like the real one (or, started with
+//! [`Speaks::V1Only`], refuses a version above 1 as a version-1 server does), and decides checks
+//! deterministically from their labels:
 //! * a label value starting with `deny` → rejected (429), else accepted;
+//! * `flow=1` → accepted by a "concurrency limiter": the limiter result carries a flow id whose
+//!   shard bits name the answering listener (0 on the shared port);
+//! * `sched=timeout` → rejected with `NO_TOKENS`, refusal `timed_out`, status 503;
 //! * `delay_ms=N` → the reply is sent N ms later (so replies come back shuffled);
 //! * `hold=NAME` → the reply is held until the test releases it ([`FakeServer::next_held`]):
 //!   the way tests order events without sleeping;
@@ -11,10 +16,13 @@
 //!
 //! Each `CHECK_REPLY` carries one limiter whose `limiter_index` is the index of the listener that
 //! answered (0xFFFF for the shared port), and the server records `(listener, routing value)`
-//! for every check, so tests can see where the client routed. [`FakeServer::stop`] returns once
-//! every listener and connection is closed.
+//! for every check (the value by the routing rule of the connection's version), so tests can see
+//! where the client routed. `FLOW_END` answers `ended` for odd ids and `unknown` for even ones,
+//! recording `(listener, id)`. [`FakeServer::stop`] returns once every listener and connection
+//! is closed.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,10 +33,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tollgate_protocol::client::{
     CheckRequest, Client, ClientConfig, ClientError, DecidedBy, FailMode,
 };
-use tollgate_protocol::routing::{routing_hash, routing_value, shard_for, HASH_FNV1A_64};
+use tollgate_protocol::routing::{
+    routing_hash, shard_for, RoutingKeys, FLOW_ID_SHARD_SHIFT, HASH_FNV1A_64,
+};
 use tollgate_protocol::*;
 
 const SHARED: u16 = 0xFFFF;
+
+/// Which protocol versions the fake server speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// Versions 1 and 2, negotiated per connection (like the real server).
+    V2,
+    /// Version 1 only: a `HELLO` above 1 gets `UNSUPPORTED_VERSION` (like a version-1 server).
+    V1Only,
+}
 
 /// Bound on waiting for an event the fake server signals: only a hang reaches it.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +60,14 @@ struct Stats {
     routed: Mutex<Vec<(u16, String)>>,
     /// INTERN frames received.
     interns: AtomicUsize,
+    /// Request ids of the INTERN frames received.
+    intern_ids: Mutex<Vec<u32>>,
+    /// (listener, HELLO version, was it the connection's first frame) for every HELLO.
+    hellos: Mutex<Vec<(u16, u16, bool)>>,
+    /// The wait budget of every check decided, in order.
+    waits: Mutex<Vec<Option<u32>>>,
+    /// (listener, flow id) for every id of every FLOW_END.
+    flow_ends: Mutex<Vec<(u16, u64)>>,
 }
 
 /// A reply the server holds back (a check labelled `hold=NAME`) until the test releases it.
@@ -116,12 +143,26 @@ fn keys() -> Vec<String> {
     vec!["user".to_string(), "tenant".to_string()]
 }
 
+/// Version 2's routing keys: control point `db` is limited by tenant only; `api` by both.
+fn control_point_routing() -> Vec<ControlPointRouting> {
+    vec![
+        ControlPointRouting {
+            control_point: "api".into(),
+            routing_label_keys: keys(),
+        },
+        ControlPointRouting {
+            control_point: "db".into(),
+            routing_label_keys: vec!["tenant".into()],
+        },
+    ]
+}
+
 async fn start_server(nr_shards: usize) -> FakeServer {
-    start_server_at(nr_shards, "127.0.0.1:0".parse().expect("addr")).await
+    start_server_at(nr_shards, "127.0.0.1:0".parse().expect("addr"), Speaks::V2).await
 }
 
 /// A fake server whose shared port is `shared` (port 0: any free port).
-async fn start_server_at(nr_shards: usize, shared: SocketAddr) -> FakeServer {
+async fn start_server_at(nr_shards: usize, shared: SocketAddr, speaks: Speaks) -> FakeServer {
     let (shutdown, rx) = watch::channel(false);
     let (held_tx, held) = mpsc::unbounded_channel();
     let (alive_tx, alive) = mpsc::channel(1);
@@ -144,7 +185,7 @@ async fn start_server_at(nr_shards: usize, shared: SocketAddr) -> FakeServer {
     for (i, listener) in listeners.into_iter().enumerate() {
         let index = if i == nr_shards { SHARED } else { i as u16 };
         let hello = HelloReply {
-            version: PROTOCOL_VERSION,
+            version: ProtocolVersion::V1,
             node_id: "fake".into(),
             shard_count: nr_shards.max(1) as u16,
             hash_algo: HASH_FNV1A_64,
@@ -155,12 +196,17 @@ async fn start_server_at(nr_shards: usize, shared: SocketAddr) -> FakeServer {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_batch: 4,
             max_in_flight: 64,
+            control_point_routing: Vec::new(),
+        };
+        let listener_cfg = Listener {
+            index,
+            hello,
+            speaks,
         };
         tokio::spawn(accept_loop(
             listener,
             i,
-            index,
-            hello,
+            listener_cfg,
             stats.clone(),
             rx.clone(),
             signals.clone(),
@@ -175,11 +221,40 @@ async fn start_server_at(nr_shards: usize, shared: SocketAddr) -> FakeServer {
     }
 }
 
+/// What one listening port of the fake server is.
+#[derive(Clone)]
+struct Listener {
+    /// Shard index, or [`SHARED`].
+    index: u16,
+    /// Its `HELLO_REPLY` in version 1 (version 2 adds the control point routing).
+    hello: HelloReply,
+    speaks: Speaks,
+}
+
+impl Listener {
+    /// The `HELLO_REPLY` for a `HELLO` of `version`, or the error a server of this kind sends.
+    fn answer_hello(&self, version: u16) -> Result<HelloReply, String> {
+        let negotiated = match (self.speaks, version) {
+            (Speaks::V1Only, v) if v > 1 => {
+                return Err("server speaks protocol version 1".into());
+            }
+            (_, v) => ProtocolVersion::negotiate(v).ok_or("no version 0")?,
+        };
+        Ok(HelloReply {
+            version: negotiated,
+            control_point_routing: match negotiated {
+                ProtocolVersion::V1 => Vec::new(),
+                ProtocolVersion::V2 => control_point_routing(),
+            },
+            ..self.hello.clone()
+        })
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     slot: usize,
-    index: u16,
-    hello: HelloReply,
+    cfg: Listener,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
     signals: Signals,
@@ -189,7 +264,7 @@ async fn accept_loop(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { break };
                 stats.accepted.lock().expect("lock")[slot] += 1;
-                tokio::spawn(serve(stream, index, hello.clone(), stats.clone(), shutdown.clone(), signals.clone()));
+                tokio::spawn(serve(stream, cfg.clone(), stats.clone(), shutdown.clone(), signals.clone()));
             }
             _ = shutdown.changed() => break,
         }
@@ -217,9 +292,10 @@ fn decide(
     check: &CheckRef<'_>,
     table: &InternTable,
     index: u16,
+    routing: &RoutingKeys,
     stats: &Stats,
 ) -> (Decided, Timing) {
-    let Some(_cp) = table.resolve(check.control_point()) else {
+    let Some(cp) = table.resolve(check.control_point()) else {
         return (
             Decided::Error(ErrorCode::UnknownInternedId, "control point"),
             Timing::Now,
@@ -235,8 +311,13 @@ fn decide(
         };
         labels.push((k, v));
     }
-    let value = routing_value(&keys(), labels.iter().copied()).to_string();
+    let value = routing::routing_value(routing.keys_for(cp), labels.iter().copied()).to_string();
     stats.routed.lock().expect("lock").push((index, value));
+    stats
+        .waits
+        .lock()
+        .expect("lock")
+        .push(check.wait_budget_ms());
     let get = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     if get("drop") == Some("1") {
         return (Decided::Drop, Timing::Now);
@@ -253,30 +334,43 @@ fn decide(
         _ => Timing::Now,
     };
     let deny = labels.iter().any(|(_, v)| v.starts_with("deny"));
+    let timed_out = get("sched") == Some("timeout");
+    let rejected = deny || timed_out;
+    // Shard bits: the listener's shard (0 on the shared port), then a sequence.
+    let shard_bits = if index == SHARED { 0 } else { u64::from(index) };
+    let flow_id = (get("flow") == Some("1") && !rejected)
+        .then(|| NonZeroU64::new((shard_bits << FLOW_ID_SHARD_SHIFT) | 0x51))
+        .flatten();
     let reply = CheckReply {
-        decision: if deny {
+        decision: if rejected {
             Decision::Rejected
         } else {
             Decision::Accepted
         },
-        reason: if deny {
-            DecisionReason::RateLimited
-        } else {
-            DecisionReason::None
+        reason: match (deny, timed_out) {
+            (true, _) => DecisionReason::RateLimited,
+            (false, true) => DecisionReason::NoTokens,
+            (false, false) => DecisionReason::None,
         },
-        wait_ns: if deny { 1_000 } else { 0 },
+        wait_ns: if rejected { 1_000 } else { 0 },
         limiters: [LimiterResult {
             limiter_index: index,
-            outcome: if deny {
+            outcome: if rejected {
                 LimiterOutcome::Rejected
             } else {
                 LimiterOutcome::Accepted
             },
-            status_code: 429,
+            status_code: if timed_out && !deny { 503 } else { 429 },
             tokens: check.tokens().unwrap_or(1.0),
             remaining: 5.0,
             current: 6.0,
-            wait_ns: if deny { 1_000 } else { 0 },
+            wait_ns: if rejected { 1_000 } else { 0 },
+            flow_id,
+            refusal: match (deny, timed_out) {
+                (true, _) => Some(Refusal::Exhausted),
+                (false, true) => Some(Refusal::TimedOut),
+                (false, false) => None,
+            },
         }]
         .into_iter()
         .collect(),
@@ -286,12 +380,17 @@ fn decide(
 
 async fn serve(
     stream: TcpStream,
-    index: u16,
-    hello: HelloReply,
+    cfg: Listener,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
     signals: Signals,
 ) {
+    let index = cfg.index;
+    // The connection speaks version 1 until a HELLO; replies are encoded in the version in
+    // force when they are written (as the real server does).
+    let mut version = ProtocolVersion::V1;
+    let mut routing = RoutingKeys::from_hello(&cfg.hello);
+    let mut first_frame = true;
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
@@ -328,10 +427,38 @@ async fn serve(
                 Ok(Some(d)) => {
                     start += d.len;
                     let id = d.request_id;
+                    let first = std::mem::replace(&mut first_frame, false);
                     match d.frame {
-                        Frame::Hello(_) => encode_hello_reply(&mut out, id, &hello).expect("hello"),
+                        Frame::Hello(h) => {
+                            stats
+                                .hellos
+                                .lock()
+                                .expect("lock")
+                                .push((index, h.version, first));
+                            match cfg.answer_hello(h.version) {
+                                Ok(hello) => {
+                                    encode_hello_reply(&mut out, id, &hello).expect("hello");
+                                    version = hello.version;
+                                    routing = RoutingKeys::from_hello(&hello);
+                                }
+                                Err(msg) => {
+                                    encode_error(&mut out, id, ErrorCode::UnsupportedVersion, &msg)
+                                }
+                            }
+                        }
+                        Frame::FlowEnd(ids) => {
+                            let statuses: Vec<FlowEndStatus> = ids
+                                .iter()
+                                .map(|fid| {
+                                    stats.flow_ends.lock().expect("lock").push((index, fid));
+                                    FlowEndStatus::from_ended(fid % 2 == 1)
+                                })
+                                .collect();
+                            encode_flow_end_reply(&mut out, id, &statuses).expect("flow end");
+                        }
                         Frame::Intern { id: iid, value } => {
                             stats.interns.fetch_add(1, Ordering::Relaxed);
+                            stats.intern_ids.lock().expect("lock").push(id);
                             if let Err(e) = table.bind(iid, value) {
                                 encode_error(&mut out, id, ErrorCode::BadRequest, &e.to_string());
                             }
@@ -348,11 +475,11 @@ async fn serve(
                         )
                         .expect("members"),
                         Frame::Ping(p) => encode_pong(&mut out, id, p).expect("pong"),
-                        Frame::Check(c) => match decide(&c, &table, index, &stats) {
+                        Frame::Check(c) => match decide(&c, &table, index, &routing, &stats) {
                             (Decided::Drop, _) => break 'conn,
                             (Decided::Error(code, msg), _) => encode_error(&mut out, id, code, msg),
                             (Decided::Reply(r), timing) => {
-                                encode_check_reply(&mut out, id, &r).expect("reply");
+                                encode_check_reply(&mut out, id, &r, version).expect("reply");
                                 match timing {
                                     Timing::Now => {}
                                     Timing::AfterMs(ms) => {
@@ -364,36 +491,34 @@ async fn serve(
                                         continue;
                                     }
                                     Timing::Held(name) => {
-                                        let (release, released) = oneshot::channel();
-                                        let (queued_tx, queued) = oneshot::channel();
-                                        let tx = tx.clone();
-                                        tokio::spawn(async move {
-                                            if released.await.is_ok() {
-                                                let _ = tx.send(out);
-                                                let _ = queued_tx.send(());
-                                            }
-                                        });
-                                        let _ = signals.held.send(Held {
-                                            name,
-                                            release,
-                                            queued,
-                                        });
+                                        hold(name, out, &tx, &signals);
                                         continue;
                                     }
                                 }
                             }
                         },
                         Frame::CheckBatch(b) => {
-                            let mut w =
-                                BatchReplyWriter::new(&mut out, id, b.len()).expect("batch");
+                            let mut w = BatchReplyWriter::new(&mut out, id, b.len(), version)
+                                .expect("batch");
+                            // A held item holds the whole batch reply, as a waiting check
+                            // does on the real server.
+                            let mut held = None;
                             for c in b.iter() {
-                                match decide(&c, &table, index, &stats).0 {
+                                let (decided, timing) = decide(&c, &table, index, &routing, &stats);
+                                match decided {
                                     Decided::Reply(r) => w.reply(&r).expect("item"),
                                     Decided::Error(code, msg) => w.error(code, msg).expect("item"),
                                     Decided::Drop => break 'conn,
                                 }
+                                if let Timing::Held(name) = timing {
+                                    held.get_or_insert(name);
+                                }
                             }
                             w.finish().expect("finish");
+                            if let Some(name) = held {
+                                hold(name, out, &tx, &signals);
+                                continue;
+                            }
                         }
                     }
                 }
@@ -418,6 +543,24 @@ async fn serve(
     writer.abort();
     let _ = writer.await;
     drop(signals);
+}
+
+/// Sends `out` on the connection only when the test releases the hold named `name`.
+fn hold(name: String, out: Vec<u8>, tx: &mpsc::UnboundedSender<Vec<u8>>, signals: &Signals) {
+    let (release, released) = oneshot::channel();
+    let (queued_tx, queued) = oneshot::channel();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        if released.await.is_ok() {
+            let _ = tx.send(out);
+            let _ = queued_tx.send(());
+        }
+    });
+    let _ = signals.held.send(Held {
+        name,
+        release,
+        queued,
+    });
 }
 
 fn cfg(server: &FakeServer, mode: FailMode) -> ClientConfig {
@@ -627,7 +770,7 @@ async fn picks_up_a_restarted_server() {
             "{err}"
         );
     }
-    let restarted = start_server_at(0, server.addr).await;
+    let restarted = start_server_at(0, server.addr, Speaks::V2).await;
     // Each failed dial doubles the wait before the next (capped at 1 s), so the first checks
     // may still be refused without a dial; poll until one goes through.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -780,6 +923,11 @@ fn blocking_client_works_without_a_runtime() {
     assert!(client.check(&req("u1")).expect("check").accepted());
     assert!(!client.check_with_fail_mode(&req("deny")).accepted);
     client.ping(b"x").expect("ping");
+    assert_eq!(client.version(), ProtocolVersion::V2);
+    assert_eq!(
+        client.flow_end(&[1, 2]).expect("flow end"),
+        [FlowEndStatus::Ended, FlowEndStatus::Unknown]
+    );
     let results = client
         .check_batch(&[req("a"), req("deny-b")])
         .expect("batch");
@@ -787,4 +935,252 @@ fn blocking_client_works_without_a_runtime() {
     assert!(!results[1].as_ref().expect("b").accepted());
     drop(client);
     rt.block_on(server.stop());
+}
+
+#[tokio::test]
+async fn negotiates_version_2_on_every_connection() {
+    const N: usize = 3;
+    let server = start_server(N).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
+    assert_eq!(client.version(), ProtocolVersion::V2);
+    assert_eq!(
+        client.hello().control_point_routing,
+        control_point_routing()
+    );
+    // The shard connections were opened at connect; a check on each makes sure each one's
+    // first frame reached the server.
+    for i in 0..40 {
+        let _ = client
+            .check(&req(&format!("user-{i}")))
+            .await
+            .expect("check");
+    }
+    let mut hellos = server.stats.hellos.lock().expect("lock").clone();
+    hellos.sort();
+    let mut want: Vec<(u16, u16, bool)> = (0..N as u16).map(|i| (i, 2, true)).collect();
+    want.push((SHARED, 2, true));
+    assert_eq!(
+        hellos, want,
+        "one HELLO v2 per connection, as its first frame"
+    );
+    // INTERN frames carry the id of the request they were sent for, never 0.
+    let ids = server.stats.intern_ids.lock().expect("lock").clone();
+    assert!(!ids.is_empty());
+    assert!(ids.iter().all(|&id| id != 0), "{ids:?}");
+}
+
+#[tokio::test]
+async fn wait_budget_flow_ids_and_refusals() {
+    let server = start_server(2).await;
+    let mut c = cfg(&server, FailMode::Closed);
+    c.request_timeout = Duration::from_millis(100);
+    let client = Client::connect(c).await.expect("connect");
+    // The budget goes on the wire in whole milliseconds, rounded down.
+    let r = client
+        .check(
+            &req("u1")
+                .wait(Duration::from_micros(2_500_900))
+                .label("flow", "1"),
+        )
+        .await
+        .expect("check");
+    assert!(r.accepted());
+    let shard = client.shard_of(&req("u1")).expect("shard-aware");
+    let flow = ((shard as u64) << FLOW_ID_SHARD_SHIFT) | 0x51;
+    assert_eq!(r.flow_ids().collect::<Vec<_>>(), [flow]);
+    assert_eq!(r.limiters[0].flow_id(), Some(flow));
+    assert_eq!(client.shard_of_flow(flow), Some(shard));
+    // Without a budget: decided at once, no flag on the wire. A huge budget saturates.
+    client.check(&req("u2")).await.expect("check");
+    client
+        .check(&req("u3").wait(Duration::from_secs(100 * 24 * 3600)))
+        .await
+        .expect("check");
+    assert_eq!(
+        *server.stats.waits.lock().expect("lock"),
+        [Some(2500), None, Some(u32::MAX)]
+    );
+    // A scheduler that timed out: NO_TOKENS, 503, refusal timed_out, no flow id.
+    let r = client
+        .check(
+            &req("u4")
+                .wait(Duration::from_millis(5))
+                .label("sched", "timeout"),
+        )
+        .await
+        .expect("check");
+    assert!(!r.accepted());
+    assert_eq!(r.reason, DecisionReason::NoTokens);
+    assert_eq!(r.refusal(), Some(Refusal::TimedOut));
+    assert_eq!(r.limiters[0].status_code, 503);
+    assert_eq!(r.flow_ids().count(), 0);
+    // The client waits for a waiting check's reply for its budget plus request_timeout: a
+    // reply the server never sends times out after exactly that.
+    let err = client
+        .check(
+            &req("u5")
+                .wait(Duration::from_millis(150))
+                .label("hold", "never"),
+        )
+        .await
+        .expect_err("must time out");
+    assert_eq!(err, ClientError::Timeout(Duration::from_millis(250)));
+    let _never = server.next_held("never").await;
+    // A batch's frames all get the longest budget plus request_timeout. (u6 and u7 live on
+    // different shards, so they go in different frames and only u7's is held.)
+    assert_ne!(client.shard_of(&req("u6")), client.shard_of(&req("u7")));
+    let results = client
+        .check_batch(&[
+            req("u6"),
+            req("u7")
+                .wait(Duration::from_millis(50))
+                .label("hold", "batch"),
+        ])
+        .await
+        .expect("u6 was decided");
+    assert!(results[0].as_ref().expect("u6").accepted());
+    assert_eq!(
+        results[1],
+        Err(ClientError::Timeout(Duration::from_millis(150)))
+    );
+    let _batch = server.next_held("batch").await;
+}
+
+#[tokio::test]
+async fn flow_end_goes_to_the_shard_in_the_id() {
+    const N: usize = 3;
+    let server = start_server(N).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
+    let id = |shard: u64, seq: u64| (shard << FLOW_ID_SHARD_SHIFT) | seq;
+    // Odd ids are in flight at the fake server; shard 9 does not exist here (shared port).
+    let ids = [id(2, 1), id(0, 2), id(1, 3), id(9, 5), id(2, 4), 0];
+    let statuses = client.flow_end(&ids).await.expect("flow end");
+    use FlowEndStatus::{Ended, Unknown};
+    assert_eq!(statuses, [Ended, Unknown, Ended, Ended, Unknown, Unknown]);
+    let mut seen = server.stats.flow_ends.lock().expect("lock").clone();
+    seen.sort();
+    let mut want = vec![
+        (0, id(0, 2)),
+        (0, 0),
+        (1, id(1, 3)),
+        (2, id(2, 1)),
+        (2, id(2, 4)),
+        (SHARED, id(9, 5)),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+    // More than MAX_FLOW_END ids: several frames, one status per id, in order.
+    let many: Vec<u64> = (0..MAX_FLOW_END as u64 + 7).map(|i| id(1, i)).collect();
+    let statuses = client.flow_end(&many).await.expect("flow end");
+    assert_eq!(statuses.len(), many.len());
+    for (i, s) in statuses.iter().enumerate() {
+        assert_eq!(*s == Ended, i % 2 == 1, "id {i}");
+    }
+    assert!(client.flow_end(&[]).await.expect("empty").is_empty());
+}
+
+#[tokio::test]
+async fn routes_by_the_keys_of_the_control_point() {
+    const N: usize = 4;
+    let server = start_server(N).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
+    // Find a user and a tenant whose shards differ, so the route tells which key decided.
+    let (user, tenant) = (0..)
+        .map(|i| (format!("u{i}"), format!("t{i}")))
+        .find(|(u, t)| {
+            shard_for(routing_hash(u.as_bytes()), N) != shard_for(routing_hash(t.as_bytes()), N)
+        })
+        .expect("some pair differs");
+    let tenant_shard = shard_for(routing_hash(tenant.as_bytes()), N);
+    let user_shard = shard_for(routing_hash(user.as_bytes()), N);
+    // `db` is limited by tenant: its user label does not route it.
+    let db = CheckRequest::new("db")
+        .label("user", user.clone())
+        .label("tenant", tenant.clone());
+    assert_eq!(client.shard_of(&db), Some(tenant_shard));
+    let r = client.check(&db).await.expect("check");
+    assert_eq!(r.limiters[0].limiter_index as usize, tenant_shard);
+    // `api` is limited by user first.
+    let api = CheckRequest::new("api")
+        .label("tenant", tenant.clone())
+        .label("user", user.clone());
+    assert_eq!(client.shard_of(&api), Some(user_shard));
+    // A control point with no limiter: the shared bucket's shard, whatever the labels.
+    let other = CheckRequest::new("other").label("user", user.clone());
+    assert_eq!(
+        client.shard_of(&other),
+        Some(shard_for(routing_hash(b""), N))
+    );
+}
+
+#[tokio::test]
+async fn falls_back_to_version_1_against_a_version_1_server() {
+    const N: usize = 2;
+    let server = start_server_at(N, "127.0.0.1:0".parse().expect("addr"), Speaks::V1Only).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
+    assert_eq!(client.version(), ProtocolVersion::V1);
+    assert!(client.hello().control_point_routing.is_empty());
+    // Version 1 routes by the global keys: user first, even on `db`.
+    let db = CheckRequest::new("db")
+        .label("user", "u1")
+        .label("tenant", "t1");
+    assert_eq!(
+        client.shard_of(&db),
+        Some(shard_for(routing_hash(b"u1"), N))
+    );
+    // Replies are version 1 (no flow ids); a wait budget is not sent to a version-1 server.
+    let r = client
+        .check(&req("u1").label("flow", "1").wait(Duration::from_secs(1)))
+        .await
+        .expect("check");
+    assert!(r.accepted());
+    assert_eq!(r.flow_ids().count(), 0);
+    let r = client
+        .check(&req("u2").label("sched", "timeout"))
+        .await
+        .expect("check");
+    assert_eq!(
+        r.reason,
+        DecisionReason::RateLimited,
+        "no NO_TOKENS in version 1"
+    );
+    assert_eq!(r.refusal(), None);
+    assert_eq!(*server.stats.waits.lock().expect("lock"), [None, None]);
+    // HELLO v2 refused, then HELLO v1, on the shared port only: version 1 needs no HELLO.
+    assert_eq!(
+        *server.stats.hellos.lock().expect("lock"),
+        [(SHARED, 2, true), (SHARED, 1, false)]
+    );
+}
+
+#[tokio::test]
+async fn a_reconnected_connection_speaks_version_2_again() {
+    let server = start_server(0).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
+    let err = client
+        .check(&req("u1").label("drop", "1"))
+        .await
+        .expect_err("dropped");
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    // The new connection starts with HELLO v2, so its replies carry flow ids again.
+    let r = client
+        .check(&req("u2").label("flow", "1"))
+        .await
+        .expect("after reconnect");
+    assert_eq!(r.flow_ids().count(), 1);
+    assert_eq!(server.accepted_shared(), 2);
+    assert_eq!(
+        *server.stats.hellos.lock().expect("lock"),
+        [(SHARED, 2, true), (SHARED, 2, true)]
+    );
 }

@@ -1,8 +1,14 @@
-//! Property tests of the codec: every frame type round-trips, every strict prefix of a frame is
+//! Property tests of the codec: every frame type round-trips (replies in both protocol versions:
+//! version 1 receives exactly what version 1 can carry), every strict prefix of a frame is
 //! "need more bytes", random and corrupted bytes never panic, and limits are enforced.
+
+use std::num::NonZeroU64;
 
 use proptest::prelude::*;
 use tollgate_protocol::*;
+
+const V1: ProtocolVersion = ProtocolVersion::V1;
+const V2: ProtocolVersion = ProtocolVersion::V2;
 
 #[derive(Debug, Clone)]
 enum OwnedRef {
@@ -23,6 +29,7 @@ impl OwnedRef {
 struct OwnedCheck {
     control_point: OwnedRef,
     tokens: Option<f64>,
+    wait_budget_ms: Option<u32>,
     labels: Vec<(OwnedRef, String)>,
 }
 
@@ -32,6 +39,15 @@ impl OwnedCheck {
             .iter()
             .map(|(k, v)| (k.as_ref(), v.as_str()))
             .collect()
+    }
+
+    fn spec<'a>(&'a self, labels: &'a [(StrRef<'a>, &'a str)]) -> CheckSpec<'a> {
+        CheckSpec {
+            control_point: self.control_point.as_ref(),
+            tokens: self.tokens,
+            wait_budget_ms: self.wait_budget_ms,
+            labels,
+        }
     }
 }
 
@@ -62,27 +78,34 @@ fn check() -> impl Strategy<Value = OwnedCheck> {
     (
         str_ref(),
         tokens(),
+        prop::option::of(prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()]),
         prop::collection::vec((str_ref(), text()), 0..6),
     )
-        .prop_map(|(control_point, tokens, labels)| OwnedCheck {
-            control_point,
-            tokens,
-            labels,
-        })
+        .prop_map(
+            |(control_point, tokens, wait_budget_ms, labels)| OwnedCheck {
+                control_point,
+                tokens,
+                wait_budget_ms,
+                labels,
+            },
+        )
 }
 
 fn limiter() -> impl Strategy<Value = LimiterResult> {
     (
-        any::<u16>(),
-        0u8..4,
-        any::<u16>(),
-        finite(),
-        finite(),
-        finite(),
-        any::<u64>(),
+        (any::<u16>(), 0u8..4, any::<u16>()),
+        (finite(), finite(), finite(), any::<u64>()),
+        (
+            prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+            0u8..7,
+        ),
     )
         .prop_map(
-            |(limiter_index, o, status_code, tokens, remaining, current, wait_ns)| LimiterResult {
+            |(
+                (limiter_index, o, status_code),
+                (tokens, remaining, current, wait_ns),
+                (flow, refusal),
+            )| LimiterResult {
                 limiter_index,
                 outcome: LimiterOutcome::from_u8(o).unwrap_or(LimiterOutcome::Accepted),
                 status_code,
@@ -90,6 +113,8 @@ fn limiter() -> impl Strategy<Value = LimiterResult> {
                 remaining,
                 current,
                 wait_ns,
+                flow_id: NonZeroU64::new(flow),
+                refusal: Refusal::from_u8(refusal).flatten(),
             },
         )
 }
@@ -97,24 +122,54 @@ fn limiter() -> impl Strategy<Value = LimiterResult> {
 fn check_reply() -> impl Strategy<Value = CheckReply> {
     (
         any::<bool>(),
-        any::<bool>(),
+        0u8..3,
         any::<u64>(),
         prop::collection::vec(limiter(), 0..7),
     )
-        .prop_map(|(rejected, limited, wait_ns, limiters)| CheckReply {
+        .prop_map(|(rejected, reason, wait_ns, limiters)| CheckReply {
             decision: if rejected {
                 Decision::Rejected
             } else {
                 Decision::Accepted
             },
-            reason: if limited {
-                DecisionReason::RateLimited
-            } else {
-                DecisionReason::None
-            },
+            reason: DecisionReason::from_u8(reason, V2).unwrap_or(DecisionReason::None),
             wait_ns,
             limiters: limiters.into_iter().collect(),
         })
+}
+
+/// What a peer speaking `version` receives for `reply`: version 1 carries no flow ids and no
+/// refusals, and `NO_TOKENS` as `RATE_LIMITED`.
+fn as_received_in(reply: &CheckReply, version: ProtocolVersion) -> CheckReply {
+    match version {
+        ProtocolVersion::V2 => reply.clone(),
+        ProtocolVersion::V1 => CheckReply {
+            reason: match reply.reason {
+                DecisionReason::NoTokens => DecisionReason::RateLimited,
+                other => other,
+            },
+            limiters: reply
+                .limiters
+                .iter()
+                .map(|l| LimiterResult {
+                    flow_id: None,
+                    refusal: None,
+                    ..*l
+                })
+                .collect(),
+            ..reply.clone()
+        },
+    }
+}
+
+fn items_as_received_in(items: &[BatchItem], version: ProtocolVersion) -> Vec<BatchItem> {
+    items
+        .iter()
+        .map(|item| match item {
+            BatchItem::Reply(r) => BatchItem::Reply(as_received_in(r, version)),
+            BatchItem::Error(e) => BatchItem::Error(e.clone()),
+        })
+        .collect()
 }
 
 fn error_reply() -> impl Strategy<Value = ErrorReply> {
@@ -126,12 +181,18 @@ fn error_reply() -> impl Strategy<Value = ErrorReply> {
 
 fn hello_reply() -> impl Strategy<Value = HelloReply> {
     (
-        (any::<u16>(), text(), any::<u16>(), any::<u8>()),
+        (
+            prop_oneof![Just(V1), Just(V2)],
+            text(),
+            any::<u16>(),
+            any::<u8>(),
+        ),
         prop::option::of(0u16..0xFFFF),
         prop::collection::vec(any::<u16>(), 0..9),
         prop::collection::vec(text(), 0..4),
         prop::collection::vec(text(), 0..4),
         (any::<u32>(), any::<u16>(), any::<u32>()),
+        prop::collection::vec((text(), prop::collection::vec(text(), 0..3)), 0..4),
     )
         .prop_map(
             |(
@@ -141,6 +202,7 @@ fn hello_reply() -> impl Strategy<Value = HelloReply> {
                 routing_label_keys,
                 policy_names,
                 (max_frame_len, max_batch, max_in_flight),
+                routing,
             )| HelloReply {
                 version,
                 node_id,
@@ -153,6 +215,17 @@ fn hello_reply() -> impl Strategy<Value = HelloReply> {
                 max_frame_len,
                 max_batch,
                 max_in_flight,
+                // Version 1 cannot carry it: generate it empty there, so the value round-trips.
+                control_point_routing: match version {
+                    ProtocolVersion::V1 => Vec::new(),
+                    ProtocolVersion::V2 => routing
+                        .into_iter()
+                        .map(|(control_point, routing_label_keys)| ControlPointRouting {
+                            control_point,
+                            routing_label_keys,
+                        })
+                        .collect(),
+                },
             },
         )
 }
@@ -175,8 +248,8 @@ fn decode_one(buf: &[u8]) -> Decoded<'_> {
     }
 }
 
-fn decode_one_reply(buf: &[u8]) -> DecodedReply {
-    match decode_reply(buf, DEFAULT_MAX_FRAME_LEN) {
+fn decode_one_reply(buf: &[u8], version: ProtocolVersion) -> DecodedReply {
+    match decode_reply(buf, DEFAULT_MAX_FRAME_LEN, version) {
         Ok(Some(d)) => d,
         other => panic!("expected a reply, got {other:?}"),
     }
@@ -185,6 +258,7 @@ fn decode_one_reply(buf: &[u8]) -> DecodedReply {
 fn assert_check_eq(got: &CheckRef<'_>, want: &OwnedCheck) {
     assert_eq!(got.control_point(), want.control_point.as_ref());
     assert_eq!(got.tokens(), want.tokens);
+    assert_eq!(got.wait_budget_ms(), want.wait_budget_ms);
     assert_eq!(got.label_count(), want.labels.len());
     assert_eq!(got.labels().collect::<Vec<_>>(), want.labels());
 }
@@ -197,11 +271,13 @@ fn assert_prefixes_incomplete(buf: &[u8]) {
             Ok(None),
             "cut {cut}"
         );
-        assert_eq!(
-            decode_reply(&buf[..cut], DEFAULT_MAX_FRAME_LEN),
-            Ok(None),
-            "cut {cut}"
-        );
+        for version in [V1, V2] {
+            assert_eq!(
+                decode_reply(&buf[..cut], DEFAULT_MAX_FRAME_LEN, version),
+                Ok(None),
+                "cut {cut}"
+            );
+        }
     }
 }
 
@@ -212,9 +288,7 @@ proptest! {
     fn check_round_trips(c in check(), id in any::<u32>()) {
         let mut out = vec![0xAA]; // encoders append; existing bytes are left alone
         let labels = c.labels();
-        encode_check(&mut out, id, &CheckSpec {
-            control_point: c.control_point.as_ref(), tokens: c.tokens, labels: &labels,
-        }).expect("encode");
+        encode_check(&mut out, id, &c.spec(&labels)).expect("encode");
         prop_assert_eq!(out[0], 0xAA);
         let d = decode_one(&out[1..]);
         prop_assert_eq!(d.request_id, id);
@@ -227,9 +301,7 @@ proptest! {
     #[test]
     fn batch_round_trips(checks in prop::collection::vec(check(), 0..8), id in any::<u32>()) {
         let labels: Vec<_> = checks.iter().map(|c| c.labels()).collect();
-        let specs: Vec<_> = checks.iter().zip(&labels).map(|(c, l)| CheckSpec {
-            control_point: c.control_point.as_ref(), tokens: c.tokens, labels: l,
-        }).collect();
+        let specs: Vec<_> = checks.iter().zip(&labels).map(|(c, l)| c.spec(l)).collect();
         let mut out = Vec::new();
         encode_check_batch(&mut out, id, &specs).expect("encode");
         let d = decode_one(&out);
@@ -247,12 +319,14 @@ proptest! {
     fn small_requests_round_trip(
         version in any::<u16>(), name in text(), iid in 0..MAX_INTERNED as u16,
         payload in prop::collection::vec(any::<u8>(), 0..64), id in any::<u32>(),
+        flow_ids in prop::collection::vec(any::<u64>(), 0..9),
     ) {
         let mut out = Vec::new();
         encode_hello(&mut out, id, version, &name).expect("hello");
         encode_intern(&mut out, id, iid, &name).expect("intern");
         encode_members(&mut out, id).expect("members");
         encode_ping(&mut out, id, &payload).expect("ping");
+        encode_flow_end(&mut out, id, &flow_ids).expect("flow end");
         let mut rest = &out[..];
         let mut frames = Vec::new();
         while !rest.is_empty() {
@@ -262,6 +336,9 @@ proptest! {
             frames.push(d.frame);
             rest = &rest[d.len..];
         }
+        let Some(Frame::FlowEnd(ends)) = frames.pop() else { panic!("not a FLOW_END") };
+        prop_assert_eq!(ends.len(), flow_ids.len());
+        prop_assert_eq!(ends.iter().collect::<Vec<_>>(), flow_ids);
         prop_assert_eq!(frames, vec![
             Frame::Hello(HelloRef { version, client_name: &name }),
             Frame::Intern { id: iid, value: &name },
@@ -280,23 +357,29 @@ proptest! {
         members in prop::collection::vec(member(), 0..5),
         payload in prop::collection::vec(any::<u8>(), 0..64),
         err in error_reply(),
+        ends in prop::collection::vec(any::<bool>(), 0..9),
         id in any::<u32>(),
+        version in prop_oneof![Just(V1), Just(V2)],
     ) {
+        let ends: Vec<FlowEndStatus> = ends.into_iter().map(FlowEndStatus::from_ended).collect();
         let mut out = Vec::new();
         encode_hello_reply(&mut out, id, &hello).expect("hello");
-        encode_check_reply(&mut out, id, &reply).expect("check");
-        encode_batch_reply(&mut out, id, &items).expect("batch");
+        encode_check_reply(&mut out, id, &reply, version).expect("check");
+        encode_batch_reply(&mut out, id, &items, version).expect("batch");
         encode_members_reply(&mut out, id, &members).expect("members");
         encode_pong(&mut out, id, &payload).expect("pong");
+        encode_flow_end_reply(&mut out, id, &ends).expect("flow end");
         encode_error(&mut out, id, err.code, &err.message);
         let want = vec![
-            Reply::Hello(hello), Reply::Check(reply), Reply::Batch(items),
-            Reply::Members(members), Reply::Pong(payload), Reply::Error(err),
+            Reply::Hello(hello), Reply::Check(as_received_in(&reply, version)),
+            Reply::Batch(items_as_received_in(&items, version)),
+            Reply::Members(members), Reply::Pong(payload), Reply::FlowEnd(ends),
+            Reply::Error(err),
         ];
         let mut rest = &out[..];
         let mut got = Vec::new();
         while !rest.is_empty() {
-            let d = decode_one_reply(rest);
+            let d = decode_one_reply(rest, version);
             prop_assert_eq!(d.request_id, id);
             assert_prefixes_incomplete(&rest[..d.len]);
             got.push(d.reply);
@@ -306,10 +389,27 @@ proptest! {
     }
 
     #[test]
+    fn version_1_check_reply_is_the_version_1_layout(reply in check_reply()) {
+        // The version-1 bytes are exactly the version-2 bytes without each limiter's flow id and
+        // refusal, with NO_TOKENS sent as RATE_LIMITED: old clients parse them unchanged.
+        let (mut v1, mut v2) = (Vec::new(), Vec::new());
+        encode_check_reply(&mut v1, 5, &reply, V1).expect("v1");
+        encode_check_reply(&mut v2, 5, &reply, V2).expect("v2");
+        let n = reply.limiters.len();
+        prop_assert_eq!(v2.len() - v1.len(), n * 9);
+        prop_assert_eq!(&v1[4..11], &v2[4..11]); // opcode .. decision
+        prop_assert_eq!(v1[11], if reply.reason == DecisionReason::None { 0 } else { 1 });
+        prop_assert_eq!(&v1[12..21], &v2[12..21]); // wait_ns, count
+        for i in 0..n {
+            prop_assert_eq!(&v1[21 + 37 * i..21 + 37 * (i + 1)], &v2[21 + 46 * i..21 + 46 * i + 37]);
+        }
+    }
+
+    #[test]
     fn framing_survives_random_bodies(
         op in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(5), Just(6),
-                          Just(0x81), Just(0x82), Just(0x83), Just(0x85), Just(0x86), Just(0xFF),
-                          any::<u8>()],
+                          Just(7), Just(0x81), Just(0x82), Just(0x83), Just(0x85), Just(0x86),
+                          Just(0x87), Just(0xFF), any::<u8>()],
         body in prop::collection::vec(any::<u8>(), 0..256),
     ) {
         // A well-formed header around a random body: whatever the body holds, the frame either
@@ -337,7 +437,7 @@ fn oversize_rejected_from_header_alone() {
     assert!(err.is_fatal());
     assert_eq!(err.code(), ErrorCode::FrameTooLarge);
     assert_eq!(frame_len(&header, DEFAULT_MAX_FRAME_LEN), Err(err));
-    assert!(decode_reply(&header, DEFAULT_MAX_FRAME_LEN).is_err());
+    assert!(decode_reply(&header, DEFAULT_MAX_FRAME_LEN, V2).is_err());
     // u32::MAX and a tiny custom limit.
     assert!(frame_len(&u32::MAX.to_le_bytes(), u32::MAX - 1).is_err());
     assert!(frame_len(&100u32.to_le_bytes(), 99).is_err());
@@ -397,10 +497,19 @@ fn check_body_limits() {
         Err(DecodeError::Body { reason, .. }) => reason,
         other => panic!("expected a body error, got {other:?}"),
     };
-    // Unknown CHECK flag bit.
+    // Unknown CHECK flag bits (bits 0 and 1 are tokens and wait budget).
     assert_eq!(
-        reason(&[0x02, 0, 0, 0, 0]),
+        reason(&[0x04, 0, 0, 0, 0]),
         "unknown CHECK flags bits must be zero"
+    );
+    assert_eq!(
+        reason(&[0x83, 0, 0, 0, 0]),
+        "unknown CHECK flags bits must be zero"
+    );
+    // A wait budget that the frame does not hold.
+    assert_eq!(
+        reason(&[0x02, 0, 0, 1, 0]),
+        "truncated CHECK wait_budget_ms"
     );
     // Negative / NaN tokens.
     let mut b = vec![0x01, 0, 0];
@@ -447,6 +556,7 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
     let too_many = CheckSpec {
         control_point: StrRef::Inline("cp"),
         tokens: None,
+        wait_budget_ms: None,
         labels: &labels,
     };
     assert_eq!(
@@ -457,6 +567,7 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
     let spec = CheckSpec {
         control_point: StrRef::Inline("cp"),
         tokens: None,
+        wait_budget_ms: None,
         labels: &long_value,
     };
     assert_eq!(
@@ -466,6 +577,7 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
     let spec = CheckSpec {
         control_point: StrRef::Interned(4096),
         tokens: None,
+        wait_budget_ms: None,
         labels: &[],
     };
     assert_eq!(
@@ -475,6 +587,7 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
     let spec = CheckSpec {
         control_point: StrRef::Inline("cp"),
         tokens: Some(f64::INFINITY),
+        wait_budget_ms: None,
         labels: &[],
     };
     assert_eq!(
@@ -489,12 +602,12 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
     // ERROR messages are cut at a character boundary rather than failing.
     let msg = "é".repeat(MAX_STRING_LEN);
     encode_error(&mut out, 1, ErrorCode::Internal, &msg);
-    let d = decode_one_reply(&out[3..]);
+    let d = decode_one_reply(&out[3..], V2);
     let Reply::Error(e) = d.reply else { panic!() };
     assert_eq!(e.message.len(), MAX_STRING_LEN);
     // Batch writer count mismatch removes the frame.
     let mut out = Vec::new();
-    let w = BatchReplyWriter::new(&mut out, 1, 2).expect("writer");
+    let w = BatchReplyWriter::new(&mut out, 1, 2, V2).expect("writer");
     assert_eq!(
         w.finish(),
         Err(EncodeError::BatchCountMismatch {
@@ -519,6 +632,7 @@ fn labels_resolve_through_intern_table() {
         &CheckSpec {
             control_point: StrRef::Inline("api"),
             tokens: None,
+            wait_budget_ms: None,
             labels: &labels,
         },
     )
@@ -555,4 +669,141 @@ fn fuzz_regressions() {
     let err = decode_frame(crash, DEFAULT_MAX_FRAME_LEN).expect_err("id out of range");
     assert_eq!(err.code(), ErrorCode::MalformedFrame);
     assert_eq!(err.reason(), "interned id out of range");
+}
+
+fn body_frame(op: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 6) as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&[op, 0, 1, 0, 0, 0]);
+    f.extend_from_slice(body);
+    f
+}
+
+/// A count above the format's limit is `MALFORMED_FRAME` (the decoder refuses it before
+/// reading an element); `BAD_REQUEST` is only for a count within the limit that the server
+/// advertised lower (`HELLO_REPLY.max_batch`).
+#[test]
+fn counts_above_the_limits_are_malformed() {
+    let body_error = |frame: &[u8]| match decode_frame(frame, DEFAULT_MAX_FRAME_LEN) {
+        Err(e @ DecodeError::Body { .. }) => (e.code(), e.reason()),
+        other => panic!("expected a body error, got {other:?}"),
+    };
+    // CHECK_BATCH of 1025 minimal checks.
+    let mut body = 1025u16.to_le_bytes().to_vec();
+    for _ in 0..1025 {
+        body.extend_from_slice(&[0, 0, 0, 0, 0]);
+    }
+    assert_eq!(
+        body_error(&body_frame(opcode::CHECK_BATCH, &body)),
+        (ErrorCode::MalformedFrame, "element count exceeds its limit")
+    );
+    // 1024 of them decode.
+    let mut body = 1024u16.to_le_bytes().to_vec();
+    for _ in 0..1024 {
+        body.extend_from_slice(&[0, 0, 0, 0, 0]);
+    }
+    let frame = body_frame(opcode::CHECK_BATCH, &body);
+    let d = decode_one(&frame);
+    assert!(matches!(d.frame, Frame::CheckBatch(b) if b.len() == 1024));
+    // FLOW_END: 1025 ids, and a count the frame cannot hold.
+    let mut body = 1025u16.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0u8; 1025 * 8]);
+    assert_eq!(
+        body_error(&body_frame(opcode::FLOW_END, &body)),
+        (ErrorCode::MalformedFrame, "element count exceeds its limit")
+    );
+    let mut body = 3u16.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0; 16]);
+    assert_eq!(
+        body_error(&body_frame(opcode::FLOW_END, &body)),
+        (
+            ErrorCode::MalformedFrame,
+            "element count larger than the frame can hold"
+        )
+    );
+    // Trailing bytes after the ids.
+    let mut body = 1u16.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0; 9]);
+    assert_eq!(
+        body_error(&body_frame(opcode::FLOW_END, &body)),
+        (ErrorCode::MalformedFrame, "trailing bytes after the body")
+    );
+    // The encoders refuse the same counts.
+    let mut out = Vec::new();
+    assert_eq!(
+        encode_flow_end(&mut out, 1, &[0; MAX_FLOW_END + 1]),
+        Err(EncodeError::TooManyItems {
+            what: "FLOW_END",
+            count: 1025,
+            max: 1024
+        })
+    );
+    assert!(out.is_empty());
+}
+
+#[test]
+fn version_dependent_reply_values() {
+    let reply_frame = |reason: u8, refusal: Option<u8>| {
+        let mut body = vec![1, reason];
+        body.extend_from_slice(&0u64.to_le_bytes());
+        body.push(1);
+        body.extend_from_slice(&[0, 0, 1, 0x93, 1]);
+        body.extend_from_slice(&[0; 32]);
+        if let Some(refusal) = refusal {
+            body.extend_from_slice(&7u64.to_le_bytes());
+            body.push(refusal);
+        }
+        body_frame(opcode::CHECK_REPLY, &body)
+    };
+    let reason = |frame: &[u8], version| match decode_reply(frame, DEFAULT_MAX_FRAME_LEN, version) {
+        Err(DecodeError::Body { reason, .. }) => reason,
+        other => panic!("expected a body error, got {other:?}"),
+    };
+    // NO_TOKENS (2) exists from version 2 on.
+    assert_eq!(reason(&reply_frame(2, None), V1), "unknown reason");
+    let d = decode_one_reply(&reply_frame(2, Some(2)), V2);
+    let Reply::Check(r) = d.reply else { panic!() };
+    assert_eq!(r.reason, DecisionReason::NoTokens);
+    assert_eq!(r.refusal(), Some(Refusal::TimedOut));
+    assert_eq!(r.flow_ids().collect::<Vec<_>>(), [7]);
+    // A version-2 reply read as version 1 has trailing bytes; the reverse is truncated.
+    assert_eq!(
+        reason(&reply_frame(1, Some(0)), V1),
+        "trailing bytes after the body"
+    );
+    assert_eq!(
+        reason(&reply_frame(1, None), V2),
+        "element count larger than the frame can hold"
+    );
+    // Refusals beyond 6 are unknown.
+    assert_eq!(reason(&reply_frame(1, Some(7)), V2), "unknown refusal");
+    // FLOW_END_REPLY statuses beyond 1 are unknown.
+    let mut body = 1u16.to_le_bytes().to_vec();
+    body.push(2);
+    assert_eq!(
+        reason(&body_frame(opcode::FLOW_END_REPLY, &body), V2),
+        "unknown flow end status"
+    );
+    // A HELLO_REPLY names a version that exists.
+    let mut hello = Vec::new();
+    encode_hello_reply(
+        &mut hello,
+        1,
+        &HelloReply {
+            version: V1,
+            node_id: String::new(),
+            shard_count: 1,
+            hash_algo: 1,
+            shard_index: None,
+            shard_ports: vec![],
+            routing_label_keys: vec![],
+            policy_names: vec![],
+            max_frame_len: 1,
+            max_batch: 1,
+            max_in_flight: 1,
+            control_point_routing: vec![],
+        },
+    )
+    .expect("hello");
+    hello[10] = 3;
+    assert_eq!(reason(&hello, V2), "unknown HELLO_REPLY version");
 }

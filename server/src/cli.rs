@@ -1,7 +1,8 @@
-//! `tollgate` command line: `serve`, `check`, `validate`, `members`.
+//! `tollgate` command line: `serve`, `check`, `flow-end`, `validate`, `members`.
 //!
 //! Exit codes are part of the interface (scripts use them): `check` exits 0 accepted,
-//! 1 rejected, 2 error; `validate` exits 0 valid, 2 invalid; `serve` exits 0 after a
+//! 1 rejected, 2 error; `flow-end` exits 0 when the server answered (each id's status printed),
+//! 2 error; `validate` exits 0 valid, 2 invalid; `serve` exits 0 after a
 //! graceful shutdown, 2 for a bad config, 1 for any other failure.
 //!
 //! Signals to `serve`: SIGINT and SIGTERM drain and exit 0; SIGHUP reloads the policies
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_policy::WAIT_FOREVER as WAIT_FOREVER_NS;
 use tollgate_protocol::client::{blocking, CheckRequest, ClientConfig, FailMode};
-use tollgate_protocol::{CheckReply, LimiterOutcome};
+use tollgate_protocol::{CheckReply, FlowEndStatus, LimiterOutcome};
 
 /// Tollgate: a distributed, thread-per-core rate-limiting server.
 #[derive(Parser, Debug)]
@@ -46,6 +47,10 @@ same on every change of the file. SIGUSR1 is logged and ignored. Exit 2: invalid
     Serve(ServeArgs),
     /// Ask a server whether a flow may run. Exits 0 accepted, 1 rejected, 2 error.
     Check(CheckArgs),
+    /// End flows a check started (the flow ids `check` printed): gives their concurrency
+    /// back. Prints `ID ended` or `ID unknown` (already ended, expired, or never started:
+    /// harmless) per id. Exits 0 when the server answered, 2 error.
+    FlowEnd(FlowEndArgs),
     /// Check a config file. Exits 0 when valid, 2 with every problem (file: field: reason).
     Validate {
         /// The YAML file (native policies or an Aperture rate-limiting/base blueprint values file).
@@ -77,8 +82,7 @@ pub struct ServeArgs {
     /// gRPC compat address (overrides server.grpc), or `off`.
     #[arg(long)]
     pub grpc: Option<String>,
-    /// Reload the policies whenever the config file changes, as SIGHUP does (needs a
-    /// config file).
+    /// Reload the policies when the config file changes (as SIGHUP does).
     #[arg(long, requires = "config")]
     pub watch: bool,
 }
@@ -102,9 +106,36 @@ pub struct CheckArgs {
     /// Print the decision as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Wait budget (e.g. 500ms, 2s): a quota or concurrency scheduler may keep the flow
+    /// queued this long before deciding. Without it the check is decided at once.
+    #[arg(long, value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    /// Give up after this long (e.g. 500ms, 2s), on top of any wait budget.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `tollgate flow-end`.
+#[derive(Args, Debug)]
+pub struct FlowEndArgs {
+    /// The server's binary-protocol address (any of its ports).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub server: String,
+    /// Flow ids as `check` prints them (16 hex digits); at most 256.
+    #[arg(required = true, value_parser = parse_flow_id)]
+    pub ids: Vec<u64>,
+    /// Print the statuses as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Give up after this long (e.g. 500ms, 2s).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+fn parse_flow_id(s: &str) -> Result<u64, String> {
+    tollgate_policy::FlowId::parse(s)
+        .map(tollgate_policy::FlowId::get)
+        .ok_or_else(|| format!("flow id {s:?} must be 16 hex digits, as `check` prints it"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -129,6 +160,7 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
+        Command::FlowEnd(args) => flow_end(args),
         Command::Validate { file } => validate(&file),
         Command::Members { server, json } => members(&server, json),
     }
@@ -353,6 +385,7 @@ fn check(args: CheckArgs) -> i32 {
             control_point: args.control_point.clone(),
             labels: args.labels.clone(),
             tokens: args.tokens,
+            wait: args.wait,
         };
         client
             .check(&req)
@@ -382,6 +415,48 @@ fn check(args: CheckArgs) -> i32 {
     }
 }
 
+fn flow_end(args: FlowEndArgs) -> i32 {
+    let mut cfg = ClientConfig::new(args.server.clone(), FailMode::Closed);
+    cfg.request_timeout = args.timeout;
+    cfg.connect_timeout = args.timeout;
+    cfg.client_name = "tollgate-cli".into();
+    match blocking::Client::connect(cfg).and_then(|client| client.flow_end(&args.ids)) {
+        Ok(statuses) => {
+            let name = |s: &FlowEndStatus| match s {
+                FlowEndStatus::Ended => "ended",
+                FlowEndStatus::Unknown => "unknown",
+            };
+            if args.json {
+                let list: Vec<_> = args
+                    .ids
+                    .iter()
+                    .zip(&statuses)
+                    .map(|(id, s)| serde_json::json!({ "flow_id": flow_id_text(*id), "status": name(s) }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for (id, s) in args.ids.iter().zip(&statuses) {
+                    println!("{} {}", flow_id_text(*id), name(s));
+                }
+            }
+            0
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("error: {e}");
+            }
+            2
+        }
+    }
+}
+
+/// A flow id as the CLI, the gRPC `request_id` and `flow-end` spell it.
+fn flow_id_text(id: u64) -> String {
+    tollgate_policy::FlowId::from_u64(id).to_string()
+}
+
 fn outcome_name(o: LimiterOutcome) -> &'static str {
     match o {
         LimiterOutcome::Accepted => "accepted",
@@ -400,12 +475,11 @@ fn wait_text(wait_ns: u64) -> String {
 }
 
 fn print_reply(names: &[String], reply: &CheckReply) {
-    let verdict = if reply.accepted() {
-        "ACCEPTED"
+    if reply.accepted() {
+        println!("ACCEPTED");
     } else {
-        "REJECTED (rate limited)"
-    };
-    println!("{verdict}");
+        println!("REJECTED ({})", reply.reason.as_str().replace('_', " "));
+    }
     if !reply.accepted() {
         println!("  wait: {}", wait_text(reply.wait_ns));
     }
@@ -414,7 +488,7 @@ fn print_reply(names: &[String], reply: &CheckReply) {
             .get(usize::from(l.limiter_index))
             .map_or("?", String::as_str);
         println!(
-            "  {name}: {} remaining={:.3} current={:.3} tokens={} status={}{}",
+            "  {name}: {} remaining={:.3} current={:.3} tokens={} status={}{}{}",
             outcome_name(l.outcome),
             l.remaining,
             l.current,
@@ -424,15 +498,20 @@ fn print_reply(names: &[String], reply: &CheckReply) {
                 format!(" wait={}", wait_text(l.wait_ns))
             } else {
                 String::new()
-            }
+            },
+            l.refusal
+                .map_or(String::new(), |r| format!(" refusal={}", r.as_str())),
         );
+        if let Some(id) = l.flow_id() {
+            println!("    flow_id={}", flow_id_text(id));
+        }
     }
 }
 
 fn reply_json(names: &[String], reply: &CheckReply) -> serde_json::Value {
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "accepted": reply.accepted(),
-        "reason": if reply.accepted() { "none" } else { "rate_limited" },
+        "reason": reply.reason.as_str(),
         "wait_ns": reply.wait_ns,
         "limiters": reply.limiters.iter().map(|l| serde_json::json!({
             "policy": names.get(usize::from(l.limiter_index)),
@@ -442,8 +521,16 @@ fn reply_json(names: &[String], reply: &CheckReply) -> serde_json::Value {
             "remaining": l.remaining,
             "current": l.current,
             "wait_ns": l.wait_ns,
+            "flow_id": l.flow_id().map(flow_id_text),
+            "refusal": l.refusal.map(|r| r.as_str()),
         })).collect::<Vec<_>>(),
-    })
+    });
+    // Only a check that holds flows lists them (what to pass to `tollgate flow-end`).
+    let flow_ids: Vec<String> = reply.flow_ids().map(flow_id_text).collect();
+    if !flow_ids.is_empty() {
+        json["flow_ids"] = serde_json::json!(flow_ids);
+    }
+    json
 }
 
 fn validate(file: &std::path::Path) -> i32 {

@@ -9,9 +9,24 @@
 //! writes the `BATCH_REPLY`, in request order, when the last one is decided. The writer
 //! sends whatever accumulated, one `write` per batch. If the socket breaks, pending checks
 //! are cancelled, which hands back what they took. Bounds: the read buffer never exceeds
-//! `max_frame_len` (checked from the 4-byte prefix before buffering), pending checks per
-//! connection are capped at `max_in_flight` (OVERLOADED beyond), and the reader stops
-//! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes.
+//! `max_frame_len` (checked from the 4-byte prefix before buffering) and grows only as a
+//! frame's bytes arrive, never on the prefix's word (`read_buf`), pending checks per
+//! connection are capped at `max_in_flight` (OVERLOADED beyond), the reader stops
+//! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes, and a
+//! connection that sends no complete frame for `server.idle_timeout` while nothing of it is
+//! pending is closed. Admission (`max_connections`, `max_connections_per_peer`) is
+//! [`admission`]'s.
+//!
+//! Protocol versions: a connection speaks version 1 until a `HELLO` switches it to
+//! `min(HELLO.version, 2)`; every reply written after that `HELLO_REPLY` — pending checks'
+//! replies too — is encoded in the connection's version of the moment it is written
+//! (`Outbox::version`), which is the rule clients decode by. A `CHECK`'s wait budget becomes
+//! the client's absolute deadline (`now + budget`), without one the check is decided at once;
+//! `FLOW_END` ends flows through [`Shard::end_flows`] (a pending request when an id lives on
+//! another shard).
+
+pub mod admission;
+mod read_buf;
 
 use crate::clock;
 use crate::shard::{PendingCheck, Planned, Shard};
@@ -20,20 +35,22 @@ use futures::future::{FutureExt, Shared};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
+use read_buf::ReadBuf;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroU64;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use tollgate_policy::{Decision, Engine, FlowError, OutcomeKind, Tokens};
-use tollgate_protocol::{
-    decode_frame, encode_check_reply, encode_error, encode_hello_reply, encode_members_reply,
-    encode_pong, frame_len, BatchReplyWriter, CheckRef, CheckReply, DecisionReason, DecodeError,
-    ErrorCode, Frame, InternTable, LimiterOutcome, LimiterResult, PROTOCOL_VERSION,
+use std::time::{Duration, Instant};
+use tollgate_policy::{
+    Decision, Engine, FlowError, FlowId, OutcomeKind, Refusal, RejectReason, Tokens,
 };
-
-/// Initial read buffer. Most frames are under 200 bytes; 64 KiB lets one read take a
-/// deep pipeline's worth. It grows (up to `max_frame_len`) only for a larger frame.
-const READ_BUF: usize = 64 * 1024;
+use tollgate_protocol::{
+    decode_frame, encode_check_reply, encode_error, encode_flow_end_reply, encode_hello_reply,
+    encode_members_reply, encode_pong, frame_len, BatchReplyWriter, CheckRef, CheckReply,
+    DecisionReason, DecodeError, ErrorCode, FlowEndStatus, FlowIdsRef, Frame, InternTable,
+    LimiterOutcome, LimiterResult, ProtocolVersion, PROTOCOL_VERSION,
+};
 
 /// Unsent reply bytes above which the reader stops reading: a client that does not read
 /// its replies cannot make the server buffer without bound.
@@ -42,6 +59,8 @@ const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 /// Reply bytes shared by the reader, pending-check tasks and the writer.
 struct Outbox {
     bytes: RefCell<Vec<u8>>,
+    /// The protocol version replies are encoded in: 1 until a `HELLO` switches it.
+    version: Cell<ProtocolVersion>,
     /// Wakes the writer (capacity 1: a pending wake covers any number of appends).
     wake: LocalSender<()>,
     /// Pending checks (hops, waits) not yet answered.
@@ -111,6 +130,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>
     let (breaks, gone) = oneshot::channel();
     let out = Rc::new(Outbox {
         bytes: RefCell::new(Vec::with_capacity(16 * 1024)),
+        version: Cell::new(ProtocolVersion::V1),
         wake,
         in_flight: Cell::new(0),
         gone: gone.shared(),
@@ -148,16 +168,20 @@ struct Reader {
 impl Reader {
     async fn run(&mut self, drained: &LocalReceiver<()>) {
         let max_frame_len = self.shard.node.limits.max_frame_len;
-        let mut buf = vec![0u8; READ_BUF];
-        let (mut start, mut filled) = (0usize, 0usize);
+        let idle_timeout = self.shard.node.limits.idle_timeout;
+        let mut buf = ReadBuf::new();
+        // When the last complete frame came in (or the connection opened).
+        let mut last_frame = Instant::now();
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
             loop {
-                match decode_frame(&buf[start..filled], max_frame_len) {
+                match decode_frame(buf.data(), max_frame_len) {
                     Ok(Some(decoded)) => {
-                        start += decoded.len;
+                        last_frame = Instant::now();
+                        let len = decoded.len;
                         self.handle(decoded.request_id, decoded.frame, now);
+                        buf.consume(len);
                     }
                     Ok(None) => break,
                     Err(DecodeError::Body {
@@ -167,8 +191,9 @@ impl Reader {
                         frame_len,
                         ..
                     }) => {
+                        last_frame = Instant::now();
                         encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, reason);
-                        start += frame_len;
+                        buf.consume(frame_len);
                     }
                     Err(e @ DecodeError::Framing { .. }) => {
                         tracing::debug!(error = %e, "closing connection: framing lost");
@@ -186,23 +211,9 @@ impl Reader {
             if !self.out.bytes.borrow().is_empty() {
                 self.out.notify_writer();
             }
-            // Make room: move a partial frame to the front, grow for a large one.
-            if start == filled {
-                start = 0;
-                filled = 0;
-            } else if start > 0 {
-                buf.copy_within(start..filled, 0);
-                filled -= start;
-                start = 0;
-            }
-            if let Ok(Some(total)) = frame_len(&buf[..filled], max_frame_len) {
-                if total > buf.len() {
-                    buf.resize(total, 0);
-                }
-            }
-            if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
+            // Make room: move a partial frame to the front; grow only as its bytes arrive.
+            let frame_total = frame_len(buf.data(), max_frame_len).ok().flatten();
+            buf.make_room(frame_total);
             // Backpressure: let the writer catch up before reading more requests.
             while self.out.bytes.borrow().len() > MAX_WRITE_BACKLOG && !self.out.broken.get() {
                 let _ = drained.recv().await;
@@ -210,9 +221,31 @@ impl Reader {
             if self.out.broken.get() {
                 return;
             }
-            match self.stream.read(&mut buf[filled..]).await {
+            if let Some(idle) = idle_timeout {
+                // Bytes that complete no frame do not count: a peer trickling a frame is
+                // closed like a silent one.
+                let left = (last_frame + idle).saturating_duration_since(Instant::now());
+                let _ = self
+                    .stream
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            }
+            match self.stream.read(buf.spare()).await {
                 Ok(0) => return,
-                Ok(n) => filled += n,
+                Ok(n) => buf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    if self.out.in_flight.get() > 0 {
+                        // Its client is waiting for replies, not idle.
+                        last_frame = Instant::now();
+                        continue;
+                    }
+                    if Instant::now() >= last_frame + idle_timeout.unwrap_or_default() {
+                        tracing::debug!(
+                            idle_timeout = ?idle_timeout,
+                            "closing connection: no complete frame within server.idle_timeout"
+                        );
+                        return;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "connection read failed");
                     return;
@@ -237,19 +270,31 @@ impl Reader {
             }
             Frame::Hello(hello) => {
                 let mut out = self.out.bytes.borrow_mut();
-                if hello.version > PROTOCOL_VERSION {
-                    let msg = format!(
-                        "server speaks protocol version {PROTOCOL_VERSION}, client asked for {}",
-                        hello.version
-                    );
-                    encode_error(&mut out, request_id, ErrorCode::UnsupportedVersion, &msg);
-                } else {
-                    let reply = self.shard.node.hello(self.shard_index);
-                    if let Err(e) = encode_hello_reply(&mut out, request_id, &reply) {
-                        encode_error(&mut out, request_id, ErrorCode::Internal, &e.to_string());
+                match ProtocolVersion::negotiate(hello.version) {
+                    None => {
+                        let msg = format!(
+                            "protocol version {} does not exist; this server speaks versions 1 \
+                             to {PROTOCOL_VERSION}",
+                            hello.version
+                        );
+                        encode_error(&mut out, request_id, ErrorCode::UnsupportedVersion, &msg);
+                    }
+                    Some(version) => {
+                        let reply = self.shard.node.hello(self.shard_index, version);
+                        match encode_hello_reply(&mut out, request_id, &reply) {
+                            // Every frame written after this reply is in `version`.
+                            Ok(()) => self.out.version.set(version),
+                            Err(e) => encode_error(
+                                &mut out,
+                                request_id,
+                                ErrorCode::Internal,
+                                &e.to_string(),
+                            ),
+                        }
                     }
                 }
             }
+            Frame::FlowEnd(ids) => self.flow_end(request_id, ids),
             Frame::Members => {
                 let members = self.shard.node.member_list();
                 let mut out = self.out.bytes.borrow_mut();
@@ -290,8 +335,12 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Err((ErrorCode::BadRequest, format!("tokens {e}"))),
         };
-        // The client's deadline. CHECK carries no wait budget yet: decided at once.
-        let deadline = Some(now);
+        // The client's absolute deadline: its wait budget from now; without one, now (decided
+        // at once, never queued).
+        let budget_ns = check
+            .wait_budget_ms()
+            .map_or(0, |ms| u64::from(ms) * 1_000_000);
+        let deadline = Some(now.saturating_add(budget_ns));
         self.shard
             .decide_now(cp, labels.as_slice(), tokens, deadline, now)
             .map_err(|e: FlowError| (ErrorCode::BadRequest, e.to_string()))
@@ -318,6 +367,7 @@ impl Reader {
                     &mut self.out.bytes.borrow_mut(),
                     request_id,
                     &self.shard.engine(),
+                    self.out.version.get(),
                     &decision,
                 );
             }
@@ -333,6 +383,7 @@ impl Reader {
                         &mut out.bytes.borrow_mut(),
                         request_id,
                         &shard.engine(),
+                        out.version.get(),
                         &decision,
                     );
                 });
@@ -366,6 +417,7 @@ impl Reader {
                 &mut self.out.bytes.borrow_mut(),
                 request_id,
                 &self.shard.engine(),
+                self.out.version.get(),
                 &results,
             );
             return;
@@ -393,8 +445,29 @@ impl Reader {
                 &mut out.bytes.borrow_mut(),
                 request_id,
                 &shard.engine(),
+                out.version.get(),
                 &results,
             );
+        });
+    }
+
+    /// `FLOW_END`: ends each flow on the shard its id names. Answered at once when every id
+    /// is this shard's; otherwise a pending request (counted, OVERLOADED beyond the limit)
+    /// whose ends hop.
+    fn flow_end(&mut self, request_id: u32, ids: FlowIdsRef<'_>) {
+        let ids: Vec<FlowId> = ids.iter().map(FlowId::from_u64).collect();
+        if ids.iter().all(|id| id.shard() == self.shard.id) {
+            let ended: Vec<bool> = ids.iter().map(|&id| self.shard.end_flow_here(id)).collect();
+            write_flow_end(&mut self.out.bytes.borrow_mut(), request_id, &ended);
+            return;
+        }
+        if !self.admit_pending(request_id) {
+            return;
+        }
+        let (shard, out) = (self.shard.clone(), self.out.clone());
+        self.out.spawn_pending(async move {
+            let ended = shard.end_flows(&ids).await;
+            write_flow_end(&mut out.bytes.borrow_mut(), request_id, &ended);
         });
     }
 }
@@ -418,7 +491,8 @@ enum BatchSlot {
     Failed(ErrorCode, String),
 }
 
-/// The wire form of a decision.
+/// The wire form of a decision (everything version 2 carries; the encoder drops what the
+/// connection's version cannot).
 pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
     CheckReply {
         decision: if d.accepted {
@@ -426,10 +500,10 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
         } else {
             tollgate_protocol::Decision::Rejected
         },
-        reason: if d.accepted {
-            DecisionReason::None
-        } else {
-            DecisionReason::RateLimited
+        reason: match d.reject_reason(engine) {
+            None => DecisionReason::None,
+            Some(RejectReason::RateLimited) => DecisionReason::RateLimited,
+            Some(RejectReason::NoTokens) => DecisionReason::NoTokens,
         },
         wait_ns: d.wait_ns,
         // Described with the shard's engine at reply time: a limiter a reload removed
@@ -452,19 +526,54 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
                 remaining: o.remaining,
                 current: o.current,
                 wait_ns: o.wait_ns,
+                // Only a flow that still holds its tokens can be ended; a returned one cannot.
+                flow_id: o
+                    .flow
+                    .filter(|_| o.kind == OutcomeKind::Accepted)
+                    .and_then(|f| NonZeroU64::new(f.get())),
+                refusal: o.refusal.map(|r| match r {
+                    Refusal::Exhausted => tollgate_protocol::Refusal::Exhausted,
+                    Refusal::TimedOut => tollgate_protocol::Refusal::TimedOut,
+                    Refusal::QueueFull => tollgate_protocol::Refusal::QueueFull,
+                    Refusal::TooManyFlows => tollgate_protocol::Refusal::TooManyFlows,
+                    Refusal::ShuttingDown => tollgate_protocol::Refusal::ShuttingDown,
+                    Refusal::Removed => tollgate_protocol::Refusal::Removed,
+                }),
             })
             .collect(),
     }
 }
 
-fn write_reply(out: &mut Vec<u8>, request_id: u32, engine: &Engine, d: &Decision) {
-    if let Err(e) = encode_check_reply(out, request_id, &check_reply(engine, d)) {
+fn write_reply(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    engine: &Engine,
+    version: ProtocolVersion,
+    d: &Decision,
+) {
+    if let Err(e) = encode_check_reply(out, request_id, &check_reply(engine, d), version) {
         encode_error(out, request_id, ErrorCode::Internal, &e.to_string());
     }
 }
 
-fn write_batch(out: &mut Vec<u8>, request_id: u32, engine: &Engine, results: &[BatchSlot]) {
-    let mut writer = match BatchReplyWriter::new(out, request_id, results.len()) {
+fn write_flow_end(out: &mut Vec<u8>, request_id: u32, ended: &[bool]) {
+    let statuses: Vec<FlowEndStatus> = ended
+        .iter()
+        .map(|&e| FlowEndStatus::from_ended(e))
+        .collect();
+    if let Err(e) = encode_flow_end_reply(out, request_id, &statuses) {
+        encode_error(out, request_id, ErrorCode::Internal, &e.to_string());
+    }
+}
+
+fn write_batch(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    engine: &Engine,
+    version: ProtocolVersion,
+    results: &[BatchSlot],
+) {
+    let mut writer = match BatchReplyWriter::new(out, request_id, results.len(), version) {
         Ok(w) => w,
         Err(e) => {
             encode_error(out, request_id, ErrorCode::Internal, &e.to_string());

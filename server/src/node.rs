@@ -2,13 +2,15 @@
 //! touched per connection, never per decision, and the policies a reload replaces).
 
 use crate::config::ServerConfig;
+use crate::conn::admission::Connections;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tollgate_policy::{Engine, ShardLimits};
 use tollgate_protocol::routing::{self, HASH_FNV1A_64};
-use tollgate_protocol::{HelloReply, Member, MemberState, MAX_BATCH, PROTOCOL_VERSION};
+use tollgate_protocol::{
+    ControlPointRouting, HelloReply, Member, MemberState, ProtocolVersion, MAX_BATCH,
+};
 
 /// A source of the cluster member list (the gossip layer implements it).
 pub trait MembersView: Send + Sync {
@@ -32,8 +34,8 @@ pub struct Node {
     pub shard_ports: Vec<u16>,
     /// Limits from `server:`.
     pub limits: Limits,
-    /// Open binary connections on the node (all shards).
-    pub connections: AtomicUsize,
+    /// Open binary connections on the node (all shards), in total and per peer address.
+    pub connections: Connections,
     /// The cluster's member list, when clustered.
     pub members: Option<Arc<dyn MembersView>>,
 }
@@ -43,6 +45,11 @@ pub struct Node {
 pub struct Limits {
     /// Connections beyond this are closed at accept.
     pub max_connections: usize,
+    /// Connections from one peer address beyond this are closed at accept.
+    pub max_connections_per_peer: usize,
+    /// A connection with no complete frame (and nothing pending) for this long is closed;
+    /// None: never.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Requests in flight per connection before OVERLOADED.
     pub max_in_flight: usize,
     /// Largest frame accepted.
@@ -58,6 +65,8 @@ impl Limits {
     pub fn from_config(c: &ServerConfig) -> Limits {
         Limits {
             max_connections: c.max_connections,
+            max_connections_per_peer: c.max_connections_per_peer,
+            idle_timeout: Some(c.idle_timeout.0).filter(|d| !d.is_zero()),
             max_in_flight: c.max_in_flight,
             max_frame_len: c.max_frame_len,
             drain_timeout: c.drain_timeout.0,
@@ -76,19 +85,35 @@ impl Node {
         routing::shard_for(routing::routing_hash(key.as_bytes()), self.nr_shards)
     }
 
-    /// HELLO_REPLY for a connection on `shard_index` (None = the shared port).
-    pub fn hello(&self, shard_index: Option<u16>) -> HelloReply {
+    /// HELLO_REPLY for a connection on `shard_index` (None = the shared port) that speaks
+    /// `version` from now on.
+    pub fn hello(&self, shard_index: Option<u16>, version: ProtocolVersion) -> HelloReply {
+        // One snapshot of the policies for the whole reply: a reload in between cannot mix
+        // two sets.
+        let policies = self.policies.load();
+        let control_point_routing = match version {
+            ProtocolVersion::V1 => Vec::new(),
+            ProtocolVersion::V2 => {
+                let mut routing: Vec<ControlPointRouting> = policies
+                    .control_point_routing()
+                    .map(|(cp, keys)| ControlPointRouting {
+                        control_point: cp.to_owned(),
+                        routing_label_keys: keys.to_vec(),
+                    })
+                    .collect();
+                routing.sort_by(|a, b| a.control_point.cmp(&b.control_point));
+                routing
+            }
+        };
         HelloReply {
-            version: PROTOCOL_VERSION,
+            version,
             node_id: self.node_id.clone(),
             shard_count: self.nr_shards as u16,
             hash_algo: HASH_FNV1A_64,
             shard_index,
             shard_ports: self.shard_ports.clone(),
-            routing_label_keys: self.policies.load().routing_label_keys().to_vec(),
-            policy_names: self
-                .policies
-                .load()
+            routing_label_keys: policies.routing_label_keys().to_vec(),
+            policy_names: policies
                 .limiters()
                 .iter()
                 .map(|l| l.policy_name.clone())
@@ -96,6 +121,7 @@ impl Node {
             max_frame_len: self.limits.max_frame_len,
             max_batch: MAX_BATCH as u16,
             max_in_flight: u32::try_from(self.limits.max_in_flight).unwrap_or(u32::MAX),
+            control_point_routing,
         }
     }
 
@@ -110,20 +136,5 @@ impl Node {
                 last_contact_ms: 0,
             }],
         }
-    }
-
-    /// Claims a connection slot; false when the node is full.
-    pub fn try_add_connection(&self) -> bool {
-        let prev = self.connections.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.limits.max_connections {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    /// Releases a connection slot.
-    pub fn remove_connection(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

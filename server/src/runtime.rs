@@ -16,7 +16,6 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tollgate_cluster::Replica;
@@ -84,7 +83,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         listen: bound.listen,
         shard_ports: shard_ports.clone(),
         limits: Limits::from_config(&config.server),
-        connections: AtomicUsize::new(0),
+        connections: Default::default(),
         members: options.members,
     });
     let slots = Arc::new(Mutex::new(ListenerSlots {
@@ -456,20 +455,16 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if !shard.node.try_add_connection() {
-                    tracing::warn!(
-                        max = shard.node.limits.max_connections,
-                        "connection limit reached; closing new connection"
-                    );
-                    drop(stream);
+                // Refused: the peer is told why and closed (conn::admission).
+                let Some((stream, slot)) = conn::admission::admit(&shard.node, stream) else {
                     continue;
-                }
+                };
                 let id = conns.add(stream.as_raw_fd());
                 let (shard, conns) = (shard.clone(), conns.clone());
                 glommio::spawn_local(async move {
                     conn::serve(shard.clone(), stream, shard_index).await;
                     conns.remove(id);
-                    shard.node.remove_connection();
+                    drop(slot);
                 })
                 .detach();
             }

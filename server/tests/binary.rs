@@ -11,8 +11,8 @@ use tollgate_protocol::client::{
     blocking::Client, CheckRequest, ClientConfig, ClientError, FailMode,
 };
 use tollgate_protocol::{
-    decode_reply, encode_check, opcode, routing, CheckSpec, ErrorCode, LimiterOutcome, Reply,
-    StrRef,
+    decode_reply, encode_check, opcode, routing, CheckSpec, ErrorCode, LimiterOutcome,
+    ProtocolVersion, Reply, StrRef,
 };
 
 /// Generous per-request timeout: debug builds on a loaded 2-core CI box.
@@ -58,6 +58,7 @@ fn req(cp: &str, labels: &[(&str, &str)]) -> CheckRequest {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         tokens: None,
+        wait: None,
     }
 }
 
@@ -417,7 +418,7 @@ fn read_frame(s: &mut TcpStream) -> (u32, Reply) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Ok(Some(d)) = decode_reply(&buf, 1 << 20) {
+        if let Ok(Some(d)) = decode_reply(&buf, 1 << 20, ProtocolVersion::V1) {
             return (d.request_id, d.reply);
         }
         let n = s.read(&mut chunk).expect("read");
@@ -435,6 +436,7 @@ fn check_frame(request_id: u32, user: &str) -> Vec<u8> {
         &CheckSpec {
             control_point: StrRef::Inline("checkout"),
             tokens: None,
+            wait_budget_ms: None,
             labels: &labels,
         },
     )
@@ -509,7 +511,7 @@ fn pipelined_requests_on_one_connection_are_all_answered() {
     let mut seen = std::collections::BTreeSet::new();
     let mut chunk = [0u8; 8192];
     while seen.len() < 200 {
-        while let Ok(Some(d)) = decode_reply(&buf, 1 << 20) {
+        while let Ok(Some(d)) = decode_reply(&buf, 1 << 20, ProtocolVersion::V1) {
             assert!(matches!(d.reply, Reply::Check(_)));
             seen.insert(d.request_id);
             buf.drain(..d.len);

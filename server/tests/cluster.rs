@@ -110,6 +110,7 @@ fn check_at(c: &Client, control_point: &str, user: &str, tokens: f64) -> bool {
         control_point: control_point.into(),
         labels: vec![("user".into(), user.into())],
         tokens: Some(tokens),
+        wait: None,
     })
     .expect("check")
     .accepted()

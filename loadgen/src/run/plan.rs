@@ -72,6 +72,7 @@ fn templates(cfg: &RunConfig, scenario: &Scenario) -> Vec<(CheckRequest, f64)> {
                     control_point,
                     labels,
                     tokens: Some(tokens),
+                    wait: None,
                 },
                 tokens,
             )

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use tokio::runtime::Runtime;
 
 use super::{CheckRequest, ClientConfig, ClientError, Verdict};
-use crate::types::{CheckReply, HelloReply, Member};
+use crate::types::{CheckReply, FlowEndStatus, HelloReply, Member};
+use crate::version::ProtocolVersion;
 
 /// Blocking Tollgate client. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -43,6 +44,11 @@ impl Client {
         self.inner.hello()
     }
 
+    /// See [`super::Client::version`].
+    pub fn version(&self) -> ProtocolVersion {
+        self.inner.version()
+    }
+
     /// See [`super::Client::check`].
     pub fn check(&self, req: &CheckRequest) -> Result<CheckReply, ClientError> {
         self.rt.block_on(self.inner.check(req))
@@ -59,6 +65,11 @@ impl Client {
         reqs: &[CheckRequest],
     ) -> Result<Vec<Result<CheckReply, ClientError>>, ClientError> {
         self.rt.block_on(self.inner.check_batch(reqs))
+    }
+
+    /// See [`super::Client::flow_end`].
+    pub fn flow_end(&self, ids: &[u64]) -> Result<Vec<FlowEndStatus>, ClientError> {
+        self.rt.block_on(self.inner.flow_end(ids))
     }
 
     /// See [`super::Client::members`].

@@ -13,6 +13,12 @@
 //! oneshot matching each reply's request id, in whatever order the server answers. When the
 //! socket fails, every pending request fails with the cause, the connection is marked dead, and
 //! the next request dials a fresh one (with exponential backoff after failed dials).
+//!
+//! Protocol version: a server connection speaks version 1 until it reads a `HELLO`. Once the
+//! client has negotiated a later version ([`Conn::greet_on_dial`]), every new connection sends
+//! `HELLO` as its first frame, pipelined with whatever follows (the server reads frames in
+//! order). The reader decodes each reply in the version of the last `HELLO_REPLY` it read on
+//! the connection — exactly the rule by which the server encodes them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -28,10 +34,11 @@ use tokio::time::Instant;
 
 use super::ClientError;
 use crate::decode::{decode_reply, StrRef};
-use crate::encode::encode_intern;
+use crate::encode::{encode_hello, encode_intern};
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{MAX_INTERNED, MAX_INTERNED_BYTES, MAX_STRING_LEN};
 use crate::types::Reply;
+use crate::version::ProtocolVersion;
 
 /// Largest reply frame the client accepts. Replies are bounded by what the client asked for; a
 /// full `BATCH_REPLY` of [`crate::MAX_BATCH`] items with many limiters each can exceed the
@@ -69,6 +76,9 @@ pub(crate) struct Conn {
     max_frame_len: AtomicU32,
     /// Dial timeout.
     connect_timeout: Duration,
+    /// The `HELLO` every new connection sends first (version, client name); `None` while the
+    /// connection speaks version 1 (or before the client negotiated).
+    greeting: Mutex<Option<(ProtocolVersion, String)>>,
     /// The live connection and the redial backoff state. A tokio mutex: dialling awaits.
     slot: tokio::sync::Mutex<Slot>,
 }
@@ -119,6 +129,9 @@ pub(crate) struct State {
     interned: HashMap<Box<str>, u16>,
     /// Sum of the interned strings' lengths (the server caps it at `MAX_INTERNED_BYTES`).
     interned_bytes: usize,
+    /// Request id of the `HELLO` sent when the connection was dialled: its reply has no
+    /// waiting caller.
+    greeting_id: Option<u32>,
 }
 
 impl State {
@@ -133,7 +146,15 @@ impl State {
 
     /// A string ref for `s`: its interned id if bound, else binds it (appending an `INTERN`
     /// frame to `out`) while the connection's budget lasts, else inline.
-    pub(crate) fn intern<'s>(&mut self, out: &mut Vec<u8>, s: &'s str) -> StrRef<'s> {
+    ///
+    /// The `INTERN` carries `request_id`, the id of the request it is sent for (never 0): if
+    /// the server refused the binding, its `ERROR` fails that request with the cause.
+    pub(crate) fn intern<'s>(
+        &mut self,
+        out: &mut Vec<u8>,
+        s: &'s str,
+        request_id: u32,
+    ) -> StrRef<'s> {
         if let Some(&id) = self.interned.get(s) {
             return StrRef::Interned(id);
         }
@@ -147,7 +168,7 @@ impl State {
         let Ok(id) = u16::try_from(self.interned.len()) else {
             return StrRef::Inline(s);
         };
-        if encode_intern(out, 0, id, s).is_err() {
+        if encode_intern(out, request_id, id, s).is_err() {
             return StrRef::Inline(s);
         }
         self.interned.insert(s.into(), id);
@@ -179,7 +200,21 @@ impl Shared {
     }
 
     fn complete(&self, request_id: u32, outcome: Outcome) {
-        let tx = self.lock().pending.remove(&request_id);
+        let (tx, greeting) = {
+            let mut st = self.lock();
+            let greeting = st.greeting_id == Some(request_id);
+            if greeting {
+                st.greeting_id = None;
+            }
+            (st.pending.remove(&request_id), greeting)
+        };
+        if greeting {
+            if let Err(e) = outcome {
+                tracing::warn!(addr = %self.addr, error = %e,
+                    "server refused the HELLO of a new connection; it speaks protocol version 1");
+            }
+            return;
+        }
         match tx {
             Some(tx) => {
                 let _ = tx.send(outcome);
@@ -235,8 +270,16 @@ impl Conn {
             )),
             max_frame_len: AtomicU32::new(max_frame_len),
             connect_timeout,
+            greeting: Mutex::new(None),
             slot: tokio::sync::Mutex::new(Slot::default()),
         }
+    }
+
+    /// From the next dial on, opens every connection with `HELLO { version, client_name }`
+    /// (nothing for version 1, which a connection speaks without `HELLO`).
+    pub(crate) fn greet_on_dial(&self, version: ProtocolVersion, client_name: &str) {
+        let greeting = (version > ProtocolVersion::V1).then(|| (version, client_name.to_owned()));
+        *self.greeting.lock().unwrap_or_else(|p| p.into_inner()) = greeting;
     }
 
     pub(crate) fn addr(&self) -> &str {
@@ -320,6 +363,21 @@ impl Conn {
             state: Mutex::new(State::default()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let greeting = self
+            .greeting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((version, name)) = greeting {
+            // First on the wire, so the server reads everything after it in `version`.
+            let mut st = shared.lock();
+            let id = st.next_id();
+            let mut hello = Vec::new();
+            if encode_hello(&mut hello, id, version.as_u16(), &name).is_ok() {
+                st.greeting_id = Some(id);
+                let _ = tx.send(hello);
+            }
+        }
         tokio::spawn(write_loop(wr, rx, shared.clone()));
         let reader = tokio::spawn(read_loop(rd, shared.clone()));
         tracing::debug!(addr = %self.addr, "connected");
@@ -431,14 +489,19 @@ async fn write_loop(
 
 async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // The server writes every frame after a HELLO_REPLY in that reply's version.
+    let mut version = ProtocolVersion::V1;
     let err = loop {
         let mut start = 0;
         let fatal = loop {
             let rest = buf.get(start..).unwrap_or(&[]);
-            match decode_reply(rest, MAX_REPLY_FRAME_LEN) {
+            match decode_reply(rest, MAX_REPLY_FRAME_LEN, version) {
                 Ok(None) => break None,
                 Ok(Some(d)) => {
                     start += d.len;
+                    if let Reply::Hello(hello) = &d.reply {
+                        version = hello.version;
+                    }
                     let outcome = match d.reply {
                         Reply::Error(e) => Err(ClientError::Server {
                             code: e.code,

@@ -1,12 +1,21 @@
 //! The tokio client: shard-aware, pipelined, with timeouts, reconnects and a fail mode.
 //!
-//! [`Client::connect`] dials the server's shared port and sends `HELLO`. The `HELLO_REPLY`
-//! advertises the shard count, one port per shard and the routing label keys; a shard-aware
-//! client (the default) then opens one connection per shard port on the same host and sends
-//! each check straight to the shard owning its bucket, computed with the crate's one routing
-//! function ([`crate::routing::shard_for`]`(`[`crate::routing::routing_hash`]`(value), n)`).
-//! Against a server with only a shared port (no `shard_ports`), everything goes over the shared
+//! [`Client::connect`] dials the server's shared port and sends `HELLO` with
+//! [`crate::PROTOCOL_VERSION`] (falling back to version 1 for a server that answers
+//! `UNSUPPORTED_VERSION`, as version-1 servers do). The `HELLO_REPLY` says which version the
+//! connection speaks and advertises the shard count, one port per shard and the routing label
+//! keys (per control point in version 2); every connection the client opens afterwards starts
+//! with a `HELLO` of the negotiated version. A shard-aware client (the default) opens one
+//! connection per shard port on the same host and sends each check straight to the shard owning
+//! its bucket, computed with the crate's routing rule ([`crate::routing::RoutingKeys`], then
+//! [`crate::routing::shard_for`]`(`[`crate::routing::routing_hash`]`(value), n)`). Against a
+//! server with only a shared port (no `shard_ports`), everything goes over the shared
 //! connection and the server forwards internally.
+//!
+//! Version 2 adds waiting and flow ends: [`CheckRequest::wait`] lets a check wait in a
+//! scheduler's queue (its reply then takes up to the wait budget), the reply names the flows it
+//! holds in concurrency components ([`crate::CheckReply::flow_ids`]), and [`Client::flow_end`]
+//! ends them, each at the shard that holds it.
 //!
 //! Every connection pipelines: many requests are in flight at once (up to
 //! `min(ClientConfig::max_in_flight, HELLO_REPLY.max_in_flight)`), replies are matched to
@@ -30,12 +39,16 @@ use tokio::time::Instant;
 
 use crate::decode::StrRef;
 use crate::encode::{
-    encode_check, encode_check_batch, encode_hello, encode_members, encode_ping, CheckSpec,
+    encode_check, encode_check_batch, encode_flow_end, encode_hello, encode_members, encode_ping,
+    CheckSpec,
 };
 use crate::error::EncodeError;
-use crate::frame::{ErrorCode, DEFAULT_MAX_FRAME_LEN, MAX_BATCH, MAX_LABELS, PROTOCOL_VERSION};
-use crate::routing::{routing_hash, routing_value, shard_for, HASH_FNV1A_64};
-use crate::types::{BatchItem, CheckReply, HelloReply, Member, Reply};
+use crate::frame::{
+    ErrorCode, DEFAULT_MAX_FRAME_LEN, MAX_BATCH, MAX_FLOW_END, MAX_LABELS, PROTOCOL_VERSION,
+};
+use crate::routing::{shard_of_flow, RoutingKeys, HASH_FNV1A_64};
+use crate::types::{BatchItem, CheckReply, FlowEndStatus, HelloReply, Member, Reply};
+use crate::version::ProtocolVersion;
 use conn::{Conn, State};
 
 pub use conn::MAX_REPLY_FRAME_LEN;
@@ -61,7 +74,9 @@ pub struct ClientConfig {
     pub shard_aware: bool,
     /// Deadline of one request, from the call until its reply, including waiting for an
     /// in-flight slot and any re-dial (default 200 ms: a rate-limit decision that takes longer
-    /// is better replaced by the fail mode).
+    /// is better replaced by the fail mode). A check with a wait budget
+    /// ([`CheckRequest::wait`]) gets `wait budget + request_timeout`: the server may take the
+    /// whole budget to decide, and the reply still needs its round trip.
     pub request_timeout: Duration,
     /// Deadline of one TCP dial (default 1 s).
     pub connect_timeout: Duration,
@@ -108,6 +123,10 @@ pub struct CheckRequest {
     pub labels: Vec<(String, String)>,
     /// Tokens to take; `None` lets each policy use its tokens label (default 1).
     pub tokens: Option<f64>,
+    /// How long the caller will wait for the decision (version 2): a scheduler may queue the
+    /// flow for up to this long. `None`: decided at once. Sent in whole milliseconds, rounded
+    /// down and capped at `u32::MAX` ms (about 49 days).
+    pub wait: Option<Duration>,
 }
 
 impl CheckRequest {
@@ -131,8 +150,32 @@ impl CheckRequest {
         self
     }
 
+    /// Sets the wait budget: the server may keep the flow waiting in a quota or concurrency
+    /// scheduler's queue for up to `budget` (less its `decision_deadline_margin`) before it
+    /// decides. The client then waits for the reply up to `budget` plus
+    /// [`ClientConfig::request_timeout`]. Without it a check is decided at once.
+    pub fn wait(mut self, budget: Duration) -> Self {
+        self.wait = Some(budget);
+        self
+    }
+
     fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
         self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The budget as it goes on the wire: whole milliseconds, rounded down (so the server
+    /// never decides after the caller stopped waiting), capped at `u32::MAX`.
+    fn wait_budget_ms(&self) -> Option<u32> {
+        self.wait
+            .map(|w| u32::try_from(w.as_millis()).unwrap_or(u32::MAX))
+    }
+
+    /// How long the client waits for this check's reply.
+    fn timeout(&self, request_timeout: Duration) -> Duration {
+        match self.wait {
+            Some(budget) => budget.saturating_add(request_timeout),
+            None => request_timeout,
+        }
     }
 }
 
@@ -215,6 +258,8 @@ impl std::fmt::Debug for Client {
 struct Inner {
     cfg: ClientConfig,
     hello: HelloReply,
+    /// Which label keys route a check, per control point (from `hello`).
+    routing: RoutingKeys,
     /// The connection to the shared port (HELLO, MEMBERS, PING, and checks when not routing).
     shared: Conn,
     /// One connection per shard port, indexed by shard; empty when not shard-aware.
@@ -236,14 +281,25 @@ impl Client {
         );
         let deadline_budget = cfg.connect_timeout.saturating_add(cfg.request_timeout);
         let name = cfg.client_name.clone();
-        let reply = shared
-            .call(deadline_budget, |_, out, id| {
-                encode_hello(out, id, PROTOCOL_VERSION, &name).map(|()| 0)
+        let hello = |version: u16| {
+            let name = name.clone();
+            shared.call(deadline_budget, move |_, out, id| {
+                encode_hello(out, id, version, &name).map(|()| 0)
             })
-            .await?;
+        };
+        let reply = match hello(PROTOCOL_VERSION).await {
+            // A version-1 server refuses a higher version instead of answering in its own.
+            Err(ClientError::Server {
+                code: ErrorCode::UnsupportedVersion,
+                ..
+            }) => hello(ProtocolVersion::V1.as_u16()).await?,
+            other => other?,
+        };
         let Reply::Hello(hello) = reply else {
             return Err(unexpected("HELLO_REPLY", &reply));
         };
+        // A redialled shared connection must speak the same version.
+        shared.greet_on_dial(hello.version, &name);
         let max_in_flight = usize::try_from(hello.max_in_flight)
             .unwrap_or(usize::MAX)
             .min(cfg.max_in_flight)
@@ -272,6 +328,7 @@ impl Client {
                     hello.max_frame_len,
                     cfg.connect_timeout,
                 );
+                conn.greet_on_dial(hello.version, &name);
                 shards.push(conn);
             }
             for conn in &shards {
@@ -284,6 +341,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 cfg,
+                routing: RoutingKeys::from_hello(&hello),
                 hello,
                 shared,
                 shards,
@@ -297,21 +355,37 @@ impl Client {
         &self.inner.hello
     }
 
+    /// The protocol version the client and the server agreed on. In version 1 checks cannot
+    /// wait (a wait budget is not sent: a version-1 server has no queues) and replies carry no
+    /// flow ids.
+    pub fn version(&self) -> ProtocolVersion {
+        self.inner.hello.version
+    }
+
     /// The configuration this client was built with.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.cfg
     }
 
-    /// The shard that owns `req`'s bucket, if the client routes by shard.
+    /// The shard that owns `req`'s bucket, if the client routes by shard: the shard of the
+    /// first of its control point's routing keys that it carries (see
+    /// [`crate::routing::RoutingKeys`]).
     pub fn shard_of(&self, req: &CheckRequest) -> Option<usize> {
         if self.inner.shards.is_empty() {
             return None;
         }
-        let value = routing_value(&self.inner.hello.routing_label_keys, req.label_pairs());
-        Some(shard_for(
-            routing_hash(value.as_bytes()),
+        Some(self.inner.routing.shard_for(
+            &req.control_point,
+            req.label_pairs(),
             self.inner.shards.len(),
         ))
+    }
+
+    /// The shard that holds flow `id` (its top bits), if the client routes by shard and has a
+    /// connection to it.
+    pub fn shard_of_flow(&self, id: u64) -> Option<usize> {
+        let shard = shard_of_flow(id);
+        (shard < self.inner.shards.len()).then_some(shard)
     }
 
     fn conn_for(&self, shard: Option<usize>) -> &Conn {
@@ -320,10 +394,11 @@ impl Client {
             .unwrap_or(&self.inner.shared)
     }
 
-    /// Asks the server to decide one check, sent to the shard that owns its bucket.
+    /// Asks the server to decide one check, sent to the shard that owns its bucket. With a
+    /// wait budget the reply may take up to that budget (plus the request timeout).
     pub async fn check(&self, req: &CheckRequest) -> Result<CheckReply, ClientError> {
         validate(req)?;
-        let timeout = self.inner.cfg.request_timeout;
+        let timeout = req.timeout(self.inner.cfg.request_timeout);
         let shard = self.shard_of(req);
         let result = self.check_on(self.conn_for(shard), req, timeout).await;
         match result {
@@ -341,9 +416,10 @@ impl Client {
         req: &CheckRequest,
         timeout: Duration,
     ) -> Result<CheckReply, ClientError> {
+        let version = self.version();
         let reply = conn
             .call(timeout, |st, out, id| {
-                encode_check_interned(st, out, id, req)
+                encode_check_interned(st, out, id, req, version)
             })
             .await?;
         match reply {
@@ -385,8 +461,15 @@ impl Client {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
-        let timeout = self.inner.cfg.request_timeout;
+        // The batch is answered when its slowest check is decided.
+        let request_timeout = self.inner.cfg.request_timeout;
+        let timeout = reqs
+            .iter()
+            .map(|r| r.timeout(request_timeout))
+            .max()
+            .unwrap_or(request_timeout);
         let deadline = Instant::now() + timeout;
+        let version = self.version();
         // Group request indices by connection (shard index, or None for the shared port).
         let mut groups: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
         for (i, r) in reqs.iter().enumerate() {
@@ -403,7 +486,7 @@ impl Client {
                 let conn = self.conn_for(*shard);
                 let started = conn
                     .start(deadline, timeout, |st, out, id| {
-                        encode_batch_interned(st, out, id, reqs, chunk)
+                        encode_batch_interned(st, out, id, reqs, chunk, version)
                     })
                     .await;
                 sent.push((chunk, started));
@@ -465,6 +548,65 @@ impl Client {
             .collect())
     }
 
+    /// Ends flows that concurrency components admitted ([`CheckReply::flow_ids`]), giving
+    /// their tokens back. Each id goes to the shard port named by its top bits (when
+    /// shard-aware; else, or if that port is unreachable, to the shared port, whose shard
+    /// forwards it), at most [`MAX_FLOW_END`] ids per frame, all frames pipelined. Returns one
+    /// status per id, in order: [`FlowEndStatus::Unknown`] for a flow that was never started,
+    /// already ended or expired — harmless. Ending is idempotent, so after an error the whole
+    /// call can be retried.
+    pub async fn flow_end(&self, ids: &[u64]) -> Result<Vec<FlowEndStatus>, ClientError> {
+        let timeout = self.inner.cfg.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut groups: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let shard = self.shard_of_flow(id);
+            match groups.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((shard, vec![i])),
+            }
+        }
+        let mut sent = Vec::new();
+        for (shard, idx) in &groups {
+            for chunk in idx.chunks(MAX_FLOW_END) {
+                let chunk_ids: Vec<u64> =
+                    chunk.iter().filter_map(|&i| ids.get(i).copied()).collect();
+                let build = |_: &mut State, out: &mut Vec<u8>, id: u32| {
+                    encode_flow_end(out, id, &chunk_ids).map(|()| 0)
+                };
+                let started = match self.conn_for(*shard).start(deadline, timeout, build).await {
+                    // The shard port is unreachable: the shared port's shard forwards the ends.
+                    Err(ClientError::Connect { .. }) if shard.is_some() => {
+                        self.inner.shared.start(deadline, timeout, build).await
+                    }
+                    other => other,
+                };
+                sent.push((chunk, started));
+            }
+        }
+        let mut statuses = vec![FlowEndStatus::Unknown; ids.len()];
+        for (chunk, started) in sent {
+            match started?.wait(deadline, timeout).await? {
+                Reply::FlowEnd(got) if got.len() == chunk.len() => {
+                    for (&i, status) in chunk.iter().zip(got) {
+                        if let Some(slot) = statuses.get_mut(i) {
+                            *slot = status;
+                        }
+                    }
+                }
+                Reply::FlowEnd(got) => {
+                    return Err(ClientError::Protocol(format!(
+                        "FLOW_END_REPLY has {} statuses for {} flow ids",
+                        got.len(),
+                        chunk.len()
+                    )))
+                }
+                other => return Err(unexpected("FLOW_END_REPLY", &other)),
+            }
+        }
+        Ok(statuses)
+    }
+
     /// The cluster membership as the server on the shared port sees it.
     pub async fn members(&self) -> Result<Vec<Member>, ClientError> {
         let reply = self
@@ -514,6 +656,7 @@ fn unexpected(wanted: &str, got: &Reply) -> ClientError {
         Reply::Batch(_) => "BATCH_REPLY",
         Reply::Members(_) => "MEMBERS_REPLY",
         Reply::Pong(_) => "PONG",
+        Reply::FlowEnd(_) => "FLOW_END_REPLY",
         Reply::Error(_) => "ERROR",
     };
     ClientError::Protocol(format!("expected {wanted}, got {got}"))
@@ -548,18 +691,51 @@ fn validate(req: &CheckRequest) -> Result<(), ClientError> {
 /// Labels of one check, kept on the stack for the common case.
 type LabelRefs<'a> = SmallVec<[(StrRef<'a>, &'a str); 8]>;
 
+/// The wire form of `req`, interning its strings (the `INTERN` frames go to `out` first, with
+/// the request's id `id`). A wait budget is left out in version 1: a version-1 server has no
+/// queues, so it decides at once either way, and would refuse the flag bit.
 fn spec_of<'a>(
     st: &mut State,
     out: &mut Vec<u8>,
     req: &'a CheckRequest,
-) -> (StrRef<'a>, LabelRefs<'a>) {
-    let control_point = st.intern(out, &req.control_point);
+    id: u32,
+    version: ProtocolVersion,
+) -> CheckSpecParts<'a> {
+    let control_point = st.intern(out, &req.control_point, id);
     let labels = req
         .labels
         .iter()
-        .map(|(k, v)| (st.intern(out, k), v.as_str()))
+        .map(|(k, v)| (st.intern(out, k, id), v.as_str()))
         .collect();
-    (control_point, labels)
+    let wait_budget_ms = match version {
+        ProtocolVersion::V1 => None,
+        ProtocolVersion::V2 => req.wait_budget_ms(),
+    };
+    CheckSpecParts {
+        control_point,
+        tokens: req.tokens,
+        wait_budget_ms,
+        labels,
+    }
+}
+
+/// A [`CheckSpec`] whose labels are owned here.
+struct CheckSpecParts<'a> {
+    control_point: StrRef<'a>,
+    tokens: Option<f64>,
+    wait_budget_ms: Option<u32>,
+    labels: LabelRefs<'a>,
+}
+
+impl CheckSpecParts<'_> {
+    fn spec(&self) -> CheckSpec<'_> {
+        CheckSpec {
+            control_point: self.control_point,
+            tokens: self.tokens,
+            wait_budget_ms: self.wait_budget_ms,
+            labels: &self.labels,
+        }
+    }
 }
 
 fn encode_check_interned(
@@ -567,18 +743,11 @@ fn encode_check_interned(
     out: &mut Vec<u8>,
     id: u32,
     req: &CheckRequest,
+    version: ProtocolVersion,
 ) -> Result<usize, EncodeError> {
-    let (control_point, labels) = spec_of(st, out, req);
+    let parts = spec_of(st, out, req, id, version);
     let at = out.len();
-    encode_check(
-        out,
-        id,
-        &CheckSpec {
-            control_point,
-            tokens: req.tokens,
-            labels: &labels,
-        },
-    )?;
+    encode_check(out, id, &parts.spec())?;
     Ok(at)
 }
 
@@ -588,22 +757,14 @@ fn encode_batch_interned(
     id: u32,
     reqs: &[CheckRequest],
     chunk: &[usize],
+    version: ProtocolVersion,
 ) -> Result<usize, EncodeError> {
-    let mut parts = Vec::with_capacity(chunk.len());
-    for &i in chunk {
-        if let Some(req) = reqs.get(i) {
-            let (cp, labels) = spec_of(st, out, req);
-            parts.push((cp, req.tokens, labels));
-        }
-    }
-    let specs: Vec<CheckSpec<'_>> = parts
+    let parts: Vec<CheckSpecParts<'_>> = chunk
         .iter()
-        .map(|(cp, tokens, labels)| CheckSpec {
-            control_point: *cp,
-            tokens: *tokens,
-            labels,
-        })
+        .filter_map(|&i| reqs.get(i))
+        .map(|req| spec_of(st, out, req, id, version))
         .collect();
+    let specs: Vec<CheckSpec<'_>> = parts.iter().map(CheckSpecParts::spec).collect();
     let at = out.len();
     encode_check_batch(out, id, &specs)?;
     Ok(at)

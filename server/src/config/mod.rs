@@ -254,6 +254,25 @@ cluster: { gossip: 127.0.0.1:7999 }
     }
 
     #[test]
+    fn connection_bounds_have_defaults_and_are_checked() {
+        let limits = crate::node::Limits::from_config(&parse_str("", "x").unwrap().server);
+        assert_eq!(limits.max_connections_per_peer, 1_000);
+        assert_eq!(limits.idle_timeout, Some(Duration::from_secs(300)));
+        let off = parse_str("server: { idle_timeout: 0s }", "x").unwrap();
+        assert_eq!(
+            crate::node::Limits::from_config(&off.server).idle_timeout,
+            None
+        );
+        assert_eq!(
+            errors_of("server: { max_connections_per_peer: 0, idle_timeout: 10ms }"),
+            vec![
+                "server.max_connections_per_peer: must be at least 1",
+                "server.idle_timeout: must be between 1s and 86400s (or 0s to disable)",
+            ]
+        );
+    }
+
+    #[test]
     fn grpc_can_be_turned_off() {
         let c = parse_str("server: { grpc: off }", "x").unwrap();
         assert_eq!(c.server.grpc, None);

@@ -21,6 +21,13 @@ pub const MAX_PER_SHARD_BOUND: usize = 1 << 24;
 /// and retried by its client.
 pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(3600);
 
+/// Default `idle_timeout`: five minutes, far above any client's gap between requests on a
+/// connection it means to keep.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Longest `idle_timeout` accepted: a day.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// Checks a shard count (from `server.shards` or `--shards`).
 pub fn check_shards(shards: usize) -> Result<(), String> {
     if shards == 0 || shards > MAX_SHARDS {
@@ -55,6 +62,15 @@ pub struct ServerConfig {
     /// Open binary connections per node beyond which new ones are closed at once.
     /// Default 10,000: far above what a service fleet needs, well below fd limits.
     pub max_connections: usize,
+    /// Open binary connections from one peer address (IP, any port) beyond which new ones
+    /// from it are refused (an `ERROR` `OVERLOADED` frame, then close). Default 1,000: a
+    /// client process needs one per shard; it keeps one runaway host from taking the whole
+    /// `max_connections`.
+    pub max_connections_per_peer: usize,
+    /// A binary connection that sends no complete frame for this long, with no request of
+    /// it pending, is closed (a client that vanished without a FIN, or a peer trickling a
+    /// frame byte by byte). Default 300s; `0s` disables it.
+    pub idle_timeout: ConfigDuration,
     /// Requests one binary connection may have in flight before it is answered OVERLOADED.
     /// Default 4,096: enough for deep pipelining, bounds per-connection memory.
     pub max_in_flight: usize,
@@ -93,6 +109,8 @@ impl Default for ServerConfig {
             cache: CacheConfig::default(),
             grpc_connections: ConnectionConfig::default(),
             max_connections: 10_000,
+            max_connections_per_peer: 1_000,
+            idle_timeout: ConfigDuration(DEFAULT_IDLE_TIMEOUT),
             max_in_flight: 4_096,
             max_frame_len: 1 << 20,
             drain_timeout: ConfigDuration(Duration::from_secs(5)),
@@ -118,6 +136,16 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             problems.at(join(at, "max_connections"), "must be at least 1");
+        }
+        if self.max_connections_per_peer == 0 {
+            problems.at(join(at, "max_connections_per_peer"), "must be at least 1");
+        }
+        let idle = self.idle_timeout.0;
+        if !idle.is_zero() && (idle < Duration::from_secs(1) || idle > MAX_IDLE_TIMEOUT) {
+            problems.at(
+                join(at, "idle_timeout"),
+                "must be between 1s and 86400s (or 0s to disable)",
+            );
         }
         if self.max_in_flight == 0 {
             problems.at(join(at, "max_in_flight"), "must be at least 1");

@@ -1,0 +1,195 @@
+//! Who gets a binary connection: the node's `max_connections`, a per-peer-address
+//! `max_connections_per_peer`, and what a refused peer hears.
+//!
+//! A refused connection gets one `ERROR` frame (request id 0, `OVERLOADED`, a message naming
+//! the limit) and is closed: a client sees why instead of a bare reset. Refusals are logged
+//! at most once per [`REFUSAL_LOG_PERIOD`] per node, with how many were not logged since, so a
+//! flood of connection attempts cannot flood the log.
+
+use crate::clock;
+use crate::node::Node;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tollgate_protocol::{encode_error, ErrorCode};
+
+/// Refusals are logged at most this often (per node).
+pub const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// A refused peer gets this long to take its error frame before the socket closes.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Open binary connections: the node's total and each peer address's count.
+#[derive(Default)]
+pub struct Connections {
+    total: AtomicUsize,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+    /// When a refusal was last logged (clock ns; 0 = never).
+    last_refusal_log_ns: AtomicU64,
+    /// Refusals since the last one logged.
+    unlogged_refusals: AtomicU64,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The node holds `max_connections`.
+    NodeFull {
+        /// `server.max_connections`.
+        max: usize,
+    },
+    /// The peer address holds `max_connections_per_peer`.
+    PeerFull {
+        /// The peer's address.
+        peer: IpAddr,
+        /// `server.max_connections_per_peer`.
+        max: usize,
+    },
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NodeFull { max } => write!(
+                f,
+                "connection refused: the server holds its limit of {max} connections \
+                 (server.max_connections)"
+            ),
+            Refused::PeerFull { peer, max } => write!(
+                f,
+                "connection refused: {peer} holds its limit of {max} connections \
+                 (server.max_connections_per_peer)"
+            ),
+        }
+    }
+}
+
+impl Connections {
+    /// Open connections on the node.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Claims a slot for a connection from `peer` (None: address unknown, counted only in
+    /// the total).
+    fn try_add(&self, node: &Node, peer: Option<IpAddr>) -> Result<(), Refused> {
+        let max = node.limits.max_connections;
+        if self.total.fetch_add(1, Ordering::Relaxed) >= max {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::NodeFull { max });
+        }
+        if let Some(peer) = peer {
+            let max = node.limits.max_connections_per_peer;
+            let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let count = per_peer.entry(peer).or_insert(0);
+            if *count >= max {
+                drop(per_peer);
+                self.total.fetch_sub(1, Ordering::Relaxed);
+                return Err(Refused::PeerFull { peer, max });
+            }
+            *count += 1;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, peer: Option<IpAddr>) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(peer) = peer {
+            let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = per_peer.get_mut(&peer) {
+                *count -= 1;
+                if *count == 0 {
+                    per_peer.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// Counts a refusal; returns how many to report if this one is to be logged now (this
+    /// one included), None while the last log is under [`REFUSAL_LOG_PERIOD`] old.
+    fn refusal_to_log(&self, now_ns: u64) -> Option<u64> {
+        let period = u64::try_from(REFUSAL_LOG_PERIOD.as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_refusal_log_ns.load(Ordering::Relaxed);
+        let due = last == 0 || now_ns.saturating_sub(last) >= period;
+        if due
+            && self
+                .last_refusal_log_ns
+                .compare_exchange(last, now_ns.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.unlogged_refusals.swap(0, Ordering::Relaxed) + 1);
+        }
+        self.unlogged_refusals.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// A connection's slot: released when dropped.
+pub struct Admitted {
+    node: Arc<Node>,
+    peer: Option<IpAddr>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.node.connections.remove(self.peer);
+    }
+}
+
+/// Admits `stream` under the node's limits, or refuses it: the refused peer is sent an
+/// `ERROR OVERLOADED` frame and closed by a task of its own (the accept loop goes on).
+pub fn admit(node: &Arc<Node>, stream: TcpStream) -> Option<(TcpStream, Admitted)> {
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    match node.connections.try_add(node, peer) {
+        Ok(()) => Some((
+            stream,
+            Admitted {
+                node: node.clone(),
+                peer,
+            },
+        )),
+        Err(refused) => {
+            if let Some(count) = node.connections.refusal_to_log(clock::now_ns()) {
+                tracing::warn!(
+                    reason = %refused,
+                    refused_since_last_log = count,
+                    "refusing binary connections"
+                );
+            }
+            glommio::spawn_local(tell_and_close(stream, refused)).detach();
+            None
+        }
+    }
+}
+
+async fn tell_and_close(mut stream: TcpStream, refused: Refused) {
+    let mut frame = Vec::new();
+    encode_error(&mut frame, 0, ErrorCode::Overloaded, &refused.to_string());
+    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_per_period_with_the_count_since() {
+        let c = Connections::default();
+        let second = 1_000_000_000u64;
+        assert_eq!(c.refusal_to_log(5 * second), Some(1));
+        assert_eq!(c.refusal_to_log(5 * second + 1), None);
+        assert_eq!(c.refusal_to_log(5 * second + second / 2), None);
+        assert_eq!(
+            c.refusal_to_log(6 * second),
+            Some(3),
+            "two unlogged, and this one"
+        );
+        assert_eq!(c.refusal_to_log(6 * second + 10), None);
+    }
+}
