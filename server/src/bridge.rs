@@ -31,6 +31,8 @@ pub enum Inbound {
     DrainConsumed(tokio::sync::oneshot::Sender<Vec<Consumed>>),
     /// Hand over every bucket's level (a peer joined).
     Snapshot(tokio::sync::oneshot::Sender<Vec<Replica>>),
+    /// A read for the admin API (gauges, one bucket, top keys), answered on the shard.
+    Admin(crate::admin::shard_query::AdminQuery),
     /// Stop accepting and drain connections.
     Stop,
     /// Every shard has drained: exit.

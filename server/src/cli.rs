@@ -1,4 +1,5 @@
-//! `tollgate` command line: `serve`, `check`, `validate`, `members`.
+//! `tollgate` command line: `serve`, `check`, `validate`, `members`, and the admin API's
+//! `policies`, `bucket`, `top` (in [`crate::admin::commands`]).
 //!
 //! Exit codes are part of the interface (scripts use them): `check` exits 0 accepted,
 //! 1 rejected, 2 error; `validate` exits 0 valid, 2 invalid; `serve` exits 0 after a
@@ -37,7 +38,14 @@ pub enum Command {
 RUST_LOG=tollgate_server=debug) for more. Once every port is bound the server logs one \
 'tollgate ready' line with the real addresses. SIGINT/SIGTERM: stop accepting, drain \
 in-flight requests (server.drain_timeout), exit 0. SIGHUP and SIGUSR1 are logged and \
-ignored: there is no config reload yet, restart to apply a new config. Exit 2: invalid config."
+ignored: there is no config reload yet, restart to apply a new config. Exit 2: invalid config.
+
+The admin HTTP port (server.admin, default 127.0.0.1:9090, or --admin; `off` disables it) \
+serves GET /healthz (200 while the process is alive: a liveness probe), GET /readyz (200 \
+once every shard serves, the cluster is joined and every port is up; 503 while starting or \
+draining: a readiness probe), GET /metrics (Prometheus text format) and the JSON API under \
+/api/v1/ (docs/admin.md). With server.admin_token set, every path but /healthz requires \
+`Authorization: Bearer TOKEN`."
     )]
     Serve(ServeArgs),
     /// Ask a server whether a flow may run. Exits 0 accepted, 1 rejected, 2 error.
@@ -56,6 +64,13 @@ ignored: there is no config reload yet, restart to apply a new config. Exit 2: i
         #[arg(long)]
         json: bool,
     },
+    /// List the policies a server runs, with their identity and effective parameters
+    /// (admin API).
+    Policies(crate::admin::commands::AdminTarget),
+    /// Show one bucket: tokens, capacity, next fill, owner shard, last use (admin API).
+    Bucket(crate::admin::commands::BucketArgs),
+    /// Show the keys that consumed most of a policy over the last minute (admin API).
+    Top(crate::admin::commands::TopArgs),
 }
 
 /// `tollgate serve`.
@@ -73,6 +88,10 @@ pub struct ServeArgs {
     /// gRPC compat address (overrides server.grpc), or `off`.
     #[arg(long)]
     pub grpc: Option<String>,
+    /// Admin HTTP address: /healthz, /readyz, /metrics, /api/v1 (overrides server.admin),
+    /// or `off`.
+    #[arg(long)]
+    pub admin: Option<String>,
 }
 
 /// `tollgate check`.
@@ -123,6 +142,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check(args) => check(args),
         Command::Validate { file } => validate(&file),
         Command::Members { server, json } => members(&server, json),
+        Command::Policies(target) => crate::admin::commands::policies(&target),
+        Command::Bucket(args) => crate::admin::commands::bucket(&args),
+        Command::Top(args) => crate::admin::commands::top(&args),
     }
 }
 
@@ -160,6 +182,14 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, ConfigError> {
             "off" => None,
             addr => Some(addr.parse().map_err(|_| {
                 cli_error("--grpc", format!("{addr:?} is not an address (or `off`)"))
+            })?),
+        };
+    }
+    if let Some(admin) = &args.admin {
+        config.server.admin = match admin.as_str() {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                cli_error("--admin", format!("{addr:?} is not an address (or `off`)"))
             })?),
         };
     }
@@ -211,6 +241,21 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         Some(addr) => Some(crate::listeners::bind_tcp(addr, false).context("gRPC port")?),
         None => None,
     };
+    // The admin port first: probes get an answer ("starting") while the rest comes up.
+    let readiness = crate::admin::Readiness::new();
+    let admin_state = Arc::new(crate::admin::AdminState::new(
+        readiness.clone(),
+        config.server.admin_token.clone(),
+    ));
+    let admin = match config.server.admin {
+        Some(addr) => {
+            let listener = crate::listeners::bind_tcp(addr, false).context("admin port")?;
+            let port = crate::admin::start(listener, admin_state.clone())?;
+            tracing::info!(admin = %port.local_addr(), "admin port listening");
+            Some(port)
+        }
+        None => None,
+    };
     let cluster = match &config.cluster {
         Some(c) => {
             let settings =
@@ -227,9 +272,15 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         None => runtime::StartOptions::default(),
     };
     let server = runtime::start(&config, options)?;
+    admin_state.set_shards(crate::admin::state::Shards {
+        node: server.node.clone(),
+        handle: server.handle.clone(),
+    });
     let cluster = match cluster {
         Some(c) => {
+            readiness.set(crate::admin::Phase::JoiningCluster);
             let running = c.start(server.handle.clone())?;
+            admin_state.set_cluster(running.observer());
             if !running.wait_caught_up() {
                 tracing::warn!(
                     timeout = ?running.join_timeout,
@@ -242,15 +293,19 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
     };
     let grpc = match grpc_listener {
         Some(listener) => {
-            let backend = Arc::new(ShardBackend::new(server.handle.clone()));
-            Some(tollgate_grpc::start(
-                listener,
-                &config.server.grpc_settings(),
-                backend,
-            )?)
+            readiness.set(crate::admin::Phase::StartingGrpc);
+            let backend = Arc::new(
+                ShardBackend::new(server.handle.clone()).with_metrics(server.node.metrics.clone()),
+            );
+            let grpc = tollgate_grpc::start(listener, &config.server.grpc_settings(), backend)?;
+            admin_state.set_grpc(grpc.observer());
+            Some(grpc)
         }
         None => None,
     };
+    let admin_addr = admin
+        .as_ref()
+        .map_or("off".to_string(), |a| a.local_addr().to_string());
     let shard_ports: Vec<String> = server.shard_ports.iter().map(u16::to_string).collect();
     let grpc_addr = grpc
         .as_ref()
@@ -259,6 +314,7 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         Some(c) => tracing::info!(
             listen = %server.listen,
             grpc = %grpc_addr,
+            admin = %admin_addr,
             shard_ports = %shard_ports.join(","),
             gossip = %c.gossip,
             shards = server.node.nr_shards,
@@ -268,13 +324,17 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         None => tracing::info!(
             listen = %server.listen,
             grpc = %grpc_addr,
+            admin = %admin_addr,
             shard_ports = %shard_ports.join(","),
             shards = server.node.nr_shards,
             policies = server.node.engine.limiters().len(),
             "tollgate ready"
         ),
     }
+    readiness.set(crate::admin::Phase::Ready);
     let signal = wait_for_stop_signal(&mut signals);
+    // Probes see "draining" from here until the process exits.
+    readiness.set(crate::admin::Phase::Draining);
     tracing::info!(
         ?signal,
         "shutting down: no new connections, draining in-flight requests"
@@ -286,6 +346,9 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         cluster.leave();
     }
     server.shutdown()?;
+    if let Some(admin) = admin {
+        admin.shutdown();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -147,6 +147,7 @@ impl Reader {
                     }
                 }
             }
+            self.shard.metrics().binary_read_done(now);
             if !self.out.bytes.borrow().is_empty() {
                 self.out.notify_writer();
             }
@@ -262,6 +263,7 @@ impl Reader {
     fn check(&mut self, request_id: u32, check: CheckRef<'_>, now: u64) {
         match self.plan(&check, now) {
             Ok(Planned::Decided(decision)) => {
+                self.shard.metrics().binary_answered(decision.accepted);
                 write_reply(
                     &mut self.out.bytes.borrow_mut(),
                     request_id,
@@ -271,6 +273,7 @@ impl Reader {
             }
             Ok(Planned::Forward(plan)) => {
                 if self.out.in_flight.get() >= self.shard.node.limits.max_in_flight {
+                    self.shard.metrics().overloaded();
                     encode_error(
                         &mut self.out.bytes.borrow_mut(),
                         request_id,
@@ -283,6 +286,9 @@ impl Reader {
                 let (shard, out) = (self.shard.clone(), self.out.clone());
                 glommio::spawn_local(async move {
                     let decision = shard.decide_forwarded(plan).await;
+                    shard
+                        .metrics()
+                        .binary_answered_later(decision.accepted, now);
                     write_reply(
                         &mut out.bytes.borrow_mut(),
                         request_id,
@@ -294,6 +300,7 @@ impl Reader {
                 .detach();
             }
             Err((code, message)) => {
+                self.shard.metrics().binary_error();
                 encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, &message)
             }
         }
@@ -309,12 +316,18 @@ impl Reader {
         let mut forwards = Vec::new();
         for check in checks {
             match self.plan(&check, now) {
-                Ok(Planned::Decided(d)) => results.push(BatchSlot::Done(d)),
+                Ok(Planned::Decided(d)) => {
+                    self.shard.metrics().binary_answered(d.accepted);
+                    results.push(BatchSlot::Done(d))
+                }
                 Ok(Planned::Forward(plan)) => {
                     forwards.push((results.len(), plan));
                     results.push(BatchSlot::Pending);
                 }
-                Err(e) => results.push(BatchSlot::Failed(e.0, e.1)),
+                Err(e) => {
+                    self.shard.metrics().binary_error();
+                    results.push(BatchSlot::Failed(e.0, e.1))
+                }
             }
         }
         if forwards.is_empty() {
@@ -327,6 +340,7 @@ impl Reader {
             return;
         }
         if self.out.in_flight.get() >= self.shard.node.limits.max_in_flight {
+            self.shard.metrics().overloaded();
             encode_error(
                 &mut self.out.bytes.borrow_mut(),
                 request_id,
@@ -347,6 +361,9 @@ impl Reader {
             }))
             .await;
             for (slot, decision) in decided {
+                shard
+                    .metrics()
+                    .binary_answered_later(decision.accepted, now);
                 results[slot] = BatchSlot::Done(decision);
             }
             write_batch(

@@ -85,6 +85,11 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         limits: Limits::from_config(&config.server),
         connections: AtomicUsize::new(0),
         members: options.members,
+        metrics: Arc::new(crate::metrics::Metrics::new(
+            config.server.metrics,
+            nr_shards,
+            engine.limiters().len(),
+        )),
     });
     let slots = Arc::new(Mutex::new(ListenerSlots {
         shared: bound
@@ -306,7 +311,10 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             })
             .detach();
         }
-        Inbound::Replica { op, entries } => shard.apply_replica(op, entries),
+        Inbound::Replica { op, entries } => {
+            shard.metrics().replica_applied(op, entries.len());
+            shard.apply_replica(op, entries)
+        }
         Inbound::DrainConsumed(reply) => {
             let mut consumed = Vec::new();
             shard.with_store(|store, _| store.drain_unsynced(|c| consumed.push(c)));
@@ -326,6 +334,7 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             });
             let _ = reply.send(levels);
         }
+        Inbound::Admin(query) => crate::admin::shard_query::answer(shard, query),
         Inbound::Stop | Inbound::Exit => {}
     }
 }
@@ -393,6 +402,7 @@ async fn evict_loop(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(period).await;
         let evicted = shard.with_store(|store, engine| store.evict_idle(engine, clock::now_ns()));
+        shard.metrics().evicted_idle(evicted);
         if evicted > 0 {
             tracing::debug!(
                 shard = shard.id,

@@ -13,6 +13,7 @@
 //! sending to each other cannot deadlock on full channels.
 
 use crate::clock;
+use crate::metrics::ShardMetrics;
 use crate::node::Node;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -120,6 +121,8 @@ pub struct Shard {
     /// Tickets of forwarded takes awaiting their `Taken`.
     pending: RefCell<HashMap<u32, oneshot::Sender<Outcomes>>>,
     next_ticket: Cell<u32>,
+    /// What this shard records for `/metrics` and the admin API.
+    metrics: ShardMetrics,
 }
 
 impl Shard {
@@ -145,6 +148,7 @@ impl Shard {
             }));
             wake_receivers.push((dest, woken));
         }
+        let metrics = node.metrics.shard_recorder(id);
         let shard = Rc::new(Shard {
             id,
             node,
@@ -156,6 +160,7 @@ impl Shard {
             outboxes,
             pending: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
+            metrics,
         });
         for (dest, woken) in wake_receivers {
             glommio::spawn_local(forward_loop(shard.clone(), senders.clone(), dest, woken))
@@ -180,6 +185,16 @@ impl Shard {
         &self.node.engine
     }
 
+    /// This shard's recorder (metrics hooks).
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    /// Runs `f` with this shard's state, read-only (admin reads: gauges, one bucket).
+    pub fn with_state<R>(&self, f: impl FnOnce(&ShardState, &Engine) -> R) -> R {
+        f(&self.state.borrow(), &self.node.engine)
+    }
+
     /// Live buckets on this shard.
     pub fn bucket_count(&self) -> usize {
         self.state.borrow().store().len()
@@ -194,7 +209,9 @@ impl Shard {
         now_ns: u64,
     ) -> Result<Planned, FlowError> {
         let engine = &*self.node.engine;
-        let plan = engine.plan(control_point, labels, tokens)?;
+        let plan = engine
+            .plan(control_point, labels, tokens)
+            .inspect_err(|e| self.metrics.flow_error(engine, e))?;
         let mut owners: SmallVec<[usize; 4]> = SmallVec::new();
         let mut all_local = true;
         for take in &plan {
@@ -207,6 +224,7 @@ impl Shard {
         }
         if all_local {
             let outcomes = self.state.borrow_mut().take_group(engine, &plan, now_ns);
+            self.metrics.decided(&plan, &outcomes, now_ns);
             return Ok(Planned::Decided(Decision::from_outcomes(outcomes)));
         }
         let takes = plan
@@ -282,6 +300,7 @@ impl Shard {
         if Decision::needs_return(&merged) {
             self.return_accepted(&engine, &plan, &groups, &mut merged);
         }
+        self.metrics.decided_forwarded(&plan.takes, &merged);
         Decision::from_outcomes(merged)
     }
 

@@ -6,6 +6,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
+use crate::observe::GrpcService;
 
 use tollgate_policy::{Decision, Engine, FlowError, OwnedFlow};
 
@@ -20,6 +23,16 @@ pub trait DecisionBackend: Send + Sync + 'static {
 
     /// Decides `flow`: takes tokens from every matching limiter, or none if one rejects.
     fn check(&self, flow: OwnedFlow) -> DecisionFuture;
+
+    /// Called after each decision `service` asked for, with its result and how long the
+    /// call took (the server's metrics). Default: nothing. Must not block.
+    fn observe(
+        &self,
+        _service: GrpcService,
+        _result: &Result<Decision, BackendError>,
+        _elapsed: Duration,
+    ) {
+    }
 }
 
 /// Why a backend could not decide.

@@ -14,6 +14,8 @@
 //! - [`server`] — [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
 //!   health, reflection, graceful shutdown.
 //! - [`backend`] — the [`DecisionBackend`] trait the server implements, and [`BackendError`].
+//! - [`observe`] — [`Observed`]: each service's decisions timed and reported to
+//!   [`DecisionBackend::observe`] (the server's per-protocol metrics).
 //! - [`flowcontrol`] — `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
 //!   FlowEnd).
 //! - [`rls`] — `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
@@ -40,6 +42,7 @@ pub mod cache;
 pub mod config;
 pub mod deadline;
 pub mod flowcontrol;
+pub mod observe;
 pub mod otlp;
 pub mod reject_header;
 pub mod rls;
@@ -48,7 +51,8 @@ pub mod undecodable;
 
 pub use backend::{BackendError, DecisionBackend, DecisionFuture};
 pub use config::{CacheConfig, GrpcSettings, TlsConfig};
-pub use server::{start, GrpcHandle};
+pub use observe::{GrpcService, Observed};
+pub use server::{start, CacheUsage, GrpcHandle, GrpcObserver};
 /// The generated messages, servers and clients (the `tollgate-proto` crate), under their
 /// historical path `tollgate_grpc::proto`.
 pub use tollgate_proto as proto;

@@ -1,0 +1,104 @@
+//! Per-service observation of decisions: the server counts checks by protocol and times
+//! them, without this crate knowing how it counts.
+//!
+//! [`Observed`] wraps the backend once per service (Aperture's `Check`, Envoy's
+//! `ShouldRateLimit`): it times each [`DecisionBackend::check`] and reports the result to
+//! [`DecisionBackend::observe`], which the server implements (a no-op by default).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::{DecisionBackend, DecisionFuture};
+use tollgate_policy::{Engine, OwnedFlow};
+
+/// Which service asked for a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrpcService {
+    /// `aperture.flowcontrol.check.v1.FlowControlService/Check`.
+    ApertureCheck,
+    /// `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` (one decision per
+    /// descriptor).
+    EnvoyRateLimit,
+}
+
+/// A backend that reports each decision of one service to the backend it wraps.
+pub struct Observed {
+    inner: Arc<dyn DecisionBackend>,
+    service: GrpcService,
+}
+
+impl Observed {
+    /// `inner`, observed as `service`.
+    pub fn wrap(inner: Arc<dyn DecisionBackend>, service: GrpcService) -> Arc<dyn DecisionBackend> {
+        Arc::new(Observed { inner, service })
+    }
+}
+
+impl DecisionBackend for Observed {
+    fn engine(&self) -> &Engine {
+        self.inner.engine()
+    }
+
+    fn check(&self, flow: OwnedFlow) -> DecisionFuture {
+        let started = Instant::now();
+        let (inner, service) = (self.inner.clone(), self.service);
+        let decided = inner.check(flow);
+        Box::pin(async move {
+            let result = decided.await;
+            inner.observe(service, &result, started.elapsed());
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tollgate_policy::Decision;
+
+    #[derive(Default)]
+    struct Recording {
+        engine: Engine,
+        seen: Mutex<Vec<(GrpcService, bool)>>,
+    }
+
+    impl DecisionBackend for Recording {
+        fn engine(&self) -> &Engine {
+            &self.engine
+        }
+
+        fn check(&self, _flow: OwnedFlow) -> DecisionFuture {
+            Box::pin(async { Ok(Decision::from_outcomes(Default::default())) })
+        }
+
+        fn observe(
+            &self,
+            service: GrpcService,
+            result: &Result<Decision, BackendError>,
+            _elapsed: Duration,
+        ) {
+            let accepted = result.as_ref().is_ok_and(|d| d.accepted);
+            self.seen.lock().expect("lock").push((service, accepted));
+        }
+    }
+
+    #[test]
+    fn each_decision_is_reported_as_the_wrapping_service() {
+        let backend = Arc::new(Recording::default());
+        let rls = Observed::wrap(backend.clone(), GrpcService::EnvoyRateLimit);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let decision = rt
+            .block_on(rls.check(OwnedFlow::default()))
+            .expect("decided");
+        assert!(decision.accepted);
+        assert_eq!(
+            *backend.seen.lock().expect("lock"),
+            [(GrpcService::EnvoyRateLimit, true)]
+        );
+    }
+}

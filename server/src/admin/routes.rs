@@ -1,0 +1,280 @@
+//! The admin port's router: every path it serves, in one place (docs/admin.md documents
+//! them). Handlers translate; what a path reads lives in [`super::state`], the documents in
+//! [`super::api`].
+//!
+//! | path | what | token |
+//! |---|---|---|
+//! | `GET /healthz` | the process is alive: always 200 | never |
+//! | `GET /readyz` | 200 once every shard serves, the cluster is joined and every port is up; 503 while starting, draining, or if a shard stops answering | yes |
+//! | `GET /metrics` | Prometheus text format | yes |
+//! | `GET /api/v1/policies` | every policy's identity and effective parameters | yes |
+//! | `GET /api/v1/bucket?policy=P&key=K` | one bucket, read on its owner shard | yes |
+//! | `GET /api/v1/top?policy=P&n=N` | the N keys that consumed most in the last minute | yes |
+//!
+//! Changing limits at runtime and reloading the policies are not served yet: their routes
+//! join the `api` router below.
+
+use super::api::{self, BucketInfo, BucketReply, ErrorReply, TopKey, TopReply};
+use super::auth::require_token;
+use super::readiness::Phase;
+use super::state::{AdminState, Shards};
+use crate::clock;
+use crate::metrics::collector;
+use crate::metrics::top_keys::{Merged, CAPACITY};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+use tollgate_policy::LimiterSpec;
+
+/// Top keys returned when `n` is not given.
+pub const DEFAULT_TOP_N: usize = 10;
+
+/// The admin port's routes over `state`.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/policies", get(policies))
+        .route("/api/v1/bucket", get(bucket))
+        .route("/api/v1/top", get(top));
+    let guarded = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(guarded)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error answer: `{"error": message}` with `status`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorReply {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn starting() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is starting: shards are not serving yet",
+    )
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such path (see docs/admin.md: /healthz, /readyz, /metrics, /api/v1/...)",
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let phase = state.readiness.phase();
+    let unavailable = |text: String| (StatusCode::SERVICE_UNAVAILABLE, text + "\n").into_response();
+    if phase != Phase::Ready {
+        return unavailable(phase.describe().to_string());
+    }
+    let Some(shards) = state.shards() else {
+        return unavailable(Phase::Starting.describe().to_string());
+    };
+    // Ready means serving now: every shard must still answer its inbox.
+    let silent: Vec<String> = AdminState::shard_gauges(shards)
+        .await
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.is_none())
+        .map(|(i, _)| i.to_string())
+        .collect();
+    if !silent.is_empty() {
+        return unavailable(format!(
+            "not ready: shard {} did not answer within {:?}",
+            silent.join(", "),
+            super::state::SHARD_ANSWER_TIMEOUT
+        ));
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(shards) = state.shards() else {
+        return starting();
+    };
+    let gathered = state.gather(shards).await;
+    match collector::encode(shards.node.clone(), gathered) {
+        Ok(text) => ([(header::CONTENT_TYPE, collector::CONTENT_TYPE)], text).into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed",
+        ),
+    }
+}
+
+async fn policies(State(state): State<Arc<AdminState>>) -> Response {
+    match state.shards() {
+        Some(shards) => Json(api::policies(&shards.node.engine)).into_response(),
+        None => starting(),
+    }
+}
+
+/// The limiter of `policy`, or the error answer.
+fn find_policy<'a>(
+    shards: &'a Shards,
+    policy: Option<&str>,
+) -> Result<&'a LimiterSpec, Box<Response>> {
+    let Some(name) = policy.filter(|p| !p.is_empty()) else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter `policy`",
+        )));
+    };
+    shards
+        .node
+        .engine
+        .limiters()
+        .iter()
+        .find(|l| l.policy_name == name)
+        .ok_or_else(|| {
+            Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!("no policy named {name:?}"),
+            ))
+        })
+}
+
+/// `?policy=P&key=K`.
+#[derive(Debug, Deserialize)]
+struct BucketQuery {
+    policy: Option<String>,
+    key: Option<String>,
+}
+
+async fn bucket(State(state): State<Arc<AdminState>>, Query(q): Query<BucketQuery>) -> Response {
+    let Some(shards) = state.shards() else {
+        return starting();
+    };
+    let spec = match find_policy(shards, q.policy.as_deref()) {
+        Ok(spec) => spec,
+        Err(answer) => return *answer,
+    };
+    let key = match (&spec.limit_by_label_key, q.key) {
+        (Some(_), Some(key)) => key,
+        (Some(label), None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                "missing query parameter `key`: policy {:?} keys its buckets by label {label:?}",
+                spec.policy_name
+            ),
+            )
+        }
+        // One shared bucket, keyed "".
+        (None, None) => String::new(),
+        (None, Some(key)) if key.is_empty() => key,
+        (None, Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "policy {:?} has one shared bucket (no limit_by_label_key): leave `key` out",
+                    spec.policy_name
+                ),
+            )
+        }
+    };
+    let owner = shards.node.owner_of(&key);
+    let params = spec.params_for(&key);
+    let view = match AdminState::bucket(shards, owner, spec.id, key.clone()).await {
+        Ok(view) => view,
+        Err(()) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("shard {owner} did not answer"),
+            )
+        }
+    };
+    let now_s = clock::now_ns() / 1_000_000_000;
+    let reply = BucketReply {
+        policy: spec.policy_name.clone(),
+        key,
+        owner_shard: owner,
+        exists: view.is_some(),
+        tokens: view.map_or(params.capacity, |v| v.tokens),
+        bucket: BucketInfo::of(&params),
+        next_fill_in_seconds: view
+            .and_then(|v| v.refill.next_fill_in_ns)
+            .map(api::seconds),
+        full_in_seconds: view.and_then(|v| v.refill.full_in_ns).map(api::seconds),
+        last_used_seconds_ago: view.map(|v| now_s.saturating_sub(u64::from(v.last_used_s))),
+    };
+    Json(reply).into_response()
+}
+
+/// `?policy=P&n=N`.
+#[derive(Debug, Deserialize)]
+struct TopQuery {
+    policy: Option<String>,
+    n: Option<String>,
+}
+
+async fn top(State(state): State<Arc<AdminState>>, Query(q): Query<TopQuery>) -> Response {
+    let Some(shards) = state.shards() else {
+        return starting();
+    };
+    let spec = match find_policy(shards, q.policy.as_deref()) {
+        Ok(spec) => spec,
+        Err(answer) => return *answer,
+    };
+    let n = match q.n.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_TOP_N,
+        Some(Ok(n)) if (1..=CAPACITY).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`n` must be a whole number from 1 to {CAPACITY}"),
+            )
+        }
+    };
+    if !shards.node.metrics.enabled() {
+        return error(
+            StatusCode::CONFLICT,
+            "server.metrics is false: top keys are not recorded",
+        );
+    }
+    let answers = AdminState::top_keys(shards, spec.id).await;
+    let shards_answered = answers.iter().filter(|a| a.is_some()).count();
+    let mut merged = Merged::default();
+    let mut since: Option<u64> = None;
+    for (counted, from) in answers.into_iter().flatten().flatten() {
+        merged.add(counted);
+        since = Some(since.map_or(from, |s| s.min(from)));
+    }
+    let now = clock::now_ns();
+    let keys = merged
+        .into_vec()
+        .into_iter()
+        .take(n)
+        .map(|c| TopKey {
+            key: c.key,
+            tokens: c.count,
+            error: c.error,
+        })
+        .collect();
+    Json(TopReply {
+        policy: spec.policy_name.clone(),
+        window_seconds: since.map_or(0.0, |s| api::seconds(now.saturating_sub(s))),
+        keys,
+        shards_answered,
+    })
+    .into_response()
+}
