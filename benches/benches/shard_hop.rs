@@ -112,11 +112,12 @@ fn start_pair(spin: Option<Duration>) -> Pair {
                     let labels = [("user", k)];
                     let start = Instant::now();
                     for _ in 0..iters {
-                        match shard.decide_now("bench", &labels[..], None, 1).unwrap() {
+                        match shard
+                            .decide_now("bench", &labels[..], None, Some(1), 1)
+                            .unwrap()
+                        {
                             Planned::Decided(d) => assert!(d.accepted),
-                            Planned::Forward(plan) => {
-                                assert!(shard.decide_forwarded(plan).await.accepted)
-                            }
+                            Planned::Pending(p) => assert!(p.decide().await.accepted),
                         }
                     }
                     let _ = done.send(start.elapsed());

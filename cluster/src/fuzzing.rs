@@ -385,7 +385,7 @@ fn check_effects(auth: &Auth, out: &[Effect]) {
                     );
                 }
             }
-            Effect::SnapshotFor(_) | Effect::Synced => {}
+            Effect::SnapshotFor(_) | Effect::Synced | Effect::PeerGone { .. } => {}
         }
     }
 }
@@ -597,6 +597,7 @@ mod tests {
                     key: "user-1".into(),
                     value: 2.0,
                 }],
+                boot: B_BOOT,
             }]
         );
         assert_eq!(a.stats().not_member, 0);

@@ -355,7 +355,7 @@ impl Gossip {
                         .map(|(id, _)| id.instance);
                     if current == Some(boot) {
                         self.left.insert(from, boot);
-                        self.replication.peer_left(from);
+                        self.peer_left(from, out);
                     }
                 }
                 Err(e) => self.count_dropped(e),
@@ -381,6 +381,22 @@ impl Gossip {
         }
     }
 
+    /// A peer process is alive (see [`Replicator::peer_up`]). When it replaces another
+    /// process at that address (a restart: new boot), the old one is gone for good.
+    fn peer_up(&mut self, addr: SocketAddr, boot: u64, out: &mut Vec<Effect>) -> bool {
+        if let Some(old) = self.replication.peer_boot(&addr).filter(|b| *b != boot) {
+            out.push(Effect::PeerGone { boot: old });
+        }
+        self.replication.peer_up(addr, boot)
+    }
+
+    /// A peer process left (or stayed down past the grace): it is gone for good.
+    fn peer_left(&mut self, addr: SocketAddr, out: &mut Vec<Effect>) {
+        if let Some(boot) = self.replication.peer_left(addr) {
+            out.push(Effect::PeerGone { boot });
+        }
+    }
+
     /// Turns what foca asked for into effects, reacting to membership changes.
     fn apply_membership(&mut self, calls: Recorder, now_ns: u64, out: &mut Vec<Effect>) {
         self.membership.schedule(now_ns, calls.timers);
@@ -396,16 +412,14 @@ impl Gossip {
                 OwnedNotification::MemberUp(id) => {
                     tracing::info!(node = %id.name, addr = %id.addr, "cluster member up");
                     self.left.remove(&id.addr);
-                    if self.replication.peer_up(id.addr, id.boot)
-                        && !snapshot_for.contains(&id.addr)
-                    {
+                    if self.peer_up(id.addr, id.boot, out) && !snapshot_for.contains(&id.addr) {
                         snapshot_for.push(id.addr);
                     }
                 }
                 OwnedNotification::MemberDown(id) => {
                     if self.left.get(&id.addr) == Some(&id.instance) {
                         tracing::info!(node = %id.name, addr = %id.addr, "cluster member left");
-                        self.replication.peer_left(id.addr);
+                        self.peer_left(id.addr, out);
                     } else {
                         tracing::warn!(node = %id.name, addr = %id.addr, "cluster member down");
                         self.replication.peer_down(id.addr, now_ns);
@@ -418,7 +432,7 @@ impl Gossip {
                     let active = self.membership.active_peers().any(|id| *id == new);
                     if active {
                         self.left.remove(&new.addr);
-                        if self.replication.peer_up(new.addr, new.boot)
+                        if self.peer_up(new.addr, new.boot, out)
                             && !snapshot_for.contains(&new.addr)
                         {
                             snapshot_for.push(new.addr);

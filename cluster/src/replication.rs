@@ -303,10 +303,16 @@ impl Replicator {
     }
 
     /// A peer left gracefully (or stayed down past [`DOWN_GRACE_NS`]): stop at once.
-    pub fn peer_left(&mut self, addr: SocketAddr) {
-        self.peers.remove(&addr);
+    /// Returns the boot of the peer process that was removed, if it was a peer.
+    pub fn peer_left(&mut self, addr: SocketAddr) -> Option<u64> {
         self.acks_due.remove(&addr);
         self.mismatches.forget(addr);
+        self.peers.remove(&addr).map(|p| p.boot)
+    }
+
+    /// The boot of the peer process replicating at `addr`, if any.
+    pub fn peer_boot(&self, addr: &SocketAddr) -> Option<u64> {
+        self.peers.get(addr).map(|p| p.boot)
     }
 
     /// Whether `addr` is a current peer.
@@ -379,7 +385,8 @@ impl Replicator {
     }
 
     /// Sends what is due: consumption of limiters whose interval elapsed, acks, and
-    /// retransmissions.
+    /// retransmissions. Peers down longer than [`DOWN_GRACE_NS`] are dropped
+    /// ([`Effect::PeerGone`]).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Effect>) {
         let expired: Vec<SocketAddr> = self
             .peers
@@ -391,7 +398,9 @@ impl Replicator {
             .map(|(a, _)| *a)
             .collect();
         for addr in expired {
-            self.peer_left(addr);
+            if let Some(boot) = self.peer_left(addr) {
+                out.push(Effect::PeerGone { boot });
+            }
         }
         let due = self.take_unsent(now_ns, false);
         self.send_deltas(due, now_ns, out);
@@ -495,7 +504,7 @@ impl Replicator {
         let (boot, transfer, parts, op) = (batch.boot, batch.transfer, batch.parts, batch.op);
         let entries = self.resolve(from, batch.limiters, batch.entries, engine);
         if !entries.is_empty() {
-            out.push(Effect::Apply { op, entries });
+            out.push(Effect::Apply { op, entries, boot });
         }
         // After the entries: a completed transfer reports Synced only once its last
         // levels are on their way to the buckets.
@@ -915,7 +924,9 @@ mod tests {
     fn applied(out: &[Effect]) -> Vec<(Op, Replica)> {
         out.iter()
             .flat_map(|o| match o {
-                Effect::Apply { op, entries } => entries.iter().map(|e| (*op, e.clone())).collect(),
+                Effect::Apply { op, entries, .. } => {
+                    entries.iter().map(|e| (*op, e.clone())).collect()
+                }
                 _ => Vec::new(),
             })
             .collect()
@@ -1307,7 +1318,7 @@ mod tests {
             b.tick(now, &mut to_a);
             for o in to_a {
                 match o {
-                    Effect::Apply { op, entries } => {
+                    Effect::Apply { op, entries, .. } => {
                         assert_eq!(op, Op::Lower, "no debits in a transfer");
                         lowered += entries.len();
                     }
@@ -1319,6 +1330,7 @@ mod tests {
                         a.handle_acks(addr(2), acks, now, &mut to_b);
                     }
                     Effect::SnapshotFor(_) => unreachable!("replication asks for no snapshot"),
+                    Effect::PeerGone { .. } => unreachable!("no peer leaves in this test"),
                 }
             }
             if complete {

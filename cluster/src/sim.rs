@@ -61,6 +61,8 @@ struct Node {
     store: BucketStore,
     up: bool,
     restarts: u64,
+    /// Boots of peer processes this node was told are gone ([`Effect::PeerGone`]).
+    gone: Vec<u64>,
     next_drain: u64,
     next_join: u64,
 }
@@ -169,6 +171,7 @@ impl Sim {
             store,
             up: true,
             restarts,
+            gone: Vec::new(),
             next_drain: self.now + drain,
             next_join: self.now,
         }
@@ -224,7 +227,7 @@ impl Sim {
                         let from = self.nodes[i].addr;
                         self.send(from, to, datagram);
                     }
-                    Effect::Apply { op, entries } => {
+                    Effect::Apply { op, entries, .. } => {
                         let store = &mut self.nodes[i].store;
                         for e in entries {
                             match op {
@@ -253,6 +256,9 @@ impl Sim {
                             .gossip
                             .send_transfer(to, levels, &engine, now, &mut effects);
                     }
+                    // Rate-limit buckets only: nothing a peer held in flight to hand back,
+                    // so record when it was declared gone.
+                    Effect::PeerGone { boot } => self.nodes[i].gone.push(boot),
                     Effect::Synced => {}
                 }
             }
@@ -569,6 +575,40 @@ fn crashed_node_is_declared_down_within_the_documented_time() {
             at / MS,
             bound / MS
         );
+    }
+}
+
+#[test]
+fn a_peer_is_declared_gone_after_the_down_grace_or_when_it_restarts() {
+    use crate::replication::DOWN_GRACE_NS;
+    let mut sim = Sim::new(
+        3,
+        5,
+        CLEAN,
+        engine(10.0, 1.0, "1s"),
+        Duration::from_millis(50),
+    );
+    formed(&mut sim);
+    let old_boot = 1_000; // node-3's first process (see `Sim::boot`)
+    sim.crash(2);
+    let crashed_at = sim.now;
+    let s = &sim.timings;
+    let down_bound =
+        3 * s.probe_period.as_nanos() as u64 + s.suspect_to_down_after.as_nanos() as u64;
+    // Down is not gone: its flows may still end if it comes back within the grace.
+    sim.run_until(crashed_at + DOWN_GRACE_NS - MS);
+    assert!(sim.nodes[0].gone.is_empty() && sim.nodes[1].gone.is_empty());
+    sim.run_until(crashed_at + down_bound + DOWN_GRACE_NS + 100 * MS);
+    for o in 0..2 {
+        assert_eq!(sim.nodes[o].gone, vec![old_boot], "node {o}");
+    }
+    // A restart under a new boot within the grace also ends the old process for good.
+    sim.restart(2);
+    formed(&mut sim);
+    sim.restart(2);
+    formed(&mut sim);
+    for o in 0..2 {
+        assert_eq!(sim.nodes[o].gone, vec![old_boot, 2_000], "node {o}");
     }
 }
 

@@ -339,13 +339,19 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         ?signal,
         "shutting down: no new connections, draining in-flight requests"
     );
+    // Waiting flows are answered (shutting_down) first, so in-flight gRPC calls finish
+    // promptly; then the port closes; once connections are drained the shards end their
+    // flows in flight, and the cluster's last replication drain tells peers those tokens
+    // came back before this node leaves.
+    server.begin_stop();
     if let Some(grpc) = grpc {
         grpc.shutdown();
     }
+    server.wait_drained();
     if let Some(cluster) = cluster {
         cluster.leave();
     }
-    server.shutdown()?;
+    server.exit()?;
     if let Some(admin) = admin {
         admin.shutdown();
     }

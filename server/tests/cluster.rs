@@ -7,6 +7,9 @@
 //! answer, the member list, or a counter in the `cluster stats` line, which these configs
 //! log every 100 ms).
 //!
+//! Concurrency limits span the cluster too: flows a node holds count on every node, and
+//! come back on the others when it dies or stops.
+//!
 //! `measure_admitted_over_allowed` (ignored: it runs for about a minute) is the accuracy
 //! harness behind docs/performance.md's cluster section.
 
@@ -422,6 +425,78 @@ fn nodes_share_exactly_the_policies_they_agree_on() {
         1,
         WITHIN
     ));
+}
+
+/// Concurrency capacity held by a node's flows in flight comes back on the others when
+/// that node dies (once it is declared down past the replication grace) or stops.
+#[test]
+fn flows_in_flight_of_a_node_that_dies_or_stops_are_released_on_the_others() {
+    const WITHIN: Duration = Duration::from_secs(10);
+    // Down detection (about a second with these timings) + the 10 s replication grace.
+    const DEATH: Duration = Duration::from_secs(40);
+    let pool = r#"  - policy_name: pool
+    concurrency_limiter:
+      max_concurrency: 2
+      parameters: { limit_by_label_key: user, max_inflight_duration: 600s }
+      selectors: [{ control_point: db }]
+"#;
+    let ports = free_udp_ports(3);
+    let mut nodes: Vec<RunningServer> = (0..3)
+        .map(|i| start_server(&node_config_with(i, &ports, "100ms", pool)))
+        .collect();
+    let clients: Vec<Client> = nodes.iter().map(client).collect();
+    let [c1, c2, c3] = [&clients[0], &clients[1], &clients[2]];
+    assert!(
+        eventually(WITHIN, || ["node-2", "node-3"].iter().all(|n| state_of(
+            c1, n
+        ) == Some(
+            MemberState::Alive
+        ))),
+        "node 1 should see nodes 2 and 3 alive"
+    );
+    let holds = |c: &Client, tokens: f64| check_at(c, "db", "pool", tokens);
+    // Node 1 admits two one-token flows, which nobody will end: the pool is full.
+    assert!(holds(c1, 1.0) && holds(c1, 1.0));
+    assert!(!holds(c1, 0.001));
+    // Nodes 2 and 3 learn it (a probe that is accepted holds only 0.001 tokens).
+    for (name, c) in [("node 2", c2), ("node 3", c3)] {
+        assert!(
+            eventually(WITHIN, || !holds(c, 0.001)),
+            "{name} never learned of node 1's flows"
+        );
+    }
+
+    // Node 1 dies with its flows in flight; their ends will never come.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(nodes[0].child.id() as i32, libc::SIGKILL) };
+    let _ = nodes[0].child.wait();
+    assert!(
+        eventually(DEATH, || holds(c3, 0.001)),
+        "node 3 never got back the capacity node 1's flows held"
+    );
+    assert!(
+        eventually(DEATH, || holds(c2, 1.0)),
+        "node 2 never got back the capacity node 1's flows held"
+    );
+
+    // Node 2 fills the pool (halving takes, so its probes' leftovers are taken too) and
+    // node 3 learns it; then node 2 stops gracefully: it ends its flows before leaving,
+    // and node 3 gets the capacity back at once (no grace to wait for).
+    let mut take = 0.5;
+    while take >= 0.001 {
+        if !holds(c2, take) {
+            take /= 2.0;
+        }
+    }
+    assert!(
+        eventually(WITHIN, || !holds(c3, 0.001)),
+        "node 3 never learned of node 2's flows"
+    );
+    assert!(nodes[1].terminate().success());
+    assert!(
+        eventually(WITHIN, || holds(c3, 1.0)),
+        "node 3 never got back the capacity node 2's flows held"
+    );
 }
 
 /// Admitted/allowed with load spread round-robin over three nodes, per sync interval.

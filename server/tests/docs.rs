@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)] // test harness: a panic is the failure report
-//! Every code block in README.md and docs/*.md runs as written.
+//! Every code block in README.md, docs/*.md and docs/guides/*.md runs as written.
 //!
 //! A block's fence info string says what it is (README.md, "Tests", tells doc writers):
 //!
@@ -88,13 +88,17 @@ fn root() -> PathBuf {
         .unwrap()
 }
 
-/// README.md, then docs/*.md by name.
+/// README.md, then docs/*.md and docs/guides/*.md by name.
 fn markdown_files() -> Vec<String> {
-    let mut docs: Vec<String> = std::fs::read_dir(root().join("docs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".md"))
-        .map(|name| format!("docs/{name}"))
+    let mut docs: Vec<String> = ["docs", "docs/guides"]
+        .iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(root().join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".md"))
+                .map(move |name| format!("{dir}/{name}"))
+        })
         .collect();
     docs.sort();
     let mut files = vec!["README.md".to_string()];

@@ -37,7 +37,7 @@ impl Phase {
     pub fn describe(self) -> &'static str {
         match self {
             Phase::Starting => "starting: binding ports and starting shards",
-            Phase::JoiningCluster => "starting: catching up on bucket state from cluster peers",
+            Phase::JoiningCluster => "starting: joining the cluster (catching up on bucket state from peers)",
             Phase::StartingGrpc => "starting: starting the gRPC port",
             Phase::Ready => "ready",
             Phase::Draining => "draining: shutting down",

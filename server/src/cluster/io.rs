@@ -9,7 +9,9 @@
 //! 2. hand it to [`Gossip::handle_datagram`] with the node's engine, which names limiters;
 //! 3. every drain interval, drain each shard's consumption into [`Gossip::record_local`];
 //! 4. [`Gossip::tick`], then carry out the effects: send datagrams, send each replicated
-//!    entry to the shard that owns its bucket, answer snapshot requests.
+//!    entry to the shard that owns its bucket (naming the peer process that sent it),
+//!    answer snapshot requests, and tell every shard when a peer process is gone for good
+//!    (so each hands back what that peer's flows in flight held of its buckets).
 //!
 //! Routing happens here, once, where entries enter the node: `owner_of(key)`, the routing
 //! function checks use, so no shard ever re-routes a replica.
@@ -322,8 +324,9 @@ impl Shell {
         levels
     }
 
-    /// Sends each entry to the shard that owns its bucket, one message per shard.
-    fn route(&self, op: Op, entries: Vec<Replica>) {
+    /// Sends each entry to the shard that owns its bucket, one message per shard; `peer`
+    /// is the boot nonce of the process that sent them.
+    fn route(&self, op: Op, peer: u64, entries: Vec<Replica>) {
         let mut by_owner: Vec<Vec<Replica>> = vec![Vec::new(); self.handle.nr_shards()];
         for e in entries {
             let owner = self.handle.owner_of(&e.key);
@@ -335,7 +338,7 @@ impl Shell {
             if !entries.is_empty() {
                 let _ = self
                     .handle
-                    .send_blocking(shard, Inbound::Replica { op, entries });
+                    .send_blocking(shard, Inbound::Replica { op, peer, entries });
             }
         }
     }
@@ -352,7 +355,18 @@ impl Shell {
                             tracing::debug!(%to, error = %e, "gossip send failed");
                         }
                     }
-                    Effect::Apply { op, entries } => self.route(op, entries),
+                    Effect::Apply { op, entries, boot } => self.route(op, boot, entries),
+                    Effect::PeerGone { boot } => {
+                        tracing::info!(
+                            peer = boot,
+                            "a peer process is gone: releasing what its flows in flight held"
+                        );
+                        for shard in 0..self.handle.nr_shards() {
+                            let _ = self
+                                .handle
+                                .send_blocking(shard, Inbound::PeerGone { peer: boot });
+                        }
+                    }
                     Effect::SnapshotFor(to) => {
                         let levels = self.snapshot();
                         tracing::info!(%to, buckets = levels.len(), "sending bucket state to a joining peer");

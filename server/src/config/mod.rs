@@ -223,6 +223,37 @@ cluster: { gossip: 127.0.0.1:7999 }
     }
 
     #[test]
+    fn shard_bounds_default_to_the_policy_crates_and_are_checked() {
+        let c = parse_str("", "x").unwrap();
+        assert_eq!(
+            c.server.shard_limits(),
+            tollgate_policy::ShardLimits::default()
+        );
+        let c = parse_str(
+            "server: { max_waiters_per_shard: 10, max_flows_per_shard: 20, max_queue_wait: 1.5s }",
+            "x",
+        )
+        .unwrap();
+        let limits = c.server.shard_limits();
+        assert_eq!(
+            (limits.max_waiters, limits.max_flows, limits.max_wait_ns),
+            (10, 20, 1_500_000_000)
+        );
+        assert_eq!(
+            errors_of(
+                "server: { max_waiters_per_shard: 0, max_flows_per_shard: 99999999, max_queue_wait: 2h }"
+            ),
+            vec![
+                "server.max_waiters_per_shard: must be between 1 and 16777216",
+                "server.max_flows_per_shard: must be between 1 and 16777216",
+                "server.max_queue_wait: must be between 1ms and 3600s",
+            ]
+        );
+        assert!(errors_of("server: { max_queue_wait: soon }")[0]
+            .starts_with("server.max_queue_wait: invalid duration"));
+    }
+
+    #[test]
     fn grpc_can_be_turned_off() {
         let c = parse_str("server: { grpc: off }", "x").unwrap();
         assert_eq!(c.server.grpc, None);

@@ -6,10 +6,20 @@ use std::time::Duration;
 use tollgate_grpc::{CacheConfig, GrpcSettings, TlsConfig};
 use tollgate_policy::config::{join, Problems};
 use tollgate_policy::duration::ConfigDuration;
+use tollgate_policy::ShardLimits;
 
 /// Shards a node may run: at least one, and no more than 1,024 (far above any core count
 /// this runs on; bounds the channel mesh, which is quadratic in shards).
 pub const MAX_SHARDS: usize = 1024;
+
+/// Most waiters or flows in flight one shard may be configured to hold: 16,777,216, about
+/// 2.5 GB of waiter state or 2 GB of flows per shard. Far above any real need; it keeps a
+/// typo (an extra digit or three) from letting a flood exhaust memory.
+pub const MAX_PER_SHARD_BOUND: usize = 1 << 24;
+
+/// Longest `max_queue_wait` accepted: an hour. A flow that waits longer is better refused
+/// and retried by its client.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(3600);
 
 /// Checks a shard count (from `server.shards` or `--shards`).
 pub fn check_shards(shards: usize) -> Result<(), String> {
@@ -58,6 +68,16 @@ pub struct ServerConfig {
     /// wake-up (a cross-shard hop, a gRPC check) from hundreds to tens of microseconds
     /// (docs/performance.md), at the price of a busy core while traffic trickles.
     pub idle_spin: ConfigDuration,
+    /// Flows one shard lets wait in its scheduler queues (quota and concurrency
+    /// schedulers); beyond it a flow that would wait is refused at once (`queue_full`).
+    /// Default 65,536 (about 10 MB of waiter state per shard).
+    pub max_waiters_per_shard: usize,
+    /// Flows one shard keeps in flight on its concurrency components; beyond it a flow is
+    /// refused (`too_many_flows`). Default 262,144 (about 30 MB per shard).
+    pub max_flows_per_shard: usize,
+    /// Longest a flow that brings no deadline of its own (a gRPC call without
+    /// `grpc-timeout`) waits in a scheduler queue. Default 60s.
+    pub max_queue_wait: ConfigDuration,
     /// The admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the JSON API: docs/admin.md).
     /// Default 127.0.0.1:9090, loopback like the other defaults; `off` disables it.
     #[serde(with = "optional_addr")]
@@ -85,6 +105,11 @@ impl Default for ServerConfig {
             drain_timeout: ConfigDuration(Duration::from_secs(5)),
             node_id: None,
             idle_spin: ConfigDuration(Duration::ZERO),
+            max_waiters_per_shard: ShardLimits::default().max_waiters,
+            max_flows_per_shard: ShardLimits::default().max_flows,
+            max_queue_wait: ConfigDuration(Duration::from_nanos(
+                ShardLimits::default().max_wait_ns,
+            )),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             admin_token: None,
             metrics: true,
@@ -119,6 +144,22 @@ impl ServerConfig {
                 "must be at most 10ms (it keeps an idle core busy)",
             );
         }
+        for (field, value) in [
+            ("max_waiters_per_shard", self.max_waiters_per_shard),
+            ("max_flows_per_shard", self.max_flows_per_shard),
+        ] {
+            if value == 0 || value > MAX_PER_SHARD_BOUND {
+                problems.at(
+                    join(at, field),
+                    format!("must be between 1 and {MAX_PER_SHARD_BOUND}"),
+                );
+            }
+        }
+        if self.max_queue_wait.0 < Duration::from_millis(1)
+            || self.max_queue_wait.0 > MAX_QUEUE_WAIT
+        {
+            problems.at(join(at, "max_queue_wait"), "must be between 1ms and 3600s");
+        }
         if let Some(token) = &self.admin_token {
             if let Err(reason) = check_admin_token(token) {
                 problems.at(join(at, "admin_token"), reason);
@@ -128,6 +169,15 @@ impl ServerConfig {
             problems.at(join(at, "api_keys"), "an API key must not be empty");
         }
         self.cache.validate(&join(at, "cache"), problems);
+    }
+
+    /// The bounds of each shard's state (waiters, flows in flight, longest wait).
+    pub fn shard_limits(&self) -> ShardLimits {
+        ShardLimits {
+            max_waiters: self.max_waiters_per_shard,
+            max_flows: self.max_flows_per_shard,
+            max_wait_ns: u64::try_from(self.max_queue_wait.0.as_nanos()).unwrap_or(u64::MAX),
+        }
     }
 
     /// What the gRPC port runs with.

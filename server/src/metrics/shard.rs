@@ -13,7 +13,9 @@ use crate::clock;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use tollgate_cluster::Op;
-use tollgate_policy::{Engine, FlowError, LimiterOutcome, OutcomeKind, PlannedTake, Refusal};
+use tollgate_policy::{
+    Engine, FlowError, LimiterId, LimiterOutcome, OutcomeKind, PlannedTake, Refusal,
+};
 
 /// Every [`Refusal`] reason, in the order of [`ShardBlock::refusals`].
 pub const REFUSALS: [Refusal; 6] = [
@@ -73,19 +75,27 @@ impl ShardBlock {
     }
 }
 
-/// A take's bucket key, whichever form the take has.
+/// A take's limiter and bucket key, whichever form the take has.
 pub trait TakeKey {
+    /// The limiter taken from.
+    fn limiter_id(&self) -> LimiterId;
     /// The bucket key; None when the flow lacks the limit label.
     fn bucket_key(&self) -> Option<&str>;
 }
 
 impl TakeKey for PlannedTake<'_> {
+    fn limiter_id(&self) -> LimiterId {
+        self.limiter
+    }
     fn bucket_key(&self) -> Option<&str> {
         self.key
     }
 }
 
 impl TakeKey for crate::shard::OwnedTake {
+    fn limiter_id(&self) -> LimiterId {
+        self.limiter
+    }
     fn bucket_key(&self) -> Option<&str> {
         self.key.as_deref()
     }
@@ -121,14 +131,15 @@ impl ShardMetrics {
     }
 
     /// A check decided: each limiter's outcome, refusal reasons, and accepted takes into
-    /// the top keys. `takes` and `outcomes` are in the same (policy) order.
+    /// the top keys. `outcomes` holds the components that ran (a subset of `takes`, which
+    /// name each limiter once), so each outcome finds its take by limiter.
     #[inline]
     pub fn decided<T: TakeKey>(&self, takes: &[T], outcomes: &[LimiterOutcome], now_ns: u64) {
         if !self.enabled {
             return;
         }
         let block = &*self.block;
-        for (i, o) in outcomes.iter().enumerate() {
+        for o in outcomes {
             let id = o.limiter.get();
             let Some(counters) = block.limiters.get_or_grow(id) else {
                 block.limiters.untracked.add(1);
@@ -137,7 +148,8 @@ impl ShardMetrics {
             match o.kind {
                 OutcomeKind::Accepted => {
                     counters.accepted.add(1);
-                    if let Some(key) = takes.get(i).and_then(TakeKey::bucket_key) {
+                    let take = takes.iter().find(|t| t.limiter_id() == o.limiter);
+                    if let Some(key) = take.and_then(TakeKey::bucket_key) {
                         self.top.borrow_mut().record(id, key, o.tokens, now_ns);
                     }
                 }
@@ -153,14 +165,21 @@ impl ShardMetrics {
         }
     }
 
-    /// A check that needed other shards was decided (after [`ShardMetrics::decided`]'s
-    /// counts, which it records too).
+    /// A check that could not be decided at once (it hopped to another shard, `hopped`,
+    /// or waited in a queue) was decided: counted as [`ShardMetrics::decided`] does.
     #[inline]
-    pub fn decided_forwarded<T: TakeKey>(&self, takes: &[T], outcomes: &[LimiterOutcome]) {
+    pub fn decided_later<T: TakeKey>(
+        &self,
+        takes: &[T],
+        outcomes: &[LimiterOutcome],
+        hopped: bool,
+    ) {
         if !self.enabled {
             return;
         }
-        self.block.hops.add(1);
+        if hopped {
+            self.block.hops.add(1);
+        }
         self.decided(takes, outcomes, clock::now_ns());
     }
 
@@ -309,7 +328,7 @@ mod tests {
             let d = l
                 .check_labels("c", labels.as_slice(), None, 5)
                 .expect("check");
-            let takes: Vec<Key> = plan.into_iter().map(|(_, k)| Key(k)).collect();
+            let takes: Vec<Key> = plan.into_iter().map(|(id, k)| Key(id, k)).collect();
             m.decided(&takes, &d.limiters, 5);
         }
         let a = block.limiters.get(0).expect("a");
@@ -374,11 +393,14 @@ mod tests {
         );
     }
 
-    struct Key(Option<String>);
+    struct Key(LimiterId, Option<String>);
 
     impl TakeKey for Key {
+        fn limiter_id(&self) -> LimiterId {
+            self.0
+        }
         fn bucket_key(&self) -> Option<&str> {
-            self.0.as_deref()
+            self.1.as_deref()
         }
     }
 }
