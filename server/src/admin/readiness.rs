@@ -37,7 +37,9 @@ impl Phase {
     pub fn describe(self) -> &'static str {
         match self {
             Phase::Starting => "starting: binding ports and starting shards",
-            Phase::JoiningCluster => "starting: joining the cluster (catching up on bucket state from peers)",
+            Phase::JoiningCluster => {
+                "starting: joining the cluster (catching up on bucket state from peers)"
+            }
             Phase::StartingGrpc => "starting: starting the gRPC port",
             Phase::Ready => "ready",
             Phase::Draining => "draining: shutting down",
