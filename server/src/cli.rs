@@ -1,5 +1,5 @@
 //! `tollgate` command line: `serve`, `check`, `validate`, `members`, and the admin API's
-//! `policies`, `bucket`, `top` (in [`crate::admin::commands`]).
+//! `policies`, `bucket`, `top`, `set-limit` (in [`crate::admin::commands`]).
 //!
 //! Exit codes are part of the interface (scripts use them): `check` exits 0 accepted,
 //! 1 rejected, 2 error; `validate` exits 0 valid, 2 invalid; `serve` exits 0 after a
@@ -71,6 +71,9 @@ draining: a readiness probe), GET /metrics (Prometheus text format) and the JSON
     Bucket(crate::admin::commands::BucketArgs),
     /// Show the keys that consumed most of a policy over the last minute (admin API).
     Top(crate::admin::commands::TopArgs),
+    /// Change a policy's bucket_capacity / fill_amount now, keeping its buckets (admin
+    /// API; refused by a clustered node; lasts until restart).
+    SetLimit(crate::admin::commands::SetLimitArgs),
 }
 
 /// `tollgate serve`.
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Policies(target) => crate::admin::commands::policies(&target),
         Command::Bucket(args) => crate::admin::commands::bucket(&args),
         Command::Top(args) => crate::admin::commands::top(&args),
+        Command::SetLimit(args) => crate::admin::commands::set_limit(&args),
     }
 }
 
@@ -306,6 +310,8 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
     let admin_addr = admin
         .as_ref()
         .map_or("off".to_string(), |a| a.local_addr().to_string());
+    // Ready before the ready line, so whoever waits for the line finds /readyz agreeing.
+    readiness.set(crate::admin::Phase::Ready);
     let shard_ports: Vec<String> = server.shard_ports.iter().map(u16::to_string).collect();
     let grpc_addr = grpc
         .as_ref()
@@ -331,7 +337,6 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
             "tollgate ready"
         ),
     }
-    readiness.set(crate::admin::Phase::Ready);
     let signal = wait_for_stop_signal(&mut signals);
     // Probes see "draining" from here until the process exits.
     readiness.set(crate::admin::Phase::Draining);

@@ -320,7 +320,7 @@ impl Reader {
                 write_reply(
                     &mut self.out.bytes.borrow_mut(),
                     request_id,
-                    self.shard.engine(),
+                    &self.shard.engine(),
                     &decision,
                 );
             }
@@ -338,7 +338,7 @@ impl Reader {
                     write_reply(
                         &mut out.bytes.borrow_mut(),
                         request_id,
-                        shard.engine(),
+                        &shard.engine(),
                         &decision,
                     );
                 });
@@ -378,7 +378,7 @@ impl Reader {
             write_batch(
                 &mut self.out.bytes.borrow_mut(),
                 request_id,
-                self.shard.engine(),
+                &self.shard.engine(),
                 &results,
             );
             return;
@@ -408,7 +408,7 @@ impl Reader {
             write_batch(
                 &mut out.bytes.borrow_mut(),
                 request_id,
-                shard.engine(),
+                &shard.engine(),
                 &results,
             );
         });

@@ -33,7 +33,8 @@
 //!   on the decision path, read by the Prometheus collector at scrape time.
 //! - [`admin`]: the admin HTTP port (health, readiness, `/metrics`, the JSON API) on its
 //!   own thread, and the CLI's client for it.
-//! - [`cli`]: `tollgate serve | check | validate | members | policies | bucket | top`.
+//! - [`cli`]: `tollgate serve | check | validate | members | policies | bucket | top |
+//!   set-limit`.
 //! - [`cluster`]: the cluster's IO shell: the gossip socket and thread around the sans-IO
 //!   `tollgate-cluster` core, which routes replicated entries to their owner shards.
 #![warn(missing_docs)]

@@ -289,3 +289,97 @@ fn readyz_is_ready_once_serving_and_not_while_joining_a_cluster() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tollgate set-limit` on a running server.
+fn set_limit(server: &RunningServer, args: &[&str]) -> (i32, String, String) {
+    let addr = admin_addr(server);
+    let mut all = vec!["set-limit", "--admin", &addr, "--policy", "per_user"];
+    all.extend_from_slice(args);
+    run_cli(&all)
+}
+
+#[test]
+fn a_runtime_limit_change_applies_to_the_next_decision_without_resetting_buckets() {
+    let server = start_server(&config(""));
+    let admin = client(&server, None);
+    // alice has 1 of 3 tokens left.
+    assert!(check(&server, "alice") && check(&server, "alice"));
+
+    // Raise the capacity to 5: alice's bucket keeps its 1 token (no reset to 5, and with
+    // fill_amount 0 it gains none), a new bucket starts with 5.
+    let (code, out, err) = set_limit(&server, &["--capacity", "5", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let changed: tollgate_server::admin::api::PolicyInfo =
+        serde_json::from_str(&out).expect("policy json");
+    assert_eq!(
+        (changed.bucket.capacity, changed.bucket.fill_amount),
+        (5.0, 0.0)
+    );
+    let before = admin.policies().expect("policies");
+    assert_eq!(before.policies[0].bucket.capacity, 5.0);
+    assert_eq!(
+        before.policies[0].digest, changed.digest,
+        "the same limiter, other limits"
+    );
+    assert_eq!(
+        admin
+            .bucket("per_user", Some("alice"))
+            .expect("bucket")
+            .tokens,
+        1.0
+    );
+    assert!(check(&server, "alice"), "the token alice had left");
+    assert!(!check(&server, "alice"), "alice's bucket was not refilled");
+    let bob: Vec<bool> = (0..6).map(|_| check(&server, "bob")).collect();
+    assert_eq!(
+        bob,
+        [true, true, true, true, true, false],
+        "a new bucket holds 5"
+    );
+
+    // Lower it to 1 with a fast fill: bob's empty bucket refills, but to 1 token at most.
+    let (code, _, err) = set_limit(&server, &["--capacity", "1", "--fill", "1000000"]);
+    assert_eq!(code, 0, "{err}");
+    let bucket = admin.bucket("per_user", Some("bob")).expect("bucket");
+    assert_eq!(bucket.tokens, 1.0, "capped to the new capacity: {bucket:?}");
+    assert!(check(&server, "bob"));
+
+    // Bad values change nothing.
+    let (code, _, err) = set_limit(&server, &["--capacity", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bucket_capacity"), "{err}");
+    let (code, _, err) = set_limit(&server, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nothing to change"), "{err}");
+    let (status, body) = admin
+        .post(
+            "/api/v1/limit",
+            r#"{"policy":"per_user","capacity":3}"#.into(),
+        )
+        .expect("post");
+    assert_eq!(status, 400, "unknown field: {body}");
+    assert_eq!(
+        admin.policies().expect("policies").policies[0].bucket,
+        tollgate_server::admin::api::BucketInfo {
+            capacity: 1.0,
+            fill_amount: 1_000_000.0,
+            ..before.policies[0].bucket
+        }
+    );
+}
+
+#[test]
+fn a_clustered_node_refuses_runtime_limit_changes() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let gossip = udp.local_addr().expect("addr");
+    drop(udp);
+    let server = start_server(&format!(
+        "{}cluster:\n  gossip: {gossip}\n  seeds: [{gossip}]\n  secret: a-test-cluster-secret\n",
+        config("")
+    ));
+    let (code, _, err) = set_limit(&server, &["--capacity", "5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("409") && err.contains("clustered"), "{err}");
+    let policies = client(&server, None).policies().expect("policies");
+    assert_eq!(policies.policies[0].bucket.capacity, 3.0);
+}

@@ -118,6 +118,20 @@ pub struct TopKey {
     pub error: f64,
 }
 
+/// `POST /api/v1/limit`: a policy's new bucket limits (a field left out stays as it is).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetLimitRequest {
+    /// The policy (policy_name).
+    pub policy: String,
+    /// The new `bucket_capacity`: finite, > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_capacity: Option<f64>,
+    /// The new `fill_amount`: finite, >= 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill_amount: Option<f64>,
+}
+
 /// Any error: `{"error": "..."}`, with a 4xx/5xx status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
@@ -143,7 +157,8 @@ pub fn policies(engine: &Engine) -> PoliciesReply {
     }
 }
 
-fn policy(spec: &LimiterSpec) -> PolicyInfo {
+/// One policy's entry.
+pub fn policy(spec: &LimiterSpec) -> PolicyInfo {
     PolicyInfo {
         name: spec.policy_name.clone(),
         kind: kind_name(spec.kind).to_string(),

@@ -1,9 +1,9 @@
-//! A small blocking client of the admin API, for the `tollgate policies | bucket | top`
-//! commands and the tests: HTTP/1.1 GETs through hyper (the HTTP implementation the
+//! A small blocking client of the admin API, for the `tollgate policies | bucket | top |
+//! set-limit` commands and the tests: HTTP/1.1 through hyper (the HTTP implementation the
 //! server runs on), one connection per call.
 
-use super::api::{BucketReply, ErrorReply, PoliciesReply, TopReply};
-use http_body_util::{BodyExt, Empty, Limited};
+use super::api::{BucketReply, ErrorReply, PoliciesReply, PolicyInfo, SetLimitRequest, TopReply};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -63,13 +63,28 @@ impl AdminClient {
 
     /// GETs `path_and_query`: the status and the body as text.
     pub fn get(&self, path_and_query: &str) -> Result<(u16, String), ClientError> {
+        self.call(http::Method::GET, path_and_query, None)
+    }
+
+    /// POSTs a JSON `body` to `path`: the status and the answer as text.
+    pub fn post(&self, path: &str, body: String) -> Result<(u16, String), ClientError> {
+        self.call(http::Method::POST, path, Some(body))
+    }
+
+    fn call(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<String>,
+    ) -> Result<(u16, String), ClientError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| self.unreachable(e))?;
         runtime
             .block_on(async {
-                tokio::time::timeout(self.timeout, self.exchange(path_and_query)).await
+                tokio::time::timeout(self.timeout, self.exchange(method, path_and_query, body))
+                    .await
             })
             .unwrap_or_else(|_| Err(ClientError::Timeout(self.addr.clone(), self.timeout)))
     }
@@ -81,7 +96,12 @@ impl AdminClient {
         }
     }
 
-    async fn exchange(&self, path_and_query: &str) -> Result<(u16, String), ClientError> {
+    async fn exchange(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<String>,
+    ) -> Result<(u16, String), ClientError> {
         let stream = tokio::net::TcpStream::connect(&self.addr)
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -90,12 +110,18 @@ impl AdminClient {
             .await
             .map_err(|e| self.unreachable(e))?;
         let driver = tokio::spawn(connection);
-        let mut request = http::Request::get(path_and_query).header(http::header::HOST, &self.addr);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(http::header::HOST, &self.addr);
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -115,14 +141,13 @@ impl AdminClient {
 
     /// GETs a JSON document; an error status becomes [`ClientError::Status`].
     pub fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
-        let (status, body) = self.get(path_and_query)?;
-        if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<ErrorReply>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| body.trim().to_string());
-            return Err(ClientError::Status { status, message });
-        }
-        serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))
+        decode(self.get(path_and_query)?)
+    }
+
+    /// `POST /api/v1/limit`: the policy's entry with its new limits.
+    pub fn set_limit(&self, change: &SetLimitRequest) -> Result<PolicyInfo, ClientError> {
+        let body = serde_json::to_string(change).map_err(|e| ClientError::Decode(e.to_string()))?;
+        decode(self.post("/api/v1/limit", body)?)
     }
 
     /// `GET /api/v1/policies`.
@@ -149,4 +174,15 @@ impl AdminClient {
 
 fn query(params: &[(&str, &str)]) -> Result<String, ClientError> {
     serde_urlencoded::to_string(params).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// The JSON document of a 2xx answer; an error status becomes [`ClientError::Status`].
+fn decode<T: DeserializeOwned>((status, body): (u16, String)) -> Result<T, ClientError> {
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_str::<ErrorReply>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| body.trim().to_string());
+        return Err(ClientError::Status { status, message });
+    }
+    serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))
 }

@@ -1,8 +1,9 @@
-//! The CLI's admin commands — `tollgate policies`, `tollgate bucket`, `tollgate top` — in
+//! The CLI's admin commands — `tollgate policies`, `tollgate bucket`, `tollgate top`,
+//! `tollgate set-limit` — in
 //! the style of `tollgate members`: a table by default, `--json` for the document as the
 //! API returned it; exit 0 on success, 2 on any error (printed to stderr).
 
-use super::api::{BucketReply, PoliciesReply, TopReply};
+use super::api::{BucketReply, PoliciesReply, PolicyInfo, SetLimitRequest, TopReply};
 use super::client::{AdminClient, ClientError};
 use super::routes::DEFAULT_TOP_N;
 use clap::Args;
@@ -64,6 +65,23 @@ pub struct TopArgs {
     pub target: AdminTarget,
 }
 
+/// `tollgate set-limit`.
+#[derive(Args, Debug)]
+pub struct SetLimitArgs {
+    /// The policy (policy_name).
+    #[arg(long)]
+    pub policy: String,
+    /// The new bucket_capacity (> 0).
+    #[arg(long)]
+    pub capacity: Option<f64>,
+    /// The new fill_amount (>= 0).
+    #[arg(long)]
+    pub fill: Option<f64>,
+    /// The admin port.
+    #[command(flatten)]
+    pub target: AdminTarget,
+}
+
 /// Prints the document (`--json`) or its table; the exit code.
 fn finish<T: serde::Serialize>(
     result: Result<T, ClientError>,
@@ -112,24 +130,46 @@ pub fn top(args: &TopArgs) -> i32 {
     finish(result, args.target.json, print_top)
 }
 
-fn print_policies(reply: &PoliciesReply) {
+/// `tollgate set-limit`.
+pub fn set_limit(args: &SetLimitArgs) -> i32 {
+    let change = SetLimitRequest {
+        policy: args.policy.clone(),
+        bucket_capacity: args.capacity,
+        fill_amount: args.fill,
+    };
+    let result = args.target.client().set_limit(&change);
+    finish(result, args.target.json, |p: &PolicyInfo| {
+        print_policy_header();
+        print_policy(p);
+    })
+}
+
+fn print_policy_header() {
     println!(
         "{:<24} {:<22} {:>10} {:>10} {:>9} {:<16} DIGEST",
         "POLICY", "KIND", "CAPACITY", "FILL", "INTERVAL", "LIMIT BY"
     );
+}
+
+fn print_policies(reply: &PoliciesReply) {
+    print_policy_header();
     for p in &reply.policies {
-        println!(
-            "{:<24} {:<22} {:>10} {:>10} {:>9} {:<16} {}",
-            p.name,
-            p.kind,
-            p.bucket.capacity,
-            p.bucket.fill_amount,
-            format!("{}s", p.bucket.interval_seconds),
-            p.limit_by_label_key.as_deref().unwrap_or("-"),
-            p.digest
-        );
+        print_policy(p);
     }
     println!("policy set digest: {}", reply.digest);
+}
+
+fn print_policy(p: &PolicyInfo) {
+    println!(
+        "{:<24} {:<22} {:>10} {:>10} {:>9} {:<16} {}",
+        p.name,
+        p.kind,
+        p.bucket.capacity,
+        p.bucket.fill_amount,
+        format!("{}s", p.bucket.interval_seconds),
+        p.limit_by_label_key.as_deref().unwrap_or("-"),
+        p.digest
+    );
 }
 
 fn secs(s: Option<f64>) -> String {

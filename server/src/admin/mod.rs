@@ -19,7 +19,7 @@
 //! - [`shard_query`]: reads answered on a shard ([`crate::bridge::Inbound::Admin`]).
 //! - [`api`]: the JSON documents, shared with the client.
 //! - [`client`]: a blocking HTTP client of the API (the CLI, tests).
-//! - [`commands`]: `tollgate policies | bucket | top`.
+//! - [`commands`]: `tollgate policies | bucket | top | set-limit`.
 
 pub mod api;
 pub mod auth;

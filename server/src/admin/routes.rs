@@ -10,25 +10,26 @@
 //! | `GET /api/v1/policies` | every policy's identity and effective parameters | yes |
 //! | `GET /api/v1/bucket?policy=P&key=K` | one bucket, read on its owner shard | yes |
 //! | `GET /api/v1/top?policy=P&n=N` | the N keys that consumed most in the last minute | yes |
+//! | `POST /api/v1/limit` | change a policy's `bucket_capacity` / `fill_amount` now | yes |
 //!
-//! Changing limits at runtime and reloading the policies are not served yet: their routes
-//! join the `api` router below.
+//! Reloading the policies is not served yet: its route joins the `api` router below.
 
-use super::api::{self, BucketInfo, BucketReply, ErrorReply, TopKey, TopReply};
+use super::api::{self, BucketInfo, BucketReply, ErrorReply, SetLimitRequest, TopKey, TopReply};
 use super::auth::require_token;
 use super::readiness::Phase;
-use super::state::{AdminState, Shards};
+use super::state::AdminState;
 use crate::clock;
 use crate::metrics::collector;
 use crate::metrics::top_keys::{Merged, CAPACITY};
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
-use tollgate_policy::LimiterSpec;
+use tollgate_policy::{ComponentKind, Engine, LimiterSpec};
 
 /// Top keys returned when `n` is not given.
 pub const DEFAULT_TOP_N: usize = 10;
@@ -38,7 +39,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/bucket", get(bucket))
-        .route("/api/v1/top", get(top));
+        .route("/api/v1/top", get(top))
+        .route("/api/v1/limit", post(set_limit));
     let guarded = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -122,15 +124,15 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn policies(State(state): State<Arc<AdminState>>) -> Response {
-    match state.shards() {
-        Some(shards) => Json(api::policies(&shards.node.engine)).into_response(),
+    match state.engine() {
+        Some(engine) => Json(api::policies(&engine)).into_response(),
         None => starting(),
     }
 }
 
 /// The limiter of `policy`, or the error answer.
 fn find_policy<'a>(
-    shards: &'a Shards,
+    engine: &'a Engine,
     policy: Option<&str>,
 ) -> Result<&'a LimiterSpec, Box<Response>> {
     let Some(name) = policy.filter(|p| !p.is_empty()) else {
@@ -139,9 +141,7 @@ fn find_policy<'a>(
             "missing query parameter `policy`",
         )));
     };
-    shards
-        .node
-        .engine
+    engine
         .limiters()
         .iter()
         .find(|l| l.policy_name == name)
@@ -161,10 +161,10 @@ struct BucketQuery {
 }
 
 async fn bucket(State(state): State<Arc<AdminState>>, Query(q): Query<BucketQuery>) -> Response {
-    let Some(shards) = state.shards() else {
+    let (Some(shards), Some(engine)) = (state.shards(), state.engine()) else {
         return starting();
     };
-    let spec = match find_policy(shards, q.policy.as_deref()) {
+    let spec = match find_policy(&engine, q.policy.as_deref()) {
         Ok(spec) => spec,
         Err(answer) => return *answer,
     };
@@ -228,10 +228,10 @@ struct TopQuery {
 }
 
 async fn top(State(state): State<Arc<AdminState>>, Query(q): Query<TopQuery>) -> Response {
-    let Some(shards) = state.shards() else {
+    let (Some(shards), Some(engine)) = (state.shards(), state.engine()) else {
         return starting();
     };
-    let spec = match find_policy(shards, q.policy.as_deref()) {
+    let spec = match find_policy(&engine, q.policy.as_deref()) {
         Ok(spec) => spec,
         Err(answer) => return *answer,
     };
@@ -277,4 +277,105 @@ async fn top(State(state): State<Arc<AdminState>>, Query(q): Query<TopQuery>) ->
         shards_answered,
     })
     .into_response()
+}
+
+async fn set_limit(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let Some(shards) = state.shards() else {
+        return starting();
+    };
+    if state.clustered() {
+        return error(
+            StatusCode::CONFLICT,
+            "this node is clustered: a limit changed on one node would make the nodes \
+             disagree on shared buckets; change the policy file and roll it out (docs/admin.md)",
+        );
+    }
+    let request: SetLimitRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a limit change: {e}"),
+            )
+        }
+    };
+    if let Err(message) = check_limits(&request) {
+        return error(StatusCode::BAD_REQUEST, message);
+    }
+    let policy = request.policy.clone();
+    let changed = state
+        .change_engine(shards, |engine| {
+            let spec = find_policy(engine, Some(&request.policy))?;
+            if !matches!(
+                spec.kind,
+                ComponentKind::RateLimiter | ComponentKind::QuotaScheduler
+            ) {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "policy {:?} is a {}: only rate_limiter and quota_scheduler policies \
+                         have buckets whose limits change",
+                        spec.policy_name,
+                        api::kind_name(spec.kind)
+                    ),
+                )));
+            }
+            let mut params = spec.params;
+            params.capacity = request.bucket_capacity.unwrap_or(params.capacity);
+            params.fill_amount = request.fill_amount.unwrap_or(params.fill_amount);
+            engine
+                .with_bucket_params(spec.id, params)
+                .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, "the policy is gone")))
+        })
+        .await;
+    let engine = match changed {
+        Err(answer) => return *answer,
+        Ok(Err(silent)) => {
+            let silent: Vec<String> = silent.iter().map(usize::to_string).collect();
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "shard {} did not confirm the change within {:?}: the others apply it \
+                     already; send it again",
+                    silent.join(", "),
+                    super::state::SHARD_ANSWER_TIMEOUT
+                ),
+            );
+        }
+        Ok(Ok(engine)) => engine,
+    };
+    match find_policy(&engine, Some(&policy)) {
+        Ok(spec) => {
+            tracing::info!(
+                policy = %spec.policy_name,
+                bucket_capacity = spec.params.capacity,
+                fill_amount = spec.params.fill_amount,
+                "limit changed at runtime (until restart)"
+            );
+            Json(api::policy(spec)).into_response()
+        }
+        Err(answer) => *answer,
+    }
+}
+
+/// The new values must make a bucket: a positive finite capacity, a finite fill >= 0.
+fn check_limits(request: &SetLimitRequest) -> Result<(), String> {
+    if request.bucket_capacity.is_none() && request.fill_amount.is_none() {
+        return Err("nothing to change: give `bucket_capacity`, `fill_amount` or both".into());
+    }
+    if let Some(c) = request.bucket_capacity {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(format!(
+                "`bucket_capacity` must be a finite number > 0, not {c}"
+            ));
+        }
+    }
+    if let Some(f) = request.fill_amount {
+        if !(f.is_finite() && f >= 0.0) {
+            return Err(format!(
+                "`fill_amount` must be a finite number >= 0, not {f}"
+            ));
+        }
+    }
+    Ok(())
 }

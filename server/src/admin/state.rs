@@ -12,11 +12,11 @@ use crate::cluster::ClusterObserver;
 use crate::metrics::collector::{CacheReading, ClusterReading, Gathered, ShardGauges};
 use crate::metrics::top_keys::Counted;
 use crate::node::Node;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tollgate_grpc::GrpcObserver;
-use tollgate_policy::{BucketView, LimiterId};
+use tollgate_policy::{BucketView, Engine, LimiterId};
 
 /// How long a read waits for a shard's answer. Why this value: a shard answers between
 /// decisions, within microseconds when healthy; a shard that takes a second is stuck, and a
@@ -41,6 +41,10 @@ pub struct AdminState {
     shards: OnceLock<Shards>,
     cluster: OnceLock<ClusterObserver>,
     grpc: OnceLock<GrpcObserver>,
+    /// The policies in force: the node's, then each runtime limit change's.
+    engine: Mutex<Option<Arc<Engine>>>,
+    /// Held while a limit change reaches the shards, so changes apply one at a time.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl AdminState {
@@ -52,12 +56,63 @@ impl AdminState {
             shards: OnceLock::new(),
             cluster: OnceLock::new(),
             grpc: OnceLock::new(),
+            engine: Mutex::new(None),
+            changing: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The shards are serving.
     pub fn set_shards(&self, shards: Shards) {
+        self.set_engine(shards.node.engine.clone());
         let _ = self.shards.set(shards);
+    }
+
+    /// The policies in force (None until the shards start).
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_engine(&self, engine: Arc<Engine>) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+    }
+
+    /// Whether the node runs a cluster layer (limit changes are refused then).
+    pub fn clustered(&self) -> bool {
+        self.cluster.get().is_some() || self.shards().is_some_and(|s| s.node.members.is_some())
+    }
+
+    /// Makes every shard decide with `change(current policies)` from its next decision on,
+    /// one change at a time. Err(shards that did not confirm within
+    /// [`SHARD_ANSWER_TIMEOUT`]); the others decide with the new policies already.
+    pub async fn change_engine<E>(
+        &self,
+        shards: &Shards,
+        change: impl FnOnce(&Engine) -> Result<Engine, E>,
+    ) -> Result<Result<Arc<Engine>, Vec<usize>>, E> {
+        let _one_at_a_time = self.changing.lock().await;
+        let current = self.engine().unwrap_or_else(|| shards.node.engine.clone());
+        let next = Arc::new(change(&current)?);
+        let confirmed = Self::ask_all(shards, |reply| AdminQuery::ReplaceEngine {
+            engine: next.clone(),
+            reply,
+        })
+        .await;
+        // What /api/v1 shows is what at least one shard now decides with.
+        self.set_engine(next.clone());
+        let silent: Vec<usize> = confirmed
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        Ok(if silent.is_empty() {
+            Ok(next)
+        } else {
+            Err(silent)
+        })
     }
 
     /// The cluster layer is running.

@@ -123,7 +123,8 @@ impl Shard {
         deadline_ns: Option<u64>,
         now_ns: u64,
     ) -> Result<Planned, FlowError> {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine = &*engine;
         let plan = engine
             .plan(control_point, labels, tokens)
             .inspect_err(|e| self.metrics().flow_error(engine, e))?;
@@ -238,7 +239,7 @@ impl Shard {
         let outcomes = self
             .state
             .borrow_mut()
-            .take_group(&self.node.engine, takes, now_ns);
+            .take_group(&self.engine(), takes, now_ns);
         if outcomes.iter().any(|o| o.flow.is_some()) {
             // A flow in flight expires: the scheduler must wake for it.
             self.wake_if_sooner();
@@ -254,7 +255,8 @@ impl Shard {
         owners: &[usize],
         slots: &mut [Option<LimiterOutcome>],
     ) {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine = &*engine;
         let mut local: SmallVec<[Return<'_>; 4]> = SmallVec::new();
         let mut remote: SmallVec<[(usize, Vec<OwnedTake>); 2]> = SmallVec::new();
         for ((slot, t), &owner) in slots.iter_mut().zip(takes).zip(owners) {
@@ -305,7 +307,8 @@ impl Shard {
     /// later component refused the flow here or on another shard, or its check is gone.
     /// A concurrency component's tokens go back by ending the flow that holds them.
     pub(crate) fn apply_give_back<'a>(&self, returns: impl IntoIterator<Item = Return<'a>>) {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine = &*engine;
         let now = clock::now_ns();
         let mut any = false;
         {

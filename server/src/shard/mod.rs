@@ -278,6 +278,10 @@ pub struct Shard {
     stopping: Cell<bool>,
     /// What this shard records for `/metrics` and the admin API.
     metrics: ShardMetrics,
+    /// The policies this shard decides with: the node's, until the admin API changes a
+    /// limit ([`Shard::replace_engine`]). Its own copy, so taking a reference per decision
+    /// is a plain increment, not an atomic one on memory every shard shares.
+    engine: RefCell<Rc<Engine>>,
 }
 
 impl Shard {
@@ -307,6 +311,7 @@ impl Shard {
         let limits = node.limits.shard;
         let (kick, kicked) = local_channel::new_bounded(1);
         let metrics = node.metrics.shard_recorder(id);
+        let node_engine = node.engine.clone();
         let shard = Rc::new(Shard {
             id,
             state: RefCell::new(ShardState::new(id as u16, limits, flow_seed(id))),
@@ -321,6 +326,7 @@ impl Shard {
             peer_holds: RefCell::new(PeerHolds::new(limits.max_flows)),
             stopping: Cell::new(false),
             metrics,
+            engine: RefCell::new(Rc::new(Engine::clone(&node_engine))),
         });
         for (dest, woken) in wake_receivers {
             glommio::spawn_local(forward_loop(shard.clone(), senders.clone(), dest, woken))
@@ -341,9 +347,15 @@ impl Shard {
         shard
     }
 
-    /// The compiled policies.
-    pub fn engine(&self) -> &Engine {
-        &self.node.engine
+    /// The compiled policies in force on this shard.
+    pub fn engine(&self) -> Rc<Engine> {
+        self.engine.borrow().clone()
+    }
+
+    /// Decides with `engine` from the next decision on (a runtime limit change: the same
+    /// limiter ids, other parameters), keeping every bucket as it is.
+    pub fn replace_engine(&self, engine: &Engine) {
+        *self.engine.borrow_mut() = Rc::new(Engine::clone(engine));
     }
 
     /// This shard's recorder (metrics hooks).
@@ -353,7 +365,7 @@ impl Shard {
 
     /// Runs `f` with this shard's state, read-only (admin reads: gauges, one bucket).
     pub fn with_state<R>(&self, f: impl FnOnce(&ShardState, &Engine) -> R) -> R {
-        f(&self.state.borrow(), &self.node.engine)
+        f(&self.state.borrow(), &self.engine())
     }
 
     /// Live buckets on this shard.
@@ -475,7 +487,7 @@ impl Shard {
         let ended = self
             .state
             .borrow_mut()
-            .end_flow(&self.node.engine, id, clock::now_ns());
+            .end_flow(&self.engine(), id, clock::now_ns());
         if ended {
             self.wake_if_sooner();
         }
@@ -525,7 +537,8 @@ impl Shard {
     /// sending process's boot nonce: what its debits take from concurrency buckets is
     /// remembered, so [`Shard::peer_gone`] can hand it back.
     pub fn apply_replica(&self, op: Op, peer: u64, entries: Vec<Replica>) {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine = &*engine;
         let now = clock::now_ns();
         let mut state = self.state.borrow_mut();
         let mut holds = self.peer_holds.borrow_mut();
@@ -588,7 +601,8 @@ impl Shard {
         if released.is_empty() {
             return;
         }
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine = &*engine;
         let now = clock::now_ns();
         let tokens: f64 = released.iter().map(|r| r.tokens).sum();
         {
@@ -613,7 +627,7 @@ impl Shard {
         self.stopping.set(true);
         let mut out = Vec::new();
         self.state.borrow_mut().release_waiters(
-            &self.node.engine,
+            &self.engine(),
             tollgate_policy::Refusal::ShuttingDown,
             clock::now_ns(),
             &mut out,
@@ -627,14 +641,14 @@ impl Shard {
         let n = self
             .state
             .borrow_mut()
-            .end_all_flows(&self.node.engine, clock::now_ns());
+            .end_all_flows(&self.engine(), clock::now_ns());
         self.wake_if_sooner();
         n
     }
 
     /// Runs `f` with this shard's store (replication drains, snapshots, eviction).
     pub fn with_store<R>(&self, f: impl FnOnce(&mut BucketStore, &Engine) -> R) -> R {
-        f(self.state.borrow_mut().store_mut(), &self.node.engine)
+        f(self.state.borrow_mut().store_mut(), &self.engine())
     }
 }
 

@@ -144,14 +144,10 @@ impl Shard {
     ) -> Result<LimiterOutcome, Ticket> {
         let ticket = self.next_wait_ticket.get();
         self.next_wait_ticket.set(ticket.wrapping_add(1));
-        let decided = self.state.borrow_mut().offer(
-            &self.node.engine,
-            take,
-            ticket,
-            deadline_ns,
-            now_ns,
-            out,
-        );
+        let decided =
+            self.state
+                .borrow_mut()
+                .offer(&self.engine(), take, ticket, deadline_ns, now_ns, out);
         if decided.is_some_and(|o| o.flow.is_some()) {
             self.wake_if_sooner();
         }
@@ -164,7 +160,7 @@ impl Shard {
         self.waiters.borrow_mut().insert(ticket, waiter);
         if self.stopping.get() {
             self.state.borrow_mut().release_waiters(
-                &self.node.engine,
+                &self.engine(),
                 Refusal::ShuttingDown,
                 now_ns,
                 out,
@@ -228,7 +224,8 @@ impl Shard {
     /// Serves what is due at `now_ns`: unattributed peer holds due back, queues whose
     /// tokens or deadlines came, flows past their `max_inflight_duration`.
     fn poll(&self, now_ns: u64) {
-        let engine = &*self.node.engine;
+        let engine = self.engine();
+        let engine = &*engine;
         let released = self.peer_holds.borrow_mut().release_due(now_ns);
         let mut out = Vec::new();
         {
