@@ -62,7 +62,7 @@ fn shard_hop(c: &mut Criterion) {
 
 fn start_pair(spin: Option<Duration>) -> Pair {
     let node = Arc::new(Node {
-        engine: Arc::new(bench_engine()),
+        policies: Arc::new(arc_swap::ArcSwap::from_pointee(bench_engine())),
         nr_shards: 2,
         node_id: "bench".into(),
         listen: "127.0.0.1:0".parse().unwrap(),

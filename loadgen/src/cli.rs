@@ -128,6 +128,10 @@ pub struct RunArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also write a self-contained HTML report to this file: throughput, latency
+    /// percentiles and accepted/rejected over time, the latency histogram, per target.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Deadline of one request; a request without an answer by then counts as an error.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub timeout: Duration,

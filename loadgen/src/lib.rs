@@ -8,7 +8,7 @@
 //! rate with coordinated-omission-corrected latencies), key distributions (hot, uniform, exact
 //! zipf), the protocol drivers (including the Redis baseline's Lua script and a minimal RESP
 //! codec), the accuracy arithmetic (admitted against what the limit allows, per key, across
-//! several targets) and the report (human table, JSON). It owns no server code: it talks to
+//! several targets) and the report (human table, JSON, an HTML page). It owns no server code: it talks to
 //! servers only over the network, through the same client users run.
 //!
 //! # Layout
@@ -23,6 +23,8 @@
 //! - [`accuracy`]: pure arithmetic of admitted vs allowed, per key, on a passed-in clock.
 //! - [`stats`]: striped HDR histograms and counters shared by the tasks.
 //! - [`report`]: the end-of-run table and JSON.
+//! - [`timeline`]: per-interval and per-target figures and the latency histogram.
+//! - [`html`]: `--html`, the report as one self-contained page of SVG charts.
 //! - [`resp`]: sans-IO RESP2 encoder/decoder for the Redis baseline.
 //!
 //! `src/token_bucket.lua` is the baseline's script, compiled in as
@@ -32,6 +34,7 @@
 pub mod accuracy;
 pub mod cli;
 pub mod drivers;
+pub mod html;
 pub mod keys;
 pub mod report;
 pub mod resp;
@@ -39,6 +42,7 @@ pub mod run;
 pub mod scenario;
 pub mod stats;
 pub mod target;
+pub mod timeline;
 
 pub use report::Report;
 pub use run::{run_blocking, Op, RunConfig, RunError, Stop};

@@ -44,6 +44,12 @@ fn load(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(path) = &cli.run.html {
+        if let Err(e) = std::fs::write(path, tollgate_loadgen::html::render(&report)) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
 }
 

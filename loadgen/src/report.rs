@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::accuracy::{AccuracyReport, Limit};
 use crate::run::{Op, RunConfig, Stop};
 use crate::stats::Tally;
+use crate::timeline::Detail;
 
 /// Latency percentiles in microseconds (answered requests only).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -141,6 +142,9 @@ pub struct Report {
     pub first_error: Option<String>,
     /// The settings.
     pub config: ConfigEcho,
+    /// Timeline, per-target figures and histogram, for `--html` (not in the JSON).
+    #[serde(skip)]
+    pub detail: Detail,
 }
 
 impl Report {
@@ -189,6 +193,7 @@ impl Report {
             accuracy,
             first_error,
             config: ConfigEcho::of(cfg, limit),
+            detail: Detail::default(),
         }
     }
 

@@ -1,9 +1,10 @@
 //! Counting outcomes and latencies from many tasks at once.
 //!
-//! Tasks record into one of [`STRIPES`] stripes (task index modulo), each a mutex around two
-//! HDR histograms (the whole run and the current progress interval) and counters. With a few
-//! runtime threads the locks are practically uncontended; the progress reporter drains the
-//! interval histograms once per tick and the final report merges the run histograms.
+//! Tasks record into one of [`STRIPES`] stripes (task index modulo), each a mutex around, per
+//! target, two HDR histograms (the whole run and the current interval) and counters. With a
+//! few runtime threads the locks are practically uncontended; the controller drains the
+//! interval histograms once per tick (the progress line and the report's timeline) and the
+//! final report merges the run histograms.
 
 use std::sync::Mutex;
 
@@ -30,7 +31,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn new() -> Tally {
+    /// Nothing counted.
+    pub fn new() -> Tally {
         Tally {
             accepted: 0,
             rejected: 0,
@@ -42,6 +44,15 @@ impl Tally {
     /// Requests counted.
     pub fn requests(&self) -> u64 {
         self.accepted + self.rejected + self.errors
+    }
+
+    /// `tallies` added together.
+    pub fn merged(tallies: &[Tally]) -> Tally {
+        let mut out = Tally::new();
+        for t in tallies {
+            out.add(t);
+        }
+        out
     }
 
     fn add(&mut self, other: &Tally) {
@@ -68,6 +79,12 @@ impl Tally {
     }
 }
 
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::new()
+    }
+}
+
 fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds: construction cannot fail; fall back to an auto-resizing one.
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, SIGFIGS)
@@ -86,9 +103,10 @@ pub enum Outcome {
     Error,
 }
 
+/// One stripe: per target, the whole run and the current interval.
 struct Stripe {
-    run: Tally,
-    interval: Tally,
+    run: Vec<Tally>,
+    interval: Vec<Tally>,
 }
 
 /// The shared recorder.
@@ -96,36 +114,36 @@ pub struct Recorder {
     stripes: Vec<Mutex<Stripe>>,
 }
 
-impl Default for Recorder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Recorder {
-    /// An empty recorder.
-    pub fn new() -> Recorder {
+    /// An empty recorder for a run against `targets` targets (at least one).
+    pub fn new(targets: usize) -> Recorder {
+        let targets = targets.max(1);
         Recorder {
             stripes: (0..STRIPES)
                 .map(|_| {
                     Mutex::new(Stripe {
-                        run: Tally::new(),
-                        interval: Tally::new(),
+                        run: (0..targets).map(|_| Tally::new()).collect(),
+                        interval: (0..targets).map(|_| Tally::new()).collect(),
                     })
                 })
                 .collect(),
         }
     }
 
-    /// Records `n` requests with the same outcome and latency (a batch), from task `task`.
-    pub fn record(&self, task: usize, outcome: Outcome, latency_ns: u64, n: u64) {
+    /// Records `n` requests to target `target` with the same outcome and latency (a batch),
+    /// from task `task`. An unknown target is not counted.
+    pub fn record(&self, task: usize, target: usize, outcome: Outcome, latency_ns: u64, n: u64) {
         let Some(stripe) = self.stripes.get(task % STRIPES) else {
             return;
         };
         let mut guard = stripe.lock().unwrap_or_else(|p| p.into_inner());
         let latency = latency_ns.clamp(1, MAX_LATENCY_NS);
         let s = &mut *guard;
-        for t in [&mut s.run, &mut s.interval] {
+        let (Some(run), Some(interval)) = (s.run.get_mut(target), s.interval.get_mut(target))
+        else {
+            return;
+        };
+        for t in [run, interval] {
             match outcome {
                 Outcome::Accepted => t.accepted += n,
                 Outcome::Rejected => t.rejected += n,
@@ -137,25 +155,40 @@ impl Recorder {
         }
     }
 
-    /// Merges and clears the interval tallies (for the progress line).
-    pub fn take_interval(&self) -> Tally {
-        let mut out = Tally::new();
+    /// Merges and clears the interval tallies, per target (the progress line, the timeline).
+    pub fn take_interval(&self) -> Vec<Tally> {
+        let mut out: Vec<Tally> = Vec::new();
         for stripe in &self.stripes {
             let mut s = stripe.lock().unwrap_or_else(|p| p.into_inner());
-            out.add(&s.interval);
-            s.interval.reset();
+            if out.is_empty() {
+                out = (0..s.interval.len()).map(|_| Tally::new()).collect();
+            }
+            for (o, i) in out.iter_mut().zip(s.interval.iter_mut()) {
+                o.add(i);
+                i.reset();
+            }
         }
         out
     }
 
-    /// Merges the whole-run tallies.
-    pub fn total(&self) -> Tally {
-        let mut out = Tally::new();
+    /// Merges the whole-run tallies, per target.
+    pub fn total_by_target(&self) -> Vec<Tally> {
+        let mut out: Vec<Tally> = Vec::new();
         for stripe in &self.stripes {
             let s = stripe.lock().unwrap_or_else(|p| p.into_inner());
-            out.add(&s.run);
+            if out.is_empty() {
+                out = (0..s.run.len()).map(|_| Tally::new()).collect();
+            }
+            for (o, r) in out.iter_mut().zip(&s.run) {
+                o.add(r);
+            }
         }
         out
+    }
+
+    /// Merges the whole-run tallies of every target.
+    pub fn total(&self) -> Tally {
+        Tally::merged(&self.total_by_target())
     }
 }
 
@@ -165,23 +198,38 @@ mod tests {
 
     #[test]
     fn records_merges_and_drains_intervals() {
-        let r = Recorder::new();
-        r.record(0, Outcome::Accepted, 10_000, 1);
-        r.record(1, Outcome::Rejected, 20_000, 3);
-        r.record(65, Outcome::Error, 0, 2);
-        let i = r.take_interval();
+        let r = Recorder::new(1);
+        r.record(0, 0, Outcome::Accepted, 10_000, 1);
+        r.record(1, 0, Outcome::Rejected, 20_000, 3);
+        r.record(65, 0, Outcome::Error, 0, 2);
+        let i = Tally::merged(&r.take_interval());
         assert_eq!(
             (i.accepted, i.rejected, i.errors, i.requests()),
             (1, 3, 2, 6)
         );
         assert_eq!(i.latency.len(), 4);
-        assert!(r.take_interval().requests() == 0);
+        assert!(Tally::merged(&r.take_interval()).requests() == 0);
         let t = r.total();
         assert_eq!(t.requests(), 6);
         assert!((t.quantile_us(0.5) - 20.0).abs() < 0.1);
         assert!(t.quantile_us(0.5) <= t.quantile_us(0.99));
         // Out-of-range latencies are clamped, not dropped.
-        r.record(2, Outcome::Accepted, u64::MAX, 1);
+        r.record(2, 0, Outcome::Accepted, u64::MAX, 1);
         assert!(r.total().latency.max() >= MAX_LATENCY_NS - MAX_LATENCY_NS / 1000);
+    }
+
+    #[test]
+    fn keeps_targets_apart_and_ignores_unknown_ones() {
+        let r = Recorder::new(2);
+        r.record(0, 0, Outcome::Accepted, 10_000, 5);
+        r.record(3, 1, Outcome::Rejected, 10_000, 2);
+        r.record(3, 2, Outcome::Accepted, 10_000, 7);
+        let interval = r.take_interval();
+        assert_eq!(interval.len(), 2);
+        assert_eq!((interval[0].accepted, interval[0].rejected), (5, 0));
+        assert_eq!((interval[1].accepted, interval[1].rejected), (0, 2));
+        let by_target = r.total_by_target();
+        assert_eq!(by_target.iter().map(Tally::requests).sum::<u64>(), 7);
+        assert_eq!(r.total().requests(), 7);
     }
 }

@@ -247,6 +247,7 @@ fn cli_writes_the_json_file() {
     let dir = std::env::temp_dir().join(format!("loadgen-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let json = dir.join("out.json");
+    let html = dir.join("out.html");
     let status = Command::new(env!("CARGO_BIN_EXE_tollgate-loadgen"))
         .args(["--target", &node.target().to_string()])
         .args([
@@ -270,6 +271,8 @@ fn cli_writes_the_json_file() {
         ])
         .arg("--json")
         .arg(&json)
+        .arg("--html")
+        .arg(&html)
         .stdout(Stdio::null())
         .status()
         .expect("run the binary");
@@ -279,7 +282,72 @@ fn cli_writes_the_json_file() {
     assert!(v["requests"].as_u64().unwrap_or(0) > 0, "{v}");
     assert!(v["accuracy"]["ratio"].is_number(), "{v}");
     assert_eq!(v["config"]["connections"], 2);
+    // The HTML report: the four charts, self-contained, and the same totals as the JSON.
+    let page = std::fs::read_to_string(&html).expect("html written");
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+    assert_eq!(page.matches("<svg").count(), 4, "{page}");
+    for outside in ["src=", "href=", "@import", "url("] {
+        assert!(
+            !page.contains(outside),
+            "the page fetches something ({outside})"
+        );
+    }
+    let data = page
+        .split("<script type=\"application/json\" id=\"loadgen-data\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .expect("embedded data");
+    let data: serde_json::Value = serde_json::from_str(data).expect("embedded JSON");
+    assert_eq!(data["report"]["requests"], v["requests"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn timeline_and_targets_add_up_to_the_totals() {
+    let (a, b) = (Node::start(false), Node::start(false));
+    let mut cfg = short(vec![a.target(), b.target()]);
+    cfg.spread = Spread::Key;
+    cfg.keys = 50;
+    cfg.stop = Stop::Duration(Duration::from_millis(2500));
+    let report = run_blocking(cfg).expect("run");
+    assert_sane(&report);
+    let d = &report.detail;
+    // Every measured request is in exactly one sample and one target.
+    // One sample per second of the measured phase, the last one after every task ended.
+    assert!(d.timeline.len() >= 2, "{:?}", d.timeline.len());
+    let sum = |f: fn(&tollgate_loadgen::timeline::Figures) -> u64| -> u64 {
+        d.timeline.iter().map(|s| f(&s.all)).sum()
+    };
+    assert_eq!(sum(|f| f.accepted), report.accepted);
+    assert_eq!(sum(|f| f.rejected), report.rejected);
+    assert_eq!(sum(|f| f.errors), report.errors);
+    assert_eq!(d.targets.len(), 2);
+    assert_eq!(
+        d.targets
+            .iter()
+            .map(|t| t.accepted + t.rejected + t.errors)
+            .sum::<u64>(),
+        report.requests
+    );
+    // Key spread over 50 keys: both targets got traffic.
+    assert!(
+        d.targets.iter().all(|t| t.accepted + t.rejected > 0),
+        "{:?}",
+        d.targets
+    );
+    for s in &d.timeline {
+        assert_eq!(
+            s.targets.iter().map(|t| t.accepted).sum::<u64>(),
+            s.all.accepted
+        );
+    }
+    assert!(d.timeline.windows(2).all(|w| w[0].end_s < w[1].end_s));
+    assert_eq!(
+        d.histogram.iter().map(|b| b.count).sum::<u64>(),
+        report.accepted + report.rejected
+    );
+    let page = tollgate_loadgen::html::render(&report);
+    assert!(page.contains(&a.target().to_string()) && page.contains(&b.target().to_string()));
 }
 
 fn start_echo_server() -> SocketAddr {

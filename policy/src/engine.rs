@@ -91,6 +91,9 @@ pub struct Engine {
     routing_label_keys: Vec<String>,
     /// Digest of the whole set (every limiter's name and digest, in name order).
     digest: Digest,
+    /// Limiters the previous engine had and this one does not (a reload removed them), so
+    /// a decision made just before the switch can still be described ([`Engine::describe`]).
+    retired: HashMap<LimiterId, LimiterSpec>,
 }
 
 impl Engine {
@@ -172,6 +175,14 @@ impl Engine {
             w.str(name).u64(digest.0);
         }
         engine.digest = w.finish();
+        if let Some(prev) = previous {
+            engine.retired = prev
+                .limiters
+                .iter()
+                .filter(|l| engine.get_limiter(l.id).is_none())
+                .map(|l| (l.id, l.clone()))
+                .collect();
+        }
         engine
     }
 
@@ -185,6 +196,13 @@ impl Engine {
     /// [`Engine::get_limiter`].
     pub fn limiter(&self, id: LimiterId) -> &LimiterSpec {
         &self.limiters[self.position_of[id.0 as usize] as usize]
+    }
+
+    /// One limiter as this engine or, when a reload has just removed it, its predecessor
+    /// defined it: for describing a decision made before the switch (names, status codes,
+    /// reply positions). None for ids neither knows.
+    pub fn describe(&self, id: LimiterId) -> Option<&LimiterSpec> {
+        self.get_limiter(id).or_else(|| self.retired.get(&id))
     }
 
     /// One limiter, if this engine has it.

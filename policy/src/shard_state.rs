@@ -130,6 +130,12 @@ impl ShardState {
         let mut outcomes = Outcomes::new();
         for t in takes {
             outcomes.push(match t.key {
+                // A limiter this shard's engine does not have: planned by a shard on the other
+                // side of a reload that is reaching the shards one by one. It does not apply
+                // here yet (or any more), as for a flow without its label.
+                _ if engine.get_limiter(t.limiter).is_none() => {
+                    LimiterOutcome::key_not_found(t.limiter, t.tokens.get())
+                }
                 None => LimiterOutcome::key_not_found(t.limiter, t.tokens.get()),
                 Some(key) => self.take_now(engine, t.limiter, key, t.tokens, now_ns),
             });
@@ -139,9 +145,10 @@ impl ShardState {
                 if o.kind != OutcomeKind::Accepted {
                     continue;
                 }
-                if let Some(key) = t.key {
+                if let (Some(key), Some(spec)) = (t.key, engine.get_limiter(t.limiter)) {
+                    let capacity = spec.params_for(key).capacity;
                     self.give_back(engine, t.limiter, key, t.tokens, o.flow, now_ns);
-                    o.mark_returned(engine.limiter(t.limiter).params_for(key).capacity);
+                    o.mark_returned(capacity);
                 }
             }
         }
@@ -206,7 +213,10 @@ impl ShardState {
         let Some(key) = take.key else {
             return Some(LimiterOutcome::key_not_found(limiter, tokens.get()));
         };
-        let spec = engine.limiter(limiter);
+        // Unknown here: planned across a reload still reaching the shards (see take_group).
+        let Some(spec) = engine.get_limiter(limiter) else {
+            return Some(LimiterOutcome::key_not_found(limiter, tokens.get()));
+        };
         let margin = spec
             .scheduler
             .as_ref()
@@ -356,6 +366,21 @@ impl ShardState {
         self.store.debit(engine, limiter, key, tokens, now_ns);
         if tokens < 0.0 {
             self.mark_due(limiter, key);
+        }
+    }
+
+    /// Switches this shard from `old` to `new` (a reload): concurrency counters keep their
+    /// flows in flight counted under a changed capacity, and every queue is served at the
+    /// next poll under the new definitions — a removed scheduler's waiters are refused
+    /// (`removed`), a larger bucket may admit some at once. Buckets of removed limiters are
+    /// no longer reached and go at the next idle sweep; flows in flight of a removed
+    /// concurrency limiter still end (or expire) normally, giving back to nothing.
+    pub fn reloaded(&mut self, old: &Engine, new: &Engine, now_ns: u64) {
+        self.store.rebase_in_flight(old, new, now_ns);
+        for (limiter, by_key) in &self.queues {
+            for key in by_key.keys() {
+                self.due.push((*limiter, key.clone()));
+            }
         }
     }
 

@@ -367,6 +367,34 @@ impl BucketStore {
         before - self.len()
     }
 
+    /// After a reload from `old` to `new`: a concurrency counter whose capacity changed
+    /// moves by the difference, so the flows in flight stay counted (20 → 10 with 15 in
+    /// flight leaves -5: nothing is admitted until 5 more end). Token buckets need nothing:
+    /// the next fill caps them at the new capacity and fills at the new rate. O(live
+    /// buckets), once per reload.
+    pub fn rebase_in_flight(&mut self, old: &Engine, new: &Engine, now_ns: u64) {
+        let shift = |limiter: LimiterId, value: &[u8], slot: &mut Slot| {
+            let (Some(before), Some(after)) = (old.get_limiter(limiter), new.get_limiter(limiter))
+            else {
+                return;
+            };
+            if !after.kind.counts_in_flight() {
+                return;
+            }
+            let key = std::str::from_utf8(value).unwrap_or_default();
+            let (was, now) = (before.params_for(key), after.params_for(key));
+            if was.capacity != now.capacity {
+                slot.bucket.debit(&now, now_ns, was.capacity - now.capacity);
+            }
+        };
+        for (k, slot) in self.short.entries.iter_mut() {
+            shift(k.limiter(), k.value(), slot);
+        }
+        for (k, slot) in self.long.entries.iter_mut() {
+            shift(k.limiter(), k.value(), slot);
+        }
+    }
+
     /// Consumption recorded since the last drain, reset to zero (cluster replication).
     pub fn drain_unsynced(&mut self, mut emit: impl FnMut(Consumed)) {
         for (limiter, key) in std::mem::take(&mut self.dirty) {

@@ -17,6 +17,7 @@
 //!   or already ended (harmless).
 
 use crate::clock;
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_cluster::{Op, Replica};
@@ -67,6 +68,13 @@ pub enum Inbound {
     Snapshot(tokio::sync::oneshot::Sender<Vec<Replica>>),
     /// A read for the admin API (gauges, one bucket, top keys), answered on the shard.
     Admin(crate::admin::shard_query::AdminQuery),
+    /// Decide with these policies from now on (a reload), then answer on `done`.
+    Reload {
+        /// The node's new engine (already stored in the node's policies).
+        engine: Arc<Engine>,
+        /// Signalled once the shard has switched.
+        done: flume::Sender<usize>,
+    },
     /// Stop accepting and drain connections.
     Stop,
     /// Every shard has drained: exit.
@@ -91,22 +99,32 @@ pub enum BridgeError {
 /// A cloneable, thread-safe handle to the shards.
 #[derive(Clone)]
 pub struct DecisionHandle {
-    engine: Arc<Engine>,
+    policies: Arc<ArcSwap<Engine>>,
     inboxes: Arc<Vec<flume::Sender<Inbound>>>,
 }
 
 impl DecisionHandle {
-    /// A handle over these inboxes (index = shard).
-    pub fn new(engine: Arc<Engine>, inboxes: Vec<flume::Sender<Inbound>>) -> DecisionHandle {
+    /// A handle over these inboxes (index = shard), sharing the node's policies.
+    pub fn new(
+        policies: Arc<ArcSwap<Engine>>,
+        inboxes: Vec<flume::Sender<Inbound>>,
+    ) -> DecisionHandle {
         DecisionHandle {
-            engine,
+            policies,
             inboxes: Arc::new(inboxes),
         }
     }
 
-    /// The compiled policies.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The compiled policies as of now (a reload may replace them at any time; a caller
+    /// describing a decision loads them after the decision, so they are at least as new as
+    /// the shard's — see [`Engine::describe`]).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.policies.load_full()
+    }
+
+    /// The node's policies, for the reload that replaces them.
+    pub fn policies(&self) -> &Arc<ArcSwap<Engine>> {
+        &self.policies
     }
 
     /// Number of shards.
@@ -132,7 +150,7 @@ impl DecisionHandle {
             clock::now_ns().saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
         });
         let shard = routing::shard_for_labels(
-            self.engine.routing_label_keys(),
+            self.policies.load().routing_label_keys(),
             flow.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             self.inboxes.len(),
         );

@@ -5,10 +5,12 @@
 //! 1 rejected, 2 error; `validate` exits 0 valid, 2 invalid; `serve` exits 0 after a
 //! graceful shutdown, 2 for a bad config, 1 for any other failure.
 //!
-//! Signals to `serve`: SIGINT and SIGTERM drain and exit 0; SIGHUP and SIGUSR1 are logged
-//! (warn) and ignored, so a reload attempt never kills a serving process.
+//! Signals to `serve`: SIGINT and SIGTERM drain and exit 0; SIGHUP reloads the policies
+//! from the config file ([`crate::reload`]); SIGUSR1 is logged and ignored, so a stray
+//! signal never kills a serving process.
 
 use crate::config::{self, check_shards, Config, ConfigError};
+use crate::reload::Reloader;
 use crate::{grpc_backend::ShardBackend, runtime, DEFAULT_POLICY};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -37,8 +39,10 @@ pub enum Command {
         after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug or \
 RUST_LOG=tollgate_server=debug) for more. Once every port is bound the server logs one \
 'tollgate ready' line with the real addresses. SIGINT/SIGTERM: stop accepting, drain \
-in-flight requests (server.drain_timeout), exit 0. SIGHUP and SIGUSR1 are logged and \
-ignored: there is no config reload yet, restart to apply a new config. Exit 2: invalid config.
+in-flight requests (server.drain_timeout), exit 0. SIGHUP: reload the policies from the \
+config file (validated first: an invalid file changes nothing; unchanged policies keep their \
+buckets; changed server:/cluster: settings are logged as needing a restart). --watch: the \
+same on every change of the file. SIGUSR1 is logged and ignored. Exit 2: invalid config.
 
 The admin HTTP port (server.admin, default 127.0.0.1:9090, or --admin; `off` disables it) \
 serves GET /healthz (200 while the process is alive: a liveness probe), GET /readyz (200 \
@@ -72,8 +76,11 @@ draining: a readiness probe), GET /metrics (Prometheus text format) and the JSON
     /// Show the keys that consumed most of a policy over the last minute (admin API).
     Top(crate::admin::commands::TopArgs),
     /// Change a policy's bucket_capacity / fill_amount now, keeping its buckets (admin
-    /// API; refused by a clustered node; lasts until restart).
+    /// API; refused by a clustered node; lasts until the next reload).
     SetLimit(crate::admin::commands::SetLimitArgs),
+    /// Reload the policies from the server's config file, as SIGHUP does (admin API):
+    /// invalid files change nothing and the errors are printed; exit 2 then.
+    Reload(crate::admin::commands::AdminTarget),
 }
 
 /// `tollgate serve`.
@@ -95,6 +102,9 @@ pub struct ServeArgs {
     /// or `off`.
     #[arg(long)]
     pub admin: Option<String>,
+    /// Reload the policies when the config file changes (as SIGHUP does). Needs --config.
+    #[arg(long, requires = "config")]
+    pub watch: bool,
 }
 
 /// `tollgate check`.
@@ -149,6 +159,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Bucket(args) => crate::admin::commands::bucket(&args),
         Command::Top(args) => crate::admin::commands::top(&args),
         Command::SetLimit(args) => crate::admin::commands::set_limit(&args),
+        Command::Reload(target) => crate::admin::commands::reload(&target),
     }
 }
 
@@ -165,10 +176,19 @@ fn init_logging() {
 
 /// The config `serve` runs: the file, or the embedded default, with CLI overrides applied.
 pub fn serve_config(args: &ServeArgs) -> Result<Config, ConfigError> {
-    let mut config = match &args.config {
-        Some(path) => config::load_file(path)?,
-        None => config::parse_str(DEFAULT_POLICY, "<embedded default policy>")?,
-    };
+    with_overrides(file_config(args)?, args)
+}
+
+/// The config file (or the embedded default) as written, before command-line overrides.
+fn file_config(args: &ServeArgs) -> Result<Config, ConfigError> {
+    match &args.config {
+        Some(path) => config::load_file(path),
+        None => config::parse_str(DEFAULT_POLICY, "<embedded default policy>"),
+    }
+}
+
+/// `config` with the command line's `--shards`, `--listen` and `--grpc` applied.
+fn with_overrides(mut config: Config, args: &ServeArgs) -> Result<Config, ConfigError> {
     let origin = args
         .config
         .as_ref()
@@ -202,14 +222,21 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, ConfigError> {
 
 fn serve(args: ServeArgs) -> i32 {
     init_logging();
-    let config = match serve_config(&args) {
+    let (started, config) = match file_config(&args)
+        .and_then(|file| Ok((file.clone(), with_overrides(file, &args)?)))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return 2;
         }
     };
-    match serve_config_until_signal(config) {
+    let reload = ReloadSource {
+        path: args.config.clone(),
+        started,
+        watch: args.watch,
+    };
+    match serve_config_until_signal(config, reload) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -218,17 +245,29 @@ fn serve(args: ServeArgs) -> i32 {
     }
 }
 
-/// Waits for SIGINT or SIGTERM. SIGHUP (what operators send to reload) and SIGUSR1 would
-/// kill the process with their default action, dropping every in-flight request: they are
-/// caught, logged and ignored until they have a job.
-fn wait_for_stop_signal(signals: &mut signal_hook::iterator::Signals) -> Option<i32> {
+/// Where `serve` reloads its policies from.
+struct ReloadSource {
+    /// The config file (None: the embedded default policy, which cannot be reloaded).
+    path: Option<PathBuf>,
+    /// The file as the node started from it, before command-line overrides.
+    started: Config,
+    /// `--watch`.
+    watch: bool,
+}
+
+/// Waits for SIGINT or SIGTERM, reloading on SIGHUP. SIGUSR1 would kill the process with
+/// its default action, dropping every in-flight request: it is caught, logged and ignored.
+fn wait_for_stop_signal(
+    signals: &mut signal_hook::iterator::Signals,
+    reloader: &Reloader,
+) -> Option<i32> {
     use signal_hook::consts::{SIGHUP, SIGUSR1};
     for signal in signals.forever() {
         match signal {
-            SIGHUP => tracing::warn!(
-                "SIGHUP received: config reload is not supported yet; restart to apply a new \
-                 config. Still serving the running config."
-            ),
+            SIGHUP => {
+                // Logged by the reloader; the node serves on either way.
+                let _ = reloader.reload_and_log("SIGHUP");
+            }
             SIGUSR1 => tracing::warn!("SIGUSR1 received: tollgate does not use it; ignored"),
             stop => return Some(stop),
         }
@@ -236,7 +275,7 @@ fn wait_for_stop_signal(signals: &mut signal_hook::iterator::Signals) -> Option<
     None
 }
 
-fn serve_config_until_signal(config: Config) -> Result<()> {
+fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Register before starting so a signal during start-up is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
@@ -307,6 +346,18 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
         }
         None => None,
     };
+    // Before "ready": from then on SIGHUP and file changes reload.
+    let reloader = Arc::new(Reloader::new(
+        reload.path.as_deref(),
+        reload.started,
+        server.handle.clone(),
+    ));
+    admin_state.set_reloader(reloader.clone());
+    let _watch = if reload.watch {
+        Some(crate::watch::watch(reloader.clone())?)
+    } else {
+        None
+    };
     let admin_addr = admin
         .as_ref()
         .map_or("off".to_string(), |a| a.local_addr().to_string());
@@ -324,7 +375,7 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
             shard_ports = %shard_ports.join(","),
             gossip = %c.gossip,
             shards = server.node.nr_shards,
-            policies = server.node.engine.limiters().len(),
+            policies = server.node.policies.load().limiters().len(),
             "tollgate ready"
         ),
         None => tracing::info!(
@@ -333,11 +384,11 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
             admin = %admin_addr,
             shard_ports = %shard_ports.join(","),
             shards = server.node.nr_shards,
-            policies = server.node.engine.limiters().len(),
+            policies = server.node.policies.load().limiters().len(),
             "tollgate ready"
         ),
     }
-    let signal = wait_for_stop_signal(&mut signals);
+    let signal = wait_for_stop_signal(&mut signals, &reloader);
     // Probes see "draining" from here until the process exits.
     readiness.set(crate::admin::Phase::Draining);
     tracing::info!(

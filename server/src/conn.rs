@@ -448,18 +448,22 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
             DecisionReason::RateLimited
         },
         wait_ns: d.wait_ns,
+        // Described with the shard's engine at reply time: a limiter a reload removed
+        // meanwhile is still described by the predecessor kept for that; one neither knows
+        // (two reloads during one check) is left out of the per-limiter results.
         limiters: d
             .limiters
             .iter()
-            .map(|o| LimiterResult {
-                limiter_index: engine.limiter(o.limiter).position,
+            .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
+            .map(|(o, spec)| LimiterResult {
+                limiter_index: spec.position,
                 outcome: match o.kind {
                     OutcomeKind::Accepted => LimiterOutcome::Accepted,
                     OutcomeKind::Rejected => LimiterOutcome::Rejected,
                     OutcomeKind::KeyNotFound => LimiterOutcome::KeyNotFound,
                     OutcomeKind::Returned => LimiterOutcome::Returned,
                 },
-                status_code: engine.limiter(o.limiter).denied_status_code,
+                status_code: spec.denied_status_code,
                 tokens: o.tokens,
                 remaining: o.remaining,
                 current: o.current,

@@ -34,7 +34,7 @@ impl ShardBackend {
 }
 
 impl DecisionBackend for ShardBackend {
-    fn engine(&self) -> &Engine {
+    fn engine(&self) -> Arc<Engine> {
         self.handle.engine()
     }
 

@@ -21,7 +21,9 @@
 //!   policy crate, `cluster:` from [`cluster`]; parsed once, every problem reported.
 //! - [`runtime`]: start (bind, executors, mesh, ready) and graceful shutdown.
 //! - [`listeners`]: socket2 binding: shared SO_REUSEPORT port + shard-aware ports.
-//! - [`node`]: node-wide read-only facts (engine, ports, limits) and the HELLO reply.
+//! - [`node`]: node-wide facts (the policies, ports, limits) and the HELLO reply.
+//! - [`reload`]: hot reload: validate the file, keep unchanged limiters' state, switch
+//!   every shard; [`watch`]: `serve --watch`, reload when the file changes.
 //! - [`shard`]: a shard's state, a check's orchestration across stages and shards, the
 //!   scheduler task that makes waiting real, flow ends, cross-shard hops and their
 //!   batching.
@@ -50,8 +52,10 @@ pub mod grpc_backend;
 pub mod listeners;
 pub mod metrics;
 pub mod node;
+pub mod reload;
 pub mod runtime;
 pub mod shard;
+pub mod watch;
 
 /// The policy `tollgate serve` runs without `--config` (see README).
 pub const DEFAULT_POLICY: &str = include_str!("../default-policy.yaml");

@@ -1,7 +1,8 @@
 //! What every shard of a node shares, read-only after start (plus two counters that are
-//! touched per connection, never per decision).
+//! touched per connection, never per decision, and the policies a reload replaces).
 
 use crate::config::ServerConfig;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,8 +18,10 @@ pub trait MembersView: Send + Sync {
 
 /// Immutable node-wide facts and limits.
 pub struct Node {
-    /// The compiled policies.
-    pub engine: Arc<Engine>,
+    /// The compiled policies, replaced whole by a reload (see [`crate::reload`]). Shards
+    /// decide with their own handle on it (`Shard::engine`), switched between two messages;
+    /// other threads load it.
+    pub policies: Arc<ArcSwap<Engine>>,
     /// Shards on this node.
     pub nr_shards: usize,
     /// Name reported in HELLO and MEMBERS.
@@ -84,9 +87,10 @@ impl Node {
             hash_algo: HASH_FNV1A_64,
             shard_index,
             shard_ports: self.shard_ports.clone(),
-            routing_label_keys: self.engine.routing_label_keys().to_vec(),
+            routing_label_keys: self.policies.load().routing_label_keys().to_vec(),
             policy_names: self
-                .engine
+                .policies
+                .load()
                 .limiters()
                 .iter()
                 .map(|l| l.policy_name.clone())

@@ -8,6 +8,7 @@ use crate::node::{Limits, MembersView, Node};
 use crate::shard::{MeshMsg, Planned, Shard, MESH_CHANNEL_SIZE};
 use crate::{clock, conn, listeners};
 use anyhow::{anyhow, Context, Result};
+use arc_swap::ArcSwap;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -67,7 +68,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         .server
         .shards
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let engine = Arc::new(Engine::new(&config.policies));
+    let policies = Arc::new(ArcSwap::from_pointee(Engine::new(&config.policies)));
     let bound = listeners::bind_binary(config.server.listen, nr_shards)?;
     let shard_ports = bound.shard_ports();
     let node_id = config
@@ -77,7 +78,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         .or_else(|| config.cluster.as_ref().and_then(|c| c.node_id.clone()))
         .unwrap_or_else(|| "tollgate".to_string());
     let node = Arc::new(Node {
-        engine: engine.clone(),
+        policies: policies.clone(),
         nr_shards,
         node_id,
         listen: bound.listen,
@@ -88,7 +89,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         metrics: Arc::new(crate::metrics::Metrics::new(
             config.server.metrics,
             nr_shards,
-            engine.limiters().len(),
+            policies.load().limiters().len(),
         )),
     });
     let slots = Arc::new(Mutex::new(ListenerSlots {
@@ -158,7 +159,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
     Ok(RunningServer {
         listen: bound.listen,
         shard_ports,
-        handle: DecisionHandle::new(engine, inboxes),
+        handle: DecisionHandle::new(policies, inboxes),
         node,
         executors,
         drained: drained_rx,
@@ -428,6 +429,10 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             let _ = reply.send(levels);
         }
         Inbound::Admin(query) => crate::admin::shard_query::answer(shard, query),
+        Inbound::Reload { engine, done } => {
+            shard.reload(engine);
+            let _ = done.send(shard.id);
+        }
         Inbound::Stop | Inbound::Exit => {}
     }
 }
@@ -487,15 +492,18 @@ async fn accept_loop(
 }
 
 async fn evict_loop(shard: Rc<Shard>) {
-    let min_idle = shard
-        .engine()
-        .limiters()
-        .iter()
-        .map(|l| l.max_idle_ns)
-        .min();
-    let Some(min_idle) = min_idle else { return };
-    let period = Duration::from_nanos(min_idle / 8).clamp(EVICT_MIN_PERIOD, EVICT_MAX_PERIOD);
     loop {
+        // Read each round: a reload may change the limiters (and drop some, whose
+        // buckets this sweep then frees).
+        let min_idle = shard
+            .engine()
+            .limiters()
+            .iter()
+            .map(|l| l.max_idle_ns)
+            .min();
+        let period = min_idle.map_or(EVICT_MAX_PERIOD, |idle| {
+            Duration::from_nanos(idle / 8).clamp(EVICT_MIN_PERIOD, EVICT_MAX_PERIOD)
+        });
         glommio::timer::sleep(period).await;
         let evicted = shard.with_store(|store, engine| store.evict_idle(engine, clock::now_ns()));
         shard.metrics().evicted_idle(evicted);

@@ -383,3 +383,61 @@ fn a_clustered_node_refuses_runtime_limit_changes() {
     let policies = client(&server, None).policies().expect("policies");
     assert_eq!(policies.policies[0].bucket.capacity, 3.0);
 }
+
+#[test]
+fn reload_through_the_admin_api_keeps_buckets_and_ends_a_runtime_limit_change() {
+    let server = start_server(&config(""));
+    let admin = client(&server, None);
+    let addr = admin_addr(&server);
+    let file = server.dir.join("config.yaml");
+    assert!(check(&server, "alice") && check(&server, "alice"));
+
+    // A runtime change lasts until the next reload, which applies the file's values.
+    let (code, _, err) = set_limit(&server, &["--capacity", "10"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        &file,
+        config("").replace("bucket_capacity: 3", "bucket_capacity: 5"),
+    )
+    .expect("rewrite");
+    let (code, out, err) = run_cli(&["reload", "--admin", &addr, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("report");
+    assert_eq!(
+        report["changed"],
+        serde_json::json!(["per_user"]),
+        "{report}"
+    );
+    assert_eq!(
+        admin.policies().expect("policies").policies[0]
+            .bucket
+            .capacity,
+        5.0
+    );
+    assert_eq!(
+        admin
+            .bucket("per_user", Some("alice"))
+            .expect("bucket")
+            .tokens,
+        1.0,
+        "alice's bucket carried over, not reset"
+    );
+
+    // An invalid file changes nothing and says why.
+    std::fs::write(
+        &file,
+        config("").replace("bucket_capacity: 3", "bucket_capacity: -1"),
+    )
+    .expect("rewrite");
+    let (code, _, err) = run_cli(&["reload", "--admin", &addr]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bucket_capacity"), "{err}");
+    assert_eq!(
+        admin.policies().expect("policies").policies[0]
+            .bucket
+            .capacity,
+        5.0
+    );
+    assert!(check(&server, "alice"), "the last of alice's tokens");
+    assert!(!check(&server, "alice"));
+}

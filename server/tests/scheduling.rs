@@ -209,8 +209,8 @@ fn a_deadline_too_short_is_refused_no_tokens_before_it_passes() {
     let (d, took) = node.answer(node.send("llm", &k, Some(deadline)));
     assert!(!d.accepted);
     assert!(took < deadline, "answered after its deadline: {took:?}");
-    assert_eq!(d.reject_reason(engine), Some(RejectReason::NoTokens));
-    assert_eq!(d.denied_status_code(engine), Some(503));
+    assert_eq!(d.reject_reason(&engine), Some(RejectReason::NoTokens));
+    assert_eq!(d.denied_status_code(&engine), Some(503));
     assert_eq!(d.limiters[0].refusal, Some(Refusal::TimedOut));
 
     // Capacity that only an end can free: it waits, and is refused by its deadline.
@@ -220,7 +220,7 @@ fn a_deadline_too_short_is_refused_no_tokens_before_it_passes() {
     assert!(!d.accepted);
     assert!(took < deadline, "answered after its deadline: {took:?}");
     assert_eq!(d.limiters[0].refusal, Some(Refusal::TimedOut));
-    assert_eq!(d.reject_reason(engine), Some(RejectReason::NoTokens));
+    assert_eq!(d.reject_reason(&engine), Some(RejectReason::NoTokens));
 }
 
 #[test]
@@ -320,8 +320,8 @@ fn a_concurrency_limiter_admits_exactly_its_limit_and_an_end_frees_a_slot() {
     }
     let d = node.check("db", &t, Some(Duration::from_secs(5)));
     assert!(!d.accepted, "a limiter does not wait");
-    assert_eq!(d.reject_reason(engine), Some(RejectReason::RateLimited));
-    assert_eq!(d.denied_status_code(engine), Some(429));
+    assert_eq!(d.reject_reason(&engine), Some(RejectReason::RateLimited));
+    assert_eq!(d.denied_status_code(&engine), Some(429));
     let unknown = FlowId::new(flows[0].shard() as u16, flows[0].get().wrapping_add(1_000));
     let no_such_shard = FlowId::new(1000, 1);
     assert_eq!(
@@ -433,7 +433,7 @@ fn a_later_stage_refusing_gives_back_rate_tokens_and_ends_concurrency_flows() {
     // The quota is spent for an hour: its refusal hands back the earlier stages.
     let d = node.check("llm", &k, Some(Duration::ZERO));
     assert!(!d.accepted);
-    assert_eq!(d.reject_reason(engine), Some(RejectReason::NoTokens));
+    assert_eq!(d.reject_reason(&engine), Some(RejectReason::NoTokens));
     let kinds: Vec<OutcomeKind> = d.limiters.iter().map(|o| o.kind).collect();
     assert_eq!(
         kinds,

@@ -1,5 +1,6 @@
-//! The controller, on the calling thread: ends the measured phase on time and draws the
-//! progress line until every task has finished.
+//! The controller, on the calling thread: ends the measured phase on time, samples the
+//! interval tallies (the report's timeline) and draws the progress line until every task has
+//! finished.
 
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::Ordering;
@@ -8,15 +9,23 @@ use std::time::Duration;
 use crate::run::shared::Shared;
 use crate::run::RunConfig;
 use crate::stats::Tally;
+use crate::timeline::Sample;
 
 /// How often the controller wakes to check for the end of the run (and draw progress).
 const CONTROLLER_TICK: Duration = Duration::from_millis(50);
 
-/// Draws progress and ends the measured phase; returns once all `tasks` have finished.
-pub(super) fn controller(cfg: &RunConfig, shared: &Shared, tasks: usize) {
+/// Sampling period of the timeline when there is no progress line.
+const DEFAULT_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Draws progress and ends the measured phase; returns, once all `tasks` have finished, the
+/// timeline: one sample per progress period (1 s when quiet) of the measured phase. The last
+/// sample is taken after every task finished, so the samples add up to the run's totals.
+pub(super) fn controller(cfg: &RunConfig, shared: &Shared, tasks: usize) -> Vec<Sample> {
     let tty = std::io::stderr().is_terminal();
+    let period = cfg.progress.unwrap_or(DEFAULT_SAMPLE_PERIOD).as_nanos() as u64;
     let mut last_tick = shared.now_ns();
     let mut drew = false;
+    let mut timeline = Vec::new();
     loop {
         std::thread::sleep(CONTROLLER_TICK);
         let now = shared.now_ns();
@@ -24,11 +33,20 @@ pub(super) fn controller(cfg: &RunConfig, shared: &Shared, tasks: usize) {
             shared.stop.store(true, Ordering::Relaxed);
         }
         let finished = shared.tasks_done.load(Ordering::Relaxed) >= tasks;
-        if let Some(period) = cfg.progress {
-            if now.saturating_sub(last_tick) >= period.as_nanos() as u64 || finished {
-                let interval = shared.recorder.take_interval();
-                let secs = now.saturating_sub(last_tick) as f64 / 1e9;
-                last_tick = now;
+        if now.saturating_sub(last_tick) >= period || finished {
+            let by_target = shared.recorder.take_interval();
+            let interval = Tally::merged(&by_target);
+            let secs = now.saturating_sub(last_tick) as f64 / 1e9;
+            // Only measured requests are recorded: the part of the interval before the
+            // measured phase began counted nothing.
+            if now > shared.measure_from_ns {
+                let from = last_tick.max(shared.measure_from_ns);
+                let end_s = (now - shared.measure_from_ns) as f64 / 1e9;
+                let measured_secs = now.saturating_sub(from) as f64 / 1e9;
+                timeline.push(Sample::of(&by_target, end_s, measured_secs));
+            }
+            last_tick = now;
+            if cfg.progress.is_some() {
                 let line = progress_line(shared, now, &interval, secs);
                 let mut err = std::io::stderr().lock();
                 if tty {
@@ -47,6 +65,7 @@ pub(super) fn controller(cfg: &RunConfig, shared: &Shared, tasks: usize) {
     if drew {
         let _ = writeln!(std::io::stderr());
     }
+    timeline
 }
 
 fn progress_line(shared: &Shared, now_ns: u64, t: &Tally, secs: f64) -> String {

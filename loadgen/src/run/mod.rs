@@ -4,7 +4,7 @@
 //!  connection slot c (x --connections), one Conn per target
 //!    ├─ task (x --pipeline): loop { pick key/mix/target ─ send ─ await ─ record }
 //!    └─ ...
-//!  controller: progress line every tick; sets `stop` at the end of the duration
+//!  controller: timeline sample and progress line every period; sets `stop` at the end
 //! ```
 //!
 //! Closed loop: each task sends its next request as soon as the previous one is answered, so
@@ -23,7 +23,7 @@
 //! - `shared`: the state the tasks and the controller share once the clock starts.
 //! - `thread`: one load thread (its own tokio runtime): dial, report ready, run its tasks.
 //! - `task`: one load task's request loop, pacing and batch fan-out.
-//! - `controller`: ends the measured phase and draws the progress line.
+//! - `controller`: ends the measured phase, samples the timeline, draws the progress line.
 //!
 //! [`run_blocking`] below wires them together: phase 1 dials everything (unmeasured), phase 2
 //! starts the clock and the tasks, and the report is assembled from what the tasks recorded
@@ -41,6 +41,7 @@ use std::sync::Arc;
 pub use config::{Op, RunConfig, RunError, Stop, DEFAULT_LIMIT, MAX_BATCH};
 
 use crate::report::Report;
+use crate::timeline::Detail;
 use plan::Plan;
 use shared::Shared;
 
@@ -106,12 +107,13 @@ pub fn run_blocking(cfg: RunConfig) -> Result<Report, RunError> {
     for g in go {
         let _ = g.send(shared.clone());
     }
-    controller::controller(&cfg, &shared, cfg.connections * cfg.pipeline);
+    let timeline = controller::controller(&cfg, &shared, cfg.connections * cfg.pipeline);
     for j in joins {
         let _ = j.join();
     }
     let end_ns = shared.now_ns();
-    let tally = shared.recorder.total();
+    let by_target = shared.recorder.total_by_target();
+    let tally = crate::stats::Tally::merged(&by_target);
     let duration_s = end_ns.saturating_sub(shared.measure_from_ns) as f64 / 1e9;
     let accuracy = limit.map(|l| shared.ledger.report(&l));
     let first_error = shared
@@ -119,12 +121,7 @@ pub fn run_blocking(cfg: RunConfig) -> Result<Report, RunError> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Ok(Report::from_run(
-        &cfg,
-        limit,
-        &tally,
-        duration_s,
-        accuracy,
-        first_error,
-    ))
+    let mut report = Report::from_run(&cfg, limit, &tally, duration_s, accuracy, first_error);
+    report.detail = Detail::new(timeline, &by_target, duration_s);
+    Ok(report)
 }

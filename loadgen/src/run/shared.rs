@@ -38,7 +38,7 @@ impl Shared {
     pub(super) fn new(cfg: &RunConfig, ledger_keys: usize) -> Shared {
         let measure_from_ns = cfg.warmup.as_nanos() as u64;
         Shared {
-            recorder: Recorder::new(),
+            recorder: Recorder::new(cfg.targets.len()),
             ledger: Ledger::new(ledger_keys),
             stop: AtomicBool::new(false),
             issued: AtomicU64::new(0),

@@ -92,6 +92,7 @@ impl Task {
         let mut seq: u64 = 0;
         let mut prev_done_ns: u64 = 0;
         let targets = self.conns.len();
+        let mut counts: Vec<[u64; 3]> = vec![[0; 3]; targets.max(1)];
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
                 break;
@@ -126,8 +127,8 @@ impl Task {
                 }
             }
             seq += 1;
-            // [accepted, rejected, errors]
-            let mut counts = [0u64; 3];
+            // Per target: [accepted, rejected, errors].
+            counts.iter_mut().for_each(|c| *c = [0; 3]);
             let (sent, done) = if self.op == Op::Ping {
                 let target = self.spread.pick(targets, seq, 0);
                 let sent = self.shared.now_ns();
@@ -136,7 +137,7 @@ impl Task {
                     None => Err("no connection".to_string()),
                 };
                 let done = self.shared.now_ns();
-                self.tally(None, 0.0, &r, done, &mut counts);
+                self.tally(None, 0.0, &r, done, counts.get_mut(target));
                 (sent, done)
             } else if self.batch == 1 {
                 let mix = self.picker.pick(&mut self.rng);
@@ -154,7 +155,7 @@ impl Task {
                     None => Err("no connection".to_string()),
                 };
                 let done = self.shared.now_ns();
-                self.tally(Some(key), tokens, &r, done, &mut counts);
+                self.tally(Some(key), tokens, &r, done, counts.get_mut(target));
                 (sent, done)
             } else {
                 for i in 0..self.batch {
@@ -185,7 +186,9 @@ impl Task {
                 let results = self.send_batch(&batch, &slots, seq).await;
                 let done = self.shared.now_ns();
                 for ((_, key), (req, r)) in slots.iter().zip(batch.iter().zip(&results)) {
-                    self.tally(Some(*key), tokens_of(req), r, done, &mut counts);
+                    // The target send_batch chose for this slot.
+                    let target = self.spread.pick(targets, seq, *key);
+                    self.tally(Some(*key), tokens_of(req), r, done, counts.get_mut(target));
                 }
                 (sent, done)
             };
@@ -197,12 +200,15 @@ impl Task {
             prev_done_ns = done;
             if measured {
                 let latency = done.saturating_sub(start);
-                for (outcome, n) in [Outcome::Accepted, Outcome::Rejected, Outcome::Error]
-                    .into_iter()
-                    .zip(counts)
-                {
-                    if n > 0 {
-                        self.shared.recorder.record(self.index, outcome, latency, n);
+                for (target, per_outcome) in counts.iter().enumerate() {
+                    for (outcome, &n) in [Outcome::Accepted, Outcome::Rejected, Outcome::Error]
+                        .iter()
+                        .zip(per_outcome)
+                    {
+                        if n > 0 {
+                            let recorder = &self.shared.recorder;
+                            recorder.record(self.index, target, *outcome, latency, n);
+                        }
                     }
                 }
             }
@@ -216,8 +222,11 @@ impl Task {
         tokens: f64,
         r: &Result<bool, CallError>,
         done_ns: u64,
-        counts: &mut [u64; 3],
+        counts: Option<&mut [u64; 3]>,
     ) {
+        // A target index comes from Spread::pick over the connections: always present.
+        let mut scratch = [0; 3];
+        let counts = counts.unwrap_or(&mut scratch);
         match r {
             Ok(true) => {
                 counts[0] += 1;

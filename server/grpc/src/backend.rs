@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::observe::GrpcService;
@@ -17,9 +18,11 @@ pub type DecisionFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendEr
 
 /// Where decisions are made. Called from the gRPC runtime thread; must not block it.
 pub trait DecisionBackend: Send + Sync + 'static {
-    /// The engine the backend decides with: used to describe limiters in answers
-    /// (policy name, hash, component id, status code, limit-by key, bucket parameters).
-    fn engine(&self) -> &Engine;
+    /// The engine the backend decides with, as of now: used to describe limiters in
+    /// answers (policy name, hash, component id, status code, limit-by key, bucket
+    /// parameters). Load it after the decision: a reload may replace it at any time, and
+    /// [`Engine::describe`] still knows the limiters the latest reload removed.
+    fn engine(&self) -> Arc<Engine>;
 
     /// Decides `flow`: takes tokens from every matching limiter, or none if one rejects.
     fn check(&self, flow: OwnedFlow) -> DecisionFuture;

@@ -201,11 +201,13 @@ pub fn limiter_decisions<L: Labels + ?Sized>(
     labels: &L,
     decision: &Decision,
 ) -> Vec<pb::LimiterDecision> {
+    // A limiter neither this engine nor its predecessor knows (two reloads during one
+    // check) is left out of the per-limiter results; the decision itself stands.
     decision
         .limiters
         .iter()
-        .map(|o| {
-            let spec = engine.limiter(o.limiter);
+        .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
+        .map(|(o, spec)| {
             let dropped = matches!(o.kind, OutcomeKind::Rejected);
             pb::LimiterDecision {
                 policy_name: spec.policy_name.clone(),
@@ -276,7 +278,8 @@ pub fn check_response(
             .limiters
             .iter()
             .find(|o| matches!(o.kind, OutcomeKind::Rejected))
-            .map_or(429, |o| engine.limiter(o.limiter).denied_status_code);
+            .and_then(|o| engine.describe(o.limiter))
+            .map_or(429, |spec| spec.denied_status_code);
         resp.denied_response_status_code = i32::from(if status == 0 { 429 } else { status });
     }
     resp
@@ -339,7 +342,7 @@ impl FlowControlService for FlowControl {
         let decision = match decided {
             Ok(decision) => decision,
             Err(BackendError::Flow(error)) => {
-                let mut resp = unjudgeable_response(self.backend.engine(), &req, &error);
+                let mut resp = unjudgeable_response(&self.backend.engine(), &req, &error);
                 resp.start = Some(timestamp(start));
                 resp.end = Some(timestamp(SystemTime::now()));
                 let mut response = Response::new(resp);
@@ -351,7 +354,7 @@ impl FlowControlService for FlowControl {
             }
             Err(unavailable @ BackendError::Unavailable(_)) => return Err(unavailable.into()),
         };
-        let mut resp = check_response(self.backend.engine(), &req, &decision);
+        let mut resp = check_response(&self.backend.engine(), &req, &decision);
         if decision.accepted {
             if let Some(lookup) = &req.cache_lookup_request {
                 if !lookup.result_cache_key.is_empty() || !lookup.global_cache_keys.is_empty() {

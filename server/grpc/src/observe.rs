@@ -35,7 +35,7 @@ impl Observed {
 }
 
 impl DecisionBackend for Observed {
-    fn engine(&self) -> &Engine {
+    fn engine(&self) -> std::sync::Arc<Engine> {
         self.inner.engine()
     }
 
@@ -61,13 +61,13 @@ mod tests {
 
     #[derive(Default)]
     struct Recording {
-        engine: Engine,
+        engine: std::sync::Arc<Engine>,
         seen: Mutex<Vec<(GrpcService, bool)>>,
     }
 
     impl DecisionBackend for Recording {
-        fn engine(&self) -> &Engine {
-            &self.engine
+        fn engine(&self) -> std::sync::Arc<Engine> {
+            self.engine.clone()
         }
 
         fn check(&self, _flow: OwnedFlow) -> DecisionFuture {

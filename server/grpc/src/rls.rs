@@ -151,7 +151,12 @@ impl Rls {
                 ..Default::default()
             };
         };
-        let spec = engine.limiter(o.limiter);
+        let Some(spec) = engine.describe(o.limiter) else {
+            return DescriptorStatus {
+                code: code as i32,
+                ..Default::default()
+            };
+        };
         let params = spec.params_for(label_value(
             flow.labels.as_slice(),
             spec.limit_by_label_key.as_deref(),

@@ -337,8 +337,8 @@ struct LabelCostBackend {
 }
 
 impl tollgate_grpc::DecisionBackend for LabelCostBackend {
-    fn engine(&self) -> &tollgate_policy::Engine {
-        &self.engine
+    fn engine(&self) -> std::sync::Arc<tollgate_policy::Engine> {
+        self.engine.clone()
     }
 
     fn check(&self, mut flow: tollgate_policy::OwnedFlow) -> tollgate_grpc::DecisionFuture {

@@ -150,6 +150,11 @@ impl AdminClient {
         decode(self.post("/api/v1/limit", body)?)
     }
 
+    /// `POST /api/v1/reload`: the report of what changed (as the server sent it).
+    pub fn reload(&self) -> Result<serde_json::Value, ClientError> {
+        decode(self.post("/api/v1/reload", String::new())?)
+    }
+
     /// `GET /api/v1/policies`.
     pub fn policies(&self) -> Result<PoliciesReply, ClientError> {
         self.get_json("/api/v1/policies")

@@ -1,5 +1,5 @@
 //! The CLI's admin commands — `tollgate policies`, `tollgate bucket`, `tollgate top`,
-//! `tollgate set-limit` — in
+//! `tollgate set-limit`, `tollgate reload` — in
 //! the style of `tollgate members`: a table by default, `--json` for the document as the
 //! API returned it; exit 0 on success, 2 on any error (printed to stderr).
 
@@ -128,6 +128,29 @@ pub fn bucket(args: &BucketArgs) -> i32 {
 pub fn top(args: &TopArgs) -> i32 {
     let result = args.target.client().top(&args.policy, args.n);
     finish(result, args.target.json, print_top)
+}
+
+/// `tollgate reload`: the report, one line per kind of change.
+pub fn reload(target: &AdminTarget) -> i32 {
+    finish(target.client().reload(), target.json, |report| {
+        for field in [
+            "digest",
+            "unchanged",
+            "changed",
+            "added",
+            "removed",
+            "needs_restart",
+        ] {
+            match report.get(field) {
+                Some(serde_json::Value::Array(names)) => {
+                    let names: Vec<&str> = names.iter().filter_map(|n| n.as_str()).collect();
+                    println!("{field}: {}", names.join(", "));
+                }
+                Some(serde_json::Value::String(s)) => println!("{field}: {s}"),
+                _ => {}
+            }
+        }
+    })
 }
 
 /// `tollgate set-limit`.

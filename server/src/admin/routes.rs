@@ -11,8 +11,7 @@
 //! | `GET /api/v1/bucket?policy=P&key=K` | one bucket, read on its owner shard | yes |
 //! | `GET /api/v1/top?policy=P&n=N` | the N keys that consumed most in the last minute | yes |
 //! | `POST /api/v1/limit` | change a policy's `bucket_capacity` / `fill_amount` now | yes |
-//!
-//! Reloading the policies is not served yet: its route joins the `api` router below.
+//! | `POST /api/v1/reload` | reload the policies from the config file (as SIGHUP does) | yes |
 
 use super::api::{self, BucketInfo, BucketReply, ErrorReply, SetLimitRequest, TopKey, TopReply};
 use super::auth::require_token;
@@ -40,7 +39,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/bucket", get(bucket))
         .route("/api/v1/top", get(top))
-        .route("/api/v1/limit", post(set_limit));
+        .route("/api/v1/limit", post(set_limit))
+        .route("/api/v1/reload", post(reload));
     let guarded = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -378,4 +378,29 @@ fn check_limits(request: &SetLimitRequest) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Reloads the policies as SIGHUP does ([`crate::reload::Reloader`]): the report of what
+/// changed, or why nothing did.
+async fn reload(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(reloader) = state.reloader() else {
+        return starting();
+    };
+    // The reloader waits for the shards with blocking calls: off the port's only thread.
+    let done = tokio::task::spawn_blocking(move || reloader.reload_and_log("admin API")).await;
+    match done {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e)) => {
+            let status = match e {
+                crate::reload::ReloadError::NoFile => StatusCode::CONFLICT,
+                crate::reload::ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
+                crate::reload::ReloadError::Incomplete { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(status, e.to_string())
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the reload did not finish",
+        ),
+    }
 }

@@ -46,7 +46,7 @@ pub enum AdminQuery {
 pub fn answer(shard: &Rc<Shard>, query: AdminQuery) {
     match query {
         AdminQuery::ReplaceEngine { engine, reply } => {
-            shard.replace_engine(&engine);
+            shard.reload(engine);
             let _ = reply.send(());
         }
         AdminQuery::Gauges(reply) => {

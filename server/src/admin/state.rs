@@ -12,7 +12,7 @@ use crate::cluster::ClusterObserver;
 use crate::metrics::collector::{CacheReading, ClusterReading, Gathered, ShardGauges};
 use crate::metrics::top_keys::Counted;
 use crate::node::Node;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tollgate_grpc::GrpcObserver;
@@ -41,8 +41,7 @@ pub struct AdminState {
     shards: OnceLock<Shards>,
     cluster: OnceLock<ClusterObserver>,
     grpc: OnceLock<GrpcObserver>,
-    /// The policies in force: the node's, then each runtime limit change's.
-    engine: Mutex<Option<Arc<Engine>>>,
+    reloader: OnceLock<Arc<crate::reload::Reloader>>,
     /// Held while a limit change reaches the shards, so changes apply one at a time.
     changing: tokio::sync::Mutex<()>,
 }
@@ -56,27 +55,19 @@ impl AdminState {
             shards: OnceLock::new(),
             cluster: OnceLock::new(),
             grpc: OnceLock::new(),
-            engine: Mutex::new(None),
+            reloader: OnceLock::new(),
             changing: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The shards are serving.
     pub fn set_shards(&self, shards: Shards) {
-        self.set_engine(shards.node.engine.clone());
         let _ = self.shards.set(shards);
     }
 
     /// The policies in force (None until the shards start).
     pub fn engine(&self) -> Option<Arc<Engine>> {
-        self.engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn set_engine(&self, engine: Arc<Engine>) {
-        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+        self.shards().map(|s| s.handle.engine())
     }
 
     /// Whether the node runs a cluster layer (limit changes are refused then).
@@ -93,15 +84,16 @@ impl AdminState {
         change: impl FnOnce(&Engine) -> Result<Engine, E>,
     ) -> Result<Result<Arc<Engine>, Vec<usize>>, E> {
         let _one_at_a_time = self.changing.lock().await;
-        let current = self.engine().unwrap_or_else(|| shards.node.engine.clone());
+        let current = shards.handle.engine();
         let next = Arc::new(change(&current)?);
+        // The node's policies first (what the gRPC port and the cluster layer read), then
+        // every shard's handle on them, as a reload does.
+        shards.handle.policies().store(next.clone());
         let confirmed = Self::ask_all(shards, |reply| AdminQuery::ReplaceEngine {
             engine: next.clone(),
             reply,
         })
         .await;
-        // What /api/v1 shows is what at least one shard now decides with.
-        self.set_engine(next.clone());
         let silent: Vec<usize> = confirmed
             .iter()
             .enumerate()
@@ -123,6 +115,16 @@ impl AdminState {
     /// The gRPC port is serving.
     pub fn set_grpc(&self, grpc: GrpcObserver) {
         let _ = self.grpc.set(grpc);
+    }
+
+    /// Reloads can be asked for (`POST /api/v1/reload`).
+    pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
+        let _ = self.reloader.set(reloader);
+    }
+
+    /// The node's reloader, once the node serves.
+    pub fn reloader(&self) -> Option<Arc<crate::reload::Reloader>> {
+        self.reloader.get().cloned()
     }
 
     /// The shards, once started.

@@ -167,7 +167,7 @@ struct Shell {
 
 impl Shell {
     fn run(&mut self, stop: &AtomicBool) {
-        let drain_ns = self.gossip.drain_interval_ns(self.handle.engine());
+        let drain_ns = self.gossip.drain_interval_ns(&self.handle.engine());
         let stats_ns = u64::try_from(self.stats_interval.as_nanos()).unwrap_or(u64::MAX);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut out = Vec::new();
@@ -191,6 +191,7 @@ impl Shell {
                 Ok((n, from)) => {
                     let now = clock::now_ns();
                     let engine = self.handle.engine();
+                    let engine: &tollgate_policy::Engine = &engine;
                     self.gossip
                         .handle_datagram(from, &buf[..n], now, engine, &mut out);
                     // Take whatever else is queued without waiting.
@@ -293,6 +294,7 @@ impl Shell {
             }
         }
         let engine = self.handle.engine();
+        let engine: &tollgate_policy::Engine = &engine;
         for rx in waiting {
             if let Ok(consumed) = rx.blocking_recv() {
                 for c in consumed {
@@ -371,6 +373,7 @@ impl Shell {
                         let levels = self.snapshot();
                         tracing::info!(%to, buckets = levels.len(), "sending bucket state to a joining peer");
                         let engine = self.handle.engine();
+                        let engine: &tollgate_policy::Engine = &engine;
                         self.gossip
                             .send_transfer(to, levels, engine, clock::now_ns(), out);
                     }

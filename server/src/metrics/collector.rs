@@ -155,7 +155,8 @@ impl NodeCollector {
     fn decisions(&self, enc: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
         let blocks = metrics.shard_blocks();
         let mut samples = Vec::new();
-        for spec in self.node.engine.limiters() {
+        let engine = self.node.policies.load();
+        for spec in engine.limiters() {
             let mut sums = [0u64; 5];
             for block in blocks {
                 if let Some(c) = block.limiters.get(spec.id.get()) {

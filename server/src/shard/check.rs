@@ -124,7 +124,7 @@ impl Shard {
         now_ns: u64,
     ) -> Result<Planned, FlowError> {
         let engine = self.engine();
-        let engine = &*engine;
+        let engine: &tollgate_policy::Engine = &engine;
         let plan = engine
             .plan(control_point, labels, tokens)
             .inspect_err(|e| self.metrics().flow_error(engine, e))?;
@@ -256,7 +256,7 @@ impl Shard {
         slots: &mut [Option<LimiterOutcome>],
     ) {
         let engine = self.engine();
-        let engine = &*engine;
+        let engine: &tollgate_policy::Engine = &engine;
         let mut local: SmallVec<[Return<'_>; 4]> = SmallVec::new();
         let mut remote: SmallVec<[(usize, Vec<OwnedTake>); 2]> = SmallVec::new();
         for ((slot, t), &owner) in slots.iter_mut().zip(takes).zip(owners) {
@@ -266,7 +266,10 @@ impl Shard {
             if o.kind != OutcomeKind::Accepted {
                 continue;
             }
-            o.mark_returned(engine.limiter(t.limiter()).params_for(key).capacity);
+            // The limiter may be gone if a reload reached this shard while the check hopped.
+            if let Some(spec) = engine.get_limiter(t.limiter()) {
+                o.mark_returned(spec.params_for(key).capacity);
+            }
             if owner == self.id {
                 local.push(Return {
                     limiter: t.limiter(),
@@ -308,7 +311,7 @@ impl Shard {
     /// A concurrency component's tokens go back by ending the flow that holds them.
     pub(crate) fn apply_give_back<'a>(&self, returns: impl IntoIterator<Item = Return<'a>>) {
         let engine = self.engine();
-        let engine = &*engine;
+        let engine: &tollgate_policy::Engine = &engine;
         let now = clock::now_ns();
         let mut any = false;
         {

@@ -278,11 +278,14 @@ pub struct Shard {
     stopping: Cell<bool>,
     /// What this shard records for `/metrics` and the admin API.
     metrics: ShardMetrics,
-    /// The policies this shard decides with: the node's, until the admin API changes a
-    /// limit ([`Shard::replace_engine`]). Its own copy, so taking a reference per decision
-    /// is a plain increment, not an atomic one on memory every shard shares.
-    engine: RefCell<Rc<Engine>>,
+    /// The policies this shard decides with: its own handle on the node's engine, so a
+    /// check never touches a cross-core reference count; a reload switches it between two
+    /// messages ([`Shard::reload`]).
+    engine: RefCell<ShardEngine>,
 }
+
+/// A shard's handle on the node's engine: cloned per use without atomics.
+pub type ShardEngine = Rc<Arc<Engine>>;
 
 impl Shard {
     /// Creates the shard and starts its tasks: mesh forwarders and receivers, and the
@@ -311,10 +314,10 @@ impl Shard {
         let limits = node.limits.shard;
         let (kick, kicked) = local_channel::new_bounded(1);
         let metrics = node.metrics.shard_recorder(id);
-        let node_engine = node.engine.clone();
         let shard = Rc::new(Shard {
             id,
             state: RefCell::new(ShardState::new(id as u16, limits, flow_seed(id))),
+            engine: RefCell::new(Rc::new(node.policies.load_full())),
             node,
             outboxes,
             pending: RefCell::new(HashMap::new()),
@@ -326,7 +329,6 @@ impl Shard {
             peer_holds: RefCell::new(PeerHolds::new(limits.max_flows)),
             stopping: Cell::new(false),
             metrics,
-            engine: RefCell::new(Rc::new(Engine::clone(&node_engine))),
         });
         for (dest, woken) in wake_receivers {
             glommio::spawn_local(forward_loop(shard.clone(), senders.clone(), dest, woken))
@@ -347,15 +349,23 @@ impl Shard {
         shard
     }
 
-    /// The compiled policies in force on this shard.
-    pub fn engine(&self) -> Rc<Engine> {
+    /// The policies this shard decides with now. Hold it for one decision: a reload may
+    /// switch the shard to new ones between two messages.
+    pub fn engine(&self) -> ShardEngine {
         self.engine.borrow().clone()
     }
 
-    /// Decides with `engine` from the next decision on (a runtime limit change: the same
-    /// limiter ids, other parameters), keeping every bucket as it is.
-    pub fn replace_engine(&self, engine: &Engine) {
-        *self.engine.borrow_mut() = Rc::new(Engine::clone(engine));
+    /// Decides with `new` from now on (a reload): buckets of unchanged limiters carry on,
+    /// concurrency counters keep their flows in flight counted, waiting queues are served
+    /// again under the new definitions (a removed scheduler's waiters are refused
+    /// `removed`). See `ShardState::reloaded`.
+    pub fn reload(&self, new: Arc<Engine>) {
+        let old = self.engine.replace(Rc::new(new));
+        let new = self.engine();
+        self.state
+            .borrow_mut()
+            .reloaded(&old, &new, clock::now_ns());
+        self.wake_if_sooner();
     }
 
     /// This shard's recorder (metrics hooks).
@@ -365,7 +375,8 @@ impl Shard {
 
     /// Runs `f` with this shard's state, read-only (admin reads: gauges, one bucket).
     pub fn with_state<R>(&self, f: impl FnOnce(&ShardState, &Engine) -> R) -> R {
-        f(&self.state.borrow(), &self.engine())
+        let engine = self.engine();
+        f(&self.state.borrow(), &engine)
     }
 
     /// Live buckets on this shard.
@@ -538,7 +549,7 @@ impl Shard {
     /// remembered, so [`Shard::peer_gone`] can hand it back.
     pub fn apply_replica(&self, op: Op, peer: u64, entries: Vec<Replica>) {
         let engine = self.engine();
-        let engine = &*engine;
+        let engine: &Engine = &engine;
         let now = clock::now_ns();
         let mut state = self.state.borrow_mut();
         let mut holds = self.peer_holds.borrow_mut();
@@ -602,7 +613,7 @@ impl Shard {
             return;
         }
         let engine = self.engine();
-        let engine = &*engine;
+        let engine: &Engine = &engine;
         let now = clock::now_ns();
         let tokens: f64 = released.iter().map(|r| r.tokens).sum();
         {
@@ -648,7 +659,8 @@ impl Shard {
 
     /// Runs `f` with this shard's store (replication drains, snapshots, eviction).
     pub fn with_store<R>(&self, f: impl FnOnce(&mut BucketStore, &Engine) -> R) -> R {
-        f(self.state.borrow_mut().store_mut(), &self.engine())
+        let engine = self.engine();
+        f(self.state.borrow_mut().store_mut(), &engine)
     }
 }
 

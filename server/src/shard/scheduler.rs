@@ -225,7 +225,7 @@ impl Shard {
     /// tokens or deadlines came, flows past their `max_inflight_duration`.
     fn poll(&self, now_ns: u64) {
         let engine = self.engine();
-        let engine = &*engine;
+        let engine: &tollgate_policy::Engine = &engine;
         let released = self.peer_holds.borrow_mut().release_due(now_ns);
         let mut out = Vec::new();
         {

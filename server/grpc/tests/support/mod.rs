@@ -65,8 +65,8 @@ impl Entered {
 }
 
 impl DecisionBackend for LocalBackend {
-    fn engine(&self) -> &Engine {
-        &self.engine
+    fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
     }
 
     fn check(&self, flow: OwnedFlow) -> DecisionFuture {
