@@ -69,6 +69,7 @@ fn start_pair(spin: Option<Duration>) -> Pair {
         limits: Limits::from_config(&ServerConfig::default()),
         connections: Default::default(),
         members: None,
+        metrics: Arc::new(tollgate_server::metrics::Metrics::new(true, 2, 1)),
     });
     // A key owned by shard 1.
     let remote_key = (0..)

@@ -69,6 +69,24 @@ pub struct TokenBucket {
     last_fill_ns: u64,
 }
 
+/// When a bucket gains tokens, from a given moment ([`TokenBucket::refill`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refill {
+    /// Nanoseconds until the next fill is credited: 0 while a continuous fill runs; None
+    /// when the bucket is full or never fills.
+    pub next_fill_in_ns: Option<u64>,
+    /// Nanoseconds until the bucket is full again (0: full now; None: never).
+    pub full_in_ns: Option<u64>,
+}
+
+impl Refill {
+    /// A bucket that never fills.
+    pub const NEVER: Refill = Refill {
+        next_fill_in_ns: None,
+        full_in_ns: None,
+    };
+}
+
 /// The result of one take.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Take {
@@ -165,6 +183,44 @@ impl TokenBucket {
         self.tokens = (self.tokens - n).min(params.capacity);
     }
 
+    /// When this bucket next gains tokens and when it is full again, seen from `now_ns`
+    /// (the admin API's bucket read). Reads only.
+    pub fn refill(&self, params: &BucketParams, now_ns: u64) -> Refill {
+        let mut copy = *self;
+        copy.fill(params, now_ns);
+        if copy.tokens >= params.capacity {
+            return Refill {
+                next_fill_in_ns: None,
+                full_in_ns: Some(0),
+            };
+        }
+        if params.fill_amount <= 0.0 {
+            return Refill::NEVER;
+        }
+        let missing = params.capacity - copy.tokens;
+        // Fills are credited from `last_fill_ns`, which lies ahead of now only while a
+        // delayed initial fill has not started.
+        let starts_in = copy.last_fill_ns.saturating_sub(now_ns);
+        if params.continuous_fill {
+            let to_full = saturating_f64_to_u64((missing / params.fill_rate()).ceil());
+            return Refill {
+                next_fill_in_ns: Some(starts_in),
+                full_in_ns: Some(starts_in.saturating_add(to_full)),
+            };
+        }
+        // Whole intervals from `last_fill_ns`, the last boundary credited.
+        let at = |intervals: f64| {
+            let offset = saturating_f64_to_u64(intervals * params.interval_ns as f64);
+            copy.last_fill_ns
+                .saturating_add(offset)
+                .saturating_sub(now_ns)
+        };
+        Refill {
+            next_fill_in_ns: Some(at(1.0)),
+            full_in_ns: Some(at((missing / params.fill_amount).ceil())),
+        }
+    }
+
     /// Nanoseconds from `now_ns` until `n` tokens exist (the bucket was just filled).
     fn wait_for(&self, params: &BucketParams, now_ns: u64, n: f64) -> u64 {
         if n > params.capacity || params.fill_amount <= 0.0 {
@@ -214,6 +270,42 @@ mod tests {
             continuous_fill: continuous,
             delay_initial_fill: false,
         }
+    }
+
+    #[test]
+    fn refill_reports_the_next_fill_and_when_full() {
+        let discrete = params(10.0, 4.0, SEC, false);
+        let mut b = TokenBucket::new(&discrete, 0);
+        assert_eq!(
+            b.refill(&discrete, 0),
+            Refill {
+                next_fill_in_ns: None,
+                full_in_ns: Some(0)
+            }
+        );
+        assert!(b.take(&discrete, SEC / 4, tk(10.0)).accepted);
+        // Empty at 0.25s: +4 at 1s, +4 at 2s, +4 (capped) at 3s.
+        assert_eq!(
+            b.refill(&discrete, SEC / 4),
+            Refill {
+                next_fill_in_ns: Some(3 * SEC / 4),
+                full_in_ns: Some(2 * SEC + 3 * SEC / 4)
+            }
+        );
+        let continuous = params(10.0, 10.0, SEC, true);
+        let mut c = TokenBucket::new(&continuous, 0);
+        assert!(c.take(&continuous, 0, tk(5.0)).accepted);
+        assert_eq!(
+            c.refill(&continuous, 0),
+            Refill {
+                next_fill_in_ns: Some(0),
+                full_in_ns: Some(SEC / 2)
+            }
+        );
+        let never = params(10.0, 0.0, SEC, true);
+        let mut n = TokenBucket::new(&never, 0);
+        assert!(n.take(&never, 0, tk(1.0)).accepted);
+        assert_eq!(n.refill(&never, 5 * SEC), Refill::NEVER);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! different shards: the server plans where the request arrives and takes where each
 //! bucket lives.
 
+use crate::bucket::BucketParams;
 use crate::config::PolicyConfig;
 use crate::identity::{ComponentKind, Digest, DigestWriter, LimiterId, Resolution, Stage};
 use crate::limiter::LimiterSpec;
@@ -72,8 +73,9 @@ pub struct OwnedFlow {
 /// Marks "no limiter" in [`Engine`]'s id -> position table.
 const ABSENT: u32 = u32::MAX;
 
-/// The compiled policy set.
-#[derive(Debug, Default)]
+/// The compiled policy set. `Clone` so a shard can hold its own copy (see
+/// [`Engine::with_bucket_params`]).
+#[derive(Clone, Debug, Default)]
 pub struct Engine {
     /// In policy order (a limiter's `position`).
     limiters: Vec<LimiterSpec>,
@@ -108,6 +110,20 @@ impl Engine {
     /// over; new limiters get ids never used by this engine's line.
     pub fn successor(&self, policies: &[PolicyConfig]) -> Engine {
         Engine::build(policies, Some(self))
+    }
+
+    /// This engine with limiter `id`'s bucket parameters replaced (a runtime limit
+    /// change). Everything else stays: ids, identities, digests, selectors, key overrides
+    /// (applied to the new values), so existing buckets, replicas and clients see the same
+    /// limiter, now with other limits. None when this engine has no limiter `id`.
+    pub fn with_bucket_params(&self, id: LimiterId, params: BucketParams) -> Option<Engine> {
+        let position = *self.position_of.get(id.0 as usize)?;
+        if position == ABSENT {
+            return None;
+        }
+        let mut next = self.clone();
+        next.limiters[position as usize].params = params;
+        Some(next)
     }
 
     fn build(policies: &[PolicyConfig], previous: Option<&Engine>) -> Engine {
@@ -354,6 +370,27 @@ mod tests {
         assert_eq!(listed[0].0, "api");
         assert_eq!(listed[1], ("db", &["tenant".to_string()][..]));
         assert_eq!(listed[2].0, "open");
+    }
+
+    #[test]
+    fn new_bucket_params_change_one_limiter_and_nothing_else() {
+        let old = Engine::new(&policies(&[("a", 5.0), ("b", 7.0)]));
+        let a = old.limiters()[0].id;
+        let params = BucketParams {
+            capacity: 50.0,
+            ..old.limiter(a).params
+        };
+        let new = old.with_bucket_params(a, params).expect("a exists");
+        assert_eq!(new.limiter(a).params.capacity, 50.0);
+        assert_eq!(new.limiter(a).digest, old.limiter(a).digest, "same limiter");
+        assert_eq!(new.digest(), old.digest());
+        assert_eq!(new.limiters()[1].params, old.limiters()[1].params);
+        assert_eq!(
+            old.limiter(a).params.capacity,
+            5.0,
+            "the old engine is untouched"
+        );
+        assert!(old.with_bucket_params(LimiterId(99), params).is_none());
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub mod tokens;
 pub mod wfq;
 pub mod workload;
 
-pub use bucket::{BucketParams, Take, TokenBucket, WAIT_FOREVER};
+pub use bucket::{BucketParams, Refill, Take, TokenBucket, WAIT_FOREVER};
 pub use config::{parse_policies, ConfigError, FieldError, PolicyConfig, Problems};
 pub use decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes, Refusal};
 pub use engine::{Engine, FlowError, OwnedFlow, Plan, PlannedTake};
@@ -67,7 +67,7 @@ pub use flow::FlowId;
 pub use identity::{ComponentKind, Digest, LimiterId, RejectReason, Resolution, Stage};
 pub use limiter::LimiterSpec;
 pub use shard_state::{Resolved, ShardLimits, ShardState};
-pub use store::{BucketStore, Consumed};
+pub use store::{BucketStore, BucketView, Consumed};
 pub use tokens::{Tokens, TokensError};
 pub use wfq::Ticket;
 pub use workload::{WorkloadName, WorkloadPick};

@@ -462,6 +462,37 @@ impl BucketStore {
     }
 }
 
+/// One live bucket, read without changing it ([`BucketStore::inspect`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BucketView {
+    /// Tokens available now.
+    pub tokens: f64,
+    /// When it gains tokens and is full again.
+    pub refill: crate::bucket::Refill,
+    /// When it was last taken from, in whole seconds of the caller's clock.
+    pub last_used_s: u32,
+}
+
+impl BucketStore {
+    /// A live bucket as it stands at `now_ns` (the admin API's bucket read); None when no
+    /// bucket exists for the key (a take would create it full).
+    pub fn inspect(
+        &self,
+        engine: &Engine,
+        limiter: LimiterId,
+        key: &str,
+        now_ns: u64,
+    ) -> Option<BucketView> {
+        let params = engine.get_limiter(limiter)?.params_for(key);
+        let slot = self.find(limiter, key)?;
+        Some(BucketView {
+            tokens: slot.bucket.level(&params, now_ns),
+            refill: slot.bucket.refill(&params, now_ns),
+            last_used_s: slot.last_used_s,
+        })
+    }
+}
+
 fn seconds(now_ns: u64) -> u32 {
     (now_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32
 }
@@ -504,6 +535,21 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s.level(&e, LimiterId(0), short, 0), 0.0);
         assert_eq!(s.level(&e, LimiterId(0), "unseen", 0), 3.0);
+    }
+
+    #[test]
+    fn inspect_reads_a_live_bucket_and_nothing_else() {
+        let e = engine();
+        let mut s = BucketStore::new();
+        assert_eq!(s.inspect(&e, LimiterId(0), "a", 0), None);
+        s.take(&e, LimiterId(0), "a", tk(2.0), 3_000_000_000);
+        let view = s
+            .inspect(&e, LimiterId(0), "a", 4_000_000_000)
+            .expect("live");
+        assert_eq!(view.tokens, 1.0);
+        assert_eq!(view.last_used_s, 3);
+        assert_eq!(view.refill, crate::bucket::Refill::NEVER, "fill_amount 0");
+        assert_eq!(s.inspect(&e, LimiterId(9), "a", 0), None, "unknown limiter");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub enum Inbound {
     DrainConsumed(tokio::sync::oneshot::Sender<Vec<Consumed>>),
     /// Hand over every bucket's level (a peer joined).
     Snapshot(tokio::sync::oneshot::Sender<Vec<Replica>>),
+    /// A read for the admin API (gauges, one bucket, top keys), answered on the shard.
+    Admin(crate::admin::shard_query::AdminQuery),
     /// Decide with these policies from now on (a reload), then answer on `done`.
     Reload {
         /// The node's new engine (already stored in the node's policies).

@@ -1,4 +1,5 @@
-//! `tollgate` command line: `serve`, `check`, `flow-end`, `validate`, `members`.
+//! `tollgate` command line: `serve`, `check`, `flow-end`, `validate`, `members`, and the admin
+//! API's `policies`, `bucket`, `top`, `set-limit`, `reload` (in [`crate::admin::commands`]).
 //!
 //! Exit codes are part of the interface (scripts use them): `check` exits 0 accepted,
 //! 1 rejected, 2 error; `flow-end` exits 0 when the server answered (each id's status printed),
@@ -42,7 +43,14 @@ RUST_LOG=tollgate_server=debug) for more. Once every port is bound the server lo
 in-flight requests (server.drain_timeout), exit 0. SIGHUP: reload the policies from the \
 config file (validated first: an invalid file changes nothing; unchanged policies keep their \
 buckets; changed server:/cluster: settings are logged as needing a restart). --watch: the \
-same on every change of the file. SIGUSR1 is logged and ignored. Exit 2: invalid config."
+same on every change of the file. SIGUSR1 is logged and ignored. Exit 2: invalid config.
+
+The admin HTTP port (server.admin, default 127.0.0.1:9090, or --admin; `off` disables it) \
+serves GET /healthz (200 while the process is alive: a liveness probe), GET /readyz (200 \
+once every shard serves, the cluster is joined and every port is up; 503 while starting or \
+draining: a readiness probe), GET /metrics (Prometheus text format) and the JSON API under \
+/api/v1/ (docs/admin.md). With server.admin_token set, every path but /healthz requires \
+`Authorization: Bearer TOKEN`."
     )]
     Serve(ServeArgs),
     /// Ask a server whether a flow may run. Exits 0 accepted, 1 rejected, 2 error.
@@ -65,6 +73,19 @@ same on every change of the file. SIGUSR1 is logged and ignored. Exit 2: invalid
         #[arg(long)]
         json: bool,
     },
+    /// List the policies a server runs, with their identity and effective parameters
+    /// (admin API).
+    Policies(crate::admin::commands::AdminTarget),
+    /// Show one bucket: tokens, capacity, next fill, owner shard, last use (admin API).
+    Bucket(crate::admin::commands::BucketArgs),
+    /// Show the keys that consumed most of a policy over the last minute (admin API).
+    Top(crate::admin::commands::TopArgs),
+    /// Change a policy's bucket_capacity / fill_amount now, keeping its buckets (admin
+    /// API; refused by a clustered node; lasts until the next reload).
+    SetLimit(crate::admin::commands::SetLimitArgs),
+    /// Reload the policies from the server's config file, as SIGHUP does (admin API):
+    /// invalid files change nothing and the errors are printed; exit 2 then.
+    Reload(crate::admin::commands::AdminTarget),
 }
 
 /// `tollgate serve`.
@@ -82,6 +103,10 @@ pub struct ServeArgs {
     /// gRPC compat address (overrides server.grpc), or `off`.
     #[arg(long)]
     pub grpc: Option<String>,
+    /// Admin HTTP address: /healthz, /readyz, /metrics, /api/v1 (overrides server.admin),
+    /// or `off`.
+    #[arg(long)]
+    pub admin: Option<String>,
     /// Reload the policies when the config file changes (as SIGHUP does).
     #[arg(long, requires = "config")]
     pub watch: bool,
@@ -163,6 +188,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::FlowEnd(args) => flow_end(args),
         Command::Validate { file } => validate(&file),
         Command::Members { server, json } => members(&server, json),
+        Command::Policies(target) => crate::admin::commands::policies(&target),
+        Command::Bucket(args) => crate::admin::commands::bucket(&args),
+        Command::Top(args) => crate::admin::commands::top(&args),
+        Command::SetLimit(args) => crate::admin::commands::set_limit(&args),
+        Command::Reload(target) => crate::admin::commands::reload(&target),
     }
 }
 
@@ -209,6 +239,14 @@ fn with_overrides(mut config: Config, args: &ServeArgs) -> Result<Config, Config
             "off" => None,
             addr => Some(addr.parse().map_err(|_| {
                 cli_error("--grpc", format!("{addr:?} is not an address (or `off`)"))
+            })?),
+        };
+    }
+    if let Some(admin) = &args.admin {
+        config.server.admin = match admin.as_str() {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                cli_error("--admin", format!("{addr:?} is not an address (or `off`)"))
             })?),
         };
     }
@@ -279,6 +317,21 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         Some(addr) => Some(crate::listeners::bind_tcp(addr, false).context("gRPC port")?),
         None => None,
     };
+    // The admin port first: probes get an answer ("starting") while the rest comes up.
+    let readiness = crate::admin::Readiness::new();
+    let admin_state = Arc::new(crate::admin::AdminState::new(
+        readiness.clone(),
+        config.server.admin_token.clone(),
+    ));
+    let admin = match config.server.admin {
+        Some(addr) => {
+            let listener = crate::listeners::bind_tcp(addr, false).context("admin port")?;
+            let port = crate::admin::start(listener, admin_state.clone())?;
+            tracing::info!(admin = %port.local_addr(), "admin port listening");
+            Some(port)
+        }
+        None => None,
+    };
     let cluster = match &config.cluster {
         Some(c) => {
             let settings =
@@ -295,9 +348,15 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         None => runtime::StartOptions::default(),
     };
     let server = runtime::start(&config, options)?;
+    admin_state.set_shards(crate::admin::state::Shards {
+        node: server.node.clone(),
+        handle: server.handle.clone(),
+    });
     let cluster = match cluster {
         Some(c) => {
+            readiness.set(crate::admin::Phase::JoiningCluster);
             let running = c.start(server.handle.clone())?;
+            admin_state.set_cluster(running.observer());
             if !running.wait_caught_up() {
                 tracing::warn!(
                     timeout = ?running.join_timeout,
@@ -310,12 +369,13 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
     };
     let grpc = match grpc_listener {
         Some(listener) => {
-            let backend = Arc::new(ShardBackend::new(server.handle.clone()));
-            Some(tollgate_grpc::start(
-                listener,
-                &config.server.grpc_settings(),
-                backend,
-            )?)
+            readiness.set(crate::admin::Phase::StartingGrpc);
+            let backend = Arc::new(
+                ShardBackend::new(server.handle.clone()).with_metrics(server.node.metrics.clone()),
+            );
+            let grpc = tollgate_grpc::start(listener, &config.server.grpc_settings(), backend)?;
+            admin_state.set_grpc(grpc.observer());
+            Some(grpc)
         }
         None => None,
     };
@@ -325,11 +385,17 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         reload.started,
         server.handle.clone(),
     ));
+    admin_state.set_reloader(reloader.clone());
     let _watch = if reload.watch {
         Some(crate::watch::watch(reloader.clone())?)
     } else {
         None
     };
+    let admin_addr = admin
+        .as_ref()
+        .map_or("off".to_string(), |a| a.local_addr().to_string());
+    // Ready before the ready line, so whoever waits for the line finds /readyz agreeing.
+    readiness.set(crate::admin::Phase::Ready);
     let shard_ports: Vec<String> = server.shard_ports.iter().map(u16::to_string).collect();
     let grpc_addr = grpc
         .as_ref()
@@ -338,6 +404,7 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         Some(c) => tracing::info!(
             listen = %server.listen,
             grpc = %grpc_addr,
+            admin = %admin_addr,
             shard_ports = %shard_ports.join(","),
             gossip = %c.gossip,
             shards = server.node.nr_shards,
@@ -347,6 +414,7 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         None => tracing::info!(
             listen = %server.listen,
             grpc = %grpc_addr,
+            admin = %admin_addr,
             shard_ports = %shard_ports.join(","),
             shards = server.node.nr_shards,
             policies = server.node.policies.load().limiters().len(),
@@ -354,6 +422,8 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         ),
     }
     let signal = wait_for_stop_signal(&mut signals, &reloader);
+    // Probes see "draining" from here until the process exits.
+    readiness.set(crate::admin::Phase::Draining);
     tracing::info!(
         ?signal,
         "shutting down: no new connections, draining in-flight requests"
@@ -371,6 +441,9 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         cluster.leave();
     }
     server.exit()?;
+    if let Some(admin) = admin {
+        admin.shutdown();
+    }
     tracing::info!("stopped");
     Ok(())
 }

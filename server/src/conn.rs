@@ -208,6 +208,7 @@ impl Reader {
                     }
                 }
             }
+            self.shard.metrics().binary_read_done(now);
             if !self.out.bytes.borrow().is_empty() {
                 self.out.notify_writer();
             }
@@ -351,6 +352,7 @@ impl Reader {
         if self.out.in_flight.get() < self.shard.node.limits.max_in_flight {
             return true;
         }
+        self.shard.metrics().overloaded();
         encode_error(
             &mut self.out.bytes.borrow_mut(),
             request_id,
@@ -363,6 +365,7 @@ impl Reader {
     fn check(&mut self, request_id: u32, check: CheckRef<'_>, now: u64) {
         match self.plan(&check, now) {
             Ok(Planned::Decided(decision)) => {
+                self.shard.metrics().binary_answered(decision.accepted);
                 write_reply(
                     &mut self.out.bytes.borrow_mut(),
                     request_id,
@@ -379,6 +382,9 @@ impl Reader {
                 let (shard, out) = (self.shard.clone(), self.out.clone());
                 self.out.spawn_pending(async move {
                     let decision = pending.decide().await;
+                    shard
+                        .metrics()
+                        .binary_answered_later(decision.accepted, now);
                     write_reply(
                         &mut out.bytes.borrow_mut(),
                         request_id,
@@ -389,6 +395,7 @@ impl Reader {
                 });
             }
             Err((code, message)) => {
+                self.shard.metrics().binary_error();
                 encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, &message)
             }
         }
@@ -404,12 +411,18 @@ impl Reader {
         let mut pending: Vec<(usize, Box<PendingCheck>)> = Vec::new();
         for check in checks {
             match self.plan(&check, now) {
-                Ok(Planned::Decided(d)) => results.push(BatchSlot::Done(d)),
+                Ok(Planned::Decided(d)) => {
+                    self.shard.metrics().binary_answered(d.accepted);
+                    results.push(BatchSlot::Done(d))
+                }
                 Ok(Planned::Pending(p)) => {
                     pending.push((results.len(), p));
                     results.push(BatchSlot::Pending);
                 }
-                Err(e) => results.push(BatchSlot::Failed(e.0, e.1)),
+                Err(e) => {
+                    self.shard.metrics().binary_error();
+                    results.push(BatchSlot::Failed(e.0, e.1))
+                }
             }
         }
         if pending.is_empty() {
@@ -439,6 +452,9 @@ impl Reader {
             )
             .await;
             for (slot, decision) in decided {
+                shard
+                    .metrics()
+                    .binary_answered_later(decision.accepted, now);
                 results[slot] = BatchSlot::Done(decision);
             }
             write_batch(

@@ -11,18 +11,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bridge::{BridgeError, DecisionHandle};
-use tollgate_grpc::{BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture};
-use tollgate_policy::{Engine, FlowId, OwnedFlow};
+use crate::metrics::{CheckResult, Metrics, Protocol};
+use tollgate_grpc::{
+    BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture, GrpcService,
+};
+use tollgate_policy::{Decision, Engine, FlowId, OwnedFlow};
 
 /// Decides gRPC checks on the owning shard.
 pub struct ShardBackend {
     handle: DecisionHandle,
+    /// Where each service's checks are counted (None: not counted).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ShardBackend {
     /// Wraps a handle.
     pub fn new(handle: DecisionHandle) -> ShardBackend {
-        ShardBackend { handle }
+        ShardBackend {
+            handle,
+            metrics: None,
+        }
+    }
+
+    /// Counts each service's checks in `metrics` (per protocol, with latency).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> ShardBackend {
+        ShardBackend {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 }
 
@@ -49,5 +65,27 @@ impl DecisionBackend for ShardBackend {
             let ended = handle.end_flows(flows).await;
             Ok(ended.into_iter().map(EndStatus::from_ended).collect())
         })
+    }
+
+    fn observe(
+        &self,
+        service: GrpcService,
+        result: &Result<Decision, BackendError>,
+        elapsed: Duration,
+    ) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let protocol = match service {
+            GrpcService::ApertureCheck => Protocol::ApertureGrpc,
+            GrpcService::EnvoyRateLimit => Protocol::EnvoyRls,
+        };
+        let result = match result {
+            Ok(d) if d.accepted => CheckResult::Accepted,
+            Ok(_) => CheckResult::Rejected,
+            Err(_) => CheckResult::Error,
+        };
+        let elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        metrics.grpc_decided(protocol, result, elapsed_ns);
     }
 }

@@ -31,11 +31,17 @@
 //! - [`bridge`]: the inbox through which non-shard threads (gRPC, gossip) reach shards.
 //! - [`grpc_backend`]: the gRPC compat port's view of the shards.
 //! - [`clock`]: the process-wide monotonic nanosecond clock.
-//! - [`cli`]: `tollgate serve | check | validate | members`.
+//! - [`metrics`]: per-shard counters, latency histograms and top-keys sketches, lock-free
+//!   on the decision path, read by the Prometheus collector at scrape time.
+//! - [`admin`]: the admin HTTP port (health, readiness, `/metrics`, the JSON API) on its
+//!   own thread, and the CLI's client for it.
+//! - [`cli`]: `tollgate serve | check | validate | members | policies | bucket | top |
+//!   set-limit`.
 //! - [`cluster`]: the cluster's IO shell: the gossip socket and thread around the sans-IO
 //!   `tollgate-cluster` core, which routes replicated entries to their owner shards.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod bridge;
 pub mod cli;
 pub mod clock;
@@ -44,6 +50,7 @@ pub mod config;
 pub mod conn;
 pub mod grpc_backend;
 pub mod listeners;
+pub mod metrics;
 pub mod node;
 pub mod reload;
 pub mod runtime;

@@ -38,6 +38,8 @@ pub struct Node {
     pub connections: Connections,
     /// The cluster's member list, when clustered.
     pub members: Option<Arc<dyn MembersView>>,
+    /// Every shard's counters (each shard writes its own block; the admin port reads).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Per-connection and per-shard bounds.

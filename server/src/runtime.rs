@@ -85,6 +85,11 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         limits: Limits::from_config(&config.server),
         connections: Default::default(),
         members: options.members,
+        metrics: Arc::new(crate::metrics::Metrics::new(
+            config.server.metrics,
+            nr_shards,
+            policies.load().limiters().len(),
+        )),
     });
     let slots = Arc::new(Mutex::new(ListenerSlots {
         shared: bound
@@ -398,7 +403,10 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
                 .detach();
             }
         }
-        Inbound::Replica { op, peer, entries } => shard.apply_replica(op, peer, entries),
+        Inbound::Replica { op, peer, entries } => {
+            shard.metrics().replica_applied(op, entries.len());
+            shard.apply_replica(op, peer, entries)
+        }
         Inbound::PeerGone { peer } => shard.peer_gone(peer),
         Inbound::DrainConsumed(reply) => {
             let mut consumed = Vec::new();
@@ -419,6 +427,7 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
             });
             let _ = reply.send(levels);
         }
+        Inbound::Admin(query) => crate::admin::shard_query::answer(shard, query),
         Inbound::Reload { engine, done } => {
             shard.reload(engine);
             let _ = done.send(shard.id);
@@ -492,6 +501,7 @@ async fn evict_loop(shard: Rc<Shard>) {
         });
         glommio::timer::sleep(period).await;
         let evicted = shard.with_store(|store, engine| store.evict_idle(engine, clock::now_ns()));
+        shard.metrics().evicted_idle(evicted);
         if evicted > 0 {
             tracing::debug!(
                 shard = shard.id,

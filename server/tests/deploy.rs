@@ -7,9 +7,9 @@
 //! kustomization against the Kubernetes schemas and `scripts/build-image.sh` builds the
 //! image for real.
 //!
-//! The probes are checked in both forms: `tcpSocket` on a port the config binds (today),
-//! and `httpGet` on `/readyz` / `/healthz` of the `server.admin` port, once the binary
-//! serves them (its `serve --help` must name the path), so switching is a manifest edit.
+//! The probes must be `httpGet`s of `/readyz` (readiness) and `/healthz` (liveness) on the
+//! `server.admin` port the mounted config binds, paths `serve --help` names; that the binary
+//! answers them is `server/tests/admin.rs`'s part.
 
 #[path = "deploy/cli.rs"]
 mod cli;
@@ -450,32 +450,20 @@ fn probes_target_what_the_binary_serves() {
             .container()
             .get(probe)
             .unwrap_or_else(|| panic!("the container has no {probe}"));
-        if let Some(tcp) = spec.get("tcpSocket") {
-            let port = k8s.resolve_port(tcp.get("port").expect("tcpSocket.port"), probe);
-            let tcp_served: Vec<u16> = served
-                .iter()
-                .filter(|(name, (_, proto))| proto == "TCP" && name.as_str() != "admin")
-                .map(|(_, (p, _))| *p)
-                .collect();
-            assert!(
-                tcp_served.contains(&port),
-                "{probe}: tcpSocket port {port} is not one the config binds ({tcp_served:?})"
-            );
-        } else if let Some(http) = spec.get("httpGet") {
-            let path = get_str(http, "path", probe);
-            assert_eq!(path, http_path, "{probe}: path");
-            assert!(
-                serve_help.contains(path),
-                "{probe}: `tollgate serve --help` does not mention {path}, so the binary does not say it serves it"
-            );
-            let port = k8s.resolve_port(http.get("port").expect("httpGet.port"), probe);
-            let admin = served.get("admin").unwrap_or_else(|| {
-                panic!("{probe}: httpGet needs server.admin in {}", k8s.config_file)
-            });
-            assert_eq!(port, admin.0, "{probe}: httpGet must target the admin port");
-        } else {
-            panic!("{probe}: expected tcpSocket or httpGet, found {spec:?}");
-        }
+        let Some(http) = spec.get("httpGet") else {
+            panic!("{probe}: expected an httpGet of {http_path} on the admin port, found {spec:?}");
+        };
+        let path = get_str(http, "path", probe);
+        assert_eq!(path, http_path, "{probe}: path");
+        assert!(
+            serve_help.contains(path),
+            "{probe}: `tollgate serve --help` does not mention {path}, so the binary does not say it serves it"
+        );
+        let port = k8s.resolve_port(http.get("port").expect("httpGet.port"), probe);
+        let admin = served.get("admin").unwrap_or_else(|| {
+            panic!("{probe}: httpGet needs server.admin in {}", k8s.config_file)
+        });
+        assert_eq!(port, admin.0, "{probe}: httpGet must target the admin port");
     }
 }
 

@@ -19,6 +19,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::observe::GrpcService;
+
 use tollgate_policy::{Decision, Engine, FlowError, FlowId, OwnedFlow};
 
 /// The future a backend returns for one decision.
@@ -47,6 +49,16 @@ pub trait DecisionBackend: Send + Sync + 'static {
     /// Ends the flows `flows` (their concurrency tokens go back, and waiters may be admitted).
     /// Answers one [`EndStatus`] per id, in the same order.
     fn flow_end(&self, flows: Vec<FlowId>) -> FlowEndFuture;
+
+    /// Called after each decision `service` asked for, with its result and how long the
+    /// call took (the server's metrics). Default: nothing. Must not block.
+    fn observe(
+        &self,
+        _service: GrpcService,
+        _result: &Result<Decision, BackendError>,
+        _elapsed: Duration,
+    ) {
+    }
 }
 
 /// What ending one flow did.

@@ -15,7 +15,9 @@
 //! - [`server`] — [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
 //!   health, reflection, graceful shutdown.
 //! - [`backend`] — the [`DecisionBackend`] trait the server implements (check with a deadline,
-//!   end flows), [`EndStatus`] and [`BackendError`].
+//!   end flows, observe), [`EndStatus`] and [`BackendError`].
+//! - [`observe`] — [`Observed`]: each service's decisions timed and reported to
+//!   [`DecisionBackend::observe`] (the server's per-protocol metrics).
 //! - [`flowcontrol`] — `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
 //!   FlowEnd).
 //! - [`reply`] — a decision as Aperture's agent answers it: one `LimiterDecision` per component
@@ -51,6 +53,7 @@ pub mod config;
 pub mod connections;
 pub mod deadline;
 pub mod flowcontrol;
+pub mod observe;
 pub mod otlp;
 pub mod reject_header;
 pub mod reply;
@@ -62,7 +65,8 @@ pub mod undecodable;
 
 pub use backend::{BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture};
 pub use config::{CacheConfig, ConnectionConfig, GrpcSettings, TlsConfig};
-pub use server::{start, GrpcHandle};
+pub use observe::{GrpcService, Observed};
+pub use server::{start, CacheUsage, GrpcHandle, GrpcObserver};
 /// The generated messages, servers and clients (the `tollgate-proto` crate), under their
 /// historical path `tollgate_grpc::proto`.
 pub use tollgate_proto as proto;

@@ -36,6 +36,7 @@ use crate::backend::DecisionBackend;
 use crate::cache::{CacheLimits, TtlCache};
 use crate::deadline::MonoClock;
 use crate::flowcontrol::FlowControl;
+use crate::observe::{GrpcService, Observed};
 use crate::otlp::SpanSink;
 use crate::proto;
 use crate::proto::aperture::flowcontrol::check::v1::flow_control_service_server::FlowControlServiceServer;
@@ -78,6 +79,40 @@ pub struct GrpcHandle {
     thread: Option<JoinHandle<()>>,
     /// OTLP spans received so far.
     spans: Arc<AtomicU64>,
+    /// The result/global cache, for [`GrpcObserver`].
+    cache: Arc<Mutex<TtlCache>>,
+}
+
+/// Reads the port's state from another thread (the admin port's metrics).
+#[derive(Clone, Debug)]
+pub struct GrpcObserver {
+    cache: Arc<Mutex<TtlCache>>,
+    spans: Arc<AtomicU64>,
+}
+
+/// How full the result/global cache is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Entries.
+    pub entries: usize,
+    /// Bytes of keys and values.
+    pub bytes: usize,
+}
+
+impl GrpcObserver {
+    /// The cache's size now (takes the cache's lock briefly, as a handler does).
+    pub fn cache_usage(&self) -> CacheUsage {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        CacheUsage {
+            entries: cache.len(),
+            bytes: cache.total_bytes(),
+        }
+    }
+
+    /// OTLP spans received since start.
+    pub fn spans_received(&self) -> u64 {
+        self.spans.load(Ordering::Relaxed)
+    }
 }
 
 impl GrpcHandle {
@@ -89,6 +124,14 @@ impl GrpcHandle {
     /// OTLP spans received since start (the SDKs export one per flow).
     pub fn spans_received(&self) -> u64 {
         self.spans.load(Ordering::Relaxed)
+    }
+
+    /// A reader of the port's state that outlives no thread (clone it anywhere).
+    pub fn observer(&self) -> GrpcObserver {
+        GrpcObserver {
+            cache: self.cache.clone(),
+            spans: self.spans.clone(),
+        }
     }
 
     /// Graceful stop: stop accepting, let in-flight calls finish (at most [`SHUTDOWN_GRACE`]),
@@ -154,8 +197,12 @@ pub fn start(
         backend: backend.clone(),
     };
     let cache = Arc::new(Mutex::new(TtlCache::new(limits)));
-    let flow_control = FlowControl::new(backend.clone(), cache, MonoClock::new());
-    let rls = Rls::new(backend);
+    let flow_control = FlowControl::new(
+        Observed::wrap(backend.clone(), GrpcService::ApertureCheck),
+        cache.clone(),
+        MonoClock::new(),
+    );
+    let rls = Rls::new(Observed::wrap(backend, GrpcService::EnvoyRateLimit));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -266,6 +313,7 @@ pub fn start(
         stop: stop_tx,
         thread: Some(thread),
         spans,
+        cache,
     })
 }
 

@@ -213,6 +213,23 @@ impl Cluster {
     }
 }
 
+/// Reads what the gossip thread publishes, from any thread.
+#[derive(Clone)]
+pub struct ClusterObserver {
+    shared: Arc<io::Shared>,
+}
+
+impl ClusterObserver {
+    /// The gossip counters at the gossip thread's last loop iteration.
+    pub fn stats(&self) -> GossipStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
 impl RunningCluster {
     /// Waits (at most `join_timeout`, and only when seeds name other nodes) until a peer's
     /// bucket state has arrived. Returns whether it did.
@@ -225,11 +242,14 @@ impl RunningCluster {
 
     /// The gossip counters.
     pub fn stats(&self) -> GossipStats {
-        self.shared
-            .stats
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.observer().stats()
+    }
+
+    /// A reader of the gossip counters for another thread (the admin port's metrics).
+    pub fn observer(&self) -> ClusterObserver {
+        ClusterObserver {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Sends final deltas, leaves gracefully, stops the thread.

@@ -280,6 +280,25 @@ cluster: { gossip: 127.0.0.1:7999 }
     }
 
     #[test]
+    fn admin_port_defaults_to_loopback_and_can_be_turned_off() {
+        let c = parse_str("", "x").unwrap();
+        assert_eq!(c.server.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(c.server.metrics);
+        assert_eq!(c.server.admin_token, None);
+        let c = parse_str("server: { admin: off, metrics: false }", "x").unwrap();
+        assert_eq!((c.server.admin, c.server.metrics), (None, false));
+        assert!(errors_of("server: { admin: 9090 }")[0].starts_with("server.admin: "));
+        assert_eq!(
+            errors_of("server: { admin_token: short }"),
+            vec!["server.admin_token: must be at least 16 characters"]
+        );
+        assert_eq!(
+            errors_of("server: { admin_token: \"sixteen chars or more\" }"),
+            vec!["server.admin_token: must be printable ASCII without spaces (it is sent in an HTTP header)"]
+        );
+    }
+
+    #[test]
     fn not_yaml_is_reported() {
         assert!(errors_of("policies: [")[0].starts_with("not valid YAML"));
         assert!(errors_of("- a\n- b\n")[0].starts_with("the file must be a YAML mapping"));

@@ -96,6 +96,16 @@ pub struct ServerConfig {
     /// Longest a flow that brings no deadline of its own (a gRPC call without
     /// `grpc-timeout`) waits in a scheduler queue. Default 60s.
     pub max_queue_wait: ConfigDuration,
+    /// The admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the JSON API: docs/admin.md).
+    /// Default 127.0.0.1:9090, loopback like the other defaults; `off` disables it.
+    #[serde(with = "optional_addr")]
+    pub admin: Option<SocketAddr>,
+    /// Bearer token the admin port requires (`Authorization: Bearer TOKEN`) on every path
+    /// but `/healthz`. Absent = no authentication (keep the port on loopback then).
+    pub admin_token: Option<String>,
+    /// Record metrics (`/metrics`, top keys). Default true; false turns every recording
+    /// call on the decision path into an early return, e.g. to measure their cost.
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +131,9 @@ impl Default for ServerConfig {
             max_queue_wait: ConfigDuration(Duration::from_nanos(
                 ShardLimits::default().max_wait_ns,
             )),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            admin_token: None,
+            metrics: true,
         }
     }
 }
@@ -178,6 +191,11 @@ impl ServerConfig {
         {
             problems.at(join(at, "max_queue_wait"), "must be between 1ms and 3600s");
         }
+        if let Some(token) = &self.admin_token {
+            if let Err(reason) = check_admin_token(token) {
+                problems.at(join(at, "admin_token"), reason);
+            }
+        }
         if self.api_keys.iter().any(|k| k.is_empty()) {
             problems.at(join(at, "api_keys"), "an API key must not be empty");
         }
@@ -206,8 +224,20 @@ impl ServerConfig {
     }
 }
 
+/// Checks an admin token (from `server.admin_token`): it travels in an HTTP header, so
+/// it must be visible ASCII, and long enough not to be guessed.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    if token.len() < 16 {
+        return Err("must be at least 16 characters".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces (it is sent in an HTTP header)".into());
+    }
+    Ok(())
+}
+
 mod optional_addr {
-    //! `grpc: 127.0.0.1:8089` or `grpc: off`.
+    //! `grpc: 127.0.0.1:8089` or `grpc: off` (also `admin:`).
     use serde::{Deserialize, Deserializer, Serializer};
     use std::net::SocketAddr;
 

@@ -125,7 +125,9 @@ impl Shard {
     ) -> Result<Planned, FlowError> {
         let engine = self.engine();
         let engine: &tollgate_policy::Engine = &engine;
-        let plan = engine.plan(control_point, labels, tokens)?;
+        let plan = engine
+            .plan(control_point, labels, tokens)
+            .inspect_err(|e| self.metrics().flow_error(engine, e))?;
         let mut owners: SmallVec<[usize; 4]> = SmallVec::new();
         let mut all_local = true;
         let mut schedulers = false;
@@ -153,6 +155,7 @@ impl Shard {
         if !schedulers {
             // The fast path: one group, taken (or refused and handed back) at once.
             let outcomes = self.take_here(&plan, now_ns);
+            self.metrics().decided(&plan, &outcomes, now_ns);
             return Ok(Planned::Decided(Decision::from_outcomes(outcomes)));
         }
         let mut slots: Slots = smallvec![None; plan.len()];
@@ -170,7 +173,7 @@ impl Shard {
             }
             if refused(&slots) {
                 // take_group already handed the group's tokens back.
-                return Ok(Planned::Decided(decision(&slots)));
+                return Ok(self.decided_here(&plan, &slots, now_ns));
             }
         }
         for stage in SCHEDULER_STAGES {
@@ -183,7 +186,7 @@ impl Shard {
                         slots[i] = Some(outcome);
                         if outcome.kind == OutcomeKind::Rejected {
                             self.return_accepted(&plan, &owners, &mut slots);
-                            return Ok(Planned::Decided(decision(&slots)));
+                            return Ok(self.decided_here(&plan, &slots, now_ns));
                         }
                     }
                     Err(answer) => {
@@ -201,7 +204,19 @@ impl Shard {
                 }
             }
         }
-        Ok(Planned::Decided(decision(&slots)))
+        Ok(self.decided_here(&plan, &slots, now_ns))
+    }
+
+    /// A check decided where it arrived, from its components' outcomes: recorded, answered.
+    fn decided_here(
+        &self,
+        plan: &[PlannedTake<'_>],
+        slots: &[Option<LimiterOutcome>],
+        now_ns: u64,
+    ) -> Planned {
+        let decision = decision(slots);
+        self.metrics().decided(plan, &decision.limiters, now_ns);
+        Planned::Decided(decision)
     }
 
     /// Decides a check: [`Shard::decide_now`], then [`PendingCheck::decide`] if needed.
@@ -429,7 +444,12 @@ impl PendingCheck {
     /// The decision, in policy order; the check is answered, so nothing goes back on drop.
     fn answer(&mut self) -> Decision {
         self.answered = true;
-        decision(&self.slots)
+        let decision = decision(&self.slots);
+        let hopped = self.owners.iter().any(|&owner| owner != self.shard.id);
+        self.shard
+            .metrics()
+            .decided_later(&self.takes, &decision.limiters, hopped);
+        decision
     }
 }
 

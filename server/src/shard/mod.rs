@@ -76,6 +76,7 @@ pub mod scheduler;
 pub use check::{PendingCheck, Planned};
 
 use crate::clock;
+use crate::metrics::ShardMetrics;
 use crate::node::Node;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -275,6 +276,8 @@ pub struct Shard {
     peer_holds: RefCell<PeerHolds>,
     /// The shard is stopping: flows no longer wait (they are refused `shutting_down`).
     stopping: Cell<bool>,
+    /// What this shard records for `/metrics` and the admin API.
+    metrics: ShardMetrics,
     /// The policies this shard decides with: its own handle on the node's engine, so a
     /// check never touches a cross-core reference count; a reload switches it between two
     /// messages ([`Shard::reload`]).
@@ -310,6 +313,7 @@ impl Shard {
         }
         let limits = node.limits.shard;
         let (kick, kicked) = local_channel::new_bounded(1);
+        let metrics = node.metrics.shard_recorder(id);
         let shard = Rc::new(Shard {
             id,
             state: RefCell::new(ShardState::new(id as u16, limits, flow_seed(id))),
@@ -324,6 +328,7 @@ impl Shard {
             sleeping_until: Cell::new(0),
             peer_holds: RefCell::new(PeerHolds::new(limits.max_flows)),
             stopping: Cell::new(false),
+            metrics,
         });
         for (dest, woken) in wake_receivers {
             glommio::spawn_local(forward_loop(shard.clone(), senders.clone(), dest, woken))
@@ -361,6 +366,17 @@ impl Shard {
             .borrow_mut()
             .reloaded(&old, &new, clock::now_ns());
         self.wake_if_sooner();
+    }
+
+    /// This shard's recorder (metrics hooks).
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    /// Runs `f` with this shard's state, read-only (admin reads: gauges, one bucket).
+    pub fn with_state<R>(&self, f: impl FnOnce(&ShardState, &Engine) -> R) -> R {
+        let engine = self.engine();
+        f(&self.state.borrow(), &engine)
     }
 
     /// Live buckets on this shard.

@@ -22,6 +22,8 @@ pub struct RunningServer {
     pub listen: SocketAddr,
     /// The gRPC compat address, when enabled.
     pub grpc: Option<SocketAddr>,
+    /// The admin HTTP address, when enabled.
+    pub admin: Option<SocketAddr>,
     /// Shard-aware ports, index = shard.
     pub shard_ports: Vec<u16>,
     /// The process.
@@ -69,8 +71,14 @@ pub fn tollgate_bin() -> &'static str {
 }
 
 /// Writes `yaml` to a temp file and starts `tollgate serve --config FILE extra_args...`,
-/// returning once the server logged its ready line.
+/// returning once the server logged its ready line. Unless the config or the arguments
+/// name an admin address, the admin port binds port 0 (its default, 9090, would collide
+/// between tests running in parallel).
 pub fn start_server_with_args(yaml: &str, extra_args: &[&str]) -> RunningServer {
+    let mut extra_args = extra_args.to_vec();
+    if !yaml.contains("admin:") && !extra_args.contains(&"--admin") {
+        extra_args.extend(["--admin", "127.0.0.1:0"]);
+    }
     let dir = temp_dir("server");
     let config = dir.join("config.yaml");
     std::fs::write(&config, yaml).expect("write config");
@@ -78,7 +86,7 @@ pub fn start_server_with_args(yaml: &str, extra_args: &[&str]) -> RunningServer 
         .arg("serve")
         .arg("--config")
         .arg(&config)
-        .args(extra_args)
+        .args(&extra_args)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -134,6 +142,9 @@ pub fn start_server_with_args(yaml: &str, extra_args: &[&str]) -> RunningServer 
     let grpc = field("grpc")
         .filter(|g| g != "off")
         .map(|g| g.parse().expect("grpc addr"));
+    let admin = field("admin")
+        .filter(|a| a != "off")
+        .map(|a| a.parse().expect("admin addr"));
     let shard_ports = field("shard_ports")
         .unwrap_or_default()
         .split(',')
@@ -143,6 +154,7 @@ pub fn start_server_with_args(yaml: &str, extra_args: &[&str]) -> RunningServer 
     RunningServer {
         listen,
         grpc,
+        admin,
         shard_ports,
         child,
         logs: log_rx,

@@ -51,9 +51,11 @@ pub fn subcommands() -> BTreeSet<String> {
 /// and whether it takes a value (`--flag <VALUE>`).
 pub fn flags(subcommand: &str) -> BTreeMap<String, bool> {
     let mut flags = BTreeMap::new();
-    for line in help(&[subcommand]).lines() {
-        let line = line.trim_start();
-        if !line.starts_with('-') {
+    for raw in help(&[subcommand]).lines() {
+        let line = raw.trim_start();
+        // clap indents a flag by 2 (short form) or 6 spaces; a wrapped description line is
+        // indented to the description column and may start with a flag it mentions.
+        if !line.starts_with('-') || raw.len() - line.len() > 6 {
             continue;
         }
         // clap: "-c, --config <CONFIG>  Description", the spec ends at the first double space.
