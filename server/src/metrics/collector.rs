@@ -330,9 +330,7 @@ impl NodeCollector {
             "Open binary-protocol connections.",
             [(
                 Labels::new(),
-                self.node
-                    .connections
-                    .load(std::sync::atomic::Ordering::Relaxed) as f64,
+                self.node.connections.total() as f64,
             )],
         )
     }
