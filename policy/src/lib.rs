@@ -31,7 +31,8 @@
 //! - [`limiter`]: [`LimiterSpec`], one compiled limiter.
 //! - [`engine`]: [`Engine`], planning, [`OwnedFlow`], [`FlowError`].
 //! - [`decision`]: [`Decision`] and its per-limiter [`LimiterOutcome`]s.
-//! - [`store`]: [`BucketStore`], a shard's buckets, idle eviction, replication hooks.
+//! - [`store`]: [`BucketStore`], a shard's buckets in segmented tables that grow a piece
+//!   at a time, the cap on live buckets, the incremental idle sweep, replication hooks.
 //! - [`status`]: HTTP status names as Aperture spells them.
 //! - [`LocalLimiter`]: engine + one store, for single-threaded callers and tests.
 #![warn(missing_docs)]
@@ -54,7 +55,7 @@ pub use decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes};
 pub use engine::{Engine, FlowError, OwnedFlow, Plan, PlannedTake};
 pub use identity::{ComponentKind, Digest, LimiterId, Resolution};
 pub use limiter::LimiterSpec;
-pub use store::{BucketStore, Consumed};
+pub use store::{BucketStore, Consumed, StoreStats, Swept};
 pub use tokens::{Tokens, TokensError};
 
 use std::sync::Arc;
