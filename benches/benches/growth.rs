@@ -5,7 +5,7 @@
 //!
 //! `GROWTH_KEYS=100000000 cargo bench -p tollgate-benches --bench growth` (default 10M;
 //! `GROWTH_PURGE_DEFAULT=1` keeps mimalloc's delayed purging instead of the server's
-//! setting).
+//! setting; `GROWTH_PREFAULT_MIB=N` faults memory in first, see [`prefault`]).
 //!
 //! Wall time per step catches everything, including this thread being preempted by others
 //! (several ms on a busy machine), so the thread's CPU time is also read every [`WINDOW`]
@@ -40,6 +40,9 @@ fn main() {
         // As the server does (runtime::start): free pages go back to the OS at once.
         // SAFETY: sets one integer option of the allocator before anything is freed.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+    if let Some(mib) = std::env::var("GROWTH_PREFAULT_MIB").ok().and_then(|v| v.parse().ok()) {
+        prefault(mib);
     }
     let engine = bench_engine();
     let id = engine.limiters()[0].id;
@@ -90,6 +93,8 @@ fn main() {
         ms(ticks.total) / ticks.count.max(1) as f64,
     );
 
+    // SAFETY: as above; prefault() turned purging off.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let (table_before, rss_before) = (store.table_bytes(), rss_mib() - rss_empty);
     let ticks = sweep_pass(&mut store, &engine, ALL_IDLE_NS);
     println!(
@@ -105,6 +110,27 @@ fn main() {
         rss_before,
         rss_mib() - rss_empty,
     );
+}
+
+/// Faults in `mib` MiB of table-sized blocks and frees them with purging off, so the
+/// allocator hands the same, resident pages to the store's tables: the steps then show the
+/// store's own work without the kernel's page faults (which, under memory pressure, include
+/// reclaiming page cache). `GROWTH_PREFAULT_MIB=7000` for 100 M keys.
+fn prefault(mib: usize) {
+    // SAFETY: sets one integer option of the allocator: never purge (until reset).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // The size of a full segment's table: 4,096 buckets of 40 bytes plus control bytes.
+    const BLOCK: usize = 4096 * 41 + 16;
+    let blocks: Vec<Vec<u8>> = (0..(mib << 20) / BLOCK)
+        .map(|_| {
+            let mut block = vec![0u8; BLOCK];
+            for page in block.iter_mut().step_by(4096) {
+                *page = 1;
+            }
+            block
+        })
+        .collect();
+    std::hint::black_box(&blocks);
 }
 
 /// The slowest of a series of steps.
