@@ -3,7 +3,8 @@
 #   .sdk/py  python venv with aperture-py==2.26.0
 #   .sdk/js  node project with @fluxninja/aperture-js@2.5.0 and @grpc/grpc-js
 # Idempotent: a stamp file records what was installed; a second run with the same pins returns at once.
-# Used by server/tests/sdk_compat.rs (run with TOLLGATE_SDK_TESTS=1 after this script).
+# Used by server/tests/sdk_compat.rs and server/grpc/tests/sdk_local.rs (without it they skip,
+# or fail under CI).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

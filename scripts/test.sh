@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
-# Tollgate's whole test suite, from a fresh clone. CI (.ci/run) runs exactly this.
+# Tollgate's whole test suite, from a fresh clone. CI (.ci/run) runs exactly this, so a green run
+# here is a green CI run.
 #
 # 1. Installs what the tests need beyond cargo, into git-ignored folders:
 #    the Aperture SDKs (aperture-py in .sdk/py, aperture-js in .sdk/js) and, when
 #    possible, Debian's redis-server (for the Redis+Lua baseline tests).
-# 2. Runs every crate's tests: cargo test --workspace.
+# 2. Lints: cargo fmt --check, then clippy on every crate and target with warnings as errors,
+#    and on tollgate-protocol without its client feature (a style slip fails before the long
+#    part starts).
+# 3. Runs every crate's tests: cargo test --workspace. A test whose dependency (SDKs,
+#    redis-server, openssl) is missing fails under CI (CI=true) and skips with a printed
+#    reason elsewhere.
+# 4. Checks that the fuzz targets build (cargo check in fuzz/, which sets --cfg fuzzing through
+#    fuzz/.cargo/config.toml; fuzzing itself needs nightly and cargo-fuzz, see fuzz/README.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-echo "==> installing the Aperture SDKs used by the gRPC compat tests"
+step() { echo "==> $* ($(date +%T))"; }
+
+step "installing the Aperture SDKs used by the gRPC compat tests"
 scripts/setup-sdk.sh
-export TOLLGATE_SDK_TESTS=1
 
 if [[ -x scripts/install-redis.sh ]]; then
-  echo "==> installing redis-server for the Redis+Lua baseline tests (best effort)"
-  scripts/install-redis.sh || echo "redis-server could not be installed: the Redis tests will print why they skip"
+  step "installing redis-server for the Redis+Lua baseline tests (best effort)"
+  scripts/install-redis.sh || echo "redis-server could not be installed: the Redis tests fail under CI and skip elsewhere"
 fi
 
-echo "==> cargo test --workspace"
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+# The codec without the tokio client (what a non-tokio user of tollgate-protocol builds).
+cargo clippy -p tollgate-protocol --no-default-features --lib -- -D warnings
+
+step "cargo test --workspace"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
@@ -26,4 +43,16 @@ cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run (cargo prints one "test result" line per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
      END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
-exit "$status"
+
+step "fuzz targets build (cargo check in fuzz/ with --cfg fuzzing)"
+fuzz_status=0
+(cd fuzz && cargo check --locked --bins) || fuzz_status=$?
+if [[ "$fuzz_status" != 0 ]]; then
+  echo "the fuzz targets do not build (exit $fuzz_status)"
+fi
+
+step "done"
+if [[ "$status" != 0 ]]; then
+  exit "$status"
+fi
+exit "$fuzz_status"

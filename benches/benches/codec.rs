@@ -1,4 +1,5 @@
 //! CHECK decode + CHECK_REPLY encode: the codec work per request on the server.
+#![allow(clippy::unwrap_used)] // benchmark set-up: a panic is the failure report
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tollgate_protocol::{

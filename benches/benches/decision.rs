@@ -3,6 +3,7 @@
 //! uniformly random key is a DRAM miss, so this measures the memory system as much as the code).
 //! Each size has its baseline in the same run: a bare hashbrown lookup-and-increment on the same
 //! keys in the same order.
+#![allow(clippy::unwrap_used)] // benchmark set-up: a panic is the failure report
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! One cross-shard hop: a check planned on shard 0 whose bucket lives on shard 1 is
 //! forwarded over the glommio channel mesh and answered — against the same check decided
 //! locally on its owner, in the same run.
+#![allow(clippy::unwrap_used)] // benchmark set-up: a panic is the failure report
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -110,11 +111,12 @@ fn start_pair(spin: Option<Duration>) -> Pair {
                     let labels = [("user", k)];
                     let start = Instant::now();
                     for _ in 0..iters {
-                        match shard.decide_now("bench", &labels[..], None, 1).unwrap() {
+                        match shard
+                            .decide_now("bench", &labels[..], None, Some(1), 1)
+                            .unwrap()
+                        {
                             Planned::Decided(d) => assert!(d.accepted),
-                            Planned::Forward(plan) => {
-                                assert!(shard.decide_forwarded(plan).await.accepted)
-                            }
+                            Planned::Pending(p) => assert!(p.decide().await.accepted),
                         }
                     }
                     let _ = done.send(start.elapsed());

@@ -19,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tollgate_grpc::proto::aperture::flowcontrol::check::v1 as aperture;
-use tollgate_grpc::tonic;
+use tollgate_proto::aperture::flowcontrol::check::v1 as aperture;
+use tollgate_proto::tonic;
 use tollgate_protocol::client::{CheckRequest, Client, ClientConfig, FailMode};
 
 use crate::resp::{self, Value};

@@ -13,8 +13,8 @@
 //!
 //! # Layout
 //! - [`cli`]: clap flags and their conversion into a [`run::RunConfig`].
-//! - [`run`]: one run: load threads (one single-threaded runtime each), connect, warm up,
-//!   tasks in closed or open loop, progress, report.
+//! - [`run`]: one run: its settings ([`run::config`]), load threads (one single-threaded
+//!   runtime each), connect, warm up, tasks in closed or open loop, progress, report.
 //! - [`drivers`]: one connection per protocol (`tollgate`, `grpc`, `redis`, `echo`) and the
 //!   echo server.
 //! - [`target`]: target URLs and how requests spread over several.

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::accuracy::{AccuracyReport, Limit};
 use crate::run::{Op, RunConfig, Stop};
+use crate::stats::Tally;
 
 /// Latency percentiles in microseconds (answered requests only).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -143,6 +144,54 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run of `cfg` against `limit` (if known) that measured `t` over
+    /// `duration_s` seconds.
+    pub fn from_run(
+        cfg: &RunConfig,
+        limit: Option<Limit>,
+        t: &Tally,
+        duration_s: f64,
+        accuracy: Option<AccuracyReport>,
+        first_error: Option<String>,
+    ) -> Report {
+        let targets: Vec<String> = cfg.targets.iter().map(ToString::to_string).collect();
+        let per_sec = |n: u64| {
+            if duration_s > 0.0 {
+                n as f64 / duration_s
+            } else {
+                0.0
+            }
+        };
+        Report {
+            target: targets.join(","),
+            targets,
+            mode: if cfg.rate.is_some() { "open" } else { "closed" }.into(),
+            op: cfg.op,
+            duration_s,
+            requests: t.requests(),
+            decisions_per_sec: per_sec(t.accepted + t.rejected),
+            requests_per_sec: per_sec(t.requests()),
+            accepted: t.accepted,
+            rejected: t.rejected,
+            errors: t.errors,
+            latency_us: Latency {
+                p50: t.quantile_us(0.5),
+                p90: t.quantile_us(0.9),
+                p99: t.quantile_us(0.99),
+                p999: t.quantile_us(0.999),
+                max: if t.latency.is_empty() {
+                    0.0
+                } else {
+                    t.latency.max() as f64 / 1000.0
+                },
+                mean: t.latency.mean() / 1000.0,
+            },
+            accuracy,
+            first_error,
+            config: ConfigEcho::of(cfg, limit),
+        }
+    }
+
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))

@@ -1,7 +1,8 @@
 //! What limiters say about a flow, and how their answers combine into one [`Decision`].
 
 use crate::engine::Engine;
-use crate::identity::LimiterId;
+use crate::flow::FlowId;
+use crate::identity::{LimiterId, RejectReason};
 use smallvec::SmallVec;
 
 /// What one limiter said about a flow.
@@ -15,6 +16,38 @@ pub enum OutcomeKind {
     KeyNotFound,
     /// Tokens were taken, then handed back because another limiter rejected the flow.
     Returned,
+}
+
+/// Why a component refused a flow (finer than [`RejectReason`], for operators and the
+/// load generator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Not enough tokens (or free capacity) now, and the flow could not wait.
+    Exhausted,
+    /// The flow waited in a scheduler's queue until its deadline or queue timeout.
+    TimedOut,
+    /// The shard's wait queues were full, so the flow could not wait.
+    QueueFull,
+    /// The shard's in-flight ledger was full, so the flow could not be tracked.
+    TooManyFlows,
+    /// The server was shutting down while the flow waited.
+    ShuttingDown,
+    /// The component that was to decide is gone (a reload removed it while the flow waited).
+    Removed,
+}
+
+impl Refusal {
+    /// A short name for logs, metrics and the load generator.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Exhausted => "exhausted",
+            Refusal::TimedOut => "timed_out",
+            Refusal::QueueFull => "queue_full",
+            Refusal::TooManyFlows => "too_many_flows",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::Removed => "removed",
+        }
+    }
 }
 
 /// One limiter's part of a decision.
@@ -32,9 +65,41 @@ pub struct LimiterOutcome {
     pub current: f64,
     /// When rejected: ns until enough tokens exist ([`crate::WAIT_FOREVER`] = never).
     pub wait_ns: u64,
+    /// When rejected: why.
+    pub refusal: Option<Refusal>,
+    /// Concurrency components, when accepted: the flow's handle, which its end returns.
+    pub flow: Option<FlowId>,
 }
 
 impl LimiterOutcome {
+    /// An outcome for a flow that lacks the limit label: accepted, nothing taken.
+    pub fn key_not_found(limiter: LimiterId, tokens: f64) -> LimiterOutcome {
+        LimiterOutcome {
+            limiter,
+            kind: OutcomeKind::KeyNotFound,
+            tokens,
+            remaining: 0.0,
+            current: 0.0,
+            wait_ns: 0,
+            refusal: None,
+            flow: None,
+        }
+    }
+
+    /// A refusal that touched no bucket (queue full, shutting down, removed).
+    pub fn refused(limiter: LimiterId, tokens: f64, refusal: Refusal) -> LimiterOutcome {
+        LimiterOutcome {
+            limiter,
+            kind: OutcomeKind::Rejected,
+            tokens,
+            remaining: 0.0,
+            current: 0.0,
+            wait_ns: 0,
+            refusal: Some(refusal),
+            flow: None,
+        }
+    }
+
     /// Records that this accepted take was handed back to a bucket of `capacity`: the
     /// bucket holds what it held after the take plus the tokens, capped at its capacity.
     /// The one place an outcome becomes `Returned`, whichever shard held the bucket.
@@ -76,6 +141,18 @@ impl Decision {
     /// Whether any outcome rejects: then every `Accepted` outcome must be handed back.
     pub fn needs_return(outcomes: &[LimiterOutcome]) -> bool {
         outcomes.iter().any(|o| o.kind == OutcomeKind::Rejected)
+    }
+
+    /// Why the flow was rejected: the first rejecting limiter's reason (None if accepted).
+    pub fn reject_reason(&self, engine: &Engine) -> Option<RejectReason> {
+        self.limiters
+            .iter()
+            .find(|o| o.kind == OutcomeKind::Rejected)
+            .map(|o| {
+                engine
+                    .get_limiter(o.limiter)
+                    .map_or(RejectReason::RateLimited, |spec| spec.kind.reject_reason())
+            })
     }
 
     /// The HTTP status to deny with: the first rejecting limiter's.

@@ -7,9 +7,10 @@
 //! bucket lives.
 
 use crate::config::PolicyConfig;
-use crate::identity::{ComponentKind, Digest, DigestWriter, LimiterId, Resolution};
+use crate::identity::{ComponentKind, Digest, DigestWriter, LimiterId, Resolution, Stage};
 use crate::limiter::LimiterSpec;
 use crate::tokens::{Tokens, TokensError};
+use crate::workload::WorkloadPick;
 use crate::Labels;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
@@ -36,11 +37,22 @@ pub enum FlowError {
 pub struct PlannedTake<'a> {
     /// Which limiter.
     pub limiter: LimiterId,
+    /// Its kind (which says its stage, and whether the flow holds its tokens in flight).
+    pub kind: ComponentKind,
     /// The bucket key (the limit label's value, "" for a shared bucket); None when the
     /// flow lacks the limit label (accepted with reason key-not-found, nothing taken).
     pub key: Option<&'a str>,
     /// Token cost for this limiter.
     pub tokens: Tokens,
+    /// Schedulers: the flow's workload, priority and fairness key.
+    pub workload: Option<WorkloadPick<'a>>,
+}
+
+impl PlannedTake<'_> {
+    /// When this take decides within the check.
+    pub fn stage(&self) -> Stage {
+        self.kind.stage()
+    }
 }
 
 /// The buckets of one flow, in limiter order. Inline for the common 1-4 limiters.
@@ -67,8 +79,10 @@ pub struct Engine {
     limiters: Vec<LimiterSpec>,
     /// LimiterId -> position, [`ABSENT`] for ids of limiters this engine does not have.
     position_of: Vec<u32>,
-    /// Identity (name, kind) -> id, for successors and peers.
+    /// Identity (name, kind) -> id, for successors.
     by_identity: HashMap<(String, ComponentKind), LimiterId>,
+    /// Policy name -> id, for peers (names are unique in a config).
+    by_name: HashMap<String, LimiterId>,
     /// control point -> limiters with a selector on it (each listed once).
     by_control_point: HashMap<String, SmallVec<[LimiterId; 4]>>,
     /// Distinct limit label keys, in policy order: what a shard-aware client hashes.
@@ -94,7 +108,12 @@ impl Engine {
         let mut engine = Engine::default();
         let mut next_id = previous.map_or(0, |p| p.position_of.len() as u32);
         for (position, p) in policies.iter().enumerate() {
-            let identity = (p.policy_name.clone(), ComponentKind::RateLimiter);
+            let position = u16::try_from(position).unwrap_or(u16::MAX);
+            // A placeholder id until the identity is known; replaced below.
+            let Some(mut spec) = LimiterSpec::compile(p, LimiterId(u32::MAX), position) else {
+                continue;
+            };
+            let identity = (p.policy_name.clone(), spec.kind);
             let id = match previous.and_then(|prev| prev.by_identity.get(&identity)) {
                 Some(&id) => id,
                 None => {
@@ -103,8 +122,7 @@ impl Engine {
                     id
                 }
             };
-            let position = u16::try_from(position).unwrap_or(u16::MAX);
-            let spec = LimiterSpec::compile(p, id, position);
+            spec.id = id;
             for sel in &spec.selectors {
                 let ids = engine
                     .by_control_point
@@ -120,6 +138,7 @@ impl Engine {
                 }
             }
             engine.by_identity.insert(identity, id);
+            engine.by_name.insert(p.policy_name.clone(), id);
             engine.limiters.push(spec);
         }
         engine.position_of = vec![ABSENT; next_id as usize];
@@ -160,10 +179,7 @@ impl Engine {
 
     /// The limiter a peer names by policy name and definition digest.
     pub fn resolve(&self, policy_name: &str, digest: Digest) -> Resolution {
-        let Some(&id) = self
-            .by_identity
-            .get(&(policy_name.to_string(), ComponentKind::RateLimiter))
-        else {
+        let Some(&id) = self.by_name.get(policy_name) else {
             return Resolution::Unknown;
         };
         let ours = self.limiter(id).digest;
@@ -211,33 +227,46 @@ impl Engine {
                 Some(k) => labels.get(k),
                 None => Some(""),
             };
+            let workload = spec.scheduler.as_ref().map(|s| s.pick(labels));
+            let default = workload.map_or(Tokens::ONE, |w| {
+                Tokens::new(w.workload_tokens).unwrap_or(Tokens::ONE)
+            });
             let tokens = match tokens {
                 Some(t) => t,
-                None => token_label(spec, labels)?,
+                None => token_label(spec, labels)?.unwrap_or(default),
             };
             plan.push(PlannedTake {
                 limiter: id,
+                kind: spec.kind,
                 key,
                 tokens,
+                workload,
             });
         }
         Ok(plan)
     }
 }
 
-fn token_label<L: Labels + ?Sized>(spec: &LimiterSpec, labels: &L) -> Result<Tokens, FlowError> {
+/// The cost the flow's tokens label gives, None when the limiter has no tokens label or
+/// the flow does not carry it.
+fn token_label<L: Labels + ?Sized>(
+    spec: &LimiterSpec,
+    labels: &L,
+) -> Result<Option<Tokens>, FlowError> {
     let Some(key) = &spec.tokens_label_key else {
-        return Ok(Tokens::ONE);
+        return Ok(None);
     };
     let Some(value) = labels.get(key) else {
-        return Ok(Tokens::ONE);
+        return Ok(None);
     };
-    Tokens::parse(value).map_err(|reason| FlowError::BadTokensLabel {
-        key: key.clone(),
-        value: value.to_string(),
-        policy: spec.policy_name.clone(),
-        reason,
-    })
+    Tokens::parse(value)
+        .map(Some)
+        .map_err(|reason| FlowError::BadTokensLabel {
+            key: key.clone(),
+            value: value.to_string(),
+            policy: spec.policy_name.clone(),
+            reason,
+        })
 }
 
 #[cfg(test)]

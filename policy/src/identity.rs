@@ -37,13 +37,76 @@ impl LimiterId {
 pub enum ComponentKind {
     /// A token bucket per label value that answers at once.
     RateLimiter,
+    /// A token bucket per label value whose flows wait, by priority, for tokens.
+    QuotaScheduler,
+    /// At most N tokens of flows in flight per label value; answers at once.
+    ConcurrencyLimiter,
+    /// At most N tokens of flows in flight per label value; flows wait, by priority.
+    ConcurrencyScheduler,
+}
+
+/// When a component decides within a check, after Aperture's stage order: rate and
+/// concurrency limiters answer at once, then concurrency schedulers, then quota schedulers
+/// (each stage only if the previous accepted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Rate limiters and concurrency limiters: a take that succeeds or fails now.
+    Immediate,
+    /// Concurrency schedulers: wait in a queue for capacity.
+    ConcurrencyScheduler,
+    /// Quota schedulers: wait in a queue for tokens.
+    QuotaScheduler,
+}
+
+/// Why a flow was refused, as Aperture's `RejectReason` spells the two Tollgate uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// A rate limiter or concurrency limiter said no (default status 429).
+    RateLimited,
+    /// A scheduler could not admit the flow in time (default status 503).
+    NoTokens,
 }
 
 impl ComponentKind {
-    /// The name used in digests, logs and the admin API.
+    /// The name used in config files, digests, logs and the admin API.
     pub fn as_str(self) -> &'static str {
         match self {
             ComponentKind::RateLimiter => "rate_limiter",
+            ComponentKind::QuotaScheduler => "quota_scheduler",
+            ComponentKind::ConcurrencyLimiter => "concurrency_limiter",
+            ComponentKind::ConcurrencyScheduler => "concurrency_scheduler",
+        }
+    }
+
+    /// When it decides within a check.
+    pub fn stage(self) -> Stage {
+        match self {
+            ComponentKind::RateLimiter | ComponentKind::ConcurrencyLimiter => Stage::Immediate,
+            ComponentKind::ConcurrencyScheduler => Stage::ConcurrencyScheduler,
+            ComponentKind::QuotaScheduler => Stage::QuotaScheduler,
+        }
+    }
+
+    /// Whether flows may wait in a queue for it.
+    pub fn is_scheduler(self) -> bool {
+        self.stage() != Stage::Immediate
+    }
+
+    /// Whether it counts flows in flight (tokens come back when the flow ends) rather than
+    /// refilling over time.
+    pub fn counts_in_flight(self) -> bool {
+        matches!(
+            self,
+            ComponentKind::ConcurrencyLimiter | ComponentKind::ConcurrencyScheduler
+        )
+    }
+
+    /// The reason a flow it refuses gets.
+    pub fn reject_reason(self) -> RejectReason {
+        if self.is_scheduler() {
+            RejectReason::NoTokens
+        } else {
+            RejectReason::RateLimited
         }
     }
 }

@@ -33,6 +33,12 @@
 //! - [`decision`]: [`Decision`] and its per-limiter [`LimiterOutcome`]s.
 //! - [`store`]: [`BucketStore`], a shard's buckets in segmented tables that grow a piece
 //!   at a time, the cap on live buckets, the incremental idle sweep, replication hooks.
+//! - [`flow`]: [`FlowId`], the handle of a flow holding concurrency tokens.
+//! - [`inflight`]: a shard's ledger of flows in flight, with expiry.
+//! - [`workload`]: schedulers' workloads: how labels pick a workload, priority, fairness.
+//! - [`wfq`]: the weighted fair queue of one scheduler bucket.
+//! - [`shard_state`]: [`ShardState`], a shard's buckets + flows in flight + wait queues as
+//!   one state machine (take, offer, poll, end, give back).
 //! - [`status`]: HTTP status names as Aperture spells them.
 //! - [`LocalLimiter`]: engine + one store, for single-threaded callers and tests.
 #![warn(missing_docs)]
@@ -42,21 +48,30 @@ pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod engine;
+pub mod flow;
 pub mod identity;
+pub mod inflight;
 pub mod limiter;
 pub mod matcher;
+pub mod shard_state;
 pub mod status;
 pub mod store;
 pub mod tokens;
+pub mod wfq;
+pub mod workload;
 
 pub use bucket::{BucketParams, Take, TokenBucket, WAIT_FOREVER};
 pub use config::{parse_policies, ConfigError, FieldError, PolicyConfig, Problems};
-pub use decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes};
+pub use decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes, Refusal};
 pub use engine::{Engine, FlowError, OwnedFlow, Plan, PlannedTake};
-pub use identity::{ComponentKind, Digest, LimiterId, Resolution};
+pub use flow::FlowId;
+pub use identity::{ComponentKind, Digest, LimiterId, RejectReason, Resolution, Stage};
 pub use limiter::LimiterSpec;
+pub use shard_state::{Resolved, ShardLimits, ShardState};
 pub use store::{BucketStore, Consumed, StoreStats, Swept};
 pub use tokens::{Tokens, TokensError};
+pub use wfq::Ticket;
+pub use workload::{WorkloadName, WorkloadPick};
 
 use std::sync::Arc;
 
@@ -71,6 +86,12 @@ impl<K: AsRef<str>, V: AsRef<str>> Labels for [(K, V)] {
         self.iter()
             .find(|(k, _)| k.as_ref() == key)
             .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, const N: usize> Labels for [(K, V); N] {
+    fn get(&self, key: &str) -> Option<&str> {
+        Labels::get(self.as_slice(), key)
     }
 }
 
@@ -98,13 +119,14 @@ impl<V: AsRef<str>, S: std::hash::BuildHasher> Labels for std::collections::Hash
     }
 }
 
-/// An engine and one bucket store: the whole decision on one thread.
+/// An engine and one shard's state: the whole decision on one thread, without waiting
+/// (a scheduler admits or refuses at once).
 ///
 /// The server splits these across shards; tests, benchmarks and single-threaded
 /// embedders use this.
 pub struct LocalLimiter {
     engine: Arc<Engine>,
-    store: BucketStore,
+    state: ShardState,
 }
 
 impl LocalLimiter {
@@ -112,7 +134,7 @@ impl LocalLimiter {
     pub fn new(engine: Arc<Engine>) -> LocalLimiter {
         LocalLimiter {
             engine,
-            store: BucketStore::new(),
+            state: ShardState::new(0, ShardLimits::default(), 0),
         }
     }
 
@@ -123,7 +145,12 @@ impl LocalLimiter {
 
     /// The bucket store.
     pub fn store_mut(&mut self) -> &mut BucketStore {
-        &mut self.store
+        self.state.store_mut()
+    }
+
+    /// The shard state (buckets, flows in flight).
+    pub fn state_mut(&mut self) -> &mut ShardState {
+        &mut self.state
     }
 
     /// Decides one flow at `now_ns`.
@@ -138,7 +165,7 @@ impl LocalLimiter {
 
     /// Drops buckets idle past their limiter's `max_idle_time`; returns how many.
     pub fn evict_idle(&mut self, now_ns: u64) -> usize {
-        self.store.evict_idle(&self.engine, now_ns)
+        self.state.store_mut().evict_idle(&self.engine, now_ns)
     }
 
     /// Decides one flow given borrowed parts.
@@ -150,7 +177,7 @@ impl LocalLimiter {
         now_ns: u64,
     ) -> Result<Decision, FlowError> {
         let plan = self.engine.plan(control_point, labels, tokens)?;
-        let outcomes = self.store.take_group(&self.engine, &plan, now_ns);
+        let outcomes = self.state.take_group(&self.engine, &plan, now_ns);
         Ok(Decision::from_outcomes(outcomes))
     }
 }

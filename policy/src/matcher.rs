@@ -1,4 +1,5 @@
-//! Selector matching: does a limiter apply to this flow?
+//! Selector and label matching: does a component (or a scheduler workload) apply to this
+//! flow?
 
 use crate::config::{LabelMatcher, Operator, Selector};
 use crate::Labels;
@@ -8,7 +9,13 @@ use crate::Labels;
 pub struct CompiledSelector {
     /// Exact control point.
     pub control_point: String,
-    /// Every condition must hold.
+    /// Label conditions.
+    matcher: CompiledMatcher,
+}
+
+/// A label matcher reduced to its conditions, every one of which must hold.
+#[derive(Clone, Debug, Default)]
+pub struct CompiledMatcher {
     conditions: Vec<Condition>,
 }
 
@@ -24,33 +31,43 @@ enum Condition {
 impl CompiledSelector {
     /// Compiles a config selector.
     pub fn new(selector: &Selector) -> CompiledSelector {
-        let mut conditions = Vec::new();
-        if let Some(LabelMatcher {
-            match_labels,
-            match_expressions,
-        }) = &selector.label_matcher
-        {
-            for (k, v) in match_labels {
-                conditions.push(Condition::Equals(k.clone(), v.clone()));
-            }
-            for e in match_expressions {
-                let key = e.key.clone();
-                conditions.push(match e.operator {
-                    Operator::In => Condition::In(key, e.values.clone()),
-                    Operator::NotIn => Condition::NotIn(key, e.values.clone()),
-                    Operator::Exists => Condition::Exists(key),
-                    Operator::DoesNotExist => Condition::DoesNotExist(key),
-                });
-            }
-        }
         CompiledSelector {
             control_point: selector.control_point.clone(),
-            conditions,
+            matcher: selector
+                .label_matcher
+                .as_ref()
+                .map(CompiledMatcher::new)
+                .unwrap_or_default(),
         }
     }
 
     /// Whether the labels satisfy every condition (the control point is matched by the caller's index).
     pub fn matches_labels<L: Labels + ?Sized>(&self, labels: &L) -> bool {
+        self.matcher.matches(labels)
+    }
+}
+
+impl CompiledMatcher {
+    /// Compiles a label matcher.
+    pub fn new(m: &LabelMatcher) -> CompiledMatcher {
+        let mut conditions = Vec::new();
+        for (k, v) in &m.match_labels {
+            conditions.push(Condition::Equals(k.clone(), v.clone()));
+        }
+        for e in &m.match_expressions {
+            let key = e.key.clone();
+            conditions.push(match e.operator {
+                Operator::In => Condition::In(key, e.values.clone()),
+                Operator::NotIn => Condition::NotIn(key, e.values.clone()),
+                Operator::Exists => Condition::Exists(key),
+                Operator::DoesNotExist => Condition::DoesNotExist(key),
+            });
+        }
+        CompiledMatcher { conditions }
+    }
+
+    /// Whether the labels satisfy every condition.
+    pub fn matches<L: Labels + ?Sized>(&self, labels: &L) -> bool {
         self.conditions.iter().all(|c| match c {
             Condition::Equals(k, v) => labels.get(k) == Some(v.as_str()),
             Condition::In(k, vs) => labels.get(k).is_some_and(|x| vs.iter().any(|v| v == x)),

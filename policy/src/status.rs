@@ -69,8 +69,14 @@ pub fn code_for_name(name: &str) -> Option<u16> {
         .map(|&(_, c)| c)
 }
 
-/// The default status a flow denied by a rate limiter gets.
+/// The default status a flow denied by a rate or concurrency limiter gets.
 pub const TOO_MANY_REQUESTS: u16 = 429;
+
+/// The default status a flow refused by a scheduler gets.
+pub const SERVICE_UNAVAILABLE: u16 = 503;
+
+/// The status a flow the server cannot judge gets (a tokens label that is not a cost).
+pub const BAD_REQUEST: u16 = 400;
 
 /// An HTTP status code, given as a number (429) or Aperture's enum name (`TooManyRequests`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

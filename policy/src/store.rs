@@ -34,8 +34,7 @@
 mod segments;
 
 use crate::bucket::{Take, TokenBucket};
-use crate::decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes};
-use crate::engine::{Engine, PlannedTake};
+use crate::engine::Engine;
 use crate::identity::LimiterId;
 use crate::tokens::Tokens;
 use segments::{NoRoom, Position, SegmentedTable};
@@ -194,12 +193,12 @@ impl<K: StoredKey> Table<K> {
         &mut self,
         hasher: &foldhash::fast::RandomState,
         segment: usize,
-        expired: impl Fn(LimiterId, &Slot) -> bool,
+        expired: impl Fn(LimiterId, &[u8], &Slot) -> bool,
     ) -> (usize, usize, bool) {
         let visited = self.entries.segment_buckets(segment);
         let dropped = self
             .entries
-            .retain_segment(segment, |(k, slot)| !expired(k.limiter(), slot));
+            .retain_segment(segment, |(k, slot)| !expired(k.limiter(), k.value(), slot));
         let shrank = self
             .entries
             .shrink_if_sparse(segment, |(k, _)| hash_key(hasher, k.limiter(), k.value()));
@@ -316,36 +315,59 @@ enum Loss {
     Unreplicated,
 }
 
-/// The eviction rule: what dropping this bucket at `now_ns` would lose.
+/// The eviction rule: what dropping this bucket at `now_ns` would lose, or None if it may
+/// not be dropped at all: a concurrency counter below capacity holds the tokens of flows in
+/// flight, which would come back to a counter that no longer remembers them (the key would
+/// admit its whole capacity again while those flows still run, for as long as they run).
 fn eviction_loss(
     engine: &Engine,
     limiter: LimiterId,
     value: &[u8],
     slot: &Slot,
     now_ns: u64,
-) -> Loss {
+) -> Option<Loss> {
     let Some(spec) = engine.get_limiter(limiter) else {
-        return Loss::Nothing;
+        return Some(Loss::Nothing);
     };
-    if slot.unsynced != 0.0 {
-        return Loss::Unreplicated;
-    }
     let params = spec.params_for(std::str::from_utf8(value).unwrap_or_default());
-    if slot.bucket.level(&params, now_ns) >= params.capacity {
+    let full = slot.bucket.level(&params, now_ns) >= params.capacity;
+    if spec.kind.counts_in_flight() && !full {
+        return None;
+    }
+    Some(if slot.unsynced != 0.0 {
+        Loss::Unreplicated
+    } else if full {
         Loss::Nothing
     } else {
         Loss::Consumption
-    }
+    })
 }
 
-/// The idle rule: whether the sweep drops this bucket at `now_s`: idle longer than its
-/// limiter's `max_idle_time` (at once if the limiter is gone) with nothing left to
-/// replicate.
-fn idle_expired(engine: &Engine, limiter: LimiterId, slot: &Slot, now_s: u32) -> bool {
-    let max_idle_s = engine.get_limiter(limiter).map_or(0, |spec| {
-        (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32
-    });
-    slot.unsynced == 0.0 && now_s.saturating_sub(slot.last_used_s) >= max_idle_s
+/// The idle rule: whether the sweep drops this bucket at `now_ns`. At once if its limiter
+/// is gone (a reload removed it); otherwise when it has been idle longer than its limiter's
+/// `max_idle_time` with nothing left to replicate, except a concurrency counter below
+/// capacity, which holds the tokens of flows in flight however long they run.
+fn idle_expired(
+    engine: &Engine,
+    limiter: LimiterId,
+    value: &[u8],
+    slot: &Slot,
+    now_ns: u64,
+) -> bool {
+    let Some(spec) = engine.get_limiter(limiter) else {
+        return true;
+    };
+    if slot.unsynced != 0.0 {
+        return false;
+    }
+    if spec.kind.counts_in_flight() {
+        let params = spec.params_for(std::str::from_utf8(value).unwrap_or_default());
+        if slot.bucket.level(&params, now_ns) < params.capacity {
+            return false;
+        }
+    }
+    let max_idle_s = (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32;
+    seconds(now_ns).saturating_sub(slot.last_used_s) >= max_idle_s
 }
 
 fn new_slot(engine: &Engine, limiter: LimiterId, key: &str, now_ns: u64) -> Slot {
@@ -601,7 +623,11 @@ impl BucketStore {
         let mut c = self.hand;
         for _ in 0..EVICT_MAX_POSITIONS {
             if let Some((limiter, value, slot)) = self.bucket_at(c) {
-                let loss = eviction_loss(engine, limiter, value, slot, now_ns);
+                let Some(loss) = eviction_loss(engine, limiter, value, slot, now_ns) else {
+                    // A counter of flows in flight: never a victim, and not a sample.
+                    c = self.next(c);
+                    continue;
+                };
                 if loss == Loss::Nothing {
                     best = Some((c, (loss, slot.last_used_s)));
                     break;
@@ -639,11 +665,12 @@ impl BucketStore {
     /// everything takes about `stats().positions / budget` calls, more while segments
     /// shrink.
     pub fn sweep(&mut self, engine: &Engine, now_ns: u64, budget: usize) -> Swept {
-        let now_s = seconds(now_ns);
         let mut swept = Swept::default();
         while swept.visited < budget && !swept.wrapped {
             let c = self.sweep_cursor;
-            let expired = |limiter, slot: &Slot| idle_expired(engine, limiter, slot, now_s);
+            let expired = |limiter, value: &[u8], slot: &Slot| {
+                idle_expired(engine, limiter, value, slot, now_ns)
+            };
             let (visited, dropped, shrank) = if c.long {
                 self.long.sweep_segment(&self.hasher, c.at.segment, expired)
             } else {
@@ -770,59 +797,6 @@ impl BucketStore {
         }
     }
 
-    /// Takes every planned bucket of one shard's group, in order. If any rejects, the
-    /// group's accepted takes are handed back at once and marked `Returned`; the caller
-    /// hands back other groups' tokens the same way ([`BucketStore::give_back`] and
-    /// [`LimiterOutcome::mark_returned`]).
-    pub fn take_group(
-        &mut self,
-        engine: &Engine,
-        takes: &[PlannedTake<'_>],
-        now_ns: u64,
-    ) -> Outcomes {
-        let mut outcomes = Outcomes::new();
-        for t in takes {
-            let outcome = match t.key {
-                None => LimiterOutcome {
-                    limiter: t.limiter,
-                    kind: OutcomeKind::KeyNotFound,
-                    tokens: t.tokens.get(),
-                    remaining: 0.0,
-                    current: 0.0,
-                    wait_ns: 0,
-                },
-                Some(key) => {
-                    let take = self.take(engine, t.limiter, key, t.tokens, now_ns);
-                    LimiterOutcome {
-                        limiter: t.limiter,
-                        kind: if take.accepted {
-                            OutcomeKind::Accepted
-                        } else {
-                            OutcomeKind::Rejected
-                        },
-                        tokens: t.tokens.get(),
-                        remaining: take.remaining,
-                        current: take.current,
-                        wait_ns: take.wait_ns,
-                    }
-                }
-            };
-            outcomes.push(outcome);
-        }
-        if Decision::needs_return(&outcomes) {
-            for (t, o) in takes.iter().zip(outcomes.iter_mut()) {
-                if o.kind != OutcomeKind::Accepted {
-                    continue;
-                }
-                if let Some(key) = t.key {
-                    self.give_back(engine, t.limiter, key, t.tokens, now_ns);
-                    o.mark_returned(engine.limiter(t.limiter).params_for(key).capacity);
-                }
-            }
-        }
-        outcomes
-    }
-
     /// Consumption recorded since the last drain, reset to zero (cluster replication).
     pub fn drain_unsynced(&mut self, mut emit: impl FnMut(Consumed)) {
         for (limiter, key) in std::mem::take(&mut self.dirty) {
@@ -930,31 +904,6 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s.level(&e, LimiterId(0), short, 0), 0.0);
         assert_eq!(s.level(&e, LimiterId(0), "unseen", 0), 3.0);
-    }
-
-    #[test]
-    fn a_rejection_in_a_group_hands_back_the_others_tokens() {
-        let e = engine();
-        let mut s = BucketStore::new();
-        let id = LimiterId(0);
-        assert!(s.take(&e, id, "b", tk(3.0), 0).accepted, "drain b");
-        let plan = [
-            PlannedTake {
-                limiter: id,
-                key: Some("a"),
-                tokens: tk(2.0),
-            },
-            PlannedTake {
-                limiter: id,
-                key: Some("b"),
-                tokens: tk(1.0),
-            },
-        ];
-        let outcomes = s.take_group(&e, &plan, 0);
-        assert_eq!(outcomes[0].kind, OutcomeKind::Returned);
-        assert_eq!(outcomes[0].remaining, 3.0, "a is full again");
-        assert_eq!(outcomes[1].kind, OutcomeKind::Rejected);
-        assert_eq!(s.level(&e, id, "a", 0), 3.0);
     }
 
     #[test]

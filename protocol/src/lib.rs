@@ -12,8 +12,10 @@
 //! * **The routing function** — [`routing::shard_for`]`(`[`routing::routing_hash`]`(value), n)`
 //!   is *the* single definition of which shard owns a bucket. Server, client, load generator and
 //!   tests all call it, so they cannot disagree.
-//! * **The client** — [`client::Client`], a pipelined, shard-aware tokio client (plus a
-//!   [`client::blocking`] wrapper) built on the codec.
+//! * **The client** — `client::Client`, a pipelined, shard-aware tokio client (plus a
+//!   `client::blocking` wrapper) built on the codec. It is behind the default-on `client`
+//!   feature: with `default-features = false` the crate is the codec and the routing function
+//!   alone, without tokio or tracing.
 //!
 //! The byte-level specification, precise enough to write a client in another language, lives in
 //! `docs/protocol.md`; the golden frames printed there are checked by this crate's tests.
@@ -49,18 +51,23 @@
 //! * [`types`] — owned reply types ([`CheckReply`], [`HelloReply`], [`Member`], ...).
 //! * [`intern`] — the per-connection, bounded [`InternTable`] resolving [`StrRef`]s.
 //! * [`error`] — [`DecodeError`] (which says whether the framing survived) and [`EncodeError`].
-//! * [`fuzzing`] — the body of the fuzz target, also driven by `cargo test` with random bytes.
-//! * [`client`] — the tokio client: one pipelined connection per shard port, interning,
-//!   timeouts, reconnects and fail-open/fail-closed; [`client::blocking`] wraps it.
+//! * `fuzzing` — the body of the fuzz target, also driven by `cargo test` with random bytes.
+//!   Compiled only under `cfg(test)` or `cfg(fuzzing)` (which `cargo fuzz` sets): it is not
+//!   part of the shipped library.
+//! * `client` (feature `client`, on by default) — the tokio client: one pipelined connection
+//!   per shard port, interning, timeouts, reconnects and fail-open/fail-closed;
+//!   `client::blocking` wraps it.
 #![warn(missing_docs)]
 
 mod coding;
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod frame;
+#[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod intern;
 pub mod routing;

@@ -3,22 +3,25 @@
 //! The fake server listens on 127.0.0.1:0 (a shared port plus, optionally, one port per shard)
 //! and decides checks deterministically from their labels:
 //! * a label value starting with `deny` → rejected (429), else accepted;
-//! * `delay_ms=N` → the reply is sent N ms later (so replies come back out of order);
+//! * `delay_ms=N` → the reply is sent N ms later (so replies come back shuffled);
+//! * `hold=NAME` → the reply is held until the test releases it ([`FakeServer::next_held`]):
+//!   the way tests order events without sleeping;
 //! * `drop=1` → the server closes the connection without replying;
 //! * `fail=1` → `ERROR BAD_REQUEST` (a failed item inside a batch).
 //!
 //! Each `CHECK_REPLY` carries one limiter whose `limiter_index` is the index of the listener that
 //! answered (0xFFFF for the shared port), and the server records `(listener, routing value)`
-//! for every check, so tests can see where the client routed.
+//! for every check, so tests can see where the client routed. [`FakeServer::stop`] returns once
+//! every listener and connection is closed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tollgate_protocol::client::{
     CheckRequest, Client, ClientConfig, ClientError, DecidedBy, FailMode,
 };
@@ -26,6 +29,9 @@ use tollgate_protocol::routing::{routing_hash, routing_value, shard_for, HASH_FN
 use tollgate_protocol::*;
 
 const SHARED: u16 = 0xFFFF;
+
+/// Bound on waiting for an event the fake server signals: only a hang reaches it.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Stats {
@@ -37,10 +43,41 @@ struct Stats {
     interns: AtomicUsize,
 }
 
+/// A reply the server holds back (a check labelled `hold=NAME`) until the test releases it.
+struct Held {
+    /// The `hold` label's value.
+    name: String,
+    release: oneshot::Sender<()>,
+    /// Fires once the reply is queued on its connection's writer, behind everything the server
+    /// answered before and ahead of everything it answers after (or it is dropped with the
+    /// connection).
+    queued: oneshot::Receiver<()>,
+}
+
+impl Held {
+    /// Releases the reply and returns once it is queued for writing.
+    async fn release(self) {
+        let _ = self.release.send(());
+        let _ = tokio::time::timeout(SIGNAL_TIMEOUT, self.queued).await;
+    }
+}
+
+/// What the server's tasks signal the test with. Holding no `Sender` itself, the test's
+/// receivers end exactly when every task that could still signal has ended.
+#[derive(Clone)]
+struct Signals {
+    held: mpsc::UnboundedSender<Held>,
+    /// Never sent on: each accept loop and connection task holds a clone, so `recv` on the
+    /// other end returns `None` once all of them have ended (listeners and sockets closed).
+    _alive: mpsc::Sender<()>,
+}
+
 struct FakeServer {
     addr: SocketAddr,
     stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
+    held: tokio::sync::Mutex<mpsc::UnboundedReceiver<Held>>,
+    alive: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 impl FakeServer {
@@ -54,8 +91,24 @@ impl FakeServer {
             .unwrap_or(0)
     }
 
-    fn stop(&self) {
+    /// Closes every listener and connection; returns once all of them are closed.
+    async fn stop(&self) {
         let _ = self.shutdown.send(true);
+        let mut alive = self.alive.lock().await;
+        tokio::time::timeout(SIGNAL_TIMEOUT, alive.recv())
+            .await
+            .expect("the fake server's tasks end after shutdown");
+    }
+
+    /// Waits for the next check labelled `hold=...` to reach the server; its reply is sent only
+    /// when the returned handle is released.
+    async fn next_held(&self, name: &str) -> Held {
+        let held = tokio::time::timeout(SIGNAL_TIMEOUT, self.held.lock().await.recv())
+            .await
+            .expect("a held check reaches the server")
+            .expect("server running");
+        assert_eq!(held.name, name, "checks were held in another order");
+        held
     }
 }
 
@@ -64,13 +117,25 @@ fn keys() -> Vec<String> {
 }
 
 async fn start_server(nr_shards: usize) -> FakeServer {
+    start_server_at(nr_shards, "127.0.0.1:0".parse().expect("addr")).await
+}
+
+/// A fake server whose shared port is `shared` (port 0: any free port).
+async fn start_server_at(nr_shards: usize, shared: SocketAddr) -> FakeServer {
     let (shutdown, rx) = watch::channel(false);
+    let (held_tx, held) = mpsc::unbounded_channel();
+    let (alive_tx, alive) = mpsc::channel(1);
+    let signals = Signals {
+        held: held_tx,
+        _alive: alive_tx,
+    };
     let stats = Arc::new(Stats::default());
     *stats.accepted.lock().expect("lock") = vec![0; nr_shards + 1];
     let mut listeners = Vec::new();
-    for _ in 0..=nr_shards {
+    for _ in 0..nr_shards {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
     }
+    listeners.push(TcpListener::bind(shared).await.expect("bind shared port"));
     let ports: Vec<u16> = listeners[..nr_shards]
         .iter()
         .map(|l| l.local_addr().expect("addr").port())
@@ -98,12 +163,15 @@ async fn start_server(nr_shards: usize) -> FakeServer {
             hello,
             stats.clone(),
             rx.clone(),
+            signals.clone(),
         ));
     }
     FakeServer {
         addr,
         stats,
         shutdown,
+        held: tokio::sync::Mutex::new(held),
+        alive: tokio::sync::Mutex::new(alive),
     }
 }
 
@@ -114,17 +182,21 @@ async fn accept_loop(
     hello: HelloReply,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
+    signals: Signals,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { return };
+                let Ok((stream, _)) = accepted else { break };
                 stats.accepted.lock().expect("lock")[slot] += 1;
-                tokio::spawn(serve(stream, index, hello.clone(), stats.clone(), shutdown.clone()));
+                tokio::spawn(serve(stream, index, hello.clone(), stats.clone(), shutdown.clone(), signals.clone()));
             }
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
     }
+    // The port is closed before this task counts as ended.
+    drop(listener);
+    drop(signals);
 }
 
 enum Decided {
@@ -133,17 +205,33 @@ enum Decided {
     Drop,
 }
 
-fn decide(check: &CheckRef<'_>, table: &InternTable, index: u16, stats: &Stats) -> (Decided, u64) {
+/// When to send a reply.
+enum Timing {
+    Now,
+    AfterMs(u64),
+    /// When the test releases it (`hold=NAME`).
+    Held(String),
+}
+
+fn decide(
+    check: &CheckRef<'_>,
+    table: &InternTable,
+    index: u16,
+    stats: &Stats,
+) -> (Decided, Timing) {
     let Some(_cp) = table.resolve(check.control_point()) else {
         return (
             Decided::Error(ErrorCode::UnknownInternedId, "control point"),
-            0,
+            Timing::Now,
         );
     };
     let mut labels = Vec::new();
     for (k, v) in check.labels() {
         let Some(k) = table.resolve(k) else {
-            return (Decided::Error(ErrorCode::UnknownInternedId, "label key"), 0);
+            return (
+                Decided::Error(ErrorCode::UnknownInternedId, "label key"),
+                Timing::Now,
+            );
         };
         labels.push((k, v));
     }
@@ -151,12 +239,19 @@ fn decide(check: &CheckRef<'_>, table: &InternTable, index: u16, stats: &Stats) 
     stats.routed.lock().expect("lock").push((index, value));
     let get = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     if get("drop") == Some("1") {
-        return (Decided::Drop, 0);
+        return (Decided::Drop, Timing::Now);
     }
     if get("fail") == Some("1") {
-        return (Decided::Error(ErrorCode::BadRequest, "asked to fail"), 0);
+        return (
+            Decided::Error(ErrorCode::BadRequest, "asked to fail"),
+            Timing::Now,
+        );
     }
-    let delay = get("delay_ms").and_then(|d| d.parse().ok()).unwrap_or(0);
+    let timing = match (get("hold"), get("delay_ms").and_then(|d| d.parse().ok())) {
+        (Some(name), _) => Timing::Held(name.to_string()),
+        (None, Some(ms)) if ms > 0 => Timing::AfterMs(ms),
+        _ => Timing::Now,
+    };
     let deny = labels.iter().any(|(_, v)| v.starts_with("deny"));
     let reply = CheckReply {
         decision: if deny {
@@ -186,7 +281,7 @@ fn decide(check: &CheckRef<'_>, table: &InternTable, index: u16, stats: &Stats) 
         .into_iter()
         .collect(),
     };
-    (Decided::Reply(reply), delay)
+    (Decided::Reply(reply), timing)
 }
 
 async fn serve(
@@ -195,6 +290,7 @@ async fn serve(
     hello: HelloReply,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
+    signals: Signals,
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -255,15 +351,35 @@ async fn serve(
                         Frame::Check(c) => match decide(&c, &table, index, &stats) {
                             (Decided::Drop, _) => break 'conn,
                             (Decided::Error(code, msg), _) => encode_error(&mut out, id, code, msg),
-                            (Decided::Reply(r), delay) => {
+                            (Decided::Reply(r), timing) => {
                                 encode_check_reply(&mut out, id, &r).expect("reply");
-                                if delay > 0 {
-                                    let tx = tx.clone();
-                                    tokio::spawn(async move {
-                                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                                        let _ = tx.send(out);
-                                    });
-                                    continue;
+                                match timing {
+                                    Timing::Now => {}
+                                    Timing::AfterMs(ms) => {
+                                        let tx = tx.clone();
+                                        tokio::spawn(async move {
+                                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                                            let _ = tx.send(out);
+                                        });
+                                        continue;
+                                    }
+                                    Timing::Held(name) => {
+                                        let (release, released) = oneshot::channel();
+                                        let (queued_tx, queued) = oneshot::channel();
+                                        let tx = tx.clone();
+                                        tokio::spawn(async move {
+                                            if released.await.is_ok() {
+                                                let _ = tx.send(out);
+                                                let _ = queued_tx.send(());
+                                            }
+                                        });
+                                        let _ = signals.held.send(Held {
+                                            name,
+                                            release,
+                                            queued,
+                                        });
+                                        continue;
+                                    }
                                 }
                             }
                         },
@@ -296,8 +412,12 @@ async fn serve(
             _ = shutdown.changed() => break,
         }
     }
-    // Closing: drop the write half too, even if delayed replies still hold senders.
+    // Closing: drop the write half too, even if delayed replies still hold senders, and only
+    // then let `signals` (and with it this task's share of `alive`) go.
+    drop(rd);
     writer.abort();
+    let _ = writer.await;
+    drop(signals);
 }
 
 fn cfg(server: &FakeServer, mode: FailMode) -> ClientConfig {
@@ -341,31 +461,19 @@ async fn pipelines_and_matches_out_of_order_replies() {
     let client = Client::connect(cfg(&server, FailMode::Closed))
         .await
         .expect("connect");
-    let order = Arc::new(Mutex::new(Vec::new()));
+    // The first request's reply is held at the server; a second one, sent after the first
+    // reached the server, is answered first.
     let slow = {
-        let (client, order) = (client.clone(), order.clone());
-        tokio::spawn(async move {
-            let r = client
-                .check(&req("deny-slow").label("delay_ms", "300"))
-                .await;
-            order.lock().expect("lock").push("slow");
-            r
-        })
+        let client = client.clone();
+        tokio::spawn(async move { client.check(&req("deny-slow").label("hold", "slow")).await })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await; // the slow one is on the wire first
-    let fast = {
-        let (client, order) = (client.clone(), order.clone());
-        tokio::spawn(async move {
-            let r = client.check(&req("fast")).await;
-            order.lock().expect("lock").push("fast");
-            r
-        })
-    };
-    let fast = fast.await.expect("join").expect("fast check");
-    let slow = slow.await.expect("join").expect("slow check");
+    let held = server.next_held("slow").await;
+    let fast = client.check(&req("fast")).await.expect("fast check");
     assert!(fast.accepted());
+    assert!(!slow.is_finished(), "the held reply was not sent");
+    held.release().await;
+    let slow = slow.await.expect("join").expect("slow check");
     assert!(!slow.accepted(), "each reply went to its own request");
-    assert_eq!(*order.lock().expect("lock"), vec!["fast", "slow"]);
     // Many concurrent requests on one connection, each matched to its own decision.
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -389,29 +497,29 @@ async fn pipelines_and_matches_out_of_order_replies() {
     }
     assert_eq!(server.accepted_shared(), 1);
     // Control point and label keys were interned once on the connection, not per request.
-    assert_eq!(server.stats.interns.load(Ordering::Relaxed), 3); // "api", "user", "delay_ms"
+    assert_eq!(server.stats.interns.load(Ordering::Relaxed), 4); // "api", "user", "hold", "delay_ms"
 }
 
 #[tokio::test]
 async fn request_timeout_then_connection_still_usable() {
     let server = start_server(0).await;
     let mut c = cfg(&server, FailMode::Closed);
-    c.request_timeout = Duration::from_millis(100);
+    c.request_timeout = Duration::from_millis(500);
     let client = Client::connect(c).await.expect("connect");
-    let started = std::time::Instant::now();
+    // The server holds the reply until after the deadline: the request can only time out.
     let err = client
-        .check(&req("u1").label("delay_ms", "400"))
+        .check(&req("u1").label("hold", "late"))
         .await
         .expect_err("must time out");
-    assert_eq!(err, ClientError::Timeout(Duration::from_millis(100)));
-    assert!(
-        started.elapsed() < Duration::from_millis(390),
-        "timed out before the reply"
-    );
-    // The late reply is dropped; the connection keeps working.
+    assert_eq!(err, ClientError::Timeout(Duration::from_millis(500)));
+    let late = server.next_held("late").await;
+    // The connection keeps working while the reply is outstanding...
     assert!(client.check(&req("u2")).await.expect("check").accepted());
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(client.check(&req("u3")).await.expect("check").accepted());
+    // ...and after it arrives: the late reply reaches the client ahead of u3's, is dropped,
+    // and u3 gets its own decision.
+    late.release().await;
+    let r = client.check(&req("deny-u3")).await.expect("check");
+    assert!(!r.accepted(), "u3 got the late reply instead of its own");
     assert_eq!(server.accepted_shared(), 1);
 }
 
@@ -425,9 +533,9 @@ async fn reconnects_after_the_server_drops_the_connection() {
     // An in-flight request on the dropped connection fails with a clear error.
     let pending = {
         let client = client.clone();
-        tokio::spawn(async move { client.check(&req("u2").label("delay_ms", "300")).await })
+        tokio::spawn(async move { client.check(&req("u2").label("hold", "pending")).await })
     };
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let _in_flight = server.next_held("pending").await;
     let err = client
         .check(&req("u3").label("drop", "1"))
         .await
@@ -460,8 +568,7 @@ async fn fail_open_and_fail_closed_when_nothing_listens() {
     let v = open.check_with_fail_mode(&req("deny-x")).await;
     assert!(!v.accepted);
     assert!(matches!(v.decided_by, DecidedBy::Server(_)));
-    server.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.stop().await;
     for _ in 0..3 {
         let v = open.check_with_fail_mode(&req("u1")).await;
         assert!(v.accepted, "fail open accepts");
@@ -498,6 +605,43 @@ async fn fail_open_and_fail_closed_when_nothing_listens() {
         .await
         .expect_err("nothing listens");
     assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+}
+
+/// A client whose server went away keeps failing fast (redials are spaced by the backoff) and
+/// picks the server up again once it is back on the same port.
+#[tokio::test]
+async fn picks_up_a_restarted_server() {
+    let server = start_server(0).await;
+    let client = Client::connect(cfg(&server, FailMode::Closed))
+        .await
+        .expect("connect");
+    assert!(client.check(&req("u1")).await.expect("check").accepted());
+    server.stop().await;
+    for _ in 0..3 {
+        let err = client.check(&req("u2")).await.expect_err("nothing listens");
+        assert!(
+            matches!(
+                err,
+                ClientError::Closed { .. } | ClientError::Connect { .. }
+            ),
+            "{err}"
+        );
+    }
+    let restarted = start_server_at(0, server.addr).await;
+    // Each failed dial doubles the wait before the next (capped at 1 s), so the first checks
+    // may still be refused without a dial; poll until one goes through.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        match client.check(&req("u3")).await {
+            Ok(r) => break r,
+            Err(ClientError::Connect { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the restarted server was not picked up: {e}"),
+        }
+    };
+    assert!(r.accepted());
+    assert_eq!(restarted.accepted_shared(), 1, "one new connection");
 }
 
 #[tokio::test]
@@ -642,5 +786,5 @@ fn blocking_client_works_without_a_runtime() {
     assert!(results[0].as_ref().expect("a").accepted());
     assert!(!results[1].as_ref().expect("b").accepted());
     drop(client);
-    server.stop();
+    rt.block_on(server.stop());
 }

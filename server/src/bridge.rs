@@ -3,9 +3,24 @@
 //!
 //! A check from outside goes straight to the shard that owns its routing label's bucket
 //! (the same routing function as the binary client), so the usual case costs one hop.
+//!
+//! # The API the gRPC port uses ([`DecisionHandle`])
+//! - [`DecisionHandle::check`]`(flow, deadline).await`: decides a flow. `deadline` is the
+//!   time the client still waits (the gRPC deadline), `None` when it brought none. A
+//!   scheduler component lets the flow wait for tokens or capacity up to that deadline
+//!   (less its `decision_deadline_margin`; without one, up to `server.max_queue_wait`),
+//!   so the answer arrives in time. Dropping the returned future (the call was cancelled)
+//!   hands back whatever the flow was given.
+//! - [`DecisionHandle::end_flows`]`(ids).await`: ends flows by their [`FlowId`]s (gRPC
+//!   `FlowEnd`, OTLP spans): each id goes to the shard whose ledger holds it; one answer
+//!   per id, in order: true = it was in flight and its tokens went back, false = unknown
+//!   or already ended (harmless).
 
+use crate::clock;
 use std::sync::Arc;
-use tollgate_policy::{Decision, Engine, FlowError, LimiterId, OwnedFlow};
+use std::time::Duration;
+use tollgate_cluster::{Op, Replica};
+use tollgate_policy::{Consumed, Decision, Engine, FlowError, FlowId, OwnedFlow};
 use tollgate_protocol::routing;
 
 /// Messages into a shard from other threads.
@@ -14,32 +29,46 @@ pub enum Inbound {
     Check {
         /// The flow.
         flow: OwnedFlow,
-        /// Where the decision goes.
+        /// The client's deadline, absolute on [`clock::now_ns`]'s clock; None: it brought
+        /// none.
+        deadline: Option<u64>,
+        /// Where the decision goes. Dropping the receiver cancels the check (what it took
+        /// goes back).
         reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
     },
-    /// Debit consumption reported by a peer node: (limiter, key, tokens).
-    Debit(Vec<(LimiterId, String, f64)>),
-    /// Lower buckets to levels reported by a peer node (state transfer).
-    LowerTo(Vec<(LimiterId, String, f64)>),
-    /// Hand over consumption since the last call (replication); see [`ReplicaDelta`].
-    DrainConsumed(tokio::sync::oneshot::Sender<Vec<ReplicaDelta>>),
+    /// End these flows (all held by the receiving shard's ledger) and answer whether each
+    /// was in flight.
+    EndFlows {
+        /// The flows.
+        ids: Vec<FlowId>,
+        /// One answer per id.
+        reply: tokio::sync::oneshot::Sender<Vec<bool>>,
+    },
+    /// Apply a peer node's entries: debit each ([`Op::Debit`]) or lower it to the level
+    /// ([`Op::Lower`], state transfer). The gossip thread sends each shard only the entries
+    /// whose buckets it owns ([`DecisionHandle::owner_of`]).
+    Replica {
+        /// What to do with each entry.
+        op: Op,
+        /// The boot nonce of the peer process that sent them.
+        peer: u64,
+        /// Entries whose limiters the node's engine resolved.
+        entries: Vec<Replica>,
+    },
+    /// The peer process with this boot nonce is gone for good (left, down past the grace,
+    /// restarted): hand back what its flows in flight held of this shard's buckets.
+    PeerGone {
+        /// Its boot nonce.
+        peer: u64,
+    },
+    /// Hand over consumption since the last call (replication).
+    DrainConsumed(tokio::sync::oneshot::Sender<Vec<Consumed>>),
     /// Hand over every bucket's level (a peer joined).
-    Snapshot(tokio::sync::oneshot::Sender<Vec<(LimiterId, String, f64)>>),
+    Snapshot(tokio::sync::oneshot::Sender<Vec<Replica>>),
     /// Stop accepting and drain connections.
     Stop,
     /// Every shard has drained: exit.
     Exit,
-}
-
-/// Tokens one bucket consumed since the previous drain.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReplicaDelta {
-    /// Which limiter.
-    pub limiter: LimiterId,
-    /// Bucket key.
-    pub key: String,
-    /// Tokens consumed (negative when more were returned than taken).
-    pub tokens: f32,
 }
 
 /// Queue depth per shard inbox. Deep enough to absorb a burst from the gRPC runtime;
@@ -83,16 +112,77 @@ impl DecisionHandle {
         self.inboxes.len()
     }
 
-    /// Decides a flow on the shard that owns its routing label.
-    pub async fn check(&self, flow: OwnedFlow) -> Result<Decision, BridgeError> {
+    /// The shard that owns the bucket keyed by `key`: the routing rule of checks
+    /// (`Node::owner_of`), for entries that enter from another thread.
+    pub fn owner_of(&self, key: &str) -> usize {
+        routing::shard_for(routing::routing_hash(key.as_bytes()), self.inboxes.len())
+    }
+
+    /// Decides a flow on the shard that owns its routing label. `deadline` is how long the
+    /// client still waits for the answer (None: it brought no deadline); schedulers let the
+    /// flow wait for tokens within it.
+    pub async fn check(
+        &self,
+        flow: OwnedFlow,
+        deadline: Option<Duration>,
+    ) -> Result<Decision, BridgeError> {
+        let deadline = deadline.map(|left| {
+            clock::now_ns().saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+        });
         let shard = routing::shard_for_labels(
             self.engine.routing_label_keys(),
             flow.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             self.inboxes.len(),
         );
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(shard, Inbound::Check { flow, reply }).await?;
+        self.send(
+            shard,
+            Inbound::Check {
+                flow,
+                deadline,
+                reply,
+            },
+        )
+        .await?;
         Ok(answer.await.map_err(|_| BridgeError::Unavailable)??)
+    }
+
+    /// Ends flows, each on the shard whose ledger holds it ([`FlowId::shard`]). One answer
+    /// per id, in order: true when the flow was in flight (its tokens went back), false
+    /// when it is unknown, already ended, or its shard is gone (shutting down ends every
+    /// flow anyway).
+    pub async fn end_flows(&self, ids: Vec<FlowId>) -> Vec<bool> {
+        let mut ended = vec![false; ids.len()];
+        let mut by_shard: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let shard = id.shard();
+            if shard >= self.inboxes.len() {
+                continue; // no such shard here: unknown
+            }
+            match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, members)) => members.push(i),
+                None => by_shard.push((shard, vec![i])),
+            }
+        }
+        let mut answers = Vec::with_capacity(by_shard.len());
+        for (shard, members) in &by_shard {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let ids = members.iter().map(|&i| ids[i]).collect();
+            if self
+                .send(*shard, Inbound::EndFlows { ids, reply })
+                .await
+                .is_ok()
+            {
+                answers.push((members, answer));
+            }
+        }
+        for (members, answer) in answers {
+            let answer = answer.await.unwrap_or_default();
+            for (k, &i) in members.iter().enumerate() {
+                ended[i] = answer.get(k).copied().unwrap_or(false);
+            }
+        }
+        ended
     }
 
     /// Sends a message to one shard, waiting if its inbox is full.

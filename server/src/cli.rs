@@ -3,6 +3,9 @@
 //! Exit codes are part of the interface (scripts use them): `check` exits 0 accepted,
 //! 1 rejected, 2 error; `validate` exits 0 valid, 2 invalid; `serve` exits 0 after a
 //! graceful shutdown, 2 for a bad config, 1 for any other failure.
+//!
+//! Signals to `serve`: SIGINT and SIGTERM drain and exit 0; SIGHUP and SIGUSR1 are logged
+//! (warn) and ignored, so a reload attempt never kills a serving process.
 
 use crate::config::{self, check_shards, Config, ConfigError};
 use crate::{grpc_backend::ShardBackend, runtime, DEFAULT_POLICY};
@@ -33,7 +36,8 @@ pub enum Command {
         after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug or \
 RUST_LOG=tollgate_server=debug) for more. Once every port is bound the server logs one \
 'tollgate ready' line with the real addresses. SIGINT/SIGTERM: stop accepting, drain \
-in-flight requests (server.drain_timeout), exit 0. Exit 2: invalid config."
+in-flight requests (server.drain_timeout), exit 0. SIGHUP and SIGUSR1 are logged and \
+ignored: there is no config reload yet, restart to apply a new config. Exit 2: invalid config."
     )]
     Serve(ServeArgs),
     /// Ask a server whether a flow may run. Exits 0 accepted, 1 rejected, 2 error.
@@ -180,10 +184,28 @@ fn serve(args: ServeArgs) -> i32 {
     }
 }
 
+/// Waits for SIGINT or SIGTERM. SIGHUP (what operators send to reload) and SIGUSR1 would
+/// kill the process with their default action, dropping every in-flight request: they are
+/// caught, logged and ignored until they have a job.
+fn wait_for_stop_signal(signals: &mut signal_hook::iterator::Signals) -> Option<i32> {
+    use signal_hook::consts::{SIGHUP, SIGUSR1};
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => tracing::warn!(
+                "SIGHUP received: config reload is not supported yet; restart to apply a new \
+                 config. Still serving the running config."
+            ),
+            SIGUSR1 => tracing::warn!("SIGUSR1 received: tollgate does not use it; ignored"),
+            stop => return Some(stop),
+        }
+    }
+    None
+}
+
 fn serve_config_until_signal(config: Config) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Register before starting so a signal during start-up is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .context("installing signal handlers")?;
     let grpc_listener = match config.server.grpc {
         Some(addr) => Some(crate::listeners::bind_tcp(addr, false).context("gRPC port")?),
@@ -252,18 +274,24 @@ fn serve_config_until_signal(config: Config) -> Result<()> {
             "tollgate ready"
         ),
     }
-    let signal = signals.forever().next();
+    let signal = wait_for_stop_signal(&mut signals);
     tracing::info!(
         ?signal,
         "shutting down: no new connections, draining in-flight requests"
     );
+    // Waiting flows are answered (shutting_down) first, so in-flight gRPC calls finish
+    // promptly; then the port closes; once connections are drained the shards end their
+    // flows in flight, and the cluster's last replication drain tells peers those tokens
+    // came back before this node leaves.
+    server.begin_stop();
     if let Some(grpc) = grpc {
         grpc.shutdown();
     }
+    server.wait_drained();
     if let Some(cluster) = cluster {
         cluster.leave();
     }
-    server.shutdown()?;
+    server.exit()?;
     tracing::info!("stopped");
     Ok(())
 }

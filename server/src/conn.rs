@@ -1,16 +1,22 @@
 //! One binary-protocol connection: bytes -> frames -> checks -> decisions -> reply bytes.
 //!
 //! Two tasks per connection share an `Outbox`: the reader decodes every complete frame
-//! in what it read, answers local decisions straight into the outbox, and spawns a task
-//! for each check that must hop to another shard (its reply lands in the outbox later,
-//! so replies may come out of order — request ids pair them up). The writer sends
-//! whatever accumulated, one `write` per batch. Bounds: the read buffer never exceeds
-//! `max_frame_len` (checked from the 4-byte prefix before buffering), in-flight hops per
+//! in what it read, answers decisions made at once straight into the outbox, and spawns a
+//! task for each check that is pending — it must hop to another shard, or wait in a
+//! scheduler's queue (its reply lands in the outbox later, so replies may come out of
+//! order — request ids pair them up; a waiting check never holds up the ones behind it).
+//! A `CHECK_BATCH` with pending checks gets one task that starts every one at once and
+//! writes the `BATCH_REPLY`, in request order, when the last one is decided. The writer
+//! sends whatever accumulated, one `write` per batch. If the socket breaks, pending checks
+//! are cancelled, which hands back what they took. Bounds: the read buffer never exceeds
+//! `max_frame_len` (checked from the 4-byte prefix before buffering), pending checks per
 //! connection are capped at `max_in_flight` (OVERLOADED beyond), and the reader stops
 //! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes.
 
 use crate::clock;
-use crate::shard::{Planned, Shard};
+use crate::shard::{PendingCheck, Planned, Shard};
+use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
@@ -33,14 +39,19 @@ const READ_BUF: usize = 64 * 1024;
 /// its replies cannot make the server buffer without bound.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
-/// Reply bytes shared by the reader, forwarded-check tasks and the writer.
+/// Reply bytes shared by the reader, pending-check tasks and the writer.
 struct Outbox {
     bytes: RefCell<Vec<u8>>,
     /// Wakes the writer (capacity 1: a pending wake covers any number of appends).
     wake: LocalSender<()>,
-    /// Forwarded checks not yet answered.
+    /// Pending checks (hops, waits) not yet answered.
     in_flight: Cell<usize>,
-    /// Signalled when a forwarded check finishes (the reader may be waiting to close).
+    /// Resolves when the socket breaks: pending checks race it, and are dropped (handing
+    /// back what they took) when it wins.
+    gone: Shared<oneshot::Receiver<()>>,
+    /// Dropped when the socket breaks, which resolves `gone`.
+    breaks: RefCell<Option<oneshot::Sender<()>>>,
+    /// Signalled when a pending check finishes (the reader may be waiting to close).
     settled: LocalSender<()>,
     /// Signalled by the writer after each write (the reader may be waiting on backlog).
     drained: LocalSender<()>,
@@ -53,6 +64,30 @@ struct Outbox {
 impl Outbox {
     fn notify_writer(&self) {
         let _ = self.wake.try_send(());
+    }
+
+    /// The socket failed: stop producing, and cancel pending checks.
+    fn mark_broken(&self) {
+        self.broken.set(true);
+        self.breaks.borrow_mut().take();
+        let _ = self.drained.try_send(());
+        let _ = self.settled.try_send(());
+    }
+
+    /// Spawns a pending check's task: counted in `in_flight`, cancelled if the socket
+    /// breaks, and `finish`ed when done either way.
+    fn spawn_pending(self: &Rc<Self>, work: impl std::future::Future<Output = ()> + 'static) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        let out = self.clone();
+        glommio::spawn_local(async move {
+            let gone = out.gone.clone();
+            futures::pin_mut!(work);
+            // Either the work wrote its reply, or the socket broke and dropping the work
+            // handed back what its checks took.
+            let _ = futures::future::select(work, gone).await;
+            finish_pending(&out);
+        })
+        .detach();
     }
 }
 
@@ -73,10 +108,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>
     let (wake, woken) = local_channel::new_bounded(1);
     let (settled, settled_rx) = local_channel::new_bounded(1);
     let (drained, drained_rx) = local_channel::new_bounded(1);
+    let (breaks, gone) = oneshot::channel();
     let out = Rc::new(Outbox {
         bytes: RefCell::new(Vec::with_capacity(16 * 1024)),
         wake,
         in_flight: Cell::new(0),
+        gone: gone.shared(),
+        breaks: RefCell::new(Some(breaks)),
         settled,
         drained,
         finished: Cell::new(false),
@@ -252,9 +290,25 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Err((ErrorCode::BadRequest, format!("tokens {e}"))),
         };
+        // The client's deadline. CHECK carries no wait budget yet: decided at once.
+        let deadline = Some(now);
         self.shard
-            .decide_now(cp, labels.as_slice(), tokens, now)
+            .decide_now(cp, labels.as_slice(), tokens, deadline, now)
             .map_err(|e: FlowError| (ErrorCode::BadRequest, e.to_string()))
+    }
+
+    /// Whether another pending check fits on this connection; if not, answers OVERLOADED.
+    fn admit_pending(&self, request_id: u32) -> bool {
+        if self.out.in_flight.get() < self.shard.node.limits.max_in_flight {
+            return true;
+        }
+        encode_error(
+            &mut self.out.bytes.borrow_mut(),
+            request_id,
+            ErrorCode::Overloaded,
+            "too many requests in flight on this connection",
+        );
+        false
     }
 
     fn check(&mut self, request_id: u32, check: CheckRef<'_>, now: u64) {
@@ -267,29 +321,21 @@ impl Reader {
                     &decision,
                 );
             }
-            Ok(Planned::Forward(plan)) => {
-                if self.out.in_flight.get() >= self.shard.node.limits.max_in_flight {
-                    encode_error(
-                        &mut self.out.bytes.borrow_mut(),
-                        request_id,
-                        ErrorCode::Overloaded,
-                        "too many requests in flight on this connection",
-                    );
+            Ok(Planned::Pending(pending)) => {
+                // Refused OVERLOADED: dropping `pending` hands back what it took.
+                if !self.admit_pending(request_id) {
                     return;
                 }
-                self.out.in_flight.set(self.out.in_flight.get() + 1);
                 let (shard, out) = (self.shard.clone(), self.out.clone());
-                glommio::spawn_local(async move {
-                    let decision = shard.decide_forwarded(plan).await;
+                self.out.spawn_pending(async move {
+                    let decision = pending.decide().await;
                     write_reply(
                         &mut out.bytes.borrow_mut(),
                         request_id,
                         shard.engine(),
                         &decision,
                     );
-                    finish_forwarded(&out);
-                })
-                .detach();
+                });
             }
             Err((code, message)) => {
                 encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, &message)
@@ -304,18 +350,18 @@ impl Reader {
         now: u64,
     ) {
         let mut results: Vec<BatchSlot> = Vec::with_capacity(checks.len());
-        let mut forwards = Vec::new();
+        let mut pending: Vec<(usize, Box<PendingCheck>)> = Vec::new();
         for check in checks {
             match self.plan(&check, now) {
                 Ok(Planned::Decided(d)) => results.push(BatchSlot::Done(d)),
-                Ok(Planned::Forward(plan)) => {
-                    forwards.push((results.len(), plan));
+                Ok(Planned::Pending(p)) => {
+                    pending.push((results.len(), p));
                     results.push(BatchSlot::Pending);
                 }
                 Err(e) => results.push(BatchSlot::Failed(e.0, e.1)),
             }
         }
-        if forwards.is_empty() {
+        if pending.is_empty() {
             write_batch(
                 &mut self.out.bytes.borrow_mut(),
                 request_id,
@@ -324,20 +370,24 @@ impl Reader {
             );
             return;
         }
-        if self.out.in_flight.get() >= self.shard.node.limits.max_in_flight {
-            encode_error(
-                &mut self.out.bytes.borrow_mut(),
-                request_id,
-                ErrorCode::Overloaded,
-                "too many requests in flight on this connection",
-            );
+        // Refused OVERLOADED: dropping `pending` hands back what its checks took (the
+        // batch's checks decided at once keep theirs, as a batch is independent checks).
+        if !self.admit_pending(request_id) {
             return;
         }
-        self.out.in_flight.set(self.out.in_flight.get() + 1);
         let (shard, out) = (self.shard.clone(), self.out.clone());
-        glommio::spawn_local(async move {
-            for (slot, plan) in forwards {
-                results[slot] = BatchSlot::Done(shard.decide_forwarded(plan).await);
+        self.out.spawn_pending(async move {
+            // Start every pending check before awaiting any: each queues its hops and
+            // offers when first polled, so the whole batch is in flight together (one round
+            // trip, not one per check) and its waits overlap.
+            let decided = futures::future::join_all(
+                pending
+                    .into_iter()
+                    .map(|(slot, p)| async move { (slot, p.decide().await) }),
+            )
+            .await;
+            for (slot, decision) in decided {
+                results[slot] = BatchSlot::Done(decision);
             }
             write_batch(
                 &mut out.bytes.borrow_mut(),
@@ -345,9 +395,7 @@ impl Reader {
                 shard.engine(),
                 &results,
             );
-            finish_forwarded(&out);
-        })
-        .detach();
+        });
     }
 }
 
@@ -358,7 +406,7 @@ fn str_ref_id(r: tollgate_protocol::StrRef<'_>) -> u16 {
     }
 }
 
-fn finish_forwarded(out: &Outbox) {
+fn finish_pending(out: &Outbox) {
     out.in_flight.set(out.in_flight.get() - 1);
     out.notify_writer();
     let _ = out.settled.try_send(());
@@ -451,9 +499,7 @@ async fn write_loop(out: Rc<Outbox>, mut stream: TcpStream, woken: LocalReceiver
         }
         if let Err(e) = stream.write_all(&sending).await {
             tracing::debug!(error = %e, "connection write failed");
-            out.broken.set(true);
-            let _ = out.drained.try_send(());
-            let _ = out.settled.try_send(());
+            out.mark_broken();
             return;
         }
         sending.clear();

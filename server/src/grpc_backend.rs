@@ -25,7 +25,9 @@ impl DecisionBackend for ShardBackend {
     fn check(&self, flow: OwnedFlow) -> DecisionFuture {
         let handle = self.handle.clone();
         Box::pin(async move {
-            handle.check(flow).await.map_err(|e| match e {
+            // The trait does not pass the gRPC deadline yet: no client deadline, so a
+            // scheduler lets the flow wait at most `server.max_queue_wait`.
+            handle.check(flow, None).await.map_err(|e| match e {
                 BridgeError::Flow(f) => BackendError::Flow(f),
                 BridgeError::Unavailable => BackendError::Unavailable(e.to_string()),
             })

@@ -11,9 +11,10 @@
 //!
 //! A check's path: [`listeners`] bound the sockets -> [`runtime`] started the shards and
 //! their accept loops -> [`conn`] decodes frames and asks its [`shard::Shard`] ->
-//! `Shard::decide_now` plans with the engine and takes from the local
-//! [`tollgate_policy::BucketStore`], or `Shard::decide_forwarded` hops to the owner(s) ->
-//! the reply is encoded into the connection's outbox and written.
+//! `Shard::decide_now` plans with the engine and decides at once on the local
+//! [`tollgate_policy::ShardState`], or returns a `PendingCheck` that hops to the owner(s)
+//! and waits in schedulers' queues -> the reply is encoded into the connection's outbox
+//! and written.
 //!
 //! # Layout
 //! - [`config`]: the config file: the `server:` section here, `policies:` from the
@@ -21,13 +22,16 @@
 //! - [`runtime`]: start (bind, executors, mesh, ready) and graceful shutdown.
 //! - [`listeners`]: socket2 binding: shared SO_REUSEPORT port + shard-aware ports.
 //! - [`node`]: node-wide read-only facts (engine, ports, limits) and the HELLO reply.
-//! - [`shard`]: a shard's buckets, local decisions, cross-shard hops and their batching.
+//! - [`shard`]: a shard's state, a check's orchestration across stages and shards, the
+//!   scheduler task that makes waiting real, flow ends, cross-shard hops and their
+//!   batching.
 //! - [`conn`]: one binary connection: read, decode, decide, reply; bounded buffers.
 //! - [`bridge`]: the inbox through which non-shard threads (gRPC, gossip) reach shards.
 //! - [`grpc_backend`]: the gRPC compat port's view of the shards.
 //! - [`clock`]: the process-wide monotonic nanosecond clock.
 //! - [`cli`]: `tollgate serve | check | validate | members`.
-//! - [`cluster`]: gossip membership (foca/SWIM) and shard-delta replication over UDP.
+//! - [`cluster`]: the cluster's IO shell: the gossip socket and thread around the sans-IO
+//!   `tollgate-cluster` core, which routes replicated entries to their owner shards.
 #![warn(missing_docs)]
 
 pub mod bridge;
@@ -44,3 +48,9 @@ pub mod shard;
 
 /// The policy `tollgate serve` runs without `--config` (see README).
 pub const DEFAULT_POLICY: &str = include_str!("../default-policy.yaml");
+
+/// The README's Rust examples, compiled by `cargo test --doc` (its other blocks run in
+/// `tests/docs.rs`, which checks that every Markdown file with a `rust` block is listed here).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeRustExamples;

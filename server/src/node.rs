@@ -5,7 +5,7 @@ use crate::config::ServerConfig;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tollgate_policy::Engine;
+use tollgate_policy::{Engine, ShardLimits};
 use tollgate_protocol::routing::{self, HASH_FNV1A_64};
 use tollgate_protocol::{HelloReply, Member, MemberState, MAX_BATCH, PROTOCOL_VERSION};
 
@@ -35,7 +35,7 @@ pub struct Node {
     pub members: Option<Arc<dyn MembersView>>,
 }
 
-/// Per-connection bounds.
+/// Per-connection and per-shard bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Connections beyond this are closed at accept.
@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_frame_len: u32,
     /// Shutdown waits this long for connections to finish.
     pub drain_timeout: std::time::Duration,
+    /// Bounds of each shard's state: waiters, flows in flight, longest wait.
+    pub shard: ShardLimits,
 }
 
 impl Limits {
@@ -56,6 +58,7 @@ impl Limits {
             max_in_flight: c.max_in_flight,
             max_frame_len: c.max_frame_len,
             drain_timeout: c.drain_timeout.0,
+            shard: c.shard_limits(),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Starting and stopping a node: bind every socket, start one pinned executor per shard,
-//! connect them with a channel mesh, report ready, and on shutdown stop accepting, drain
-//! connections and exit.
+//! connect them with a channel mesh, report ready, and on shutdown answer every waiting
+//! flow, stop accepting, drain connections, end the flows in flight and exit.
 
-use crate::bridge::{DecisionHandle, Inbound, ReplicaDelta, INBOX_DEPTH};
+use crate::bridge::{DecisionHandle, Inbound, INBOX_DEPTH};
 use crate::config::Config;
 use crate::node::{Limits, MembersView, Node};
 use crate::shard::{MeshMsg, Planned, Shard, MESH_CHANNEL_SIZE};
@@ -18,8 +18,9 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+use tollgate_cluster::Replica;
 use tollgate_policy::store::SWEEP_BUDGET;
-use tollgate_policy::{Engine, OwnedFlow, StoreStats};
+use tollgate_policy::{Decision, Engine, FlowError, StoreStats};
 
 /// glommio reserves this much io_uring-registered memory per executor for storage I/O.
 /// Tollgate does no file I/O on shards, so the minimum (64 KiB) leaves locked-memory
@@ -205,26 +206,46 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
 }
 
 impl RunningServer {
-    /// Stops accepting, lets connections finish (up to `drain_timeout`), stops the shards.
-    pub fn shutdown(self) -> Result<()> {
-        let n = self.executors.len();
-        for shard in 0..n {
+    /// Starts stopping every shard: each answers its waiting flows (`shutting_down`) at
+    /// once, stops accepting, lets its connections finish (up to `drain_timeout`), then
+    /// ends its flows in flight. Shards keep deciding (nothing waits any more) and
+    /// answering other threads until [`RunningServer::exit`].
+    pub fn begin_stop(&self) {
+        for shard in 0..self.executors.len() {
             let _ = self.handle.send_blocking(shard, Inbound::Stop);
         }
+    }
+
+    /// Waits until every shard has drained (see [`RunningServer::begin_stop`]); false if
+    /// one did not within `drain_timeout` (+2 s).
+    pub fn wait_drained(&self) -> bool {
         let deadline = self.node.limits.drain_timeout + Duration::from_secs(2);
-        for _ in 0..n {
+        for _ in 0..self.executors.len() {
             if self.drained.recv_timeout(deadline).is_err() {
                 tracing::warn!("a shard did not drain in time");
-                break;
+                return false;
             }
         }
-        for shard in 0..n {
+        true
+    }
+
+    /// Stops the shards and joins their threads.
+    pub fn exit(self) -> Result<()> {
+        for shard in 0..self.executors.len() {
             let _ = self.handle.send_blocking(shard, Inbound::Exit);
         }
         for e in self.executors {
             e.join().map_err(|e| anyhow!("shard thread failed: {e}"))?;
         }
         Ok(())
+    }
+
+    /// [`RunningServer::begin_stop`], [`RunningServer::wait_drained`], then
+    /// [`RunningServer::exit`].
+    pub fn shutdown(self) -> Result<()> {
+        self.begin_stop();
+        self.wait_drained();
+        self.exit()
     }
 }
 
@@ -311,98 +332,138 @@ async fn run_shard(
     let evictor = glommio::spawn_local(evict_loop(shard.clone()));
     let _ = ready.send(Ok(id));
 
+    // The inbox is served until Exit, through the drain: other threads (gRPC calls still
+    // in flight, the gossip thread's final replication drain) reach this shard until then.
+    let mut drain = Some((accepting, evictor, drained));
     while let Ok(msg) = inbox.recv_async().await {
-        if matches!(msg, Inbound::Stop) {
-            break;
+        match msg {
+            Inbound::Stop => {
+                if let Some((accepting, evictor, drained)) = drain.take() {
+                    // Waiting flows are answered first, so their replies go out before
+                    // their connections are drained.
+                    shard.stop_waiting();
+                    glommio::spawn_local(drain_shard(
+                        shard.clone(),
+                        conns.clone(),
+                        accepting,
+                        evictor,
+                        drained,
+                    ))
+                    .detach();
+                }
+            }
+            Inbound::Exit => break,
+            msg => handle_inbound(&shard, msg),
         }
-        handle_inbound(&shard, msg);
     }
-    // Drain: no new connections, reads end, in-flight replies are written.
+    Ok(())
+}
+
+/// Drains a stopping shard: no new connections, reads end, in-flight replies are written
+/// (up to `drain_timeout`); then every flow in flight is ended, so the last replication
+/// drain tells peers their tokens came back. Reports on `drained`.
+async fn drain_shard(
+    shard: Rc<Shard>,
+    conns: Rc<Connections>,
+    accepting: Vec<glommio::Task<()>>,
+    evictor: glommio::Task<()>,
+    drained: mpsc::Sender<usize>,
+) {
     drop(accepting);
     drop(evictor);
     conns.shutdown_reads();
+    let limits = &shard.node.limits;
     let deadline =
-        clock::now_ns() + u64::try_from(node.limits.drain_timeout.as_nanos()).unwrap_or(u64::MAX);
+        clock::now_ns() + u64::try_from(limits.drain_timeout.as_nanos()).unwrap_or(u64::MAX);
     while conns.len() > 0 && clock::now_ns() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if conns.len() > 0 {
         tracing::warn!(
-            shard = id,
+            shard = shard.id,
             open = conns.len(),
             "drain timeout: closing remaining connections"
         );
     }
-    let _ = drained.send(id);
-    // Keep answering peers (their drains may still hop here) until every shard is done.
-    while let Ok(msg) = inbox.recv_async().await {
-        if matches!(msg, Inbound::Exit) {
-            break;
-        }
-        handle_inbound(&shard, msg);
+    let ended = shard.end_all_flows();
+    if ended > 0 {
+        tracing::info!(shard = shard.id, ended, "ended the flows still in flight");
     }
-    Ok(())
+    let _ = drained.send(shard.id);
 }
 
 fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
     match msg {
-        Inbound::Check { flow, reply } => {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                let _ = reply.send(decide_owned(&shard, &flow).await);
-            })
-            .detach();
-        }
-        Inbound::Debit(takes) => {
-            let mut by_owner: Vec<Vec<_>> = vec![Vec::new(); shard.node.nr_shards];
-            for t in takes {
-                by_owner[shard.node.owner_of(&t.1)].push(t);
-            }
-            for (owner, takes) in by_owner.into_iter().enumerate() {
-                if takes.is_empty() {
-                    continue;
+        Inbound::Check {
+            flow,
+            deadline,
+            reply,
+        } => {
+            let planned = shard.decide_now(
+                &flow.control_point,
+                flow.labels.as_slice(),
+                flow.tokens,
+                deadline,
+                clock::now_ns(),
+            );
+            match planned {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
-                if owner == shard.id {
-                    shard.debit(takes);
-                } else {
-                    shard.send(owner, MeshMsg::Debit { takes });
-                }
-            }
-        }
-        Inbound::LowerTo(levels) => {
-            let mut by_owner: Vec<Vec<_>> = vec![Vec::new(); shard.node.nr_shards];
-            for l in levels {
-                by_owner[shard.node.owner_of(&l.1)].push(l);
-            }
-            for (owner, levels) in by_owner.into_iter().enumerate() {
-                if levels.is_empty() {
-                    continue;
-                }
-                if owner == shard.id {
-                    shard.lower_to(levels);
-                } else {
-                    shard.send(owner, MeshMsg::LowerTo { levels });
-                }
-            }
-        }
-        Inbound::DrainConsumed(reply) => {
-            let mut deltas = Vec::new();
-            shard.with_store(|store, _| {
-                store.drain_unsynced(|c| {
-                    deltas.push(ReplicaDelta {
-                        limiter: c.limiter,
-                        key: c.key,
-                        tokens: c.tokens,
+                Ok(Planned::Decided(d)) => answer_check(shard, reply, d),
+                Ok(Planned::Pending(pending)) => {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        let mut reply = reply;
+                        let decided = {
+                            let decision = pending.decide();
+                            let cancelled = reply.closed();
+                            futures::pin_mut!(decision, cancelled);
+                            match futures::future::select(decision, cancelled).await {
+                                futures::future::Either::Left((d, _)) => Some(d),
+                                // The caller went away: dropping the check hands back what
+                                // it took.
+                                futures::future::Either::Right(_) => None,
+                            }
+                        };
+                        if let Some(d) = decided {
+                            answer_check(&shard, reply, d);
+                        }
                     })
+                    .detach();
+                }
+            }
+        }
+        Inbound::EndFlows { ids, reply } => {
+            if ids.iter().all(|id| id.shard() == shard.id) {
+                // The bridge routes each id to its owner: ended before the next message.
+                let _ = reply.send(ids.iter().map(|&id| shard.end_flow_here(id)).collect());
+            } else {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.end_flows(&ids).await);
                 })
-            });
-            let _ = reply.send(deltas);
+                .detach();
+            }
+        }
+        Inbound::Replica { op, peer, entries } => shard.apply_replica(op, peer, entries),
+        Inbound::PeerGone { peer } => shard.peer_gone(peer),
+        Inbound::DrainConsumed(reply) => {
+            let mut consumed = Vec::new();
+            shard.with_store(|store, _| store.drain_unsynced(|c| consumed.push(c)));
+            let _ = reply.send(consumed);
         }
         Inbound::Snapshot(reply) => {
             let mut levels = Vec::new();
             let now = clock::now_ns();
             shard.with_store(|store, engine| {
-                store.snapshot(engine, now, |l, k, v| levels.push((l, k.to_string(), v)))
+                store.snapshot(engine, now, |limiter, key, value| {
+                    levels.push(Replica {
+                        limiter,
+                        key: key.to_string(),
+                        value,
+                    })
+                })
             });
             let _ = reply.send(levels);
         }
@@ -410,19 +471,22 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
     }
 }
 
-/// Decides an owned flow (from another thread) on this shard.
-pub async fn decide_owned(
+/// Sends a decision to a caller on another thread. If it is gone, the flows the decision
+/// started end now rather than at their `max_inflight_duration` (nobody will end them).
+fn answer_check(
     shard: &Rc<Shard>,
-    flow: &OwnedFlow,
-) -> Result<tollgate_policy::Decision, tollgate_policy::FlowError> {
-    match shard.decide_now(
-        &flow.control_point,
-        flow.labels.as_slice(),
-        flow.tokens,
-        clock::now_ns(),
-    )? {
-        Planned::Decided(d) => Ok(d),
-        Planned::Forward(plan) => Ok(shard.decide_forwarded(plan).await),
+    reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
+    decision: Decision,
+) {
+    if let Err(Ok(decision)) = reply.send(Ok(decision)) {
+        let flows: Vec<_> = decision.limiters.iter().filter_map(|o| o.flow).collect();
+        if !flows.is_empty() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard.end_flows(&flows).await;
+            })
+            .detach();
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use common::{run_cli, start_server, temp_dir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use tollgate_protocol::client::{blocking::Client, CheckRequest, ClientConfig, FailMode};
+use tollgate_protocol::client::{
+    blocking::Client, CheckRequest, ClientConfig, ClientError, FailMode,
+};
 use tollgate_protocol::{
     decode_reply, encode_check, opcode, routing, CheckSpec, ErrorCode, LimiterOutcome, Reply,
     StrRef,
@@ -156,9 +158,15 @@ fn label_matchers_select_flows() {
 
 /// Picks a user whose bucket lives on `shard` of `n`.
 fn user_on_shard(shard: usize, n: usize) -> String {
+    nth_on_shard("user", shard, n, 0)
+}
+
+/// The `nth` label value `{prefix}-{i}` whose bucket lives on `shard` of `n`.
+fn nth_on_shard(prefix: &str, shard: usize, n: usize, nth: usize) -> String {
     (0..)
-        .map(|i| format!("user-{i}"))
-        .find(|u| routing::shard_for(routing::routing_hash(u.as_bytes()), n) == shard)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|v| routing::shard_for(routing::routing_hash(v.as_bytes()), n) == shard)
+        .nth(nth)
         .unwrap()
 }
 
@@ -228,6 +236,181 @@ policies:
         7.0,
         "10 - 2 admitted - this one"
     );
+}
+
+/// Two limiters on one control point, keyed by different labels, so one flow can need
+/// buckets on two shards.
+const USER_AND_TENANT: &str = r#"
+server: { listen: 127.0.0.1:0, grpc: off, shards: 2 }
+policies:
+  - policy_name: per_user
+    rate_limiter:
+      bucket_capacity: 10
+      fill_amount: 1
+      parameters: { interval: 3600s, limit_by_label_key: user }
+      selectors: [ { control_point: api } ]
+  - policy_name: per_tenant
+    rate_limiter:
+      bucket_capacity: 2
+      fill_amount: 1
+      parameters: { interval: 3600s, limit_by_label_key: tenant }
+      selectors: [ { control_point: api } ]
+"#;
+
+/// A client bound to one shard's own port that never re-routes: every check enters on
+/// `shard`, whoever owns its buckets.
+fn entering_on(server: &common::RunningServer, shard: usize) -> Client {
+    client(&format!("127.0.0.1:{}", server.shard_ports[shard]), false)
+}
+
+/// Drains the tenant's bucket, then sends a flow for `user` and that tenant through shard 0:
+/// the user limiter accepts, the tenant limiter rejects, so the user's token must go back to
+/// whichever shard owns the user's bucket. Afterwards that bucket must be full: a check for
+/// the whole capacity is accepted.
+///
+/// Every check enters on shard 0, so a take on another shard travels shard 0's outbox to
+/// its owner after the give-back the earlier check queued there: the final check sees the
+/// give-back without any waiting.
+fn tokens_come_back_to_the_accepting_shard(user_owner: usize, tenant_owner: usize) {
+    let server = start_server(USER_AND_TENANT);
+    assert_eq!(server.shard_ports.len(), 2);
+    let user = nth_on_shard("user", user_owner, 2, 0);
+    let tenant = nth_on_shard("tenant", tenant_owner, 2, 0);
+    let c = entering_on(&server, 0);
+    let tenant_only = req("api", &[("tenant", tenant.as_str())]);
+    assert_eq!(accepted(&c, &tenant_only, 3), [true, true, false]);
+
+    let both = req(
+        "api",
+        &[("user", user.as_str()), ("tenant", tenant.as_str())],
+    );
+    let reply = c.check(&both).unwrap();
+    assert!(!reply.accepted(), "{reply:?}");
+    let outcomes: Vec<_> = reply.limiters.iter().map(|l| l.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [LimiterOutcome::Returned, LimiterOutcome::Rejected],
+        "per_user accepted then handed back, per_tenant rejected"
+    );
+
+    let whole_capacity = CheckRequest {
+        tokens: Some(10.0),
+        ..req("api", &[("user", user.as_str())])
+    };
+    let reply = c.check(&whole_capacity).unwrap();
+    assert!(
+        reply.accepted(),
+        "user bucket on shard {user_owner} is not full after the give-back: {reply:?}"
+    );
+}
+
+#[test]
+fn a_rejection_on_the_entry_shard_returns_tokens_taken_on_a_remote_shard() {
+    // user's bucket on shard 1 (accepts remotely), tenant's on shard 0 (rejects locally).
+    tokens_come_back_to_the_accepting_shard(1, 0);
+}
+
+#[test]
+fn a_rejection_on_a_remote_shard_returns_tokens_taken_on_the_entry_shard() {
+    // user's bucket on shard 0 (accepts locally), tenant's on shard 1 (rejects remotely).
+    tokens_come_back_to_the_accepting_shard(0, 1);
+}
+
+#[test]
+fn a_batch_whose_checks_hop_is_answered_in_request_order() {
+    let yaml = r#"
+server: { listen: 127.0.0.1:0, grpc: off, shards: 2 }
+policies:
+  - policy_name: per_user
+    rate_limiter:
+      bucket_capacity: 100
+      fill_amount: 1
+      parameters: { interval: 3600s, limit_by_label_key: user }
+      request_parameters: { tokens_label_key: cost }
+      selectors: [ { control_point: api } ]
+"#;
+    let server = start_server(yaml);
+    let c = entering_on(&server, 0);
+    // Slots alternate between users whose buckets are on shard 1 (the check hops) and on
+    // shard 0 (decided where it enters), each with its own cost, so every reply names the
+    // request it answers; one slot is invalid; the last four take from one remote bucket
+    // (capacity 100, cost 40: two fit).
+    let mut reqs = Vec::new();
+    let mut expected_cost = Vec::new();
+    for slot in 0..8 {
+        let owner = if slot % 2 == 0 { 1 } else { 0 };
+        let user = nth_on_shard("batch", owner, 2, slot);
+        let cost = (slot + 1).to_string();
+        reqs.push(req(
+            "api",
+            &[("user", user.as_str()), ("cost", cost.as_str())],
+        ));
+        expected_cost.push(Some((slot + 1) as f64));
+    }
+    reqs.push(req("api", &[("user", "whoever"), ("cost", "-1")]));
+    expected_cost.push(None);
+    let drained = nth_on_shard("batch", 1, 2, 100);
+    for _ in 0..4 {
+        reqs.push(req("api", &[("user", drained.as_str()), ("cost", "40")]));
+        expected_cost.push(Some(40.0));
+    }
+    let items = c.check_batch(&reqs).unwrap();
+    assert_eq!(items.len(), reqs.len());
+    for (slot, (item, cost)) in items.iter().zip(&expected_cost).enumerate() {
+        match (item, cost) {
+            (Ok(reply), Some(cost)) if slot < 8 => {
+                assert!(reply.accepted(), "slot {slot}: {reply:?}");
+                assert_eq!(reply.limiters[0].tokens, *cost, "slot {slot}: {reply:?}");
+                assert_eq!(
+                    reply.limiters[0].remaining.floor(),
+                    100.0 - cost,
+                    "slot {slot}: its own bucket: {reply:?}"
+                );
+            }
+            (Ok(_), Some(_)) => {}
+            (Err(e), None) => assert!(e.to_string().contains("cost"), "slot {slot}: {e}"),
+            other => panic!("slot {slot}: {other:?}"),
+        }
+    }
+    let drain: Vec<bool> = items[9..]
+        .iter()
+        .map(|i| {
+            let reply = i.as_ref().unwrap();
+            assert_eq!(reply.limiters[0].tokens, 40.0, "{reply:?}");
+            reply.accepted()
+        })
+        .collect();
+    assert_eq!(
+        drain.iter().filter(|a| **a).count(),
+        2,
+        "two takes of 40 fit in 100: {drain:?}"
+    );
+}
+
+#[test]
+fn a_bad_tokens_label_is_bad_request_and_takes_nothing() {
+    let server = start_server(POLICIES);
+    for entry in 0..2 {
+        let c = entering_on(&server, entry);
+        let user = format!("taker-{entry}");
+        let with_cost = |cost: &str| req("checkout", &[("user", user.as_str()), ("cost", cost)]);
+        let r = c.check(&with_cost("2")).unwrap();
+        assert_eq!(r.limiters[0].remaining.floor(), 3.0, "{r:?}");
+        for bad in ["-1000", "-1", "NaN", "inf", "-inf", "abc", ""] {
+            match c.check(&with_cost(bad)) {
+                Err(ClientError::Server { code, message }) => {
+                    assert_eq!(code, ErrorCode::BadRequest, "{bad:?}: {message}");
+                    assert!(message.contains("cost"), "{bad:?}: {message}");
+                }
+                other => panic!("tokens label {bad:?}: expected ERROR BAD_REQUEST, got {other:?}"),
+            }
+        }
+        // Exactly 3 tokens are left: none taken, none handed out by a negative cost.
+        let r = c.check(&with_cost("3")).unwrap();
+        assert!(r.accepted(), "{r:?}");
+        assert_eq!(r.limiters[0].remaining.floor(), 0.0, "{r:?}");
+        assert!(!c.check(&with_cost("1")).unwrap().accepted());
+    }
 }
 
 fn read_frame(s: &mut TcpStream) -> (u32, Reply) {
@@ -414,6 +597,57 @@ fn cli_check_exit_codes_and_graceful_shutdown() {
     assert_eq!(code, 2, "unreachable server is an error");
     let status = server.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+/// Waits (bounded) for a server log line containing `needle`.
+fn wait_for_log(server: &common::RunningServer, needle: &str) -> Result<String, Vec<String>> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match server.logs.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Ok(line),
+            Ok(line) => seen.push(line),
+            Err(_) => return Err(seen),
+        }
+    }
+}
+
+#[test]
+fn sighup_and_sigusr1_are_logged_and_the_server_keeps_serving() {
+    let mut server = start_server(POLICIES);
+    let c = client(&server.addr(), true);
+    let alice = req("checkout", &[("user", "alice")]);
+    assert!(c.check(&alice).unwrap().accepted());
+    for (signal, needle) in [
+        (
+            libc::SIGHUP,
+            "SIGHUP received: config reload is not supported yet",
+        ),
+        (libc::SIGUSR1, "SIGUSR1 received"),
+    ] {
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(server.child.id() as i32, signal) }, 0);
+        let line = wait_for_log(&server, needle).unwrap_or_else(|seen| {
+            let status = server.child.try_wait();
+            panic!("no {needle:?} log line (server exit status: {status:?}); saw {seen:#?}")
+        });
+        assert!(line.contains("WARN"), "{line}");
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "signal {signal} killed the server"
+        );
+        // Same connection and a new one: both still answered, from the same buckets.
+        assert!(c.check(&alice).unwrap().accepted());
+        assert!(client(&server.addr(), true)
+            .check(&alice)
+            .unwrap()
+            .accepted());
+    }
+    // Five checks took alice's five tokens: the signals did not reset any bucket.
+    assert!(!c.check(&alice).unwrap().accepted());
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM still exits 0: {status:?}");
 }
 
 #[test]

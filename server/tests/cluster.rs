@@ -1,6 +1,14 @@
 //! Three real `tollgate` processes on loopback forming one cluster: replication within
-//! three sync intervals, failure detection, restart with state transfer, and datagrams
-//! with a wrong secret (or from a stranger) changing nothing.
+//! three sync intervals, failure detection, restart with state transfer, datagrams with a
+//! wrong secret (or from a stranger) changing nothing, and nodes whose policies are
+//! reordered or differ sharing exactly the limiters they agree on.
+//!
+//! Nothing waits by sleeping: tests poll with a deadline for a positive signal (a check's
+//! answer, the member list, or a counter in the `cluster stats` line, which these configs
+//! log every 100 ms).
+//!
+//! Concurrency limits span the cluster too: flows a node holds count on every node, and
+//! come back on the others when it dies or stops.
 //!
 //! `measure_admitted_over_allowed` (ignored: it runs for about a minute) is the accuracy
 //! harness behind docs/performance.md's cluster section.
@@ -10,9 +18,10 @@ mod common;
 use common::{start_server, RunningServer};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
+use tollgate_cluster::wire::{self, Auth, Batch, Entry, Kind, LimiterRef, Op};
+use tollgate_policy::Engine;
 use tollgate_protocol::client::{blocking::Client, CheckRequest, ClientConfig, FailMode};
 use tollgate_protocol::MemberState;
-use tollgate_server::cluster::wire::{self, op, Auth, Batch, Entry, Kind};
 
 /// The shared secret of the test cluster.
 const SECRET: &str = "test-cluster-secret";
@@ -29,6 +38,19 @@ fn free_udp_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// The one policy of most tests: `global`, at control point `api`, keyed by `user`.
+fn global_policy(capacity: f64, fill: f64, interval: &str) -> String {
+    format!(
+        r#"  - policy_name: global
+    rate_limiter:
+      bucket_capacity: {capacity}
+      fill_amount: {fill}
+      parameters: {{ interval: {interval}, limit_by_label_key: user }}
+      selectors: [{{ control_point: api }}]
+"#
+    )
+}
+
 fn node_config(
     i: usize,
     ports: &[u16],
@@ -37,23 +59,24 @@ fn node_config(
     fill: f64,
     interval: &str,
 ) -> String {
+    node_config_with(i, ports, sync, &global_policy(capacity, fill, interval))
+}
+
+/// Node `i + 1` of a cluster on `ports`, running `policies` (a YAML list body).
+fn node_config_with(i: usize, ports: &[u16], sync: &str, policies: &str) -> String {
     let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     format!(
         r#"
 server: {{ listen: 127.0.0.1:0, grpc: "off", shards: 2, node_id: node-{n} }}
 policies:
-  - policy_name: global
-    rate_limiter:
-      bucket_capacity: {capacity}
-      fill_amount: {fill}
-      parameters: {{ interval: {interval}, limit_by_label_key: user }}
-      selectors: [{{ control_point: api }}]
+{policies}
 cluster:
   gossip: 127.0.0.1:{port}
   seeds: [{seeds}]
   sync_interval: {sync}
   secret: {SECRET}
   join_timeout: {join}
+  stats_interval: 100ms
   failure_detection: {{ probe_period: 200ms, probe_rtt: 60ms, suspect_to_down_after: 600ms }}
 "#,
         n = i + 1,
@@ -78,13 +101,43 @@ fn client(server: &RunningServer) -> Client {
 }
 
 fn check(c: &Client, user: &str, tokens: f64) -> bool {
+    check_at(c, "api", user, tokens)
+}
+
+/// A check of `tokens` for `user` at `control_point`: accepted?
+fn check_at(c: &Client, control_point: &str, user: &str, tokens: f64) -> bool {
     c.check(&CheckRequest {
-        control_point: "api".into(),
+        control_point: control_point.into(),
         labels: vec![("user".into(), user.into())],
         tokens: Some(tokens),
     })
     .expect("check")
     .accepted()
+}
+
+/// The value of counter `name` in a `cluster stats` log line.
+fn stat(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads `server`'s log until a `cluster stats` line shows counter `name` at `at_least`
+/// or more (the counters are monotonic); false if none does within `within`.
+fn counter_reaches(server: &RunningServer, name: &str, at_least: u64, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.logs.recv_timeout(left) {
+            Ok(line) if line.contains("cluster stats") => {
+                if stat(&line, name).is_some_and(|v| v >= at_least) {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Polls `f` until it is true or `within` passed; returns whether it became true.
@@ -111,14 +164,18 @@ fn state_of(c: &Client, node: &str) -> Option<MemberState> {
         .map(|m| m.state)
 }
 
-/// A debit of `tokens` from `user`'s bucket, sealed with `secret`.
+/// A debit of `tokens` from `user`'s bucket of the `global` policy (named as the nodes
+/// name it, so only the envelope or the sender can make it fail), sealed with `secret`.
 fn forged_debit(secret: &str, user: &str, tokens: f64) -> Vec<u8> {
+    let yaml = format!("policies:\n{}", global_policy(10.0, 1.0, "3600s"));
+    let engine = Engine::new(&tollgate_policy::parse_policies(&yaml, "test").expect("policy"));
     let batch = Batch {
         boot: u64::MAX,
         seq: 1,
-        op: op::DEBIT,
+        op: Op::Debit,
         transfer: 0,
         parts: 0,
+        limiters: vec![LimiterRef::of(&engine.limiters()[0])],
         entries: vec![Entry {
             limiter: 0,
             key: user.into(),
@@ -185,7 +242,16 @@ fn three_nodes_replicate_detect_failure_and_restart() {
             .expect("send");
         stranger.send_to(b"TG garbage", gossip1).expect("send");
     }
-    std::thread::sleep(3 * SYNC);
+    // All fifteen arrived and were dropped: ten failed authentication (wrong secret,
+    // garbage), five came from a non-member.
+    assert!(
+        counter_reaches(&n1, "auth_failed", 10, Duration::from_secs(10)),
+        "node 1 never counted the unauthentic datagrams"
+    );
+    assert!(
+        counter_reaches(&n1, "not_member", 5, Duration::from_secs(10)),
+        "node 1 never counted the stranger's datagrams"
+    );
     assert!(
         check(&c1, "fresh", 10.0),
         "forged debits must not touch node 1's bucket"
@@ -236,6 +302,201 @@ fn three_nodes_replicate_detect_failure_and_restart() {
             .count()
             == 3
     }));
+}
+
+/// A policy named `name` with `capacity` tokens per `user` (fill negligible: 1 per hour),
+/// at its own control point and at `both`, so one check can take from several policies.
+fn named_policy(name: &str, capacity: f64) -> String {
+    format!(
+        r#"  - policy_name: {name}
+    rate_limiter:
+      bucket_capacity: {capacity}
+      fill_amount: 1
+      parameters: {{ interval: 3600s, limit_by_label_key: user }}
+      selectors: [{{ control_point: {name} }}, {{ control_point: both }}]
+"#
+    )
+}
+
+/// A rolling config change caught half way, through real checks: node 2 lists node 1's
+/// policies in another order; node 3 has `beta` with another capacity and an extra `delta`.
+/// Shared policies replicate exactly; `beta` is never debited across the two definitions;
+/// the dropped entries are counted.
+#[test]
+fn nodes_share_exactly_the_policies_they_agree_on() {
+    const WITHIN: Duration = Duration::from_secs(10);
+    let (alpha, beta, gamma) = (
+        named_policy("alpha", 10.0),
+        named_policy("beta", 10.0),
+        named_policy("gamma", 10.0),
+    );
+    let policies = [
+        [alpha.clone(), beta.clone(), gamma.clone()].concat(),
+        [gamma.clone(), alpha.clone(), beta].concat(),
+        [
+            alpha,
+            named_policy("beta", 25.0),
+            gamma,
+            named_policy("delta", 10.0),
+        ]
+        .concat(),
+    ];
+    let ports = free_udp_ports(3);
+    let nodes: Vec<RunningServer> = (0..3)
+        .map(|i| start_server(&node_config_with(i, &ports, "100ms", &policies[i])))
+        .collect();
+    let clients: Vec<Client> = nodes.iter().map(client).collect();
+    let [c1, c2, c3] = [&clients[0], &clients[1], &clients[2]];
+    assert!(
+        eventually(WITHIN, || ["node-2", "node-3"].iter().all(|n| state_of(
+            c1, n
+        ) == Some(
+            MemberState::Alive
+        ))),
+        "node 1 should see nodes 2 and 3 alive"
+    );
+    // 0.001-token probes: a node that never heard of a spend keeps accepting them.
+    let spent = |c: &Client, policy: &str, user: &str| {
+        eventually(WITHIN, || !check_at(c, policy, user, 0.001))
+    };
+
+    // Reordered lists: node 1 spends alpha; node 2 rejects alpha, and its gamma and beta
+    // (first and last in its list) are untouched.
+    assert!(check_at(c1, "alpha", "u-a", 10.0));
+    assert!(
+        spent(c2, "alpha", "u-a"),
+        "node 2 never applied node 1's alpha spend"
+    );
+    assert!(
+        spent(c3, "alpha", "u-a"),
+        "node 3 never applied node 1's alpha spend"
+    );
+    assert!(
+        check_at(c2, "gamma", "u-a", 10.0),
+        "node 2's gamma was debited"
+    );
+    assert!(
+        check_at(c2, "beta", "u-a", 10.0),
+        "node 2's beta was debited"
+    );
+
+    // One check on node 1 takes alpha and beta together: one consumption record each, in
+    // the same datagram. Once node 3 applied the alpha entry, it has dropped the beta one:
+    // its own beta (capacity 25) is whole. Node 2 applies both.
+    assert!(check_at(c1, "both", "u-d", 10.0));
+    assert!(
+        spent(c3, "alpha", "u-d"),
+        "node 3 never applied node 1's alpha entry"
+    );
+    assert!(
+        check_at(c3, "beta", "u-d", 25.0),
+        "node 3's beta was debited by node 1's other definition"
+    );
+    assert!(
+        spent(c2, "beta", "u-d"),
+        "node 2 never applied node 1's beta entry"
+    );
+    assert!(counter_reaches(
+        &nodes[2],
+        "dropped_definition_differs",
+        1,
+        WITHIN
+    ));
+
+    // And back: node 3 takes alpha, its beta and delta at once; nodes 1 and 2 apply alpha,
+    // drop beta (another definition) and delta (a policy they do not have).
+    assert!(check_at(c3, "both", "u-c", 10.0));
+    for (name, c) in [("node 1", c1), ("node 2", c2)] {
+        assert!(
+            spent(c, "alpha", "u-c"),
+            "{name} never applied node 3's alpha entry"
+        );
+        assert!(
+            check_at(c, "beta", "u-c", 10.0),
+            "{name}'s beta was debited by node 3's other definition"
+        );
+    }
+    for node in &nodes[..2] {
+        assert!(counter_reaches(node, "dropped_unknown_limiter", 1, WITHIN));
+    }
+    assert!(counter_reaches(
+        &nodes[0],
+        "dropped_definition_differs",
+        1,
+        WITHIN
+    ));
+}
+
+/// Concurrency capacity held by a node's flows in flight comes back on the others when
+/// that node dies (once it is declared down past the replication grace) or stops.
+#[test]
+fn flows_in_flight_of_a_node_that_dies_or_stops_are_released_on_the_others() {
+    const WITHIN: Duration = Duration::from_secs(10);
+    // Down detection (about a second with these timings) + the 10 s replication grace.
+    const DEATH: Duration = Duration::from_secs(40);
+    let pool = r#"  - policy_name: pool
+    concurrency_limiter:
+      max_concurrency: 2
+      parameters: { limit_by_label_key: user, max_inflight_duration: 600s }
+      selectors: [{ control_point: db }]
+"#;
+    let ports = free_udp_ports(3);
+    let mut nodes: Vec<RunningServer> = (0..3)
+        .map(|i| start_server(&node_config_with(i, &ports, "100ms", pool)))
+        .collect();
+    let clients: Vec<Client> = nodes.iter().map(client).collect();
+    let [c1, c2, c3] = [&clients[0], &clients[1], &clients[2]];
+    assert!(
+        eventually(WITHIN, || ["node-2", "node-3"].iter().all(|n| state_of(
+            c1, n
+        ) == Some(
+            MemberState::Alive
+        ))),
+        "node 1 should see nodes 2 and 3 alive"
+    );
+    let holds = |c: &Client, tokens: f64| check_at(c, "db", "pool", tokens);
+    // Node 1 admits two one-token flows, which nobody will end: the pool is full.
+    assert!(holds(c1, 1.0) && holds(c1, 1.0));
+    assert!(!holds(c1, 0.001));
+    // Nodes 2 and 3 learn it (a probe that is accepted holds only 0.001 tokens).
+    for (name, c) in [("node 2", c2), ("node 3", c3)] {
+        assert!(
+            eventually(WITHIN, || !holds(c, 0.001)),
+            "{name} never learned of node 1's flows"
+        );
+    }
+
+    // Node 1 dies with its flows in flight; their ends will never come.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(nodes[0].child.id() as i32, libc::SIGKILL) };
+    let _ = nodes[0].child.wait();
+    assert!(
+        eventually(DEATH, || holds(c3, 0.001)),
+        "node 3 never got back the capacity node 1's flows held"
+    );
+    assert!(
+        eventually(DEATH, || holds(c2, 1.0)),
+        "node 2 never got back the capacity node 1's flows held"
+    );
+
+    // Node 2 fills the pool (halving takes, so its probes' leftovers are taken too) and
+    // node 3 learns it; then node 2 stops gracefully: it ends its flows before leaving,
+    // and node 3 gets the capacity back at once (no grace to wait for).
+    let mut take = 0.5;
+    while take >= 0.001 {
+        if !holds(c2, take) {
+            take /= 2.0;
+        }
+    }
+    assert!(
+        eventually(WITHIN, || !holds(c3, 0.001)),
+        "node 3 never learned of node 2's flows"
+    );
+    assert!(nodes[1].terminate().success());
+    assert!(
+        eventually(WITHIN, || holds(c3, 1.0)),
+        "node 3 never got back the capacity node 2's flows held"
+    );
 }
 
 /// Admitted/allowed with load spread round-robin over three nodes, per sync interval.

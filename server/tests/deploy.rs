@@ -609,7 +609,7 @@ fn dockerfile_builds_with_the_readme_command_on_the_pinned_toolchain() {
     let readme = read("README.md");
     let readme_build: Vec<String> = files::fences(&readme)
         .into_iter()
-        .filter(|f| f.info == "sh")
+        .filter(|f| f.info.split_whitespace().next() == Some("sh"))
         .flat_map(|f| f.body.lines().map(str::to_string).collect::<Vec<_>>())
         .filter(|l| l.starts_with("cargo build"))
         .map(|l| l.split('#').next().unwrap_or("").trim().to_string())

@@ -2,9 +2,8 @@
 //!
 //! - `envoy_rls_ok_then_over_limit`: a Rust tonic client speaking Envoy's RLS; always runs.
 //! - `aperture_*`: the real SDKs (aperture-py 2.26.0, @fluxninja/aperture-js 2.5.0) driven by the
-//!   scripts in tests/sdk/. They need `scripts/setup-sdk.sh` (installs into .sdk/). They run when
-//!   `TOLLGATE_SDK_TESTS=1` (then a missing .sdk/ is a failure) or when .sdk/ exists; otherwise
-//!   they print "skipped: run scripts/setup-sdk.sh" and pass.
+//!   scripts in tests/sdk/. They need `scripts/setup-sdk.sh` (installs into .sdk/); without it
+//!   they fail under CI and print why they skip elsewhere (`common::deps::require`).
 
 mod common;
 
@@ -12,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::deps::{aperture_sdks, repo_root, require, self_signed_cert};
 use common::{start_server, RunningServer};
 use serde_json::Value;
 use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
@@ -19,7 +19,8 @@ use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
 };
 use tollgate_grpc::proto::envoy::service::ratelimit::v3 as rls;
 
-/// Capacity 5 per user, refilled 5 per hour: no visible refill during a test.
+/// Capacity 5 per user, refilled 5 per hour: no visible refill during a test. The label
+/// `tokens` sets a flow's cost.
 const POLICY: &str = r#"
 server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: 2 }
 policies:
@@ -28,6 +29,7 @@ policies:
       bucket_capacity: 5
       fill_amount: 5
       parameters: { interval: 3600s, limit_by_label_key: user }
+      request_parameters: { tokens_label_key: tokens }
       selectors: [ { control_point: checkout } ]
 "#;
 
@@ -35,25 +37,12 @@ policies:
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("workspace root")
+    repo_root()
 }
 
-/// The SDK install dir, or None (after printing the skip line) when SDK tests are off.
+/// The SDK install dir; `None` when the test skips (see [`require`]).
 fn sdk_dir() -> Option<PathBuf> {
-    let sdk = root().join(".sdk");
-    let wanted = std::env::var("TOLLGATE_SDK_TESTS").is_ok_and(|v| v == "1");
-    if !wanted && !sdk.exists() {
-        println!("skipped: run scripts/setup-sdk.sh (Aperture SDKs not installed in .sdk/)");
-        return None;
-    }
-    assert!(
-        sdk.join(".installed").exists(),
-        "SDK tests requested but .sdk/ is not set up: run scripts/setup-sdk.sh"
-    );
-    Some(sdk)
+    require("the Aperture SDKs", aperture_sdks())
 }
 
 fn grpc_addr(server: &RunningServer) -> std::net::SocketAddr {
@@ -308,41 +297,65 @@ fn aperture_py_flows_end_cache_and_spans() {
     assert_no_server_errors(&logs);
 }
 
+/// A flow the server cannot judge (tokens label `-1000`, `NaN`, `abc`, `inf`) must not run:
+/// the answer is a REJECTED decision with status 400, not an RPC error (which aperture-py
+/// turns into "Unreachable" and runs the flow). And the bucket, exhausted first, stays
+/// exhausted: a negative cost does not refill it.
+#[test]
+fn aperture_py_unjudgeable_tokens_label_does_not_run_or_refill() {
+    let Some(sdk) = sdk_dir() else { return };
+    let server = start_server(POLICY);
+    let addr = grpc_addr(&server).to_string();
+    let plain = serde_json::json!({ "user": "gail" });
+    let bad = ["-1000", "NaN", "abc", "inf"];
+    let mut flows = vec![plain.clone(); 5];
+    flows.extend(bad.map(|t| serde_json::json!({ "user": "gail", "tokens": t })));
+    flows.push(plain);
+    let (lines, stderr) = run({
+        let mut c = python(&sdk);
+        c.args([
+            &addr,
+            "labelled",
+            "--flows",
+            &Value::Array(flows).to_string(),
+        ]);
+        c
+    });
+    let flows = events(&lines, "flow");
+    assert_eq!(flows.len(), 10, "{lines:#?}\n{stderr}");
+    for f in &flows[..5] {
+        assert_eq!(f["should_run"], true, "the bucket holds 5: {f}");
+    }
+    for (f, tokens) in flows[5..9].iter().zip(bad) {
+        assert_eq!(f["labels"]["tokens"], tokens, "{f}");
+        assert_eq!(f["should_run"], false, "tokens={tokens} must not run: {f}");
+        assert!(
+            f["error_code"].is_null(),
+            "an answer, not an RPC error: {f}"
+        );
+        assert_eq!(f["decision"], "Rejected", "{f}");
+        assert_eq!(f["decision_type"], "DECISION_TYPE_REJECTED", "{f}");
+        assert_eq!(f["http_code"], 400, "{f}");
+        assert_eq!(f["limiters"][0]["policy_name"], "five_per_user", "{f}");
+        assert_eq!(f["limiters"][0]["dropped"], true, "{f}");
+        assert!(f["end_error"].is_null(), "end() failed: {f}");
+    }
+    let last = flows[9];
+    assert_eq!(last["should_run"], false, "still exhausted: {last}");
+    assert_eq!(last["http_code"], 429, "rate limited, as before: {last}");
+    assert!(
+        !stderr.contains("ERROR"),
+        "aperture-py logged errors:\n{stderr}"
+    );
+}
+
 #[test]
 fn aperture_py_api_key_over_tls() {
     let Some(sdk) = sdk_dir() else { return };
     let dir = common::temp_dir("sdk-tls");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !made {
-        println!("skipped: openssl is needed to make a test certificate");
+    let Some((cert, key)) = require("openssl", self_signed_cert(&dir)) else {
         return;
-    }
+    };
     // The SDKs send x-api-key as gRPC call credentials, which gRPC only attaches over TLS.
     let yaml = POLICY.replace(
         "shards: 2 }",

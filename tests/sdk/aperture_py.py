@@ -10,6 +10,8 @@ Scenarios:
   flows  --count N --control-point CP --label k=v ...   start N flows, end each one
   cache  --control-point CP --label k=v ...             set a result cache entry, read it back
   auth   --api-key KEY --ca PEM --control-point CP      one flow over TLS with an API key
+  labelled --flows JSON --control-point CP              one flow per element of the JSON list of
+                                                        label maps, in order, each ended
 """
 
 import argparse
@@ -84,6 +86,19 @@ def scenario_flows(client, args):
     emit(event="summary", accepted=accepted, total=args.count)
 
 
+def scenario_labelled(client, args):
+    for i, labels in enumerate(json.loads(args.flows)):
+        flow = client.start_flow(
+            args.control_point,
+            FlowParams(explicit_labels=labels, check_timeout=datetime.timedelta(seconds=2)),
+        )
+        rec = flow_record(i, flow)
+        rec["labels"] = labels
+        end = flow.end()
+        rec["end_error"] = str(end.get_error()) if end.get_error() else None
+        emit(**rec)
+
+
 def scenario_cache(client, args):
     params = FlowParams(
         explicit_labels=labels_of(args.label),
@@ -122,10 +137,11 @@ def scenario_auth(client, args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("address")
-    ap.add_argument("scenario", choices=["flows", "cache", "auth"])
+    ap.add_argument("scenario", choices=["flows", "cache", "auth", "labelled"])
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--control-point", default="checkout")
     ap.add_argument("--label", action="append")
+    ap.add_argument("--flows", default="[]", help="JSON list of label maps (labelled scenario)")
     ap.add_argument("--key", default="result-key")
     ap.add_argument("--value", default="cached-value")
     ap.add_argument("--api-key")
@@ -143,7 +159,12 @@ def main():
     else:
         client = ApertureClient.new_client(address=args.address, api_key=args.api_key, insecure=True)
 
-    {"flows": scenario_flows, "cache": scenario_cache, "auth": scenario_auth}[args.scenario](client, args)
+    {
+        "flows": scenario_flows,
+        "cache": scenario_cache,
+        "auth": scenario_auth,
+        "labelled": scenario_labelled,
+    }[args.scenario](client, args)
     # The SDK batches its "Aperture Check" spans (BatchSpanProcessor on the global tracer
     # provider) and exports them to the same address; close() only shuts the exporter down, so
     # flush first or the spans are dropped.

@@ -2,7 +2,7 @@
 """Compares Tollgate's aperture.flowcontrol.check.v1 proto with the one aperture-py was generated from.
 
 Usage: compare_descriptors.py FILE_DESCRIPTOR_SET_PATH
-  FILE_DESCRIPTOR_SET_PATH: Tollgate's encoded descriptor set (tollgate_grpc::proto::FILE_DESCRIPTOR_SET).
+  FILE_DESCRIPTOR_SET_PATH: Tollgate's encoded descriptor set (tollgate_proto::FILE_DESCRIPTOR_SET).
 Prints one JSON line: {"event": "descriptors", "compared": N, "diffs": [...], "services_equal": bool}.
 Every message, nested message and enum is compared by field name, number, type, label and type name.
 """

@@ -17,20 +17,38 @@
 //! - [`problems`]: [`FieldError`], [`ConfigError`], [`Problems`], section deserialization.
 //! - [`policy`]: [`PolicyConfig`] and the rules across policies.
 //! - [`rate_limiter`]: the rate limiter component.
+//! - [`quota_scheduler`]: the quota scheduler component.
+//! - [`concurrency`]: the concurrency limiter and concurrency scheduler components.
+//! - [`scheduler`]: the workload scheduler block both schedulers share.
+//! - [`alerter`]: Aperture's alerter settings (accepted, not used).
 //! - [`selector`]: selectors and label matchers.
-//! - [`blueprint`]: Aperture blueprint values files.
+//! - [`blueprint`]: Aperture blueprint values files (all four Tollgate runs).
 
+pub mod alerter;
 pub mod blueprint;
+pub mod concurrency;
 pub mod policy;
 pub mod problems;
+pub mod quota_scheduler;
 pub mod rate_limiter;
+pub mod scheduler;
 pub mod selector;
 
-pub use policy::{validate_policies, PolicyConfig, MAX_COMPONENTS_PER_CONTROL_POINT};
+pub use alerter::AlerterConfig;
+pub use concurrency::{
+    ConcurrencyLimiterConfig, ConcurrencyLimiterParameters, ConcurrencyRequestParameters,
+    ConcurrencySchedulerConfig,
+};
+pub use policy::{
+    validate_policies, ComponentConfig, PolicyConfig, MAX_COMPONENTS_PER_CONTROL_POINT,
+    MAX_POLICIES,
+};
 pub use problems::{deserialize_section, join, ConfigError, FieldError, Problems};
+pub use quota_scheduler::QuotaSchedulerConfig;
 pub use rate_limiter::{
     LazySync, Override, RateLimiterConfig, RateLimiterParameters, RequestParameters,
 };
+pub use scheduler::{SchedulerConfig, WorkloadConfig, WorkloadParameters, DEFAULT_WORKLOAD};
 pub use selector::{LabelMatcher, MatchExpression, Operator, Selector};
 
 use serde_yaml_ng::{Mapping, Value};

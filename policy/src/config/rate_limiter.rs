@@ -1,5 +1,6 @@
 //! `rate_limiter:` — Aperture's rate limiter component: a token bucket per value of a label.
 
+use super::alerter::AlerterConfig;
 use super::problems::{join, Problems};
 use super::selector::{validate_selectors, Selector};
 use crate::duration::ConfigDuration;
@@ -25,6 +26,9 @@ pub struct RateLimiterConfig {
     /// Per label value scaling (Aperture before 2.2): capacity and fill x factor.
     #[serde(default)]
     pub overrides: Vec<Override>,
+    /// Aperture's alert settings: accepted, not used (see [`AlerterConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerter: Option<AlerterConfig>,
 }
 
 /// `rate_limiter.parameters` (Aperture's `RateLimiterParameters`; the quota scheduler

@@ -84,11 +84,17 @@ impl Selector {
                 "Tollgate nodes form one agent group: omit it or use `default`",
             );
         }
-        let Some(m) = &self.label_matcher else {
-            return;
-        };
-        for (k, e) in m.match_expressions.iter().enumerate() {
-            let at = format!("{at}.label_matcher.match_expressions[{k}]");
+        if let Some(m) = &self.label_matcher {
+            m.validate(&join(at, "label_matcher"), problems);
+        }
+    }
+}
+
+impl LabelMatcher {
+    /// Checks the matcher at `at` (e.g. `...selectors[0].label_matcher`).
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        for (k, e) in self.match_expressions.iter().enumerate() {
+            let at = format!("{at}.match_expressions[{k}]");
             if e.key.is_empty() {
                 problems.at(join(&at, "key"), "must not be empty");
             }

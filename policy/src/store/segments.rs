@@ -28,7 +28,7 @@
 //! new entry instead of aborting the process. Entries are reached by [`Position`] (segment,
 //! bucket) too, so a sweep or an eviction hand can walk the table a bounded slice at a time.
 
-use hashbrown::HashTable;
+use hashbrown_indexed::HashTable;
 
 /// Buckets of a full segment. Why this value: a split moves at most [`SEGMENT_CAPACITY`]
 /// entries into two tables of this many buckets, one of them fresh memory; with 40-byte

@@ -48,6 +48,13 @@ const WRITE_COALESCE: usize = 64 * 1024;
 /// Initial read buffer size; it grows to the largest frame seen.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How long to wait before the next dial after `failures` consecutive failed dials:
+/// [`BACKOFF_INITIAL`], doubling per failure, capped at [`BACKOFF_MAX`].
+fn backoff_after(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_INITIAL.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
 /// Result delivered to a waiting request.
 type Outcome = Result<Reply, ClientError>;
 
@@ -281,9 +288,7 @@ impl Conn {
             }
             Err(e) => {
                 slot.failures = slot.failures.saturating_add(1);
-                let exp = slot.failures.saturating_sub(1).min(16);
-                let delay = BACKOFF_INITIAL.saturating_mul(1 << exp).min(BACKOFF_MAX);
-                slot.retry_at = Some(Instant::now() + delay);
+                slot.retry_at = Some(Instant::now() + backoff_after(slot.failures));
                 Err(e)
             }
         }
@@ -483,4 +488,33 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
     };
     tracing::debug!(addr = %shared.addr, error = %err, "connection lost");
     shared.fail_all(err);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_delay_up_to_the_cap() {
+        let delays: Vec<Duration> = (1..=9).map(backoff_after).collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            delays,
+            [
+                ms(10),
+                ms(20),
+                ms(40),
+                ms(80),
+                ms(160),
+                ms(320),
+                ms(640),
+                BACKOFF_MAX,
+                BACKOFF_MAX
+            ]
+        );
+        // No overflow however long the server stays away.
+        assert_eq!(backoff_after(u32::MAX), BACKOFF_MAX);
+        // `failures` counts from 1; 0 (never failed) would mean the initial delay.
+        assert_eq!(backoff_after(0), BACKOFF_INITIAL);
+    }
 }

@@ -25,8 +25,11 @@ pub trait DecisionBackend: Send + Sync + 'static {
 /// Why a backend could not decide.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The flow itself is invalid (e.g. a tokens label that is not a number). Answered with
-    /// gRPC `INVALID_ARGUMENT`.
+    /// The flow cannot be judged (e.g. a tokens label that is not a cost); nothing was taken.
+    /// `Check` answers it REJECTED with status 400 and `ShouldRateLimit` OVER_LIMIT, never with
+    /// an RPC error (the SDKs and Envoy let a flow run on RPC errors): see
+    /// [`crate::flowcontrol::unjudgeable_response`]. As a bare [`tonic::Status`] (the `From`
+    /// below) it is `INVALID_ARGUMENT`.
     #[error(transparent)]
     Flow(#[from] FlowError),
     /// The backend cannot answer now (shutting down, overloaded). Answered with `UNAVAILABLE`.

@@ -13,18 +13,35 @@
 //!
 //! A result-cache hit answers ACCEPTED at once; with no later stage in Tollgate a miss does too.
 //! Cache RPCs go to the [`TtlCache`]; `FlowEnd` answers honestly that no concurrency limiter exists.
+//!
+//! # A flow Tollgate cannot judge
+//!
+//! A flow whose tokens label is not a cost (`-1000`, `NaN`, `inf`, `abc`) cannot be decided.
+//! It is **not** answered with an RPC error: every Aperture SDK turns any RPC error into
+//! "Unreachable" and runs the flow (fail open), so garbage labels would bypass the limit.
+//! [`unjudgeable_response`] answers instead, with nothing taken from any bucket:
+//!
+//! - `decision_type` REJECTED, `reject_reason` NONE (Aperture's enum has no "invalid request";
+//!   RATE_LIMITED would be untrue), `denied_response_status_code` BadRequest (400): the SDKs'
+//!   `should_run()` is false and their HTTP status helpers give 400;
+//! - one `LimiterDecision` for the policy whose tokens label is bad: `dropped`, status 400, its
+//!   limit-by label value, no `tokens_info` (no bucket was consulted);
+//! - response metadata [`REJECT_REASON_HEADER`] (`tollgate-reject-reason`) with the error text,
+//!   e.g. `label "tokens" (the tokens label of policy "per_user") must not be negative, got
+//!   "-1000"`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tollgate_policy::{Decision, Engine, Labels, OutcomeKind, OwnedFlow};
+use tollgate_policy::{Decision, Engine, FlowError, Labels, OutcomeKind, OwnedFlow};
 use tonic::{Request, Response, Status};
 
-use crate::backend::DecisionBackend;
+use crate::backend::{BackendError, DecisionBackend};
 use crate::cache::{CacheError, Scope, TtlCache};
 use crate::deadline::{self, MonoClock};
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
+use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
 use pb::flow_control_service_server::FlowControlService;
 
 /// Error string of every `FlowEnd` token return: Tollgate has rate limiters only.
@@ -225,21 +242,29 @@ pub fn limiter_decisions<L: Labels + ?Sized>(
         .collect()
 }
 
+/// What every answer to `req` carries, as the agent fills it: control point and `expect_end`
+/// echoed, label keys sorted, labels as telemetry labels; ACCEPTED.
+fn base_response(req: &pb::CheckRequest) -> pb::CheckResponse {
+    let mut flow_label_keys: Vec<String> = req.labels.keys().cloned().collect();
+    flow_label_keys.sort_unstable();
+    pb::CheckResponse {
+        control_point: req.control_point.clone(),
+        flow_label_keys,
+        telemetry_flow_labels: req.labels.clone(),
+        expect_end: req.expect_end,
+        ..Default::default()
+    }
+}
+
 /// The CheckResponse for `decision` (without timestamps and cache stage).
 pub fn check_response(
     engine: &Engine,
     req: &pb::CheckRequest,
     decision: &Decision,
 ) -> pb::CheckResponse {
-    let mut flow_label_keys: Vec<String> = req.labels.keys().cloned().collect();
-    flow_label_keys.sort_unstable();
     let mut resp = pb::CheckResponse {
-        control_point: req.control_point.clone(),
-        flow_label_keys,
-        telemetry_flow_labels: req.labels.clone(),
-        expect_end: req.expect_end,
         limiter_decisions: limiter_decisions(engine, &req.labels, decision),
-        ..Default::default()
+        ..base_response(req)
     };
     if decision.wait_ns > 0 {
         resp.wait_time = Some(duration_ns(decision.wait_ns));
@@ -257,6 +282,48 @@ pub fn check_response(
     resp
 }
 
+/// HTTP status of a flow Tollgate cannot judge: the request, not the rate, is the problem.
+pub const UNJUDGEABLE_STATUS: pb::StatusCode = pb::StatusCode::BadRequest;
+
+/// The CheckResponse (without timestamps) for a flow that could not be judged because of
+/// `error`: REJECTED with status 400 and a dropped `LimiterDecision` for the policy at fault
+/// (see the module docs). Nothing was taken from any bucket.
+pub fn unjudgeable_response(
+    engine: &Engine,
+    req: &pb::CheckRequest,
+    error: &FlowError,
+) -> pb::CheckResponse {
+    let status = UNJUDGEABLE_STATUS as i32;
+    let FlowError::BadTokensLabel { policy, .. } = error;
+    let limiter_decisions = engine
+        .limiters()
+        .iter()
+        .filter(|spec| spec.policy_name == *policy)
+        .map(|spec| pb::LimiterDecision {
+            policy_name: spec.policy_name.clone(),
+            policy_hash: spec.policy_hash.clone(),
+            component_id: spec.component_id.clone(),
+            dropped: true,
+            reason: pb::limiter_decision::LimiterReason::Unspecified as i32,
+            denied_response_status_code: status,
+            wait_time: None,
+            details: Some(pb::limiter_decision::Details::RateLimiterInfo(
+                pb::limiter_decision::RateLimiterInfo {
+                    label: label_value(&req.labels, spec.limit_by_label_key.as_deref()).to_owned(),
+                    tokens_info: None,
+                },
+            )),
+        })
+        .collect();
+    pb::CheckResponse {
+        decision_type: pb::check_response::DecisionType::Rejected as i32,
+        reject_reason: pb::check_response::RejectReason::None as i32,
+        denied_response_status_code: status,
+        limiter_decisions,
+        ..base_response(req)
+    }
+}
+
 #[tonic::async_trait]
 impl FlowControlService for FlowControl {
     async fn check(
@@ -267,10 +334,23 @@ impl FlowControlService for FlowControl {
         let budget = deadline::budget(request.metadata());
         let req = request.into_inner();
         let flow = owned_flow(&req.control_point, &req.labels);
-        let decision = deadline::within(budget, async {
-            self.backend.check(flow).await.map_err(Status::from)
-        })
-        .await?;
+        let decided =
+            deadline::within(budget, async { Ok(self.backend.check(flow).await) }).await?;
+        let decision = match decided {
+            Ok(decision) => decision,
+            Err(BackendError::Flow(error)) => {
+                let mut resp = unjudgeable_response(self.backend.engine(), &req, &error);
+                resp.start = Some(timestamp(start));
+                resp.end = Some(timestamp(SystemTime::now()));
+                let mut response = Response::new(resp);
+                response.metadata_mut().insert(
+                    REJECT_REASON_HEADER,
+                    reject_reason_value(&error.to_string()),
+                );
+                return Ok(response);
+            }
+            Err(unavailable @ BackendError::Unavailable(_)) => return Err(unavailable.into()),
+        };
         let mut resp = check_response(self.backend.engine(), &req, &decision);
         if decision.accepted {
             if let Some(lookup) = &req.cache_lookup_request {

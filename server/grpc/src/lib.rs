@@ -2,10 +2,11 @@
 //! (aperture-py, @fluxninja/aperture-js, Go, Java) and Envoy's rate limit filter use Tollgate
 //! unchanged.
 //!
-//! This crate owns everything on that port: the wire definitions (`proto/`, compiled with
-//! protox + tonic-prost-build, no system protoc), the translation between those messages and
-//! `tollgate_policy`'s flows and decisions, the result/global cache, the OTLP span sink, API-key
-//! auth, TLS, keepalive, health and reflection, and the small tokio runtime thread that runs it.
+//! This crate owns everything on that port except the generated wire definitions (the
+//! `tollgate-proto` crate, re-exported here as [`proto`]): the translation between those
+//! messages and `tollgate_policy`'s flows and decisions, the result/global cache, the OTLP span
+//! sink, API-key auth, TLS, keepalive, health and reflection, and the small tokio runtime thread
+//! that runs it.
 //! It owns **no token buckets**: every decision goes through a [`DecisionBackend`], which the
 //! server crate implements by handing the flow to the glommio shard that owns its bucket.
 //!
@@ -20,8 +21,12 @@
 //! - [`cache`] — the bounded TTL cache (sans-IO, time passed in).
 //! - [`config`] — [`GrpcSettings`]: TLS and cache bounds from the `server:` section.
 //! - [`auth`] — optional `x-api-key` check.
+//! - [`reject_header`] — the `tollgate-reject-reason` response header: why a flow could not be
+//!   judged.
+//! - [`undecodable`] — [`undecodable::InvalidArgumentOnUndecodable`]: a request message that
+//!   does not decode is `INVALID_ARGUMENT`, not tonic's `INTERNAL`.
 //! - [`deadline`] — `grpc-timeout` parsing and the deadline wrapper.
-//! - [`proto`] — generated messages, servers and clients.
+//! - [`proto`] — the `tollgate-proto` crate: generated messages, servers and clients.
 //!
 //! # Security
 //! With `server.api_keys` non-empty, every service except `grpc.health.v1.Health` requires
@@ -36,13 +41,17 @@ pub mod config;
 pub mod deadline;
 pub mod flowcontrol;
 pub mod otlp;
-pub mod proto;
+pub mod reject_header;
 pub mod rls;
 pub mod server;
+pub mod undecodable;
 
 pub use backend::{BackendError, DecisionBackend, DecisionFuture};
 pub use config::{CacheConfig, GrpcSettings, TlsConfig};
 pub use server::{start, GrpcHandle};
+/// The generated messages, servers and clients (the `tollgate-proto` crate), under their
+/// historical path `tollgate_grpc::proto`.
+pub use tollgate_proto as proto;
 /// The tonic this crate is built with, so callers can use [`proto`]'s clients without naming a
 /// tonic version themselves.
 pub use tonic;

@@ -10,6 +10,15 @@
 //! - `hits_addend` is the tokens taken per descriptor (0 means 1);
 //! - `overall_code` is OVER_LIMIT if any descriptor is, else OK.
 //!
+//! A descriptor Tollgate cannot judge (the backend reports a `FlowError`) is OVER_LIMIT, with
+//! no `current_limit`, and the reason goes in the response metadata header
+//! `tollgate-reject-reason` (`descriptor N: ...`, one entry per such descriptor). It is not an
+//! RPC error because Envoy's rate limit filter lets a request through on any RPC error unless
+//! `failure_mode_deny` is set. (With the server's backend this does not arise today: the cost is
+//! `hits_addend`, always a valid number, not a label; the answer is defined all the same.) Errors
+//! that are the server's own (backend unavailable, deadline) stay RPC errors, and Envoy's
+//! `failure_mode_deny` decides.
+//!
 //! Per descriptor status, describing the *binding* limiter (the rejecting one, else the matching
 //! limiter with the fewest tokens left; none matched: OK with no limit):
 //! - `current_limit`: `name` = policy name; `requests_per_unit`/`unit` from the refill rate
@@ -23,7 +32,7 @@ use std::sync::Arc;
 use tollgate_policy::{BucketParams, LimiterOutcome, OutcomeKind, OwnedFlow};
 use tonic::{Request, Response, Status};
 
-use crate::backend::DecisionBackend;
+use crate::backend::{BackendError, DecisionBackend};
 use crate::deadline;
 use crate::flowcontrol::{duration_ns, label_value};
 use crate::proto::envoy::service::ratelimit::v3::{
@@ -31,6 +40,7 @@ use crate::proto::envoy::service::ratelimit::v3::{
     rate_limit_service_server::RateLimitService,
     RateLimitRequest, RateLimitResponse,
 };
+use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
 
 /// Most descriptors accepted in one request: each costs one backend decision.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -191,9 +201,10 @@ impl RateLimitService for Rls {
         // A u32 is always a finite, non-negative cost.
         let tokens = tollgate_policy::Tokens::new(f64::from(req.hits_addend.max(1)))
             .unwrap_or(tollgate_policy::Tokens::ONE);
-        let statuses = deadline::within(budget, async {
+        let (statuses, unjudgeable) = deadline::within(budget, async {
             let mut statuses = Vec::with_capacity(req.descriptors.len());
-            for d in &req.descriptors {
+            let mut unjudgeable = Vec::new();
+            for (i, d) in req.descriptors.iter().enumerate() {
                 let mut labels: Vec<(String, String)> = d
                     .entries
                     .iter()
@@ -209,22 +220,38 @@ impl RateLimitService for Rls {
                     labels,
                     tokens: Some(tokens),
                 };
-                let decision = self
-                    .backend
-                    .check(flow.clone())
-                    .await
-                    .map_err(Status::from)?;
-                statuses.push(self.status(&flow, decision.accepted, &decision.limiters));
+                match self.backend.check(flow.clone()).await {
+                    Ok(decision) => {
+                        statuses.push(self.status(&flow, decision.accepted, &decision.limiters))
+                    }
+                    Err(BackendError::Flow(error)) => {
+                        statuses.push(DescriptorStatus {
+                            code: Code::OverLimit as i32,
+                            ..Default::default()
+                        });
+                        unjudgeable.push(format!("descriptor {i}: {error}"));
+                    }
+                    Err(unavailable @ BackendError::Unavailable(_)) => {
+                        return Err(Status::from(unavailable))
+                    }
+                }
             }
-            Ok(statuses)
+            Ok((statuses, unjudgeable))
         })
         .await?;
         let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
         let overall_code = if over { Code::OverLimit } else { Code::Ok } as i32;
-        Ok(Response::new(RateLimitResponse {
+        let mut response = Response::new(RateLimitResponse {
             overall_code,
             statuses,
-        }))
+        });
+        if !unjudgeable.is_empty() {
+            response.metadata_mut().insert(
+                REJECT_REASON_HEADER,
+                reject_reason_value(&unjudgeable.join("; ")),
+            );
+        }
+        Ok(response)
     }
 }
 

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! One thread is enough: handlers only translate messages and await the backend; the token
-//! buckets live on the shards.
+//! buckets live on the shards. The three Tollgate services are wrapped in
+//! [`InvalidArgumentOnUndecodable`] (inside the API-key check), so a request message that does
+//! not decode is answered `INVALID_ARGUMENT`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,7 @@ use crate::proto::aperture::flowcontrol::check::v1::flow_control_service_server:
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::opentelemetry::proto::collector::trace::v1::trace_service_server::TraceServiceServer;
 use crate::rls::Rls;
+use crate::undecodable::InvalidArgumentOnUndecodable;
 
 /// Server-initiated HTTP/2 PING interval: finds dead clients behind NATs. Client pings (the
 /// Python SDK sends one every 10 s) are always answered: hyper's h2 server has no ping-strike
@@ -174,12 +177,18 @@ pub fn start(
     }
     let router = builder
         .add_service(health)
-        .add_service(FlowControlServiceServer::with_interceptor(
-            flow_control,
+        .add_service(InterceptedService::new(
+            InvalidArgumentOnUndecodable::new(FlowControlServiceServer::new(flow_control)),
             auth.clone(),
         ))
-        .add_service(TraceServiceServer::with_interceptor(sink, auth.clone()))
-        .add_service(RateLimitServiceServer::with_interceptor(rls, auth.clone()))
+        .add_service(InterceptedService::new(
+            InvalidArgumentOnUndecodable::new(TraceServiceServer::new(sink)),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            InvalidArgumentOnUndecodable::new(RateLimitServiceServer::new(rls)),
+            auth.clone(),
+        ))
         .add_service(InterceptedService::new(reflection_v1, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, auth));
     listener

@@ -2,38 +2,28 @@
 //! this crate's server with a `LocalLimiter` backend. The same scripts run against the real
 //! binary in server/tests/sdk_compat.rs.
 //!
-//! Runs when `TOLLGATE_SDK_TESTS=1`, or when `.sdk/` exists; otherwise prints a skip line.
+//! Needs `scripts/setup-sdk.sh`: without it these tests fail under CI and print why they skip
+//! elsewhere (`support::deps::require`).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::deps::{aperture_sdks, repo_root, require, self_signed_cert};
 use support::{start_local, POLICY_YAML};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    repo_root()
 }
 
+/// The SDK install dir; `None` when the test skips (see [`require`]).
 fn sdk_dir() -> Option<PathBuf> {
-    let sdk = root().join(".sdk");
-    let wanted = std::env::var("TOLLGATE_SDK_TESTS").is_ok_and(|v| v == "1");
-    if !wanted && !sdk.exists() {
-        println!("skipped: run scripts/setup-sdk.sh (Aperture SDKs not installed in .sdk/)");
-        return None;
-    }
-    assert!(
-        sdk.join(".installed").exists(),
-        "TOLLGATE_SDK_TESTS=1 but .sdk/ is not set up: run scripts/setup-sdk.sh"
-    );
-    Some(sdk)
+    require("the Aperture SDKs", aperture_sdks())
 }
 
 /// Runs `cmd` (bounded by `limit`), returns (JSON lines of stdout, stderr).
@@ -147,46 +137,12 @@ async fn aperture_py_and_js_against_local_backend() {
     assert_eq!(srv.handle.spans_received(), 18);
 }
 
-/// Writes a self-signed certificate for localhost/127.0.0.1 into `dir` with the system openssl;
-/// returns (cert, key) paths, or None when openssl is missing.
-fn self_signed(dir: &Path) -> Option<(PathBuf, PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()?;
-    status.success().then_some((cert, key))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aperture_py_api_key_over_tls() {
     let Some(sdk) = sdk_dir() else { return };
     let dir = std::env::temp_dir().join(format!("tollgate-grpc-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let Some((cert, key)) = self_signed(&dir) else {
-        println!("skipped: openssl not found to make a test certificate");
+    let Some((cert, key)) = require("openssl", self_signed_cert(&dir)) else {
         return;
     };
     let yaml = POLICY_YAML.replace(

@@ -2,36 +2,37 @@
 //! [`Gossip`] node, and talks to the shards only through [`DecisionHandle`] messages.
 //!
 //! Nothing here touches a shard's buckets or adds a lock to the decision path: shards see
-//! `DrainConsumed`, `Snapshot`, `Debit` and `LowerTo` messages in their inbox, between
-//! decisions, like any other message. The loop:
+//! `DrainConsumed`, `Snapshot` and `Replica` messages in their inbox, between decisions,
+//! like any other message. The loop:
 //!
 //! 1. wait for a datagram until the next deadline (foca timer, sync tick, seed retry);
-//! 2. hand it to [`Gossip::handle_datagram`];
-//! 3. every sync tick, drain each shard's consumption into [`Gossip::record_local`];
-//! 4. [`Gossip::tick`], then carry out the effects (send, debit, lower, snapshot).
+//! 2. hand it to [`Gossip::handle_datagram`] with the node's engine, which names limiters;
+//! 3. every drain interval, drain each shard's consumption into [`Gossip::record_local`];
+//! 4. [`Gossip::tick`], then carry out the effects: send datagrams, send each replicated
+//!    entry to the shard that owns its bucket (naming the peer process that sent it),
+//!    answer snapshot requests, and tell every shard when a peer process is gone for good
+//!    (so each hands back what that peer's flows in flight held of its buckets).
+//!
+//! Routing happens here, once, where entries enter the node: `owner_of(key)`, the routing
+//! function checks use, so no shard ever re-routes a replica.
 
-use super::gossip::{Effect, Gossip, GossipStats, MemberInfo};
-use super::wire::{Entry, MAX_DATAGRAM};
 use crate::bridge::{DecisionHandle, Inbound};
 use crate::clock;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+use tollgate_cluster::wire::MAX_DATAGRAM;
+use tollgate_cluster::{
+    Effect, Gossip, GossipStats, MemberInfo, Op, Replica, JOIN_RETRY, SEED_REANNOUNCE,
+};
 
 /// Socket buffers: a state transfer or a sync of many keys is a burst of datagrams;
 /// 4 MiB holds about 3,000 of them (the kernel may cap it at `net.core.rmem_max`).
 pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
-/// While this node knows no live member, it announces to its seeds this often.
-pub const JOIN_RETRY: Duration = Duration::from_millis(500);
-/// Once joined, seeds are re-announced this often (heals a partition where both sides
-/// forgot each other, and finds new pods behind a headless Service).
-pub const SEED_REANNOUNCE: Duration = Duration::from_secs(15);
 /// Seeds are re-resolved (DNS) this often, on a separate thread so a slow resolver never
 /// stalls gossip.
 pub const SEED_RESOLVE_PERIOD: Duration = Duration::from_secs(5);
-/// The gossip counters are logged this often (info level, `cluster stats`).
-pub const STATS_PERIOD: Duration = Duration::from_secs(10);
 /// Longest single wait for a datagram, so the stop flag is noticed promptly.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
@@ -53,11 +54,12 @@ pub struct GossipThread {
 }
 
 impl GossipThread {
-    /// Starts the thread on a bound socket.
+    /// Starts the thread on a bound socket; it logs the counters every `stats_interval`.
     pub fn start(
         socket: UdpSocket,
         gossip: Gossip,
         seeds: Vec<String>,
+        stats_interval: Duration,
         handle: DecisionHandle,
         shared: Arc<Shared>,
     ) -> std::io::Result<GossipThread> {
@@ -86,7 +88,7 @@ impl GossipThread {
                         shared,
                         resolved,
                         synced: synced_tx,
-                        next_shard: 0,
+                        stats_interval,
                     };
                     shell.run(&stop);
                 })?
@@ -159,19 +161,20 @@ struct Shell {
     shared: Arc<Shared>,
     resolved: Arc<Mutex<Vec<SocketAddr>>>,
     synced: mpsc::Sender<()>,
-    next_shard: usize,
+    /// How often the counters are logged.
+    stats_interval: Duration,
 }
 
 impl Shell {
     fn run(&mut self, stop: &AtomicBool) {
-        let tick = Duration::from_nanos(self.gossip.replication_config().tick_ns());
-        let tick_ns = tick.as_nanos() as u64;
+        let drain_ns = self.gossip.drain_interval_ns(self.handle.engine());
+        let stats_ns = u64::try_from(self.stats_interval.as_nanos()).unwrap_or(u64::MAX);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut out = Vec::new();
         let start = clock::now_ns();
-        let mut next_drain = start + tick_ns;
+        let mut next_drain = start + drain_ns;
         let mut next_join = start;
-        let mut next_stats = start + STATS_PERIOD.as_nanos() as u64;
+        let mut next_stats = start.saturating_add(stats_ns);
         let mut last_stats = (start, 0u64);
         while !stop.load(Ordering::Acquire) {
             let now = clock::now_ns();
@@ -187,13 +190,16 @@ impl Shell {
             match self.socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     let now = clock::now_ns();
-                    self.gossip.handle_datagram(from, &buf[..n], now, &mut out);
+                    let engine = self.handle.engine();
+                    self.gossip
+                        .handle_datagram(from, &buf[..n], now, engine, &mut out);
                     // Take whatever else is queued without waiting.
                     let _ = self.socket.set_nonblocking(true);
                     for _ in 0..256 {
                         match self.socket.recv_from(&mut buf) {
                             Ok((n, from)) => {
-                                self.gossip.handle_datagram(from, &buf[..n], now, &mut out)
+                                self.gossip
+                                    .handle_datagram(from, &buf[..n], now, engine, &mut out)
                             }
                             Err(_) => break,
                         }
@@ -217,42 +223,51 @@ impl Shell {
                     now + if joined { SEED_REANNOUNCE } else { JOIN_RETRY }.as_nanos() as u64;
             }
             if now >= next_drain {
-                self.drain_local();
-                next_drain = (next_drain + tick_ns).max(now + 1);
+                self.drain_local(now);
+                next_drain = (next_drain + drain_ns).max(now + 1);
             }
             self.gossip.tick(now, &mut out);
             self.carry_out(&mut out);
             self.publish();
             if now >= next_stats {
-                let stats = self.gossip.stats();
-                let secs = (now - last_stats.0) as f64 / 1e9;
-                let rate = (stats.bytes_out - last_stats.1) as f64 / secs.max(1e-9);
-                tracing::info!(
-                    bytes_out = stats.bytes_out,
-                    bytes_out_per_sec = rate as u64,
-                    datagrams_out = stats.datagrams_out,
-                    datagrams_in = stats.datagrams_in,
-                    auth_failed = stats.auth_failed,
-                    invalid = stats.invalid,
-                    not_member = stats.not_member,
-                    retransmits = stats.replication.retransmits,
-                    gave_up = stats.replication.gave_up,
-                    peers = self.gossip.peers().len(),
-                    "cluster stats"
-                );
-                last_stats = (now, stats.bytes_out);
-                next_stats = now + STATS_PERIOD.as_nanos() as u64;
+                self.log_stats(now, &mut last_stats);
+                next_stats = now.saturating_add(stats_ns);
             }
         }
         // Shutdown: send what was consumed since the last sync, then leave.
-        self.drain_local();
         let now = clock::now_ns();
-        self.gossip
-            .tick(now.saturating_add(3_600_000_000_000), &mut out);
+        self.drain_local(now);
+        self.gossip.flush(now, &mut out);
         self.gossip.leave(now, &mut out);
         self.carry_out(&mut out);
         self.publish();
         tracing::info!("left the cluster");
+    }
+
+    /// Logs the counters (`cluster stats`): what docs/cluster.md's Observability lists.
+    /// `last` is (when, bytes_out) at the previous line, for the rate.
+    fn log_stats(&self, now: u64, last: &mut (u64, u64)) {
+        let stats = self.gossip.stats();
+        let secs = now.saturating_sub(last.0) as f64 / 1e9;
+        let rate = stats.bytes_out.saturating_sub(last.1) as f64 / secs.max(1e-9);
+        let r = &stats.replication;
+        tracing::info!(
+            bytes_out = stats.bytes_out,
+            bytes_out_per_sec = rate as u64,
+            datagrams_out = stats.datagrams_out,
+            datagrams_in = stats.datagrams_in,
+            auth_failed = stats.auth_failed,
+            invalid = stats.invalid,
+            not_member = stats.not_member,
+            retransmits = r.retransmits,
+            gave_up = r.gave_up,
+            skipped_entries = r.skipped_entries,
+            dropped_unknown_limiter = r.dropped_unknown_limiter,
+            dropped_definition_differs = r.dropped_definition_differs,
+            peers = self.gossip.peers().len(),
+            "cluster stats"
+        );
+        *last = (now, stats.bytes_out);
     }
 
     fn publish(&self) {
@@ -265,7 +280,7 @@ impl Shell {
     }
 
     /// Drains every shard's consumption since the last drain into the replication core.
-    fn drain_local(&mut self) {
+    fn drain_local(&mut self, now: u64) {
         let mut waiting = Vec::with_capacity(self.handle.nr_shards());
         for shard in 0..self.handle.nr_shards() {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -277,20 +292,18 @@ impl Shell {
                 waiting.push(rx);
             }
         }
+        let engine = self.handle.engine();
         for rx in waiting {
-            if let Ok(deltas) = rx.blocking_recv() {
-                for d in deltas {
-                    self.gossip.record_local(
-                        u32::from(self.handle.engine().limiter(d.limiter).position),
-                        d.key,
-                        f64::from(d.tokens),
-                    );
+            if let Ok(consumed) = rx.blocking_recv() {
+                for c in consumed {
+                    self.gossip.record_local(engine, c, now);
                 }
             }
         }
     }
 
-    fn snapshot(&self) -> Vec<Entry> {
+    /// Every shard's bucket levels.
+    fn snapshot(&self) -> Vec<Replica> {
         let mut waiting = Vec::with_capacity(self.handle.nr_shards());
         for shard in 0..self.handle.nr_shards() {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -305,21 +318,29 @@ impl Shell {
         let mut levels = Vec::new();
         for rx in waiting {
             if let Ok(l) = rx.blocking_recv() {
-                let engine = self.handle.engine();
-                levels.extend(l.into_iter().map(|(limiter, key, value)| Entry {
-                    limiter: u32::from(engine.limiter(limiter).position),
-                    key,
-                    value,
-                }));
+                levels.extend(l);
             }
         }
         levels
     }
 
-    fn any_shard(&mut self) -> usize {
-        let n = self.handle.nr_shards().max(1);
-        self.next_shard = (self.next_shard + 1) % n;
-        self.next_shard
+    /// Sends each entry to the shard that owns its bucket, one message per shard; `peer`
+    /// is the boot nonce of the process that sent them.
+    fn route(&self, op: Op, peer: u64, entries: Vec<Replica>) {
+        let mut by_owner: Vec<Vec<Replica>> = vec![Vec::new(); self.handle.nr_shards()];
+        for e in entries {
+            let owner = self.handle.owner_of(&e.key);
+            if let Some(list) = by_owner.get_mut(owner) {
+                list.push(e);
+            }
+        }
+        for (shard, entries) in by_owner.into_iter().enumerate() {
+            if !entries.is_empty() {
+                let _ = self
+                    .handle
+                    .send_blocking(shard, Inbound::Replica { op, peer, entries });
+            }
+        }
     }
 
     fn carry_out(&mut self, out: &mut Vec<Effect>) {
@@ -334,38 +355,24 @@ impl Shell {
                             tracing::debug!(%to, error = %e, "gossip send failed");
                         }
                     }
-                    Effect::Debit(entries) => {
-                        let engine = self.handle.engine();
-                        let takes: Vec<_> = entries
-                            .into_iter()
-                            .filter_map(|e| {
-                                let spec = engine.limiters().get(e.limiter as usize)?;
-                                Some((spec.id, e.key, e.value))
-                            })
-                            .collect();
-                        if !takes.is_empty() {
-                            let shard = self.any_shard();
-                            let _ = self.handle.send_blocking(shard, Inbound::Debit(takes));
-                        }
-                    }
-                    Effect::LowerTo(entries) => {
-                        let engine = self.handle.engine();
-                        let levels: Vec<_> = entries
-                            .into_iter()
-                            .filter_map(|e| {
-                                let spec = engine.limiters().get(e.limiter as usize)?;
-                                Some((spec.id, e.key, e.value))
-                            })
-                            .collect();
-                        if !levels.is_empty() {
-                            let shard = self.any_shard();
-                            let _ = self.handle.send_blocking(shard, Inbound::LowerTo(levels));
+                    Effect::Apply { op, entries, boot } => self.route(op, boot, entries),
+                    Effect::PeerGone { boot } => {
+                        tracing::info!(
+                            peer = boot,
+                            "a peer process is gone: releasing what its flows in flight held"
+                        );
+                        for shard in 0..self.handle.nr_shards() {
+                            let _ = self
+                                .handle
+                                .send_blocking(shard, Inbound::PeerGone { peer: boot });
                         }
                     }
                     Effect::SnapshotFor(to) => {
                         let levels = self.snapshot();
                         tracing::info!(%to, buckets = levels.len(), "sending bucket state to a joining peer");
-                        self.gossip.send_transfer(to, levels, clock::now_ns(), out);
+                        let engine = self.handle.engine();
+                        self.gossip
+                            .send_transfer(to, levels, engine, clock::now_ns(), out);
                     }
                     Effect::Synced => {
                         let _ = self.synced.send(());

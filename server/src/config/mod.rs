@@ -7,12 +7,13 @@
 //!
 //! # Layout
 //! - [`server`]: the `server:` section ([`ServerConfig`]).
-//! - the `cluster:` section lives with the cluster code ([`ClusterConfig`]).
+//! - the `cluster:` section lives with the cluster core ([`ClusterConfig`], in
+//!   `tollgate-cluster`).
 
 pub mod server;
 
-pub use crate::cluster::config::ClusterConfig;
 pub use server::{check_shards, BucketCap, ServerConfig};
+pub use tollgate_cluster::ClusterConfig;
 pub use tollgate_policy::config::{ConfigError, FieldError, Problems};
 
 use std::path::Path;
@@ -66,6 +67,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         server.validate(&mut problems);
         if let Some(c) = &cluster {
             c.validate(&mut problems);
+            c.validate_policies(&policies, &mut problems);
         }
     }
     problems.into_result(
@@ -114,7 +116,7 @@ policies:
     fn parses_the_documented_sample() {
         let c = parse_str(SAMPLE, "sample").unwrap();
         assert_eq!(c.server.shards, Some(2));
-        let rl = &c.policies[0].rate_limiter;
+        let rl = c.policies[0].rate_limiter.as_ref().unwrap();
         assert_eq!(rl.parameters.interval.0, Duration::from_secs(3600));
         assert_eq!(rl.parameters.limit_by_label_key.as_deref(), Some("user"));
         assert_eq!(rl.overrides[0].limit_scale_factor, 10.0);
@@ -203,8 +205,52 @@ cluster: { gossip: 127.0.0.1:7999 }
         assert_eq!(c.policies[0].policy_name, "api_limit");
         assert_eq!(c.server.shards, Some(1));
         assert_eq!(c.cluster.unwrap().gossip.port(), 7999);
-        let other = "blueprint: quota-scheduling/base\npolicy: { policy_name: x, rate_limiter: { bucket_capacity: 1, fill_amount: 1, parameters: { interval: 1s }, selectors: [ { control_point: a } ] } }\n";
-        assert!(errors_of(other)[0].starts_with("blueprint: unsupported blueprint"));
+        let rl = "{ bucket_capacity: 1, fill_amount: 1, parameters: { interval: 1s }, selectors: [ { control_point: a } ] }";
+        let other = format!(
+            "blueprint: load-scheduling/base\npolicy: {{ policy_name: x, rate_limiter: {rl} }}\n"
+        );
+        assert!(errors_of(&other)[0].starts_with("blueprint: unsupported blueprint"));
+        let mismatch = format!(
+            "blueprint: quota-scheduling/base\npolicy: {{ policy_name: x, rate_limiter: {rl} }}\n"
+        );
+        assert_eq!(
+            errors_of(&mismatch),
+            vec![
+                "policy.quota_scheduler: missing",
+                "policy.rate_limiter: not part of the quota-scheduling/base blueprint"
+            ]
+        );
+    }
+
+    #[test]
+    fn shard_bounds_default_to_the_policy_crates_and_are_checked() {
+        let c = parse_str("", "x").unwrap();
+        assert_eq!(
+            c.server.shard_limits(),
+            tollgate_policy::ShardLimits::default()
+        );
+        let c = parse_str(
+            "server: { max_waiters_per_shard: 10, max_flows_per_shard: 20, max_queue_wait: 1.5s }",
+            "x",
+        )
+        .unwrap();
+        let limits = c.server.shard_limits();
+        assert_eq!(
+            (limits.max_waiters, limits.max_flows, limits.max_wait_ns),
+            (10, 20, 1_500_000_000)
+        );
+        assert_eq!(
+            errors_of(
+                "server: { max_waiters_per_shard: 0, max_flows_per_shard: 99999999, max_queue_wait: 2h }"
+            ),
+            vec![
+                "server.max_waiters_per_shard: must be between 1 and 16777216",
+                "server.max_flows_per_shard: must be between 1 and 16777216",
+                "server.max_queue_wait: must be between 1ms and 3600s",
+            ]
+        );
+        assert!(errors_of("server: { max_queue_wait: soon }")[0]
+            .starts_with("server.max_queue_wait: invalid duration"));
     }
 
     #[test]

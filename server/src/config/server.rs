@@ -6,10 +6,20 @@ use std::time::Duration;
 use tollgate_grpc::{CacheConfig, GrpcSettings, TlsConfig};
 use tollgate_policy::config::{join, Problems};
 use tollgate_policy::duration::ConfigDuration;
+use tollgate_policy::ShardLimits;
 
 /// Shards a node may run: at least one, and no more than 1,024 (far above any core count
 /// this runs on; bounds the channel mesh, which is quadratic in shards).
 pub const MAX_SHARDS: usize = 1024;
+
+/// Most waiters or flows in flight one shard may be configured to hold: 16,777,216, about
+/// 2.5 GB of waiter state or 2 GB of flows per shard. Far above any real need; it keeps a
+/// typo (an extra digit or three) from letting a flood exhaust memory.
+pub const MAX_PER_SHARD_BOUND: usize = 1 << 24;
+
+/// Longest `max_queue_wait` accepted: an hour. A flow that waits longer is better refused
+/// and retried by its client.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(3600);
 
 /// Checks a shard count (from `server.shards` or `--shards`).
 pub fn check_shards(shards: usize) -> Result<(), String> {
@@ -62,6 +72,16 @@ pub struct ServerConfig {
     /// bucket (full ones first). Default (absent): sized from this machine's memory, see
     /// [`default_max_buckets`].
     pub max_buckets: Option<u64>,
+    /// Flows one shard lets wait in its scheduler queues (quota and concurrency
+    /// schedulers); beyond it a flow that would wait is refused at once (`queue_full`).
+    /// Default 65,536 (about 10 MB of waiter state per shard).
+    pub max_waiters_per_shard: usize,
+    /// Flows one shard keeps in flight on its concurrency components; beyond it a flow is
+    /// refused (`too_many_flows`). Default 262,144 (about 30 MB per shard).
+    pub max_flows_per_shard: usize,
+    /// Longest a flow that brings no deadline of its own (a gRPC call without
+    /// `grpc-timeout`) waits in a scheduler queue. Default 60s.
+    pub max_queue_wait: ConfigDuration,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +100,11 @@ impl Default for ServerConfig {
             node_id: None,
             idle_spin: ConfigDuration(Duration::ZERO),
             max_buckets: None,
+            max_waiters_per_shard: ShardLimits::default().max_waiters,
+            max_flows_per_shard: ShardLimits::default().max_flows,
+            max_queue_wait: ConfigDuration(Duration::from_nanos(
+                ShardLimits::default().max_wait_ns,
+            )),
         }
     }
 }
@@ -121,6 +146,22 @@ impl ServerConfig {
                 );
             }
         }
+        for (field, value) in [
+            ("max_waiters_per_shard", self.max_waiters_per_shard),
+            ("max_flows_per_shard", self.max_flows_per_shard),
+        ] {
+            if value == 0 || value > MAX_PER_SHARD_BOUND {
+                problems.at(
+                    join(at, field),
+                    format!("must be between 1 and {MAX_PER_SHARD_BOUND}"),
+                );
+            }
+        }
+        if self.max_queue_wait.0 < Duration::from_millis(1)
+            || self.max_queue_wait.0 > MAX_QUEUE_WAIT
+        {
+            problems.at(join(at, "max_queue_wait"), "must be between 1ms and 3600s");
+        }
         if self.api_keys.iter().any(|k| k.is_empty()) {
             problems.at(join(at, "api_keys"), "an API key must not be empty");
         }
@@ -135,6 +176,15 @@ impl ServerConfig {
                 source: "server.max_buckets".to_string(),
             },
             None => default_max_buckets(),
+        }
+    }
+
+    /// The bounds of each shard's state (waiters, flows in flight, longest wait).
+    pub fn shard_limits(&self) -> ShardLimits {
+        ShardLimits {
+            max_waiters: self.max_waiters_per_shard,
+            max_flows: self.max_flows_per_shard,
+            max_wait_ns: u64::try_from(self.max_queue_wait.0.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 

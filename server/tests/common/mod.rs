@@ -3,6 +3,8 @@
 //! line rather than a sleep.
 #![allow(dead_code)]
 
+pub mod deps;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;

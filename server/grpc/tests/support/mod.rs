@@ -1,8 +1,13 @@
 //! Test-only backend and server start-up shared by this crate's integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod deps;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use tollgate_grpc::{BackendError, DecisionBackend, DecisionFuture, GrpcHandle};
 use tollgate_policy::{Engine, LocalLimiter, OwnedFlow};
@@ -26,6 +31,37 @@ pub struct LocalBackend {
     epoch: Instant,
     /// Extra latency per decision, to test deadlines.
     delay: Option<Duration>,
+    /// Checks that have reached the backend, so tests can wait for a call to be in flight.
+    entered: Arc<Entered>,
+}
+
+/// A count of checks that reached the backend, with a wake-up for each.
+#[derive(Default)]
+pub struct Entered {
+    count: AtomicUsize,
+    notify: Notify,
+}
+
+impl Entered {
+    fn record(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until at least `n` checks have reached the backend (panics after 10 s).
+    pub async fn wait_for(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // Registered before the count is read, so a check entering in between still wakes it.
+            let notified = self.notify.notified();
+            if self.count.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("{n} checks did not reach the backend within 10 s");
+            }
+        }
+    }
 }
 
 impl DecisionBackend for LocalBackend {
@@ -34,6 +70,7 @@ impl DecisionBackend for LocalBackend {
     }
 
     fn check(&self, flow: OwnedFlow) -> DecisionFuture {
+        self.entered.record();
         let now = self.epoch.elapsed().as_nanos() as u64;
         let result = self
             .limiter
@@ -54,6 +91,8 @@ impl DecisionBackend for LocalBackend {
 /// A server started with [`tollgate_grpc::start`] on 127.0.0.1:0.
 pub struct LocalServer {
     pub handle: GrpcHandle,
+    /// Checks that reached the backend.
+    pub entered: Arc<Entered>,
 }
 
 impl LocalServer {
@@ -117,13 +156,15 @@ pub fn start_local(yaml: &str, delay: Option<Duration>) -> LocalServer {
     let (policies, mut settings) = split_config(yaml);
     settings.cache.max_entry_bytes = 1024;
     let engine = Arc::new(Engine::new(&policies));
+    let entered = Arc::new(Entered::default());
     let backend = Arc::new(LocalBackend {
         limiter: Mutex::new(LocalLimiter::new(engine.clone())),
         engine,
         epoch: Instant::now(),
         delay,
+        entered: entered.clone(),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let handle = tollgate_grpc::start(listener, &settings, backend).unwrap();
-    LocalServer { handle }
+    LocalServer { handle, entered }
 }

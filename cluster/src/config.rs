@@ -1,14 +1,19 @@
 //! `cluster:` — gossip membership and replication settings, with their validation.
+//!
+//! Parsing and checking only: reading `secret_file` and finding the host name (IO) are the
+//! server's, when it starts the cluster.
 
+use crate::membership::Timings;
+use crate::node_id::MAX_NODE_ID_LEN;
+use crate::replication::ReplicationConfig;
+use crate::wire::MAX_POLICY_NAME_LEN;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tollgate_policy::config::{join, Problems};
 use tollgate_policy::duration::ConfigDuration;
-
-/// Longest node id carried in membership messages.
-pub const MAX_NODE_ID_LEN: usize = 64;
+use tollgate_policy::PolicyConfig;
 
 /// `cluster:` — gossip membership and replication.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -48,6 +53,9 @@ pub struct ClusterConfig {
     /// long once, then serves alone.
     #[serde(default = "default_join_timeout")]
     pub join_timeout: ConfigDuration,
+    /// How often the gossip counters are logged (`cluster stats`, info level). Default 10s.
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval: ConfigDuration,
 }
 
 /// `cluster.failure_detection` — how fast a dead node is suspected and declared down.
@@ -68,6 +76,17 @@ pub struct FailureDetection {
     pub suspect_to_down_after: ConfigDuration,
 }
 
+impl FailureDetection {
+    /// The timings membership runs with.
+    pub fn timings(&self) -> Timings {
+        Timings {
+            probe_period: self.probe_period.0,
+            probe_rtt: self.probe_rtt.0,
+            suspect_to_down_after: self.suspect_to_down_after.0,
+        }
+    }
+}
+
 impl Default for FailureDetection {
     fn default() -> Self {
         FailureDetection {
@@ -82,6 +101,10 @@ fn default_join_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(2))
 }
 
+fn default_stats_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+
 fn default_gossip() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7946))
 }
@@ -91,11 +114,34 @@ fn default_sync_interval() -> ConfigDuration {
 }
 
 impl ClusterConfig {
+    /// The replication settings `sync_interval` implies.
+    pub fn replication(&self) -> ReplicationConfig {
+        ReplicationConfig::new(self.sync_interval.as_nanos_u64())
+    }
+
+    /// Checks what replication needs of the policies: every batch names its limiters by
+    /// policy name, so a name must fit [`MAX_POLICY_NAME_LEN`].
+    pub fn validate_policies(&self, policies: &[PolicyConfig], problems: &mut Problems) {
+        for (i, p) in policies.iter().enumerate() {
+            if p.policy_name.len() > MAX_POLICY_NAME_LEN {
+                problems.at(
+                    format!("policies[{i}].policy_name"),
+                    format!(
+                        "must be at most {MAX_POLICY_NAME_LEN} bytes with cluster: (replication names limiters by policy name)"
+                    ),
+                );
+            }
+        }
+    }
+
     /// Checks the section (its path is `cluster`).
     pub fn validate(&self, problems: &mut Problems) {
         let at = "cluster";
         if self.sync_interval.0.is_zero() {
             problems.at(join(at, "sync_interval"), "must be greater than 0");
+        }
+        if self.stats_interval.0.is_zero() {
+            problems.at(join(at, "stats_interval"), "must be greater than 0");
         }
         if self.secret_file.is_some() && self.secret.is_some() {
             problems.at(
@@ -192,5 +238,90 @@ mod optional_socket_addr {
             Some(addr) => s.collect_str(addr),
             None => s.serialize_none(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_policy::config::deserialize_section;
+
+    /// The problems of a `cluster:` section given as YAML (deserialization, then validation).
+    fn problems(yaml: &str) -> Vec<String> {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
+        let mut problems = Problems::new();
+        match deserialize_section::<ClusterConfig>(value, "cluster") {
+            Ok(c) => c.validate(&mut problems),
+            Err(e) => problems.push(e),
+        }
+        problems.errors().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_secret_is_required_off_loopback() {
+        let found = problems("gossip: 0.0.0.0:7946\n");
+        assert!(
+            found.iter().any(|p| p.starts_with("cluster.secret")),
+            "{found:?}"
+        );
+        assert!(problems("gossip: 0.0.0.0:7946\nsecret: s\n").is_empty());
+        assert!(problems("gossip: 127.0.0.1:7946\n").is_empty());
+    }
+
+    #[test]
+    fn bad_cluster_fields_are_reported_by_path() {
+        for (yaml, path) in [
+            ("gossip: not-an-address\n", "cluster.gossip"),
+            ("advertise: 0.0.0.0:7946\n", "cluster.advertise"),
+            ("seeds: [nohostport]\n", "cluster.seeds"),
+            (
+                "failure_detection: { probe_period: 100ms, probe_rtt: 200ms }\n",
+                "cluster.failure_detection.probe_rtt",
+            ),
+            ("secret: a\nsecret_file: /x\n", "cluster.secret"),
+            ("stats_interval: 0s\n", "cluster.stats_interval"),
+            ("node_id: ''\n", "cluster.node_id"),
+        ] {
+            let found = problems(yaml);
+            assert!(
+                found.iter().any(|p| p.starts_with(path)),
+                "{yaml}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_names_must_fit_a_batch() {
+        let policies = |name: &str| {
+            tollgate_policy::parse_policies(
+                &format!("policies: [ {{ policy_name: {name}, rate_limiter: {{ bucket_capacity: 1, fill_amount: 1, parameters: {{ interval: 1s }}, selectors: [ {{ control_point: c }} ] }} }} ]"),
+                "t",
+            )
+            .expect("valid policies")
+        };
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str("{}").expect("yaml");
+        let c: ClusterConfig = deserialize_section(value, "cluster").expect("defaults");
+        let mut problems = Problems::new();
+        c.validate_policies(&policies(&"p".repeat(MAX_POLICY_NAME_LEN)), &mut problems);
+        assert!(problems.is_empty());
+        c.validate_policies(
+            &policies(&"p".repeat(MAX_POLICY_NAME_LEN + 1)),
+            &mut problems,
+        );
+        assert_eq!(problems.errors()[0].path, "policies[0].policy_name");
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str("{}").expect("yaml");
+        let c: ClusterConfig = deserialize_section(value, "cluster").expect("defaults");
+        assert_eq!(c.gossip, SocketAddr::from(([127, 0, 0, 1], 7946)));
+        assert_eq!(c.sync_interval.0, Duration::from_millis(50));
+        assert_eq!(c.stats_interval.0, Duration::from_secs(10));
+        assert_eq!(c.replication().sync_interval_ns, 50_000_000);
+        assert_eq!(
+            c.failure_detection.timings().probe_rtt,
+            Duration::from_millis(400)
+        );
     }
 }

@@ -1,7 +1,6 @@
-//! Compiles the project's .proto files (server/grpc/proto) with protox (pure Rust, no system
-//! protoc) and generates prost messages + tonic servers/clients with tonic-prost-build.
-//! Also writes the encoded descriptor set to `$OUT_DIR/tollgate_grpc_descriptor.bin` for
-//! server reflection.
+//! Compiles the project's .proto files (`proto/`) with protox (pure Rust, no system protoc) and
+//! generates prost messages + tonic servers/clients with tonic-prost-build. Also writes the
+//! encoded descriptor set to `$OUT_DIR/tollgate_descriptor_set.bin` for server reflection.
 
 use prost::Message as _;
 
@@ -16,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
-        out_dir.join("tollgate_grpc_descriptor.bin"),
+        out_dir.join("tollgate_descriptor_set.bin"),
         fds.encode_to_vec(),
     )?;
     tonic_prost_build::configure()

@@ -1,6 +1,7 @@
 //! The body of the fuzz target `fuzz/fuzz_targets/gossip_datagram.rs`, kept here as a plain
 //! function so `cargo test` drives it with random and well-formed inputs on the stable
-//! toolchain too.
+//! toolchain too. Compiled only for tests and under `cfg(fuzzing)` (which `cargo fuzz`
+//! sets), never into the shipped library.
 //!
 //! Gossip datagrams are the cluster's network-facing input: anyone who can reach the UDP
 //! port can send them. The body hands the input to every wire decoder on its own, then to a
@@ -15,10 +16,13 @@
 //!    and exactly one more `auth_failed` or `invalid` drop;
 //! 4. sealing round-trips: `open(seal(kind, payload)) == (kind, payload)`;
 //! 5. what the node emits is well formed: every datagram opens with the cluster secret (so it
-//!    fits [`wire::MAX_DATAGRAM`]), and every debited or lowered entry is finite with a key
-//!    of at most [`wire::MAX_KEY_LEN`] bytes;
-//! 6. an authentic datagram from an address that never joined debits and lowers nothing, and
-//!    one of kind BATCH, ACKS or LEAVE emits nothing at all.
+//!    fits [`wire::MAX_DATAGRAM`]), and every entry it applies names a limiter of its engine,
+//!    is finite and has a key of at most [`wire::MAX_KEY_LEN`] bytes;
+//! 6. an authentic datagram from an address that never joined applies nothing, and one of
+//!    kind BATCH, ACKS or LEAVE emits nothing at all;
+//! 7. every entry of a new authentic batch from the peer is either applied or counted as
+//!    dropped (`dropped_unknown_limiter`, `dropped_definition_differs`), never both, never
+//!    neither.
 //!
 //! How the input is used, on node A after node B has joined it:
 //!
@@ -31,15 +35,22 @@
 //!
 //! `data[0] % 4` is the wire kind's number mod 4 (1 MEMBERSHIP, 2 BATCH, 3 ACKS, 0 LEAVE), so
 //! every byte value picks a kind. A payload too long to seal skips (b) and (c).
+//!
+//! Both nodes run [`POLICIES`]: a batch naming `p` with its digest applies; one naming `p`
+//! with another digest, or any other name, is dropped and counted.
 
-use super::gossip::{Effect, Gossip, GossipConfig};
-use super::membership::Timings;
-use super::replication::ReplicationConfig;
-use super::wire::{self, Auth, FocaCodec, Kind, NodeId, WireError};
+use crate::effect::Effect;
+use crate::gossip::{Gossip, GossipConfig};
+use crate::membership::Timings;
+use crate::node_id::NodeId;
+use crate::replication::ReplicationConfig;
+use crate::wire::{self, Auth, FocaCodec, Kind, WireError};
 use foca::Codec;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::OnceLock;
 use std::time::Duration;
+use tollgate_policy::Engine;
 
 /// Fuzzes every gossip decoder and one joined node with `data`, asserting the properties
 /// above. Panics only if a property is violated.
@@ -50,7 +61,7 @@ pub fn gossip_datagram(data: &[u8]) {
     let now = joined_at + STEP_NS;
     raw_from_member(&mut a, &auth, data, now);
     if let Some((kind, sealed)) = sealed_input(&auth, data) {
-        authentic_from_member(&mut a, &auth, &sealed, now);
+        authentic_from_member(&mut a, &auth, kind, &sealed, now);
         authentic_from_stranger(&mut a, &auth, kind, &sealed, now);
     }
     settle(&mut a, &auth, now);
@@ -89,9 +100,21 @@ fn timings() -> Timings {
     }
 }
 
-/// A node with one 50 ms limiter, as a small policy with lazy sync would configure it.
+/// The policies both nodes run: one limiter, `p`.
+pub const POLICIES: &str = "policies:\n  - policy_name: p\n    rate_limiter:\n      bucket_capacity: 10\n      fill_amount: 1\n      parameters: { interval: 1s, limit_by_label_key: user }\n      selectors: [{ control_point: api }]\n";
+
+/// The engine of [`POLICIES`], compiled once.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let policies = tollgate_policy::parse_policies(POLICIES, "fuzzing")
+            .unwrap_or_else(|e| panic!("the fuzzing policies are invalid: {e}"));
+        Engine::new(&policies)
+    })
+}
+
+/// A node syncing every 50 ms.
 fn node(addr: SocketAddr, boot: u64, name: &str) -> Gossip {
-    let interval = 50 * MS;
     let config = GossipConfig {
         identity: NodeId {
             addr,
@@ -100,11 +123,7 @@ fn node(addr: SocketAddr, boot: u64, name: &str) -> Gossip {
             name: name.to_string(),
         },
         timings: timings(),
-        replication: ReplicationConfig {
-            limiter_intervals_ns: vec![interval],
-            default_interval_ns: interval,
-            rto_ns: ReplicationConfig::rto_for(interval),
-        },
+        replication: ReplicationConfig::new(50 * MS),
         rng_seed: boot,
     };
     Gossip::new(config, SECRET, 0)
@@ -189,7 +208,7 @@ fn joined_node() -> (Gossip, u64) {
                 (&mut b, B_ADDR)
             };
             let mut fx = Vec::new();
-            node.handle_datagram(from, &datagram, now, &mut fx);
+            node.handle_datagram(from, &datagram, now, engine(), &mut fx);
             route(node, addr, fx, now, &mut wire);
         }
         for (node, addr) in [(&mut a, A_ADDR), (&mut b, B_ADDR)] {
@@ -217,7 +236,9 @@ fn route(node: &mut Gossip, from: SocketAddr, mut fx: Vec<Effect>, now: u64, wir
                 Effect::Send { to, datagram } if to == A_ADDR || to == B_ADDR => {
                     wire.push_back((from, to, datagram));
                 }
-                Effect::SnapshotFor(to) => node.send_transfer(to, Vec::new(), now, &mut fx),
+                Effect::SnapshotFor(to) => {
+                    node.send_transfer(to, Vec::new(), engine(), now, &mut fx)
+                }
                 _ => {}
             }
         }
@@ -230,7 +251,7 @@ fn raw_from_member(a: &mut Gossip, auth: &Auth, data: &[u8], now: u64) {
     let stats = a.stats();
     let members = a.members();
     let mut out = Vec::new();
-    a.handle_datagram(B_ADDR, data, now, &mut out);
+    a.handle_datagram(B_ADDR, data, now, engine(), &mut out);
     check_effects(auth, &out);
     let Err(e) = opened else {
         return;
@@ -273,22 +294,46 @@ fn sealed_input(auth: &Auth, data: &[u8]) -> Option<(Kind, Vec<u8>)> {
     Some((kind, sealed))
 }
 
-/// (b) The authentic datagram from B, a member: anything may happen but a panic.
-fn authentic_from_member(a: &mut Gossip, auth: &Auth, sealed: &[u8], now: u64) {
+/// (b) The authentic datagram from B, a member: anything may happen but a panic, and a
+/// new batch's entries are each applied or counted as dropped (property 7).
+fn authentic_from_member(a: &mut Gossip, auth: &Auth, kind: Kind, sealed: &[u8], now: u64) {
+    let before = a.stats().replication;
     let mut out = Vec::new();
-    a.handle_datagram(B_ADDR, sealed, now, &mut out);
+    a.handle_datagram(B_ADDR, sealed, now, engine(), &mut out);
     check_effects(auth, &out);
+    let after = a.stats().replication;
+    if kind != Kind::Batch || after.batches_applied == before.batches_applied {
+        return;
+    }
+    let batch = auth
+        .open(sealed)
+        .ok()
+        .and_then(|(_, payload)| wire::decode_batch(payload).ok())
+        .unwrap_or_else(|| panic!("a batch was applied that does not decode"));
+    let applied: usize = out
+        .iter()
+        .map(|e| match e {
+            Effect::Apply { entries, .. } => entries.len(),
+            _ => 0,
+        })
+        .sum();
+    let dropped = (after.dropped_unknown_limiter - before.dropped_unknown_limiter)
+        + (after.dropped_definition_differs - before.dropped_definition_differs);
+    assert_eq!(
+        applied as u64 + dropped,
+        batch.entries.len() as u64,
+        "entries neither applied nor counted as dropped: {batch:?} -> {out:?}"
+    );
 }
 
 /// (c) The same datagram from an address that never joined.
 fn authentic_from_stranger(a: &mut Gossip, auth: &Auth, kind: Kind, sealed: &[u8], now: u64) {
     let not_member = a.stats().not_member;
     let mut out = Vec::new();
-    a.handle_datagram(STRANGER, sealed, now, &mut out);
+    a.handle_datagram(STRANGER, sealed, now, engine(), &mut out);
     check_effects(auth, &out);
     assert!(
-        !out.iter()
-            .any(|e| matches!(e, Effect::Debit(_) | Effect::LowerTo(_))),
+        !out.iter().any(|e| matches!(e, Effect::Apply { .. })),
         "a stranger's {kind:?} changed buckets: {out:?}"
     );
     // MEMBERSHIP may be answered (foca replies to an announce); the rest must be ignored.
@@ -330,13 +375,17 @@ fn check_effects(auth: &Auth, out: &[Effect]) {
                     "emitted a datagram that does not open"
                 );
             }
-            Effect::Debit(entries) | Effect::LowerTo(entries) => {
+            Effect::Apply { entries, .. } => {
                 for e in entries {
-                    assert!(e.value.is_finite(), "emitted a non-finite value: {e:?}");
-                    assert!(e.key.len() <= wire::MAX_KEY_LEN, "emitted an over-long key");
+                    assert!(e.value.is_finite(), "applies a non-finite value: {e:?}");
+                    assert!(e.key.len() <= wire::MAX_KEY_LEN, "applies an over-long key");
+                    assert!(
+                        engine().get_limiter(e.limiter).is_some(),
+                        "applies to a limiter the engine does not have: {e:?}"
+                    );
                 }
             }
-            Effect::SnapshotFor(_) | Effect::Synced => {}
+            Effect::SnapshotFor(_) | Effect::Synced | Effect::PeerGone { .. } => {}
         }
     }
 }
@@ -344,7 +393,8 @@ fn check_effects(auth: &Auth, out: &[Effect]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::wire::{op, Acks, Batch, Entry, Leave};
+    use crate::effect::Replica;
+    use crate::wire::{Acks, Batch, Entry, Leave, LimiterRef, Op};
     use proptest::prelude::*;
 
     /// The input whose `payload` is sealed as `kind`: the selector byte is the kind itself.
@@ -361,14 +411,20 @@ mod tests {
         input(kind, &wire::encode(value).expect("fits"))
     }
 
+    /// How both nodes name their one limiter.
+    fn p() -> LimiterRef {
+        LimiterRef::of(&engine().limiters()[0])
+    }
+
     /// A debit B could have sent: its boot, a sequence number past the join's.
     fn debit() -> Batch {
         Batch {
             boot: B_BOOT,
             seq: 1_000,
-            op: op::DEBIT,
+            op: Op::Debit,
             transfer: 0,
             parts: 0,
+            limiters: vec![p()],
             entries: vec![Entry {
                 limiter: 0,
                 key: "user-1".into(),
@@ -392,13 +448,33 @@ mod tests {
             })
             .expect("join announces");
         let mut lower = debit();
-        lower.op = op::LOWER;
+        lower.op = Op::Lower;
         lower.transfer = 7;
         lower.parts = 2;
+        let mut not_shared = debit();
+        not_shared.limiters = vec![
+            LimiterRef {
+                policy: "p".into(),
+                digest: p().digest ^ 1,
+            },
+            LimiterRef {
+                policy: "q".into(),
+                digest: 7,
+            },
+            p(),
+        ];
+        not_shared.entries = (0..3)
+            .map(|i| Entry {
+                limiter: i,
+                key: format!("user-{i}"),
+                value: 1.0,
+            })
+            .collect();
         vec![
             input(announce.0, announce.1),
             archived(Kind::Batch, &debit()),
             archived(Kind::Batch, &lower),
+            archived(Kind::Batch, &not_shared),
             archived(
                 Kind::Acks,
                 &Acks {
@@ -410,9 +486,21 @@ mod tests {
         ]
     }
 
+    /// Limiter names: the shared one, the same name with another digest, another name.
+    fn limiter() -> impl Strategy<Value = LimiterRef> {
+        prop_oneof![
+            Just(p()),
+            any::<u64>().prop_map(|digest| LimiterRef {
+                policy: "p".into(),
+                digest
+            }),
+            ("[a-z]{0,4}", any::<u64>()).prop_map(|(policy, digest)| LimiterRef { policy, digest }),
+        ]
+    }
+
     fn batch() -> impl Strategy<Value = Batch> {
         let entry =
-            (0u32..3, "[a-z0-9-]{0,12}", any::<f64>()).prop_map(|(limiter, key, value)| Entry {
+            (0u16..4, "[a-z0-9-]{0,12}", any::<f64>()).prop_map(|(limiter, key, value)| Entry {
                 limiter,
                 key,
                 value,
@@ -420,19 +508,22 @@ mod tests {
         (
             prop_oneof![Just(B_BOOT), any::<u64>()],
             0u64..2_000,
-            0u8..3,
-            0u32..3,
-            0u32..3,
+            prop_oneof![Just(Op::Debit), Just(Op::Lower)],
+            (0u32..3, 0u32..3),
+            proptest::collection::vec(limiter(), 0..4),
             proptest::collection::vec(entry, 0..4),
         )
-            .prop_map(|(boot, seq, op, transfer, parts, entries)| Batch {
-                boot,
-                seq,
-                op,
-                transfer,
-                parts,
-                entries,
-            })
+            .prop_map(
+                |(boot, seq, op, (transfer, parts), limiters, entries)| Batch {
+                    boot,
+                    seq,
+                    op,
+                    transfer,
+                    parts,
+                    limiters,
+                    entries,
+                },
+            )
     }
 
     /// The seeds and well-formed archives of every kind.
@@ -496,8 +587,19 @@ mod tests {
             .seal(Kind::Batch, &wire::encode(&debit()).expect("fits"))
             .expect("fits");
         let mut out = Vec::new();
-        a.handle_datagram(B_ADDR, &sealed, now + STEP_NS, &mut out);
-        assert_eq!(out, vec![Effect::Debit(debit().entries)]);
+        a.handle_datagram(B_ADDR, &sealed, now + STEP_NS, engine(), &mut out);
+        assert_eq!(
+            out,
+            vec![Effect::Apply {
+                op: Op::Debit,
+                entries: vec![Replica {
+                    limiter: engine().limiters()[0].id,
+                    key: "user-1".into(),
+                    value: 2.0,
+                }],
+                boot: B_BOOT,
+            }]
+        );
         assert_eq!(a.stats().not_member, 0);
     }
 

@@ -1,12 +1,13 @@
-//! SWIM membership through foca: configuration, the effect-collecting runtime and a
-//! timer queue on the caller's clock.
+//! SWIM membership through foca: configuration, a recording runtime and a timer queue on
+//! the caller's clock.
 //!
 //! foca is sans-IO already: it takes bytes and timer events and reports what to send, what
-//! to schedule and what changed through its `Runtime` trait. [`Effects`] implements that
+//! to schedule and what changed through its `Runtime` trait. [`Recorder`] implements that
 //! trait by recording everything; [`Membership`] owns foca, the pending timers and the
-//! random generator, and hands the recorded effects back to [`super::gossip`].
+//! random generator, and hands the recorded effects back to [`crate::gossip`].
 
-use super::wire::{FocaCodec, NodeId, MAX_PAYLOAD};
+use crate::node_id::NodeId;
+use crate::wire::{FocaCodec, MAX_PAYLOAD};
 use foca::{Foca, Notification, OwnedNotification, Runtime, State, Timer};
 use rand_foca::rngs::SmallRng;
 use rand_foca::SeedableRng;
@@ -16,7 +17,8 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-/// Failure-detection timings (from `cluster.failure_detection`).
+/// Failure-detection timings (from `cluster.failure_detection`, see
+/// [`crate::config::FailureDetection::timings`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Timings {
     /// How often a random member is probed.
@@ -60,9 +62,10 @@ pub fn foca_config(t: Timings) -> foca::Config {
     c
 }
 
-/// Everything one foca call asked for.
+/// Everything one foca call asked for: foca's `Runtime`, recorded, for
+/// [`crate::Gossip`] to turn into [`crate::Effect`]s.
 #[derive(Default)]
-pub struct Effects {
+pub struct Recorder {
     /// (destination, foca payload) to seal and send.
     pub sends: Vec<(SocketAddr, Vec<u8>)>,
     /// Timers to deliver after a delay.
@@ -71,7 +74,7 @@ pub struct Effects {
     pub notifications: Vec<OwnedNotification<NodeId>>,
 }
 
-impl Runtime<NodeId> for Effects {
+impl Runtime<NodeId> for Recorder {
     fn notify(&mut self, notification: Notification<'_, NodeId>) {
         self.notifications.push(notification.to_owned());
     }

@@ -1,12 +1,30 @@
-//! Generated prost messages and tonic services for the project's .proto files
-//! (`server/grpc/proto`), compiled by `build.rs` with protox + tonic-prost-build.
+//! The gRPC wire definitions of Tollgate's compat port, generated from the .proto files in
+//! `proto/` by `build.rs` (protox + tonic-prost-build; no system protoc).
 //!
-//! The module tree mirrors the proto packages so generated cross-package paths resolve.
+//! This crate owns the generated code only: prost messages, tonic servers and tonic clients
+//! for the three services the compat port speaks, and the encoded descriptor set for server
+//! reflection. It holds no logic, so both sides can use it without pulling in the other:
+//! `tollgate-grpc` (the server) implements the servers, `tollgate-loadgen` drives the clients,
+//! and the SDK compat tests compare the descriptors with the SDKs' own.
+//!
+//! # Layout
+//! The module tree mirrors the proto packages, so generated cross-package paths resolve:
+//! - [`aperture::flowcontrol::check::v1`] — `FlowControlService` (Check, cache RPCs, FlowEnd):
+//!   what the Aperture SDKs call.
+//! - [`opentelemetry::proto::collector::trace::v1`] — OTLP `TraceService/Export` (the SDKs'
+//!   flow spans), with the span data in [`opentelemetry::proto::trace::v1`].
+//! - [`envoy::service::ratelimit::v3`] — Envoy's `RateLimitService/ShouldRateLimit`, with its
+//!   descriptors in [`envoy::extensions::common::ratelimit::v3`].
+//! - [`FILE_DESCRIPTOR_SET`] — every file above and its imports, encoded.
+//! - [`tonic`] — the tonic the generated code is built with, so users of the clients need not
+//!   name a matching version themselves.
 #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+
+pub use tonic;
 
 /// Encoded `FileDescriptorSet` of every project proto and its imports, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tollgate_grpc_descriptor.bin"));
+    include_bytes!(concat!(env!("OUT_DIR"), "/tollgate_descriptor_set.bin"));
 
 /// `aperture.*`
 pub mod aperture {

@@ -1,41 +1,33 @@
 //! One node's whole gossip logic, sans-IO: datagram in + `now` -> effects out.
 //!
-//! [`Gossip`] joins three parts: the envelope ([`super::wire::Auth`]) that every datagram
-//! passes first, SWIM membership ([`super::membership`]) and delta replication
-//! ([`super::replication`]). Membership decides who the replication peers are: a member
+//! [`Gossip`] joins three parts: the envelope ([`crate::wire::Auth`]) that every datagram
+//! passes first, SWIM membership ([`crate::membership`]) and delta replication
+//! ([`crate::replication`]). Membership decides who the replication peers are: a member
 //! that comes up (or restarts under a new instance) becomes a peer and is sent a state
 //! transfer; a member declared down stops being one. Replication datagrams from an address
 //! that is not a live member are dropped (and counted), so a stranger that knows the secret
 //! still has to join first.
 //!
-//! The IO shell ([`super::io`]) and the simulation (`sim.rs`, tests only) drive the same code.
+//! Everything it asks of its shell is an [`Effect`]; the policies it names limiters with are
+//! an `&Engine` argument of the calls that need them. The IO shell (the server's gossip
+//! thread) and the simulation (`sim.rs`, tests only) drive the same code.
 
-use super::membership::{Effects, Membership, Timings};
-use super::replication::{Output, ReplicationConfig, ReplicationStats, Replicator};
-use super::wire::{self, Auth, Entry, Kind, Leave, NodeId, WireError};
+use crate::effect::{Effect, Replica};
+use crate::membership::{Membership, Recorder, Timings};
+use crate::node_id::NodeId;
+use crate::replication::{ReplicationConfig, ReplicationStats, Replicator};
+use crate::wire::{self, Auth, Kind, Leave, WireError};
 use foca::{OwnedNotification, State};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
+use tollgate_policy::{Consumed, Engine};
 
-/// What the shell must do.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Effect {
-    /// Send a sealed datagram.
-    Send {
-        /// Destination.
-        to: SocketAddr,
-        /// Sealed bytes (at most [`wire::MAX_DATAGRAM`]).
-        datagram: Vec<u8>,
-    },
-    /// Debit peer consumption on the owning shards.
-    Debit(Vec<Entry>),
-    /// Lower buckets to peer-reported levels.
-    LowerTo(Vec<Entry>),
-    /// Take a snapshot of every shard and pass it to [`Gossip::send_transfer`] for `to`.
-    SnapshotFor(SocketAddr),
-    /// The first state transfer from a peer completed: this node has caught up.
-    Synced,
-}
+/// While a node knows no live member, it announces itself to its seeds this often.
+pub const JOIN_RETRY: Duration = Duration::from_millis(500);
+/// Once joined, seeds are re-announced this often (heals a partition where both sides
+/// forgot each other, and finds new pods behind a headless Service).
+pub const SEED_REANNOUNCE: Duration = Duration::from_secs(15);
 
 /// Settings of one node's gossip.
 #[derive(Clone, Debug)]
@@ -44,7 +36,7 @@ pub struct GossipConfig {
     pub identity: NodeId,
     /// Failure-detection timings.
     pub timings: Timings,
-    /// Replication cadences.
+    /// Replication cadence and retransmission timeout.
     pub replication: ReplicationConfig,
     /// Seed for foca's randomness.
     pub rng_seed: u64,
@@ -108,9 +100,8 @@ pub struct Gossip {
     last_contact: HashMap<SocketAddr, u64>,
     /// Addresses whose current instance said LEAVE (boot nonce).
     left: HashMap<SocketAddr, u64>,
-    synced: bool,
     /// Counters.
-    pub stats: GossipStats,
+    stats: GossipStats,
 }
 
 impl Gossip {
@@ -124,7 +115,6 @@ impl Gossip {
             auth,
             last_contact: HashMap::new(),
             left: HashMap::new(),
-            synced: false,
             stats: GossipStats::default(),
         }
     }
@@ -136,7 +126,7 @@ impl Gossip {
 
     /// Whether a state transfer from some peer has completed.
     pub fn synced(&self) -> bool {
-        self.synced
+        self.replication.caught_up()
     }
 
     /// Live peers (alive or suspect).
@@ -150,105 +140,75 @@ impl Gossip {
         self.replication.is_peer(addr)
     }
 
-    /// The replication core's settings.
-    pub fn replication_config(&self) -> &ReplicationConfig {
-        self.replication.config()
+    /// How often the shell must drain local consumption ([`Gossip::record_local`]): the
+    /// shortest cadence of `engine`'s limiters.
+    pub fn drain_interval_ns(&self, engine: &Engine) -> u64 {
+        self.replication.config().drain_interval_ns(engine)
     }
 
     /// Announces us to every seed that is not us and not already a live member.
     pub fn join(&mut self, seeds: &[SocketAddr], now_ns: u64, out: &mut Vec<Effect>) {
+        let start = out.len();
         let me = self.identity().addr;
         let known = self.peers();
         for &seed in seeds {
             if seed == me || known.contains(&seed) {
                 continue;
             }
-            let mut fx = Effects::default();
+            let mut calls = Recorder::default();
             if self
                 .membership
                 .foca
-                .announce(NodeId::seed(seed), &mut fx)
+                .announce(NodeId::seed(seed), &mut calls)
                 .is_err()
             {
                 self.stats.membership_rejected += 1;
             }
-            self.apply(fx, now_ns, out);
+            self.apply_membership(calls, now_ns, out);
         }
+        self.count_sent(&out[start..]);
     }
 
-    /// Handles one datagram received from `from`.
+    /// Handles one datagram received from `from`; replicated entries are resolved against
+    /// `engine` (entries of limiters it does not share are dropped and counted).
     pub fn handle_datagram(
         &mut self,
         from: SocketAddr,
         datagram: &[u8],
         now_ns: u64,
+        engine: &Engine,
         out: &mut Vec<Effect>,
     ) {
-        self.stats.datagrams_in += 1;
-        self.stats.bytes_in += datagram.len() as u64;
-        let (kind, payload) = match self.auth.open(datagram) {
-            Ok(opened) => opened,
-            Err(e) => {
-                self.count(e);
-                return;
-            }
-        };
-        self.last_contact.insert(from, now_ns);
-        match kind {
-            Kind::Membership => {
-                let mut fx = Effects::default();
-                if self.membership.foca.handle_data(payload, &mut fx).is_err() {
-                    self.stats.membership_rejected += 1;
-                }
-                self.apply(fx, now_ns, out);
-            }
-            Kind::Batch | Kind::Acks => {
-                if !self.replication.is_peer(&from) {
-                    self.stats.not_member += 1;
-                    return;
-                }
-                let mut outputs = Vec::new();
-                let result = if kind == Kind::Batch {
-                    wire::decode_batch(payload)
-                        .map(|b| self.replication.handle_batch(from, b, &mut outputs))
-                } else {
-                    wire::decode_acks(payload)
-                        .map(|a| self.replication.handle_acks(from, a, now_ns, &mut outputs))
-                };
-                if let Err(e) = result {
-                    self.count(e);
-                }
-                self.apply_replication(outputs, out);
-            }
-            Kind::Leave => match wire::decode_leave(payload) {
-                Ok(Leave { boot }) => {
-                    let current = self
-                        .membership
-                        .all()
-                        .find(|(id, _)| id.addr == from)
-                        .map(|(id, _)| id.instance);
-                    if current == Some(boot) {
-                        self.left.insert(from, boot);
-                        self.replication.peer_left(from);
-                    }
-                }
-                Err(e) => self.count(e),
-            },
-        }
+        let start = out.len();
+        self.receive(from, datagram, now_ns, engine, out);
+        self.count_sent(&out[start..]);
     }
 
-    /// Fires due timers, flushes due deltas, acks and retransmissions.
+    /// Fires due timers, sends due deltas, acks and retransmissions.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Effect>) {
+        let start = out.len();
         while let Some(timer) = self.membership.pop_due(now_ns) {
-            let mut fx = Effects::default();
-            if self.membership.foca.handle_timer(timer, &mut fx).is_err() {
+            let mut calls = Recorder::default();
+            if self
+                .membership
+                .foca
+                .handle_timer(timer, &mut calls)
+                .is_err()
+            {
                 self.stats.membership_rejected += 1;
             }
-            self.apply(fx, now_ns, out);
+            self.apply_membership(calls, now_ns, out);
         }
-        let mut outputs = Vec::new();
-        self.replication.tick(now_ns, &mut outputs);
-        self.apply_replication(outputs, out);
+        self.replication.tick(now_ns, out);
+        self.count_sent(&out[start..]);
+    }
+
+    /// Sends everything unsent now, whatever its cadence: local consumption and pending
+    /// acks (before leaving). Timers are not fired.
+    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<Effect>) {
+        let start = out.len();
+        self.replication.flush(now_ns, out);
+        self.count_sent(&out[start..]);
     }
 
     /// The next time [`Gossip::tick`] has work.
@@ -258,45 +218,50 @@ impl Gossip {
             .min(self.replication.next_deadline())
     }
 
-    /// Local consumption drained from a shard.
-    pub fn record_local(&mut self, limiter: u32, key: String, tokens: f64) {
-        self.replication.record_local(limiter, key, tokens);
+    /// Consumption drained from a local shard at `now_ns`; `engine` names its limiter for
+    /// peers.
+    pub fn record_local(&mut self, engine: &Engine, consumed: Consumed, now_ns: u64) {
+        self.replication.record_local(engine, consumed, now_ns);
     }
 
-    /// Sends our bucket levels to `to` (answer to [`Effect::SnapshotFor`]).
+    /// Sends our bucket levels to `to` (answer to [`Effect::SnapshotFor`]); `engine` names
+    /// their limiters for the peer.
     pub fn send_transfer(
         &mut self,
         to: SocketAddr,
-        levels: Vec<Entry>,
+        levels: Vec<Replica>,
+        engine: &Engine,
         now_ns: u64,
         out: &mut Vec<Effect>,
     ) {
-        if !self.replication.is_peer(&to) {
-            return;
-        }
-        let mut outputs = Vec::new();
+        let start = out.len();
         self.replication
-            .send_transfer(to, levels, now_ns, &mut outputs);
-        self.apply_replication(outputs, out);
+            .send_transfer(to, levels, engine, now_ns, out);
+        self.count_sent(&out[start..]);
     }
 
     /// Leaves gracefully: tells every live member (LEAVE, then foca's own leave).
     pub fn leave(&mut self, now_ns: u64, out: &mut Vec<Effect>) {
+        let start = out.len();
         let leave = Leave {
             boot: self.identity().instance,
         };
         if let Ok(payload) = wire::encode(&leave) {
             if let Ok(datagram) = self.auth.seal(Kind::Leave, &payload) {
                 for to in self.peers() {
-                    self.push_send(to, datagram.clone(), out);
+                    out.push(Effect::Send {
+                        to,
+                        datagram: datagram.clone(),
+                    });
                 }
             }
         }
-        let mut fx = Effects::default();
-        if self.membership.foca.leave_cluster(&mut fx).is_err() {
+        let mut calls = Recorder::default();
+        if self.membership.foca.leave_cluster(&mut calls).is_err() {
             self.stats.membership_rejected += 1;
         }
-        self.apply(fx, now_ns, out);
+        self.apply_membership(calls, now_ns, out);
+        self.count_sent(&out[start..]);
     }
 
     /// Every member known, this node first.
@@ -339,44 +304,122 @@ impl Gossip {
         }
     }
 
-    fn count(&mut self, e: WireError) {
+    fn receive(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now_ns: u64,
+        engine: &Engine,
+        out: &mut Vec<Effect>,
+    ) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let (kind, payload) = match self.auth.open(datagram) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.count_dropped(e);
+                return;
+            }
+        };
+        self.last_contact.insert(from, now_ns);
+        match kind {
+            Kind::Membership => {
+                let mut calls = Recorder::default();
+                if self
+                    .membership
+                    .foca
+                    .handle_data(payload, &mut calls)
+                    .is_err()
+                {
+                    self.stats.membership_rejected += 1;
+                }
+                self.apply_membership(calls, now_ns, out);
+            }
+            Kind::Batch | Kind::Acks if !self.replication.is_peer(&from) => {
+                self.stats.not_member += 1;
+            }
+            Kind::Batch => match wire::decode_batch(payload) {
+                Ok(batch) => self.replication.handle_batch(from, batch, engine, out),
+                Err(e) => self.count_dropped(e),
+            },
+            Kind::Acks => match wire::decode_acks(payload) {
+                Ok(acks) => self.replication.handle_acks(from, acks, now_ns, out),
+                Err(e) => self.count_dropped(e),
+            },
+            Kind::Leave => match wire::decode_leave(payload) {
+                Ok(Leave { boot }) => {
+                    let current = self
+                        .membership
+                        .all()
+                        .find(|(id, _)| id.addr == from)
+                        .map(|(id, _)| id.instance);
+                    if current == Some(boot) {
+                        self.left.insert(from, boot);
+                        self.peer_left(from, out);
+                    }
+                }
+                Err(e) => self.count_dropped(e),
+            },
+        }
+    }
+
+    fn count_dropped(&mut self, e: WireError) {
         match e {
             WireError::Auth(_) => self.stats.auth_failed += 1,
             WireError::Invalid(_) | WireError::TooLarge => self.stats.invalid += 1,
         }
     }
 
-    fn push_send(&mut self, to: SocketAddr, datagram: Vec<u8>, out: &mut Vec<Effect>) {
-        self.stats.datagrams_out += 1;
-        self.stats.bytes_out += datagram.len() as u64;
-        out.push(Effect::Send { to, datagram });
+    /// Counts the datagrams among freshly produced effects: every public entry point
+    /// calls it once on what it appended, so each send is counted exactly once.
+    fn count_sent(&mut self, fresh: &[Effect]) {
+        for effect in fresh {
+            if let Effect::Send { datagram, .. } = effect {
+                self.stats.datagrams_out += 1;
+                self.stats.bytes_out += datagram.len() as u64;
+            }
+        }
     }
 
-    /// Turns foca's recorded effects into ours, reacting to membership changes.
-    fn apply(&mut self, fx: Effects, now_ns: u64, out: &mut Vec<Effect>) {
-        self.membership.schedule(now_ns, fx.timers);
-        for (to, payload) in fx.sends {
+    /// A peer process is alive (see [`Replicator::peer_up`]). When it replaces another
+    /// process at that address (a restart: new boot), the old one is gone for good.
+    fn peer_up(&mut self, addr: SocketAddr, boot: u64, out: &mut Vec<Effect>) -> bool {
+        if let Some(old) = self.replication.peer_boot(&addr).filter(|b| *b != boot) {
+            out.push(Effect::PeerGone { boot: old });
+        }
+        self.replication.peer_up(addr, boot)
+    }
+
+    /// A peer process left (or stayed down past the grace): it is gone for good.
+    fn peer_left(&mut self, addr: SocketAddr, out: &mut Vec<Effect>) {
+        if let Some(boot) = self.replication.peer_left(addr) {
+            out.push(Effect::PeerGone { boot });
+        }
+    }
+
+    /// Turns what foca asked for into effects, reacting to membership changes.
+    fn apply_membership(&mut self, calls: Recorder, now_ns: u64, out: &mut Vec<Effect>) {
+        self.membership.schedule(now_ns, calls.timers);
+        for (to, payload) in calls.sends {
             match self.auth.seal(Kind::Membership, &payload) {
-                Ok(datagram) => self.push_send(to, datagram, out),
+                Ok(datagram) => out.push(Effect::Send { to, datagram }),
                 Err(_) => self.stats.invalid += 1,
             }
         }
         let mut snapshot_for: Vec<SocketAddr> = Vec::new();
-        for n in fx.notifications {
+        for n in calls.notifications {
             match n {
                 OwnedNotification::MemberUp(id) => {
                     tracing::info!(node = %id.name, addr = %id.addr, "cluster member up");
                     self.left.remove(&id.addr);
-                    if self.replication.peer_up(id.addr, id.boot)
-                        && !snapshot_for.contains(&id.addr)
-                    {
+                    if self.peer_up(id.addr, id.boot, out) && !snapshot_for.contains(&id.addr) {
                         snapshot_for.push(id.addr);
                     }
                 }
                 OwnedNotification::MemberDown(id) => {
                     if self.left.get(&id.addr) == Some(&id.instance) {
                         tracing::info!(node = %id.name, addr = %id.addr, "cluster member left");
-                        self.replication.peer_left(id.addr);
+                        self.peer_left(id.addr, out);
                     } else {
                         tracing::warn!(node = %id.name, addr = %id.addr, "cluster member down");
                         self.replication.peer_down(id.addr, now_ns);
@@ -389,7 +432,7 @@ impl Gossip {
                     let active = self.membership.active_peers().any(|id| *id == new);
                     if active {
                         self.left.remove(&new.addr);
-                        if self.replication.peer_up(new.addr, new.boot)
+                        if self.peer_up(new.addr, new.boot, out)
                             && !snapshot_for.contains(&new.addr)
                         {
                             snapshot_for.push(new.addr);
@@ -412,31 +455,13 @@ impl Gossip {
             out.push(Effect::SnapshotFor(to));
         }
     }
-
-    fn apply_replication(&mut self, outputs: Vec<Output>, out: &mut Vec<Effect>) {
-        for o in outputs {
-            match o {
-                Output::Send { to, datagram } => self.push_send(to, datagram, out),
-                Output::Debit(e) => out.push(Effect::Debit(e)),
-                Output::LowerTo(e) => out.push(Effect::LowerTo(e)),
-                Output::TransferComplete { from } => {
-                    if !self.synced {
-                        tracing::info!(%from, "caught up: bucket state received");
-                        self.synced = true;
-                        out.push(Effect::Synced);
-                    }
-                }
-            }
-        }
-    }
 }
 
-// Property tests with arbitrary datagrams, raw and authentic, are in `super::fuzzing`: the
+// Property tests with arbitrary datagrams, raw and authentic, are in `crate::fuzzing`: the
 // body of the `gossip_datagram` fuzz target, which `cargo test` runs too.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::Timings;
 
     fn node() -> Gossip {
         let identity = NodeId {
@@ -448,11 +473,7 @@ mod tests {
         let config = GossipConfig {
             identity,
             timings: Timings::default(),
-            replication: ReplicationConfig {
-                limiter_intervals_ns: vec![50_000_000],
-                default_interval_ns: 50_000_000,
-                rto_ns: 150_000_000,
-            },
+            replication: ReplicationConfig::new(50_000_000),
             rng_seed: 1,
         };
         Gossip::new(config, b"k", 0)
@@ -469,6 +490,7 @@ mod tests {
             SocketAddr::from(([127, 0, 0, 1], 7001)),
             &datagram,
             1,
+            &Engine::default(),
             &mut out,
         );
         assert!(out.is_empty());
