@@ -41,7 +41,10 @@ fn main() {
         // SAFETY: sets one integer option of the allocator before anything is freed.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
-    if let Some(mib) = std::env::var("GROWTH_PREFAULT_MIB").ok().and_then(|v| v.parse().ok()) {
+    if let Some(mib) = std::env::var("GROWTH_PREFAULT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         prefault(mib);
     }
     let engine = bench_engine();

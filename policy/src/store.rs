@@ -1134,6 +1134,142 @@ mod tests {
         assert_eq!(s.len(), 1_000);
     }
 
+    /// Limiter 0: a concurrency limiter of 2 per key; limiter 1: a rate limiter of 3 per
+    /// key that never refills. Both idle out after 10 s.
+    fn concurrency_engine() -> Engine {
+        let policies = parse_policies(
+            "policies: [ { policy_name: c, concurrency_limiter: { max_concurrency: 2, parameters: { limit_by_label_key: k, max_inflight_duration: 60s, max_idle_time: 10s }, selectors: [ { control_point: c } ] } }, { policy_name: r, rate_limiter: { bucket_capacity: 3, fill_amount: 0, parameters: { interval: 1s, limit_by_label_key: k, max_idle_time: 10s }, selectors: [ { control_point: c } ] } } ]",
+            "t",
+        )
+        .unwrap();
+        let e = Engine::new(&policies);
+        assert!(e.limiter(LimiterId(0)).kind.counts_in_flight());
+        assert!(!e.limiter(LimiterId(1)).kind.counts_in_flight());
+        e
+    }
+
+    #[test]
+    fn the_cap_never_evicts_a_concurrency_counter_with_flows_in_flight() {
+        let e = concurrency_engine();
+        let (conc, rate) = (LimiterId(0), LimiterId(1));
+        let mut s = BucketStore::new();
+        s.set_max_buckets(8); // fewer than EVICT_SAMPLE: every bucket is a candidate
+                              // Four counters with a flow in flight each, used first (idle-longest).
+        for i in 0..4 {
+            assert!(s.take(&e, conc, &format!("busy-{i}"), tk(1.0), 0).accepted);
+        }
+        // Four rate buckets with consumption, used later.
+        for i in 0..4 {
+            s.take(&e, rate, &format!("r-{i}"), tk(1.0), SEC);
+        }
+        // Eight new keys: only the rate buckets may go, though the counters are older.
+        for i in 0..4 {
+            s.take(&e, rate, &format!("new-{i}"), tk(1.0), 2 * SEC);
+        }
+        for i in 0..4 {
+            assert_eq!(
+                s.level(&e, conc, &format!("busy-{i}"), 2 * SEC),
+                1.0,
+                "busy-{i} still holds its flow's token"
+            );
+            assert_eq!(
+                s.level(&e, rate, &format!("r-{i}"), 2 * SEC),
+                3.0,
+                "r-{i} evicted"
+            );
+        }
+        assert_eq!(s.stats().evicted_not_full, 4);
+    }
+
+    #[test]
+    fn at_the_cap_with_only_busy_counters_a_new_key_is_refused() {
+        let e = concurrency_engine();
+        let (conc, rate) = (LimiterId(0), LimiterId(1));
+        let mut s = BucketStore::new();
+        s.set_max_buckets(4);
+        for i in 0..4 {
+            assert!(s.take(&e, conc, &format!("busy-{i}"), tk(1.0), 0).accepted);
+        }
+        let take = s.take(&e, rate, "refused", tk(1.0), SEC);
+        assert!(take.accepted, "decided on a transient full bucket");
+        assert_eq!((s.len(), s.stats().refused), (4, 1));
+        for i in 0..4 {
+            assert_eq!(
+                s.level(&e, conc, &format!("busy-{i}"), SEC),
+                1.0,
+                "busy-{i} kept"
+            );
+        }
+        // Once its flow ends, a counter is full again and the first choice.
+        s.give_back(&e, conc, "busy-2", tk(1.0), 2 * SEC);
+        s.take(&e, rate, "fits", tk(1.0), 2 * SEC);
+        assert_eq!(
+            s.level(&e, conc, "busy-2", 2 * SEC),
+            2.0,
+            "busy-2 evicted (full)"
+        );
+        assert_eq!(s.level(&e, rate, "fits", 2 * SEC), 2.0, "fits got a bucket");
+        let stats = s.stats();
+        assert_eq!(
+            (stats.evicted_full, stats.evicted_not_full, stats.refused),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn the_sweep_keeps_a_concurrency_counter_with_flows_in_flight_however_idle() {
+        let e = concurrency_engine();
+        let (conc, rate) = (LimiterId(0), LimiterId(1));
+        let mut s = BucketStore::new();
+        assert!(s.take(&e, conc, "busy", tk(2.0), 0).accepted);
+        assert!(s.take(&e, conc, "ended", tk(1.0), 0).accepted);
+        s.give_back(&e, conc, "ended", tk(1.0), 0);
+        s.take(&e, rate, "drained", tk(3.0), 0);
+        // An hour later, far past the 10 s max_idle_time.
+        assert_eq!(
+            s.evict_idle(&e, 3600 * SEC),
+            2,
+            "ended and drained are swept"
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s.level(&e, conc, "busy", 3600 * SEC),
+            0.0,
+            "busy kept both tokens"
+        );
+        // The flows end: the counter is full and goes on the next pass.
+        s.give_back(&e, conc, "busy", tk(2.0), 3600 * SEC);
+        assert_eq!(s.evict_idle(&e, 3700 * SEC), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn evictions_at_the_cap_are_counted_by_kind_and_the_idle_sweep_apart() {
+        let e = engine_with(3, "10s"); // refills 3 a second
+        let id = LimiterId(0);
+        let mut s = BucketStore::new();
+        s.set_max_buckets(4);
+        for key in ["a", "b", "c", "d"] {
+            s.take(&e, id, key, tk(3.0), 0);
+        }
+        s.take(&e, id, "e", tk(1.0), 0); // all four drained: one over-admission
+        s.take(&e, id, "f", tk(1.0), 2 * SEC); // refilled by now: a full one goes
+        let stats = s.stats();
+        assert_eq!(
+            (
+                stats.evicted_full,
+                stats.evicted_not_full,
+                stats.evicted_idle,
+                stats.refused
+            ),
+            (1, 1, 0, 0)
+        );
+        assert_eq!(s.evict_idle(&e, 20 * SEC), 4);
+        let stats = s.stats();
+        assert_eq!((stats.live, stats.evicted_idle), (0, 4));
+        assert_eq!(stats.max_buckets, 4);
+    }
+
     proptest::proptest! {
         /// The two-table store behaves exactly like one plain map of buckets.
         #[test]

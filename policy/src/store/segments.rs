@@ -463,6 +463,55 @@ mod tests {
         assert_eq!(find(&t, n + 1), None);
     }
 
+    /// The bound a growth step keeps, checked by what it does rather than how long it
+    /// takes: an entry is moved only by being rehashed (a split drains a segment into two
+    /// tables, a segment growing below its full size moves its own entries), so the rehash
+    /// calls of one insert are the entries that insert moved.
+    #[test]
+    fn no_insert_moves_more_than_one_segment() {
+        let moved = std::cell::Cell::new(0usize);
+        let rehash = |e: &Entry| {
+            moved.set(moved.get() + 1);
+            e.1
+        };
+        let mut t = SegmentedTable::new();
+        let n = 64 * SEGMENT_CAPACITY as u64; // ~230 k entries: many splits and doublings
+        let (mut worst, mut splits, mut doublings) = (0, 0, 0);
+        for key in 0..n {
+            let (segments, depth) = (t.segments(), t.depth);
+            moved.set(0);
+            let h = spread(key);
+            t.insert(h, (key, h), rehash).expect("room");
+            worst = worst.max(moved.get());
+            splits += t.segments() - segments;
+            doublings += (t.depth - depth) as usize;
+            assert!(
+                t.segments() - segments <= 1 && t.depth - depth <= 1,
+                "insert {key} split more than one segment"
+            );
+        }
+        assert!(
+            splits > 60 && doublings >= 6,
+            "{splits} splits, {doublings} doublings"
+        );
+        assert!(
+            worst <= SEGMENT_CAPACITY,
+            "an insert moved {worst} entries (one segment holds {SEGMENT_CAPACITY})"
+        );
+        assert!(
+            worst * 32 < n as usize,
+            "a whole-table resize would move all {n}"
+        );
+        // The directory is the other thing a step copies: 4 bytes per slot, at most a few
+        // slots per segment.
+        assert!(
+            t.directory.len() <= 4 * t.segments(),
+            "{} directory slots for {} segments",
+            t.directory.len(),
+            t.segments()
+        );
+    }
+
     #[test]
     fn removing_by_position_and_shrinking_returns_memory() {
         let mut t = SegmentedTable::new();
