@@ -186,9 +186,8 @@ def at(series, t):
 for t in range(60, int(duration + cooldown) + 1, 60):
     r = min(rss, key=lambda x: abs(x[0] - t))[1] if rss else float("nan")
     s, f = at(steady, t), at(flood, t)
-    rows.append(f"| {t} | {r:.1f} | {s[1]:,} | {s[3]:,.0f} | {f[1]:,} |" if s else f"| {t} | {r:.1f} | | | |")
-    if f is None and s is not None:
-        rows[-1] = f"| {t} | {r:.1f} | {s[1]:,} | {s[3]:,.0f} | (stopped) |"
+    flood_cell = f"{f[1]:,}" if f else "(stopped)"
+    rows.append(f"| {t} | {r:.1f} | {s[1]:,} | {s[3]:,.0f} | {flood_cell} |" if s else f"| {t} | {r:.1f} | | | {flood_cell} |")
 
 totals = (sum(evicted_full.values()), sum(evicted_not_full.values()), sum(refused.values()))
 section = f"""<!-- section:soak (owner: store) -->

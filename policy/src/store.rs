@@ -187,22 +187,23 @@ impl<K: StoredKey> Table<K> {
             .map(|(k, s)| (k.limiter(), k.value(), s))
     }
 
-    /// Drops one segment's `expired` buckets and shrinks it if it is left mostly empty;
-    /// returns (positions visited, buckets dropped, whether it shrank).
+    /// Drops one segment's `expired` buckets; returns (positions visited, buckets dropped).
     fn sweep_segment(
         &mut self,
-        hasher: &foldhash::fast::RandomState,
         segment: usize,
         expired: impl Fn(LimiterId, &[u8], &Slot) -> bool,
-    ) -> (usize, usize, bool) {
+    ) -> (usize, usize) {
         let visited = self.entries.segment_buckets(segment);
         let dropped = self
             .entries
             .retain_segment(segment, |(k, slot)| !expired(k.limiter(), k.value(), slot));
-        let shrank = self
-            .entries
-            .shrink_if_sparse(segment, |(k, _)| hash_key(hasher, k.limiter(), k.value()));
-        (visited, dropped, shrank)
+        (visited, dropped)
+    }
+
+    /// Shrinks one segment if it is left mostly empty; returns whether it did.
+    fn shrink_segment(&mut self, hasher: &foldhash::fast::RandomState, segment: usize) -> bool {
+        self.entries
+            .shrink_if_sparse(segment, |(k, _)| hash_key(hasher, k.limiter(), k.value()))
     }
 
     fn iter(&self) -> impl Iterator<Item = (LimiterId, &[u8], &Slot)> {
@@ -660,7 +661,10 @@ impl BucketStore {
     /// One slice of the idle sweep: goes on from where the last call stopped, a segment at
     /// a time, until it has visited `budget` bucket positions (occupied or not), dropping
     /// buckets idle past their limiter's `max_idle_time` (with nothing left to replicate)
-    /// and shrinking a segment left mostly empty, so memory returns. The work is bounded by
+    /// and shrinking a segment left mostly empty, so memory returns. Not while the store
+    /// holds at least half its cap: there the eviction hand empties segments that new keys
+    /// refill at once, and shrinking them only to grow them again churns memory (RSS swung
+    /// by half in the soak at the cap, benches/soak.sh). The work is bounded by
     /// `budget` plus one segment, and by one shrink (a call stops after one); a pass over
     /// everything takes about `stats().positions / budget` calls, more while segments
     /// shrink.
@@ -671,12 +675,17 @@ impl BucketStore {
             let expired = |limiter, value: &[u8], slot: &Slot| {
                 idle_expired(engine, limiter, value, slot, now_ns)
             };
-            let (visited, dropped, shrank) = if c.long {
-                self.long.sweep_segment(&self.hasher, c.at.segment, expired)
+            let (visited, dropped) = if c.long {
+                self.long.sweep_segment(c.at.segment, expired)
             } else {
-                self.short
-                    .sweep_segment(&self.hasher, c.at.segment, expired)
+                self.short.sweep_segment(c.at.segment, expired)
             };
+            let shrank = self.len() < self.max_buckets / 2
+                && if c.long {
+                    self.long.shrink_segment(&self.hasher, c.at.segment)
+                } else {
+                    self.short.shrink_segment(&self.hasher, c.at.segment)
+                };
             swept.visited += visited;
             swept.dropped += dropped;
             self.sweep_cursor = self.next_segment(c);
@@ -1268,6 +1277,35 @@ mod tests {
         let stats = s.stats();
         assert_eq!((stats.live, stats.evicted_idle), (0, 4));
         assert_eq!(stats.max_buckets, 4);
+    }
+
+    #[test]
+    fn segments_emptied_at_the_cap_keep_their_memory_until_the_store_drains() {
+        let e = engine_with(0, "10s");
+        let id = LimiterId(0);
+        let short = |i: usize| format!("k{i}");
+        let long = |i: usize| format!("a-long-key-past-the-inline-limit-{i}");
+        let mut s = BucketStore::new();
+        s.set_max_buckets(20_000);
+        for i in 0..10_000 {
+            s.take(&e, id, &long(i), tk(1.0), 0);
+            s.take(&e, id, &short(i), tk(1.0), 0);
+        }
+        for i in 0..10_000 {
+            s.take(&e, id, &short(i), tk(1.0), 15 * SEC);
+        }
+        // The long keys idle out: their table empties, but the store still holds half its
+        // cap, so its segments keep their size (new keys would refill them).
+        let full = s.table_bytes();
+        assert_eq!(s.evict_idle(&e, 20 * SEC), 10_000);
+        assert_eq!(s.table_bytes(), full, "at half the cap: no shrink");
+        // Below half the cap the next pass shrinks what is sparse.
+        assert_eq!(s.evict_idle(&e, 30 * SEC), 10_000);
+        assert!(
+            s.table_bytes() * 20 < full,
+            "drained: {} bytes after, {full} before",
+            s.table_bytes()
+        );
     }
 
     proptest::proptest! {

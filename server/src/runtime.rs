@@ -545,16 +545,23 @@ async fn evict_loop(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(pause).await;
         let now = clock::now_ns();
-        let stats = shard.with_store(|store, engine| {
+        let (stats, cut_short) = shard.with_store(|store, engine| {
             let positions = store.stats().positions.max(1);
             // This tick's share of a pass, so a pass takes `pass`.
             let share = (positions as f64 * pause.as_secs_f64() / pass.as_secs_f64()).ceil();
             let budget = (share as usize).clamp(1, SWEEP_BUDGET);
-            store.sweep(engine, now, budget);
-            store.stats()
+            let swept = store.sweep(engine, now, budget);
+            (store.stats(), swept.visited < budget && !swept.wrapped)
         });
         let ticks_per_pass = stats.positions.div_ceil(SWEEP_BUDGET).max(1) as u32;
-        pause = (pass / ticks_per_pass).clamp(SWEEP_MIN_PAUSE, SWEEP_MAX_PAUSE);
+        pause = if cut_short {
+            // The call stopped at a shrink (one per call): when many buckets expire at
+            // once, keep the pass going at the shortest pause instead of one segment per
+            // paced tick, which stretched a pass over minutes in the soak.
+            SWEEP_MIN_PAUSE
+        } else {
+            (pass / ticks_per_pass).clamp(SWEEP_MIN_PAUSE, SWEEP_MAX_PAUSE)
+        };
         report.tick(shard.id, &stats, now, || {
             shard.with_store(|s, _| s.table_bytes())
         });
