@@ -661,10 +661,10 @@ impl BucketStore {
     /// One slice of the idle sweep: goes on from where the last call stopped, a segment at
     /// a time, until it has visited `budget` bucket positions (occupied or not), dropping
     /// buckets idle past their limiter's `max_idle_time` (with nothing left to replicate)
-    /// and shrinking a segment left mostly empty, so memory returns. Not while the store
-    /// holds at least half its cap: there the eviction hand empties segments that new keys
-    /// refill at once, and shrinking them only to grow them again churns memory (RSS swung
-    /// by half in the soak at the cap, benches/soak.sh). The work is bounded by
+    /// and shrinking a segment left mostly empty, so memory returns. (At the cap this also
+    /// shrinks segments the eviction hand emptied, which new keys then grow back: that
+    /// churn costs RSS swings, but keeping them allocated cost twice the table memory in
+    /// the soak, docs/performance.md.) The work is bounded by
     /// `budget` plus one segment, and by one shrink (a call stops after one); a pass over
     /// everything takes about `stats().positions / budget` calls, more while segments
     /// shrink.
@@ -680,12 +680,11 @@ impl BucketStore {
             } else {
                 self.short.sweep_segment(c.at.segment, expired)
             };
-            let shrank = self.len() < self.max_buckets / 2
-                && if c.long {
-                    self.long.shrink_segment(&self.hasher, c.at.segment)
-                } else {
-                    self.short.shrink_segment(&self.hasher, c.at.segment)
-                };
+            let shrank = if c.long {
+                self.long.shrink_segment(&self.hasher, c.at.segment)
+            } else {
+                self.short.shrink_segment(&self.hasher, c.at.segment)
+            };
             swept.visited += visited;
             swept.dropped += dropped;
             self.sweep_cursor = self.next_segment(c);
@@ -1277,35 +1276,6 @@ mod tests {
         let stats = s.stats();
         assert_eq!((stats.live, stats.evicted_idle), (0, 4));
         assert_eq!(stats.max_buckets, 4);
-    }
-
-    #[test]
-    fn segments_emptied_at_the_cap_keep_their_memory_until_the_store_drains() {
-        let e = engine_with(0, "10s");
-        let id = LimiterId(0);
-        let short = |i: usize| format!("k{i}");
-        let long = |i: usize| format!("a-long-key-past-the-inline-limit-{i}");
-        let mut s = BucketStore::new();
-        s.set_max_buckets(20_000);
-        for i in 0..10_000 {
-            s.take(&e, id, &long(i), tk(1.0), 0);
-            s.take(&e, id, &short(i), tk(1.0), 0);
-        }
-        for i in 0..10_000 {
-            s.take(&e, id, &short(i), tk(1.0), 15 * SEC);
-        }
-        // The long keys idle out: their table empties, but the store still holds half its
-        // cap, so its segments keep their size (new keys would refill them).
-        let full = s.table_bytes();
-        assert_eq!(s.evict_idle(&e, 20 * SEC), 10_000);
-        assert_eq!(s.table_bytes(), full, "at half the cap: no shrink");
-        // Below half the cap the next pass shrinks what is sparse.
-        assert_eq!(s.evict_idle(&e, 30 * SEC), 10_000);
-        assert!(
-            s.table_bytes() * 20 < full,
-            "drained: {} bytes after, {full} before",
-            s.table_bytes()
-        );
     }
 
     proptest::proptest! {
