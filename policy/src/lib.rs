@@ -31,7 +31,8 @@
 //! - [`limiter`]: [`LimiterSpec`], one compiled limiter.
 //! - [`engine`]: [`Engine`], planning, [`OwnedFlow`], [`FlowError`].
 //! - [`decision`]: [`Decision`] and its per-limiter [`LimiterOutcome`]s.
-//! - [`store`]: [`BucketStore`], a shard's buckets, idle eviction, replication hooks.
+//! - [`store`]: [`BucketStore`], a shard's buckets in segmented tables that grow a piece
+//!   at a time, the cap on live buckets, the incremental idle sweep, replication hooks.
 //! - [`flow`]: [`FlowId`], the handle of a flow holding concurrency tokens.
 //! - [`inflight`]: a shard's ledger of flows in flight, with expiry.
 //! - [`workload`]: schedulers' workloads: how labels pick a workload, priority, fairness.
@@ -67,7 +68,7 @@ pub use flow::FlowId;
 pub use identity::{ComponentKind, Digest, LimiterId, RejectReason, Resolution, Stage};
 pub use limiter::LimiterSpec;
 pub use shard_state::{Resolved, ShardLimits, ShardState};
-pub use store::{BucketStore, BucketView, Consumed};
+pub use store::{BucketStore, BucketView, Consumed, StoreStats, Swept};
 pub use tokens::{Tokens, TokensError};
 pub use wfq::Ticket;
 pub use workload::{WorkloadName, WorkloadPick};

@@ -1,5 +1,5 @@
-//! A shard's buckets: hashbrown tables from (limiter, key) to bucket state, owned by a
-//! single thread, so no locks or atomics.
+//! A shard's buckets: tables from (limiter, key) to bucket state, owned by a single thread,
+//! so no locks or atomics.
 //!
 //! Memory and cache misses per live bucket are what the 1M/10M-key targets are about, so
 //! entries are packed and short keys live inside the table:
@@ -11,20 +11,57 @@
 //! The slot is 24 bytes (bucket 16, last use in seconds 4, unsynced consumption 4), so an
 //! inline entry is 40 bytes. Lookups hash a borrowed (limiter, &str) exactly as the
 //! stored key hashes, so the hot path allocates only when a new long key appears.
+//!
+//! What a client can make the store consume is bounded, and no step is long:
+//! - **Growth in small steps.** Each table is segmented ([`segments`]): a growth step splits
+//!   one segment of at most a few thousand entries, never the whole table.
+//! - **A cap on live buckets** ([`BucketStore::set_max_buckets`]). At the cap a new key first
+//!   evicts one bucket, found by a clock hand that looks at a bounded sample: the first bucket
+//!   whose loss would change no decision (full again, nothing to replicate), else the
+//!   idle-longest of the sample. Evictions of buckets that were not full are counted
+//!   ([`StoreStats::evicted_not_full`]): such a key starts full again, an over-admission.
+//! - **No abort on memory.** Every allocation a new key causes is fallible; a key that gets
+//!   no room is decided on a transient full bucket that is then forgotten
+//!   ([`StoreStats::refused`]).
+//! - **An incremental sweep** ([`BucketStore::sweep`]): each call visits a bounded number of
+//!   bucket positions from a cursor, drops buckets idle past their `max_idle_time`, and
+//!   shrinks segments left mostly empty, so memory returns.
+//!
+//! # Layout
+//! - this file: [`BucketStore`], its keys, the keep and eviction rules.
+//! - [`segments`]: the segmented hash table (extendible hashing over hashbrown tables).
+
+mod segments;
 
 use crate::bucket::{Take, TokenBucket};
 use crate::engine::Engine;
 use crate::identity::LimiterId;
 use crate::tokens::Tokens;
-use hashbrown::HashTable;
+use segments::{NoRoom, Position, SegmentedTable};
 use std::hash::{BuildHasher, Hasher};
 
 /// Longest label value stored inline (16 bytes minus length and a u16 limiter id).
 pub const INLINE_VALUE_MAX: usize = 13;
 
+/// Bucket positions one [`BucketStore::sweep`] call should visit, so that a call holds its
+/// shard for well under a millisecond. Why this value: a position costs a few nanoseconds
+/// (a control byte, and for an occupied one its slot and limiter), measured at ~0.1 ms
+/// per call (docs/performance.md), leaving room for a slower machine.
+pub const SWEEP_BUDGET: usize = 16_384;
+
+/// Buckets the eviction hand compares before it picks the idle-longest. Why this value:
+/// sampled LRU (as Redis does) with 16 samples evicts from the oldest ~6% on average, at
+/// a bounded cost of 16 bucket reads per new key at the cap.
+const EVICT_SAMPLE: usize = 16;
+
+/// Bucket positions (occupied or not) the eviction hand looks at, at most, for one victim.
+/// Why this value: at the cap the tables are at least ~40% occupied, so 16 samples are
+/// found within ~40 positions; the bound only matters for sparse tables, where it keeps a
+/// new key's cost to a few microseconds.
+const EVICT_MAX_POSITIONS: usize = 256;
+
 /// How a table stores its keys.
 trait StoredKey: Sized {
-    fn new(limiter: LimiterId, value: &[u8]) -> Self;
     fn limiter(&self) -> LimiterId;
     fn value(&self) -> &[u8];
 }
@@ -34,7 +71,7 @@ trait StoredKey: Sized {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct InlineKey([u8; 16]);
 
-impl StoredKey for InlineKey {
+impl InlineKey {
     fn new(limiter: LimiterId, value: &[u8]) -> InlineKey {
         let mut raw = [0u8; 16];
         raw[0] = value.len() as u8; // <= INLINE_VALUE_MAX, checked by `fits_inline`
@@ -42,7 +79,9 @@ impl StoredKey for InlineKey {
         raw[3..3 + value.len()].copy_from_slice(value);
         InlineKey(raw)
     }
+}
 
+impl StoredKey for InlineKey {
     fn limiter(&self) -> LimiterId {
         LimiterId(u32::from(u16::from_le_bytes([self.0[1], self.0[2]])))
     }
@@ -56,14 +95,20 @@ impl StoredKey for InlineKey {
 #[derive(Clone, PartialEq, Eq)]
 struct HeapKey(Box<[u8]>);
 
-impl StoredKey for HeapKey {
-    fn new(limiter: LimiterId, value: &[u8]) -> HeapKey {
-        let mut bytes = Vec::with_capacity(4 + value.len());
+impl HeapKey {
+    /// The key, or `NoRoom` if its slice cannot be allocated.
+    fn try_new(limiter: LimiterId, value: &[u8]) -> Result<HeapKey, NoRoom> {
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(4 + value.len())
+            .map_err(|_| NoRoom)?;
         bytes.extend_from_slice(&limiter.0.to_le_bytes());
         bytes.extend_from_slice(value);
-        HeapKey(bytes.into_boxed_slice())
+        Ok(HeapKey(bytes.into_boxed_slice()))
     }
+}
 
+impl StoredKey for HeapKey {
     fn limiter(&self) -> LimiterId {
         let mut id = [0u8; 4];
         id.copy_from_slice(&self.0[..4]);
@@ -87,60 +132,84 @@ fn hash_key(hasher: &foldhash::fast::RandomState, limiter: LimiterId, value: &[u
     h.finish()
 }
 
-/// One hashbrown table of buckets with one key representation.
+/// One segmented table of buckets with one key representation.
 struct Table<K> {
-    entries: HashTable<(K, Slot)>,
+    entries: SegmentedTable<(K, Slot)>,
 }
 
 impl<K: StoredKey> Table<K> {
-    fn with_capacity(n: usize) -> Self {
+    fn new() -> Self {
         Table {
-            entries: HashTable::with_capacity(n),
+            entries: SegmentedTable::new(),
         }
     }
 
-    fn find(
-        &self,
-        hasher: &foldhash::fast::RandomState,
-        limiter: LimiterId,
-        value: &[u8],
-    ) -> Option<&Slot> {
-        let hash = hash_key(hasher, limiter, value);
+    fn with_capacity(n: usize) -> Self {
+        Table {
+            entries: SegmentedTable::with_capacity(n),
+        }
+    }
+
+    #[inline]
+    fn find(&self, hash: u64, limiter: LimiterId, value: &[u8]) -> Option<Position> {
         self.entries
             .find(hash, |(k, _)| k.limiter() == limiter && k.value() == value)
-            .map(|(_, s)| s)
     }
 
-    fn find_mut(
+    #[inline]
+    fn slot(&self, at: Position) -> Option<&Slot> {
+        self.entries.get(at).map(|(_, s)| s)
+    }
+
+    #[inline]
+    fn slot_mut(&mut self, at: Position) -> Option<&mut Slot> {
+        self.entries.get_mut(at).map(|(_, s)| s)
+    }
+
+    /// Adds a key known to be absent.
+    fn insert(
         &mut self,
         hasher: &foldhash::fast::RandomState,
-        limiter: LimiterId,
-        value: &[u8],
-    ) -> Option<&mut Slot> {
-        let hash = hash_key(hasher, limiter, value);
+        hash: u64,
+        key: K,
+        slot: Slot,
+    ) -> Result<Position, NoRoom> {
+        self.entries.insert(hash, (key, slot), |(k, _)| {
+            hash_key(hasher, k.limiter(), k.value())
+        })
+    }
+
+    /// The bucket at `at`, as (limiter, key value, slot).
+    #[inline]
+    fn at(&self, at: Position) -> Option<(LimiterId, &[u8], &Slot)> {
         self.entries
-            .find_mut(hash, |(k, _)| k.limiter() == limiter && k.value() == value)
-            .map(|(_, s)| s)
+            .get(at)
+            .map(|(k, s)| (k.limiter(), k.value(), s))
     }
 
-    /// The slot, created by `new_slot` if absent; one hash for probe and insert.
-    fn slot(
+    /// Drops one segment's `expired` buckets; returns (positions visited, buckets dropped).
+    fn sweep_segment(
         &mut self,
-        hasher: &foldhash::fast::RandomState,
-        limiter: LimiterId,
-        value: &[u8],
-        new_slot: impl FnOnce() -> Slot,
-    ) -> &mut Slot {
-        let hash = hash_key(hasher, limiter, value);
-        let entry = self.entries.entry(
-            hash,
-            |(k, _)| k.limiter() == limiter && k.value() == value,
-            |(k, _)| hash_key(hasher, k.limiter(), k.value()),
-        );
-        &mut entry
-            .or_insert_with(|| (K::new(limiter, value), new_slot()))
-            .into_mut()
-            .1
+        segment: usize,
+        expired: impl Fn(LimiterId, &[u8], &Slot) -> bool,
+    ) -> (usize, usize) {
+        let visited = self.entries.segment_buckets(segment);
+        let dropped = self
+            .entries
+            .retain_segment(segment, |(k, slot)| !expired(k.limiter(), k.value(), slot));
+        (visited, dropped)
+    }
+
+    /// Shrinks one segment if it is left mostly empty; returns whether it did.
+    fn shrink_segment(&mut self, hasher: &foldhash::fast::RandomState, segment: usize) -> bool {
+        self.entries
+            .shrink_if_sparse(segment, |(k, _)| hash_key(hasher, k.limiter(), k.value()))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (LimiterId, &[u8], &Slot)> {
+        self.entries
+            .iter()
+            .map(|(k, s)| (k.limiter(), k.value(), s))
     }
 }
 
@@ -151,6 +220,14 @@ struct Slot {
     last_used_s: u32,
     /// Tokens consumed here since the last replication drain (cluster mode).
     unsynced: f32,
+}
+
+/// A place in the store: which table, and where in it. The sweep cursor and the eviction
+/// hand walk the short-key table, then the long-key table, then start over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cursor {
+    long: bool,
+    at: Position,
 }
 
 /// One consumption record drained for replication.
@@ -164,11 +241,43 @@ pub struct Consumed {
     pub tokens: f32,
 }
 
+/// A store's counters, for metrics and logs. Counts are since the store was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Live buckets.
+    pub live: usize,
+    /// The cap on live buckets (`usize::MAX`: none).
+    pub max_buckets: usize,
+    /// Buckets dropped at the cap that were full with nothing left to replicate (or whose
+    /// limiter a reload removed): dropping them changes no decision.
+    pub evicted_full: u64,
+    /// Buckets dropped at the cap that were below capacity or not yet replicated: their
+    /// keys start full again, an over-admission of up to what each had consumed.
+    pub evicted_not_full: u64,
+    /// Buckets dropped by the idle sweep (idle past their limiter's `max_idle_time`).
+    pub evicted_idle: u64,
+    /// New keys that got no bucket (nothing evictable within the bounded search, or an
+    /// allocation failed): decided on a transient full bucket, then forgotten.
+    pub refused: u64,
+    /// Bucket positions in the tables: what one full sweep visits.
+    pub positions: usize,
+}
+
+/// What one [`BucketStore::sweep`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Bucket positions visited (occupied or not): the work done, at most the budget.
+    pub visited: usize,
+    /// Buckets dropped.
+    pub dropped: usize,
+    /// Whether the cursor came back to the start: a whole pass ended in this call.
+    pub wrapped: bool,
+}
+
 /// A shard's buckets.
 pub struct BucketStore {
-    /// Buckets with short keys, stored inline. `HashTable` rather than `HashMap`: we
-    /// supply the hash, so a lookup hashes the borrowed key once and a miss inserts with
-    /// that same hash.
+    /// Buckets with short keys, stored inline. We supply the hash, so a lookup hashes the
+    /// borrowed key once and a miss inserts with that same hash.
     short: Table<InlineKey>,
     /// Buckets with keys longer than [`INLINE_VALUE_MAX`].
     long: Table<HeapKey>,
@@ -177,6 +286,15 @@ pub struct BucketStore {
     track_unsynced: bool,
     /// Keys with non-zero `unsynced`, so a drain does not scan the whole map.
     dirty: Vec<(LimiterId, Box<str>)>,
+    /// Live buckets at most; a new key beyond it evicts one first.
+    max_buckets: usize,
+    /// Where the idle sweep goes on.
+    sweep_cursor: Cursor,
+    /// Where the eviction hand looks for its next victim.
+    hand: Cursor,
+    /// The transient bucket a refused key is decided on (never stored).
+    scratch: Slot,
+    stats: StoreStats,
 }
 
 impl Default for BucketStore {
@@ -185,26 +303,123 @@ impl Default for BucketStore {
     }
 }
 
+/// What dropping one bucket would lose, for choosing a victim at the cap; ordered from
+/// least to most. (The idle sweep has its own rule, [`idle_expired`].)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Loss {
+    /// Nothing: its limiter is gone, or it is full with nothing left to replicate, so the
+    /// key recreated later starts exactly where it is (full).
+    Nothing,
+    /// Consumption only this bucket remembers: recreated, the key starts full again.
+    Consumption,
+    /// Consumption not yet replicated to peers (cluster mode): they never learn of it.
+    Unreplicated,
+}
+
+/// The eviction rule: what dropping this bucket at `now_ns` would lose, or None if it may
+/// not be dropped at all: a concurrency counter below capacity holds the tokens of flows in
+/// flight, which would come back to a counter that no longer remembers them (the key would
+/// admit its whole capacity again while those flows still run, for as long as they run).
+fn eviction_loss(
+    engine: &Engine,
+    limiter: LimiterId,
+    value: &[u8],
+    slot: &Slot,
+    now_ns: u64,
+) -> Option<Loss> {
+    let Some(spec) = engine.get_limiter(limiter) else {
+        return Some(Loss::Nothing);
+    };
+    let params = spec.params_for(std::str::from_utf8(value).unwrap_or_default());
+    let full = slot.bucket.level(&params, now_ns) >= params.capacity;
+    if spec.kind.counts_in_flight() && !full {
+        return None;
+    }
+    Some(if slot.unsynced != 0.0 {
+        Loss::Unreplicated
+    } else if full {
+        Loss::Nothing
+    } else {
+        Loss::Consumption
+    })
+}
+
+/// The idle rule: whether the sweep drops this bucket at `now_ns`. At once if its limiter
+/// is gone (a reload removed it); otherwise when it has been idle longer than its limiter's
+/// `max_idle_time` with nothing left to replicate, except a concurrency counter below
+/// capacity, which holds the tokens of flows in flight however long they run.
+fn idle_expired(
+    engine: &Engine,
+    limiter: LimiterId,
+    value: &[u8],
+    slot: &Slot,
+    now_ns: u64,
+) -> bool {
+    let Some(spec) = engine.get_limiter(limiter) else {
+        return true;
+    };
+    if slot.unsynced != 0.0 {
+        return false;
+    }
+    if spec.kind.counts_in_flight() {
+        let params = spec.params_for(std::str::from_utf8(value).unwrap_or_default());
+        if slot.bucket.level(&params, now_ns) < params.capacity {
+            return false;
+        }
+    }
+    let max_idle_s = (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32;
+    seconds(now_ns).saturating_sub(slot.last_used_s) >= max_idle_s
+}
+
+fn new_slot(engine: &Engine, limiter: LimiterId, key: &str, now_ns: u64) -> Slot {
+    let params = engine.limiter(limiter).params_for(key);
+    Slot {
+        bucket: TokenBucket::new(&params, now_ns),
+        last_used_s: seconds(now_ns),
+        unsynced: 0.0,
+    }
+}
+
 impl BucketStore {
-    /// An empty store.
+    /// An empty store without a cap.
     pub fn new() -> BucketStore {
         BucketStore::with_capacity(0)
     }
 
-    /// An empty store sized for `keys` buckets (with short keys).
+    /// An empty store sized for `keys` buckets (with short keys), without a cap.
     pub fn with_capacity(keys: usize) -> BucketStore {
         BucketStore {
             short: Table::with_capacity(keys),
-            long: Table::with_capacity(0),
+            long: Table::new(),
             hasher: Default::default(),
             track_unsynced: false,
             dirty: Vec::new(),
+            max_buckets: usize::MAX,
+            sweep_cursor: Cursor::default(),
+            hand: Cursor::default(),
+            scratch: Slot {
+                bucket: TokenBucket::with_level(0.0, 0),
+                last_used_s: 0,
+                unsynced: 0.0,
+            },
+            stats: StoreStats::default(),
         }
     }
 
     /// Start recording consumption for [`BucketStore::drain_unsynced`].
     pub fn track_consumption(&mut self, on: bool) {
         self.track_unsynced = on;
+    }
+
+    /// Caps live buckets at `max` (set it before use): beyond it, each new key first
+    /// evicts one bucket (see the module docs). 0 refuses every new key.
+    pub fn set_max_buckets(&mut self, max: usize) {
+        self.max_buckets = max;
+    }
+
+    /// The cap on live buckets (`usize::MAX`: none).
+    pub fn max_buckets(&self) -> usize {
+        self.max_buckets
     }
 
     /// Live buckets.
@@ -218,42 +433,285 @@ impl BucketStore {
     }
 
     /// Bytes of the tables (excluding long keys' heap slices): for memory accounting.
+    /// O(segments), so not per request.
     pub fn table_bytes(&self) -> usize {
         self.short.entries.allocation_size() + self.long.entries.allocation_size()
     }
 
-    fn find(&self, limiter: LimiterId, key: &str) -> Option<&Slot> {
-        let value = key.as_bytes();
-        if fits_inline(limiter, value) {
-            self.short.find(&self.hasher, limiter, value)
-        } else {
-            self.long.find(&self.hasher, limiter, value)
+    /// The store's counters.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            live: self.len(),
+            max_buckets: self.max_buckets,
+            positions: self.short.entries.buckets() + self.long.entries.buckets(),
+            ..self.stats
         }
+    }
+
+    /// Where a key's bucket is: (long table?, position), if it exists.
+    #[inline]
+    fn locate(&self, limiter: LimiterId, value: &[u8]) -> Option<Cursor> {
+        let hash = hash_key(&self.hasher, limiter, value);
+        if fits_inline(limiter, value) {
+            self.short
+                .find(hash, limiter, value)
+                .map(|at| Cursor { long: false, at })
+        } else {
+            self.long
+                .find(hash, limiter, value)
+                .map(|at| Cursor { long: true, at })
+        }
+    }
+
+    fn find(&self, limiter: LimiterId, key: &str) -> Option<&Slot> {
+        let c = self.locate(limiter, key.as_bytes())?;
+        self.slot_at(c)
     }
 
     fn find_mut(&mut self, limiter: LimiterId, key: &str) -> Option<&mut Slot> {
-        let value = key.as_bytes();
-        if fits_inline(limiter, value) {
-            self.short.find_mut(&self.hasher, limiter, value)
+        let c = self.locate(limiter, key.as_bytes())?;
+        self.slot_at_mut(c)
+    }
+
+    #[inline]
+    fn slot_at(&self, c: Cursor) -> Option<&Slot> {
+        if c.long {
+            self.long.slot(c.at)
         } else {
-            self.long.find_mut(&self.hasher, limiter, value)
+            self.short.slot(c.at)
         }
     }
 
-    fn slot(&mut self, engine: &Engine, limiter: LimiterId, key: &str, now_ns: u64) -> &mut Slot {
-        let new_slot = || {
-            let params = engine.limiter(limiter).params_for(key);
-            Slot {
-                bucket: TokenBucket::new(&params, now_ns),
-                last_used_s: seconds(now_ns),
-                unsynced: 0.0,
-            }
-        };
-        let value = key.as_bytes();
-        if fits_inline(limiter, value) {
-            self.short.slot(&self.hasher, limiter, value, new_slot)
+    #[inline]
+    fn slot_at_mut(&mut self, c: Cursor) -> Option<&mut Slot> {
+        if c.long {
+            self.long.slot_mut(c.at)
         } else {
-            self.long.slot(&self.hasher, limiter, value, new_slot)
+            self.short.slot_mut(c.at)
+        }
+    }
+
+    /// A key's bucket, created full if new (evicting one at the cap). A key that gets no
+    /// room is given the transient `scratch` bucket, full, which nothing keeps.
+    fn slot(&mut self, engine: &Engine, limiter: LimiterId, key: &str, now_ns: u64) -> &mut Slot {
+        let found = match self.locate(limiter, key.as_bytes()) {
+            Some(c) => Some(c),
+            None => self.insert_new(engine, limiter, key, now_ns),
+        };
+        let slot = match found {
+            Some(c) if c.long => self.long.slot_mut(c.at),
+            Some(c) => self.short.slot_mut(c.at),
+            None => None,
+        };
+        match slot {
+            Some(slot) => slot,
+            None => {
+                self.scratch = new_slot(engine, limiter, key, now_ns);
+                &mut self.scratch
+            }
+        }
+    }
+
+    /// Adds a bucket for a key known to be absent: first makes room at the cap, then
+    /// inserts, allocating only fallibly. None (counted in `refused`) if it got no room.
+    fn insert_new(
+        &mut self,
+        engine: &Engine,
+        limiter: LimiterId,
+        key: &str,
+        now_ns: u64,
+    ) -> Option<Cursor> {
+        // Two evictions per new key at most: one keeps the store at its cap, the second
+        // brings it back down if the cap was lowered under a full store.
+        for _ in 0..2 {
+            if self.len() < self.max_buckets || !self.evict_one(engine, now_ns) {
+                break;
+            }
+        }
+        if self.len() >= self.max_buckets {
+            self.stats.refused += 1;
+            return None;
+        }
+        let value = key.as_bytes();
+        let hash = hash_key(&self.hasher, limiter, value);
+        let slot = new_slot(engine, limiter, key, now_ns);
+        let placed = if fits_inline(limiter, value) {
+            let key = InlineKey::new(limiter, value);
+            self.short
+                .insert(&self.hasher, hash, key, slot)
+                .map(|at| Cursor { long: false, at })
+        } else {
+            HeapKey::try_new(limiter, value).and_then(|key| {
+                self.long
+                    .insert(&self.hasher, hash, key, slot)
+                    .map(|at| Cursor { long: true, at })
+            })
+        };
+        match placed {
+            Ok(c) => Some(c),
+            Err(NoRoom) => {
+                self.stats.refused += 1;
+                None
+            }
+        }
+    }
+
+    /// The bucket at a cursor, as (limiter, key value, slot).
+    #[inline]
+    fn bucket_at(&self, c: Cursor) -> Option<(LimiterId, &[u8], &Slot)> {
+        if c.long {
+            self.long.at(c.at)
+        } else {
+            self.short.at(c.at)
+        }
+    }
+
+    fn remove_at(&mut self, c: Cursor) {
+        if c.long {
+            self.long.entries.remove(c.at);
+        } else {
+            self.short.entries.remove(c.at);
+        }
+    }
+
+    /// The position after `c`: the next bucket of its segment, else the first of the next
+    /// segment ([`BucketStore::next_segment`]).
+    fn next(&self, c: Cursor) -> Cursor {
+        let buckets = if c.long {
+            self.long.entries.segment_buckets(c.at.segment)
+        } else {
+            self.short.entries.segment_buckets(c.at.segment)
+        };
+        if c.at.bucket + 1 < buckets {
+            let at = Position {
+                bucket: c.at.bucket + 1,
+                ..c.at
+            };
+            return Cursor { at, ..c };
+        }
+        self.next_segment(c)
+    }
+
+    /// The first position of the segment after `c`'s: the next segment of its table; after
+    /// the short-key table's last, the long-key table's first; after that, the start again.
+    fn next_segment(&self, c: Cursor) -> Cursor {
+        let segments = if c.long {
+            self.long.entries.segments()
+        } else {
+            self.short.entries.segments()
+        };
+        if c.at.segment + 1 < segments {
+            let at = Position {
+                segment: c.at.segment + 1,
+                bucket: 0,
+            };
+            Cursor { at, ..c }
+        } else {
+            Cursor {
+                long: !c.long,
+                at: Position::default(),
+            }
+        }
+    }
+
+    /// Drops one bucket to make room for a new key; false if the bounded search found none
+    /// it may drop. The hand goes on from where it stopped: the first bucket whose loss
+    /// changes no decision is taken at once; otherwise, of [`EVICT_SAMPLE`] buckets, the
+    /// one that loses least, idle-longest first.
+    fn evict_one(&mut self, engine: &Engine, now_ns: u64) -> bool {
+        let mut best: Option<(Cursor, (Loss, u32))> = None;
+        let mut sampled = 0;
+        let mut c = self.hand;
+        for _ in 0..EVICT_MAX_POSITIONS {
+            if let Some((limiter, value, slot)) = self.bucket_at(c) {
+                let Some(loss) = eviction_loss(engine, limiter, value, slot, now_ns) else {
+                    // A counter of flows in flight: never a victim, and not a sample.
+                    c = self.next(c);
+                    continue;
+                };
+                if loss == Loss::Nothing {
+                    best = Some((c, (loss, slot.last_used_s)));
+                    break;
+                }
+                let rank = (loss, slot.last_used_s);
+                if best.is_none_or(|(_, r)| rank < r) {
+                    best = Some((c, rank));
+                }
+                sampled += 1;
+                if sampled == EVICT_SAMPLE {
+                    break;
+                }
+            }
+            c = self.next(c);
+        }
+        let Some((victim, (loss, _))) = best else {
+            self.hand = c;
+            return false;
+        };
+        self.remove_at(victim);
+        self.hand = self.next(victim);
+        if loss == Loss::Nothing {
+            self.stats.evicted_full += 1;
+        } else {
+            self.stats.evicted_not_full += 1;
+        }
+        true
+    }
+
+    /// One slice of the idle sweep: goes on from where the last call stopped, a segment at
+    /// a time, until it has visited `budget` bucket positions (occupied or not), dropping
+    /// buckets idle past their limiter's `max_idle_time` (with nothing left to replicate)
+    /// and shrinking a segment left mostly empty, so memory returns. (At the cap this also
+    /// shrinks segments the eviction hand emptied, which new keys then grow back: that
+    /// churn costs RSS swings, but keeping them allocated cost twice the table memory in
+    /// the soak, docs/performance.md.) The work is bounded by
+    /// `budget` plus one segment, and by one shrink (a call stops after one); a pass over
+    /// everything takes about `stats().positions / budget` calls, more while segments
+    /// shrink.
+    pub fn sweep(&mut self, engine: &Engine, now_ns: u64, budget: usize) -> Swept {
+        let mut swept = Swept::default();
+        while swept.visited < budget && !swept.wrapped {
+            let c = self.sweep_cursor;
+            let expired = |limiter, value: &[u8], slot: &Slot| {
+                idle_expired(engine, limiter, value, slot, now_ns)
+            };
+            let (visited, dropped) = if c.long {
+                self.long.sweep_segment(c.at.segment, expired)
+            } else {
+                self.short.sweep_segment(c.at.segment, expired)
+            };
+            let shrank = if c.long {
+                self.long.shrink_segment(&self.hasher, c.at.segment)
+            } else {
+                self.short.shrink_segment(&self.hasher, c.at.segment)
+            };
+            swept.visited += visited;
+            swept.dropped += dropped;
+            self.sweep_cursor = self.next_segment(c);
+            swept.wrapped = self.sweep_cursor == Cursor::default();
+            if shrank {
+                // A freed table is memory handed back to the OS, which takes time too:
+                // one per call.
+                break;
+            }
+        }
+        self.stats.evicted_idle += swept.dropped as u64;
+        swept
+    }
+
+    /// Drops buckets idle longer than their limiter's `max_idle_time` (and with nothing
+    /// left to replicate), in one whole pass. Returns how many were dropped. O(live
+    /// buckets): single-threaded callers and tests; the server calls [`BucketStore::sweep`]
+    /// a slice at a time.
+    pub fn evict_idle(&mut self, engine: &Engine, now_ns: u64) -> usize {
+        self.sweep_cursor = Cursor::default();
+        let mut dropped = 0;
+        loop {
+            let swept = self.sweep(engine, now_ns, usize::MAX);
+            dropped += swept.dropped;
+            if swept.wrapped {
+                return dropped;
+            }
         }
     }
 
@@ -277,7 +735,8 @@ impl BucketStore {
     }
 
     /// Hands back `tokens` taken from one bucket by a flow that another limiter rejected.
-    /// The one way tokens return to a bucket, whichever shard decided the flow.
+    /// The one way tokens return to a bucket, whichever shard decided the flow. A bucket
+    /// that is gone (evicted meanwhile) is not recreated: a new one would be full anyway.
     pub fn give_back(
         &mut self,
         engine: &Engine,
@@ -290,7 +749,9 @@ impl BucketStore {
             return;
         };
         let params = spec.params_for(key);
-        let slot = self.slot(engine, limiter, key, now_ns);
+        let Some(slot) = self.find_mut(limiter, key) else {
+            return;
+        };
         slot.bucket.put_back(&params, now_ns, tokens);
         slot.last_used_s = seconds(now_ns);
         self.record_consumption(limiter, key, -tokens.get());
@@ -301,13 +762,22 @@ impl BucketStore {
         if !self.track_unsynced || tokens == 0.0 {
             return;
         }
-        let Some(slot) = self.find_mut(limiter, key) else {
+        let Some(c) = self.locate(limiter, key.as_bytes()) else {
             return;
         };
-        let was_clean = slot.unsynced == 0.0;
-        slot.unsynced += tokens as f32;
-        if was_clean {
-            self.dirty.push((limiter, key.into()));
+        if self.slot_at(c).is_some_and(|slot| slot.unsynced == 0.0) {
+            // A record that cannot be allocated leaves this consumption unrecorded (peers
+            // over-admit by it) rather than aborting the process.
+            let Some(record) = dirty_record(key) else {
+                return;
+            };
+            if self.dirty.try_reserve(1).is_err() {
+                return;
+            }
+            self.dirty.push((limiter, record));
+        }
+        if let Some(slot) = self.slot_at_mut(c) {
+            slot.unsynced += tokens as f32;
         }
     }
 
@@ -333,38 +803,6 @@ impl BucketStore {
             Some(slot) => slot.bucket.level(&params, now_ns),
             None => params.capacity,
         }
-    }
-
-    /// Drops buckets idle longer than their limiter's `max_idle_time` (and with nothing
-    /// left to replicate). Returns how many were dropped. O(live buckets): the server
-    /// runs it on a timer, not per request.
-    pub fn evict_idle(&mut self, engine: &Engine, now_ns: u64) -> usize {
-        let now_s = seconds(now_ns);
-        let before = self.len();
-        let keep = |limiter: LimiterId, value: &[u8], slot: &Slot| {
-            let Some(spec) = engine.get_limiter(limiter) else {
-                return false; // its component is gone (a reload removed it)
-            };
-            if slot.unsynced != 0.0 {
-                return true;
-            }
-            if spec.kind.counts_in_flight() {
-                // Tokens of flows in flight: dropping the counter would forget them.
-                let params = spec.params_for(std::str::from_utf8(value).unwrap_or_default());
-                if slot.bucket.level(&params, now_ns) < params.capacity {
-                    return true;
-                }
-            }
-            let max_idle_s = (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32;
-            now_s.saturating_sub(slot.last_used_s) < max_idle_s
-        };
-        self.short
-            .entries
-            .retain(|(k, slot)| keep(k.limiter(), k.value(), slot));
-        self.long
-            .entries
-            .retain(|(k, slot)| keep(k.limiter(), k.value(), slot));
-        before - self.len()
     }
 
     /// After a reload from `old` to `new`: a concurrency counter whose capacity changed
@@ -419,17 +857,7 @@ impl BucketStore {
         now_ns: u64,
         mut emit: impl FnMut(LimiterId, &str, f64),
     ) {
-        let short = self
-            .short
-            .entries
-            .iter()
-            .map(|(k, s)| (k.limiter(), k.value(), s));
-        let long = self
-            .long
-            .entries
-            .iter()
-            .map(|(k, s)| (k.limiter(), k.value(), s));
-        for (limiter, value, slot) in short.chain(long) {
+        for (limiter, value, slot) in self.short.iter().chain(self.long.iter()) {
             let Some(spec) = engine.get_limiter(limiter) else {
                 continue;
             };
@@ -495,6 +923,14 @@ impl BucketStore {
 
 fn seconds(now_ns: u64) -> u32 {
     (now_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32
+}
+
+/// A dirty-list record of a key, allocated fallibly.
+fn dirty_record(key: &str) -> Option<Box<str>> {
+    let mut record = String::new();
+    record.try_reserve_exact(key.len()).ok()?;
+    record.push_str(key);
+    Some(record.into_boxed_str())
 }
 
 #[cfg(test)]
@@ -573,6 +1009,347 @@ mod tests {
         let mut again = 0;
         s.drain_unsynced(|_| again += 1);
         assert_eq!(again, 0);
+    }
+
+    fn engine_with(fill_amount: u32, max_idle: &str) -> Engine {
+        let policies = parse_policies(
+            &format!("policies: [ {{ policy_name: p, rate_limiter: {{ bucket_capacity: 3, fill_amount: {fill_amount}, parameters: {{ interval: 1s, limit_by_label_key: k, max_idle_time: {max_idle} }}, selectors: [ {{ control_point: c }} ] }} }} ]"),
+            "t",
+        )
+        .unwrap();
+        Engine::new(&policies)
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// Short and long keys alike (the cap covers both tables).
+    fn flood_key(i: usize) -> String {
+        if i.is_multiple_of(3) {
+            format!("a-long-key-past-the-inline-limit-{i}")
+        } else {
+            format!("k{i}")
+        }
+    }
+
+    /// Whether a bucket exists and is below capacity (a missing key reads as full).
+    fn drained(s: &BucketStore, e: &Engine, key: &str, now: u64) -> bool {
+        s.level(e, LimiterId(0), key, now) < 3.0
+    }
+
+    #[test]
+    fn the_cap_holds_under_a_flood_of_distinct_keys() {
+        let e = engine();
+        let mut s = BucketStore::new();
+        s.set_max_buckets(100);
+        for i in 0..10_000 {
+            let take = s.take(&e, LimiterId(0), &flood_key(i), tk(1.0), 0);
+            assert!(take.accepted, "a new key starts full");
+            assert_eq!(s.len(), (i + 1).min(100));
+        }
+        let stats = s.stats();
+        assert_eq!(stats.live, 100);
+        assert_eq!(stats.refused, 0);
+        assert_eq!(stats.evicted_full + stats.evicted_not_full, 9_900);
+        assert_eq!(
+            stats.evicted_not_full, 9_900,
+            "every bucket had a token taken and never refills"
+        );
+        // The newest key is live: the one just inserted is never its own victim.
+        assert!(drained(&s, &e, &flood_key(9_999), 0));
+    }
+
+    #[test]
+    fn full_buckets_are_evicted_before_ones_that_hold_consumption() {
+        // Fill 3 per second: a bucket that gave a token is full again a second later.
+        let e = engine_with(3, "3600s");
+        let id = LimiterId(0);
+        let mut s = BucketStore::new();
+        s.set_max_buckets(60);
+        for i in 0..20 {
+            // Refilled by t = 5 s: full, so dropping it changes nothing.
+            s.take(&e, id, &format!("refilled-{i}"), tk(1.0), 0);
+            // Untouched since created: full.
+            s.take(&e, id, &format!("untouched-{i}"), tk(0.0), 0);
+        }
+        for i in 0..20 {
+            // Drained at 5 s: still below capacity at 5 s.
+            s.take(&e, id, &format!("drained-{i}"), tk(3.0), 5 * SEC);
+        }
+        assert_eq!(s.len(), 60);
+        for i in 0..40 {
+            s.take(&e, id, &format!("new-{i}"), tk(0.0), 5 * SEC);
+        }
+        let stats = s.stats();
+        assert_eq!((stats.evicted_full, stats.evicted_not_full), (40, 0));
+        for i in 0..20 {
+            assert!(
+                drained(&s, &e, &format!("drained-{i}"), 5 * SEC),
+                "drained-{i} kept"
+            );
+        }
+        // No full bucket is left but the new ones: the next key costs an over-admission.
+        for i in 0..40 {
+            s.take(&e, id, &format!("new-{i}"), tk(1.0), 5 * SEC);
+        }
+        s.take(&e, id, "one-more", tk(0.0), 5 * SEC);
+        assert_eq!(s.stats().evicted_not_full, 1);
+        assert_eq!(s.len(), 60);
+    }
+
+    #[test]
+    fn without_full_buckets_the_idle_longest_goes_first() {
+        let e = engine(); // fill 0: nothing refills
+        let id = LimiterId(0);
+        let mut s = BucketStore::new();
+        s.set_max_buckets(8); // fewer than EVICT_SAMPLE: every bucket is a candidate
+        for i in 0..8u64 {
+            s.take(&e, id, &format!("k{i}"), tk(1.0), i * SEC);
+        }
+        s.take(&e, id, "k0", tk(1.0), 10 * SEC); // k0 is now the most recent
+        s.take(&e, id, "new-a", tk(1.0), 11 * SEC);
+        s.take(&e, id, "new-b", tk(1.0), 12 * SEC);
+        assert!(
+            !drained(&s, &e, "k1", 12 * SEC),
+            "k1 (last used at 1 s) evicted"
+        );
+        assert!(
+            !drained(&s, &e, "k2", 12 * SEC),
+            "k2 (last used at 2 s) evicted"
+        );
+        for key in ["k0", "k3", "k4", "k5", "k6", "k7", "new-a", "new-b"] {
+            assert!(drained(&s, &e, key, 12 * SEC), "{key} kept");
+        }
+        assert_eq!(s.stats().evicted_not_full, 2);
+    }
+
+    #[test]
+    fn unreplicated_consumption_is_evicted_last() {
+        let e = engine();
+        let id = LimiterId(0);
+        let mut s = BucketStore::new();
+        s.track_consumption(true);
+        s.set_max_buckets(4); // fewer than EVICT_SAMPLE: every bucket is a candidate
+        for key in ["b", "c", "d"] {
+            s.take(&e, id, key, tk(1.0), 0);
+        }
+        s.drain_unsynced(|_| {}); // b, c, d replicated
+        s.take(&e, id, "unsynced", tk(1.0), 0); // same age, not replicated yet
+        for key in ["new-1", "new-2", "new-3"] {
+            s.take(&e, id, key, tk(1.0), 0);
+        }
+        assert!(
+            drained(&s, &e, "unsynced", 0),
+            "kept: peers have not seen its consumption"
+        );
+        for key in ["b", "c", "d"] {
+            assert!(!drained(&s, &e, key, 0), "{key} evicted first");
+        }
+        assert_eq!(s.stats().evicted_not_full, 3);
+    }
+
+    #[test]
+    fn a_key_without_room_is_decided_on_a_full_bucket_it_does_not_keep() {
+        let e = engine();
+        let mut s = BucketStore::new();
+        s.set_max_buckets(0);
+        for _ in 0..5 {
+            let take = s.take(&e, LimiterId(0), "k", tk(3.0), 0);
+            assert!(take.accepted, "decided as a new, full bucket each time");
+        }
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.stats().refused, 5);
+    }
+
+    #[test]
+    fn a_sweep_call_visits_a_bounded_slice_and_a_pass_visits_everything() {
+        let e = engine_with(0, "10s");
+        let id = LimiterId(0);
+        let mut s = BucketStore::new();
+        for i in 0..50_000 {
+            let now = if i % 2 == 0 { 0 } else { 8 * SEC };
+            s.take(&e, id, &flood_key(i), tk(1.0), now);
+        }
+        let positions = s.stats().positions;
+        let budget = 1_000;
+        let (mut visited, mut dropped, mut calls) = (0, 0, 0);
+        loop {
+            // 12 s: the half used at 0 s is past its 10 s max_idle_time.
+            let swept = s.sweep(&e, 12 * SEC, budget);
+            assert!(swept.visited >= 1);
+            assert!(
+                swept.visited < budget + segments::SEGMENT_BUCKETS,
+                "a call stops within one segment past its budget: {}",
+                swept.visited
+            );
+            visited += swept.visited;
+            dropped += swept.dropped;
+            calls += 1;
+            if swept.wrapped {
+                break;
+            }
+        }
+        assert_eq!(visited, positions, "a pass visits every position once");
+        assert!(calls >= positions / (budget + segments::SEGMENT_BUCKETS));
+        assert_eq!(dropped, 25_000);
+        assert_eq!(s.len(), 25_000);
+        assert_eq!(s.stats().evicted_idle, 25_000);
+    }
+
+    #[test]
+    fn memory_returns_once_buckets_are_swept() {
+        let e = engine_with(0, "10s");
+        let mut s = BucketStore::new();
+        for i in 0..50_000 {
+            s.take(&e, LimiterId(0), &flood_key(i), tk(1.0), 0);
+        }
+        let full = s.table_bytes();
+        assert_eq!(s.evict_idle(&e, 20 * SEC), 50_000);
+        assert!(
+            s.table_bytes() * 20 < full,
+            "tables shrink with their buckets: {} bytes after, {full} before",
+            s.table_bytes()
+        );
+        // And they grow back.
+        for i in 0..1_000 {
+            s.take(&e, LimiterId(0), &flood_key(i), tk(1.0), 30 * SEC);
+        }
+        assert_eq!(s.len(), 1_000);
+    }
+
+    /// Limiter 0: a concurrency limiter of 2 per key; limiter 1: a rate limiter of 3 per
+    /// key that never refills. Both idle out after 10 s.
+    fn concurrency_engine() -> Engine {
+        let policies = parse_policies(
+            "policies: [ { policy_name: c, concurrency_limiter: { max_concurrency: 2, parameters: { limit_by_label_key: k, max_inflight_duration: 60s, max_idle_time: 10s }, selectors: [ { control_point: c } ] } }, { policy_name: r, rate_limiter: { bucket_capacity: 3, fill_amount: 0, parameters: { interval: 1s, limit_by_label_key: k, max_idle_time: 10s }, selectors: [ { control_point: c } ] } } ]",
+            "t",
+        )
+        .unwrap();
+        let e = Engine::new(&policies);
+        assert!(e.limiter(LimiterId(0)).kind.counts_in_flight());
+        assert!(!e.limiter(LimiterId(1)).kind.counts_in_flight());
+        e
+    }
+
+    #[test]
+    fn the_cap_never_evicts_a_concurrency_counter_with_flows_in_flight() {
+        let e = concurrency_engine();
+        let (conc, rate) = (LimiterId(0), LimiterId(1));
+        let mut s = BucketStore::new();
+        s.set_max_buckets(8); // fewer than EVICT_SAMPLE: every bucket is a candidate
+                              // Four counters with a flow in flight each, used first (idle-longest).
+        for i in 0..4 {
+            assert!(s.take(&e, conc, &format!("busy-{i}"), tk(1.0), 0).accepted);
+        }
+        // Four rate buckets with consumption, used later.
+        for i in 0..4 {
+            s.take(&e, rate, &format!("r-{i}"), tk(1.0), SEC);
+        }
+        // Eight new keys: only the rate buckets may go, though the counters are older.
+        for i in 0..4 {
+            s.take(&e, rate, &format!("new-{i}"), tk(1.0), 2 * SEC);
+        }
+        for i in 0..4 {
+            assert_eq!(
+                s.level(&e, conc, &format!("busy-{i}"), 2 * SEC),
+                1.0,
+                "busy-{i} still holds its flow's token"
+            );
+            assert_eq!(
+                s.level(&e, rate, &format!("r-{i}"), 2 * SEC),
+                3.0,
+                "r-{i} evicted"
+            );
+        }
+        assert_eq!(s.stats().evicted_not_full, 4);
+    }
+
+    #[test]
+    fn at_the_cap_with_only_busy_counters_a_new_key_is_refused() {
+        let e = concurrency_engine();
+        let (conc, rate) = (LimiterId(0), LimiterId(1));
+        let mut s = BucketStore::new();
+        s.set_max_buckets(4);
+        for i in 0..4 {
+            assert!(s.take(&e, conc, &format!("busy-{i}"), tk(1.0), 0).accepted);
+        }
+        let take = s.take(&e, rate, "refused", tk(1.0), SEC);
+        assert!(take.accepted, "decided on a transient full bucket");
+        assert_eq!((s.len(), s.stats().refused), (4, 1));
+        for i in 0..4 {
+            assert_eq!(
+                s.level(&e, conc, &format!("busy-{i}"), SEC),
+                1.0,
+                "busy-{i} kept"
+            );
+        }
+        // Once its flow ends, a counter is full again and the first choice.
+        s.give_back(&e, conc, "busy-2", tk(1.0), 2 * SEC);
+        s.take(&e, rate, "fits", tk(1.0), 2 * SEC);
+        assert_eq!(
+            s.level(&e, conc, "busy-2", 2 * SEC),
+            2.0,
+            "busy-2 evicted (full)"
+        );
+        assert_eq!(s.level(&e, rate, "fits", 2 * SEC), 2.0, "fits got a bucket");
+        let stats = s.stats();
+        assert_eq!(
+            (stats.evicted_full, stats.evicted_not_full, stats.refused),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn the_sweep_keeps_a_concurrency_counter_with_flows_in_flight_however_idle() {
+        let e = concurrency_engine();
+        let (conc, rate) = (LimiterId(0), LimiterId(1));
+        let mut s = BucketStore::new();
+        assert!(s.take(&e, conc, "busy", tk(2.0), 0).accepted);
+        assert!(s.take(&e, conc, "ended", tk(1.0), 0).accepted);
+        s.give_back(&e, conc, "ended", tk(1.0), 0);
+        s.take(&e, rate, "drained", tk(3.0), 0);
+        // An hour later, far past the 10 s max_idle_time.
+        assert_eq!(
+            s.evict_idle(&e, 3600 * SEC),
+            2,
+            "ended and drained are swept"
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s.level(&e, conc, "busy", 3600 * SEC),
+            0.0,
+            "busy kept both tokens"
+        );
+        // The flows end: the counter is full and goes on the next pass.
+        s.give_back(&e, conc, "busy", tk(2.0), 3600 * SEC);
+        assert_eq!(s.evict_idle(&e, 3700 * SEC), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn evictions_at_the_cap_are_counted_by_kind_and_the_idle_sweep_apart() {
+        let e = engine_with(3, "10s"); // refills 3 a second
+        let id = LimiterId(0);
+        let mut s = BucketStore::new();
+        s.set_max_buckets(4);
+        for key in ["a", "b", "c", "d"] {
+            s.take(&e, id, key, tk(3.0), 0);
+        }
+        s.take(&e, id, "e", tk(1.0), 0); // all four drained: one over-admission
+        s.take(&e, id, "f", tk(1.0), 2 * SEC); // refilled by now: a full one goes
+        let stats = s.stats();
+        assert_eq!(
+            (
+                stats.evicted_full,
+                stats.evicted_not_full,
+                stats.evicted_idle,
+                stats.refused
+            ),
+            (1, 1, 0, 0)
+        );
+        assert_eq!(s.evict_idle(&e, 20 * SEC), 4);
+        let stats = s.stats();
+        assert_eq!((stats.live, stats.evicted_idle), (0, 4));
+        assert_eq!(stats.max_buckets, 4);
     }
 
     proptest::proptest! {

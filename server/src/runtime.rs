@@ -19,17 +19,35 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tollgate_cluster::Replica;
-use tollgate_policy::{Decision, Engine, FlowError};
+use tollgate_policy::store::SWEEP_BUDGET;
+use tollgate_policy::{Decision, Engine, FlowError, StoreStats};
 
 /// glommio reserves this much io_uring-registered memory per executor for storage I/O.
 /// Tollgate does no file I/O on shards, so the minimum (64 KiB) leaves locked-memory
 /// limits (often 8 MiB in containers) to the rings themselves.
 const SHARD_IO_MEMORY: usize = 64 * 1024;
 
-/// How often a shard sweeps idle buckets, at most and at least: the sweep is O(buckets),
-/// so not too often; eviction is a memory bound, not a semantic one, so not urgent.
-const EVICT_MIN_PERIOD: Duration = Duration::from_secs(1);
-const EVICT_MAX_PERIOD: Duration = Duration::from_secs(60);
+/// How long one pass of the idle sweep over a shard's buckets takes, at least and at most
+/// (`max_idle_time / 8` within these): eviction is a memory bound, not a semantic one, so
+/// not urgent.
+const SWEEP_MIN_PASS: Duration = Duration::from_secs(1);
+const SWEEP_MAX_PASS: Duration = Duration::from_secs(60);
+
+/// Shortest pause between two sweep ticks of [`SWEEP_BUDGET`] positions. Why this value: a
+/// tick costs ~0.2 ms, so a shard with many buckets spends at most ~2% of its core on the
+/// sweep, which then covers ~1.6 M positions a second (a pass over 100 M buckets takes
+/// ~90 s rather than 60 s).
+const SWEEP_MIN_PAUSE: Duration = Duration::from_millis(10);
+
+/// Longest pause between two sweep ticks: counters are looked at this often.
+const SWEEP_MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often a shard logs its bucket counters (when they changed), and at most how often
+/// it warns about evictions that over-admit.
+const STATS_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// mimalloc's `purge_delay` option (`mi_option_purge_delay` in mimalloc.h, v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// What `start` needs beyond the config file.
 #[derive(Default)]
@@ -60,6 +78,14 @@ struct ListenerSlots {
     shard_aware: Vec<Option<RawFd>>,
 }
 
+/// How a shard's bucket store is set up.
+struct StoreSettings {
+    /// Record consumption for replication.
+    track_consumption: bool,
+    /// This shard's share of `server.max_buckets`.
+    max_buckets: usize,
+}
+
 /// Binds, starts every shard and returns once all are serving.
 pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
     raise_memlock_limit();
@@ -68,6 +94,20 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         .shards
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let policies = Arc::new(ArcSwap::from_pointee(Engine::new(&config.policies)));
+    let cap = config.server.bucket_cap();
+    if cap.max_buckets < nr_shards {
+        return Err(anyhow!(
+            "server.max_buckets ({}) must be at least the number of shards ({nr_shards})",
+            cap.max_buckets
+        ));
+    }
+    return_free_pages_at_once();
+    tracing::info!(
+        max_buckets = cap.max_buckets,
+        per_shard = cap.per_shard(0, nr_shards),
+        source = %cap.source,
+        "bucket cap"
+    );
     let bound = listeners::bind_binary(config.server.listen, nr_shards)?;
     let shard_ports = bound.shard_ports();
     let node_id = config
@@ -111,6 +151,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
     let mut executors = Vec::with_capacity(nr_shards);
     let track = options.track_consumption;
     for i in 0..nr_shards {
+        let max_buckets = cap.per_shard(i, nr_shards);
         let (tx, rx) = flume::bounded::<Inbound>(INBOX_DEPTH);
         inboxes.push(tx);
         let (node, slots, mesh, ready_tx, drained_tx) = (
@@ -128,7 +169,11 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         }
         let executor = builder
             .spawn(move || async move {
-                if let Err(e) = run_shard(node, slots, mesh, rx, &ready_tx, drained_tx, track).await
+                let store = StoreSettings {
+                    track_consumption: track,
+                    max_buckets,
+                };
+                if let Err(e) = run_shard(node, slots, mesh, rx, &ready_tx, drained_tx, store).await
                 {
                     let _ = ready_tx.send(Err(format!("{e:#}")));
                 }
@@ -249,7 +294,7 @@ async fn run_shard(
     inbox: flume::Receiver<Inbound>,
     ready: &mpsc::Sender<Result<usize, String>>,
     drained: mpsc::Sender<usize>,
-    track_consumption: bool,
+    store: StoreSettings,
 ) -> Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -275,7 +320,10 @@ async fn run_shard(
         )
     };
     let shard = Shard::start(id, node.clone(), senders, receivers);
-    shard.with_store(|store, _| store.track_consumption(track_consumption));
+    shard.with_store(|s, _| {
+        s.track_consumption(store.track_consumption);
+        s.set_max_buckets(store.max_buckets);
+    });
     let conns = Rc::new(Connections::default());
     let accepting = vec![
         glommio::spawn_local(accept_loop(shard.clone(), shared, None, conns.clone())),
@@ -486,31 +534,128 @@ async fn accept_loop(
     }
 }
 
+/// A shard's bucket upkeep: the idle sweep a slice at a time, and the bucket counters in
+/// the log.
+///
+/// Each tick sweeps up to [`SWEEP_BUDGET`] positions (well under a millisecond); ticks are
+/// paced so that a whole pass takes about `max_idle_time / 8` (1–60 s), or longer when a
+/// shard holds more buckets than [`SWEEP_MIN_PAUSE`] lets it cover.
 async fn evict_loop(shard: Rc<Shard>) {
+    let mut pause = SWEEP_MAX_PAUSE;
+    let mut report = StatsReport::default();
     loop {
-        // Read each round: a reload may change the limiters (and drop some, whose
-        // buckets this sweep then frees).
+        glommio::timer::sleep(pause).await;
+        // Read each tick: a reload may change the limiters (and remove some, whose buckets
+        // this sweep then frees).
         let min_idle = shard
             .engine()
             .limiters()
             .iter()
             .map(|l| l.max_idle_ns)
             .min();
-        let period = min_idle.map_or(EVICT_MAX_PERIOD, |idle| {
-            Duration::from_nanos(idle / 8).clamp(EVICT_MIN_PERIOD, EVICT_MAX_PERIOD)
+        let pass = min_idle.map_or(SWEEP_MAX_PASS, |idle| {
+            Duration::from_nanos(idle / 8).clamp(SWEEP_MIN_PASS, SWEEP_MAX_PASS)
         });
-        glommio::timer::sleep(period).await;
-        let evicted = shard.with_store(|store, engine| store.evict_idle(engine, clock::now_ns()));
-        shard.metrics().evicted_idle(evicted);
-        if evicted > 0 {
-            tracing::debug!(
-                shard = shard.id,
-                evicted,
-                live = shard.bucket_count(),
-                "evicted idle buckets"
+        let now = clock::now_ns();
+        let (stats, swept, budget) = shard.with_store(|store, engine| {
+            let positions = store.stats().positions.max(1);
+            // This tick's share of a pass, so a pass takes `pass`.
+            let share = (positions as f64 * pause.as_secs_f64() / pass.as_secs_f64()).ceil();
+            let budget = (share as usize).clamp(1, SWEEP_BUDGET);
+            let swept = store.sweep(engine, now, budget);
+            (store.stats(), swept, budget)
+        });
+        shard.metrics().evicted_idle(swept.dropped);
+        let cut_short = swept.visited < budget && !swept.wrapped;
+        let ticks_per_pass = stats.positions.div_ceil(SWEEP_BUDGET).max(1) as u32;
+        pause = if cut_short {
+            // The call stopped at a shrink (one per call): when many buckets expire at
+            // once, keep the pass going at the shortest pause instead of one segment per
+            // paced tick, which stretched a pass over minutes in the soak.
+            SWEEP_MIN_PAUSE
+        } else {
+            (pass / ticks_per_pass).clamp(SWEEP_MIN_PAUSE, SWEEP_MAX_PAUSE)
+        };
+        report.tick(shard.id, &stats, now, || {
+            shard.with_store(|s, _| s.table_bytes())
+        });
+    }
+}
+
+/// What a shard last logged about its buckets, so it logs changes only (at most once per
+/// [`STATS_LOG_PERIOD`]), and warns about over-admitting evictions at most that often.
+#[derive(Default)]
+struct StatsReport {
+    /// The counters of the last `buckets` line, and when it was logged.
+    logged: Option<(StoreStats, u64)>,
+    /// The counters at the last warning, and when it was given.
+    warned: Option<(StoreStats, u64)>,
+}
+
+impl StatsReport {
+    fn tick(
+        &mut self,
+        shard: usize,
+        stats: &StoreStats,
+        now: u64,
+        table_bytes: impl FnOnce() -> usize,
+    ) {
+        let period = nanos(STATS_LOG_PERIOD);
+        let due = |last: Option<(StoreStats, u64)>| last.is_none_or(|(_, at)| now >= at + period);
+        let counters = |s: &StoreStats| {
+            (
+                s.live,
+                s.evicted_full,
+                s.evicted_not_full,
+                s.evicted_idle,
+                s.refused,
+            )
+        };
+        let changed = self
+            .logged
+            .is_none_or(|(l, _)| counters(&l) != counters(stats));
+        if changed && due(self.logged) {
+            tracing::info!(
+                shard,
+                live = stats.live,
+                max = stats.max_buckets,
+                evicted_full = stats.evicted_full,
+                evicted_not_full = stats.evicted_not_full,
+                evicted_idle = stats.evicted_idle,
+                refused = stats.refused,
+                table_bytes = table_bytes(),
+                "buckets"
             );
+            self.logged = Some((*stats, now));
+        }
+        let before = self.warned.map(|(s, _)| s).unwrap_or_default();
+        let over_admitted = stats.evicted_not_full - before.evicted_not_full;
+        let refused = stats.refused - before.refused;
+        if (over_admitted > 0 || refused > 0) && due(self.warned) {
+            tracing::warn!(
+                shard,
+                evicted_not_full = over_admitted,
+                refused,
+                max = stats.max_buckets,
+                "bucket cap reached: buckets that were not full were evicted or new keys refused; \
+                 those keys start full again (over-admission); raise server.max_buckets if this persists"
+            );
+            self.warned = Some((*stats, now));
         }
     }
+}
+
+/// Makes the allocator hand pages back to the OS as soon as they are free instead of in a
+/// batch a second later (mimalloc's default): the idle sweep frees at most one segment table
+/// per tick, which costs the shard well under a millisecond to unmap, while a second's worth
+/// of frees unmapped at once cost 100+ ms in the growth bench (docs/performance.md).
+fn return_free_pages_at_once() {
+    // SAFETY: sets one integer option of the allocator; it takes effect on later frees.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The CPUs this process may run on, ascending: its affinity mask, which a container's

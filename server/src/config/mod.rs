@@ -12,7 +12,7 @@
 
 pub mod server;
 
-pub use server::{check_shards, ServerConfig};
+pub use server::{check_shards, BucketCap, ServerConfig};
 pub use tollgate_cluster::ClusterConfig;
 pub use tollgate_policy::config::{ConfigError, FieldError, Problems};
 

@@ -86,6 +86,10 @@ pub struct ServerConfig {
     /// wake-up (a cross-shard hop, a gRPC check) from hundreds to tens of microseconds
     /// (docs/performance.md), at the price of a busy core while traffic trickles.
     pub idle_spin: ConfigDuration,
+    /// Live buckets per node, split evenly over the shards; at the cap a new key evicts a
+    /// bucket (full ones first). Default (absent): sized from this machine's memory, see
+    /// [`default_max_buckets`].
+    pub max_buckets: Option<u64>,
     /// Flows one shard lets wait in its scheduler queues (quota and concurrency
     /// schedulers); beyond it a flow that would wait is refused at once (`queue_full`).
     /// Default 65,536 (about 10 MB of waiter state per shard).
@@ -126,6 +130,7 @@ impl Default for ServerConfig {
             drain_timeout: ConfigDuration(Duration::from_secs(5)),
             node_id: None,
             idle_spin: ConfigDuration(Duration::ZERO),
+            max_buckets: None,
             max_waiters_per_shard: ShardLimits::default().max_waiters,
             max_flows_per_shard: ShardLimits::default().max_flows,
             max_queue_wait: ConfigDuration(Duration::from_nanos(
@@ -175,6 +180,16 @@ impl ServerConfig {
                 "must be at most 10ms (it keeps an idle core busy)",
             );
         }
+        if let Some(max) = self.max_buckets {
+            if max == 0 {
+                problems.at(join(at, "max_buckets"), "must be at least 1");
+            } else if let Some(shards) = self.shards.filter(|&s| max < s as u64) {
+                problems.at(
+                    join(at, "max_buckets"),
+                    format!("must be at least the number of shards ({shards}): each shard needs room for one"),
+                );
+            }
+        }
         for (field, value) in [
             ("max_waiters_per_shard", self.max_waiters_per_shard),
             ("max_flows_per_shard", self.max_flows_per_shard),
@@ -202,6 +217,17 @@ impl ServerConfig {
         self.cache.validate(&join(at, "cache"), problems);
         self.grpc_connections
             .validate(&join(at, "grpc_connections"), problems);
+    }
+
+    /// The node's cap on live buckets: `max_buckets`, else [`default_max_buckets`].
+    pub fn bucket_cap(&self) -> BucketCap {
+        match self.max_buckets {
+            Some(max) => BucketCap {
+                max_buckets: usize::try_from(max).unwrap_or(usize::MAX),
+                source: "server.max_buckets".to_string(),
+            },
+            None => default_max_buckets(),
+        }
     }
 
     /// The bounds of each shard's state (waiters, flows in flight, longest wait).
@@ -258,5 +284,174 @@ mod optional_addr {
             Some(addr) => s.collect_str(addr),
             None => s.serialize_str("off"),
         }
+    }
+}
+
+/// Bytes the default cap assumes one live bucket costs. Why this value: the
+/// `bucket_memory` bench measures 66–94 bytes per bucket with keys of up to 13 bytes
+/// (stored inline) depending on how full the tables are, and the allocator adds a little;
+/// 128 leaves a margin. A bucket with a longer key costs ~56 bytes plus the key rounded up
+/// to the allocator's size class (docs/configuration.md).
+pub const ASSUMED_BYTES_PER_BUCKET: u64 = 128;
+
+/// Share of the memory limit the default cap lets buckets use: half, leaving the rest to
+/// connections, the gRPC cache, transient growth steps and the OS.
+pub const BUCKET_MEMORY_SHARE_DIVISOR: u64 = 2;
+
+/// Memory assumed when no limit can be read (not Linux, /proc unreadable): 1 GiB.
+const FALLBACK_MEMORY: u64 = 1 << 30;
+
+/// A node's cap on live buckets, and where it came from (logged at start).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketCap {
+    /// Live buckets on the node, all shards together.
+    pub max_buckets: usize,
+    /// `server.max_buckets`, or the memory limit the default was sized from.
+    pub source: String,
+}
+
+impl BucketCap {
+    /// Shard `shard`'s share of the cap: an even split, the first `max % shards` shards
+    /// taking one more.
+    pub fn per_shard(&self, shard: usize, shards: usize) -> usize {
+        let shards = shards.max(1);
+        self.max_buckets / shards + usize::from(shard < self.max_buckets % shards)
+    }
+}
+
+/// The default cap: half the memory this process may use, at
+/// [`ASSUMED_BYTES_PER_BUCKET`] each. The memory limit is the smallest of the machine's
+/// memory (`MemTotal`), the cgroup's limit (`memory.max`, v1 `memory.limit_in_bytes`) and
+/// the address-space limit (`RLIMIT_AS`); 1 GiB if none can be read. 24 GiB gives
+/// ~100 M buckets; a 1 GiB container ~4.2 M.
+pub fn default_max_buckets() -> BucketCap {
+    let (memory, source) = memory_limit().unwrap_or((FALLBACK_MEMORY, "no readable limit: 1 GiB"));
+    let max = memory / BUCKET_MEMORY_SHARE_DIVISOR / ASSUMED_BYTES_PER_BUCKET;
+    BucketCap {
+        max_buckets: usize::try_from(max).unwrap_or(usize::MAX).max(1),
+        source: format!("default: {source} {memory} bytes / {BUCKET_MEMORY_SHARE_DIVISOR} / {ASSUMED_BYTES_PER_BUCKET} bytes per bucket"),
+    }
+}
+
+/// The smallest memory limit that applies to this process, and which one it is.
+fn memory_limit() -> Option<(u64, &'static str)> {
+    let limits = [
+        (meminfo_total(), "MemTotal"),
+        (cgroup_limit(), "cgroup memory limit"),
+        (address_space_limit(), "RLIMIT_AS"),
+    ];
+    limits
+        .into_iter()
+        .filter_map(|(limit, name)| limit.map(|bytes| (bytes, name)))
+        .min_by_key(|&(bytes, _)| bytes)
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+fn meminfo_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// This process's cgroup memory limit (v2 `memory.max`, else v1 `memory.limit_in_bytes`),
+/// if one is set.
+fn cgroup_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut candidates = Vec::new();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if controllers.is_empty() {
+            candidates.push(format!("/sys/fs/cgroup{path}/memory.max"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+        }
+    }
+    // Inside a container's cgroup namespace the paths above may not resolve: its own
+    // cgroup is the mount's root.
+    candidates.push("/sys/fs/cgroup/memory.max".to_string());
+    candidates.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".to_string());
+    candidates.iter().find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        // "max" (v2) or a huge number (v1) means no limit.
+        text.trim().parse::<u64>().ok().filter(|&b| b < 1 << 60)
+    })
+}
+
+/// RLIMIT_AS (address space), if limited.
+fn address_space_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `limit`.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(server: &ServerConfig) -> Vec<String> {
+        let mut problems = Problems::new();
+        server.validate(&mut problems);
+        problems
+            .errors()
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.reason))
+            .collect()
+    }
+
+    #[test]
+    fn max_buckets_needs_room_for_every_shard() {
+        let mut server = ServerConfig {
+            max_buckets: Some(0),
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            problems_of(&server),
+            ["server.max_buckets: must be at least 1"]
+        );
+        server.max_buckets = Some(3);
+        server.shards = Some(4);
+        assert_eq!(
+            problems_of(&server),
+            ["server.max_buckets: must be at least the number of shards (4): each shard needs room for one"]
+        );
+        server.shards = Some(3);
+        assert!(problems_of(&server).is_empty());
+    }
+
+    #[test]
+    fn the_cap_splits_evenly_over_shards() {
+        let cap = BucketCap {
+            max_buckets: 10,
+            source: "test".into(),
+        };
+        let shares: Vec<usize> = (0..4).map(|s| cap.per_shard(s, 4)).collect();
+        assert_eq!(shares, [3, 3, 2, 2]);
+        assert_eq!(shares.iter().sum::<usize>(), 10);
+    }
+
+    #[test]
+    fn the_default_cap_follows_the_memory_limit() {
+        let cap = default_max_buckets();
+        let (memory, _) = memory_limit().unwrap_or((FALLBACK_MEMORY, ""));
+        assert_eq!(
+            cap.max_buckets as u64,
+            (memory / BUCKET_MEMORY_SHARE_DIVISOR / ASSUMED_BYTES_PER_BUCKET).max(1)
+        );
+        assert!(cap.source.starts_with("default: "), "{}", cap.source);
     }
 }

@@ -91,7 +91,7 @@ use std::sync::Arc;
 use tollgate_cluster::{Op, Replica};
 use tollgate_policy::{
     BucketStore, ComponentKind, Engine, FlowId, LimiterId, LimiterOutcome, OutcomeKind, Outcomes,
-    PlannedTake, ShardState, Stage, Ticket, Tokens, WorkloadName, WorkloadPick,
+    PlannedTake, ShardState, Stage, StoreStats, Ticket, Tokens, WorkloadName, WorkloadPick,
 };
 
 /// Messages between shards of one node. A mesh message is a `Vec` of these (a batch).
@@ -382,6 +382,13 @@ impl Shard {
     /// Live buckets on this shard.
     pub fn bucket_count(&self) -> usize {
         self.state.borrow().store().len()
+    }
+
+    /// This shard's bucket counters (for metrics): live buckets, the cap, and evictions at
+    /// the cap by kind (`evicted_not_full`: over-admissions), by the idle sweep, refusals.
+    /// Counts since the shard started.
+    pub fn bucket_stats(&self) -> StoreStats {
+        self.state.borrow().store().stats()
     }
 
     /// Flows waiting in this shard's scheduler queues.
