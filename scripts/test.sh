@@ -4,7 +4,8 @@
 #
 # 1. Installs what the tests need beyond cargo, into git-ignored folders:
 #    the Aperture SDKs (aperture-py in .sdk/py, aperture-js in .sdk/js) and, when
-#    possible, Debian's redis-server (for the Redis+Lua baseline tests).
+#    possible, Debian's redis-server (for the Redis+Lua baseline tests) and chromium (the
+#    admin status page, loaded headless).
 # 2. Lints: cargo fmt --check, then clippy on every crate and target with warnings as errors,
 #    and on tollgate-protocol without its client feature (a style slip fails before the long
 #    part starts).
@@ -26,6 +27,9 @@ if [[ -x scripts/install-redis.sh ]]; then
   step "installing redis-server for the Redis+Lua baseline tests (best effort)"
   scripts/install-redis.sh || echo "redis-server could not be installed: the Redis tests fail under CI and skip elsewhere"
 fi
+
+step "installing chromium for the status page's browser test"
+scripts/install-chromium.sh || echo "chromium could not be installed: the status page's browser test fails under CI and skips elsewhere"
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -187,16 +187,22 @@ impl<K: StoredKey> Table<K> {
             .map(|(k, s)| (k.limiter(), k.value(), s))
     }
 
-    /// Drops one segment's `expired` buckets; returns (positions visited, buckets dropped).
+    /// Drops one segment's `expired` buckets, telling `dropped_one` each one's limiter;
+    /// returns (positions visited, buckets dropped).
     fn sweep_segment(
         &mut self,
         segment: usize,
         expired: impl Fn(LimiterId, &[u8], &Slot) -> bool,
+        mut dropped_one: impl FnMut(LimiterId),
     ) -> (usize, usize) {
         let visited = self.entries.segment_buckets(segment);
-        let dropped = self
-            .entries
-            .retain_segment(segment, |(k, slot)| !expired(k.limiter(), k.value(), slot));
+        let dropped = self.entries.retain_segment(segment, |(k, slot)| {
+            let drop = expired(k.limiter(), k.value(), slot);
+            if drop {
+                dropped_one(k.limiter());
+            }
+            !drop
+        });
         (visited, dropped)
     }
 
@@ -295,6 +301,8 @@ pub struct BucketStore {
     /// The transient bucket a refused key is decided on (never stored).
     scratch: Slot,
     stats: StoreStats,
+    /// Live buckets per limiter (index: `LimiterId`), for the admin API and status page.
+    live_by_limiter: Vec<usize>,
 }
 
 impl Default for BucketStore {
@@ -403,6 +411,25 @@ impl BucketStore {
                 unsynced: 0.0,
             },
             stats: StoreStats::default(),
+            live_by_limiter: Vec::new(),
+        }
+    }
+
+    /// Live buckets of `limiter`.
+    pub fn live_of(&self, limiter: LimiterId) -> usize {
+        self.live_by_limiter
+            .get(limiter.0 as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_in(&mut self, limiter: LimiterId) {
+        let i = limiter.0 as usize;
+        if i >= self.live_by_limiter.len() {
+            self.live_by_limiter.resize(i + 1, 0);
+        }
+        if let Some(n) = self.live_by_limiter.get_mut(i) {
+            *n += 1;
         }
     }
 
@@ -548,7 +575,10 @@ impl BucketStore {
             })
         };
         match placed {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                self.count_in(limiter);
+                Some(c)
+            }
             Err(NoRoom) => {
                 self.stats.refused += 1;
                 None
@@ -567,6 +597,9 @@ impl BucketStore {
     }
 
     fn remove_at(&mut self, c: Cursor) {
+        if let Some((limiter, _, _)) = self.bucket_at(c) {
+            count_out(&mut self.live_by_limiter, limiter);
+        }
         if c.long {
             self.long.entries.remove(c.at);
         } else {
@@ -675,10 +708,12 @@ impl BucketStore {
             let expired = |limiter, value: &[u8], slot: &Slot| {
                 idle_expired(engine, limiter, value, slot, now_ns)
             };
+            let live = &mut self.live_by_limiter;
+            let dropped_one = |limiter| count_out(live, limiter);
             let (visited, dropped) = if c.long {
-                self.long.sweep_segment(c.at.segment, expired)
+                self.long.sweep_segment(c.at.segment, expired, dropped_one)
             } else {
-                self.short.sweep_segment(c.at.segment, expired)
+                self.short.sweep_segment(c.at.segment, expired, dropped_one)
             };
             let shrank = if c.long {
                 self.long.shrink_segment(&self.hasher, c.at.segment)
@@ -921,6 +956,13 @@ impl BucketStore {
     }
 }
 
+/// One bucket of `limiter` fewer in `live` (per-limiter counts).
+fn count_out(live: &mut [usize], limiter: LimiterId) {
+    if let Some(n) = live.get_mut(limiter.0 as usize) {
+        *n = n.saturating_sub(1);
+    }
+}
+
 fn seconds(now_ns: u64) -> u32 {
     (now_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32
 }
@@ -949,6 +991,36 @@ mod tests {
         )
         .unwrap();
         Engine::new(&policies)
+    }
+
+    #[test]
+    fn live_buckets_are_counted_per_limiter_through_inserts_evictions_and_sweeps() {
+        let policies = parse_policies(
+            "policies: [ { policy_name: a, rate_limiter: { bucket_capacity: 3, fill_amount: 0, parameters: { interval: 1s, limit_by_label_key: k, max_idle_time: 10s }, selectors: [ { control_point: c } ] } }, { policy_name: b, rate_limiter: { bucket_capacity: 3, fill_amount: 0, parameters: { interval: 1s, limit_by_label_key: k, max_idle_time: 1000s }, selectors: [ { control_point: c } ] } } ]",
+            "t",
+        )
+        .unwrap();
+        let e = Engine::new(&policies);
+        let (a, b) = (e.limiters()[0].id, e.limiters()[1].id);
+        let mut s = BucketStore::new();
+        for i in 0..40 {
+            s.take(&e, a, &format!("key-{i}"), tk(1.0), 0);
+        }
+        for i in 0..10 {
+            s.take(&e, b, &format!("key-{i}"), tk(1.0), 0);
+        }
+        assert_eq!((s.live_of(a), s.live_of(b)), (40, 10));
+        // At a cap of 45, five more keys of b evict five buckets (the idle-longest first).
+        s.set_max_buckets(45);
+        for i in 10..15 {
+            s.take(&e, b, &format!("key-{i}"), tk(1.0), 1_000_000_000);
+        }
+        assert_eq!(s.live_of(a) + s.live_of(b), s.len());
+        assert_eq!(s.len(), 45);
+        // After 20 s, a's buckets are idle past their 10 s; b's are not.
+        while !s.sweep(&e, 20_000_000_000, 1 << 20).wrapped {}
+        assert_eq!(s.live_of(a), 0);
+        assert_eq!(s.live_of(b), s.len());
     }
 
     #[test]

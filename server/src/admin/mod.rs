@@ -18,6 +18,7 @@
 //! - [`state`]: [`AdminState`], what handlers read, filled in as the node starts.
 //! - [`shard_query`]: reads answered on a shard ([`crate::bridge::Inbound::Admin`]).
 //! - [`api`]: the JSON documents, shared with the client.
+//! - [`status`]: the status page (`GET /`, embedded) and its document (`/api/v1/status`).
 //! - [`client`]: a blocking HTTP client of the API (the CLI, tests).
 //! - [`commands`]: `tollgate policies | bucket | top | set-limit`.
 
@@ -30,6 +31,7 @@ pub mod routes;
 pub mod server;
 pub mod shard_query;
 pub mod state;
+pub mod status;
 
 pub use readiness::{Phase, Readiness};
 pub use server::{start, AdminPort};

@@ -4,9 +4,11 @@
 //!
 //! | path | what | token |
 //! |---|---|---|
+//! | `GET /` | the status page (HTML; polls the API below) | never (the page holds no data) |
 //! | `GET /healthz` | the process is alive: always 200 | never |
 //! | `GET /readyz` | 200 once every shard serves, the cluster is joined and every port is up; 503 while starting, draining, or if a shard stops answering | yes |
 //! | `GET /metrics` | Prometheus text format | yes |
+//! | `GET /api/v1/status` | counters and gauges per policy, per shard, and the members | yes |
 //! | `GET /api/v1/policies` | every policy's identity and effective parameters | yes |
 //! | `GET /api/v1/bucket?policy=P&key=K` | one bucket, read on its owner shard | yes |
 //! | `GET /api/v1/top?policy=P&n=N` | the N keys that consumed most in the last minute | yes |
@@ -36,6 +38,7 @@ pub const DEFAULT_TOP_N: usize = 10;
 /// The admin port's routes over `state`.
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
+        .route("/api/v1/status", get(status))
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/bucket", get(bucket))
         .route("/api/v1/top", get(top))
@@ -48,6 +51,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(status_page))
         .merge(guarded)
         .fallback(not_found)
         .with_state(state)
@@ -151,6 +155,22 @@ fn find_policy<'a>(
                 format!("no policy named {name:?}"),
             ))
         })
+}
+
+/// The status page (no data in it: served without the token; its script sends one).
+async fn status_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        super::status::PAGE,
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> Response {
+    match state.shards() {
+        Some(shards) => Json(super::status::status(shards).await).into_response(),
+        None => starting(),
+    }
 }
 
 /// `?policy=P&key=K`.

@@ -50,10 +50,30 @@ pub fn answer(shard: &Rc<Shard>, query: AdminQuery) {
             let _ = reply.send(());
         }
         AdminQuery::Gauges(reply) => {
-            let gauges = shard.with_state(|state, _| ShardGauges {
-                live_buckets: state.store().len(),
-                waiting: state.waiting(),
-                in_flight: state.in_flight(),
+            let gauges = shard.with_state(|state, engine| {
+                let store = state.store();
+                let stats = store.stats();
+                let slots = engine
+                    .limiters()
+                    .iter()
+                    .map(|l| l.id.get() as usize + 1)
+                    .max()
+                    .unwrap_or(0);
+                let mut live_by_limiter = vec![0; slots];
+                for l in engine.limiters() {
+                    if let Some(n) = live_by_limiter.get_mut(l.id.get() as usize) {
+                        *n = store.live_of(l.id);
+                    }
+                }
+                ShardGauges {
+                    live_buckets: store.len(),
+                    live_by_limiter,
+                    evicted_full: stats.evicted_full,
+                    evicted_not_full: stats.evicted_not_full,
+                    refused: stats.refused,
+                    waiting: state.waiting(),
+                    in_flight: state.in_flight(),
+                }
             });
             let _ = reply.send(gauges);
         }

@@ -23,10 +23,19 @@ use tollgate_protocol::{Member, MemberState};
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What only a shard can read, as it answered the scrape.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardGauges {
     /// Live buckets.
     pub live_buckets: usize,
+    /// Live buckets per limiter (index: the limiter id).
+    pub live_by_limiter: Vec<usize>,
+    /// Buckets dropped at `server.max_buckets` that were full (no decision changes).
+    pub evicted_full: u64,
+    /// Buckets dropped at the cap that were not full: their keys start full again, an
+    /// over-admission of up to what each had consumed.
+    pub evicted_not_full: u64,
+    /// New keys that got no bucket at the cap (decided on a transient full bucket).
+    pub refused: u64,
     /// Flows waiting in the shard's scheduler queues.
     pub waiting: usize,
     /// Flows holding concurrency tokens.
@@ -312,6 +321,42 @@ impl NodeCollector {
             "Live buckets per shard.",
             gauges(&|g| g.live_buckets),
         )?;
+        let per_shard_counts = |f: &dyn Fn(&ShardGauges) -> u64| -> Vec<(Labels, u64)> {
+            self.gathered
+                .shards
+                .iter()
+                .enumerate()
+                .filter_map(|(i, g)| g.as_ref().map(|g| (vec![label("shard", i)], f(g))))
+                .collect()
+        };
+        counter(
+            enc,
+            "tollgate_bucket_cap_evictions",
+            "Buckets dropped at server.max_buckets to make room for a new key, by whether they \
+             were full (full: no decision changes; not_full: the key starts full again, an \
+             over-admission of up to what it had consumed).",
+            per_shard_counts(&|g| g.evicted_full)
+                .into_iter()
+                .map(|(mut l, n)| {
+                    l.push(label("state", "full"));
+                    (l, n)
+                })
+                .chain(
+                    per_shard_counts(&|g| g.evicted_not_full)
+                        .into_iter()
+                        .map(|(mut l, n)| {
+                            l.push(label("state", "not_full"));
+                            (l, n)
+                        }),
+                ),
+        )?;
+        counter(
+            enc,
+            "tollgate_bucket_cap_refusals",
+            "New keys that got no bucket at server.max_buckets (nothing evictable in the \
+             bounded search): decided on a transient full bucket, then forgotten.",
+            per_shard_counts(&|g| g.refused),
+        )?;
         gauge(
             enc,
             "tollgate_queue_depth",
@@ -328,10 +373,7 @@ impl NodeCollector {
             enc,
             "tollgate_connections",
             "Open binary-protocol connections.",
-            [(
-                Labels::new(),
-                self.node.connections.total() as f64,
-            )],
+            [(Labels::new(), self.node.connections.total() as f64)],
         )
     }
 

@@ -106,6 +106,25 @@ impl HistogramSnapshot {
         self.sum_ns += other.sum_ns;
     }
 
+    /// The latency below which a fraction `q` (0..=1) of the events fell, in nanoseconds:
+    /// the upper bound of the bucket holding that rank (so at most 2.5x high). None when
+    /// empty; `u64::MAX` when the rank is in the overflow bucket.
+    pub fn quantile_ns(&self, q: f64) -> Option<u64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(BOUNDS_NS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
+
     /// `(upper bound in seconds, events in that bucket)` as the Prometheus encoder takes
     /// them, the overflow bucket with an infinite bound.
     pub fn prometheus_buckets(&self) -> Vec<(f64, u64)> {
@@ -121,6 +140,19 @@ impl HistogramSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_are_the_bound_of_the_bucket_holding_the_rank() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.snapshot().quantile_ns(0.5), None);
+        h.record(800, 90); // the 1 µs bucket
+        h.record(40_000, 9); // the 50 µs bucket
+        h.record(3_000_000_000, 1); // overflow
+        let s = h.snapshot();
+        assert_eq!(s.quantile_ns(0.5), Some(1_000));
+        assert_eq!(s.quantile_ns(0.99), Some(50_000));
+        assert_eq!(s.quantile_ns(1.0), Some(u64::MAX));
+    }
 
     #[test]
     fn a_latency_lands_in_the_first_bucket_whose_bound_covers_it() {
