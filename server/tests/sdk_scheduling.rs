@@ -246,6 +246,57 @@ fn aperture_py_concurrency_limiter_flow_end_frees_the_slot() {
     assert_no_server_errors(&server);
 }
 
+/// Three slots, ten concurrent flows that never end (aperture-py's async client): exactly
+/// three run, the other seven are refused at once; the held slots come back after
+/// `max_inflight_duration` (5 s here), so a later flow runs again without any `end()`.
+#[test]
+fn aperture_py_ten_flows_on_three_slots_and_missed_ends_expire() {
+    let Some(sdk) = sdk_dir() else { return };
+    let policy = CONCURRENCY_LIMITING
+        .replace("max_concurrency: 1", "max_concurrency: 3")
+        .replace("max_inflight_duration: 60s", "max_inflight_duration: 5s");
+    let server = start_server(&format!("{SERVER}{policy}"));
+    let addr = grpc_addr(&server);
+    let (lines, _) = python(
+        &sdk,
+        &addr,
+        "pile",
+        &[
+            "--control-point",
+            "pool",
+            "--label",
+            "tenant=t",
+            "--count",
+            "10",
+            "--timeout",
+            "5",
+            "--expiry-wait",
+            "30",
+        ],
+    );
+    let flows: Vec<&Value> = lines.iter().filter(|l| l["event"] == "flow").collect();
+    assert_eq!(flows.len(), 10);
+    let accepted = flows
+        .iter()
+        .filter(|f| f["decision_type"] == "DECISION_TYPE_ACCEPTED")
+        .count();
+    let refused = flows
+        .iter()
+        .filter(|f| f["reject_reason"] == "REJECT_REASON_RATE_LIMITED")
+        .count();
+    assert_eq!((accepted, refused), (3, 7), "{flows:#?}");
+    let freed = lines
+        .iter()
+        .find(|l| l["event"] == "freed")
+        .unwrap_or_else(|| panic!("the held slots never came back: {lines:#?}"));
+    // The first tries, right after the ten, found the three slots still held.
+    assert!(
+        freed["refused_before"].as_u64().unwrap_or(0) >= 1,
+        "{freed}"
+    );
+    assert_no_server_errors(&server);
+}
+
 /// aperture-js 2.5.0 sends no FlowEnd and no expect_end: the span its `end()` exports ends
 /// the flow. After the spans are flushed, the slot is free again.
 #[test]

@@ -15,6 +15,11 @@ Scenarios:
   crowd     --control-point CP --groups JSON --timeout S
             (async) every flow of every group at once: JSON is [{"name":..,"count":N,
             "labels":{..}}, ...]; prints one record per flow.
+  pile      --control-point CP --label k=v --count N --timeout S --expiry-wait S
+            (async) N flows at once, none ended; then one flow every 100 ms (each ended at
+            once) until one is admitted, i.e. until the held flows expired
+            (max_inflight_duration): prints {"event": "freed", "refused_before": n} or
+            {"event": "never_freed"}.
   cache     --control-point CP --label k=v [--async]
             every cache call: set/lookup/delete of a result key and of a global key.
 """
@@ -164,6 +169,28 @@ async def scenario_crowd(client, args):
         emit(**rec)
 
 
+async def scenario_pile(client, args):
+    async def one(i):
+        t0 = time.monotonic()
+        flow = await client.start_flow(args.control_point, params(args, args.timeout))
+        return decision_record(f"p{i}", flow, time.monotonic() - t0)
+
+    for rec in await asyncio.gather(*[one(i) for i in range(args.count)]):
+        emit(**rec)
+    deadline = time.monotonic() + args.expiry_wait
+    refused = 0
+    while time.monotonic() < deadline:
+        flow = await client.start_flow(args.control_point, params(args, 1))
+        admitted = flow.should_run() and flow.decision.name == "Accepted"
+        await flow.end()
+        if admitted:
+            emit(event="freed", refused_before=refused)
+            return
+        refused += 1
+        await asyncio.sleep(0.1)  # the poll period, not an ordering wait
+    emit(event="never_freed", refused_before=refused)
+
+
 async def scenario_cache(client, args):
     def err(resp):
         e = resp.get_error()
@@ -209,7 +236,9 @@ async def scenario_cache(client, args):
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("address")
-    ap.add_argument("scenario", choices=["hold", "sequence", "crowd", "cache"])
+    ap.add_argument("scenario", choices=["hold", "sequence", "crowd", "pile", "cache"])
+    ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--expiry-wait", type=float, default=30)
     ap.add_argument("--control-point", default="cp")
     ap.add_argument("--label", action="append")
     ap.add_argument("--second-timeout", type=float, default=0.3)
@@ -220,7 +249,7 @@ async def main():
     args = ap.parse_args()
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    use_async = args.use_async or args.scenario == "crowd"
+    use_async = args.use_async or args.scenario in ("crowd", "pile")
     cls = ApertureClientAsync if use_async else ApertureClient
     client = cls.new_client(address=args.address, insecure=True)
     emit(event="client", kind=cls.__name__)
@@ -228,6 +257,7 @@ async def main():
         "hold": scenario_hold,
         "sequence": scenario_sequence,
         "crowd": scenario_crowd,
+        "pile": scenario_pile,
         "cache": scenario_cache,
     }[args.scenario](client, args)
     from opentelemetry import trace
