@@ -224,10 +224,27 @@ pub fn run(addr: &str, scenario: &FlowScenario, seed: u64) -> Result<FlowReport,
     local.block_on(&rt, run_async(addr, scenario, seed))
 }
 
+/// Requests in flight the flows client asks for: the server's default `max_in_flight`.
+const MAX_IN_FLIGHT: usize = 4096;
+
 async fn run_async(addr: &str, s: &FlowScenario, seed: u64) -> Result<FlowReport, String> {
     let mut cfg = ClientConfig::new(addr.to_string(), FailMode::Closed);
     cfg.request_timeout = Duration::from_secs(5);
     cfg.client_name = "tollgate-loadgen-flows".into();
+    // Every request may wait up to its budget on the server, so `rate × wait` of them are in
+    // flight at once. The client's default cap (1,024) would hold the rest back in the client,
+    // where their budgets run without the server seeing them: ask for as many as the server
+    // allows (the client takes the smaller of this and HELLO's `max_in_flight`, 4,096 by
+    // default), and say when even that is too few.
+    cfg.max_in_flight = MAX_IN_FLIGHT;
+    let needed = s.rate * s.wait.as_secs_f64();
+    if needed > MAX_IN_FLIGHT as f64 {
+        eprintln!(
+            "warning: rate x wait = {needed:.0} requests may be in flight at once, above the \
+             connection's {MAX_IN_FLIGHT}: some wait in the client (their waits then include \
+             that), or the server answers OVERLOADED (counted as error)"
+        );
+    }
     let client = Rc::new(Client::connect(cfg).await.map_err(|e| e.to_string())?);
     let tallies: Rc<RefCell<Vec<Tally>>> = Rc::new(RefCell::new(
         s.workloads
