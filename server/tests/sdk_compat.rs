@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::deps::{aperture_sdks, repo_root, require, self_signed_cert};
@@ -49,49 +49,9 @@ fn grpc_addr(server: &RunningServer) -> std::net::SocketAddr {
     server.grpc.expect("grpc port enabled in the config")
 }
 
-/// Runs `cmd` to completion within [`SCRIPT_TIMEOUT`]; returns (JSON lines of stdout, stderr).
-fn run(mut cmd: Command) -> (Vec<Value>, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn SDK script");
-    // Read both pipes on threads so a chatty script cannot block on a full pipe.
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            panic!("{cmd:?} ran past {SCRIPT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out_t.join().expect("stdout reader");
-    let stderr = err_t.join().expect("stderr reader");
-    assert!(
-        status.success(),
-        "{cmd:?} failed ({status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let lines = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .collect();
-    (lines, stderr)
+/// Runs `cmd` within [`SCRIPT_TIMEOUT`]: (JSON lines of stdout, stderr).
+fn run(cmd: Command) -> (Vec<Value>, String) {
+    common::script::run_json_lines(cmd, SCRIPT_TIMEOUT)
 }
 
 fn events<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {

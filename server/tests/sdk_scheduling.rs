@@ -14,8 +14,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::deps::{aperture_sdks, repo_root, require};
 use common::{start_server, RunningServer};
@@ -104,50 +104,12 @@ fn grpc_addr(server: &RunningServer) -> String {
         .to_string()
 }
 
-/// Runs `cmd` to completion within [`SCRIPT_TIMEOUT`]; returns (JSON lines of stdout, stderr).
-fn run(mut cmd: Command) -> (Vec<Value>, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn SDK script");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            panic!("{cmd:?} ran past {SCRIPT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out_t.join().expect("stdout reader");
-    let stderr = err_t.join().expect("stderr reader");
-    assert!(
-        status.success(),
-        "{cmd:?} failed ({status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .collect();
+/// Runs `cmd` within [`SCRIPT_TIMEOUT`]; the script must finish with its `done` line.
+fn run(cmd: Command) -> (Vec<Value>, String) {
+    let (lines, stderr) = common::script::run_json_lines(cmd, SCRIPT_TIMEOUT);
     assert!(
         lines.iter().any(|l| l["event"] == "done"),
-        "script did not finish:\n{stdout}\n{stderr}"
+        "script did not finish:\n{lines:#?}\n{stderr}"
     );
     (lines, stderr)
 }

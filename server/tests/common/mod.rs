@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod deps;
+pub mod script;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
