@@ -35,25 +35,7 @@ import time
 from aperture_sdk._gen.aperture.flowcontrol.check.v1 import check_pb2
 from aperture_sdk.client import ApertureClient, FlowParams
 from aperture_sdk.client_async import ApertureClientAsync
-
-
-def emit(**fields):
-    print(json.dumps(fields, sort_keys=True), flush=True)
-
-
-def labels_of(pairs):
-    out = {}
-    for p in pairs or []:
-        k, _, v = p.partition("=")
-        out[k] = v
-    return out
-
-
-def grpc_code(err):
-    code = getattr(err, "code", None)
-    if callable(code):
-        return code().name
-    return None
+from sdk_common import emit, grpc_code, labels_of
 
 
 def decision_record(name, flow, elapsed):

@@ -28,10 +28,13 @@ pub fn require<T>(what: &str, probe: Result<T, String>) -> Option<T> {
     }
 }
 
-/// The repository root.
+/// The repository root: the nearest directory above the crate holding `Cargo.lock` (this
+/// file serves the server's tests and, through `#[path]`, tollgate-grpc's).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .expect("a workspace root above the crate")
         .canonicalize()
         .expect("workspace root")
 }

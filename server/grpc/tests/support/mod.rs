@@ -2,6 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod backend;
+// The server's tests' rule for missing dependencies, shared rather than copied.
+#[path = "../../../tests/common/deps.rs"]
 pub mod deps;
 
 use std::sync::Arc;
