@@ -127,6 +127,40 @@ impl DecisionHandle {
         &self.policies
     }
 
+    /// Makes the node decide with `engine` (a reload, a runtime limit change): stores it for
+    /// the other threads first, then switches every shard between two of its messages
+    /// ([`Inbound::Reload`]). Returns the shards that did not confirm within `timeout`
+    /// (empty: all switched). Blocks: call it from a plain thread or `spawn_blocking`.
+    pub fn install_policies(&self, engine: &Arc<Engine>, timeout: Duration) -> Vec<usize> {
+        self.policies.store(engine.clone());
+        let shards = self.inboxes.len();
+        let (done, switched) = flume::bounded(shards);
+        let mut confirmed = vec![false; shards];
+        let mut sent = 0;
+        for shard in 0..shards {
+            let msg = Inbound::Reload {
+                engine: engine.clone(),
+                done: done.clone(),
+            };
+            if self.send_blocking(shard, msg).is_ok() {
+                sent += 1;
+            }
+        }
+        drop(done);
+        let deadline = std::time::Instant::now() + timeout;
+        for _ in 0..sent {
+            match switched.recv_deadline(deadline) {
+                Ok(shard) => {
+                    if let Some(c) = confirmed.get_mut(shard) {
+                        *c = true;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        (0..shards).filter(|&s| !confirmed[s]).collect()
+    }
+
     /// Number of shards.
     pub fn nr_shards(&self) -> usize {
         self.inboxes.len()

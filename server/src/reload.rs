@@ -25,7 +25,7 @@
 //! Three triggers call [`Reloader::reload`]: SIGHUP, `--watch` (the file changed:
 //! [`crate::watch`]) and the admin API. One reload runs at a time.
 
-use crate::bridge::{DecisionHandle, Inbound};
+use crate::bridge::DecisionHandle;
 use crate::config::{self, Config, ConfigError};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -110,7 +110,6 @@ impl Reloader {
         let new = Arc::new(old.successor(&next.policies));
         let mut report = diff(&old, &new);
         report.needs_restart = needs_restart(&self.started, &next);
-        self.handle.policies().store(new.clone());
         self.switch_shards(&new)?;
         Ok(report)
     }
@@ -152,31 +151,12 @@ impl Reloader {
 
     fn switch_shards(&self, engine: &Arc<Engine>) -> Result<(), ReloadError> {
         let shards = self.handle.nr_shards();
-        let (done, switched) = flume::bounded(shards);
-        let mut sent = 0;
-        for shard in 0..shards {
-            let msg = Inbound::Reload {
-                engine: engine.clone(),
-                done: done.clone(),
-            };
-            if self.handle.send_blocking(shard, msg).is_ok() {
-                sent += 1;
-            }
-        }
-        drop(done);
-        let deadline = std::time::Instant::now() + SWITCH_TIMEOUT;
-        let mut answered = 0;
-        while answered < sent {
-            match switched.recv_deadline(deadline) {
-                Ok(_) => answered += 1,
-                Err(_) => break,
-            }
-        }
-        if answered == shards {
+        let silent = self.handle.install_policies(engine, SWITCH_TIMEOUT);
+        if silent.is_empty() {
             Ok(())
         } else {
             Err(ReloadError::Incomplete {
-                switched: answered,
+                switched: shards - silent.len(),
                 shards,
             })
         }

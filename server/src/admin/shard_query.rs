@@ -7,20 +7,12 @@ use crate::metrics::collector::ShardGauges;
 use crate::metrics::top_keys::Counted;
 use crate::shard::Shard;
 use std::rc::Rc;
-use std::sync::Arc;
 use tokio::sync::oneshot;
-use tollgate_policy::{BucketView, Engine, LimiterId};
+use tollgate_policy::{BucketView, LimiterId};
 
-/// A read (or, for [`AdminQuery::ReplaceEngine`], a limit change) answered by one shard.
+/// A read answered by one shard.
 #[derive(Debug)]
 pub enum AdminQuery {
-    /// Decide with these policies from now on (a runtime limit change; same limiter ids).
-    ReplaceEngine {
-        /// The policies with the new limits.
-        engine: Arc<Engine>,
-        /// Answered once the shard decides with them.
-        reply: oneshot::Sender<()>,
-    },
     /// Live buckets, queue depth, flows in flight.
     Gauges(oneshot::Sender<ShardGauges>),
     /// One bucket this shard owns (None: no live bucket for the key).
@@ -45,10 +37,6 @@ pub enum AdminQuery {
 /// Answers `query` on `shard` (called by the shard's inbox loop).
 pub fn answer(shard: &Rc<Shard>, query: AdminQuery) {
     match query {
-        AdminQuery::ReplaceEngine { engine, reply } => {
-            shard.reload(engine);
-            let _ = reply.send(());
-        }
         AdminQuery::Gauges(reply) => {
             let gauges = shard.with_state(|state, engine| {
                 let store = state.store();

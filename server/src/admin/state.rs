@@ -86,20 +86,13 @@ impl AdminState {
         let _one_at_a_time = self.changing.lock().await;
         let current = shards.handle.engine();
         let next = Arc::new(change(&current)?);
-        // The node's policies first (what the gRPC port and the cluster layer read), then
-        // every shard's handle on them, as a reload does.
-        shards.handle.policies().store(next.clone());
-        let confirmed = Self::ask_all(shards, |reply| AdminQuery::ReplaceEngine {
-            engine: next.clone(),
-            reply,
+        // The same switch a reload makes (it blocks waiting for the shards: off this thread).
+        let (handle, engine) = (shards.handle.clone(), next.clone());
+        let silent = tokio::task::spawn_blocking(move || {
+            handle.install_policies(&engine, SHARD_ANSWER_TIMEOUT)
         })
-        .await;
-        let silent: Vec<usize> = confirmed
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_none())
-            .map(|(i, _)| i)
-            .collect();
+        .await
+        .unwrap_or_else(|_| (0..shards.handle.nr_shards()).collect());
         Ok(if silent.is_empty() {
             Ok(next)
         } else {
