@@ -15,6 +15,8 @@
 //! - `benches/scheduler.rs`: a decision through each component kind (rate limiter, quota
 //!   scheduler, concurrency limiter and scheduler) when tokens are at hand, against the rate
 //!   limiter's in the same run.
+//! - `benches/metrics.rs`: a decision and everything the shard records for it, with
+//!   `server.metrics` on and off.
 #![warn(missing_docs)]
 
 use tollgate_policy::{parse_policies, Engine};

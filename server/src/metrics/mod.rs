@@ -15,7 +15,8 @@
 //! - [`histogram`]: [`histogram::LatencyHistogram`], fixed log-scale buckets.
 //! - [`per_limiter`]: [`per_limiter::LimiterTable`], a shard's counters per limiter id,
 //!   growable without locks.
-//! - [`top_keys`]: the space-saving sketch and its rotating windows (pure).
+//! - [`space_saving`]: [`space_saving::SpaceSaving`], the filtered heavy-hitter sketch (pure).
+//! - [`top_keys`]: the sketch's rotating windows, one per limiter (pure).
 //! - [`shard`]: [`ShardBlock`] and [`ShardMetrics`], the calls the decision path makes.
 //! - [`collector`]: the prometheus-client collector that reads it all at scrape time.
 //! - [`process`]: the process's resident memory.
@@ -26,6 +27,7 @@ pub mod histogram;
 pub mod per_limiter;
 pub mod process;
 pub mod shard;
+pub mod space_saving;
 pub mod top_keys;
 
 pub use shard::{ShardBlock, ShardMetrics};
