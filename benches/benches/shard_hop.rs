@@ -68,6 +68,7 @@ fn start_pair(spin: Option<Duration>) -> Pair {
         shard_ports: vec![],
         limits: Limits::from_config(&ServerConfig::default()),
         connections: Default::default(),
+        access: Default::default(),
         members: None,
         metrics: Arc::new(tollgate_server::metrics::Metrics::new(true, 2, 1)),
     });

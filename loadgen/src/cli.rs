@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::AccessArgs;
 use crate::accuracy::Limit;
 use crate::keys::Distribution;
 use crate::run::{Op, RunConfig, Stop, DEFAULT_LIMIT};
@@ -60,6 +61,9 @@ pub struct FlowsArgs {
     /// Seed of the workload picks and hold times.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// API key and TLS for the server.
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 /// `echo-server` flags.
@@ -171,6 +175,9 @@ pub struct RunArgs {
     /// Seed of the key and mix draws (task i uses seed + i): runs are repeatable.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// API key and TLS for tollgate:// targets.
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 impl RunArgs {
@@ -228,6 +235,7 @@ impl RunArgs {
             progress: (!self.quiet).then_some(self.progress_interval),
             seed: self.seed,
             threads,
+            access: self.access.to_access()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -300,6 +308,8 @@ mod tests {
             "100ms",
             "--spread",
             "key",
+            "--api-key",
+            "sesame",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         let cfg = cli.run.to_config().unwrap_or_else(|e| panic!("{e}"));
@@ -310,6 +320,10 @@ mod tests {
         assert_eq!(limit.capacity, 5.0);
         assert_eq!(limit.fill_amount, DEFAULT_LIMIT.fill_amount);
         assert_eq!(limit.interval_ns, 100_000_000);
+        assert_eq!(
+            cfg.access.api_key.as_ref().map(|k| k.expose()),
+            Some("sesame")
+        );
         assert!(Cli::try_parse_from(["tollgate-loadgen", "echo-server"]).is_ok());
         assert!(
             Cli::try_parse_from(["tollgate-loadgen", "--duration", "1s", "--requests", "5"])

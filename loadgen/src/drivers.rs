@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access::BinaryAccess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -63,6 +64,8 @@ pub struct ConnSettings {
     pub max_in_flight: usize,
     /// The limit for `redis` targets.
     pub redis_limit: RedisLimit,
+    /// API key and TLS of `tollgate` connections.
+    pub access: BinaryAccess,
 }
 
 /// The key of a check: by the loadgen's convention the key label (`--label-key`) is the
@@ -102,6 +105,7 @@ impl Conn {
                     cfg.connect_timeout = s.connect_timeout;
                     cfg.max_in_flight = s.max_in_flight;
                     cfg.client_name = "tollgate-loadgen".into();
+                    s.access.apply(&mut cfg);
                     Client::connect(cfg)
                         .await
                         .map(Conn::Tollgate)

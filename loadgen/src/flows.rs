@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::access::BinaryAccess;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -215,20 +216,31 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// Runs `scenario` against the binary protocol at `addr` and reports.
-pub fn run(addr: &str, scenario: &FlowScenario, seed: u64) -> Result<FlowReport, String> {
+pub fn run(
+    addr: &str,
+    access: &BinaryAccess,
+    scenario: &FlowScenario,
+    seed: u64,
+) -> Result<FlowReport, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run_async(addr, scenario, seed))
+    local.block_on(&rt, run_async(addr, access, scenario, seed))
 }
 
 /// Requests in flight the flows client asks for: the server's default `max_in_flight`.
 const MAX_IN_FLIGHT: usize = 4096;
 
-async fn run_async(addr: &str, s: &FlowScenario, seed: u64) -> Result<FlowReport, String> {
+async fn run_async(
+    addr: &str,
+    access: &BinaryAccess,
+    s: &FlowScenario,
+    seed: u64,
+) -> Result<FlowReport, String> {
     let mut cfg = ClientConfig::new(addr.to_string(), FailMode::Closed);
+    access.apply(&mut cfg);
     cfg.request_timeout = Duration::from_secs(5);
     cfg.client_name = "tollgate-loadgen-flows".into();
     // Every request may wait up to its budget on the server, so `rate × wait` of them are in

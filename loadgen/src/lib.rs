@@ -13,6 +13,7 @@
 //!
 //! # Layout
 //! - [`cli`]: clap flags and their conversion into a [`run::RunConfig`].
+//! - [`access`]: `--api-key` and `--tls-ca` for binary ports that require a key or TLS.
 //! - [`run`]: one run: its settings ([`run::config`]), load threads (one single-threaded
 //!   runtime each), connect, warm up, tasks in closed or open loop, progress, report.
 //! - [`drivers`]: one connection per protocol (`tollgate`, `grpc`, `redis`, `echo`) and the
@@ -33,6 +34,7 @@
 //! [`drivers::TOKEN_BUCKET_LUA`].
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod accuracy;
 pub mod cli;
 pub mod drivers;

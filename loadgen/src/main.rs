@@ -37,7 +37,14 @@ fn flows(args: &tollgate_loadgen::cli::FlowsArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = match flows::run(&args.server, &scenario, args.seed) {
+    let access = match args.access.to_access() {
+        Ok(access) => access,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match flows::run(&args.server, &access, &scenario, args.seed) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

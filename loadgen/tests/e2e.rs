@@ -480,6 +480,7 @@ fn redis_baseline_run_is_consistent() {
             connect_timeout: Duration::from_secs(2),
             max_in_flight: 16,
             redis_limit: redis_limit(1.0, 1.0, Duration::from_secs(3600)),
+            access: Default::default(),
         };
         let conn = Conn::connect(&t, &settings).await.expect("connect");
         assert_eq!(conn.check(&req("conn", 1.0)).await, Ok(true));

@@ -53,7 +53,7 @@ fn a_concurrency_run_never_holds_more_than_the_limit_and_ends_every_flow() {
          workloads: [ { name: t, weight: 1, labels: { tenant: t } } ]\n",
     )
     .unwrap();
-    let report = flows::run(&node.addr(), &scenario, 7).unwrap();
+    let report = flows::run(&node.addr(), &Default::default(), &scenario, 7).unwrap();
     assert_eq!(report.kind, Kind::Concurrency);
     let w = &report.workloads[0];
     assert!(w.admitted > 0, "{}", report.table());
@@ -88,7 +88,7 @@ fn a_quota_run_admits_no_more_than_the_quota_allows() {
          \x20 - { name: b, weight: 1, labels: { api_key: k, tier: b } }\n",
     )
     .unwrap();
-    let report = flows::run(&node.addr(), &scenario, 7).unwrap();
+    let report = flows::run(&node.addr(), &Default::default(), &scenario, 7).unwrap();
     let admitted: u64 = report.workloads.iter().map(|w| w.admitted).sum();
     let sent: u64 = report.workloads.iter().map(|w| w.sent).sum();
     assert_eq!(sent, 60, "{}", report.table());

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use crate::frame::{
     opcode, ErrorCode, CHECK_FLAGS_KNOWN, CHECK_FLAG_TOKENS, CHECK_FLAG_WAIT, LEN_PREFIX_LEN,
-    MAX_BATCH, MAX_FLOW_END, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS, MIN_FRAME_LEN,
-    SHARED_PORT_SHARD_INDEX,
+    MAX_API_KEY_LEN, MAX_BATCH, MAX_FLOW_END, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS,
+    MIN_FRAME_LEN, SHARED_PORT_SHARD_INDEX,
 };
 use crate::types::{
     BatchItem, CheckReply, ControlPointRouting, Decision, DecisionReason, ErrorReply,
@@ -71,12 +71,25 @@ pub enum Frame<'a> {
 }
 
 /// A decoded `HELLO`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HelloRef<'a> {
     /// The client's protocol version.
     pub version: u16,
     /// Free-form client name, for logs.
     pub client_name: &'a str,
+    /// The API key, when the client sent one (the optional trailing field): at most
+    /// [`MAX_API_KEY_LEN`] bytes. Never logged: `Debug` shows only whether it is there.
+    pub api_key: Option<&'a str>,
+}
+
+impl std::fmt::Debug for HelloRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HelloRef")
+            .field("version", &self.version)
+            .field("client_name", &self.client_name)
+            .field("api_key", &self.api_key.map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A decoded `CHECK` (or one item of a `CHECK_BATCH`). Its labels were validated when it was
@@ -403,9 +416,20 @@ pub fn decode_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Decoded<'_>
 fn hello_body<'a>(r: &mut Reader<'a>) -> Result<HelloRef<'a>, Reason> {
     let version = r.u16("truncated HELLO version")?;
     let client_name = r.str()?;
+    // The optional trailing field: present iff bytes remain after the client name.
+    let api_key = if r.remaining() > 0 {
+        let key = r.str()?;
+        if key.len() > MAX_API_KEY_LEN {
+            return Err("HELLO api_key longer than MAX_API_KEY_LEN");
+        }
+        Some(key)
+    } else {
+        None
+    };
     Ok(HelloRef {
         version,
         client_name,
+        api_key,
     })
 }
 

@@ -14,9 +14,9 @@
 use crate::decode::{limiter_result_len, StrRef};
 use crate::error::EncodeError;
 use crate::frame::{
-    opcode, ErrorCode, CHECK_FLAG_TOKENS, CHECK_FLAG_WAIT, LEN_PREFIX_LEN, MAX_BATCH, MAX_FLOW_END,
-    MAX_INTERNED, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN, SHARED_PORT_SHARD_INDEX,
-    STR_REF_INTERNED_BIT,
+    opcode, ErrorCode, CHECK_FLAG_TOKENS, CHECK_FLAG_WAIT, LEN_PREFIX_LEN, MAX_API_KEY_LEN,
+    MAX_BATCH, MAX_FLOW_END, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN,
+    SHARED_PORT_SHARD_INDEX, STR_REF_INTERNED_BIT,
 };
 use crate::types::{
     BatchItem, CheckReply, ErrorReply, FlowEndStatus, HelloReply, LimiterResult, Member, Refusal,
@@ -118,16 +118,35 @@ fn put_string_list(
     Ok(())
 }
 
-/// `HELLO { version u16, client_name string }`.
+/// `HELLO { version u16, client_name string }`, without an API key.
 pub fn encode_hello(
     out: &mut Vec<u8>,
     request_id: u32,
     version: u16,
     client_name: &str,
 ) -> Result<(), EncodeError> {
+    encode_hello_with_key(out, request_id, version, client_name, None)
+}
+
+/// `HELLO { version u16, client_name string, [api_key string] }`: the key, when given, is the
+/// optional trailing field ([`MAX_API_KEY_LEN`] bytes at most).
+pub fn encode_hello_with_key(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    version: u16,
+    client_name: &str,
+    api_key: Option<&str>,
+) -> Result<(), EncodeError> {
     frame(out, opcode::HELLO, request_id, |out| {
         out.extend_from_slice(&version.to_le_bytes());
-        put_str(out, client_name)
+        put_str(out, client_name)?;
+        match api_key {
+            Some(key) if key.len() > MAX_API_KEY_LEN => {
+                Err(EncodeError::ApiKeyTooLong { len: key.len() })
+            }
+            Some(key) => put_str(out, key),
+            None => Ok(()),
+        }
     })
 }
 

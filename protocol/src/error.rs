@@ -76,6 +76,12 @@ pub enum EncodeError {
         /// Its length in bytes.
         len: usize,
     },
+    /// An API key longer than [`crate::MAX_API_KEY_LEN`] bytes.
+    #[error("API key of {len} bytes exceeds MAX_API_KEY_LEN")]
+    ApiKeyTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
     /// More labels than [`crate::MAX_LABELS`].
     #[error("{count} labels exceed MAX_LABELS")]
     TooManyLabels {

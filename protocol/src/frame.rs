@@ -80,10 +80,19 @@ pub const MAX_LIMITERS: usize = u8::MAX as usize;
 /// server about what deciding one does, so one frame's head-of-line delay stays as bounded.
 pub const MAX_FLOW_END: usize = MAX_BATCH;
 
+/// Longest API key a `HELLO` may carry, in bytes.
+///
+/// Why this value: keys are generated tokens (32–64 characters in practice); 256 bytes fits any
+/// of them with room to spare, and bounds what a peer that has not authenticated yet can make
+/// the server read and compare.
+pub const MAX_API_KEY_LEN: usize = 256;
+
 /// Frame opcodes. Requests (client → server) have the top bit clear; replies (server → client)
 /// have it set, and a reply to request opcode `op` is `op | 0x80`.
 pub mod opcode {
-    /// Client → server: optional handshake, `version u16, client_name string`.
+    /// Client → server: the handshake, `version u16, client_name string` and an optional
+    /// trailing `api_key string` (required first on every connection when the server has API
+    /// keys).
     pub const HELLO: u8 = 0x01;
     /// Client → server: one rate-limit check.
     pub const CHECK: u8 = 0x02;
@@ -161,6 +170,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 9: a server bug or an unexpected internal failure. Connection stays open.
     Internal,
+    /// 10: the server requires an API key and the connection has not presented a valid one in
+    /// `HELLO` before this request (no `HELLO`, a `HELLO` without a key, or a wrong key).
+    /// Nothing of the request was applied; the server closes the connection.
+    Unauthenticated,
     /// A code this version does not know (kept for forward compatibility).
     Unknown(u16),
 }
@@ -178,6 +191,7 @@ impl ErrorCode {
             Self::Overloaded => 7,
             Self::ShuttingDown => 8,
             Self::Internal => 9,
+            Self::Unauthenticated => 10,
             Self::Unknown(code) => code,
         }
     }
@@ -194,13 +208,17 @@ impl ErrorCode {
             7 => Self::Overloaded,
             8 => Self::ShuttingDown,
             9 => Self::Internal,
+            10 => Self::Unauthenticated,
             other => Self::Unknown(other),
         }
     }
 
     /// Whether the server closes the connection after sending this error.
     pub const fn closes_connection(self) -> bool {
-        matches!(self, Self::FrameTooLarge | Self::ShuttingDown)
+        matches!(
+            self,
+            Self::FrameTooLarge | Self::ShuttingDown | Self::Unauthenticated
+        )
     }
 
     /// The upper-snake-case name used in docs and logs.
@@ -215,6 +233,7 @@ impl ErrorCode {
             Self::Overloaded => "OVERLOADED",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Internal => "INTERNAL",
+            Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Unknown(_) => "UNKNOWN",
         }
     }

@@ -53,7 +53,9 @@ fn requests(mut data: &[u8]) {
 
 fn reencode_request(out: &mut Vec<u8>, id: u32, frame: &Frame<'_>, interns: &mut InternTable) {
     let res = match *frame {
-        Frame::Hello(h) => encode::encode_hello(out, id, h.version, h.client_name),
+        Frame::Hello(h) => {
+            encode::encode_hello_with_key(out, id, h.version, h.client_name, h.api_key)
+        }
         Frame::Check(c) => {
             let labels: Vec<(StrRef<'_>, &str)> = c.labels().collect();
             assert_eq!(labels.len(), c.label_count());
@@ -152,7 +154,7 @@ mod tests {
     use super::decode_any;
     use crate::encode::{
         encode_check, encode_check_reply, encode_flow_end, encode_flow_end_reply,
-        encode_hello_reply, CheckSpec,
+        encode_hello_reply, encode_hello_with_key, CheckSpec,
     };
     use crate::types::{
         CheckReply, ControlPointRouting, Decision, DecisionReason, FlowEndStatus, HelloReply,
@@ -307,6 +309,7 @@ mod tests {
             hello in hello_reply(),
             reply_version in version(),
             flow_ids in prop::collection::vec(any::<u64>(), 0..4),
+            api_key in prop::option::of("[ -~]{0,40}"),
             pos in any::<prop::sample::Index>(),
             byte in any::<u8>(),
         ) {
@@ -318,6 +321,9 @@ mod tests {
             let statuses: Vec<FlowEndStatus> =
                 flow_ids.iter().map(|id| FlowEndStatus::from_ended(id % 2 == 0)).collect();
             let mut out = Vec::new();
+            prop_assert!(
+                encode_hello_with_key(&mut out, 6, 2, "fuzz", api_key.as_deref()).is_ok()
+            );
             prop_assert!(encode_check(&mut out, 7, &spec).is_ok());
             prop_assert!(encode_flow_end(&mut out, 8, &flow_ids).is_ok());
             prop_assert!(encode_hello_reply(&mut out, 9, &hello).is_ok());

@@ -82,14 +82,15 @@ pub use decode::{
 };
 pub use encode::{
     encode_batch_reply, encode_check, encode_check_batch, encode_check_reply, encode_error,
-    encode_flow_end, encode_flow_end_reply, encode_hello, encode_hello_reply, encode_intern,
-    encode_members, encode_members_reply, encode_ping, encode_pong, BatchReplyWriter, CheckSpec,
+    encode_flow_end, encode_flow_end_reply, encode_hello, encode_hello_reply,
+    encode_hello_with_key, encode_intern, encode_members, encode_members_reply, encode_ping,
+    encode_pong, BatchReplyWriter, CheckSpec,
 };
 pub use error::{DecodeError, EncodeError, InternError};
 pub use frame::{
-    opcode, ErrorCode, DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, LEN_PREFIX_LEN, MAX_BATCH,
-    MAX_FLOW_END, MAX_INTERNED, MAX_INTERNED_BYTES, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN,
-    MIN_FRAME_LEN, PROTOCOL_VERSION,
+    opcode, ErrorCode, DEFAULT_MAX_FRAME_LEN, FRAME_HEADER_LEN, LEN_PREFIX_LEN, MAX_API_KEY_LEN,
+    MAX_BATCH, MAX_FLOW_END, MAX_INTERNED, MAX_INTERNED_BYTES, MAX_LABELS, MAX_LIMITERS,
+    MAX_STRING_LEN, MIN_FRAME_LEN, PROTOCOL_VERSION,
 };
 pub use intern::InternTable;
 pub use smallvec;

@@ -64,6 +64,8 @@ struct Stats {
     intern_ids: Mutex<Vec<u32>>,
     /// (listener, HELLO version, was it the connection's first frame) for every HELLO.
     hellos: Mutex<Vec<(u16, u16, bool)>>,
+    /// (listener, API key) for every HELLO.
+    hello_keys: Mutex<Vec<(u16, Option<String>)>>,
     /// The wait budget of every check decided, in order.
     waits: Mutex<Vec<Option<u32>>>,
     /// (listener, flow id) for every id of every FLOW_END.
@@ -435,6 +437,11 @@ async fn serve(
                                 .lock()
                                 .expect("lock")
                                 .push((index, h.version, first));
+                            stats
+                                .hello_keys
+                                .lock()
+                                .expect("lock")
+                                .push((index, h.api_key.map(str::to_owned)));
                             match cfg.answer_hello(h.version) {
                                 Ok(hello) => {
                                     encode_hello_reply(&mut out, id, &hello).expect("hello");
@@ -1183,4 +1190,38 @@ async fn a_reconnected_connection_speaks_version_2_again() {
         *server.stats.hellos.lock().expect("lock"),
         [(SHARED, 2, true), (SHARED, 2, true)]
     );
+}
+
+/// With an API key, every connection — the shared one, each shard's, and a reconnected one —
+/// opens with a `HELLO` carrying it, before anything else.
+#[tokio::test]
+async fn the_api_key_opens_every_connection() {
+    let server = start_server(2).await;
+    let mut config = cfg(&server, FailMode::Closed);
+    config.api_key = Some(tollgate_protocol::client::ApiKey::new("sesame").expect("key"));
+    let client = Client::connect(config).await.expect("connect");
+    for user in ["a", "b", "c", "d", "e", "f"] {
+        client.check(&req(user)).await.expect("check");
+    }
+    let err = client
+        .check(&req("u1").label("drop", "1"))
+        .await
+        .expect_err("dropped");
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    client.check(&req("u1")).await.expect("after reconnect");
+    let keys = server.stats.hello_keys.lock().expect("lock").clone();
+    let hellos = server.stats.hellos.lock().expect("lock").clone();
+    let accepted: usize = server.stats.accepted.lock().expect("lock").iter().sum();
+    assert_eq!(keys.len(), accepted, "one HELLO per connection: {keys:?}");
+    assert!(
+        keys.iter().all(|(_, k)| k.as_deref() == Some("sesame")),
+        "{keys:?}"
+    );
+    assert!(hellos.iter().all(|&(_, _, first)| first), "{hellos:?}");
+    for listener in [0, 1, SHARED] {
+        assert!(
+            keys.iter().any(|&(l, _)| l == listener),
+            "{listener}: {keys:?}"
+        );
+    }
 }

@@ -320,9 +320,10 @@ proptest! {
         version in any::<u16>(), name in text(), iid in 0..MAX_INTERNED as u16,
         payload in prop::collection::vec(any::<u8>(), 0..64), id in any::<u32>(),
         flow_ids in prop::collection::vec(any::<u64>(), 0..9),
+        api_key in prop::option::of("[ -~]{0,256}"),
     ) {
         let mut out = Vec::new();
-        encode_hello(&mut out, id, version, &name).expect("hello");
+        encode_hello_with_key(&mut out, id, version, &name, api_key.as_deref()).expect("hello");
         encode_intern(&mut out, id, iid, &name).expect("intern");
         encode_members(&mut out, id).expect("members");
         encode_ping(&mut out, id, &payload).expect("ping");
@@ -340,7 +341,7 @@ proptest! {
         prop_assert_eq!(ends.len(), flow_ids.len());
         prop_assert_eq!(ends.iter().collect::<Vec<_>>(), flow_ids);
         prop_assert_eq!(frames, vec![
-            Frame::Hello(HelloRef { version, client_name: &name }),
+            Frame::Hello(HelloRef { version, client_name: &name, api_key: api_key.as_deref() }),
             Frame::Intern { id: iid, value: &name },
             Frame::Members,
             Frame::Ping(&payload),
@@ -806,4 +807,55 @@ fn version_dependent_reply_values() {
     .expect("hello");
     hello[10] = 3;
     assert_eq!(reason(&hello, V2), "unknown HELLO_REPLY version");
+}
+
+/// The HELLO api_key field is bounded: the encoder refuses a key over `MAX_API_KEY_LEN`, and
+/// the decoder rejects one as `MALFORMED_FRAME` without losing the framing.
+#[test]
+fn hello_api_keys_are_bounded() {
+    let longest = "k".repeat(MAX_API_KEY_LEN);
+    let mut out = Vec::new();
+    encode_hello_with_key(&mut out, 1, 2, "c", Some(&longest)).expect("longest key");
+    let d = decode_frame(&out, DEFAULT_MAX_FRAME_LEN)
+        .expect("ok")
+        .expect("whole");
+    assert!(matches!(d.frame, Frame::Hello(h) if h.api_key == Some(longest.as_str())));
+
+    let too_long = "k".repeat(MAX_API_KEY_LEN + 1);
+    let mut out = Vec::new();
+    assert_eq!(
+        encode_hello_with_key(&mut out, 1, 2, "c", Some(&too_long)),
+        Err(EncodeError::ApiKeyTooLong {
+            len: MAX_API_KEY_LEN + 1
+        })
+    );
+    assert!(out.is_empty(), "a failed encode leaves nothing behind");
+
+    // Hand-built: version 2, name "c", a 257-byte key.
+    let mut body = vec![2, 0, 1, 0, b'c'];
+    body.extend_from_slice(&((MAX_API_KEY_LEN + 1) as u16).to_le_bytes());
+    body.extend_from_slice(too_long.as_bytes());
+    let mut frame = ((body.len() + 6) as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&[opcode::HELLO, 0, 5, 0, 0, 0]);
+    frame.extend_from_slice(&body);
+    match decode_frame(&frame, DEFAULT_MAX_FRAME_LEN) {
+        Err(DecodeError::Body {
+            code,
+            request_id,
+            frame_len,
+            ..
+        }) => {
+            assert_eq!(code, ErrorCode::MalformedFrame);
+            assert_eq!(request_id, 5);
+            assert_eq!(frame_len, frame.len());
+        }
+        other => panic!("expected MALFORMED_FRAME, got {other:?}"),
+    }
+    // A HELLO without the field is a HELLO without a key; the Debug of one never shows it.
+    let mut out = Vec::new();
+    encode_hello_with_key(&mut out, 1, 2, "c", Some("sesame")).expect("key");
+    let d = decode_frame(&out, DEFAULT_MAX_FRAME_LEN)
+        .expect("ok")
+        .expect("whole");
+    assert!(!format!("{:?}", d.frame).contains("sesame"));
 }

@@ -43,9 +43,47 @@ fn hello() {
         d.frame,
         Frame::Hello(HelloRef {
             version: 1,
-            client_name: "rust"
+            client_name: "rust",
+            api_key: None,
         })
     );
+}
+
+#[test]
+fn hello_with_api_key() {
+    let mut out = Vec::new();
+    encode_hello_with_key(&mut out, 1, 2, "rust", Some("sesame")).expect("encode");
+    let b = golden("HELLO with key", out, GOLDEN_HELLO_WITH_KEY);
+    let d = decode_frame(&b, DEFAULT_MAX_FRAME_LEN)
+        .expect("ok")
+        .expect("complete");
+    assert_eq!(
+        d.frame,
+        Frame::Hello(HelloRef {
+            version: 2,
+            client_name: "rust",
+            api_key: Some("sesame"),
+        })
+    );
+}
+
+#[test]
+fn error_unauthenticated() {
+    let mut out = Vec::new();
+    encode_error(&mut out, 2, ErrorCode::Unauthenticated, "invalid API key");
+    let b = golden("ERROR UNAUTHENTICATED", out, GOLDEN_ERROR_UNAUTHENTICATED);
+    let d = decode_reply(&b, DEFAULT_MAX_FRAME_LEN, V2)
+        .expect("ok")
+        .expect("complete");
+    assert_eq!(
+        d.reply,
+        Reply::Error(ErrorReply {
+            code: ErrorCode::Unauthenticated,
+            message: "invalid API key".into(),
+        })
+    );
+    assert_eq!(ErrorCode::Unauthenticated.as_u16(), 10);
+    assert!(ErrorCode::Unauthenticated.closes_connection());
 }
 
 #[test]
@@ -346,3 +384,7 @@ const GOLDEN_FLOW_END: &str =
     "18 00 00 00 07 00 07 00 00 00 02 00 07 00 00 00 00 00 10 00 2a 00 00 00 00 00 00 00";
 const GOLDEN_FLOW_END_REPLY: &str = "0a 00 00 00 87 00 07 00 00 00 02 00 00 01";
 const GOLDEN_HELLO_REPLY_V2: &str = "44 00 00 00 81 00 01 00 00 00 02 00 02 00 6e 31 02 00 01 ff ff 02 00 59 1b 5a 1b 01 00 04 00 75 73 65 72 01 00 08 00 70 65 72 2d 75 73 65 72 00 00 10 00 00 04 00 04 00 00 01 00 03 00 61 70 69 01 00 04 00 75 73 65 72";
+const GOLDEN_HELLO_WITH_KEY: &str =
+    "16 00 00 00 01 00 01 00 00 00 02 00 04 00 72 75 73 74 06 00 73 65 73 61 6d 65";
+const GOLDEN_ERROR_UNAUTHENTICATED: &str =
+    "19 00 00 00 ff 00 02 00 00 00 0a 00 0f 00 69 6e 76 61 6c 69 64 20 41 50 49 20 6b 65 79";

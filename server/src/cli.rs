@@ -20,7 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_policy::WAIT_FOREVER as WAIT_FOREVER_NS;
-use tollgate_protocol::client::{blocking, CheckRequest, ClientConfig, FailMode};
+use tollgate_protocol::client::{
+    blocking, ApiKey, CheckRequest, ClientConfig, ClientTls, FailMode,
+};
 use tollgate_protocol::{CheckReply, FlowEndStatus, LimiterOutcome};
 
 /// Tollgate: a distributed, thread-per-core rate-limiting server.
@@ -72,6 +74,9 @@ draining: a readiness probe), GET /metrics (Prometheus text format) and the JSON
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// API key and TLS.
+        #[command(flatten)]
+        access: ClientAccessArgs,
     },
     /// List the policies a server runs, with their identity and effective parameters
     /// (admin API).
@@ -138,6 +143,44 @@ pub struct CheckArgs {
     /// Give up after this long (e.g. 500ms, 2s), on top of any wait budget.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// API key and TLS.
+    #[command(flatten)]
+    pub access: ClientAccessArgs,
+}
+
+/// How the binary-protocol commands reach a server with `server.api_keys` or
+/// `server.binary_tls`.
+#[derive(Args, Debug, Default)]
+pub struct ClientAccessArgs {
+    /// API key sent in HELLO (servers with server.api_keys require it).
+    #[arg(long, env = "TOLLGATE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Speak TLS, trusting the CA certificate(s) in this PEM file (servers with
+    /// server.binary_tls).
+    #[arg(long, value_name = "FILE.pem")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the host of --server).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientAccessArgs {
+    /// Sets the key and TLS of `cfg`; errors name the flag.
+    pub fn apply(&self, cfg: &mut ClientConfig) -> Result<(), String> {
+        if let Some(key) = &self.api_key {
+            cfg.api_key = Some(ApiKey::new(key.as_str()).map_err(|e| format!("--api-key: {e}"))?);
+        }
+        if let Some(ca) = &self.tls_ca {
+            let tls = ClientTls::from_ca_file(ca).map_err(|e| format!("--tls-ca: {e}"))?;
+            cfg.tls = Some(match &self.tls_server_name {
+                Some(name) => tls
+                    .with_server_name(name)
+                    .map_err(|e| format!("--tls-server-name: {e}"))?,
+                None => tls,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `tollgate flow-end`.
@@ -155,6 +198,9 @@ pub struct FlowEndArgs {
     /// Give up after this long (e.g. 500ms, 2s).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// API key and TLS.
+    #[command(flatten)]
+    pub access: ClientAccessArgs,
 }
 
 fn parse_flow_id(s: &str) -> Result<u64, String> {
@@ -187,7 +233,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check(args) => check(args),
         Command::FlowEnd(args) => flow_end(args),
         Command::Validate { file } => validate(&file),
-        Command::Members { server, json } => members(&server, json),
+        Command::Members {
+            server,
+            json,
+            access,
+        } => members(&server, json, &access),
         Command::Policies(target) => crate::admin::commands::policies(&target),
         Command::Bucket(args) => crate::admin::commands::bucket(&args),
         Command::Top(args) => crate::admin::commands::top(&args),
@@ -453,6 +503,10 @@ fn check(args: CheckArgs) -> i32 {
     cfg.request_timeout = args.timeout;
     cfg.connect_timeout = args.timeout;
     cfg.client_name = "tollgate-cli".into();
+    if let Err(e) = args.access.apply(&mut cfg) {
+        eprintln!("error: {e}");
+        return 2;
+    }
     let result = blocking::Client::connect(cfg).and_then(|client| {
         let req = CheckRequest {
             control_point: args.control_point.clone(),
@@ -493,6 +547,10 @@ fn flow_end(args: FlowEndArgs) -> i32 {
     cfg.request_timeout = args.timeout;
     cfg.connect_timeout = args.timeout;
     cfg.client_name = "tollgate-cli".into();
+    if let Err(e) = args.access.apply(&mut cfg) {
+        eprintln!("error: {e}");
+        return 2;
+    }
     match blocking::Client::connect(cfg).and_then(|client| client.flow_end(&args.ids)) {
         Ok(statuses) => {
             let name = |s: &FlowEndStatus| match s {
@@ -619,11 +677,15 @@ fn validate(file: &std::path::Path) -> i32 {
     }
 }
 
-fn members(server: &str, json: bool) -> i32 {
-    let cfg = ClientConfig {
+fn members(server: &str, json: bool, access: &ClientAccessArgs) -> i32 {
+    let mut cfg = ClientConfig {
         shard_aware: false,
         ..ClientConfig::new(server.to_string(), FailMode::Closed)
     };
+    if let Err(e) = access.apply(&mut cfg) {
+        eprintln!("error: {e}");
+        return 2;
+    }
     match blocking::Client::connect(cfg).and_then(|c| c.members()) {
         Ok(members) => {
             if json {

@@ -17,6 +17,13 @@
 //! pending is closed. Admission (`max_connections`, `max_connections_per_peer`) is
 //! [`admission`]'s.
 //!
+//! Access ([`access`]): with `server.binary_tls` the connection first completes a TLS
+//! handshake (within [`tls::handshake_timeout`]); the read and write loops then run over the
+//! TLS stream exactly as over plain TCP ([`transport`]). With `server.api_keys` the reader
+//! starts unauthenticated and lets nothing through but a `HELLO` carrying a valid key
+//! ([`access::gate`]); anything else is answered `UNAUTHENTICATED` and the connection closes
+//! with nothing applied. After that it is one bool per frame.
+//!
 //! Protocol versions: a connection speaks version 1 until a `HELLO` switches it to
 //! `min(HELLO.version, 2)`; every reply written after that `HELLO_REPLY` — pending checks'
 //! replies too — is encoded in the connection's version of the moment it is written
@@ -25,11 +32,16 @@
 //! `FLOW_END` ends flows through [`Shard::end_flows`] (a pending request when an id lives on
 //! another shard).
 
+pub mod access;
 pub mod admission;
 mod read_buf;
+pub mod refusal_log;
+pub mod tls;
+pub mod transport;
 
 use crate::clock;
 use crate::shard::{PendingCheck, Planned, Shard};
+use access::Gate;
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -38,8 +50,8 @@ use glommio::net::TcpStream;
 use read_buf::ReadBuf;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::num::NonZeroU64;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tollgate_policy::{
@@ -111,19 +123,41 @@ impl Outbox {
 }
 
 /// Serves one accepted connection until EOF, a fatal framing error or a broken socket.
-/// `shard_index` is Some on a shard-aware port (reported in HELLO).
+/// `shard_index` is Some on a shard-aware port (reported in HELLO). With `server.binary_tls`
+/// the TLS handshake comes first.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>) {
     let _ = stream.set_nodelay(true);
-    // A second handle on the same socket for the writer task: reads and writes proceed
-    // independently with no lock between them.
-    // SAFETY: dup returns a new descriptor we own; TcpStream closes it on drop.
-    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
-    if dup < 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "dup failed; closing connection");
-        return;
+    let peer = stream.peer_addr().ok();
+    let node = shard.node.clone();
+    match node.access.tls() {
+        None => serve_on(shard, stream, shard_index, peer).await,
+        Some(tls) => {
+            let timeout = tls::handshake_timeout(node.limits.idle_timeout);
+            match tls.accept(stream, timeout).await {
+                Ok(stream) => serve_on(shard, stream, shard_index, peer).await,
+                Err(e) => {
+                    shard.metrics().tls_handshake_failed();
+                    tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed; closing");
+                }
+            }
+        }
     }
-    // SAFETY: `dup` is a fresh, open socket descriptor owned by nobody else.
-    let writer = unsafe { TcpStream::from_raw_fd(dup) };
+}
+
+/// Serves a connection over `stream`, plain or TLS alike.
+async fn serve_on<T: transport::Transport>(
+    shard: Rc<Shard>,
+    stream: T,
+    shard_index: Option<u16>,
+    peer: Option<SocketAddr>,
+) {
+    let (stream, writer) = match stream.split() {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot split the connection's stream; closing it");
+            return;
+        }
+    };
     let (wake, woken) = local_channel::new_bounded(1);
     let (settled, settled_rx) = local_channel::new_bounded(1);
     let (drained, drained_rx) = local_channel::new_bounded(1);
@@ -141,12 +175,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>
         broken: Cell::new(false),
     });
     let writer_task = glommio::spawn_local(write_loop(out.clone(), writer, woken));
+    let authenticated = !shard.node.access.requires_key();
     let mut reader = Reader {
         shard,
         out: out.clone(),
         stream,
         intern: InternTable::new(),
         shard_index,
+        authenticated,
+        peer,
     };
     reader.run(&drained_rx).await;
     while out.in_flight.get() > 0 && !out.broken.get() {
@@ -157,15 +194,20 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>
     writer_task.await;
 }
 
-struct Reader {
+struct Reader<R> {
     shard: Rc<Shard>,
     out: Rc<Outbox>,
-    stream: TcpStream,
+    stream: R,
     intern: InternTable,
     shard_index: Option<u16>,
+    /// The connection may send requests: it presented a valid API key in `HELLO`, or the
+    /// node requires none.
+    authenticated: bool,
+    /// The peer's address, for the refusal log.
+    peer: Option<SocketAddr>,
 }
 
-impl Reader {
+impl<R: transport::ReadHalf> Reader<R> {
     async fn run(&mut self, drained: &LocalReceiver<()>) {
         let max_frame_len = self.shard.node.limits.max_frame_len;
         let idle_timeout = self.shard.node.limits.idle_timeout;
@@ -176,6 +218,16 @@ impl Reader {
             // Answer every whole frame we have.
             let now = clock::now_ns();
             loop {
+                if !self.authenticated {
+                    match self.shard.node.access.gate(buf.data(), max_frame_len) {
+                        Gate::Wait => break,
+                        Gate::Pass => self.authenticated = true,
+                        Gate::Refuse { request_id, reason } => {
+                            self.refuse(request_id, reason);
+                            return;
+                        }
+                    }
+                }
                 match decode_frame(buf.data(), max_frame_len) {
                     Ok(Some(decoded)) => {
                         last_frame = Instant::now();
@@ -226,8 +278,7 @@ impl Reader {
                 // Bytes that complete no frame do not count: a peer trickling a frame is
                 // closed like a silent one.
                 let left = (last_frame + idle).saturating_duration_since(Instant::now());
-                let _ = self
-                    .stream
+                self.stream
                     .set_read_timeout(Some(left.max(Duration::from_millis(1))));
             }
             match self.stream.read(buf.spare()).await {
@@ -253,6 +304,27 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Refuses an unauthenticated connection: one `ERROR UNAUTHENTICATED` for `request_id`,
+    /// counted and logged at a bounded rate; the caller then closes the connection.
+    fn refuse(&self, request_id: u32, reason: &'static str) {
+        self.shard.metrics().unauthenticated();
+        if let Some(count) = self.shard.node.access.refusals.to_log(clock::now_ns()) {
+            tracing::warn!(
+                peer = ?self.peer,
+                reason,
+                refused_since_last_log = count,
+                "refusing unauthenticated binary connections"
+            );
+        }
+        encode_error(
+            &mut self.out.bytes.borrow_mut(),
+            request_id,
+            ErrorCode::Unauthenticated,
+            reason,
+        );
+        self.out.notify_writer();
     }
 
     fn handle(&mut self, request_id: u32, frame: Frame<'_>, now: u64) {
@@ -613,7 +685,11 @@ fn write_batch(
     }
 }
 
-async fn write_loop(out: Rc<Outbox>, mut stream: TcpStream, woken: LocalReceiver<()>) {
+async fn write_loop<W: futures::io::AsyncWrite + Unpin>(
+    out: Rc<Outbox>,
+    mut stream: W,
+    woken: LocalReceiver<()>,
+) {
     let mut sending = Vec::with_capacity(16 * 1024);
     loop {
         std::mem::swap(&mut sending, &mut *out.bytes.borrow_mut());
@@ -626,7 +702,12 @@ async fn write_loop(out: Rc<Outbox>, mut stream: TcpStream, woken: LocalReceiver
             }
             continue;
         }
-        if let Err(e) = stream.write_all(&sending).await {
+        // The flush pushes out what TLS still buffers (a no-op on plain TCP).
+        let written = match stream.write_all(&sending).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::debug!(error = %e, "connection write failed");
             out.mark_broken();
             return;

@@ -27,7 +27,8 @@
 //! - [`shard`]: a shard's state, a check's orchestration across stages and shards, the
 //!   scheduler task that makes waiting real, flow ends, cross-shard hops and their
 //!   batching.
-//! - [`conn`]: one binary connection: read, decode, decide, reply; bounded buffers.
+//! - [`conn`]: one binary connection: read, decode, decide, reply; bounded buffers; who
+//!   may connect (caps, API keys in HELLO, TLS) and over which stream.
 //! - [`bridge`]: the inbox through which non-shard threads (gRPC, gossip) reach shards.
 //! - [`grpc_backend`]: the gRPC compat port's view of the shards.
 //! - [`clock`]: the process-wide monotonic nanosecond clock.

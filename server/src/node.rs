@@ -2,6 +2,7 @@
 //! touched per connection, never per decision, and the policies a reload replaces).
 
 use crate::config::ServerConfig;
+use crate::conn::access::Access;
 use crate::conn::admission::Connections;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -36,6 +37,9 @@ pub struct Node {
     pub limits: Limits,
     /// Open binary connections on the node (all shards), in total and per peer address.
     pub connections: Connections,
+    /// Who may talk to the binary ports: API keys and TLS (`server.api_keys`,
+    /// `server.binary_tls`).
+    pub access: Access,
     /// The cluster's member list, when clustered.
     pub members: Option<Arc<dyn MembersView>>,
     /// Every shard's counters (each shard writes its own block; the admin port reads).

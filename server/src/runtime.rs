@@ -4,6 +4,7 @@
 
 use crate::bridge::{DecisionHandle, Inbound, INBOX_DEPTH};
 use crate::config::Config;
+use crate::conn::access::Access;
 use crate::node::{Limits, MembersView, Node};
 use crate::shard::{MeshMsg, Planned, Shard, MESH_CHANNEL_SIZE};
 use crate::{clock, conn, listeners};
@@ -124,6 +125,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         shard_ports: shard_ports.clone(),
         limits: Limits::from_config(&config.server),
         connections: Default::default(),
+        access: Access::from_config(&config.server)?,
         members: options.members,
         metrics: Arc::new(crate::metrics::Metrics::new(
             config.server.metrics,

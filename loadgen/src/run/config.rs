@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::access::BinaryAccess;
 use crate::accuracy::Limit;
 use crate::keys::Distribution;
 use crate::scenario::Scenario;
@@ -84,6 +85,8 @@ pub struct RunConfig {
     /// Load threads, each a single-threaded tokio runtime owning a share of the connection
     /// slots (at most one thread per slot).
     pub threads: usize,
+    /// API key and TLS of `tollgate://` connections.
+    pub access: BinaryAccess,
 }
 
 impl RunConfig {
@@ -113,6 +116,7 @@ impl RunConfig {
             progress: None,
             seed: 1,
             threads: 1,
+            access: BinaryAccess::default(),
         }
     }
 

@@ -32,6 +32,7 @@ impl Plan {
             request_timeout: cfg.request_timeout,
             connect_timeout: cfg.connect_timeout,
             max_in_flight: (cfg.pipeline * 2).max(1024),
+            access: cfg.access.clone(),
             redis_limit: RedisLimit {
                 capacity: redis_limit.capacity.to_string(),
                 fill_amount: redis_limit.fill_amount.to_string(),

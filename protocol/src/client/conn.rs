@@ -19,24 +19,29 @@
 //! `HELLO` as its first frame, pipelined with whatever follows (the server reads frames in
 //! order). The reader decodes each reply in the version of the last `HELLO_REPLY` it read on
 //! the connection — exactly the rule by which the server encodes them.
+//!
+//! Access: with an API key, every new connection sends `HELLO` with the key first, whatever
+//! the version (a server with `server.api_keys` refuses anything before it); if the server
+//! refuses that `HELLO` with `UNAUTHENTICATED`, the requests pipelined behind it fail with that
+//! error. With TLS, the dial includes the handshake (both within `connect_timeout`) and the
+//! reader and writer tasks share the TLS stream through `tokio::io::split`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::ClientError;
+use super::{host_of, ApiKey, ClientError, ClientTls};
 use crate::decode::{decode_reply, StrRef};
-use crate::encode::{encode_hello, encode_intern};
+use crate::encode::{encode_hello_with_key, encode_intern};
 use crate::error::{DecodeError, EncodeError};
-use crate::frame::{MAX_INTERNED, MAX_INTERNED_BYTES, MAX_STRING_LEN};
+use crate::frame::{ErrorCode, MAX_INTERNED, MAX_INTERNED_BYTES, MAX_STRING_LEN};
 use crate::types::Reply;
 use crate::version::ProtocolVersion;
 
@@ -65,6 +70,23 @@ fn backoff_after(failures: u32) -> Duration {
 /// Result delivered to a waiting request.
 type Outcome = Result<Reply, ClientError>;
 
+/// How a connection is dialled: shared by every connection of a client.
+#[derive(Clone, Debug)]
+pub(crate) struct Dialer {
+    /// Deadline of the TCP connect plus the TLS handshake.
+    pub(crate) connect_timeout: Duration,
+    /// TLS on the connection; None: plaintext.
+    pub(crate) tls: Option<ClientTls>,
+}
+
+/// The `HELLO` a new connection sends first.
+#[derive(Clone, Debug)]
+struct Greeting {
+    version: ProtocolVersion,
+    client_name: String,
+    api_key: Option<ApiKey>,
+}
+
 /// A connection slot: the address, limits, and the current live connection if any.
 pub(crate) struct Conn {
     /// `host:port` dialled.
@@ -74,11 +96,11 @@ pub(crate) struct Conn {
     permits: Arc<Semaphore>,
     /// The server's `max_frame_len` (from `HELLO_REPLY`); requests larger are refused locally.
     max_frame_len: AtomicU32,
-    /// Dial timeout.
-    connect_timeout: Duration,
-    /// The `HELLO` every new connection sends first (version, client name); `None` while the
-    /// connection speaks version 1 (or before the client negotiated).
-    greeting: Mutex<Option<(ProtocolVersion, String)>>,
+    /// Dial timeout and TLS.
+    dialer: Dialer,
+    /// The `HELLO` every new connection sends first; `None` while the connection speaks
+    /// version 1 without an API key (or before the client negotiated).
+    greeting: Mutex<Option<Greeting>>,
     /// The live connection and the redial backoff state. A tokio mutex: dialling awaits.
     slot: tokio::sync::Mutex<Slot>,
 }
@@ -209,9 +231,22 @@ impl Shared {
             (st.pending.remove(&request_id), greeting)
         };
         if greeting {
-            if let Err(e) = outcome {
-                tracing::warn!(addr = %self.addr, error = %e,
-                    "server refused the HELLO of a new connection; it speaks protocol version 1");
+            match outcome {
+                // The server closes the connection: the requests pipelined behind the HELLO
+                // fail with the cause rather than a bare close.
+                Err(
+                    e @ ClientError::Server {
+                        code: ErrorCode::Unauthenticated,
+                        ..
+                    },
+                ) => {
+                    tracing::warn!(addr = %self.addr, error = %e,
+                        "server refused this client's API key");
+                    self.fail_all(e);
+                }
+                Err(e) => tracing::warn!(addr = %self.addr, error = %e,
+                    "server refused the HELLO of a new connection; it speaks protocol version 1"),
+                Ok(_) => {}
             }
             return;
         }
@@ -261,7 +296,7 @@ impl Conn {
         addr: String,
         max_in_flight: usize,
         max_frame_len: u32,
-        connect_timeout: Duration,
+        dialer: Dialer,
     ) -> Self {
         Self {
             addr,
@@ -269,16 +304,26 @@ impl Conn {
                 max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
             )),
             max_frame_len: AtomicU32::new(max_frame_len),
-            connect_timeout,
+            dialer,
             greeting: Mutex::new(None),
             slot: tokio::sync::Mutex::new(Slot::default()),
         }
     }
 
-    /// From the next dial on, opens every connection with `HELLO { version, client_name }`
-    /// (nothing for version 1, which a connection speaks without `HELLO`).
-    pub(crate) fn greet_on_dial(&self, version: ProtocolVersion, client_name: &str) {
-        let greeting = (version > ProtocolVersion::V1).then(|| (version, client_name.to_owned()));
+    /// From the next dial on, opens every connection with `HELLO { version, client_name,
+    /// api_key }` (nothing for version 1 without a key: a connection speaks version 1 without
+    /// `HELLO`).
+    pub(crate) fn greet_on_dial(
+        &self,
+        version: ProtocolVersion,
+        client_name: &str,
+        api_key: Option<&ApiKey>,
+    ) {
+        let greeting = (version > ProtocolVersion::V1 || api_key.is_some()).then(|| Greeting {
+            version,
+            client_name: client_name.to_owned(),
+            api_key: api_key.cloned(),
+        });
         *self.greeting.lock().unwrap_or_else(|p| p.into_inner()) = greeting;
     }
 
@@ -338,25 +383,49 @@ impl Conn {
     }
 
     async fn dial(&self) -> Result<Arc<Live>, ClientError> {
-        let connect = TcpStream::connect(self.addr.as_str());
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(ClientError::Connect {
-                    addr: self.addr.clone(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(ClientError::Connect {
-                    addr: self.addr.clone(),
-                    reason: format!("timed out after {:?}", self.connect_timeout),
-                })
-            }
+        let timeout = self.dialer.connect_timeout;
+        match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Connect {
+                addr: self.addr.clone(),
+                reason: format!("timed out after {timeout:?}"),
+            }),
+        }
+    }
+
+    /// The TCP connect and, with TLS, the handshake; then the connection's tasks.
+    async fn connect(&self) -> Result<Arc<Live>, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect {
+            addr: self.addr.clone(),
+            reason,
         };
+        let stream = TcpStream::connect(self.addr.as_str())
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
         // Requests are small and latency-bound; never wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        let Some(tls) = &self.dialer.tls else {
+            let (rd, wr) = stream.into_split();
+            return Ok(self.start_tasks(rd, wr));
+        };
+        let (connector, name) = tls
+            .for_host(host_of(&self.addr))
+            .map_err(|e| connect_error(e.to_string()))?;
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(self.start_tasks(rd, wr))
+    }
+
+    /// Starts the writer and reader tasks of a connection just established, the greeting
+    /// first on the wire.
+    fn start_tasks<R, W>(&self, rd: R, wr: W) -> Arc<Live>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             addr: self.addr.clone(),
             dead: AtomicBool::new(false),
@@ -368,12 +437,21 @@ impl Conn {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some((version, name)) = greeting {
-            // First on the wire, so the server reads everything after it in `version`.
+        if let Some(greeting) = greeting {
+            // First on the wire, so the server reads everything after it in `version`, and
+            // authenticated.
             let mut st = shared.lock();
             let id = st.next_id();
             let mut hello = Vec::new();
-            if encode_hello(&mut hello, id, version.as_u16(), &name).is_ok() {
+            let key = greeting.api_key.as_ref().map(ApiKey::expose);
+            let encoded = encode_hello_with_key(
+                &mut hello,
+                id,
+                greeting.version.as_u16(),
+                &greeting.client_name,
+                key,
+            );
+            if encoded.is_ok() {
                 st.greeting_id = Some(id);
                 let _ = tx.send(hello);
             }
@@ -381,7 +459,7 @@ impl Conn {
         tokio::spawn(write_loop(wr, rx, shared.clone()));
         let reader = tokio::spawn(read_loop(rd, shared.clone()));
         tracing::debug!(addr = %self.addr, "connected");
-        Ok(Arc::new(Live { tx, shared, reader }))
+        Arc::new(Live { tx, shared, reader })
     }
 
     /// Takes a permit, encodes with `build(state, out, request_id)` and sends. `build` may
@@ -464,8 +542,8 @@ impl Conn {
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
@@ -476,7 +554,12 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = wr.write_all(&batch).await {
+        // The flush pushes out what TLS still buffers (a no-op on plain TCP).
+        let written = match wr.write_all(&batch).await {
+            Ok(()) => wr.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             shared.fail_all(ClientError::Closed {
                 addr: shared.addr.clone(),
                 reason: format!("write failed: {e}"),
@@ -487,7 +570,7 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // The server writes every frame after a HELLO_REPLY in that reply's version.
     let mut version = ProtocolVersion::V1;

@@ -25,11 +25,18 @@
 //! with [`ClientError::Closed`]; the next request re-dials (with exponential backoff after failed
 //! dials). If a shard port cannot be reached, checks fall back to the shared port.
 //!
+//! Access: with [`ClientConfig::api_key`] every connection (shared and per shard, and again
+//! after each reconnect) opens with a `HELLO` carrying the key, as a server with
+//! `server.api_keys` requires; a refused key fails the requests with `UNAUTHENTICATED`. With
+//! [`ClientConfig::tls`] every connection runs TLS ([`ClientTls`]).
+//!
 //! [`Client`] is cheap to clone and meant to be shared by many tasks. [`blocking::Client`]
 //! wraps it for synchronous callers.
 
+mod auth;
 pub mod blocking;
 mod conn;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,8 +46,8 @@ use tokio::time::Instant;
 
 use crate::decode::StrRef;
 use crate::encode::{
-    encode_check, encode_check_batch, encode_flow_end, encode_hello, encode_members, encode_ping,
-    CheckSpec,
+    encode_check, encode_check_batch, encode_flow_end, encode_hello_with_key, encode_members,
+    encode_ping, CheckSpec,
 };
 use crate::error::EncodeError;
 use crate::frame::{
@@ -49,9 +56,11 @@ use crate::frame::{
 use crate::routing::{shard_of_flow, RoutingKeys, HASH_FNV1A_64};
 use crate::types::{BatchItem, CheckReply, FlowEndStatus, HelloReply, Member, Reply};
 use crate::version::ProtocolVersion;
-use conn::{Conn, State};
+use conn::{Conn, Dialer, State};
 
+pub use auth::{ApiKey, ApiKeyError};
 pub use conn::MAX_REPLY_FRAME_LEN;
+pub use tls::{ClientTls, TlsError};
 
 /// What the client does when it cannot get an answer from the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +87,8 @@ pub struct ClientConfig {
     /// ([`CheckRequest::wait`]) gets `wait budget + request_timeout`: the server may take the
     /// whole budget to decide, and the reply still needs its round trip.
     pub request_timeout: Duration,
-    /// Deadline of one TCP dial (default 1 s).
+    /// Deadline of one dial: the TCP connect and, with [`ClientConfig::tls`], the TLS
+    /// handshake (default 1 s).
     pub connect_timeout: Duration,
     /// What [`Client::check_with_fail_mode`] decides when the server cannot answer.
     pub fail_mode: FailMode,
@@ -87,6 +97,12 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Name sent in `HELLO`, for the server's logs (default `"tollgate-rust"`).
     pub client_name: String,
+    /// API key presented in every connection's `HELLO` (default none). Required by a server
+    /// with `server.api_keys`; a server without ignores it.
+    pub api_key: Option<ApiKey>,
+    /// TLS on every connection, shared and shard ports alike (default none: plaintext). The
+    /// server's `server.binary_tls` must be set to match.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -100,6 +116,8 @@ impl ClientConfig {
             fail_mode,
             max_in_flight: 1024,
             client_name: "tollgate-rust".to_string(),
+            api_key: None,
+            tls: None,
         }
     }
 
@@ -273,18 +291,24 @@ impl Client {
     /// shard ports) opens one connection per shard port on the same host. Shard connections
     /// that fail to open are retried on use; only the shared port must answer.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let dialer = Dialer {
+            connect_timeout: cfg.connect_timeout,
+            tls: cfg.tls.clone(),
+        };
         let shared = Conn::new(
             cfg.addr.clone(),
             cfg.max_in_flight,
             DEFAULT_MAX_FRAME_LEN,
-            cfg.connect_timeout,
+            dialer.clone(),
         );
         let deadline_budget = cfg.connect_timeout.saturating_add(cfg.request_timeout);
         let name = cfg.client_name.clone();
+        let api_key = cfg.api_key.clone();
         let hello = |version: u16| {
-            let name = name.clone();
+            let (name, api_key) = (name.clone(), api_key.clone());
             shared.call(deadline_budget, move |_, out, id| {
-                encode_hello(out, id, version, &name).map(|()| 0)
+                let key = api_key.as_ref().map(ApiKey::expose);
+                encode_hello_with_key(out, id, version, &name, key).map(|()| 0)
             })
         };
         let reply = match hello(PROTOCOL_VERSION).await {
@@ -298,8 +322,8 @@ impl Client {
         let Reply::Hello(hello) = reply else {
             return Err(unexpected("HELLO_REPLY", &reply));
         };
-        // A redialled shared connection must speak the same version.
-        shared.greet_on_dial(hello.version, &name);
+        // A redialled shared connection must speak the same version (and authenticate).
+        shared.greet_on_dial(hello.version, &name, api_key.as_ref());
         let max_in_flight = usize::try_from(hello.max_in_flight)
             .unwrap_or(usize::MAX)
             .min(cfg.max_in_flight)
@@ -326,9 +350,9 @@ impl Client {
                     format!("{host}:{port}"),
                     max_in_flight,
                     hello.max_frame_len,
-                    cfg.connect_timeout,
+                    dialer.clone(),
                 );
-                conn.greet_on_dial(hello.version, &name);
+                conn.greet_on_dial(hello.version, &name, api_key.as_ref());
                 shards.push(conn);
             }
             for conn in &shards {

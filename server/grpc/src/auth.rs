@@ -34,7 +34,8 @@ impl ApiKeyCheck {
         !self.keys.is_empty()
     }
 
-    fn accepts(&self, presented: &[u8]) -> bool {
+    /// Whether `presented` is one of the keys (also the binary port's `HELLO` check).
+    pub fn accepts(&self, presented: &[u8]) -> bool {
         // Every configured key is compared in full, in constant time per key, so timing tells
         // nothing about which prefix matched.
         self.keys

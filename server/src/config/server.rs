@@ -7,6 +7,7 @@ use tollgate_grpc::{CacheConfig, ConnectionConfig, GrpcSettings, TlsConfig};
 use tollgate_policy::config::{join, Problems};
 use tollgate_policy::duration::ConfigDuration;
 use tollgate_policy::ShardLimits;
+use tollgate_protocol::MAX_API_KEY_LEN;
 
 /// Shards a node may run: at least one, and no more than 1,024 (far above any core count
 /// this runs on; bounds the channel mesh, which is quadratic in shards).
@@ -51,10 +52,14 @@ pub struct ServerConfig {
     /// the address in Aperture's SDK examples; `off` disables it.
     #[serde(with = "optional_addr")]
     pub grpc: Option<SocketAddr>,
-    /// API keys accepted on the gRPC port (`x-api-key`). Empty = no authentication.
+    /// API keys accepted on the gRPC port (`x-api-key`) and the binary ports (in `HELLO`,
+    /// before any other request). Empty = no authentication.
     pub api_keys: Vec<String>,
     /// TLS for the gRPC port (the Aperture SDKs default to TLS). Absent = plaintext.
     pub tls: Option<TlsConfig>,
+    /// TLS for the binary ports, shared and shard-aware alike (`cert`, `key`: PEM files, as
+    /// `tls`; the same files may serve both). Absent = plaintext.
+    pub binary_tls: Option<TlsConfig>,
     /// Bounds of the gRPC result/global cache.
     pub cache: CacheConfig,
     /// Bounds on the gRPC port's connections (cap, handshake timeout).
@@ -120,6 +125,7 @@ impl Default for ServerConfig {
             grpc: Some(SocketAddr::from(([127, 0, 0, 1], 8089))),
             api_keys: Vec::new(),
             tls: None,
+            binary_tls: None,
             cache: CacheConfig::default(),
             grpc_connections: ConnectionConfig::default(),
             max_connections: 10_000,
@@ -213,6 +219,21 @@ impl ServerConfig {
         }
         if self.api_keys.iter().any(|k| k.is_empty()) {
             problems.at(join(at, "api_keys"), "an API key must not be empty");
+        }
+        if self.api_keys.iter().any(|k| k.len() > MAX_API_KEY_LEN) {
+            problems.at(
+                join(at, "api_keys"),
+                format!(
+                    "an API key is at most {MAX_API_KEY_LEN} bytes (binary clients send it in HELLO)"
+                ),
+            );
+        }
+        if let Some(tls) = &self.binary_tls {
+            for (field, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    problems.at(join(&join(at, "binary_tls"), field), "must name a PEM file");
+                }
+            }
         }
         self.cache.validate(&join(at, "cache"), problems);
         self.grpc_connections

@@ -3,22 +3,20 @@
 //!
 //! A refused connection gets one `ERROR` frame (request id 0, `OVERLOADED`, a message naming
 //! the limit) and is closed: a client sees why instead of a bare reset. Refusals are logged
-//! at most once per [`REFUSAL_LOG_PERIOD`] per node, with how many were not logged since, so a
-//! flood of connection attempts cannot flood the log.
+//! at most once per [`super::refusal_log::REFUSAL_LOG_PERIOD`] per node, with how many were not
+//! logged since, so a flood of connection attempts cannot flood the log.
 
+use super::refusal_log::RefusalLog;
 use crate::clock;
 use crate::node::Node;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_protocol::{encode_error, ErrorCode};
-
-/// Refusals are logged at most this often (per node).
-pub const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// A refused peer gets this long to take its error frame before the socket closes.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -28,10 +26,8 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Connections {
     total: AtomicUsize,
     per_peer: Mutex<HashMap<IpAddr, usize>>,
-    /// When a refusal was last logged (clock ns; 0 = never).
-    last_refusal_log_ns: AtomicU64,
-    /// Refusals since the last one logged.
-    unlogged_refusals: AtomicU64,
+    /// Refusals at accept, logged at a bounded rate.
+    refusals: RefusalLog,
 }
 
 /// Why a connection was refused.
@@ -108,24 +104,6 @@ impl Connections {
             }
         }
     }
-
-    /// Counts a refusal; returns how many to report if this one is to be logged now (this
-    /// one included), None while the last log is under [`REFUSAL_LOG_PERIOD`] old.
-    fn refusal_to_log(&self, now_ns: u64) -> Option<u64> {
-        let period = u64::try_from(REFUSAL_LOG_PERIOD.as_nanos()).unwrap_or(u64::MAX);
-        let last = self.last_refusal_log_ns.load(Ordering::Relaxed);
-        let due = last == 0 || now_ns.saturating_sub(last) >= period;
-        if due
-            && self
-                .last_refusal_log_ns
-                .compare_exchange(last, now_ns.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.unlogged_refusals.swap(0, Ordering::Relaxed) + 1);
-        }
-        self.unlogged_refusals.fetch_add(1, Ordering::Relaxed);
-        None
-    }
 }
 
 /// A connection's slot: released when dropped.
@@ -153,7 +131,7 @@ pub fn admit(node: &Arc<Node>, stream: TcpStream) -> Option<(TcpStream, Admitted
             },
         )),
         Err(refused) => {
-            if let Some(count) = node.connections.refusal_to_log(clock::now_ns()) {
+            if let Some(count) = node.connections.refusals.to_log(clock::now_ns()) {
                 tracing::warn!(
                     reason = %refused,
                     refused_since_last_log = count,
@@ -172,24 +150,4 @@ async fn tell_and_close(mut stream: TcpStream, refused: Refused) {
     let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
     let _ = stream.write_all(&frame).await;
     let _ = stream.close().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_logged_once_per_period_with_the_count_since() {
-        let c = Connections::default();
-        let second = 1_000_000_000u64;
-        assert_eq!(c.refusal_to_log(5 * second), Some(1));
-        assert_eq!(c.refusal_to_log(5 * second + 1), None);
-        assert_eq!(c.refusal_to_log(5 * second + second / 2), None);
-        assert_eq!(
-            c.refusal_to_log(6 * second),
-            Some(3),
-            "two unlogged, and this one"
-        );
-        assert_eq!(c.refusal_to_log(6 * second + 10), None);
-    }
 }

@@ -298,6 +298,18 @@ impl NodeCollector {
         )?;
         counter(
             enc,
+            "tollgate_binary_unauthenticated",
+            "Binary connections refused UNAUTHENTICATED: no valid API key in HELLO before any other request (server.api_keys).",
+            per_shard(&|b| b.unauthenticated.get()),
+        )?;
+        counter(
+            enc,
+            "tollgate_binary_tls_handshake_failures",
+            "Binary connections closed because their TLS handshake failed or timed out (server.binary_tls).",
+            per_shard(&|b| b.tls_handshake_failed.get()),
+        )?;
+        counter(
+            enc,
             "tollgate_bucket_evictions",
             "Buckets dropped, by reason (idle: unused past the policy's max_idle_time).",
             blocks.iter().enumerate().map(|(i, b)| {

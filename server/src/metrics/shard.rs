@@ -50,6 +50,10 @@ pub struct ShardBlock {
     pub hops: Counter,
     /// Requests answered OVERLOADED (too many in flight on their connection).
     pub overloaded: Counter,
+    /// Binary connections refused UNAUTHENTICATED (no or wrong API key in HELLO).
+    pub unauthenticated: Counter,
+    /// Binary connections whose TLS handshake failed or timed out.
+    pub tls_handshake_failed: Counter,
     /// Rejections by reason, indexed as [`REFUSALS`].
     pub refusals: [Counter; REFUSALS.len()],
     /// Replicated entries applied to this shard's buckets: `[debit, lower]`.
@@ -67,6 +71,8 @@ impl ShardBlock {
             binary: ProtocolCounters::default(),
             hops: Counter::default(),
             overloaded: Counter::default(),
+            unauthenticated: Counter::default(),
+            tls_handshake_failed: Counter::default(),
             refusals: Default::default(),
             replica_entries: Default::default(),
             evicted_idle: Counter::default(),
@@ -260,6 +266,20 @@ impl ShardMetrics {
     pub fn overloaded(&self) {
         if self.enabled {
             self.block.overloaded.add(1);
+        }
+    }
+
+    /// A binary connection was refused UNAUTHENTICATED.
+    pub fn unauthenticated(&self) {
+        if self.enabled {
+            self.block.unauthenticated.add(1);
+        }
+    }
+
+    /// A binary connection's TLS handshake failed (or timed out).
+    pub fn tls_handshake_failed(&self) {
+        if self.enabled {
+            self.block.tls_handshake_failed.add(1);
         }
     }
 

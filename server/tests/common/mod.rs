@@ -3,6 +3,7 @@
 //! line rather than a sleep.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod deps;
 pub mod script;
 
