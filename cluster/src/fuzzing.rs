@@ -19,10 +19,12 @@
 //!    fits [`wire::MAX_DATAGRAM`]), and every entry it applies names a limiter of its engine,
 //!    is finite and has a key of at most [`wire::MAX_KEY_LEN`] bytes;
 //! 6. an authentic datagram from an address that never joined applies nothing, and one of
-//!    kind BATCH, ACKS or LEAVE emits nothing at all;
+//!    kind BATCH, ACKS, LEAVE or POLICIES emits nothing at all;
 //! 7. every entry of a new authentic batch from the peer is either applied or counted as
 //!    dropped (`dropped_unknown_limiter`, `dropped_definition_differs`), never both, never
-//!    neither.
+//!    neither;
+//! 8. an authentic POLICIES datagram from B emits nothing, and B's digest in A's member list
+//!    either stays or becomes the announced one, and only for an announcement of B's boot.
 //!
 //! How the input is used, on node A after node B has joined it:
 //!
@@ -33,8 +35,8 @@
 //!  then A's timers and replication ticks run for TAIL_NS of virtual time
 //! ```
 //!
-//! `data[0] % 4` is the wire kind's number mod 4 (1 MEMBERSHIP, 2 BATCH, 3 ACKS, 0 LEAVE), so
-//! every byte value picks a kind. A payload too long to seal skips (b) and (c).
+//! `data[0] % 5` is the wire kind's number mod 5 (1 MEMBERSHIP, 2 BATCH, 3 ACKS, 4 LEAVE,
+//! 0 POLICIES), so every byte value picks a kind. A payload too long to seal skips (b) and (c).
 //!
 //! Both nodes run [`POLICIES`]: a batch naming `p` with its digest applies; one naming `p`
 //! with another digest, or any other name, is dropped and counted.
@@ -125,6 +127,7 @@ fn node(addr: SocketAddr, boot: u64, name: &str) -> Gossip {
         timings: timings(),
         replication: ReplicationConfig::new(50 * MS),
         rng_seed: boot,
+        policy_digest: engine().digest(),
     };
     Gossip::new(config, SECRET, 0)
 }
@@ -142,6 +145,7 @@ fn decoders(data: &[u8]) {
     reencodes(data, wire::decode_batch, "batch");
     reencodes(data, wire::decode_acks, "acks");
     reencodes(data, wire::decode_leave, "leave");
+    reencodes(data, wire::decode_policies, "policies");
     let mut codec = FocaCodec;
     if let Ok(header) = codec.decode_header(data) {
         let mut bytes = Vec::new();
@@ -279,11 +283,12 @@ fn raw_from_member(a: &mut Gossip, auth: &Auth, data: &[u8], now: u64) {
 /// `data[1..]` sealed as the kind `data[0]` picks; None when empty or too long to seal.
 fn sealed_input(auth: &Auth, data: &[u8]) -> Option<(Kind, Vec<u8>)> {
     let (&selector, payload) = data.split_first()?;
-    let kind = match selector % 4 {
+    let kind = match selector % 5 {
         1 => Kind::Membership,
         2 => Kind::Batch,
         3 => Kind::Acks,
-        _ => Kind::Leave,
+        4 => Kind::Leave,
+        _ => Kind::Policies,
     };
     let sealed = auth.seal(kind, payload).ok()?;
     assert_eq!(
@@ -298,9 +303,30 @@ fn sealed_input(auth: &Auth, data: &[u8]) -> Option<(Kind, Vec<u8>)> {
 /// new batch's entries are each applied or counted as dropped (property 7).
 fn authentic_from_member(a: &mut Gossip, auth: &Auth, kind: Kind, sealed: &[u8], now: u64) {
     let before = a.stats().replication;
+    let digest_of_b = |a: &Gossip| {
+        a.members()
+            .into_iter()
+            .find(|m| m.address == B_ADDR)
+            .and_then(|m| m.policy_digest)
+    };
+    let b_before = digest_of_b(a);
     let mut out = Vec::new();
     a.handle_datagram(B_ADDR, sealed, now, engine(), &mut out);
     check_effects(auth, &out);
+    if kind == Kind::Policies {
+        assert!(out.is_empty(), "a POLICIES datagram had effects: {out:?}");
+        let announced = auth
+            .open(sealed)
+            .ok()
+            .and_then(|(_, payload)| wire::decode_policies(payload).ok())
+            .filter(|p| p.boot == B_BOOT)
+            .map(|p| tollgate_policy::Digest(p.digest));
+        let b_after = digest_of_b(a);
+        assert!(
+            b_after == b_before || (announced.is_some() && b_after == announced),
+            "B's digest went from {b_before:?} to {b_after:?} on {announced:?}"
+        );
+    }
     let after = a.stats().replication;
     if kind != Kind::Batch || after.batches_applied == before.batches_applied {
         return;
@@ -340,7 +366,7 @@ fn authentic_from_stranger(a: &mut Gossip, auth: &Auth, kind: Kind, sealed: &[u8
     if kind != Kind::Membership {
         assert!(out.is_empty(), "a stranger's {kind:?} had effects: {out:?}");
     }
-    if matches!(kind, Kind::Batch | Kind::Acks) {
+    if matches!(kind, Kind::Batch | Kind::Acks | Kind::Policies) {
         assert_eq!(
             a.stats().not_member,
             not_member + 1,
@@ -394,7 +420,7 @@ fn check_effects(auth: &Auth, out: &[Effect]) {
 mod tests {
     use super::*;
     use crate::effect::Replica;
-    use crate::wire::{Acks, Batch, Entry, Leave, LimiterRef, Op};
+    use crate::wire::{Acks, Batch, Entry, Leave, LimiterRef, Op, Policies};
     use proptest::prelude::*;
 
     /// The input whose `payload` is sealed as `kind`: the selector byte is the kind itself.
@@ -483,6 +509,14 @@ mod tests {
                 },
             ),
             archived(Kind::Leave, &Leave { boot: B_BOOT }),
+            archived(
+                Kind::Policies,
+                &Policies {
+                    boot: B_BOOT,
+                    seq: 5,
+                    digest: 42,
+                },
+            ),
         ]
     }
 
@@ -538,6 +572,15 @@ mod tests {
                 .prop_map(|(boot, seqs)| archived(Kind::Acks, &Acks { boot, seqs })),
             prop_oneof![Just(B_BOOT), Just(A_BOOT), any::<u64>()]
                 .prop_map(|boot| archived(Kind::Leave, &Leave { boot })),
+            (
+                prop_oneof![Just(B_BOOT), any::<u64>()],
+                0u64..8,
+                any::<u64>()
+            )
+                .prop_map(|(boot, seq, digest)| archived(
+                    Kind::Policies,
+                    &Policies { boot, seq, digest }
+                )),
         ]
     }
 
@@ -601,6 +644,48 @@ mod tests {
             }]
         );
         assert_eq!(a.stats().not_member, 0);
+    }
+
+    /// Each node learns the other's policy digest at the join, and keeps the newest
+    /// announcement of the peer's current boot.
+    #[test]
+    fn the_peer_s_policy_digest_is_known_and_only_newer_announcements_change_it() {
+        let (mut a, now) = joined_node();
+        let digest_of_b = |a: &Gossip| {
+            a.members()
+                .into_iter()
+                .find(|m| m.address == B_ADDR)
+                .and_then(|m| m.policy_digest)
+        };
+        assert_eq!(digest_of_b(&a), Some(engine().digest()));
+        let auth = Auth::new(SECRET);
+        let announce = |a: &mut Gossip, boot: u64, seq: u64, digest: u64| {
+            let sealed = auth
+                .seal(
+                    Kind::Policies,
+                    &wire::encode(&Policies { boot, seq, digest }).expect("fits"),
+                )
+                .expect("fits");
+            let mut out = Vec::new();
+            a.handle_datagram(B_ADDR, &sealed, now + STEP_NS, engine(), &mut out);
+            assert!(out.is_empty());
+        };
+        announce(&mut a, B_BOOT, 10, 99);
+        assert_eq!(digest_of_b(&a), Some(tollgate_policy::Digest(99)));
+        announce(&mut a, B_BOOT, 9, 98);
+        assert_eq!(
+            digest_of_b(&a),
+            Some(tollgate_policy::Digest(99)),
+            "older seq"
+        );
+        let not_member = a.stats().not_member;
+        announce(&mut a, B_BOOT + 1, 11, 97);
+        assert_eq!(
+            digest_of_b(&a),
+            Some(tollgate_policy::Digest(99)),
+            "other boot"
+        );
+        assert_eq!(a.stats().not_member, not_member + 1);
     }
 
     /// Writes [`seeds`] to the directory `$TOLLGATE_FUZZ_SEEDS` (see fuzz/README.md).

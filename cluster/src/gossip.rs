@@ -9,25 +9,33 @@
 //! still has to join first.
 //!
 //! Everything it asks of its shell is an [`Effect`]; the policies it names limiters with are
-//! an `&Engine` argument of the calls that need them. The IO shell (the server's gossip
+//! an `&Engine` argument of the calls that need them.
+//!
+//! Each node also announces the digest of its policy set (POLICIES datagrams: when it
+//! changes, to a peer that comes up, and every [`POLICY_DIGEST_REFRESH`] to heal a lost
+//! one), so [`Gossip::members`] shows which members run other policies. The IO shell (the server's gossip
 //! thread) and the simulation (`sim.rs`, tests only) drive the same code.
 
 use crate::effect::{Effect, Replica};
 use crate::membership::{Membership, Recorder, Timings};
 use crate::node_id::NodeId;
 use crate::replication::{ReplicationConfig, ReplicationStats, Replicator};
-use crate::wire::{self, Auth, Kind, Leave, WireError};
+use crate::wire::{self, Auth, Kind, Leave, Policies, WireError};
 use foca::{OwnedNotification, State};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tollgate_policy::{Consumed, Engine};
+use tollgate_policy::{Consumed, Digest, Engine};
 
 /// While a node knows no live member, it announces itself to its seeds this often.
 pub const JOIN_RETRY: Duration = Duration::from_millis(500);
 /// Once joined, seeds are re-announced this often (heals a partition where both sides
 /// forgot each other, and finds new pods behind a headless Service).
 pub const SEED_REANNOUNCE: Duration = Duration::from_secs(15);
+/// Every live peer is re-sent our policy digest this often. Why this value: an announcement
+/// lost on the network is repaired within 2 s, for one datagram of 60 bytes per peer every
+/// 2 s (a probe period's order of traffic).
+pub const POLICY_DIGEST_REFRESH: Duration = Duration::from_secs(2);
 
 /// Settings of one node's gossip.
 #[derive(Clone, Debug)]
@@ -40,6 +48,9 @@ pub struct GossipConfig {
     pub replication: ReplicationConfig,
     /// Seed for foca's randomness.
     pub rng_seed: u64,
+    /// The digest of our policy set at start ([`Engine::digest`]); a reload changes it
+    /// through [`Gossip::set_policy_digest`].
+    pub policy_digest: Digest,
 }
 
 /// Monotonic counters (the `cluster stats` log line and tests read them).
@@ -76,6 +87,9 @@ pub struct MemberInfo {
     pub state: MemberState,
     /// When we last received an authentic datagram from it (ns on our clock).
     pub last_contact_ns: Option<u64>,
+    /// The digest of its policy set, as it last announced it (ours for this node); None
+    /// until its current process has announced one.
+    pub policy_digest: Option<Digest>,
 }
 
 /// A member's state, as `tollgate members` prints it.
@@ -102,6 +116,14 @@ pub struct Gossip {
     left: HashMap<SocketAddr, u64>,
     /// Counters.
     stats: GossipStats,
+    /// Our policy set's digest, and the number of its announcement (bumped on a change).
+    policy_digest: Digest,
+    policy_seq: u64,
+    /// When every live peer is next re-sent our digest.
+    next_digest_refresh: u64,
+    /// The last announcement heard per member address (at most one entry per member:
+    /// only announcements of a known member's current boot are kept).
+    peer_digests: HashMap<SocketAddr, Policies>,
 }
 
 impl Gossip {
@@ -116,7 +138,29 @@ impl Gossip {
             last_contact: HashMap::new(),
             left: HashMap::new(),
             stats: GossipStats::default(),
+            policy_digest: config.policy_digest,
+            policy_seq: 1,
+            next_digest_refresh: now_ns,
+            peer_digests: HashMap::new(),
         }
+    }
+
+    /// Our policy set's digest, as announced to peers.
+    pub fn policy_digest(&self) -> Digest {
+        self.policy_digest
+    }
+
+    /// Our policy set is now `digest` (the shell calls this with its engine's digest; a
+    /// reload changes it): a new digest is announced to every live peer at once.
+    pub fn set_policy_digest(&mut self, digest: Digest, now_ns: u64, out: &mut Vec<Effect>) {
+        if digest == self.policy_digest {
+            return;
+        }
+        self.policy_digest = digest;
+        self.policy_seq += 1;
+        let start = out.len();
+        self.announce_policies(now_ns, out);
+        self.count_sent(&out[start..]);
     }
 
     /// Our current identity.
@@ -200,6 +244,9 @@ impl Gossip {
             self.apply_membership(calls, now_ns, out);
         }
         self.replication.tick(now_ns, out);
+        if now_ns >= self.next_digest_refresh {
+            self.announce_policies(now_ns, out);
+        }
         self.count_sent(&out[start..]);
     }
 
@@ -216,6 +263,7 @@ impl Gossip {
         self.membership
             .next_deadline()
             .min(self.replication.next_deadline())
+            .min(self.next_digest_refresh)
     }
 
     /// Consumption drained from a local shard at `now_ns`; `engine` names its limiter for
@@ -272,6 +320,7 @@ impl Gossip {
             address: me.addr,
             state: MemberState::Alive,
             last_contact_ns: None,
+            policy_digest: Some(self.policy_digest),
         }];
         let mut others: Vec<MemberInfo> = self
             .membership
@@ -289,6 +338,11 @@ impl Gossip {
                     State::Down => MemberState::Down,
                 },
                 last_contact_ns: self.last_contact.get(&id.addr).copied(),
+                policy_digest: self
+                    .peer_digests
+                    .get(&id.addr)
+                    .filter(|p| p.boot == id.boot)
+                    .map(|p| Digest(p.digest)),
             })
             .collect();
         others.sort_by(|a, b| a.node_id.cmp(&b.node_id).then(a.address.cmp(&b.address)));
@@ -360,6 +414,60 @@ impl Gossip {
                 }
                 Err(e) => self.count_dropped(e),
             },
+            Kind::Policies if !self.membership.all().any(|(id, _)| id.addr == from) => {
+                self.stats.not_member += 1;
+            }
+            Kind::Policies => match wire::decode_policies(payload) {
+                Ok(policies) => self.heard_policies(from, policies),
+                Err(e) => self.count_dropped(e),
+            },
+        }
+    }
+
+    /// A member's announcement: kept if it comes from a known member's current process and
+    /// is newer than the one we hold. From another process at that address (an old boot,
+    /// or one we have not heard of yet): counted `not_member`, nothing kept.
+    fn heard_policies(&mut self, from: SocketAddr, policies: Policies) {
+        let current_boot = self
+            .membership
+            .all()
+            .find(|(id, _)| id.addr == from)
+            .map(|(id, _)| id.boot);
+        if current_boot != Some(policies.boot) {
+            self.stats.not_member += 1;
+            return;
+        }
+        let newer = self
+            .peer_digests
+            .get(&from)
+            .is_none_or(|held| held.boot != policies.boot || held.seq < policies.seq);
+        if newer {
+            self.peer_digests.insert(from, policies);
+        }
+    }
+
+    /// Sends our digest to every live peer and schedules the next refresh.
+    fn announce_policies(&mut self, now_ns: u64, out: &mut Vec<Effect>) {
+        self.next_digest_refresh = now_ns.saturating_add(POLICY_DIGEST_REFRESH.as_nanos() as u64);
+        // Forget announcements of addresses the membership no longer lists (pods gone).
+        let membership = &self.membership;
+        self.peer_digests
+            .retain(|addr, _| membership.all().any(|(id, _)| id.addr == *addr));
+        for to in self.peers() {
+            self.announce_policies_to(to, out);
+        }
+    }
+
+    /// Sends our digest to one peer.
+    fn announce_policies_to(&mut self, to: SocketAddr, out: &mut Vec<Effect>) {
+        let announcement = Policies {
+            boot: self.identity().boot,
+            seq: self.policy_seq,
+            digest: self.policy_digest.0,
+        };
+        match wire::encode(&announcement).and_then(|p| self.auth.seal(Kind::Policies, &p)) {
+            Ok(datagram) => out.push(Effect::Send { to, datagram }),
+            Err(_) => self.stats.invalid += 1,
         }
     }
 
@@ -387,11 +495,14 @@ impl Gossip {
         if let Some(old) = self.replication.peer_boot(&addr).filter(|b| *b != boot) {
             out.push(Effect::PeerGone { boot: old });
         }
+        // A new member or process learns our policies at once, not at the next refresh.
+        self.announce_policies_to(addr, out);
         self.replication.peer_up(addr, boot)
     }
 
     /// A peer process left (or stayed down past the grace): it is gone for good.
     fn peer_left(&mut self, addr: SocketAddr, out: &mut Vec<Effect>) {
+        self.peer_digests.remove(&addr);
         if let Some(boot) = self.replication.peer_left(addr) {
             out.push(Effect::PeerGone { boot });
         }
@@ -475,6 +586,7 @@ mod tests {
             timings: Timings::default(),
             replication: ReplicationConfig::new(50_000_000),
             rng_seed: 1,
+            policy_digest: Digest(7),
         };
         Gossip::new(config, b"k", 0)
     }

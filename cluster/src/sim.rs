@@ -158,6 +158,7 @@ impl Sim {
                     std::net::IpAddr::V4(ip) => ip,
                     std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
                 })),
+            policy_digest: engine.digest(),
         };
         let mut store = BucketStore::new();
         store.track_consumption(true);
@@ -324,6 +325,10 @@ impl Sim {
                     let drain = node.gossip.drain_interval_ns(&node.engine);
                     node.next_drain = (node.next_drain + drain).max(now + 1);
                 }
+                // As the server's gossip thread: the engine in force names our digest (a
+                // reload in a test swaps `engine`).
+                node.gossip
+                    .set_policy_digest(node.engine.digest(), now, &mut fx);
                 if node.gossip.next_deadline() <= now || !fx.is_empty() {
                     node.gossip.tick(now, &mut fx);
                 }
@@ -920,4 +925,63 @@ fn a_changed_policy_does_not_corrupt_the_shared_ones() {
             > 0,
         "the restarted node dropped the others' `changed` levels"
     );
+}
+
+/// The digest of each node's policy set reaches every peer: at the join, after a reload
+/// (within the refresh period, despite 20% loss), and after a restart.
+#[test]
+fn every_node_learns_each_member_s_policy_digest_and_its_changes() {
+    use crate::gossip::POLICY_DIGEST_REFRESH;
+    let (fill, interval) = (1.0, "3600s");
+    let before = engine_of(&[policy("p", 10.0, fill, interval)]);
+    let after = engine_of(&[
+        policy("p", 10.0, fill, interval),
+        policy("q", 5.0, fill, interval),
+    ]);
+    assert_ne!(before.digest(), after.digest());
+    let mut sim = Sim::new(3, 7, LOSSY, before.clone(), Duration::from_millis(50));
+    formed(&mut sim);
+    let digest_seen = |sim: &Sim, observer: usize, of: usize| {
+        sim.nodes[observer]
+            .gossip
+            .members()
+            .into_iter()
+            .find(|m| m.address == sim.nodes[of].addr)
+            .and_then(|m| m.policy_digest)
+    };
+    let everyone_sees =
+        |sim: &Sim, of: usize, digest| (0..3).all(|o| digest_seen(sim, o, of) == Some(digest));
+    // A lost first announcement is repaired by the refresh: two periods is ample at 20% loss.
+    let bound = 2 * POLICY_DIGEST_REFRESH.as_nanos() as u64;
+    let wait_until = |sim: &mut Sim, what: &str, f: &dyn Fn(&Sim) -> bool| {
+        let deadline = sim.now + bound;
+        while !f(sim) {
+            assert!(sim.now < deadline, "{what} not within {bound} ns");
+            let t = sim.now + 10 * MS;
+            sim.run_until(t);
+        }
+    };
+    wait_until(&mut sim, "the digests at the join", &|sim| {
+        (0..3).all(|of| everyone_sees(sim, of, before.digest()))
+    });
+
+    // Node 1 reloads: every node (itself included) sees its new digest; the others' stay.
+    sim.nodes[0].engine = after.clone();
+    wait_until(&mut sim, "node 1's new digest", &|sim| {
+        everyone_sees(sim, 0, after.digest())
+    });
+    for of in 1..3 {
+        assert!(
+            everyone_sees(&sim, of, before.digest()),
+            "node {of}'s digest"
+        );
+    }
+
+    // Node 3 restarts under a new boot: its digest is known again once it rejoins.
+    sim.restart(2);
+    formed(&mut sim);
+    wait_until(&mut sim, "node 3's digest after its restart", &|sim| {
+        everyone_sees(sim, 2, before.digest())
+    });
+    assert!(everyone_sees(&sim, 0, after.digest()));
 }

@@ -16,10 +16,14 @@
 //! - **Growth in small steps.** Each table is segmented ([`segments`]): a growth step splits
 //!   one segment of at most a few thousand entries, never the whole table.
 //! - **A cap on live buckets** ([`BucketStore::set_max_buckets`]). At the cap a new key first
-//!   evicts one bucket, found by a clock hand that looks at a bounded sample: the first bucket
-//!   whose loss would change no decision (full again, nothing to replicate), else the
-//!   idle-longest of the sample. Evictions of buckets that were not full are counted
-//!   ([`StoreStats::evicted_not_full`]): such a key starts full again, an over-admission.
+//!   evicts one bucket *of the segment it goes to*, found in a bounded sample: the first
+//!   bucket whose loss would change no decision (full again, nothing to replicate), else the
+//!   idle-longest of the sample. Taking the victim where the new key lands keeps every
+//!   segment's size, so a flood at the cap neither splits segments nor empties and regrows
+//!   them: the tables' memory stays flat. Only when that segment has nothing to evict does a
+//!   clock hand over all segments pick one. Evictions of buckets that were not full are
+//!   counted ([`StoreStats::evicted_not_full`]): such a key starts full again, an
+//!   over-admission.
 //! - **No abort on memory.** Every allocation a new key causes is fallible; a key that gets
 //!   no room is decided on a transient full bucket that is then forgotten
 //!   ([`StoreStats::refused`]).
@@ -324,6 +328,34 @@ enum Loss {
     Unreplicated,
 }
 
+/// A sampled search for an eviction victim: the first bucket that loses nothing, else the
+/// one that loses least, idle-longest first, of [`EVICT_SAMPLE`] evictable buckets.
+#[derive(Default)]
+struct Search {
+    best: Option<(Cursor, (Loss, u32))>,
+    sampled: usize,
+}
+
+impl Search {
+    /// Looks at the bucket at `c` (`loss` None: never a victim, and not a sample); true
+    /// when the search is over.
+    fn consider(&mut self, c: Cursor, loss: Option<Loss>, slot: &Slot) -> bool {
+        let Some(loss) = loss else {
+            return false;
+        };
+        let rank = (loss, slot.last_used_s);
+        if loss == Loss::Nothing {
+            self.best = Some((c, rank));
+            return true;
+        }
+        if self.best.is_none_or(|(_, r)| rank < r) {
+            self.best = Some((c, rank));
+        }
+        self.sampled += 1;
+        self.sampled == EVICT_SAMPLE
+    }
+}
+
 /// The eviction rule: what dropping this bucket at `now_ns` would lose, or None if it may
 /// not be dropped at all: a concurrency counter below capacity holds the tokens of flows in
 /// flight, which would come back to a counter that no longer remembers them (the key would
@@ -548,10 +580,18 @@ impl BucketStore {
         key: &str,
         now_ns: u64,
     ) -> Option<Cursor> {
+        let value = key.as_bytes();
+        let hash = hash_key(&self.hasher, limiter, value);
+        let long = !fits_inline(limiter, value);
         // Two evictions per new key at most: one keeps the store at its cap, the second
         // brings it back down if the cap was lowered under a full store.
         for _ in 0..2 {
-            if self.len() < self.max_buckets || !self.evict_one(engine, now_ns) {
+            if self.len() < self.max_buckets {
+                break;
+            }
+            if !self.evict_in_segment_of(engine, long, hash, now_ns)
+                && !self.evict_one(engine, now_ns)
+            {
                 break;
             }
         }
@@ -559,10 +599,8 @@ impl BucketStore {
             self.stats.refused += 1;
             return None;
         }
-        let value = key.as_bytes();
-        let hash = hash_key(&self.hasher, limiter, value);
         let slot = new_slot(engine, limiter, key, now_ns);
-        let placed = if fits_inline(limiter, value) {
+        let placed = if !long {
             let key = InlineKey::new(limiter, value);
             self.short
                 .insert(&self.hasher, hash, key, slot)
@@ -647,57 +685,92 @@ impl BucketStore {
         }
     }
 
+    /// Drops one bucket of the segment a new key with `hash` goes to (in the long-key table
+    /// if `long`), so that the segment's size stays what it was; false if the bounded search
+    /// there found none it may drop (or the segment is empty). The search starts at a
+    /// position the hash picks and wraps within the segment, choosing as
+    /// [`BucketStore::evict_one`] does.
+    ///
+    /// Why here and not at a hand over all segments: a hand drains the segment it stands in
+    /// while new keys land in every segment, so at the cap one segment after another empties
+    /// (and the sweep shrinks it) while the others fill and split. In a flood that churn
+    /// swung a shard's table memory by half of itself (docs/performance.md, "Soak at the
+    /// bucket cap"); taking the victim where the key lands keeps each segment's size.
+    fn evict_in_segment_of(&mut self, engine: &Engine, long: bool, hash: u64, now_ns: u64) -> bool {
+        let (segment, buckets, len) = if long {
+            segment_of(&self.long.entries, hash)
+        } else {
+            segment_of(&self.short.entries, hash)
+        };
+        if buckets == 0 || len == 0 {
+            return false;
+        }
+        // The low hash bits pick the new key's own slot in hashbrown; the start only needs
+        // to vary from key to key, so that no part of the segment is always searched first.
+        let start = (hash.rotate_right(17) as usize) % buckets;
+        let mut search = Search::default();
+        for i in 0..buckets.min(EVICT_MAX_POSITIONS) {
+            let at = Position {
+                segment,
+                bucket: (start + i) % buckets,
+            };
+            let c = Cursor { long, at };
+            if let Some((limiter, value, slot)) = self.bucket_at(c) {
+                if search.consider(c, eviction_loss(engine, limiter, value, slot, now_ns), slot) {
+                    break;
+                }
+            }
+        }
+        match search.best {
+            Some((victim, (loss, _))) => {
+                self.evict(victim, loss);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Drops one bucket to make room for a new key; false if the bounded search found none
     /// it may drop. The hand goes on from where it stopped: the first bucket whose loss
     /// changes no decision is taken at once; otherwise, of [`EVICT_SAMPLE`] buckets, the
     /// one that loses least, idle-longest first.
     fn evict_one(&mut self, engine: &Engine, now_ns: u64) -> bool {
-        let mut best: Option<(Cursor, (Loss, u32))> = None;
-        let mut sampled = 0;
+        let mut search = Search::default();
         let mut c = self.hand;
         for _ in 0..EVICT_MAX_POSITIONS {
             if let Some((limiter, value, slot)) = self.bucket_at(c) {
-                let Some(loss) = eviction_loss(engine, limiter, value, slot, now_ns) else {
-                    // A counter of flows in flight: never a victim, and not a sample.
-                    c = self.next(c);
-                    continue;
-                };
-                if loss == Loss::Nothing {
-                    best = Some((c, (loss, slot.last_used_s)));
-                    break;
-                }
-                let rank = (loss, slot.last_used_s);
-                if best.is_none_or(|(_, r)| rank < r) {
-                    best = Some((c, rank));
-                }
-                sampled += 1;
-                if sampled == EVICT_SAMPLE {
+                if search.consider(c, eviction_loss(engine, limiter, value, slot, now_ns), slot) {
                     break;
                 }
             }
             c = self.next(c);
         }
-        let Some((victim, (loss, _))) = best else {
+        let Some((victim, (loss, _))) = search.best else {
             self.hand = c;
             return false;
         };
-        self.remove_at(victim);
+        self.evict(victim, loss);
         self.hand = self.next(victim);
+        true
+    }
+
+    /// Removes the victim of a search and counts it by what it lost.
+    fn evict(&mut self, victim: Cursor, loss: Loss) {
+        self.remove_at(victim);
         if loss == Loss::Nothing {
             self.stats.evicted_full += 1;
         } else {
             self.stats.evicted_not_full += 1;
         }
-        true
     }
 
     /// One slice of the idle sweep: goes on from where the last call stopped, a segment at
     /// a time, until it has visited `budget` bucket positions (occupied or not), dropping
     /// buckets idle past their limiter's `max_idle_time` (with nothing left to replicate)
-    /// and shrinking a segment left mostly empty, so memory returns. (At the cap this also
-    /// shrinks segments the eviction hand emptied, which new keys then grow back: that
-    /// churn costs RSS swings, but keeping them allocated cost twice the table memory in
-    /// the soak, docs/performance.md.) The work is bounded by
+    /// and shrinking a segment left mostly empty, so memory returns. (Eviction at the cap
+    /// takes its victims in the segment each new key lands in, so at the cap segments keep
+    /// their size and there is nothing to shrink; shrinking follows idle expiry.) The work
+    /// is bounded by
     /// `budget` plus one segment, and by one shrink (a call stops after one); a pass over
     /// everything takes about `stats().positions / budget` calls, more while segments
     /// shrink.
@@ -957,6 +1030,16 @@ impl BucketStore {
 }
 
 /// One bucket of `limiter` fewer in `live` (per-limiter counts).
+/// The segment of `table` a hash goes to, its buckets and its entries.
+fn segment_of<T>(table: &SegmentedTable<T>, hash: u64) -> (usize, usize, usize) {
+    let segment = table.segment_for(hash);
+    (
+        segment,
+        table.segment_buckets(segment),
+        table.segment_len(segment),
+    )
+}
+
 fn count_out(live: &mut [usize], limiter: LimiterId) {
     if let Some(n) = live.get_mut(limiter.0 as usize) {
         *n = n.saturating_sub(1);
@@ -1159,10 +1242,20 @@ mod tests {
                 "drained-{i} kept"
             );
         }
-        // No full bucket is left but the new ones: the next key costs an over-admission.
-        for i in 0..40 {
-            s.take(&e, id, &format!("new-{i}"), tk(1.0), 5 * SEC);
+        // Once every live bucket gave a token none is full: the next key costs an
+        // over-admission. (Which full buckets the new keys evicted, older ones or new keys
+        // before them, depends on where each landed: every live key gives one.)
+        let live: Vec<String> = s
+            .short
+            .iter()
+            .chain(s.long.iter())
+            .map(|(_, value, _)| String::from_utf8_lossy(value).into_owned())
+            .collect();
+        assert_eq!(live.len(), 60);
+        for key in &live {
+            s.take(&e, id, key, tk(1.0), 5 * SEC);
         }
+        assert_eq!(s.stats().evicted_full + s.stats().evicted_not_full, 40);
         s.take(&e, id, "one-more", tk(0.0), 5 * SEC);
         assert_eq!(s.stats().evicted_not_full, 1);
         assert_eq!(s.len(), 60);
@@ -1265,6 +1358,62 @@ mod tests {
         assert_eq!(dropped, 25_000);
         assert_eq!(s.len(), 25_000);
         assert_eq!(s.stats().evicted_idle, 25_000);
+    }
+
+    /// The soak's flood on a virtual clock: new keys at 30,000 a second, each taking a token
+    /// it gets back within 0.1 s (so every victim is full: nothing lost), the sweep running
+    /// every 1,000 keys as a shard's does. Once the cap is reached, no segment splits,
+    /// empties or grows past its size, and the tables' bytes stay within 10% of what they
+    /// were when the cap filled, for ten times the cap in new keys.
+    #[test]
+    fn a_flood_at_the_cap_keeps_the_tables_footprint_flat() {
+        let e = engine_with(10, "3600s");
+        let id = LimiterId(0);
+        let cap = 40_000;
+        let mut s = BucketStore::new();
+        s.set_max_buckets(cap);
+        let at = |i: usize| i as u64 * SEC / 30_000;
+        let mut at_cap = None;
+        let (mut min, mut max) = (usize::MAX, 0);
+        for i in 0..11 * cap {
+            assert!(s.take(&e, id, &flood_key(i), tk(1.0), at(i)).accepted);
+            if i % 1_000 == 999 {
+                s.sweep(&e, at(i), SWEEP_BUDGET);
+            }
+            if i + 1 == cap {
+                at_cap = Some((s.table_bytes(), s.stats().positions));
+            }
+            if i >= cap && i % 1_000 == 999 {
+                min = min.min(s.table_bytes());
+                max = max.max(s.table_bytes());
+            }
+        }
+        let (bytes, positions) = at_cap.expect("the cap filled");
+        let stats = s.stats();
+        assert_eq!(stats.live, cap);
+        assert_eq!(stats.evicted_full + stats.evicted_not_full, 10 * cap as u64);
+        // A victim is full again unless every bucket sampled was taken within 0.1 s.
+        assert!(
+            stats.evicted_not_full * 10_000 <= 10 * cap as u64,
+            "{stats:?}"
+        );
+        assert_eq!(stats.refused, 0);
+        assert!(
+            max * 10 <= bytes * 11 && min * 10 >= bytes * 9,
+            "table bytes {min}..{max} after the cap, {bytes} when it filled"
+        );
+        assert!(
+            stats.positions * 10 <= positions * 11,
+            "{} bucket positions after the flood, {positions} when the cap filled",
+            stats.positions
+        );
+        assert!(s.short.entries.segments() > 1 && s.long.entries.segments() > 1);
+        for seg in 0..s.short.entries.segments() {
+            assert!(s.short.entries.segment_buckets(seg) <= segments::SEGMENT_BUCKETS);
+        }
+        for seg in 0..s.long.entries.segments() {
+            assert!(s.long.entries.segment_buckets(seg) <= segments::SEGMENT_BUCKETS);
+        }
     }
 
     #[test]

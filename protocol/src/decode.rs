@@ -511,8 +511,8 @@ fn batch_body<'a>(r: &mut Reader<'a>) -> Result<CheckBatchRef<'a>, Reason> {
 /// Decodes one server → client frame from the front of `buf` into an owned [`Reply`].
 ///
 /// `version` is what the connection speaks: that of the last `HELLO_REPLY` read on it
-/// ([`ProtocolVersion::V1`] before any). It decides the layout of `CHECK_REPLY` and
-/// `BATCH_REPLY`; a `HELLO_REPLY` is laid out by its own `version` field.
+/// ([`ProtocolVersion::V1`] before any). It decides the layout of `CHECK_REPLY`,
+/// `BATCH_REPLY` and `MEMBERS_REPLY`; a `HELLO_REPLY` is laid out by its own `version` field.
 ///
 /// Same contract as [`decode_frame`]. Counts are checked against the bytes that remain before
 /// anything is reserved, so a hostile count cannot make the client allocate.
@@ -537,7 +537,7 @@ pub fn decode_reply(
         opcode::BATCH_REPLY => batch_reply_body(&mut r, version).map(Reply::Batch),
         opcode::FLOW_END_REPLY => flow_end_reply_body(&mut r).map(Reply::FlowEnd),
         opcode::HELLO_REPLY => hello_reply_body(&mut r).map(Reply::Hello),
-        opcode::MEMBERS_REPLY => members_body(&mut r).map(Reply::Members),
+        opcode::MEMBERS_REPLY => members_body(&mut r, version).map(Reply::Members),
         opcode::PONG => r
             .bytes(r.remaining(), "unreachable")
             .map(|p| Reply::Pong(p.to_vec())),
@@ -559,7 +559,7 @@ pub(crate) const fn limiter_result_len(version: ProtocolVersion) -> usize {
     let v1 = 2 + 1 + 2 + 8 * 4;
     match version {
         ProtocolVersion::V1 => v1,
-        ProtocolVersion::V2 => v1 + 8 + 1,
+        ProtocolVersion::V2 | ProtocolVersion::V3 => v1 + 8 + 1,
     }
 }
 
@@ -669,7 +669,7 @@ fn hello_reply_body(r: &mut Reader<'_>) -> Result<HelloReply, Reason> {
     let max_in_flight = r.u32("truncated max_in_flight")?;
     let control_point_routing = match version {
         ProtocolVersion::V1 => Vec::new(),
-        ProtocolVersion::V2 => control_point_routing(r)?,
+        ProtocolVersion::V2 | ProtocolVersion::V3 => control_point_routing(r)?,
     };
     Ok(HelloReply {
         version,
@@ -706,10 +706,10 @@ fn control_point_routing(r: &mut Reader<'_>) -> Result<Vec<ControlPointRouting>,
     Ok(out)
 }
 
-/// Smallest encoded member: two empty strings, state, last_contact_ms.
+/// Smallest encoded member: two empty strings, state, last_contact_ms (version 3 adds 9).
 const MIN_MEMBER_LEN: usize = 2 + 2 + 1 + 8;
 
-fn members_body(r: &mut Reader<'_>) -> Result<Vec<Member>, Reason> {
+fn members_body(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<Vec<Member>, Reason> {
     let count = r.count_u16(
         MIN_MEMBER_LEN,
         usize::from(u16::MAX),
@@ -717,13 +717,25 @@ fn members_body(r: &mut Reader<'_>) -> Result<Vec<Member>, Reason> {
     )?;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        out.push(Member {
+        let mut member = Member {
             node_id: r.str()?.to_owned(),
             address: r.str()?.to_owned(),
             state: MemberState::from_u8(r.u8("truncated member state")?)
                 .ok_or("unknown member state")?,
             last_contact_ms: r.u64("truncated last_contact_ms")?,
-        });
+            policy_digest: None,
+        };
+        if version >= ProtocolVersion::V3 {
+            let known = r.u8("truncated digest_known")?;
+            let digest = r.u64("truncated policy_digest")?;
+            member.policy_digest = match (known, digest) {
+                (1, digest) => Some(digest),
+                (0, 0) => None,
+                (0, _) => return Err("policy_digest set without digest_known"),
+                _ => return Err("unknown digest_known"),
+            };
+        }
+        out.push(member);
     }
     Ok(out)
 }

@@ -487,11 +487,14 @@ pub fn encode_batch_reply(
     w.finish()
 }
 
-/// `MEMBERS_REPLY { count u16, (node_id string, address string, state u8, last_contact_ms u64)* }`.
+/// `MEMBERS_REPLY { count u16, (node_id string, address string, state u8, last_contact_ms u64
+/// [, digest_known u8, policy_digest u64])* }`, in `version` (the digest fields from version
+/// 3 on; a version below drops them).
 pub fn encode_members_reply(
     out: &mut Vec<u8>,
     request_id: u32,
     members: &[Member],
+    version: ProtocolVersion,
 ) -> Result<(), EncodeError> {
     frame(out, opcode::MEMBERS_REPLY, request_id, |out| {
         let n = count_u16(members.len(), usize::from(u16::MAX), "members")?;
@@ -501,6 +504,10 @@ pub fn encode_members_reply(
             put_str(out, &m.address)?;
             out.push(m.state.as_u8());
             out.extend_from_slice(&m.last_contact_ms.to_le_bytes());
+            if version >= ProtocolVersion::V3 {
+                out.push(u8::from(m.policy_digest.is_some()));
+                out.extend_from_slice(&m.policy_digest.unwrap_or(0).to_le_bytes());
+            }
         }
         Ok(())
     })

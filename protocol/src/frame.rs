@@ -18,7 +18,7 @@
 /// The newest protocol version this crate speaks. A client sends it in `HELLO`; the connection
 /// then speaks `min(client, server)` (see [`crate::ProtocolVersion`]). A client that skips
 /// `HELLO` speaks 1.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of the `len` prefix itself.
 pub const LEN_PREFIX_LEN: usize = 4;

@@ -26,6 +26,7 @@ pub fn decode_any(data: &[u8]) {
     requests(data);
     replies(data, ProtocolVersion::V1);
     replies(data, ProtocolVersion::V2);
+    replies(data, ProtocolVersion::V3);
 }
 
 fn requests(mut data: &[u8]) {
@@ -122,7 +123,7 @@ fn replies(mut data: &[u8], version: ProtocolVersion) {
                     Reply::Check(c) => encode::encode_check_reply(&mut out, id, c, version),
                     Reply::Batch(items) => encode::encode_batch_reply(&mut out, id, items, version),
                     Reply::FlowEnd(s) => encode::encode_flow_end_reply(&mut out, id, s),
-                    Reply::Members(m) => encode::encode_members_reply(&mut out, id, m),
+                    Reply::Members(m) => encode::encode_members_reply(&mut out, id, m, version),
                     Reply::Pong(p) => encode::encode_pong(&mut out, id, p),
                     Reply::Error(e) => {
                         encode::encode_error(&mut out, id, e.code, &e.message);
@@ -196,7 +197,11 @@ mod tests {
     }
 
     fn version() -> impl Strategy<Value = ProtocolVersion> {
-        prop_oneof![Just(ProtocolVersion::V1), Just(ProtocolVersion::V2)]
+        prop_oneof![
+            Just(ProtocolVersion::V1),
+            Just(ProtocolVersion::V2),
+            Just(ProtocolVersion::V3)
+        ]
     }
 
     fn check_reply() -> impl Strategy<Value = CheckReply> {
@@ -258,7 +263,7 @@ mod tests {
                 max_in_flight: 1024,
                 control_point_routing: match version {
                     ProtocolVersion::V1 => Vec::new(),
-                    ProtocolVersion::V2 => routing
+                    ProtocolVersion::V2 | ProtocolVersion::V3 => routing
                         .into_iter()
                         .map(|(control_point, routing_label_keys)| ControlPointRouting {
                             control_point,

@@ -116,7 +116,7 @@ impl RoutingKeys {
     pub fn from_hello(hello: &HelloReply) -> RoutingKeys {
         let by_control_point = match hello.version {
             ProtocolVersion::V1 => None,
-            ProtocolVersion::V2 => Some(
+            ProtocolVersion::V2 | ProtocolVersion::V3 => Some(
                 hello
                     .control_point_routing
                     .iter()

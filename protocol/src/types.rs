@@ -58,7 +58,7 @@ impl DecisionReason {
         match (self, version) {
             (Self::None, _) => 0,
             (Self::RateLimited, _) | (Self::NoTokens, ProtocolVersion::V1) => 1,
-            (Self::NoTokens, ProtocolVersion::V2) => 2,
+            (Self::NoTokens, ProtocolVersion::V2 | ProtocolVersion::V3) => 2,
         }
     }
 
@@ -67,7 +67,7 @@ impl DecisionReason {
         match (v, version) {
             (0, _) => Some(Self::None),
             (1, _) => Some(Self::RateLimited),
-            (2, ProtocolVersion::V2) => Some(Self::NoTokens),
+            (2, ProtocolVersion::V2 | ProtocolVersion::V3) => Some(Self::NoTokens),
             _ => None,
         }
     }
@@ -399,6 +399,11 @@ pub struct Member {
     pub state: MemberState,
     /// Milliseconds since the answering server last heard from it.
     pub last_contact_ms: u64,
+    /// The digest of the member's policy set (the `digest` of its `/api/v1/policies`), as
+    /// far as the answering server knows it: `None` when it has not heard it yet (or the
+    /// member runs a version that does not announce it), and always `None` on a
+    /// connection below version 3.
+    pub policy_digest: Option<u64>,
 }
 
 /// A decoded server → client frame.

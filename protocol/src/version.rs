@@ -8,7 +8,7 @@
 //! connection (version 1 before any).
 //!
 //! What the version changes is the layout of replies (`HELLO_REPLY`, `CHECK_REPLY`,
-//! `BATCH_REPLY`); requests decode the same way on every connection.
+//! `BATCH_REPLY`, `MEMBERS_REPLY`); requests decode the same way on every connection.
 
 /// A protocol version this crate speaks. It cannot hold a version that does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,17 +18,21 @@ pub enum ProtocolVersion {
     /// Version 2: wait budgets, flow ids, refusals, the `NO_TOKENS` reason, `FLOW_END`, and
     /// per-control-point routing keys in `HELLO_REPLY`.
     V2,
+    /// Version 3: each member of `MEMBERS_REPLY` carries the digest of its policy set (as
+    /// far as the answering node knows it). Every other frame is laid out as in version 2.
+    V3,
 }
 
 impl ProtocolVersion {
     /// The newest version this crate speaks ([`crate::PROTOCOL_VERSION`]).
-    pub const LATEST: ProtocolVersion = ProtocolVersion::V2;
+    pub const LATEST: ProtocolVersion = ProtocolVersion::V3;
 
     /// The wire value.
     pub const fn as_u16(self) -> u16 {
         match self {
             Self::V1 => 1,
             Self::V2 => 2,
+            Self::V3 => 3,
         }
     }
 
@@ -37,6 +41,7 @@ impl ProtocolVersion {
         match v {
             1 => Some(Self::V1),
             2 => Some(Self::V2),
+            3 => Some(Self::V3),
             _ => None,
         }
     }
@@ -48,6 +53,7 @@ impl ProtocolVersion {
         match client {
             0 => None,
             1 => Some(Self::V1),
+            2 => Some(Self::V2),
             _ => Some(Self::LATEST),
         }
     }
@@ -68,18 +74,19 @@ mod tests {
         assert_eq!(ProtocolVersion::negotiate(0), None);
         assert_eq!(ProtocolVersion::negotiate(1), Some(ProtocolVersion::V1));
         assert_eq!(ProtocolVersion::negotiate(2), Some(ProtocolVersion::V2));
+        assert_eq!(ProtocolVersion::negotiate(3), Some(ProtocolVersion::V3));
         assert_eq!(
             ProtocolVersion::negotiate(u16::MAX),
-            Some(ProtocolVersion::V2)
+            Some(ProtocolVersion::V3)
         );
         assert_eq!(
             ProtocolVersion::LATEST.as_u16(),
             crate::frame::PROTOCOL_VERSION
         );
-        for v in 0..=3 {
+        for v in 0..=4 {
             assert_eq!(
                 ProtocolVersion::from_u16(v).map(ProtocolVersion::as_u16),
-                (1..=2).contains(&v).then_some(v)
+                (1..=3).contains(&v).then_some(v)
             );
         }
     }

@@ -43,7 +43,7 @@ const SHARED: u16 = 0xFFFF;
 /// Which protocol versions the fake server speaks.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Speaks {
-    /// Versions 1 and 2, negotiated per connection (like the real server).
+    /// Versions 1 to the latest, negotiated per connection (like the real server).
     V2,
     /// Version 1 only: a `HELLO` above 1 gets `UNSUPPORTED_VERSION` (like a version-1 server).
     V1Only,
@@ -246,7 +246,7 @@ impl Listener {
             version: negotiated,
             control_point_routing: match negotiated {
                 ProtocolVersion::V1 => Vec::new(),
-                ProtocolVersion::V2 => control_point_routing(),
+                ProtocolVersion::V2 | ProtocolVersion::V3 => control_point_routing(),
             },
             ..self.hello.clone()
         })
@@ -478,7 +478,9 @@ async fn serve(
                                 address: "127.0.0.1:1".into(),
                                 state: MemberState::Alive,
                                 last_contact_ms: 0,
+                                policy_digest: Some(0xfeed),
                             }],
+                            version,
                         )
                         .expect("members"),
                         Frame::Ping(p) => encode_pong(&mut out, id, p).expect("pong"),
@@ -593,6 +595,8 @@ async fn hello_members_ping_over_shared_port_only() {
     let members = client.members().await.expect("members");
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].state, MemberState::Alive);
+    // A version-3 connection carries the member's policy digest.
+    assert_eq!(members[0].policy_digest, Some(0xfeed));
     client.ping(b"hello").await.expect("ping");
     client.ping(&[]).await.expect("empty ping");
     let r = client.check(&req("u1")).await.expect("check");
@@ -930,7 +934,7 @@ fn blocking_client_works_without_a_runtime() {
     assert!(client.check(&req("u1")).expect("check").accepted());
     assert!(!client.check_with_fail_mode(&req("deny")).accepted);
     client.ping(b"x").expect("ping");
-    assert_eq!(client.version(), ProtocolVersion::V2);
+    assert_eq!(client.version(), ProtocolVersion::LATEST);
     assert_eq!(
         client.flow_end(&[1, 2]).expect("flow end"),
         [FlowEndStatus::Ended, FlowEndStatus::Unknown]
@@ -945,13 +949,13 @@ fn blocking_client_works_without_a_runtime() {
 }
 
 #[tokio::test]
-async fn negotiates_version_2_on_every_connection() {
+async fn negotiates_the_latest_version_on_every_connection() {
     const N: usize = 3;
     let server = start_server(N).await;
     let client = Client::connect(cfg(&server, FailMode::Closed))
         .await
         .expect("connect");
-    assert_eq!(client.version(), ProtocolVersion::V2);
+    assert_eq!(client.version(), ProtocolVersion::LATEST);
     assert_eq!(
         client.hello().control_point_routing,
         control_point_routing()
@@ -966,11 +970,12 @@ async fn negotiates_version_2_on_every_connection() {
     }
     let mut hellos = server.stats.hellos.lock().expect("lock").clone();
     hellos.sort();
-    let mut want: Vec<(u16, u16, bool)> = (0..N as u16).map(|i| (i, 2, true)).collect();
-    want.push((SHARED, 2, true));
+    let latest = PROTOCOL_VERSION;
+    let mut want: Vec<(u16, u16, bool)> = (0..N as u16).map(|i| (i, latest, true)).collect();
+    want.push((SHARED, latest, true));
     assert_eq!(
         hellos, want,
-        "one HELLO v2 per connection, as its first frame"
+        "one HELLO of the latest version per connection, as its first frame"
     );
     // INTERN frames carry the id of the request they were sent for, never 0.
     let ids = server.stats.intern_ids.lock().expect("lock").clone();
@@ -1161,15 +1166,16 @@ async fn falls_back_to_version_1_against_a_version_1_server() {
     );
     assert_eq!(r.refusal(), None);
     assert_eq!(*server.stats.waits.lock().expect("lock"), [None, None]);
-    // HELLO v2 refused, then HELLO v1, on the shared port only: version 1 needs no HELLO.
+    // HELLO of the latest version refused, then HELLO v1, on the shared port only: version
+    // 1 needs no HELLO.
     assert_eq!(
         *server.stats.hellos.lock().expect("lock"),
-        [(SHARED, 2, true), (SHARED, 1, false)]
+        [(SHARED, PROTOCOL_VERSION, true), (SHARED, 1, false)]
     );
 }
 
 #[tokio::test]
-async fn a_reconnected_connection_speaks_version_2_again() {
+async fn a_reconnected_connection_speaks_the_latest_version_again() {
     let server = start_server(0).await;
     let client = Client::connect(cfg(&server, FailMode::Closed))
         .await
@@ -1179,7 +1185,7 @@ async fn a_reconnected_connection_speaks_version_2_again() {
         .await
         .expect_err("dropped");
     assert!(matches!(err, ClientError::Closed { .. }), "{err}");
-    // The new connection starts with HELLO v2, so its replies carry flow ids again.
+    // The new connection starts with HELLO (latest), so its replies carry flow ids again.
     let r = client
         .check(&req("u2").label("flow", "1"))
         .await
@@ -1188,7 +1194,10 @@ async fn a_reconnected_connection_speaks_version_2_again() {
     assert_eq!(server.accepted_shared(), 2);
     assert_eq!(
         *server.stats.hellos.lock().expect("lock"),
-        [(SHARED, 2, true), (SHARED, 2, true)]
+        [
+            (SHARED, PROTOCOL_VERSION, true),
+            (SHARED, PROTOCOL_VERSION, true)
+        ]
     );
 }
 

@@ -9,6 +9,7 @@ use tollgate_protocol::*;
 
 const V1: ProtocolVersion = ProtocolVersion::V1;
 const V2: ProtocolVersion = ProtocolVersion::V2;
+const V3: ProtocolVersion = ProtocolVersion::V3;
 
 #[derive(Debug, Clone)]
 enum OwnedRef {
@@ -142,7 +143,7 @@ fn check_reply() -> impl Strategy<Value = CheckReply> {
 /// refusals, and `NO_TOKENS` as `RATE_LIMITED`.
 fn as_received_in(reply: &CheckReply, version: ProtocolVersion) -> CheckReply {
     match version {
-        ProtocolVersion::V2 => reply.clone(),
+        ProtocolVersion::V2 | ProtocolVersion::V3 => reply.clone(),
         ProtocolVersion::V1 => CheckReply {
             reason: match reply.reason {
                 DecisionReason::NoTokens => DecisionReason::RateLimited,
@@ -182,7 +183,7 @@ fn error_reply() -> impl Strategy<Value = ErrorReply> {
 fn hello_reply() -> impl Strategy<Value = HelloReply> {
     (
         (
-            prop_oneof![Just(V1), Just(V2)],
+            prop_oneof![Just(V1), Just(V2), Just(V3)],
             text(),
             any::<u16>(),
             any::<u8>(),
@@ -218,7 +219,7 @@ fn hello_reply() -> impl Strategy<Value = HelloReply> {
                 // Version 1 cannot carry it: generate it empty there, so the value round-trips.
                 control_point_routing: match version {
                     ProtocolVersion::V1 => Vec::new(),
-                    ProtocolVersion::V2 => routing
+                    ProtocolVersion::V2 | ProtocolVersion::V3 => routing
                         .into_iter()
                         .map(|(control_point, routing_label_keys)| ControlPointRouting {
                             control_point,
@@ -231,14 +232,33 @@ fn hello_reply() -> impl Strategy<Value = HelloReply> {
 }
 
 fn member() -> impl Strategy<Value = Member> {
-    (text(), text(), 0u8..4, any::<u64>()).prop_map(|(node_id, address, s, last_contact_ms)| {
-        Member {
-            node_id,
-            address,
-            state: MemberState::from_u8(s).unwrap_or(MemberState::Alive),
-            last_contact_ms,
-        }
-    })
+    (
+        text(),
+        text(),
+        0u8..4,
+        any::<u64>(),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(node_id, address, s, last_contact_ms, policy_digest)| Member {
+                node_id,
+                address,
+                state: MemberState::from_u8(s).unwrap_or(MemberState::Alive),
+                last_contact_ms,
+                policy_digest,
+            },
+        )
+}
+
+/// What a client on a `version` connection decodes of `members`: no digests below version 3.
+fn members_as_received_in(members: &[Member], version: ProtocolVersion) -> Vec<Member> {
+    members
+        .iter()
+        .map(|m| Member {
+            policy_digest: m.policy_digest.filter(|_| version >= ProtocolVersion::V3),
+            ..m.clone()
+        })
+        .collect()
 }
 
 fn decode_one(buf: &[u8]) -> Decoded<'_> {
@@ -360,21 +380,22 @@ proptest! {
         err in error_reply(),
         ends in prop::collection::vec(any::<bool>(), 0..9),
         id in any::<u32>(),
-        version in prop_oneof![Just(V1), Just(V2)],
+        version in prop_oneof![Just(V1), Just(V2), Just(V3)],
     ) {
         let ends: Vec<FlowEndStatus> = ends.into_iter().map(FlowEndStatus::from_ended).collect();
         let mut out = Vec::new();
         encode_hello_reply(&mut out, id, &hello).expect("hello");
         encode_check_reply(&mut out, id, &reply, version).expect("check");
         encode_batch_reply(&mut out, id, &items, version).expect("batch");
-        encode_members_reply(&mut out, id, &members).expect("members");
+        encode_members_reply(&mut out, id, &members, version).expect("members");
         encode_pong(&mut out, id, &payload).expect("pong");
         encode_flow_end_reply(&mut out, id, &ends).expect("flow end");
         encode_error(&mut out, id, err.code, &err.message);
         let want = vec![
             Reply::Hello(hello), Reply::Check(as_received_in(&reply, version)),
             Reply::Batch(items_as_received_in(&items, version)),
-            Reply::Members(members), Reply::Pong(payload), Reply::FlowEnd(ends),
+            Reply::Members(members_as_received_in(&members, version)), Reply::Pong(payload),
+            Reply::FlowEnd(ends),
             Reply::Error(err),
         ];
         let mut rest = &out[..];
@@ -805,7 +826,7 @@ fn version_dependent_reply_values() {
         },
     )
     .expect("hello");
-    hello[10] = 3;
+    hello[10] = 4; // one past the latest version
     assert_eq!(reason(&hello, V2), "unknown HELLO_REPLY version");
 }
 

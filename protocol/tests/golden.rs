@@ -388,3 +388,59 @@ const GOLDEN_HELLO_WITH_KEY: &str =
     "16 00 00 00 01 00 01 00 00 00 02 00 04 00 72 75 73 74 06 00 73 65 73 61 6d 65";
 const GOLDEN_ERROR_UNAUTHENTICATED: &str =
     "19 00 00 00 ff 00 02 00 00 00 0a 00 0f 00 69 6e 76 61 6c 69 64 20 41 50 49 20 6b 65 79";
+
+/// Two members: `n1` alive, heard from just now, policy digest `0x0123456789abcdef`; `n2`
+/// suspect, heard from 1.5 s ago, digest unknown.
+fn members() -> Vec<Member> {
+    vec![
+        Member {
+            node_id: "n1".into(),
+            address: "10.0.0.1:7946".into(),
+            state: MemberState::Alive,
+            last_contact_ms: 0,
+            policy_digest: Some(0x0123_4567_89ab_cdef),
+        },
+        Member {
+            node_id: "n2".into(),
+            address: "10.0.0.2:7946".into(),
+            state: MemberState::Suspect,
+            last_contact_ms: 1500,
+            policy_digest: None,
+        },
+    ]
+}
+
+#[test]
+fn members_reply_v3() {
+    let mut out = Vec::new();
+    encode_members_reply(&mut out, 8, &members(), ProtocolVersion::V3).expect("encode");
+    let b = golden("MEMBERS_REPLY v3", out, GOLDEN_MEMBERS_REPLY_V3);
+    let d = decode_reply(&b, DEFAULT_MAX_FRAME_LEN, ProtocolVersion::V3)
+        .expect("ok")
+        .expect("complete");
+    assert_eq!(d.reply, Reply::Members(members()));
+}
+
+/// Versions 1 and 2 have no digests: the same members, byte for byte as before version 3.
+#[test]
+fn members_reply_v1_and_v2() {
+    let without_digests: Vec<Member> = members()
+        .into_iter()
+        .map(|m| Member {
+            policy_digest: None,
+            ..m
+        })
+        .collect();
+    for version in [V1, V2] {
+        let mut out = Vec::new();
+        encode_members_reply(&mut out, 8, &members(), version).expect("encode");
+        let b = golden("MEMBERS_REPLY", out, GOLDEN_MEMBERS_REPLY);
+        let d = decode_reply(&b, DEFAULT_MAX_FRAME_LEN, version)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(d.reply, Reply::Members(without_digests.clone()));
+    }
+}
+
+const GOLDEN_MEMBERS_REPLY: &str = "40 00 00 00 85 00 08 00 00 00 02 00 02 00 6e 31 0d 00 31 30 2e 30 2e 30 2e 31 3a 37 39 34 36 00 00 00 00 00 00 00 00 00 02 00 6e 32 0d 00 31 30 2e 30 2e 30 2e 32 3a 37 39 34 36 01 dc 05 00 00 00 00 00 00";
+const GOLDEN_MEMBERS_REPLY_V3: &str = "52 00 00 00 85 00 08 00 00 00 02 00 02 00 6e 31 0d 00 31 30 2e 30 2e 30 2e 31 3a 37 39 34 36 00 00 00 00 00 00 00 00 00 01 ef cd ab 89 67 45 23 01 02 00 6e 32 0d 00 31 30 2e 30 2e 30 2e 32 3a 37 39 34 36 01 dc 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00";

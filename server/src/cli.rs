@@ -23,7 +23,9 @@ use tollgate_policy::WAIT_FOREVER as WAIT_FOREVER_NS;
 use tollgate_protocol::client::{
     blocking, ApiKey, CheckRequest, ClientConfig, ClientTls, FailMode,
 };
-use tollgate_protocol::{CheckReply, FlowEndStatus, LimiterOutcome};
+use tollgate_protocol::{
+    CheckReply, FlowEndStatus, LimiterOutcome, Member, MemberState, ProtocolVersion,
+};
 
 /// Tollgate: a distributed, thread-per-core rate-limiting server.
 #[derive(Parser, Debug)]
@@ -686,27 +688,60 @@ fn members(server: &str, json: bool, access: &ClientAccessArgs) -> i32 {
         eprintln!("error: {e}");
         return 2;
     }
-    match blocking::Client::connect(cfg).and_then(|c| c.members()) {
-        Ok(members) => {
+    match blocking::Client::connect(cfg).and_then(|c| Ok((c.members()?, c.version()))) {
+        Ok((members, version)) => {
+            // The answering node lists itself first; its digest is what the others are
+            // compared with.
+            let ours = members.first().and_then(|m| m.policy_digest);
+            let same = |m: &Member| Some(m.policy_digest? == ours?);
             if json {
                 let list: Vec<_> = members
                     .iter()
-                    .map(|m| serde_json::json!({"node_id": m.node_id, "address": m.address, "state": format!("{:?}", m.state).to_lowercase(), "last_contact_ms": m.last_contact_ms}))
+                    .map(|m| {
+                        serde_json::json!({
+                            "node_id": m.node_id,
+                            "address": m.address,
+                            "state": member_state_name(m.state),
+                            "last_contact_ms": m.last_contact_ms,
+                            "policy_digest": m.policy_digest.map(|d| format!("{d:016x}")),
+                            "same_policies": same(m),
+                        })
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 println!(
-                    "{:<24} {:<8} {:<24} LAST CONTACT",
-                    "NODE", "STATE", "ADDRESS"
+                    "{:<24} {:<8} {:<24} {:<14} POLICY DIGEST",
+                    "NODE", "STATE", "ADDRESS", "LAST CONTACT"
                 );
-                for m in members {
+                for m in &members {
+                    let digest = match (m.policy_digest, same(m)) {
+                        (None, _) => "unknown".to_string(),
+                        (Some(d), Some(false)) => format!("{d:016x} (differs)"),
+                        (Some(d), _) => format!("{d:016x}"),
+                    };
                     println!(
-                        "{:<24} {:<8} {:<24} {}ms ago",
+                        "{:<24} {:<8} {:<24} {:<14} {digest}",
                         m.node_id,
-                        format!("{:?}", m.state).to_lowercase(),
+                        member_state_name(m.state),
                         m.address,
-                        m.last_contact_ms
+                        format!("{}ms ago", m.last_contact_ms),
                     );
+                }
+                let differ = members
+                    .iter()
+                    .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+                    .filter(|m| same(m) == Some(false))
+                    .count();
+                if differ > 0 {
+                    println!(
+                        "{differ} live member(s) run other policies than {}: they share only \
+                         the limiters both define (docs/cluster.md)",
+                        members.first().map_or("", |m| m.node_id.as_str())
+                    );
+                }
+                if version < ProtocolVersion::V3 {
+                    println!("(the server speaks protocol version {version}: no policy digests)");
                 }
             }
             0
@@ -715,5 +750,14 @@ fn members(server: &str, json: bool, access: &ClientAccessArgs) -> i32 {
             eprintln!("error: {e}");
             2
         }
+    }
+}
+
+fn member_state_name(state: MemberState) -> &'static str {
+    match state {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Down => "down",
+        MemberState::Left => "left",
     }
 }

@@ -25,7 +25,7 @@
 //! with nothing applied. After that it is one bool per frame.
 //!
 //! Protocol versions: a connection speaks version 1 until a `HELLO` switches it to
-//! `min(HELLO.version, 2)`; every reply written after that `HELLO_REPLY` — pending checks'
+//! `min(HELLO.version, 3)`; every reply written after that `HELLO_REPLY` — pending checks'
 //! replies too — is encoded in the connection's version of the moment it is written
 //! (`Outbox::version`), which is the rule clients decode by. A `CHECK`'s wait budget becomes
 //! the client's absolute deadline (`now + budget`), without one the check is decided at once;
@@ -371,7 +371,8 @@ impl<R: transport::ReadHalf> Reader<R> {
             Frame::Members => {
                 let members = self.shard.node.member_list();
                 let mut out = self.out.bytes.borrow_mut();
-                if let Err(e) = encode_members_reply(&mut out, request_id, &members) {
+                let version = self.out.version.get();
+                if let Err(e) = encode_members_reply(&mut out, request_id, &members, version) {
                     encode_error(&mut out, request_id, ErrorCode::Internal, &e.to_string());
                 }
             }

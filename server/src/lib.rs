@@ -20,6 +20,8 @@
 //! - [`config`]: the config file: the `server:` section here, `policies:` from the
 //!   policy crate, `cluster:` from [`cluster`]; parsed once, every problem reported.
 //! - [`runtime`]: start (bind, executors, mesh, ready) and graceful shutdown.
+//! - [`descriptors`]: the open-file limit raised at start and every port's connection cap
+//!   checked against it.
 //! - [`listeners`]: socket2 binding: shared SO_REUSEPORT port + shard-aware ports.
 //! - [`node`]: node-wide facts (the policies, ports, limits) and the HELLO reply.
 //! - [`reload`]: hot reload: validate the file, keep unchanged limiters' state, switch
@@ -49,6 +51,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod descriptors;
 pub mod grpc_backend;
 pub mod listeners;
 pub mod metrics;

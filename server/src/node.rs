@@ -99,7 +99,7 @@ impl Node {
         let policies = self.policies.load();
         let control_point_routing = match version {
             ProtocolVersion::V1 => Vec::new(),
-            ProtocolVersion::V2 => {
+            ProtocolVersion::V2 | ProtocolVersion::V3 => {
                 let mut routing: Vec<ControlPointRouting> = policies
                     .control_point_routing()
                     .map(|(cp, keys)| ControlPointRouting {
@@ -140,6 +140,7 @@ impl Node {
                 address: self.listen.to_string(),
                 state: MemberState::Alive,
                 last_contact_ms: 0,
+                policy_digest: Some(self.policies.load().digest().0),
             }],
         }
     }

@@ -94,6 +94,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         .server
         .shards
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    check_descriptor_budget(config, nr_shards)?;
     let policies = Arc::new(ArcSwap::from_pointee(Engine::new(&config.policies)));
     let cap = config.server.bucket_cap();
     if cap.max_buckets < nr_shards {
@@ -682,6 +683,24 @@ fn allowed_cpus() -> Vec<usize> {
     } else {
         cpus
     }
+}
+
+/// Raises the open-file limit and checks every port's connection cap against it
+/// ([`crate::descriptors`]): refuses to start when one cap cannot fit.
+fn check_descriptor_budget(config: &Config, nr_shards: usize) -> Result<()> {
+    use crate::descriptors::PortCap;
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut caps = vec![PortCap {
+        field: "server.max_connections",
+        cap: as_u64(config.server.max_connections),
+    }];
+    if config.server.grpc.is_some() {
+        caps.push(PortCap {
+            field: "server.grpc_connections.max_connections",
+            cap: as_u64(config.server.grpc_connections.max_connections),
+        });
+    }
+    crate::descriptors::check(&caps, nr_shards)
 }
 
 /// glommio checks RLIMIT_MEMLOCK; raise the soft limit to the hard one (best effort).

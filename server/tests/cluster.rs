@@ -7,6 +7,9 @@
 //! answer, the member list, or a counter in the `cluster stats` line, which these configs
 //! log every 100 ms).
 //!
+//! Nodes whose policies differ see it: each member's policy digest in `tollgate members`,
+//! the admin status and a gauge, and a replicated policy a node lacks counted exactly.
+//!
 //! Concurrency limits span the cluster too: flows a node holds count on every node, and
 //! come back on the others when it dies or stops.
 //!
@@ -15,13 +18,14 @@
 
 mod common;
 
-use common::{start_server, RunningServer};
+use common::{run_cli, start_server, RunningServer};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use tollgate_cluster::wire::{self, Auth, Batch, Entry, Kind, LimiterRef, Op};
 use tollgate_policy::Engine;
 use tollgate_protocol::client::{blocking::Client, CheckRequest, ClientConfig, FailMode};
 use tollgate_protocol::MemberState;
+use tollgate_server::admin::client::AdminClient;
 
 /// The shared secret of the test cluster.
 const SECRET: &str = "test-cluster-secret";
@@ -426,6 +430,132 @@ fn nodes_share_exactly_the_policies_they_agree_on() {
         1,
         WITHIN
     ));
+}
+
+fn admin(server: &RunningServer) -> AdminClient {
+    let addr = server
+        .admin
+        .expect("admin port in the ready line")
+        .to_string();
+    AdminClient::new(&addr, None, Duration::from_secs(10))
+}
+
+/// One sample of `server`'s `/metrics`, e.g. `tollgate_x_total{reason="y"}`; 0 when absent.
+fn scrape(server: &RunningServer, series: &str) -> f64 {
+    let (code, text) = admin(server).get("/metrics").expect("scrape");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(s, _)| *s == series)
+        .map_or(0.0, |(_, v)| v.parse().expect("a number"))
+}
+
+/// Two nodes whose policies differ (node 1 has `only_one` besides the shared `shared`):
+/// both show each member's policy set digest — `tollgate members` marks the other's as
+/// different, `/api/v1/status` and `tollgate_cluster_members_policy_differs` count it — and
+/// node 1's traffic on `only_one` reaches node 2 as exactly one dropped entry per key
+/// (`tollgate_cluster_deltas_dropped_total{reason="unknown_limiter"}`), none applied.
+#[test]
+fn members_show_each_node_s_policy_digest_and_unknown_limiters_are_counted_exactly() {
+    const WITHIN: Duration = Duration::from_secs(15);
+    const KEYS: usize = 20;
+    let shared = named_policy("shared", 10.0);
+    let policies = [
+        [shared.clone(), named_policy("only_one", 10.0)].concat(),
+        shared,
+    ];
+    let ports = free_udp_ports(2);
+    // Relaxed failure detection: a false "down" and rejoin would send a second state
+    // transfer, whose entries would also be counted, and the count would not be exact.
+    let relaxed = |yaml: String| {
+        yaml.replace(
+            "probe_period: 200ms, probe_rtt: 60ms, suspect_to_down_after: 600ms",
+            "probe_period: 1s, probe_rtt: 500ms, suspect_to_down_after: 10s",
+        )
+    };
+    let nodes: Vec<RunningServer> = (0..2)
+        .map(|i| start_server(&relaxed(node_config_with(i, &ports, "100ms", &policies[i]))))
+        .collect();
+    let digests: Vec<String> = nodes
+        .iter()
+        .map(|n| admin(n).policies().expect("policies").digest)
+        .collect();
+    assert_ne!(digests[0], digests[1]);
+
+    // `tollgate members` on node 1: its own digest, and node 2's marked as different.
+    let mut last = String::new();
+    let listed = eventually(WITHIN, || {
+        let (code, out, err) = run_cli(&["members", "--server", &nodes[0].addr()]);
+        last = format!("{out}{err}");
+        let line = |node: &str| out.lines().find(|l| l.starts_with(node)).unwrap_or("");
+        code == 0
+            && line("node-1").ends_with(&digests[0])
+            && line("node-2").contains("alive")
+            && line("node-2").ends_with(&format!("{} (differs)", digests[1]))
+    });
+    assert!(
+        listed,
+        "tollgate members never showed both digests:\n{last}"
+    );
+    assert!(
+        last.contains("1 live member(s) run other policies than node-1"),
+        "{last}"
+    );
+
+    // Node 2's admin status: both digests, node 1's flagged, and the gauge.
+    let status_shows_both = eventually(WITHIN, || {
+        let status: serde_json::Value =
+            admin(&nodes[1]).get_json("/api/v1/status").expect("status");
+        let member = |node: &str| {
+            status["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["node_id"] == node).cloned())
+                .unwrap_or_default()
+        };
+        member("node-2")["policy_digest"] == digests[1].as_str()
+            && member("node-2")["same_policies"] == true
+            && member("node-1")["policy_digest"] == digests[0].as_str()
+            && member("node-1")["same_policies"] == false
+            && status["members_with_other_policies"] == 1
+    });
+    assert!(
+        status_shows_both,
+        "node 2's /api/v1/status never showed both digests"
+    );
+    assert_eq!(
+        scrape(&nodes[1], "tollgate_cluster_members_policy_differs"),
+        1.0
+    );
+
+    // Known traffic on node 1: one token for each of KEYS users of `only_one`. Each bucket is
+    // touched once, so node 1 replicates exactly one entry per key; node 2 has no
+    // `only_one` and must drop each one (and apply none).
+    const DROPPED: &str = r#"tollgate_cluster_deltas_dropped_total{reason="unknown_limiter"}"#;
+    const APPLIED: &str = r#"tollgate_cluster_deltas_applied_total{op="debit"}"#;
+    let dropped_before = scrape(&nodes[1], DROPPED);
+    let applied_before = scrape(&nodes[1], APPLIED);
+    let c1 = client(&nodes[0]);
+    for k in 0..KEYS {
+        assert!(check_at(&c1, "only_one", &format!("user-{k}"), 1.0));
+    }
+    let expected = dropped_before + KEYS as f64;
+    let mut dropped = dropped_before;
+    let arrived = eventually(WITHIN, || {
+        dropped = scrape(&nodes[1], DROPPED);
+        dropped >= expected
+    });
+    assert!(
+        arrived,
+        "node 2 dropped {dropped} entries, expected {expected}"
+    );
+    assert_eq!(dropped, expected, "one dropped entry per key");
+    assert_eq!(
+        scrape(&nodes[1], APPLIED),
+        applied_before,
+        "node 2 applied entries of a policy it does not have"
+    );
+    // And node 2's `shared` is untouched: its whole capacity is there.
+    assert!(check_at(&client(&nodes[1]), "shared", "user-0", 10.0));
 }
 
 /// Concurrency capacity held by a node's flows in flight comes back on the others when

@@ -72,7 +72,7 @@ fn llm(key: &str) -> CheckRequest {
 fn a_concurrency_flow_gets_an_id_holds_its_slot_until_flow_end_and_any_port_ends_it() {
     let server = start_server(ONE_PER_TENANT);
     let c = client(&server.addr(), true);
-    assert_eq!(c.version(), ProtocolVersion::V2);
+    assert_eq!(c.version(), ProtocolVersion::LATEST);
 
     let first = c.check(&db("t1")).unwrap();
     assert!(first.accepted(), "{first:?}");
@@ -292,9 +292,9 @@ fn a_version_1_connection_gets_version_1_replies() {
             other => panic!("expected reply 6, got {other:?}"),
         }
     }
-    // Asking for a version above 2 gets version 2.
+    // Asking for a version above the latest gets the latest.
     let mut raw = Raw::connect(server.listen);
-    assert_eq!(raw.hello(9), ProtocolVersion::V2);
+    assert_eq!(raw.hello(9), ProtocolVersion::LATEST);
 }
 
 #[test]

@@ -51,6 +51,10 @@ pub enum Kind {
     Acks = 3,
     /// The sender is leaving gracefully ([`super::Leave`]).
     Leave = 4,
+    /// The digest of the sender's policy set ([`super::Policies`]). Added within version 2:
+    /// a node that predates it drops these datagrams (counted `invalid`) and works on,
+    /// only without knowing its peers' digests.
+    Policies = 5,
 }
 
 impl Kind {
@@ -60,6 +64,7 @@ impl Kind {
             2 => Some(Kind::Batch),
             3 => Some(Kind::Acks),
             4 => Some(Kind::Leave),
+            5 => Some(Kind::Policies),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@
 //!                       kind 2 BATCH:      rkyv archive of `Batch` (deltas or levels)
 //!                       kind 3 ACKS:       rkyv archive of `Acks`
 //!                       kind 4 LEAVE:      rkyv archive of `Leave`
+//!                       kind 5 POLICIES:   rkyv archive of `Policies` (policy set digest)
 //! ```
 //!
 //! Decoding is bounded: a datagram longer than [`MAX_DATAGRAM`] is refused before it is
@@ -21,8 +22,8 @@
 //!
 //! # Layout
 //! - [`envelope`]: magic, version, kind and the HMAC-SHA256 tag ([`Auth`]).
-//! - [`payload`]: the archived payloads ([`Batch`], [`Acks`], [`Leave`]), how a batch names
-//!   its limiters ([`LimiterRef`]), their decoders and size bounds.
+//! - [`payload`]: the archived payloads ([`Batch`], [`Acks`], [`Leave`], [`Policies`]), how
+//!   a batch names its limiters ([`LimiterRef`]), their decoders and size bounds.
 //! - [`foca_codec`]: foca's SWIM messages and [`crate::NodeId`], hand-written and bounded.
 
 pub mod envelope;
@@ -35,9 +36,9 @@ pub use envelope::{
 };
 pub use foca_codec::{CodecError, FocaCodec};
 pub use payload::{
-    decode_acks, decode_batch, decode_leave, encode, entry_cost, limiter_cost, Acks, Batch, Entry,
-    Leave, LimiterRef, Op, Serializer, BATCH_OVERHEAD, MAX_ACKS_PER_DATAGRAM, MAX_KEY_LEN,
-    MAX_LIMITERS_PER_BATCH, MAX_POLICY_NAME_LEN,
+    decode_acks, decode_batch, decode_leave, decode_policies, encode, entry_cost, limiter_cost,
+    Acks, Batch, Entry, Leave, LimiterRef, Op, Policies, Serializer, BATCH_OVERHEAD,
+    MAX_ACKS_PER_DATAGRAM, MAX_KEY_LEN, MAX_LIMITERS_PER_BATCH, MAX_POLICY_NAME_LEN,
 };
 
 /// Why a datagram was dropped.

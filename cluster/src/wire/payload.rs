@@ -1,4 +1,5 @@
-//! The archived payloads of BATCH, ACKS and LEAVE datagrams, and their bounded decoders.
+//! The archived payloads of BATCH, ACKS, LEAVE and POLICIES datagrams, and their bounded
+//! decoders.
 //!
 //! A [`Batch`] names each limiter its entries belong to by what the limiter *means*: the
 //! policy name and the digest of its definition ([`LimiterRef`]), never by a position in
@@ -137,6 +138,23 @@ pub struct Leave {
     pub boot: u64,
 }
 
+/// The digest of the sender's policy set, announced to every peer (on a change, to a peer
+/// that comes up, and every [`crate::gossip::POLICY_DIGEST_REFRESH`]) so every node can show
+/// which members run other policies (`tollgate members`).
+///
+/// Fixed size: three numbers, nothing to bound. A receiver keeps, per member, the
+/// announcement with the highest `seq` of the member's current boot, so a replayed or
+/// reordered older announcement cannot bring back a digest from before a reload.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq)]
+pub struct Policies {
+    /// The sender's boot nonce (announcements of an older process are ignored).
+    pub boot: u64,
+    /// Per-boot announcement number, from 1, larger for each change of the digest.
+    pub seq: u64,
+    /// [`tollgate_policy::Engine::digest`] of the sender's policies.
+    pub digest: u64,
+}
+
 /// Upper bound of the payload bytes one entry adds to a batch archive: the fixed part
 /// (index 2, string header 8, value 8, padding) plus an out-of-line key.
 pub fn entry_cost(key: &str) -> usize {
@@ -237,6 +255,17 @@ pub fn decode_leave(payload: &[u8]) -> Result<Leave, WireError> {
         .map_err(|_| WireError::Invalid("leave archive"))
 }
 
+/// Validates and decodes a POLICIES payload (`seq > 0`).
+pub fn decode_policies(payload: &[u8]) -> Result<Policies, WireError> {
+    let buf = aligned(payload)?;
+    let policies = rkyv::from_bytes::<Policies, rkyv::rancor::Error>(&buf)
+        .map_err(|_| WireError::Invalid("policies archive"))?;
+    if policies.seq == 0 {
+        return Err(WireError::Invalid("policies seq 0"));
+    }
+    Ok(policies)
+}
+
 // Property tests with arbitrary datagrams, raw and authentic, are in `crate::fuzzing`: the
 // body of the `gossip_datagram` fuzz target, which `cargo test` runs too.
 #[cfg(test)]
@@ -311,6 +340,28 @@ mod tests {
                 <= MAX_PAYLOAD
         );
         assert!(encode(&b).is_ok());
+    }
+
+    #[test]
+    fn policies_round_trip_and_seq_0_is_invalid() {
+        let p = Policies {
+            boot: u64::MAX,
+            seq: 3,
+            digest: 0x0123_4567_89ab_cdef,
+        };
+        let bytes = encode(&p).expect("encode");
+        assert_eq!(decode_policies(&bytes), Ok(p.clone()));
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_policies(&bytes[..cut]).is_err(),
+                "a {cut}-byte prefix decoded"
+            );
+        }
+        let zero = encode(&Policies { seq: 0, ..p }).expect("encode");
+        assert_eq!(
+            decode_policies(&zero),
+            Err(WireError::Invalid("policies seq 0"))
+        );
     }
 
     #[test]

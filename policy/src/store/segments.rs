@@ -155,6 +155,17 @@ impl<T> SegmentedTable<T> {
         self.segment(segment).map_or(0, |s| s.table.num_buckets())
     }
 
+    /// Entries of one segment (0 past the last segment).
+    pub(crate) fn segment_len(&self, segment: usize) -> usize {
+        self.segment(segment).map_or(0, |s| s.table.len())
+    }
+
+    /// The segment an entry with this hash goes to (or is in).
+    #[inline]
+    pub(crate) fn segment_for(&self, hash: u64) -> usize {
+        self.segment_of(hash)
+    }
+
     /// Bytes allocated: the segments' tables, the spare, the segment list and the directory.
     pub(crate) fn allocation_size(&self) -> usize {
         let tables: usize = self
@@ -278,6 +289,16 @@ impl<T> SegmentedTable<T> {
             self.split(segment, hash, &rehash)?;
             segment = self.segment_of(hash);
         }
+        let s = self.segment(segment).ok_or(NoRoom)?;
+        if s.table.num_buckets() == SEGMENT_BUCKETS
+            && s.table.capacity() == s.table.len()
+            && s.table.len() < SEGMENT_CAPACITY
+        {
+            // Not full, yet no room left: removals left tombstones (hashbrown marks most
+            // removed buckets of a well-filled table deleted, not empty), and hashbrown would
+            // double the table past SEGMENT_BUCKETS to make room. Rebuild it at its size.
+            self.rebuild(segment, &rehash)?;
+        }
         let table = &mut self.segment_mut(segment).ok_or(NoRoom)?.table;
         let before = table.num_buckets();
         // Grows a segment below SEGMENT_BUCKETS (a bounded step), fallibly.
@@ -348,6 +369,33 @@ impl<T> SegmentedTable<T> {
         let start = self.directory_index(hash) & !(span - 1);
         for slot in &mut self.directory[start + span / 2..start + span] {
             *slot = new as u32;
+        }
+        Ok(())
+    }
+
+    /// Moves a full-size segment's entries into a fresh table of the same size (the spare,
+    /// if there is one), which drops its tombstones; the old table becomes the spare. A
+    /// bounded step: one segment's entries, as a split.
+    fn rebuild(&mut self, segment: usize, rehash: &impl Fn(&T) -> u64) -> Result<(), NoRoom> {
+        let mut fresh = match self.spare.take() {
+            Some(spare) => spare,
+            None => table_for(SEGMENT_CAPACITY, rehash)?,
+        };
+        let Some(s) = self.segment_mut(segment) else {
+            self.spare = Some(fresh);
+            return Err(NoRoom);
+        };
+        let old_buckets = s.table.num_buckets();
+        let mut old = std::mem::take(&mut s.table);
+        for entry in old.drain() {
+            let h = rehash(&entry);
+            fresh.insert_unique(h, entry, rehash);
+        }
+        let new_buckets = fresh.num_buckets();
+        s.table = fresh;
+        self.buckets = self.buckets - old_buckets + new_buckets;
+        if old_buckets == SEGMENT_BUCKETS {
+            self.spare = Some(old);
         }
         Ok(())
     }
@@ -518,6 +566,43 @@ mod tests {
             t.directory.len(),
             t.segments()
         );
+    }
+
+    /// Removals and inserts at a constant size (what eviction at the cap does to a segment)
+    /// leave tombstones; the segment is rebuilt at its size instead of growing past it.
+    #[test]
+    fn churn_at_a_constant_size_never_grows_a_segment_past_its_size() {
+        let mut t = SegmentedTable::new();
+        let n = SEGMENT_CAPACITY as u64 / 8 * 7; // one segment, well past half full
+        for key in 0..n {
+            insert(&mut t, key);
+        }
+        assert_eq!(t.segments(), 1);
+        let mut bytes = None;
+        for key in n..n + 20 * SEGMENT_CAPACITY as u64 {
+            let victim = key - n; // the oldest key
+            let at = find(&t, victim).expect("present");
+            assert_eq!(t.remove(at).map(|e| e.0), Some(victim));
+            insert(&mut t, key);
+            assert_eq!(t.len(), n as usize);
+            assert_eq!(t.segments(), 1, "the churn split the segment");
+            assert!(
+                t.segment_buckets(0) <= SEGMENT_BUCKETS,
+                "the segment grew past its size after {} replacements",
+                key - n
+            );
+            // Once a rebuild left a spare, the footprint is the segment and its spare.
+            if t.spare.is_some() {
+                assert_eq!(
+                    *bytes.get_or_insert(t.allocation_size()),
+                    t.allocation_size()
+                );
+            }
+        }
+        assert!(bytes.is_some(), "the tombstones never called for a rebuild");
+        for key in 20 * SEGMENT_CAPACITY as u64..n + 20 * SEGMENT_CAPACITY as u64 {
+            assert!(find(&t, key).is_some(), "key {key} survives the rebuilds");
+        }
     }
 
     #[test]

@@ -733,7 +733,7 @@ fn spec_of<'a>(
         .collect();
     let wait_budget_ms = match version {
         ProtocolVersion::V1 => None,
-        ProtocolVersion::V2 => req.wait_budget_ms(),
+        ProtocolVersion::V2 | ProtocolVersion::V3 => req.wait_budget_ms(),
     };
     CheckSpecParts {
         control_point,

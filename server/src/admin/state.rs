@@ -174,6 +174,7 @@ impl AdminState {
             cluster: self.cluster.get().map(|c| ClusterReading {
                 stats: c.stats(),
                 members: shards.node.member_list(),
+                policy_digest: shards.handle.engine().digest().0,
             }),
             resident_bytes: crate::metrics::process::resident_bytes(),
         }

@@ -9,6 +9,7 @@ use super::state::{AdminState, Shards};
 use crate::clock;
 use crate::metrics::collector::ShardGauges;
 use serde::Serialize;
+use tollgate_policy::Digest;
 use tollgate_protocol::MemberState;
 
 /// The page (server/src/admin/status.html), compiled in.
@@ -29,6 +30,9 @@ pub struct StatusReply {
     pub shards: Vec<ShardStatus>,
     /// Cluster members (this node alone when not clustered).
     pub members: Vec<MemberStatus>,
+    /// Live members (alive or suspect) whose policy set digest is known and differs from
+    /// ours (`tollgate_cluster_members_policy_differs`).
+    pub members_with_other_policies: usize,
 }
 
 /// One policy's counters.
@@ -90,6 +94,10 @@ pub struct MemberStatus {
     pub state: &'static str,
     /// Milliseconds since it was last heard from.
     pub last_contact_ms: u64,
+    /// The digest of its policy set (as `digest` above); None until it announced one.
+    pub policy_digest: Option<String>,
+    /// Whether that digest equals ours; None when unknown.
+    pub same_policies: Option<bool>,
 }
 
 /// The status of the node behind `shards` now.
@@ -152,7 +160,8 @@ pub async fn status(shards: &Shards) -> StatusReply {
             }
         })
         .collect();
-    let members = shards
+    let ours = engine.digest();
+    let members: Vec<MemberStatus> = shards
         .node
         .member_list()
         .into_iter()
@@ -166,8 +175,14 @@ pub async fn status(shards: &Shards) -> StatusReply {
                 MemberState::Left => "left",
             },
             last_contact_ms: m.last_contact_ms,
+            policy_digest: m.policy_digest.map(|d| Digest(d).to_string()),
+            same_policies: m.policy_digest.map(|d| d == ours.0),
         })
         .collect();
+    let members_with_other_policies = members
+        .iter()
+        .filter(|m| matches!(m.state, "alive" | "suspect") && m.same_policies == Some(false))
+        .count();
     StatusReply {
         node_id: shards.node.node_id.clone(),
         uptime_seconds: clock::now_ns() as f64 / 1e9,
@@ -175,5 +190,6 @@ pub async fn status(shards: &Shards) -> StatusReply {
         policies,
         shards: shards_status,
         members,
+        members_with_other_policies,
     }
 }

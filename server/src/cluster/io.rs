@@ -8,7 +8,9 @@
 //! 1. wait for a datagram until the next deadline (foca timer, sync tick, seed retry);
 //! 2. hand it to [`Gossip::handle_datagram`] with the node's engine, which names limiters;
 //! 3. every drain interval, drain each shard's consumption into [`Gossip::record_local`];
-//! 4. [`Gossip::tick`], then carry out the effects: send datagrams, send each replicated
+//! 4. tell it the digest of the policies in force (a reload changes it; it announces a new
+//!    one to every peer);
+//! 5. [`Gossip::tick`], then carry out the effects: send datagrams, send each replicated
 //!    entry to the shard that owns its bucket (naming the peer process that sent it),
 //!    answer snapshot requests, and tell every shard when a peer process is gone for good
 //!    (so each hands back what that peer's flows in flight held of its buckets).
@@ -227,6 +229,8 @@ impl Shell {
                 self.drain_local(now);
                 next_drain = (next_drain + drain_ns).max(now + 1);
             }
+            let digest = self.handle.engine().digest();
+            self.gossip.set_policy_digest(digest, now, &mut out);
             self.gossip.tick(now, &mut out);
             self.carry_out(&mut out);
             self.publish();

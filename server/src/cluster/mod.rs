@@ -94,6 +94,7 @@ impl MembersView for View {
                 last_contact_ms: m
                     .last_contact_ns
                     .map_or(0, |t| now.saturating_sub(t) / 1_000_000),
+                policy_digest: m.policy_digest.map(|d| d.0),
             })
             .collect()
     }
@@ -188,6 +189,7 @@ impl Cluster {
             timings: self.settings.timings,
             replication: self.settings.replication.clone(),
             rng_seed: boot ^ u64::from(std::process::id()),
+            policy_digest: handle.engine().digest(),
         };
         let gossip = Gossip::new(config, &self.settings.secret, now);
         if let Ok(mut m) = self.shared.members.lock() {

@@ -49,6 +49,8 @@ pub struct ClusterReading {
     pub stats: GossipStats,
     /// The member list, this node included.
     pub members: Vec<Member>,
+    /// The digest of this node's policy set.
+    pub policy_digest: u64,
 }
 
 /// The gRPC result/global cache's size.
@@ -436,6 +438,18 @@ fn cluster_metrics(
             let n = cluster.members.iter().filter(|m| m.state == s).count();
             (vec![label("state", member_state_name(s))], n as f64)
         }),
+    )?;
+    let differs = cluster
+        .members
+        .iter()
+        .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+        .filter(|m| m.policy_digest.is_some_and(|d| d != cluster.policy_digest))
+        .count();
+    gauge(
+        enc,
+        "tollgate_cluster_members_policy_differs",
+        "Live cluster members (alive or suspect) that announced a policy set digest other than          this node's: they do not share every limiter (a rollout in progress, or a node left          behind).",
+        [(Labels::new(), differs as f64)],
     )?;
     let s = &cluster.stats;
     let r = &s.replication;
