@@ -90,13 +90,15 @@ policies:
       selectors: [ { control_point: bench } ]
 EOF
 RUST_LOG=info "$TOLLGATE" serve --config "$OUT/tollgate.yaml" 2> "$OUT/tollgate.log" &
-PIDS+=("$!")
+TOLLGATE_PID=$!
+PIDS+=("$TOLLGATE_PID")
 READY="$(wait_line "$OUT/tollgate.log" "tollgate ready")"
 TG_GRPC="$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$READY")"
 log "tollgate gRPC on $TG_GRPC"
 
 "$FLOOR" 127.0.0.1:0 > "$OUT/floor.log" 2>&1 &
-PIDS+=("$!")
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
 FLOOR_ADDR="$(wait_line "$OUT/floor.log" "listening" | sed -E 's/.*listening //')"
 log "floor on $FLOOR_ADDR"
 
@@ -115,7 +117,8 @@ EOF
     LIMITADOR_HTTP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
     "$LIMITADOR" --rls-ip 127.0.0.1 --rls-port "$LIMITADOR_PORT" --http-ip 127.0.0.1 \
         --http-port "$LIMITADOR_HTTP" "$OUT/limitador.yaml" memory > "$OUT/limitador.log" 2>&1 &
-    PIDS+=("$!")
+    LIMITADOR_PID=$!
+    PIDS+=("$LIMITADOR_PID")
     for _ in $(seq 300); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$LIMITADOR_PORT") 2>/dev/null; then
             LIMITADOR_ADDR="127.0.0.1:$LIMITADOR_PORT"
@@ -132,21 +135,44 @@ EOF
     fi
 fi
 
+# perf counts syscalls when it may (perf installed, tracepoints readable); else no such column.
+PERF=""
+if command -v perf >/dev/null && perf stat -e syscalls:sys_enter_writev -- true >/dev/null 2>&1; then
+    PERF="$(command -v perf)"
+fi
+
 RLS_PATH=/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
 CHECK_PATH=/aperture.flowcontrol.check.v1.FlowControlService/Check
 
-# h2load NAME ADDR PATH BODY CONNECTIONS STREAMS: one run, its output kept as runs/NAME.N.txt.
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
+# h2 NAME SERVER_PID ADDR PATH BODY CONNECTIONS STREAMS: one h2load run, its output and the
+# server's CPU seconds over it (warm-up included) kept as runs/NAME.N.txt.
 h2 () {
-    local name="$1" addr="$2" path="$3" body="$4" conns="$5" streams="$6" n=0 file
+    local name="$1" spid="$2" addr="$3" path="$4" body="$5" conns="$6" streams="$7" n=0 file perf_pid=""
     while [ -e "$OUT/runs/$name.$n.txt" ]; do n=$((n + 1)); done
     file="$OUT/runs/$name.$n.txt"
+    # With perf: the server's write/writev calls and context switches over the measured part
+    # (what batching replies into fewer flushes and wake-ups would save).
+    if [ -n "$PERF" ]; then
+        (sleep "$WARMUP_SECONDS"; exec "$PERF" stat -x, -o "$file.perf" -p "$spid" \
+            -e syscalls:sys_enter_writev,syscalls:sys_enter_write,context-switches \
+            -- sleep "$SECONDS_PER_RUN") >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     {
         echo "loadavg before: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "server cpu before: $(cpu_seconds "$spid")"
         h2load -D "$SECONDS_PER_RUN" --warm-up-time "$WARMUP_SECONDS" -t 1 -c "$conns" -m "$streams" \
             -d "$body" -H 'content-type: application/grpc' -H 'te: trailers' \
             "http://$addr$path" 2>&1
+        echo "server cpu after: $(cpu_seconds "$spid")"
         echo "loadavg after: $(cut -d' ' -f1-3 /proc/loadavg)"
     } > "$file"
+    if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
     log "$name: $(grep -m1 -E '^finished in' "$file" || echo 'no result')"
 }
 
@@ -154,13 +180,13 @@ SHAPES=("c50m1:50:1" "c8m64:8:64")
 for _ in $(seq "$REPEAT"); do
     for shape in "${SHAPES[@]}"; do
         IFS=: read -r sname conns streams <<<"$shape"
-        h2 "floor-rls-$sname" "$FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
-        h2 "tollgate-rls-$sname" "$TG_GRPC" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+        h2 "floor-rls-$sname" "$FLOOR_PID" "$FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+        h2 "tollgate-rls-$sname" "$TOLLGATE_PID" "$TG_GRPC" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         if [ -n "$LIMITADOR_ADDR" ]; then
-            h2 "limitador-rls-$sname" "$LIMITADOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+            h2 "limitador-rls-$sname" "$LIMITADOR_PID" "$LIMITADOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         fi
-        h2 "floor-check-$sname" "$FLOOR_ADDR" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
-        h2 "tollgate-check-$sname" "$TG_GRPC" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
+        h2 "floor-check-$sname" "$FLOOR_PID" "$FLOOR_ADDR" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
+        h2 "tollgate-check-$sname" "$TOLLGATE_PID" "$TG_GRPC" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
     done
 done
 
