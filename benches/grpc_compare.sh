@@ -24,6 +24,7 @@
 #   LIMITADOR=/path/to/limitador-server benches/grpc_compare.sh
 #   SECONDS_PER_RUN=3 REPEAT=1 NO_DOCS=1 benches/grpc_compare.sh
 #   NO_BUILD=1 benches/grpc_compare.sh     # use the release binaries already in target/
+#   RENDER_ONLY=1 benches/grpc_compare.sh  # re-render the table from the last run in $GRPC_OUT
 #
 # Every load targets 127.0.0.1 only. All processes started here are stopped on exit.
 set -euo pipefail
@@ -47,6 +48,14 @@ LIMIT=100
 log() { echo "== $*" >&2; }
 command -v h2load >/dev/null || { echo "h2load is needed (Debian: apt-get install nghttp2-client)" >&2; exit 1; }
 
+if [ -n "${RENDER_ONLY:-}" ]; then
+    # Re-render the table from the last run's outputs in $OUT.
+    # shellcheck disable=SC1091
+    . "$OUT/meta.env"
+    export OUT LOADAVG_START LOADAVG_END SHARDS REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE
+    export MEASURED_AT GIT_REV H2LOAD_VERSION NO_DOCS="${NO_DOCS:-}"
+    exec python3 "$ROOT/benches/grpc_compare_report.py" "$ROOT/docs/performance.md"
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT/runs"
 PIDS=()
@@ -217,4 +226,8 @@ export MEASURED_AT="$(date -u '+%Y-%m-%d %H:%M UTC')"
 export GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 export H2LOAD_VERSION="$(h2load --version 2>/dev/null | head -1)"
 export NO_DOCS="${NO_DOCS:-}"
+for v in LOADAVG_START LOADAVG_END SHARDS REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE \
+    MEASURED_AT GIT_REV H2LOAD_VERSION; do
+    printf "%s=%q\n" "$v" "${!v}"
+done > "$OUT/meta.env"
 python3 "$ROOT/benches/grpc_compare_report.py" "$ROOT/docs/performance.md"

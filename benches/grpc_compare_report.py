@@ -26,7 +26,7 @@ def parse_h2load(path):
     requests = re.search(
         r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
         text, re.M)
-    traffic = re.search(r"^traffic: .*?, (\d+) \(\d+\) data", text, re.M)
+    traffic = re.search(r"^traffic: .*, [\d.]+\w* \((\d+)\) data", text, re.M)
     loads = re.findall(r"^loadavg (?:before|after): (.*)$", text, re.M)
     cpu = [float(x) for x in re.findall(r"^server cpu (?:before|after): ([\d.]+)$", text, re.M)]
     if not finished or not requests:
@@ -81,8 +81,8 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
-def fx(x):
-    return "n/a" if x is None else f"{x:.2f}x"
+def fx(x, digits=2):
+    return "n/a" if x is None else f"{x:.{digits}f}x"
 
 
 def rate(x):
@@ -148,12 +148,12 @@ for shape, shape_label in SHAPES:
     for call, call_label in CALLS:
         x = ratio(rps(f"tollgate-{call}-{shape}"), rps(f"floor-{call}-{shape}"))
         c = ratio(cpu_us(f"floor-{call}-{shape}"), cpu_us(f"tollgate-{call}-{shape}"))
-        targets.append((f"{call_label} >= {TARGET_FLOOR}x floor, {shape_label}", fx(x),
-                        verdict(x, TARGET_FLOOR), fx(c), verdict(c, TARGET_FLOOR)))
+        targets.append((f"{call_label} >= {TARGET_FLOOR}x floor, {shape_label}", fx(x, 3),
+                        verdict(x, TARGET_FLOOR), fx(c, 3), verdict(c, TARGET_FLOOR)))
     x = ratio(rps(f"tollgate-check-{shape}"), rps(f"tollgate-rls-{shape}"))
     c = ratio(cpu_us(f"tollgate-rls-{shape}"), cpu_us(f"tollgate-check-{shape}"))
     targets.append((f"Check within 10% of RLS (Check / RLS >= {TARGET_CHECK_VS_RLS}), {shape_label}",
-                    fx(x), verdict(x, TARGET_CHECK_VS_RLS), fx(c), verdict(c, TARGET_CHECK_VS_RLS)))
+                    fx(x, 3), verdict(x, TARGET_CHECK_VS_RLS), fx(c, 3), verdict(c, TARGET_CHECK_VS_RLS)))
 
 meta = {k: os.environ.get(k, "") for k in (
     "MEASURED_AT", "GIT_REV", "LOADAVG_START", "LOADAVG_END", "SHARDS", "REPEAT",
@@ -224,7 +224,7 @@ each run's own load averages are in `target/compare/grpc/runs/`). Tollgate runs
 {meta['SHARDS']} shards with one rate limiter of 100 requests per second per user. The **floor** is
 `grpc_floor` (`benches/src/bin/grpc_floor.rs`): a unary tonic server on the compat port's own
 stack (tonic 0.14 over hyper/h2, one current-thread tokio thread, the same HTTP/2 settings)
-answering a constant reply. Limitador: {meta['LIMITADOR_NOTE']}, the same limit
+answering a constant reply. Limitador ({meta['LIMITADOR_NOTE']}) is given the same limit
 (`descriptors[0].user`, 100 per 1 s). h2load runs one client thread for {meta['SECONDS_PER_RUN']} s after
 {meta['WARMUP_SECONDS']} s of warm-up; each figure is the best of {meta['REPEAT']} runs, the targets
 interleaved. h2load sends one body for every request (`grpc_bodies`, made at bench time), so its
