@@ -69,7 +69,6 @@ impl RateLimitService for Constant {
                 code: Code::Ok as i32,
                 ..Default::default()
             }],
-            ..Default::default()
         }))
     }
 }
