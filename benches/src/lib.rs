@@ -12,11 +12,11 @@
 //! - `benches/shard_hop.rs`: one cross-shard hop (forward a check to its owner over the
 //!   glommio mesh and back), against a local decision.
 //! - `benches/bucket_memory.rs`: bytes per live bucket, counted by a tracking allocator.
-//! - `src/bin/grpc_floor.rs`: the gRPC transport floor (constant replies on the compat port's
-//!   stack) for `grpc_compare.sh`; `src/bin/grpc_bodies.rs`: the h2load request bodies.
 //! - `benches/scheduler.rs`: a decision through each component kind (rate limiter, quota
 //!   scheduler, concurrency limiter and scheduler) when tokens are at hand, against the rate
 //!   limiter's in the same run.
+//! - `src/bin/grpc_floor.rs`: the gRPC transport floor (constant replies on the compat port's
+//!   stack) for `grpc_compare.sh`; `src/bin/grpc_bodies.rs`: the h2load request bodies.
 #![warn(missing_docs)]
 
 use tollgate_policy::{parse_policies, Engine};
