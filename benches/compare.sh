@@ -485,3 +485,5 @@ if not os.environ.get("NO_DOCS"):
         f.write(doc)
     print(f"updated {path}", file=sys.stderr)
 PY
+# The gRPC port against its transport floor and Limitador: benches/grpc_compare.sh owns section:grpc.
+[ -n "${RENDER_ONLY:-}${NO_GRPC:-}" ] || "$ROOT/benches/grpc_compare.sh"

@@ -17,6 +17,8 @@
 //!   limiter's in the same run.
 //! - `benches/metrics.rs`: a decision and everything the shard records for it, with
 //!   `server.metrics` on and off.
+//! - `src/bin/grpc_floor.rs`: the gRPC transport floor (constant replies on the compat port's
+//!   stack) for `grpc_compare.sh`; `src/bin/grpc_bodies.rs`: the h2load request bodies.
 #![warn(missing_docs)]
 
 use tollgate_policy::{parse_policies, Engine};

@@ -1,0 +1,259 @@
+"""Renders the runs of benches/grpc_compare.sh: prints the table, writes $OUT/grpc.json and,
+unless NO_DOCS is set, the `section:grpc` of docs/performance.md (argv[1]).
+
+Each h2load figure is the best of its runs (the machine is shared: a neighbour's burst only
+ever slows a run down), each ratio is against the floor measured in the same run.
+"""
+
+import glob
+import json
+import os
+import re
+import sys
+
+OUT = os.environ["OUT"]
+SHAPES = [("c50m1", "50 conn x 1 stream"), ("c8m64", "8 conn x 64 streams")]
+CALLS = [("rls", "Envoy RLS `ShouldRateLimit`"), ("check", "Aperture `Check`")]
+TARGET_FLOOR = 0.8
+TARGET_CHECK_VS_RLS = 0.9
+
+
+def parse_h2load(path):
+    """One h2load run: requests per second, requests done / failed / errored, data bytes per
+    response (a gRPC error is a trailers-only answer: no message bytes), load averages."""
+    text = open(path).read()
+    finished = re.search(r"^finished in [\d.]+\w*, ([\d.]+) req/s", text, re.M)
+    requests = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+        text, re.M)
+    traffic = re.search(r"^traffic: .*, [\d.]+\w* \((\d+)\) data", text, re.M)
+    loads = re.findall(r"^loadavg (?:before|after): (.*)$", text, re.M)
+    cpu = [float(x) for x in re.findall(r"^server cpu (?:before|after): ([\d.]+)$", text, re.M)]
+    if not finished or not requests:
+        return None
+    # The server's CPU covers the warm-up too: spread it over the requests of the whole window
+    # at the measured rate.
+    window_s = float(os.environ["SECONDS_PER_RUN"]) + float(os.environ["WARMUP_SECONDS"])
+    served = float(finished.group(1)) * window_s
+    cpu_us = (cpu[1] - cpu[0]) * 1e6 / served if len(cpu) == 2 and served > 0 else None
+    done = int(requests.group(3))
+    data = int(traffic.group(1)) if traffic else 0
+    per_request = {}
+    if os.path.exists(path + ".perf") and done:
+        measured = float(finished.group(1)) * float(os.environ["SECONDS_PER_RUN"])
+        for line in open(path + ".perf"):
+            fields = line.strip().split(",")
+            if len(fields) > 2 and fields[0].replace(".", "").isdigit() and measured > 0:
+                per_request[fields[2].replace("syscalls:sys_enter_", "")] = float(fields[0]) / measured
+    return {
+        "perf_per_request": per_request,
+        "file": os.path.basename(path),
+        "req_per_s": float(finished.group(1)),
+        "done": done,
+        "failed": int(requests.group(5)),
+        "errored": int(requests.group(6)),
+        "data_bytes_per_response": data / done if done else 0.0,
+        "server_cpu_us_per_request": cpu_us,
+        "loadavg": loads,
+    }
+
+
+def best(name):
+    runs = [r for r in (parse_h2load(p) for p in sorted(glob.glob(f"{OUT}/runs/{name}.*.txt"))) if r]
+    if not runs:
+        return None
+    top = max(runs, key=lambda r: r["req_per_s"])
+    return dict(top, runs=[r["req_per_s"] for r in runs])
+
+
+def loadgen(name):
+    try:
+        with open(f"{OUT}/runs/{name}.json") as f:
+            r = json.load(f)
+        text = open(f"{OUT}/runs/{name}.txt").read()
+        r["loadavg"] = re.findall(r"^loadavg (?:before|after): (.*)$", text, re.M)
+        return r
+    except FileNotFoundError:
+        return None
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def fx(x, digits=2):
+    return "n/a" if x is None else f"{x:.{digits}f}x"
+
+
+def rate(x):
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def verdict(x, bar):
+    if x is None:
+        return "n/a"
+    return "met" if x >= bar else "**missed**"
+
+
+h2 = {}
+for call, _ in CALLS:
+    for shape, _ in SHAPES:
+        for who in ("floor", "tollgate", "limitador"):
+            h2[f"{who}-{call}-{shape}"] = best(f"{who}-{call}-{shape}")
+lg = {f"loadgen-{who}-check-{shape}": loadgen(f"loadgen-{who}-check-{shape}")
+      for who in ("floor", "tollgate") for shape, _ in SHAPES}
+
+
+def rps(name):
+    r = h2.get(name)
+    return r["req_per_s"] if r else None
+
+
+def cpu_us(name):
+    r = h2.get(name)
+    return r["server_cpu_us_per_request"] if r else None
+
+
+def us(x):
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+rows = []
+for call, call_label in CALLS:
+    for shape, shape_label in SHAPES:
+        floor, tg, lim = (rps(f"{w}-{call}-{shape}") for w in ("floor", "tollgate", "limitador"))
+        rows.append({
+            "call": call, "shape": shape, "floor": floor, "tollgate": tg, "limitador": lim,
+            "tollgate_vs_floor": ratio(tg, floor), "limitador_vs_floor": ratio(lim, floor),
+            "tollgate_vs_limitador": ratio(tg, lim),
+            "server_cpu_us": {w: cpu_us(f"{w}-{call}-{shape}") for w in ("floor", "tollgate", "limitador")},
+            "label": f"{call_label}, {shape_label}",
+        })
+lg_rows = []
+for shape, shape_label in SHAPES:
+    f = lg[f"loadgen-floor-check-{shape}"]
+    t = lg[f"loadgen-tollgate-check-{shape}"]
+    fr = f["decisions_per_sec"] if f else None
+    tr = t["decisions_per_sec"] if t else None
+    lg_rows.append({"shape": shape, "label": shape_label, "floor": fr, "tollgate": tr,
+                    "tollgate_vs_floor": ratio(tr, fr),
+                    "tollgate_p50_p99_us": [t["latency_us"]["p50"], t["latency_us"]["p99"]] if t else None,
+                    "errors": t["errors"] if t else None})
+
+# Each target judged on throughput (the issue's measure) and, next to it, on server CPU per
+# request (floor's / Tollgate's: the throughput ratio a CPU-bound server would reach with an equal
+# share of the cores), which a busy neighbour disturbs far less.
+targets = []
+for shape, shape_label in SHAPES:
+    for call, call_label in CALLS:
+        x = ratio(rps(f"tollgate-{call}-{shape}"), rps(f"floor-{call}-{shape}"))
+        c = ratio(cpu_us(f"floor-{call}-{shape}"), cpu_us(f"tollgate-{call}-{shape}"))
+        targets.append((f"{call_label} >= {TARGET_FLOOR}x floor, {shape_label}", fx(x, 3),
+                        verdict(x, TARGET_FLOOR), fx(c, 3), verdict(c, TARGET_FLOOR)))
+    x = ratio(rps(f"tollgate-check-{shape}"), rps(f"tollgate-rls-{shape}"))
+    c = ratio(cpu_us(f"tollgate-rls-{shape}"), cpu_us(f"tollgate-check-{shape}"))
+    targets.append((f"Check within 10% of RLS (Check / RLS >= {TARGET_CHECK_VS_RLS}), {shape_label}",
+                    fx(x, 3), verdict(x, TARGET_CHECK_VS_RLS), fx(c, 3), verdict(c, TARGET_CHECK_VS_RLS)))
+
+meta = {k: os.environ.get(k, "") for k in (
+    "MEASURED_AT", "GIT_REV", "LOADAVG_START", "LOADAVG_END", "SHARDS", "REPEAT",
+    "SECONDS_PER_RUN", "WARMUP_SECONDS", "LIMITADOR_NOTE", "H2LOAD_VERSION")}
+with open(f"{OUT}/grpc.json", "w") as f:
+    json.dump({"meta": meta, "h2load": h2, "loadgen": lg, "rows": rows, "loadgen_rows": lg_rows,
+               "targets": targets}, f, indent=2)
+
+lines = []
+lines.append("| call, h2load shape | floor req/s | Tollgate req/s | Tollgate / floor | "
+             "Limitador req/s | Limitador / floor | Tollgate / Limitador | "
+             "server CPU us per request: floor / Tollgate / Limitador |")
+lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    c = r["server_cpu_us"]
+    lines.append(f"| {r['label']} | {rate(r['floor'])} | {rate(r['tollgate'])} | "
+                 f"**{fx(r['tollgate_vs_floor'])}** | {rate(r['limitador'])} | "
+                 f"{fx(r['limitador_vs_floor'])} | {fx(r['tollgate_vs_limitador'])} | "
+                 f"{us(c['floor'])} / {us(c['tollgate'])} / {us(c['limitador'])} |")
+table = "\n".join(lines)
+perf_lines = ["| call, h2load shape | writev per request: floor / Tollgate | write per request "
+              "(Tollgate: eventfd wake-ups) : floor / Tollgate | context switches per request: floor / Tollgate |",
+              "|---|---:|---:|---:|"]
+have_perf = False
+for call, call_label in CALLS:
+    for shape, shape_label in SHAPES:
+        f, t = h2.get(f"floor-{call}-{shape}"), h2.get(f"tollgate-{call}-{shape}")
+        if not f or not t or not f["perf_per_request"] or not t["perf_per_request"]:
+            continue
+        have_perf = True
+        cells = []
+        for ev in ("writev", "write", "context-switches"):
+            a, b = f["perf_per_request"].get(ev), t["perf_per_request"].get(ev)
+            cells.append(f"{'n/a' if a is None else f'{a:.3f}'} / {'n/a' if b is None else f'{b:.3f}'}")
+        perf_lines.append(f"| {call_label}, {shape_label} | " + " | ".join(cells) + " |")
+perf_table = "\n".join(perf_lines) if have_perf else "(perf was not available: no syscall counts)"
+lg_lines = ["| loadgen `Check`, uniform 1M users | floor dec/s | Tollgate dec/s | Tollgate / floor | "
+            "Tollgate p50 / p99 us |", "|---|---:|---:|---:|---:|"]
+for r in lg_rows:
+    lat = r["tollgate_p50_p99_us"]
+    lat = "n/a" if not lat else f"{lat[0]:,.0f} / {lat[1]:,.0f}"
+    lg_lines.append(f"| {r['label']} | {rate(r['floor'])} | {rate(r['tollgate'])} | "
+                    f"{fx(r['tollgate_vs_floor'])} | {lat} |")
+lg_table = "\n".join(lg_lines)
+t_lines = ["| target | throughput ratio | verdict | CPU-per-request ratio | verdict |",
+           "|---|---:|---|---:|---|"]
+t_lines += [f"| {t} | {m} | {v} | {cm} | {cv} |" for t, m, v, cm, cv in targets]
+t_table = "\n".join(t_lines)
+
+print(table)
+print()
+print(perf_table)
+print()
+print(lg_table)
+print()
+print(t_table)
+
+if os.environ.get("NO_DOCS"):
+    sys.exit(0)
+
+notes_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_compare_notes.md")
+notes = open(notes_path).read().strip() if os.path.exists(notes_path) else ""
+section = f"""## gRPC compat port
+
+Measured by `benches/grpc_compare.sh` on {meta['MEASURED_AT']} at commit `{meta['GIT_REV']}`
+({meta['H2LOAD_VERSION']}; load average {meta['LOADAVG_START']} before, {meta['LOADAVG_END']} after;
+each run's own load averages are in `target/compare/grpc/runs/`). Tollgate runs
+{meta['SHARDS']} shards with one rate limiter of 100 requests per second per user. The **floor** is
+`grpc_floor` (`benches/src/bin/grpc_floor.rs`): a unary tonic server on the compat port's own
+stack (tonic 0.14 over hyper/h2, one current-thread tokio thread, the same HTTP/2 settings)
+answering a constant reply. Limitador ({meta['LIMITADOR_NOTE']}) is given the same limit
+(`descriptors[0].user`, 100 per 1 s). h2load runs one client thread for {meta['SECONDS_PER_RUN']} s after
+{meta['WARMUP_SECONDS']} s of warm-up; each figure is the best of {meta['REPEAT']} runs, the targets
+interleaved. h2load sends one body for every request (`grpc_bodies`, made at bench time), so its
+rows use one user (`user=h2load`): past the first 100 requests of each second the answer is
+OVER_LIMIT / REJECTED, a full decision all the same. All processes share the machine's 2 cores.
+
+{table}
+
+What each server did per request over the same runs (`perf stat`, whole process; h2load's
+best run of each row):
+
+{perf_table}
+
+The loadgen's own gRPC driver (`tollgate-loadgen --target grpc://...`, tonic client, uniform over
+1M users) against the same two servers:
+
+{lg_table}
+
+{t_table}
+
+{notes}
+"""
+
+doc_path = sys.argv[1]
+doc = open(doc_path).read()
+# The markers stay as they are (benches/compare.sh finds them by their exact text).
+start = doc.index("<!-- section:grpc")
+start = doc.index("\n", start) + 1
+end = doc.index("<!-- /section:grpc -->")
+with open(doc_path, "w") as f:
+    f.write(doc[:start] + section + doc[end:])
+print(f"wrote the grpc section of {doc_path}", file=sys.stderr)
