@@ -2,7 +2,9 @@
 //! one bounded flume inbox per shard, drained by a task on that shard.
 //!
 //! A check from outside goes straight to the shard that owns its routing label's bucket
-//! (the same routing function as the binary client), so the usual case costs one hop.
+//! (the same routing function as the binary client), so the usual case costs one hop; the
+//! checks for one shard that arrive in the same turn of the gRPC runtime travel as one
+//! message ([`Inbound::Checks`]).
 //!
 //! # The API the gRPC port uses ([`DecisionHandle`])
 //! - [`DecisionHandle::check`]`(flow, deadline).await`: decides a flow. `deadline` is the
@@ -18,7 +20,7 @@
 
 use crate::clock;
 use arc_swap::ArcSwap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tollgate_cluster::{Op, Replica};
 use tollgate_policy::{Consumed, Decision, Engine, FlowError, FlowId, OwnedFlow};
@@ -26,17 +28,9 @@ use tollgate_protocol::routing;
 
 /// Messages into a shard from other threads.
 pub enum Inbound {
-    /// Decide a flow and answer on `reply`.
-    Check {
-        /// The flow.
-        flow: OwnedFlow,
-        /// The client's deadline, absolute on [`clock::now_ns`]'s clock; None: it brought
-        /// none.
-        deadline: Option<u64>,
-        /// Where the decision goes. Dropping the receiver cancels the check (what it took
-        /// goes back).
-        reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
-    },
+    /// Decide these flows, each answered on its own `reply`: the checks the gRPC runtime
+    /// gathered for this shard in one turn of its event loop ([`DecisionHandle::check`]).
+    Checks(Vec<OutsideCheck>),
     /// End these flows (all held by the receiving shard's ledger) and answer whether each
     /// was in flight.
     EndFlows {
@@ -81,6 +75,17 @@ pub enum Inbound {
     Exit,
 }
 
+/// A check from outside the shards, and where its decision goes.
+pub struct OutsideCheck {
+    /// The flow.
+    pub flow: OwnedFlow,
+    /// The client's deadline, absolute on [`clock::now_ns`]'s clock; None: it brought none.
+    pub deadline: Option<u64>,
+    /// Where the decision goes. Dropping the receiver cancels the check (what it took goes
+    /// back).
+    pub reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
+}
+
 /// Queue depth per shard inbox. Deep enough to absorb a burst from the gRPC runtime;
 /// bounded so a stalled shard pushes back on callers instead of growing memory.
 pub const INBOX_DEPTH: usize = 65_536;
@@ -101,6 +106,9 @@ pub enum BridgeError {
 pub struct DecisionHandle {
     policies: Arc<ArcSwap<Engine>>,
     inboxes: Arc<Vec<flume::Sender<Inbound>>>,
+    /// Per shard, the checks gathered in the current turn of the caller's event loop, sent
+    /// together when it ends ([`DecisionHandle::check`]).
+    gathering: Arc<Vec<Mutex<Vec<OutsideCheck>>>>,
 }
 
 impl DecisionHandle {
@@ -111,6 +119,7 @@ impl DecisionHandle {
     ) -> DecisionHandle {
         DecisionHandle {
             policies,
+            gathering: Arc::new(inboxes.iter().map(|_| Mutex::default()).collect()),
             inboxes: Arc::new(inboxes),
         }
     }
@@ -189,9 +198,9 @@ impl DecisionHandle {
             self.inboxes.len(),
         );
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(
+        self.gather(
             shard,
-            Inbound::Check {
+            OutsideCheck {
                 flow,
                 deadline,
                 reply,
@@ -199,6 +208,41 @@ impl DecisionHandle {
         )
         .await?;
         Ok(answer.await.map_err(|_| BridgeError::Unavailable)??)
+    }
+
+    /// Hands `check` to `shard` together with the other checks for it that arrive in the
+    /// same turn of the calling tokio runtime: the first one of a turn spawns the task that
+    /// sends them all, after the runtime's other ready tasks have run (`yield_now` defers
+    /// it past them). Why: sent one by one, each check woke the shard (an eventfd write)
+    /// and each reply woke the runtime and left in its own HTTP/2 write; gathered, a turn's
+    /// checks cost one wake-up each way and their replies leave together. The task is
+    /// spawned, not run by the first caller, so a caller that goes away (a cancelled call)
+    /// cannot strand the others. Outside a tokio runtime the check is sent at once.
+    async fn gather(&self, shard: usize, check: OutsideCheck) -> Result<(), BridgeError> {
+        let slot = self.gathering.get(shard).ok_or(BridgeError::Unavailable)?;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.send(shard, Inbound::Checks(vec![check])).await;
+        };
+        let first = {
+            let mut gathered = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            gathered.push(check);
+            gathered.len() == 1
+        };
+        if first {
+            let handle = self.clone();
+            runtime.spawn(async move {
+                tokio::task::yield_now().await;
+                let checks = match handle.gathering.get(shard) {
+                    Some(slot) => {
+                        std::mem::take(&mut *slot.lock().unwrap_or_else(PoisonError::into_inner))
+                    }
+                    None => return,
+                };
+                // A shard that is gone drops the checks: their callers see Unavailable.
+                let _ = handle.send(shard, Inbound::Checks(checks)).await;
+            });
+        }
+        Ok(())
     }
 
     /// Ends flows, each on the shard whose ledger holds it ([`FlowId::shard`]). One answer
