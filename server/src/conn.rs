@@ -6,7 +6,9 @@
 //! scheduler's queue (its reply lands in the outbox later, so replies may come out of
 //! order — request ids pair them up; a waiting check never holds up the ones behind it).
 //! A `CHECK_BATCH` with pending checks gets one task that starts every one at once and
-//! writes the `BATCH_REPLY`, in request order, when the last one is decided. The writer
+//! writes the `BATCH_REPLY`, in request order, when the last one is decided. After each
+//! read the reader sends the replies it produced itself, with one `send` that does not wait,
+//! when the writer is idle; otherwise (and for what the kernel did not take) the writer
 //! sends whatever accumulated, one `write` per batch. If the socket breaks, pending checks
 //! are cancelled, which hands back what they took. Bounds: the read buffer never exceeds
 //! `max_frame_len` (checked from the 4-byte prefix before buffering) and grows only as a
@@ -56,6 +58,12 @@ use tollgate_protocol::{
 /// its replies cannot make the server buffer without bound.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
+/// Checks whose buckets the reader prefetches before deciding them (see `Reader::run`).
+/// Why this value: enough misses in flight to cover a DRAM round trip (the CPU tracks a
+/// dozen or two outstanding lines), and a window's two lines per bucket (~8 KiB at 64)
+/// stay well inside L1/L2 until pass 2 uses them; one `CHECK_BATCH` of the loadgen's 64.
+const PREFETCH_WINDOW: usize = 64;
+
 /// Reply bytes shared by the reader, pending-check tasks and the writer.
 struct Outbox {
     bytes: RefCell<Vec<u8>>,
@@ -78,11 +86,47 @@ struct Outbox {
     finished: Cell<bool>,
     /// The socket failed: stop producing.
     broken: Cell<bool>,
+    /// The writer task has bytes in flight (taken from `bytes`, not all sent yet): newer
+    /// bytes must wait for it, to keep their order.
+    writing: Cell<bool>,
+    /// The connection's socket, for [`Outbox::send_now`].
+    fd: std::os::fd::RawFd,
 }
 
 impl Outbox {
     fn notify_writer(&self) {
         let _ = self.wake.try_send(());
+    }
+
+    /// Sends what is pending from the reader itself when the writer is idle: one `send`
+    /// that does not wait (MSG_DONTWAIT), instead of waking the writer task for a write
+    /// through the ring. At low depth that is most replies, and it saves a task switch
+    /// and a ring round trip each. What the kernel does not take at once (a full socket
+    /// buffer, an error) is left to the writer, which waits or reports.
+    fn send_now(&self) {
+        if !self.writing.get() && !self.broken.get() {
+            let mut bytes = self.bytes.borrow_mut();
+            // SAFETY: `fd` is this connection's socket, open for as long as the connection
+            // (the reader owns it); the pointer and length describe `bytes`' initialised
+            // contents, which the kernel only reads.
+            let sent = unsafe {
+                libc::send(
+                    self.fd,
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if let Ok(n) = usize::try_from(sent) {
+                let pending = bytes.len();
+                bytes.drain(..n.min(pending));
+            }
+            if bytes.is_empty() {
+                let _ = self.drained.try_send(());
+                return;
+            }
+        }
+        self.notify_writer();
     }
 
     /// The socket failed: stop producing, and cancel pending checks.
@@ -139,6 +183,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>
         drained,
         finished: Cell::new(false),
         broken: Cell::new(false),
+        writing: Cell::new(false),
+        fd: stream.as_raw_fd(),
     });
     let writer_task = glommio::spawn_local(write_loop(out.clone(), writer, woken));
     let mut reader = Reader {
@@ -173,44 +219,63 @@ impl Reader {
         // When the last complete frame came in (or the connection opened).
         let mut last_frame = Instant::now();
         loop {
-            // Answer every whole frame we have.
+            // Answer every whole frame we have, a window at a time: first start loading the
+            // buckets of the window's checks (pass 1), then decide them (pass 2), so their
+            // cache misses overlap instead of being paid one after another.
             let now = clock::now_ns();
-            loop {
-                match decode_frame(buf.data(), max_frame_len) {
-                    Ok(Some(decoded)) => {
-                        last_frame = Instant::now();
-                        let len = decoded.len;
-                        self.handle(decoded.request_id, decoded.frame, now);
-                        buf.consume(len);
-                    }
-                    Ok(None) => break,
-                    Err(DecodeError::Body {
-                        code,
-                        reason,
-                        request_id,
-                        frame_len,
-                        ..
-                    }) => {
-                        last_frame = Instant::now();
-                        encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, reason);
-                        buf.consume(frame_len);
-                    }
-                    Err(e @ DecodeError::Framing { .. }) => {
-                        tracing::debug!(error = %e, "closing connection: framing lost");
-                        encode_error(
-                            &mut self.out.bytes.borrow_mut(),
-                            0,
-                            e.code(),
-                            &e.to_string(),
-                        );
-                        self.out.notify_writer();
-                        return;
+            let mut any_frame = false;
+            'windows: loop {
+                self.prefetch_window(buf.data(), max_frame_len);
+                let mut checks = 0;
+                loop {
+                    match decode_frame(buf.data(), max_frame_len) {
+                        Ok(Some(decoded)) => {
+                            any_frame = true;
+                            let len = decoded.len;
+                            checks += checks_in(&decoded.frame);
+                            self.handle(decoded.request_id, decoded.frame, now);
+                            buf.consume(len);
+                            if checks >= PREFETCH_WINDOW {
+                                continue 'windows;
+                            }
+                        }
+                        Ok(None) => break 'windows,
+                        Err(DecodeError::Body {
+                            code,
+                            reason,
+                            request_id,
+                            frame_len,
+                            ..
+                        }) => {
+                            any_frame = true;
+                            encode_error(
+                                &mut self.out.bytes.borrow_mut(),
+                                request_id,
+                                code,
+                                reason,
+                            );
+                            buf.consume(frame_len);
+                        }
+                        Err(e @ DecodeError::Framing { .. }) => {
+                            tracing::debug!(error = %e, "closing connection: framing lost");
+                            encode_error(
+                                &mut self.out.bytes.borrow_mut(),
+                                0,
+                                e.code(),
+                                &e.to_string(),
+                            );
+                            self.out.notify_writer();
+                            return;
+                        }
                     }
                 }
             }
+            if any_frame {
+                last_frame = Instant::now();
+            }
             self.shard.metrics().binary_read_done(now);
             if !self.out.bytes.borrow().is_empty() {
-                self.out.notify_writer();
+                self.out.send_now();
             }
             // Make room: move a partial frame to the front; grow only as its bytes arrive.
             let frame_total = frame_len(buf.data(), max_frame_len).ok().flatten();
@@ -252,6 +317,42 @@ impl Reader {
                     return;
                 }
             }
+        }
+    }
+
+    /// Pass 1 of a window: starts loading the buckets of the checks in the next
+    /// [`PREFETCH_WINDOW`] checks' worth of complete frames in `data` (see
+    /// `Shard::prefetch`). Decides and answers nothing; a frame it cannot read is left to
+    /// pass 2 to report. Strings an `INTERN` in the same window binds are not known yet, so
+    /// the checks using them are not prefetched (they are decided all the same).
+    fn prefetch_window(&self, data: &[u8], max_frame_len: u32) {
+        let mut at = 0;
+        let mut checks = 0;
+        while checks < PREFETCH_WINDOW {
+            let Some(rest) = data.get(at..) else { return };
+            let Ok(Some(decoded)) = decode_frame(rest, max_frame_len) else {
+                return;
+            };
+            at += decoded.len;
+            match decoded.frame {
+                Frame::Check(check) => {
+                    checks += 1;
+                    self.prefetch(&check);
+                }
+                Frame::CheckBatch(batch) => {
+                    for check in batch.iter() {
+                        checks += 1;
+                        self.prefetch(&check);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn prefetch(&self, check: &CheckRef<'_>) {
+        if let Ok((cp, labels, tokens)) = self.resolve(check) {
+            self.shard.prefetch(cp, labels.as_slice(), tokens);
         }
     }
 
@@ -312,8 +413,8 @@ impl Reader {
         }
     }
 
-    /// Resolves interned strings and plans; Ok(None) means an error reply was written.
-    fn plan(&self, check: &CheckRef<'_>, now: u64) -> Result<Planned, (ErrorCode, String)> {
+    /// A check's control point, labels and tokens with interned strings resolved.
+    fn resolve<'s>(&'s self, check: &CheckRef<'s>) -> Result<Resolved<'s>, (ErrorCode, String)> {
         let unknown = |id| {
             (
                 ErrorCode::UnknownInternedId,
@@ -336,6 +437,12 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Err((ErrorCode::BadRequest, format!("tokens {e}"))),
         };
+        Ok((cp, labels, tokens))
+    }
+
+    /// Resolves interned strings and plans; Ok(None) means an error reply was written.
+    fn plan(&self, check: &CheckRef<'_>, now: u64) -> Result<Planned, (ErrorCode, String)> {
+        let (cp, labels, tokens) = self.resolve(check)?;
         // The client's absolute deadline: its wait budget from now; without one, now (decided
         // at once, never queued).
         let budget_ns = check
@@ -488,6 +595,18 @@ impl Reader {
     }
 }
 
+/// Checks a frame carries.
+fn checks_in(frame: &Frame<'_>) -> usize {
+    match frame {
+        Frame::Check(_) => 1,
+        Frame::CheckBatch(batch) => batch.len(),
+        _ => 0,
+    }
+}
+
+/// A check's control point, labels (keys resolved) and tokens.
+type Resolved<'a> = (&'a str, SmallVec<[(&'a str, &'a str); 8]>, Option<Tokens>);
+
 fn str_ref_id(r: tollgate_protocol::StrRef<'_>) -> u16 {
     match r {
         tollgate_protocol::StrRef::Interned(id) => id,
@@ -626,7 +745,10 @@ async fn write_loop(out: Rc<Outbox>, mut stream: TcpStream, woken: LocalReceiver
             }
             continue;
         }
-        if let Err(e) = stream.write_all(&sending).await {
+        out.writing.set(true);
+        let written = stream.write_all(&sending).await;
+        out.writing.set(false);
+        if let Err(e) = written {
             tracing::debug!(error = %e, "connection write failed");
             out.mark_broken();
             return;

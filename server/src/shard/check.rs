@@ -207,6 +207,30 @@ impl Shard {
         Ok(self.decided_here(&plan, &slots, now_ns))
     }
 
+    /// Starts loading the buckets a check will take on this shard into the cache, deciding
+    /// nothing (pass 1 of a batch: see `conn`'s `batch`). Plans the check (selectors only,
+    /// in cache) and prefetches each local bucket; a check that would fail to plan is left
+    /// to the decision pass to report.
+    pub fn prefetch<L: Labels + ?Sized>(
+        &self,
+        control_point: &str,
+        labels: &L,
+        tokens: Option<Tokens>,
+    ) {
+        let engine = self.engine();
+        let Ok(plan) = engine.plan(control_point, labels, tokens) else {
+            return;
+        };
+        let state = self.state.borrow();
+        for take in &plan {
+            if let Some(key) = take.key {
+                if self.node.owner_of(key) == self.id {
+                    state.store().prefetch(take.limiter, key);
+                }
+            }
+        }
+    }
+
     /// A check decided where it arrived, from its components' outcomes: recorded, answered.
     fn decided_here(
         &self,
