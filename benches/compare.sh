@@ -14,6 +14,7 @@
 #   MEMORY_KEYS=0 benches/compare.sh   # skip the 10M-key memory run
 #   NO_DOCS=1 benches/compare.sh       # print the tables, leave docs/performance.md alone
 #   RENDER_ONLY=1 benches/compare.sh   # re-render the tables from the last run's JSON in $OUT
+#   NO_BUILD=1 benches/compare.sh      # use the release binaries already in target/release
 #
 # Every load targets 127.0.0.1 only. All processes started here are stopped on exit.
 set -euo pipefail
@@ -55,8 +56,10 @@ trap cleanup EXIT
 log() { echo "== $*" >&2; }
 
 LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
-log "building release binaries"
-cargo build --release -q -p tollgate-server -p tollgate-loadgen
+if [ -z "${NO_BUILD:-}" ]; then
+    log "building release binaries"
+    cargo build --release -q -p tollgate-server -p tollgate-loadgen
+fi
 
 log "redis-server"
 "$ROOT/scripts/install-redis.sh"
@@ -69,7 +72,7 @@ free_port() {
 
 # --- Tollgate -------------------------------------------------------------------------------
 cat > "$OUT/tollgate.yaml" <<EOF
-server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: $SHARDS }
+server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, admin: "off", shards: $SHARDS }
 policies:
   - policy_name: bench
     rate_limiter:
