@@ -378,10 +378,7 @@ impl Driver {
                 continue;
             }
             for i in 0..self.slot.sockets.len() {
-                loop {
-                    let Some(s) = self.slot.sockets.get_mut(i) else {
-                        break;
-                    };
+                while let Some(s) = self.slot.sockets.get_mut(i) {
                     match s.read_ready() {
                         Ok(0) => return Err("connection closed by the server".into()),
                         Ok(_) => self.replies(i)?,
