@@ -13,6 +13,9 @@ use tollgate_policy::{BucketStore, LocalLimiter, Tokens};
 /// Table sizes: one that fits in L2/L3, and the 1M keys of the target.
 const SIZES: [(usize, &str); 2] = [(10_000, "10K"), (1_000_000, "1M")];
 
+/// Checks per `CHECK_BATCH` in the batch rows: the loadgen's `--batch 64`.
+const BATCH: usize = 64;
+
 /// New keys inserted per iteration of the insert bench (reported per key).
 const INSERTS: usize = 512;
 
@@ -61,6 +64,37 @@ fn decision(c: &mut Criterion) {
                 black_box(store.take(&engine, id, keys[order[i]].as_str(), Tokens::ONE, now));
             })
         });
+        // A CHECK_BATCH's decision path: 64 keys, each bucket prefetched first, then each
+        // taken (the server's two passes); and the same 64 takes without the prefetch pass.
+        group.bench_function(
+            "batch of 64: store.prefetch x64, then store.take x64",
+            |b| {
+                b.iter(|| {
+                    now += 100;
+                    let batch = next_batch(&mut i, n);
+                    for j in batch.clone() {
+                        store.prefetch(id, keys[order[j]].as_str());
+                    }
+                    for j in batch {
+                        black_box(store.take(
+                            &engine,
+                            id,
+                            keys[order[j]].as_str(),
+                            Tokens::ONE,
+                            now,
+                        ));
+                    }
+                })
+            },
+        );
+        group.bench_function("batch of 64: store.take x64, no prefetch", |b| {
+            b.iter(|| {
+                now += 100;
+                for j in next_batch(&mut i, n) {
+                    black_box(store.take(&engine, id, keys[order[j]].as_str(), Tokens::ONE, now));
+                }
+            })
+        });
         drop(store);
 
         // Baseline: the cheapest possible keyed update on the same keys.
@@ -74,6 +108,15 @@ fn decision(c: &mut Criterion) {
                 i = (i + 1) % n;
                 if let Some(v) = plain.get_mut(keys[order[i]].as_str()) {
                     *v += 1;
+                }
+            })
+        });
+        group.bench_function("baseline: hashbrown lookup + increment x64", |b| {
+            b.iter(|| {
+                for j in next_batch(&mut i, n) {
+                    if let Some(v) = plain.get_mut(keys[order[j]].as_str()) {
+                        *v += 1;
+                    }
                 }
             })
         });
@@ -95,6 +138,13 @@ fn decision(c: &mut Criterion) {
         )
     });
     group.finish();
+}
+
+/// The next [`BATCH`] positions of the key order (wrapping), advancing `i`.
+fn next_batch(i: &mut usize, n: usize) -> impl Iterator<Item = usize> + Clone {
+    let start = *i;
+    *i = (*i + BATCH) % n;
+    (0..BATCH).map(move |k| (start + k) % n)
 }
 
 criterion_group!(benches, decision);

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::access::AccessArgs;
 use crate::accuracy::Limit;
+use crate::drivers::RedisBatch;
 use crate::keys::Distribution;
 use crate::run::{Op, RunConfig, Stop, DEFAULT_LIMIT};
 use crate::scenario::Scenario;
@@ -121,6 +122,11 @@ pub struct RunArgs {
     /// write (redis); grpc sends them one by one. Every check counts as a decision.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// How redis targets decide a --batch: `pipelined`, one EVALSHA of the single-key script
+    /// per check, all in one write; `one-script`, one EVALSHA of a multi-key variant of the same
+    /// bucket (loadgen/src/token_bucket_multi.lua) deciding the whole batch.
+    #[arg(long, value_enum, default_value = "pipelined")]
+    pub redis_batch: RedisBatch,
     /// Length of the measured phase (e.g. 10s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration, default_value = "10s", conflicts_with = "requests")]
     pub duration: Duration,
@@ -222,6 +228,7 @@ impl RunArgs {
             connections: self.connections,
             pipeline: self.pipeline,
             batch: self.batch,
+            redis_batch: self.redis_batch,
             stop: match self.requests {
                 Some(n) => Stop::Requests(n),
                 None => Stop::Duration(self.duration),

@@ -29,6 +29,20 @@ use crate::target::{Protocol, Target};
 
 /// The Lua token bucket the `redis` target runs (see the file for its contract).
 pub const TOKEN_BUCKET_LUA: &str = include_str!("token_bucket.lua");
+/// The same bucket for many keys in one call (`--redis-batch one-script`).
+pub const TOKEN_BUCKET_MULTI_LUA: &str = include_str!("token_bucket_multi.lua");
+
+/// How a `redis` target decides a `--batch` of checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisBatch {
+    /// One `EVALSHA` of the single-key script per check, all in one write.
+    #[default]
+    Pipelined,
+    /// One `EVALSHA` of the multi-key script deciding the whole batch: one script run per
+    /// batch, as Tollgate decides a `CHECK_BATCH` frame in one go.
+    OneScript,
+}
 
 /// Bytes of the payload a ping/echo round trip carries: about the size of a check frame.
 pub const PING_PAYLOAD_LEN: usize = 32;
@@ -66,6 +80,8 @@ pub struct ConnSettings {
     pub redis_limit: RedisLimit,
     /// API key and TLS of `tollgate` connections.
     pub access: BinaryAccess,
+    /// How `redis` targets decide a batch.
+    pub redis_batch: RedisBatch,
 }
 
 /// The key of a check: by the loadgen's convention the key label (`--label-key`) is the
@@ -125,9 +141,11 @@ impl Conn {
                         ),
                     ))
                 }
-                Protocol::Redis => RedisConn::connect(&target.addr, s.redis_limit.clone())
-                    .await
-                    .map(|c| Conn::Redis(Arc::new(c))),
+                Protocol::Redis => {
+                    RedisConn::connect(&target.addr, s.redis_limit.clone(), s.redis_batch)
+                        .await
+                        .map(|c| Conn::Redis(Arc::new(c)))
+                }
                 Protocol::Echo => EchoConn::connect(&target.addr)
                     .await
                     .map(|c| Conn::Echo(Arc::new(c))),
@@ -216,6 +234,8 @@ pub struct RedisConn {
     tx: mpsc::UnboundedSender<Submit>,
     /// SHA1 of the loaded script, from `SCRIPT LOAD`.
     sha: String,
+    /// SHA1 of the multi-key script, when batches use it.
+    sha_multi: Option<String>,
     /// The limit passed to the script.
     limit: RedisLimit,
 }
@@ -236,7 +256,11 @@ struct Pending {
 
 impl RedisConn {
     /// Dials, starts the writer and reader tasks and loads the script.
-    pub async fn connect(addr: &str, limit: RedisLimit) -> Result<RedisConn, CallError> {
+    pub async fn connect(
+        addr: &str,
+        limit: RedisLimit,
+        batch: RedisBatch,
+    ) -> Result<RedisConn, CallError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to redis at {addr}: {e}"))?;
@@ -249,19 +273,23 @@ impl RedisConn {
         let mut conn = RedisConn {
             tx,
             sha: String::new(),
+            sha_multi: None,
             limit,
         };
-        let reply = conn
-            .call(
-                resp_command(&[b"SCRIPT", b"LOAD", TOKEN_BUCKET_LUA.as_bytes()]),
-                1,
-            )
+        conn.sha = conn.load(TOKEN_BUCKET_LUA).await?;
+        if batch == RedisBatch::OneScript {
+            conn.sha_multi = Some(conn.load(TOKEN_BUCKET_MULTI_LUA).await?);
+        }
+        Ok(conn)
+    }
+
+    /// `SCRIPT LOAD`s `script`; its SHA1.
+    async fn load(&self, script: &str) -> Result<String, CallError> {
+        let reply = self
+            .call(resp_command(&[b"SCRIPT", b"LOAD", script.as_bytes()]), 1)
             .await?;
         match reply.into_iter().next() {
-            Some(Value::Bulk(Some(sha))) => {
-                conn.sha = String::from_utf8_lossy(&sha).into_owned();
-                Ok(conn)
-            }
+            Some(Value::Bulk(Some(sha))) => Ok(String::from_utf8_lossy(&sha).into_owned()),
             other => Err(format!("SCRIPT LOAD answered {other:?}")),
         }
     }
@@ -280,21 +308,7 @@ impl RedisConn {
     }
 
     fn encode_check(&self, out: &mut Vec<u8>, req: &CheckRequest) {
-        let key = format!("tg:{}:{}", req.control_point, key_value(req));
-        let tokens = format_tokens(tokens_of(req));
-        resp::encode_command(
-            out,
-            &[
-                b"EVALSHA",
-                self.sha.as_bytes(),
-                b"1",
-                key.as_bytes(),
-                self.limit.capacity.as_bytes(),
-                self.limit.fill_amount.as_bytes(),
-                self.limit.interval_us.as_bytes(),
-                tokens.as_bytes(),
-            ],
-        );
+        encode_evalsha(out, &self.sha, &self.limit, req);
     }
 
     /// One `EVALSHA` of the token bucket for `req`'s key.
@@ -305,8 +319,12 @@ impl RedisConn {
         script_verdict(replies.pop())
     }
 
-    /// Several `EVALSHA`s in one write.
+    /// Several checks in one write: one `EVALSHA` each, or one of the multi-key script for
+    /// all (`RedisBatch::OneScript`).
     pub async fn check_many(&self, reqs: &[CheckRequest]) -> Vec<Result<bool, CallError>> {
+        if let Some(sha) = &self.sha_multi {
+            return self.check_many_one_script(sha, reqs).await;
+        }
         let mut out = Vec::with_capacity(160 * reqs.len());
         for r in reqs {
             self.encode_check(&mut out, r);
@@ -319,6 +337,68 @@ impl RedisConn {
             Err(e) => vec![Err(e); reqs.len()],
         }
     }
+}
+
+impl RedisConn {
+    /// One `EVALSHA` of the multi-key script deciding `reqs`.
+    async fn check_many_one_script(
+        &self,
+        sha: &str,
+        reqs: &[CheckRequest],
+    ) -> Vec<Result<bool, CallError>> {
+        let keys: Vec<String> = reqs
+            .iter()
+            .map(|r| format!("tg:{}:{}", r.control_point, key_value(r)))
+            .collect();
+        let tokens: Vec<String> = reqs.iter().map(|r| format_tokens(tokens_of(r))).collect();
+        let count = reqs.len().to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 2 * reqs.len());
+        args.extend([b"EVALSHA".as_slice(), sha.as_bytes(), count.as_bytes()]);
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        args.extend([
+            self.limit.capacity.as_bytes(),
+            self.limit.fill_amount.as_bytes(),
+            self.limit.interval_us.as_bytes(),
+        ]);
+        args.extend(tokens.iter().map(|t| t.as_bytes()));
+        let mut out = Vec::with_capacity(64 + 40 * reqs.len());
+        resp::encode_command(&mut out, &args);
+        let reply = match self.call(out, 1).await {
+            Ok(mut replies) => replies.pop(),
+            Err(e) => return vec![Err(e); reqs.len()],
+        };
+        match reply {
+            Some(Value::Array(Some(items))) if items.len() == reqs.len() => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Int(1) => Ok(true),
+                    Value::Int(0) => Ok(false),
+                    other => Err(format!("unexpected verdict {other:?}")),
+                })
+                .collect(),
+            Some(Value::Error(e)) => vec![Err(format!("redis: {e}")); reqs.len()],
+            other => vec![Err(format!("unexpected multi-key reply {other:?}")); reqs.len()],
+        }
+    }
+}
+
+/// One `EVALSHA` of the token bucket script `sha` for `req`'s key, appended to `out`.
+pub fn encode_evalsha(out: &mut Vec<u8>, sha: &str, limit: &RedisLimit, req: &CheckRequest) {
+    let key = format!("tg:{}:{}", req.control_point, key_value(req));
+    let tokens = format_tokens(tokens_of(req));
+    resp::encode_command(
+        out,
+        &[
+            b"EVALSHA",
+            sha.as_bytes(),
+            b"1",
+            key.as_bytes(),
+            limit.capacity.as_bytes(),
+            limit.fill_amount.as_bytes(),
+            limit.interval_us.as_bytes(),
+            tokens.as_bytes(),
+        ],
+    );
 }
 
 /// Tokens as the script's argument: integers without a decimal point.

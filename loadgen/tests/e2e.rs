@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use support::{redis_server, require, Redis};
 use tollgate_loadgen::accuracy::Limit;
-use tollgate_loadgen::drivers::{Conn, ConnSettings, RedisConn, RedisLimit};
+use tollgate_loadgen::drivers::{Conn, ConnSettings, RedisBatch, RedisConn, RedisLimit};
 use tollgate_loadgen::keys::Distribution;
 use tollgate_loadgen::target::{Protocol, Spread, Target};
 use tollgate_loadgen::{run_blocking, Op, Report, RunConfig, Stop};
@@ -394,9 +394,13 @@ fn redis_lua_token_bucket_semantics() {
         .expect("runtime");
     rt.block_on(async {
         // Practically no fill: a new key starts full, 5 takes, then refusals.
-        let slow = RedisConn::connect(&addr, redis_limit(5.0, 1.0, Duration::from_secs(3600)))
-            .await
-            .expect("connect");
+        let slow = RedisConn::connect(
+            &addr,
+            redis_limit(5.0, 1.0, Duration::from_secs(3600)),
+            RedisBatch::Pipelined,
+        )
+        .await
+        .expect("connect");
         let mut got = Vec::new();
         for _ in 0..7 {
             got.push(slow.check(&req("a", 1.0)).await.expect("check"));
@@ -431,9 +435,13 @@ fn redis_lua_token_bucket_semantics() {
         }
 
         // Continuous fill, capped at the capacity: 1 token per 200 ms, capacity 2.
-        let fast = RedisConn::connect(&addr, redis_limit(2.0, 1.0, Duration::from_millis(200)))
-            .await
-            .expect("connect");
+        let fast = RedisConn::connect(
+            &addr,
+            redis_limit(2.0, 1.0, Duration::from_millis(200)),
+            RedisBatch::Pipelined,
+        )
+        .await
+        .expect("connect");
         let drain = fast.check_many(&[req("f", 1.0), req("f", 1.0)]).await;
         assert_eq!(drain, [Ok(true), Ok(true)]);
         // >= 2 tokens' worth of time: refilled to the cap (2), not beyond.
@@ -481,10 +489,26 @@ fn redis_baseline_run_is_consistent() {
             max_in_flight: 16,
             redis_limit: redis_limit(1.0, 1.0, Duration::from_secs(3600)),
             access: Default::default(),
+            redis_batch: RedisBatch::Pipelined,
         };
         let conn = Conn::connect(&t, &settings).await.expect("connect");
         assert_eq!(conn.check(&req("conn", 1.0)).await, Ok(true));
         assert_eq!(conn.check(&req("conn", 1.0)).await, Ok(false));
         assert_eq!(conn.ping(b"x").await, Ok(()));
+        // The multi-key script: same bucket per key, decided in order within one call.
+        let settings = ConnSettings {
+            redis_batch: RedisBatch::OneScript,
+            ..settings
+        };
+        let conn = Conn::connect(&t, &settings).await.expect("connect");
+        let batch = [
+            req("multi-a", 1.0),
+            req("multi-b", 1.0),
+            req("multi-a", 1.0),
+        ];
+        assert_eq!(
+            conn.check_batch(&batch).await,
+            vec![Ok(true), Ok(true), Ok(false)]
+        );
     });
 }

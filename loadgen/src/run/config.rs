@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::access::BinaryAccess;
 use crate::accuracy::Limit;
+use crate::drivers::RedisBatch;
 use crate::keys::Distribution;
 use crate::scenario::Scenario;
 use crate::target::{Protocol, Spread, Target};
@@ -64,6 +65,8 @@ pub struct RunConfig {
     pub pipeline: usize,
     /// Checks per request (`CHECK_BATCH` / pipelined EVALSHAs); 1 = single checks.
     pub batch: usize,
+    /// How `redis` targets decide a batch (one script call per check, or one for all).
+    pub redis_batch: RedisBatch,
     /// When to stop.
     pub stop: Stop,
     /// Load before measuring (not counted).
@@ -106,6 +109,7 @@ impl RunConfig {
             connections: 1,
             pipeline: 1,
             batch: 1,
+            redis_batch: RedisBatch::Pipelined,
             stop: Stop::Duration(Duration::from_secs(1)),
             warmup: Duration::ZERO,
             rate: None,

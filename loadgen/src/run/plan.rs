@@ -38,6 +38,7 @@ impl Plan {
                 fill_amount: redis_limit.fill_amount.to_string(),
                 interval_us: (redis_limit.interval_ns / 1000).max(1).to_string(),
             },
+            redis_batch: cfg.redis_batch,
         };
         let scenario = cfg.scenario.clone().unwrap_or_else(Scenario::single);
         Plan {

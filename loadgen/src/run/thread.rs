@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::drivers::Conn;
+use crate::run::event_loop::{self, Slot};
 use crate::run::plan::Plan;
 use crate::run::shared::Shared;
 use crate::run::task::Task;
@@ -26,6 +27,10 @@ pub(super) fn load_thread(
             return;
         }
     };
+    if event_loop::handles(&plan.cfg) {
+        rt.block_on(event_loop_thread(plan, slots, ready, go));
+        return;
+    }
     rt.block_on(async {
         let cfg = &plan.cfg;
         let mut conns: Vec<(usize, Arc<Vec<Conn>>)> = Vec::with_capacity(slots.len());
@@ -56,4 +61,36 @@ pub(super) fn load_thread(
             shared.tasks_done.fetch_add(1, Ordering::Relaxed);
         }
     });
+}
+
+/// The same for the event-loop driver ([`event_loop`]): one task per connection slot.
+async fn event_loop_thread(
+    plan: &Arc<Plan>,
+    slots: &[usize],
+    ready: &std::sync::mpsc::Sender<Result<(), String>>,
+    go: tokio::sync::oneshot::Receiver<Arc<Shared>>,
+) {
+    let mut dialled = Vec::with_capacity(slots.len());
+    for &c in slots {
+        match Slot::connect(plan).await {
+            Ok(slot) => dialled.push((c, slot)),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    let Ok(shared) = go.await else { return };
+    let handles: Vec<_> = dialled
+        .into_iter()
+        .map(|(c, slot)| tokio::spawn(event_loop::run(slot, c, shared.clone(), plan.clone())))
+        .collect();
+    for h in handles {
+        let _ = h.await;
+        // The controller counts request tasks: this slot stood for `pipeline` of them.
+        shared
+            .tasks_done
+            .fetch_add(plan.cfg.pipeline, Ordering::Relaxed);
+    }
 }

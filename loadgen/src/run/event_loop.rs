@@ -1,0 +1,589 @@
+//! The closed-loop driver for single checks and pings to one Tollgate or Redis target: one
+//! task per connection slot owns that slot's sockets and keeps `--pipeline` requests in
+//! flight on them, the way redis-benchmark drives Redis.
+//!
+//! ```text
+//!  slot task:  loop { write what is queued ─ wait until a socket is readable ─ read it all ─
+//!                     for each reply: record, queue the next request on its owner's socket }
+//! ```
+//!
+//! Why not the general path (`task`): there each of the `--pipeline` requests is a task that
+//! goes through the client library (a lock, a request map, a channel to a writer task, a
+//! oneshot back, a timer), so at depth 1 the loadgen spent more CPU per request than the server
+//! it measured (docs/performance.md, "Loadgen client cost"). Here a reply costs one decode and
+//! the next request one encode into a buffer that is written once per wake-up; a socket is read
+//! until the kernel has nothing more, so a wake-up costs one `read`, not a read plus an empty
+//! one. What is measured stays the same: the latency of each request from its send to its
+//! reply, the accuracy ledger, and the per-target tallies.
+//!
+//! Tollgate: the server's HELLO (through the client library) gives the shard ports and the
+//! routing keys; the slot opens one connection per shard port and sends each check to the shard
+//! that owns its key (the client library's rule, `RoutingKeys`), with strings inline (no
+//! `INTERN`). Pings go to the shard ports in turn, one request slot per port (`--pipeline`
+//! slot `i` pings shard `i % shards`). Request ids are the request slot's number + 1, so a reply
+//! finds its request whatever order the shards answer in. Redis: one connection, replies in
+//! order.
+//!
+//! Used when the run is closed loop with one target, single checks (`--batch 1`) or pings, to a
+//! `tollgate` or `redis` target; everything else takes the general path.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tollgate_protocol::client::{
+    CheckRequest, Client, ClientConfig, FailMode, MAX_REPLY_FRAME_LEN,
+};
+use tollgate_protocol::routing::RoutingKeys;
+use tollgate_protocol::smallvec::SmallVec;
+use tollgate_protocol::{
+    decode_reply, encode_check, encode_hello, encode_ping, CheckSpec, ProtocolVersion, Reply,
+    StrRef,
+};
+
+use crate::drivers::{encode_evalsha, script_verdict, PING_PAYLOAD_LEN, TOKEN_BUCKET_LUA};
+use crate::resp::{self, Value};
+use crate::run::plan::{set_key, Plan};
+use crate::run::shared::Shared;
+use crate::run::{Op, RunConfig, Stop};
+use crate::stats::Outcome;
+use crate::target::Protocol;
+
+/// Read buffer of one socket at first; it grows to hold the largest reply seen.
+const READ_CHUNK: usize = 16 * 1024;
+/// The request id of the `HELLO` each shard connection sends first (checks use 1..=depth).
+const HELLO_ID: u32 = u32::MAX;
+
+/// Whether this driver runs `cfg` (see the module docs).
+pub(super) fn handles(cfg: &RunConfig) -> bool {
+    // Its sockets are plain TCP and its shard HELLOs carry no key: TLS and API keys go
+    // through the client library's driver.
+    cfg.access.api_key.is_none()
+        && cfg.access.tls.is_none()
+        && cfg.rate.is_none()
+        && cfg.batch == 1
+        && cfg.targets.len() == 1
+        && cfg
+            .targets
+            .iter()
+            .all(|t| matches!(t.protocol, Protocol::Tollgate | Protocol::Redis))
+}
+
+/// One socket of a slot, with its buffers.
+struct Socket {
+    stream: TcpStream,
+    /// Bytes read and not yet decoded: `read[read_start..]`.
+    read: Vec<u8>,
+    read_start: usize,
+    /// Requests queued for the next write.
+    write: Vec<u8>,
+    /// The protocol version replies arrive in (Tollgate: set by the `HELLO_REPLY`).
+    version: ProtocolVersion,
+    /// Redis: the request slots awaiting a reply, in send order.
+    fifo: VecDeque<usize>,
+}
+
+impl Socket {
+    async fn dial(addr: &str) -> Result<Socket, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(Socket {
+            stream,
+            read: Vec::with_capacity(READ_CHUNK),
+            read_start: 0,
+            write: Vec::with_capacity(READ_CHUNK),
+            version: ProtocolVersion::V1,
+            fifo: VecDeque::new(),
+        })
+    }
+
+    /// Writes everything queued.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.write.is_empty() {
+            return Ok(());
+        }
+        // Usually the whole buffer goes at once, without waiting.
+        let n = match self.stream.try_write(&self.write) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if n < self.write.len() {
+            self.stream.write_all(&self.write[n..]).await?;
+        }
+        self.write.clear();
+        Ok(())
+    }
+
+    /// Reads what the kernel has without waiting; `Ok(0)` is end of stream, `WouldBlock`
+    /// nothing to read. A read that does not fill the buffer also tells tokio the socket is
+    /// drained, so the next wait does not cost an empty `read`.
+    fn read_ready(&mut self) -> io::Result<usize> {
+        if self.read_start > 0 {
+            self.read.drain(..self.read_start);
+            self.read_start = 0;
+        }
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        let spare = self.read.capacity() - self.read.len();
+        let (stream, read) = (&self.stream, &mut self.read);
+        let mut got = 0;
+        let r = stream.try_io(Interest::READABLE, || {
+            let n = stream.try_read_buf(read)?;
+            got = n;
+            if n > 0 && n < spare {
+                // Short read: the socket is empty now.
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            other => other,
+        }
+    }
+}
+
+/// One connection slot, dialled.
+pub(super) struct Slot {
+    sockets: Vec<Socket>,
+    protocol: Protocol,
+    /// Tollgate: which label keys route a check.
+    routing: Option<RoutingKeys>,
+    /// Redis: the script's SHA1.
+    sha: String,
+}
+
+impl Slot {
+    /// Dials the slot's connections to `plan`'s one target.
+    pub(super) async fn connect(plan: &Plan) -> Result<Slot, String> {
+        let target = plan
+            .cfg
+            .targets
+            .first()
+            .ok_or_else(|| "no target".to_string())?;
+        let budget = plan
+            .settings
+            .connect_timeout
+            .saturating_add(plan.settings.request_timeout);
+        let dial = async {
+            match target.protocol {
+                Protocol::Tollgate => Slot::connect_tollgate(plan, &target.addr).await,
+                _ => Slot::connect_redis(plan, &target.addr).await,
+            }
+        };
+        tokio::time::timeout(budget, dial)
+            .await
+            .map_err(|_| format!("connecting to {target} timed out after {budget:?}"))?
+    }
+
+    async fn connect_tollgate(plan: &Plan, addr: &str) -> Result<Slot, String> {
+        // The handshake through the client library: version, shard ports, routing keys.
+        let mut cfg = ClientConfig::new(addr.to_string(), FailMode::Closed);
+        cfg.request_timeout = plan.settings.request_timeout;
+        cfg.connect_timeout = plan.settings.connect_timeout;
+        cfg.client_name = "tollgate-loadgen".into();
+        let client = Client::connect(cfg).await.map_err(|e| e.to_string())?;
+        let hello = client.hello().clone();
+        drop(client);
+        let host = match addr.rsplit_once(':') {
+            Some((host, _)) => host,
+            None => addr,
+        };
+        let routed = !hello.shard_ports.is_empty()
+            && hello.shard_ports.len() == usize::from(hello.shard_count);
+        let addrs: Vec<String> = if routed {
+            hello
+                .shard_ports
+                .iter()
+                .map(|p| format!("{host}:{p}"))
+                .collect()
+        } else {
+            vec![addr.to_string()]
+        };
+        let mut sockets = Vec::with_capacity(addrs.len());
+        for a in &addrs {
+            let mut s = Socket::dial(a).await?;
+            encode_hello(
+                &mut s.write,
+                HELLO_ID,
+                hello.version.as_u16(),
+                "tollgate-loadgen",
+            )
+            .map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| format!("{a}: {e}"))?;
+            // Wait for the HELLO_REPLY: replies after it are in the agreed version.
+            loop {
+                s.stream.readable().await.map_err(|e| format!("{a}: {e}"))?;
+                match s.read_ready() {
+                    Ok(0) => return Err(format!("{a}: closed during HELLO")),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(format!("{a}: {e}")),
+                }
+                match decode_reply(&s.read, MAX_REPLY_FRAME_LEN, ProtocolVersion::V1) {
+                    Ok(Some(d)) => {
+                        s.read_start = d.len;
+                        match d.reply {
+                            Reply::Hello(h) => s.version = h.version,
+                            other => return Err(format!("{a}: HELLO answered {other:?}")),
+                        }
+                        break;
+                    }
+                    Ok(None) => continue,
+                    Err(e) => return Err(format!("{a}: {e}")),
+                }
+            }
+            sockets.push(s);
+        }
+        Ok(Slot {
+            sockets,
+            protocol: Protocol::Tollgate,
+            routing: routed.then(|| RoutingKeys::from_hello(&hello)),
+            sha: String::new(),
+        })
+    }
+
+    async fn connect_redis(plan: &Plan, addr: &str) -> Result<Slot, String> {
+        let mut s = Socket::dial(addr).await?;
+        let mut sha = String::new();
+        if plan.cfg.op == Op::Check {
+            resp::encode_command(
+                &mut s.write,
+                &[b"SCRIPT", b"LOAD", TOKEN_BUCKET_LUA.as_bytes()],
+            );
+            s.flush().await.map_err(|e| e.to_string())?;
+            loop {
+                s.stream.readable().await.map_err(|e| e.to_string())?;
+                match s.read_ready() {
+                    Ok(0) => return Err("redis closed during SCRIPT LOAD".into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e.to_string()),
+                }
+                match resp::decode(&s.read) {
+                    Ok(Some((Value::Bulk(Some(b)), used))) => {
+                        s.read_start = used;
+                        sha = String::from_utf8_lossy(&b).into_owned();
+                        break;
+                    }
+                    Ok(Some((other, _))) => return Err(format!("SCRIPT LOAD answered {other:?}")),
+                    Ok(None) => continue,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        Ok(Slot {
+            sockets: vec![s],
+            protocol: Protocol::Redis,
+            routing: None,
+            sha,
+        })
+    }
+}
+
+/// A request in flight, by request slot.
+#[derive(Clone, Copy, Default)]
+struct InFlight {
+    sent_ns: u64,
+    /// Counted in the measured phase (sent after the warm-up).
+    measured: bool,
+    /// Sent and not answered yet.
+    pending: bool,
+    /// Its key (`None` for a ping).
+    key: Option<usize>,
+    tokens: f64,
+}
+
+/// Runs slot `slot` (connection slot number `c`) until the run stops.
+pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Plan>) {
+    let cfg = &plan.cfg;
+    let depth = cfg.pipeline;
+    let mut driver = Driver {
+        slot,
+        stripe: c * depth,
+        rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add((c * depth) as u64)),
+        singles: plan.templates.iter().map(|(r, _)| r.clone()).collect(),
+        in_flight: vec![InFlight::default(); depth],
+        outstanding: 0,
+        answered: 0,
+        stopping: false,
+        shared,
+        plan: plan.clone(),
+    };
+    if let Err(e) = driver.drive().await {
+        driver.fail(&e);
+    }
+}
+
+struct Driver {
+    slot: Slot,
+    /// Recorder stripe (the slot's first task number).
+    stripe: usize,
+    rng: rand::rngs::StdRng,
+    /// The slot's own copies of the request templates, rewritten per request.
+    singles: Vec<CheckRequest>,
+    in_flight: Vec<InFlight>,
+    /// Requests sent and not yet answered.
+    outstanding: usize,
+    /// Replies received so far (the watchdog's sign of progress).
+    answered: u64,
+    /// No more requests are sent; the loop ends when `outstanding` is 0.
+    stopping: bool,
+    shared: Arc<Shared>,
+    plan: Arc<Plan>,
+}
+
+impl Driver {
+    async fn drive(&mut self) -> Result<(), String> {
+        for r in 0..self.in_flight.len() {
+            self.issue(r)?;
+        }
+        // One timer for the slot, not one per wait: when it fires with no reply received
+        // since it was set, the requests in flight have timed out.
+        let timeout = self.plan.settings.request_timeout;
+        let mut watchdog = Box::pin(tokio::time::sleep(timeout));
+        let mut answered_before = self.answered;
+        while self.outstanding > 0 {
+            for s in &mut self.slot.sockets {
+                s.flush().await.map_err(|e| format!("write: {e}"))?;
+            }
+            let sockets = &self.slot.sockets;
+            let readable = std::future::poll_fn(|cx| {
+                if sockets
+                    .iter()
+                    .any(|s| s.stream.poll_read_ready(cx).is_ready())
+                {
+                    return std::task::Poll::Ready(true);
+                }
+                match watchdog.as_mut().poll(cx) {
+                    std::task::Poll::Ready(()) => std::task::Poll::Ready(false),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            })
+            .await;
+            if !readable {
+                if self.answered == answered_before {
+                    return Err(format!("no reply within {timeout:?}"));
+                }
+                answered_before = self.answered;
+                watchdog
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + timeout);
+                continue;
+            }
+            for i in 0..self.slot.sockets.len() {
+                while let Some(s) = self.slot.sockets.get_mut(i) {
+                    match s.read_ready() {
+                        Ok(0) => return Err("connection closed by the server".into()),
+                        Ok(_) => self.replies(i)?,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(format!("read: {e}")),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles every complete reply buffered on socket `i`.
+    fn replies(&mut self, i: usize) -> Result<(), String> {
+        loop {
+            let Some(s) = self.slot.sockets.get_mut(i) else {
+                return Ok(());
+            };
+            let buf = s.read.get(s.read_start..).unwrap_or_default();
+            let (r, result) = match self.slot.protocol {
+                Protocol::Tollgate => {
+                    let Some(d) = decode_reply(buf, MAX_REPLY_FRAME_LEN, s.version)
+                        .map_err(|e| format!("bad reply: {e}"))?
+                    else {
+                        return Ok(());
+                    };
+                    s.read_start += d.len;
+                    let r = (d.request_id as usize).wrapping_sub(1);
+                    let result = match d.reply {
+                        Reply::Check(c) => Ok(c.accepted()),
+                        Reply::Pong(p) if p.len() == PING_PAYLOAD_LEN => Ok(true),
+                        Reply::Error(e) => Err(format!("server error {:?}: {}", e.code, e.message)),
+                        other => Err(format!("unexpected reply {other:?}")),
+                    };
+                    (r, result)
+                }
+                _ => {
+                    let Some((value, used)) =
+                        resp::decode(buf).map_err(|e| format!("bad redis reply: {e}"))?
+                    else {
+                        return Ok(());
+                    };
+                    s.read_start += used;
+                    let r = s.fifo.pop_front().unwrap_or(usize::MAX);
+                    let result = match value {
+                        Value::Simple(p) if p == "PONG" => Ok(true),
+                        v => script_verdict(Some(v)),
+                    };
+                    (r, result)
+                }
+            };
+            self.complete(r, result)?;
+        }
+    }
+
+    /// Records request slot `r`'s answer and sends its next request.
+    fn complete(&mut self, r: usize, result: Result<bool, String>) -> Result<(), String> {
+        let Some(f) = self.in_flight.get(r).copied() else {
+            return Err(format!("reply to unknown request {}", r.wrapping_add(1)));
+        };
+        if !f.pending {
+            return Err(format!("a second reply to request {}", r.wrapping_add(1)));
+        }
+        self.outstanding -= 1;
+        self.answered += 1;
+        if let Some(slot) = self.in_flight.get_mut(r) {
+            slot.pending = false;
+        }
+        let done = self.shared.now_ns();
+        let outcome = match &result {
+            Ok(true) => {
+                if let Some(key) = f.key {
+                    self.shared.ledger.admitted(key, f.tokens, done);
+                }
+                Outcome::Accepted
+            }
+            Ok(false) => Outcome::Rejected,
+            Err(e) => {
+                self.shared.note_error(e);
+                Outcome::Error
+            }
+        };
+        if f.measured {
+            let latency = done.saturating_sub(f.sent_ns);
+            self.shared
+                .recorder
+                .record(self.stripe, 0, outcome, latency, 1);
+        }
+        self.issue(r)
+    }
+
+    /// Queues the next request of request slot `r`, unless the run is ending.
+    fn issue(&mut self, r: usize) -> Result<(), String> {
+        let shared = &self.shared;
+        if self.stopping || shared.stop.load(Ordering::Relaxed) {
+            self.stopping = true;
+            return Ok(());
+        }
+        let now = shared.now_ns();
+        let measured = now >= shared.measure_from_ns;
+        if measured {
+            if now >= shared.measure_until_ns {
+                self.stopping = true;
+                return Ok(());
+            }
+            if let Stop::Requests(limit) = self.plan.cfg.stop {
+                if shared.issued.fetch_add(1, Ordering::Relaxed) >= limit {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    self.stopping = true;
+                    return Ok(());
+                }
+            }
+        }
+        let id = u32::try_from(r + 1).map_err(|_| "--pipeline too deep".to_string())?;
+        let plan = &self.plan;
+        let mut f = InFlight {
+            sent_ns: now,
+            measured,
+            pending: true,
+            key: None,
+            tokens: 0.0,
+        };
+        if plan.cfg.op == Op::Ping {
+            let socket = r % self.slot.sockets.len().max(1);
+            let Some(s) = self.slot.sockets.get_mut(socket) else {
+                return Err("no connection".into());
+            };
+            match self.slot.protocol {
+                Protocol::Tollgate => encode_ping(&mut s.write, id, &[0x5a; PING_PAYLOAD_LEN])
+                    .map_err(|e| e.to_string())?,
+                _ => {
+                    resp::encode_command(&mut s.write, &[b"PING"]);
+                    s.fifo.push_back(r);
+                }
+            }
+        } else {
+            let mix = plan.picker.pick(&mut self.rng);
+            let key = plan.sampler.sample(&mut self.rng);
+            let Some(req) = self.singles.get_mut(mix) else {
+                return Err("no request template".into());
+            };
+            set_key(req, &plan.cfg.key_prefix, key);
+            f.key = Some(key);
+            f.tokens = plan.templates.get(mix).map_or(1.0, |(_, t)| *t);
+            let socket = match &self.slot.routing {
+                Some(routing) => routing.shard_for(
+                    &req.control_point,
+                    req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    self.slot.sockets.len(),
+                ),
+                None => 0,
+            };
+            let Some(s) = self.slot.sockets.get_mut(socket) else {
+                return Err("no connection".into());
+            };
+            match self.slot.protocol {
+                Protocol::Tollgate => {
+                    let labels: SmallVec<[(StrRef<'_>, &str); 8]> = req
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (StrRef::Inline(k.as_str()), v.as_str()))
+                        .collect();
+                    let spec = CheckSpec {
+                        control_point: StrRef::Inline(&req.control_point),
+                        tokens: req.tokens,
+                        wait_budget_ms: None,
+                        labels: &labels,
+                    };
+                    encode_check(&mut s.write, id, &spec).map_err(|e| e.to_string())?;
+                }
+                _ => {
+                    encode_evalsha(
+                        &mut s.write,
+                        &self.slot.sha,
+                        &plan.settings.redis_limit,
+                        req,
+                    );
+                    s.fifo.push_back(r);
+                }
+            }
+            shared.ledger.sent(key, now);
+        }
+        if let Some(slot) = self.in_flight.get_mut(r) {
+            *slot = f;
+        }
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// The slot's connection failed: every request in flight counts as an error.
+    fn fail(&mut self, e: &str) {
+        self.shared.note_error(&e.to_string());
+        let now = self.shared.now_ns();
+        for f in &self.in_flight {
+            if f.measured && f.pending {
+                let latency = now.saturating_sub(f.sent_ns);
+                self.shared
+                    .recorder
+                    .record(self.stripe, 0, Outcome::Error, latency, 1);
+            }
+        }
+        self.outstanding = 0;
+    }
+}
