@@ -2,9 +2,7 @@
 //! one bounded flume inbox per shard, drained by a task on that shard.
 //!
 //! A check from outside goes straight to the shard that owns its routing label's bucket
-//! (the same routing function as the binary client), so the usual case costs one hop; the
-//! checks for one shard that arrive in the same turn of the gRPC runtime travel as one
-//! message ([`Inbound::Checks`]).
+//! (the same routing function as the binary client), so the usual case costs one hop.
 //!
 //! # The API the gRPC port uses ([`DecisionHandle`])
 //! - [`DecisionHandle::check`]`(flow, deadline).await`: decides a flow. `deadline` is the
@@ -20,7 +18,7 @@
 
 use crate::clock;
 use arc_swap::ArcSwap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_cluster::{Op, Replica};
 use tollgate_policy::{Consumed, Decision, Engine, FlowError, FlowId, OwnedFlow};
@@ -28,9 +26,17 @@ use tollgate_protocol::routing;
 
 /// Messages into a shard from other threads.
 pub enum Inbound {
-    /// Decide these flows, each answered on its own `reply`: the checks the gRPC runtime
-    /// gathered for this shard in one turn of its event loop ([`DecisionHandle::check`]).
-    Checks(Vec<OutsideCheck>),
+    /// Decide a flow and answer on `reply`.
+    Check {
+        /// The flow.
+        flow: OwnedFlow,
+        /// The client's deadline, absolute on [`clock::now_ns`]'s clock; None: it brought
+        /// none.
+        deadline: Option<u64>,
+        /// Where the decision goes. Dropping the receiver cancels the check (what it took
+        /// goes back).
+        reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
+    },
     /// End these flows (all held by the receiving shard's ledger) and answer whether each
     /// was in flight.
     EndFlows {
@@ -75,17 +81,6 @@ pub enum Inbound {
     Exit,
 }
 
-/// A check from outside the shards, and where its decision goes.
-pub struct OutsideCheck {
-    /// The flow.
-    pub flow: OwnedFlow,
-    /// The client's deadline, absolute on [`clock::now_ns`]'s clock; None: it brought none.
-    pub deadline: Option<u64>,
-    /// Where the decision goes. Dropping the receiver cancels the check (what it took goes
-    /// back).
-    pub reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
-}
-
 /// Queue depth per shard inbox. Deep enough to absorb a burst from the gRPC runtime;
 /// bounded so a stalled shard pushes back on callers instead of growing memory.
 pub const INBOX_DEPTH: usize = 65_536;
@@ -106,9 +101,6 @@ pub enum BridgeError {
 pub struct DecisionHandle {
     policies: Arc<ArcSwap<Engine>>,
     inboxes: Arc<Vec<flume::Sender<Inbound>>>,
-    /// Per shard, the checks gathered in the current turn of the caller's event loop, sent
-    /// together when it ends ([`DecisionHandle::check`]).
-    gathering: Arc<Vec<Mutex<Vec<OutsideCheck>>>>,
 }
 
 impl DecisionHandle {
@@ -119,7 +111,6 @@ impl DecisionHandle {
     ) -> DecisionHandle {
         DecisionHandle {
             policies,
-            gathering: Arc::new(inboxes.iter().map(|_| Mutex::default()).collect()),
             inboxes: Arc::new(inboxes),
         }
     }
@@ -198,9 +189,9 @@ impl DecisionHandle {
             self.inboxes.len(),
         );
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.gather(
+        self.send(
             shard,
-            OutsideCheck {
+            Inbound::Check {
                 flow,
                 deadline,
                 reply,
@@ -208,41 +199,6 @@ impl DecisionHandle {
         )
         .await?;
         Ok(answer.await.map_err(|_| BridgeError::Unavailable)??)
-    }
-
-    /// Hands `check` to `shard` together with the other checks for it that arrive in the
-    /// same turn of the calling tokio runtime: the first one of a turn spawns the task that
-    /// sends them all, after the runtime's other ready tasks have run (`yield_now` defers
-    /// it past them). Why: sent one by one, each check woke the shard (an eventfd write)
-    /// and each reply woke the runtime and left in its own HTTP/2 write; gathered, a turn's
-    /// checks cost one wake-up each way and their replies leave together. The task is
-    /// spawned, not run by the first caller, so a caller that goes away (a cancelled call)
-    /// cannot strand the others. Outside a tokio runtime the check is sent at once.
-    async fn gather(&self, shard: usize, check: OutsideCheck) -> Result<(), BridgeError> {
-        let slot = self.gathering.get(shard).ok_or(BridgeError::Unavailable)?;
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.send(shard, Inbound::Checks(vec![check])).await;
-        };
-        let first = {
-            let mut gathered = slot.lock().unwrap_or_else(PoisonError::into_inner);
-            gathered.push(check);
-            gathered.len() == 1
-        };
-        if first {
-            let handle = self.clone();
-            runtime.spawn(async move {
-                tokio::task::yield_now().await;
-                let checks = match handle.gathering.get(shard) {
-                    Some(slot) => {
-                        std::mem::take(&mut *slot.lock().unwrap_or_else(PoisonError::into_inner))
-                    }
-                    None => return,
-                };
-                // A shard that is gone drops the checks: their callers see Unavailable.
-                let _ = handle.send(shard, Inbound::Checks(checks)).await;
-            });
-        }
-        Ok(())
     }
 
     /// Ends flows, each on the shard whose ledger holds it ([`FlowId::shard`]). One answer

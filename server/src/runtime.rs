@@ -2,7 +2,7 @@
 //! connect them with a channel mesh, report ready, and on shutdown answer every waiting
 //! flow, stop accepting, drain connections, end the flows in flight and exit.
 
-use crate::bridge::{DecisionHandle, Inbound, OutsideCheck, INBOX_DEPTH};
+use crate::bridge::{DecisionHandle, Inbound, INBOX_DEPTH};
 use crate::config::Config;
 use crate::conn::access::Access;
 use crate::node::{Limits, MembersView, Node};
@@ -400,55 +400,46 @@ async fn drain_shard(
     let _ = drained.send(shard.id);
 }
 
-/// Decides a check from outside the shards (the gRPC port) and answers it: at once, or
-/// when the check's other shards (or its queue) have answered.
-fn decide_outside_check(shard: &Rc<Shard>, check: OutsideCheck) {
-    let OutsideCheck {
-        flow,
-        deadline,
-        reply,
-    } = check;
-    let planned = shard.decide_now(
-        &flow.control_point,
-        flow.labels.as_slice(),
-        flow.tokens,
-        deadline,
-        clock::now_ns(),
-    );
-    match planned {
-        Err(e) => {
-            let _ = reply.send(Err(e));
-        }
-        Ok(Planned::Decided(d)) => answer_check(shard, reply, d),
-        Ok(Planned::Pending(pending)) => {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                let mut reply = reply;
-                let decided = {
-                    let decision = pending.decide();
-                    let cancelled = reply.closed();
-                    futures::pin_mut!(decision, cancelled);
-                    match futures::future::select(decision, cancelled).await {
-                        futures::future::Either::Left((d, _)) => Some(d),
-                        // The caller went away: dropping the check hands back what
-                        // it took.
-                        futures::future::Either::Right(_) => None,
-                    }
-                };
-                if let Some(d) = decided {
-                    answer_check(&shard, reply, d);
-                }
-            })
-            .detach();
-        }
-    }
-}
-
 fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
     match msg {
-        Inbound::Checks(checks) => {
-            for check in checks {
-                decide_outside_check(shard, check);
+        Inbound::Check {
+            flow,
+            deadline,
+            reply,
+        } => {
+            let planned = shard.decide_now(
+                &flow.control_point,
+                flow.labels.as_slice(),
+                flow.tokens,
+                deadline,
+                clock::now_ns(),
+            );
+            match planned {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(Planned::Decided(d)) => answer_check(shard, reply, d),
+                Ok(Planned::Pending(pending)) => {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        let mut reply = reply;
+                        let decided = {
+                            let decision = pending.decide();
+                            let cancelled = reply.closed();
+                            futures::pin_mut!(decision, cancelled);
+                            match futures::future::select(decision, cancelled).await {
+                                futures::future::Either::Left((d, _)) => Some(d),
+                                // The caller went away: dropping the check hands back what
+                                // it took.
+                                futures::future::Either::Right(_) => None,
+                            }
+                        };
+                        if let Some(d) = decided {
+                            answer_check(&shard, reply, d);
+                        }
+                    })
+                    .detach();
+                }
             }
         }
         Inbound::EndFlows { ids, reply } => {

@@ -16,7 +16,7 @@ use tollgate_policy::{
     ComponentKind, Decision, FlowError, FlowId, OutcomeKind, OwnedFlow, Refusal, RejectReason,
 };
 use tollgate_protocol::routing;
-use tollgate_server::bridge::{DecisionHandle, Inbound, OutsideCheck};
+use tollgate_server::bridge::{DecisionHandle, Inbound};
 use tollgate_server::runtime::{self, RunningServer, StartOptions};
 use tollgate_server::{clock, config};
 
@@ -87,11 +87,11 @@ impl Node {
         handle
             .send_blocking(
                 shard,
-                Inbound::Checks(vec![OutsideCheck {
+                Inbound::Check {
                     flow: owned(cp, labels),
                     deadline,
                     reply,
-                }]),
+                },
             )
             .expect("shard inbox");
         Sent { answer, sent_at }
