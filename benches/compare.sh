@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 cd "$ROOT"
 DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-1s}"
@@ -53,7 +55,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log() { echo "== $*" >&2; }
 
 LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -z "${NO_BUILD:-}" ]; then
@@ -81,20 +82,6 @@ policies:
       parameters: { interval: $INTERVAL, limit_by_label_key: user }
       selectors: [ { control_point: bench } ]
 EOF
-# Waits for a line matching $2 in file $1 (up to 30 s) and prints it.
-wait_line() {
-    local file="$1" pattern="$2" i
-    for i in $(seq 300); do
-        if grep -q "$pattern" "$file" 2>/dev/null; then
-            grep -m1 "$pattern" "$file"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "timed out waiting for '$pattern' in $file:" >&2
-    cat "$file" >&2
-    return 1
-}
 RUST_LOG=info "$TOLLGATE" serve --config "$OUT/tollgate.yaml" 2> "$OUT/tollgate.log" &
 TOLLGATE_PID=$!
 PIDS+=("$TOLLGATE_PID")
@@ -126,10 +113,6 @@ TG="tollgate://$TG_LISTEN"
 REDIS="redis://127.0.0.1:$REDIS_PORT"
 ECHO="echo://$ECHO_ADDR"
 
-# CPU seconds (user + system, every thread) a process has used so far.
-cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
-}
 
 # The server process answering TARGET (its CPU is recorded next to each run).
 server_pid_for() {

@@ -30,6 +30,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 cd "$ROOT"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 WARMUP_SECONDS="${WARMUP_SECONDS:-1}"
@@ -45,7 +47,6 @@ BODIES="$ROOT/target/release/grpc_bodies"
 # The limit every server enforces: 100 requests per second per user.
 LIMIT=100
 
-log() { echo "== $*" >&2; }
 command -v h2load >/dev/null || { echo "h2load is needed (Debian: apt-get install nghttp2-client)" >&2; exit 1; }
 
 if [ -n "${RENDER_ONLY:-}" ]; then
@@ -73,20 +74,6 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 "$BODIES" "$OUT"
 
-# Waits for a line matching $2 in file $1 (up to 30 s) and prints it.
-wait_line() {
-    local file="$1" pattern="$2" i
-    for i in $(seq 300); do
-        if grep -q "$pattern" "$file" 2>/dev/null; then
-            grep -m1 "$pattern" "$file"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "timed out waiting for '$pattern' in $file:" >&2
-    cat "$file" >&2
-    return 1
-}
 
 cat > "$OUT/tollgate.yaml" <<EOF
 server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: $SHARDS }
@@ -153,10 +140,6 @@ fi
 RLS_PATH=/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
 CHECK_PATH=/aperture.flowcontrol.check.v1.FlowControlService/Check
 
-# CPU seconds (user + system) a process has used so far.
-cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
-}
 
 # h2 NAME SERVER_PID ADDR PATH BODY CONNECTIONS STREAMS: one h2load run, its output and the
 # server's CPU seconds over it (warm-up included) kept as runs/NAME.N.txt.
