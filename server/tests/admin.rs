@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{run_cli, start_server, temp_dir, tollgate_bin, RunningServer, READY_TIMEOUT};
+use common::{
+    cli_check, run_cli, start_server, temp_dir, tollgate_bin, RunningServer, READY_TIMEOUT,
+};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -47,18 +49,7 @@ fn client(server: &RunningServer, token: Option<&str>) -> AdminClient {
 
 /// `tollgate check` for `user`: whether it was accepted.
 fn check(server: &RunningServer, user: &str) -> bool {
-    let label = format!("user={user}");
-    let (code, _, err) = run_cli(&[
-        "check",
-        "--server",
-        &server.addr(),
-        "--control-point",
-        "api",
-        "--label",
-        &label,
-    ]);
-    assert!(code == 0 || code == 1, "check failed: {err}");
-    code == 0
+    cli_check(server, "api", user)
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` -> value.

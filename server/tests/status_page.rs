@@ -6,7 +6,7 @@
 mod common;
 
 use common::deps::require;
-use common::{run_cli, start_server, RunningServer};
+use common::{cli_check, start_server, RunningServer};
 use std::process::Command;
 use std::time::Duration;
 use tollgate_server::admin::client::AdminClient;
@@ -39,17 +39,7 @@ policies:
 /// buckets.
 fn traffic(server: &RunningServer) {
     for user in ["alice"; 7].into_iter().chain(["bob"]) {
-        let label = format!("user={user}");
-        let (code, _, err) = run_cli(&[
-            "check",
-            "--server",
-            &server.addr(),
-            "--control-point",
-            "api",
-            "--label",
-            &label,
-        ]);
-        assert!(code == 0 || code == 1, "check failed: {err}");
+        cli_check(server, "api", user);
     }
 }
 

@@ -169,6 +169,23 @@ pub fn start_server(yaml: &str) -> RunningServer {
     start_server_with_args(yaml, &[])
 }
 
+/// `tollgate check` of one flow labelled `user=USER` at `control_point`: whether it was
+/// accepted (exit 0; exit 1 is a rejection, anything else fails the test).
+pub fn cli_check(server: &RunningServer, control_point: &str, user: &str) -> bool {
+    let label = format!("user={user}");
+    let (code, _, err) = run_cli(&[
+        "check",
+        "--server",
+        &server.addr(),
+        "--control-point",
+        control_point,
+        "--label",
+        &label,
+    ]);
+    assert!(code == 0 || code == 1, "check failed: {err}");
+    code == 0
+}
+
 /// Runs `tollgate ARGS...` to completion: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(tollgate_bin())
