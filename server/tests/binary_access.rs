@@ -77,6 +77,30 @@ fn exchange(addr: &str, bytes: &[u8], version: ProtocolVersion) -> Vec<(u32, Rep
     frames
 }
 
+/// Reads from `s` until `n` replies have arrived: each decoded in the version the
+/// connection speaks at that point (a `HELLO_REPLY` sets it; version 1 before one).
+fn read_replies(s: &mut TcpStream, n: usize) -> Vec<(u32, Reply)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut replies = Vec::new();
+    while replies.len() < n {
+        let read = s.read(&mut buf).unwrap();
+        assert!(read > 0, "closed early; got {replies:?}");
+        got.extend_from_slice(&buf[..read]);
+        let mut version = ProtocolVersion::V1;
+        replies.clear();
+        let mut rest = &got[..];
+        while let Ok(Some(d)) = decode_reply(rest, DEFAULT_MAX_FRAME_LEN, version) {
+            if let Reply::Hello(h) = &d.reply {
+                version = h.version;
+            }
+            replies.push((d.request_id, d.reply));
+            rest = &rest[d.len..];
+        }
+    }
+    replies
+}
+
 fn unauthenticated(frames: &[(u32, Reply)], request_id: u32) {
     assert_eq!(frames.len(), 1, "one error, then the close: {frames:?}");
     match &frames[0] {
@@ -151,24 +175,10 @@ fn api_keys_refuse_everything_before_a_hello_with_a_valid_key() {
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
     s.write_all(&out).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut frames = Vec::new();
-    while frames.len() < 2 {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed early; got {frames:?}");
-        got.extend_from_slice(&buf[..n]);
-        let mut version = ProtocolVersion::V1;
-        frames.clear();
-        let mut rest = &got[..];
-        while let Ok(Some(d)) = decode_reply(rest, DEFAULT_MAX_FRAME_LEN, version) {
-            if let Reply::Hello(h) = &d.reply {
-                version = h.version;
-            }
-            frames.push(d.reply);
-            rest = &rest[d.len..];
-        }
-    }
+    let frames: Vec<Reply> = read_replies(&mut s, 2)
+        .into_iter()
+        .map(|(_, reply)| reply)
+        .collect();
     assert!(matches!(frames[0], Reply::Hello(_)), "{frames:?}");
     match &frames[1] {
         Reply::Check(r) => {
@@ -251,20 +261,7 @@ fn without_api_keys_a_key_in_hello_is_ignored_and_v1_clients_work() {
     encode_hello_with_key(&mut out, 2, 1, "test", Some("anything")).unwrap();
     encode_hello(&mut out, 3, 1, "test").unwrap();
     s.write_all(&out).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut replies = Vec::new();
-    while replies.len() < 3 {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed early: {replies:?}");
-        got.extend_from_slice(&buf[..n]);
-        replies.clear();
-        let mut rest = &got[..];
-        while let Ok(Some(d)) = decode_reply(rest, DEFAULT_MAX_FRAME_LEN, ProtocolVersion::V1) {
-            replies.push((d.request_id, d.reply));
-            rest = &rest[d.len..];
-        }
-    }
+    let mut replies = read_replies(&mut s, 3);
     // A check that hops to the other shard may be answered after the HELLOs.
     replies.sort_by_key(|(id, _)| *id);
     assert!(
