@@ -282,6 +282,9 @@ export GIT_REV CPU_MODEL LOADAVG_START LOADAVG_END MEASURED_AT NO_DOCS="${NO_DOC
 python3 - "$ROOT/docs/performance.md" <<'PY'
 import json, os, sys, datetime
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[1]))), "benches"))
+from docs_section import write_section
+
 out = os.environ["OUT"]
 
 def load(name):
@@ -512,26 +515,12 @@ if mem_after:
     gib = int(mem_after) / 1024 / 1024
     target("10M live keys <= 1.5 GiB RSS", f"{gib:.2f} GiB", gib <= 1.5)
 
-def replace(text, section, body):
-    begin = f"<!-- section:{section} (owner: loadgen) -->"
-    end = f"<!-- /section:{section} -->"
-    i, j = text.find(begin), text.find(end)
-    if i < 0 or j < i:
-        sys.exit(f"markers for section {section} not found")
-    return text[: i + len(begin)] + "\n" + body + "\n" + text[j:]
-
 e_text = "\n".join(e)
 print(e_text)
 with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
 if not os.environ.get("NO_DOCS"):
-    path = sys.argv[1]
-    with open(path) as f:
-        doc = f.read()
-    doc = replace(doc, "e2e", e_text)
-    with open(path, "w") as f:
-        f.write(doc)
-    print(f"updated {path}", file=sys.stderr)
+    write_section(sys.argv[1], "e2e", e_text)
 PY
 # The gRPC port against its transport floor and Limitador: benches/grpc_compare.sh owns section:grpc.
 [ -n "${RENDER_ONLY:-}${NO_GRPC:-}" ] || "$ROOT/benches/grpc_compare.sh"

@@ -275,6 +275,9 @@ EXHAUSTED_AFTER_RESTART="$EXHAUSTED_AFTER_RESTART" EXHAUSTED_AFTER_DROP="$EXHAUS
 EXHAUSTED_AFTER_STOP="$EXHAUSTED_AFTER_STOP" EXHAUSTED_ON_A="$EXHAUSTED_ON_A" python3 - <<'PY'
 import json, os, re, sys
 
+sys.path.insert(0, os.path.join(os.environ["ROOT"], "benches"))
+from docs_section import write_section
+
 env = os.environ
 out = env["OUT"]
 meta = dict(re.findall(r'(\w+)="([^"]*)"', open(os.path.join(out, "meta.env")).read()))
@@ -334,8 +337,7 @@ rows = ["| phase | from (s) | to (s) | errors, healthy nodes | worst 1 s p99, he
 for name, a, b in phases:
     rows.append(f"| {name} | {a:.0f} | {b:.0f} | {errors_in(healthy, a, b):,} | {p99_in(healthy, a, b):,.0f} | {errors_in(victim, a, b):,} |")
 vict = json.load(open(os.path.join(out, "victim.json"))) if os.path.exists(os.path.join(out, "victim.json")) else {}
-section = f"""<!-- section:faults (owner: store) -->
-## Faults: a node killed, gossip lost, a node stopped
+section = f"""## Faults: a node killed, gossip lost, a node stopped
 
 Measured by `benches/faults.sh` on {meta.get('date', '?')} at commit `{meta.get('commit', '?')}` (load
 average {meta.get('loadavg', '?')} at the end): three release nodes on this 2-core VM (one shard
@@ -359,16 +361,10 @@ the healthy nodes answered {report['requests']:,} checks ({report['errors']:,} e
 {report['latency_us']['p99']:,.0f} us); c's loadgen saw {vict.get('errors', 0):,} errors of {vict.get('requests', 0):,}
 (expected: c was dead or stopped). Accuracy is the loadgen's own ledger: tokens admitted by a and
 b together against what the limit allows each key over the run.
-<!-- /section:faults -->"""
+"""
 print(section)
 if not env.get("NO_DOCS"):
-    path = os.path.join(env["ROOT"], "docs/performance.md")
-    doc = open(path).read()
-    new, count = re.subn(r"<!-- section:faults .*?<!-- /section:faults -->", lambda _: section, doc, flags=re.S)
-    if count != 1:
-        sys.exit("faults.sh: docs/performance.md has no section:faults markers")
-    open(path, "w").write(new)
-    print("wrote docs/performance.md (section:faults)")
+    write_section(os.path.join(env["ROOT"], "docs/performance.md"), "faults", section)
 if not all(ok for _, ok, _ in checks):
     sys.exit(1)
 PY

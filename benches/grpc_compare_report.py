@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from docs_section import write_section
+
 OUT = os.environ["OUT"]
 SHAPES = [("c50m1", "50 conn x 1 stream"), ("c8m64", "8 conn x 64 streams")]
 CALLS = [("rls", "Envoy RLS `ShouldRateLimit`"), ("check", "Aperture `Check`")]
@@ -248,12 +250,4 @@ The loadgen's own gRPC driver (`tollgate-loadgen --target grpc://...`, tonic cli
 {notes}
 """
 
-doc_path = sys.argv[1]
-doc = open(doc_path).read()
-# The markers stay as they are (benches/compare.sh finds them by their exact text).
-start = doc.index("<!-- section:grpc")
-start = doc.index("\n", start) + 1
-end = doc.index("<!-- /section:grpc -->")
-with open(doc_path, "w") as f:
-    f.write(doc[:start] + section + doc[end:])
-print(f"wrote the grpc section of {doc_path}", file=sys.stderr)
+write_section(sys.argv[1], "grpc", section)
