@@ -24,18 +24,19 @@ use tollgate_cluster::{Op, Replica};
 use tollgate_policy::{Consumed, Decision, Engine, FlowError, FlowId, OwnedFlow};
 use tollgate_protocol::routing;
 
+pub mod check_batch;
+pub use check_batch::{AnsweredChecks, QueuedCheck};
+
 /// Messages into a shard from other threads.
 pub enum Inbound {
-    /// Decide a flow and answer on `reply`.
-    Check {
-        /// The flow.
-        flow: OwnedFlow,
-        /// The client's deadline, absolute on [`clock::now_ns`]'s clock; None: it brought
-        /// none.
-        deadline: Option<u64>,
-        /// Where the decision goes. Dropping the receiver cancels the check (what it took
-        /// goes back).
-        reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
+    /// Decide these flows, in order ([`check_batch`]): the decisions given at once go back
+    /// together on `answered`; a flow that must wait is answered alone on its own reply
+    /// sender when it is decided.
+    CheckBatch {
+        /// The flows, their deadlines and reply senders.
+        checks: Vec<QueuedCheck>,
+        /// Where the decisions given at once go.
+        answered: tokio::sync::oneshot::Sender<AnsweredChecks>,
     },
     /// End these flows (all held by the receiving shard's ledger) and answer whether each
     /// was in flight.
@@ -101,6 +102,8 @@ pub enum BridgeError {
 pub struct DecisionHandle {
     policies: Arc<ArcSwap<Engine>>,
     inboxes: Arc<Vec<flume::Sender<Inbound>>>,
+    /// Checks gathered per tokio turn ([`check_batch`]).
+    outbox: check_batch::Outbox,
 }
 
 impl DecisionHandle {
@@ -112,6 +115,7 @@ impl DecisionHandle {
         DecisionHandle {
             policies,
             inboxes: Arc::new(inboxes),
+            outbox: check_batch::Outbox::default(),
         }
     }
 
@@ -174,7 +178,8 @@ impl DecisionHandle {
 
     /// Decides a flow on the shard that owns its routing label. `deadline` is how long the
     /// client still waits for the answer (None: it brought no deadline); schedulers let the
-    /// flow wait for tokens within it.
+    /// flow wait for tokens within it. Called on a tokio runtime, the checks of one turn
+    /// travel to each shard, and their decisions back, together ([`check_batch`]).
     pub async fn check(
         &self,
         flow: OwnedFlow,
@@ -189,15 +194,12 @@ impl DecisionHandle {
             self.inboxes.len(),
         );
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(
-            shard,
-            Inbound::Check {
-                flow,
-                deadline,
-                reply,
-            },
-        )
-        .await?;
+        let check = QueuedCheck {
+            flow,
+            deadline,
+            reply,
+        };
+        self.outbox.push(self, shard, check).await?;
         Ok(answer.await.map_err(|_| BridgeError::Unavailable)??)
     }
 

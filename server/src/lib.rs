@@ -31,7 +31,8 @@
 //!   batching.
 //! - [`conn`]: one binary connection: read, decode, decide, reply; bounded buffers; who
 //!   may connect (caps, API keys in HELLO, TLS) and over which stream.
-//! - [`bridge`]: the inbox through which non-shard threads (gRPC, gossip) reach shards.
+//! - [`bridge`]: the inbox through which non-shard threads (gRPC, gossip) reach shards;
+//!   `bridge::check_batch` gathers a tokio turn's checks into one message per shard.
 //! - [`grpc_backend`]: the gRPC compat port's view of the shards.
 //! - [`clock`]: the process-wide monotonic nanosecond clock.
 //! - [`metrics`]: per-shard counters, latency histograms and top-keys sketches, lock-free

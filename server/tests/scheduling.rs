@@ -16,7 +16,7 @@ use tollgate_policy::{
     ComponentKind, Decision, FlowError, FlowId, OutcomeKind, OwnedFlow, Refusal, RejectReason,
 };
 use tollgate_protocol::routing;
-use tollgate_server::bridge::{DecisionHandle, Inbound};
+use tollgate_server::bridge::{check_batch, AnsweredChecks, DecisionHandle, Inbound, QueuedCheck};
 use tollgate_server::runtime::{self, RunningServer, StartOptions};
 use tollgate_server::{clock, config};
 
@@ -34,6 +34,8 @@ struct Node {
 /// A check sent to a shard, not yet awaited.
 struct Sent {
     answer: Answer,
+    /// The decisions the shard gave at once (ours among them unless the flow waits).
+    answered: tokio::sync::oneshot::Receiver<AnsweredChecks>,
     sent_at: Instant,
 }
 
@@ -82,26 +84,45 @@ impl Node {
             handle.nr_shards(),
         );
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let (answered_tx, answered) = tokio::sync::oneshot::channel();
         let sent_at = Instant::now();
         let deadline = deadline.map(|d| clock::now_ns() + d.as_nanos() as u64);
+        let check = QueuedCheck {
+            flow: owned(cp, labels),
+            deadline,
+            reply,
+        };
         handle
             .send_blocking(
                 shard,
-                Inbound::Check {
-                    flow: owned(cp, labels),
-                    deadline,
-                    reply,
+                Inbound::CheckBatch {
+                    checks: vec![check],
+                    answered: answered_tx,
                 },
             )
             .expect("shard inbox");
-        Sent { answer, sent_at }
+        Sent {
+            answer,
+            answered,
+            sent_at,
+        }
     }
 
     /// The answer to a sent check, and how long after sending it came.
     fn answer(&self, sent: Sent) -> (Decision, Duration) {
         let decision = self
             .rt
-            .block_on(async { tokio::time::timeout(HANG, sent.answer).await })
+            .block_on(async {
+                tokio::time::timeout(HANG, async {
+                    // A decision given at once comes in the batch's answers; one that
+                    // waited comes alone on its own reply.
+                    if let Ok(answers) = sent.answered.await {
+                        assert!(check_batch::deliver(answers).is_empty());
+                    }
+                    sent.answer.await
+                })
+                .await
+            })
             .expect("answered in time")
             .expect("shard alive")
             .expect("decided");

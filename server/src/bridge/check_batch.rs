@@ -1,0 +1,239 @@
+//! Checks from a tokio thread, gathered per turn: one inbox message per shard out, one
+//! message of decisions back.
+//!
+//! Why: HTTP/2 sends every reply of a connection that is ready when its task runs in one
+//! write. Sent one at a time, each check woke its shard (an eventfd write) and each decision
+//! woke the tokio thread, so the replies came back one per wake-up and went out one per
+//! `writev` (docs/performance.md, gRPC section). Gathered, a turn of the tokio thread costs
+//! one wake-up each way per shard, and its replies are ready together.
+//!
+//! How:
+//! - [`Outbox::push`] queues a check for its shard. The first check of a turn spawns a
+//!   flush task that first yields (`tokio::task::yield_now` runs it after the tasks that are
+//!   ready now, i.e. after the rest of the turn's requests were read and queued) and then
+//!   sends each shard its checks as one [`Inbound::CheckBatch`].
+//! - The shard decides them in order. Decisions it can give at once travel back together
+//!   in one [`AnsweredChecks`] message; a check that must wait (a scheduler queue) keeps its
+//!   own reply sender and is answered alone when it is decided.
+//! - [`deliver`] hands each answer to its caller on the tokio thread (no cross-thread
+//!   wake-up). A caller that went away meanwhile gets its flows ended, as the shard does
+//!   when it answers a caller that is gone.
+//!
+//! A turn's checks for one shard keep their order; nothing waits for a batch to fill (the
+//! flush follows the turn), so a lone check costs one task poll more than before.
+
+use super::{BridgeError, DecisionHandle, Inbound};
+use std::sync::{Arc, Mutex};
+use tollgate_policy::{Decision, FlowError, FlowId, OwnedFlow};
+
+/// Where one check's decision goes. Dropping the receiver cancels the check.
+pub type CheckReply = tokio::sync::oneshot::Sender<Result<Decision, FlowError>>;
+
+/// One check on its way to a shard.
+pub struct QueuedCheck {
+    /// The flow.
+    pub flow: OwnedFlow,
+    /// The client's deadline, absolute on [`crate::clock::now_ns`]'s clock; None: it brought
+    /// none.
+    pub deadline: Option<u64>,
+    /// Where its decision goes.
+    pub reply: CheckReply,
+}
+
+/// The decisions a shard gave at once for one [`Inbound::CheckBatch`], each with the sender
+/// of the caller it answers.
+pub type AnsweredChecks = Vec<(CheckReply, Result<Decision, FlowError>)>;
+
+/// The checks queued in this turn, per shard, and whether a flush is on its way.
+#[derive(Default)]
+struct Pending {
+    per_shard: Vec<Vec<QueuedCheck>>,
+    flush_scheduled: bool,
+}
+
+/// The per-node queue of checks waiting for their turn's flush (shared by the clones of a
+/// [`DecisionHandle`]; only ever locked for a push or a take, never across an await).
+#[derive(Clone, Default)]
+pub struct Outbox {
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Outbox {
+    /// Queues `check` for `shard`. Outside a tokio runtime (nothing to run a flush) it is
+    /// sent alone at once.
+    pub async fn push(
+        &self,
+        handle: &DecisionHandle,
+        shard: usize,
+        check: QueuedCheck,
+    ) -> Result<(), BridgeError> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let (answered, answers) = tokio::sync::oneshot::channel();
+            let batch = Inbound::CheckBatch {
+                checks: vec![check],
+                answered,
+            };
+            handle.send(shard, batch).await?;
+            if let Ok(answers) = answers.await {
+                let orphaned = deliver(answers);
+                if !orphaned.is_empty() {
+                    handle.end_flows(orphaned).await;
+                }
+            }
+            return Ok(());
+        };
+        let spawn_flush = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.per_shard.len() <= shard {
+                pending.per_shard.resize_with(shard + 1, Vec::new);
+            }
+            pending.per_shard[shard].push(check);
+            !std::mem::replace(&mut pending.flush_scheduled, true)
+        };
+        if spawn_flush {
+            runtime.spawn(flush(self.clone(), handle.clone()));
+        }
+        Ok(())
+    }
+
+    /// Takes every queued check; the next push schedules a new flush.
+    fn take(&self) -> Vec<Vec<QueuedCheck>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.flush_scheduled = false;
+        let shards = pending.per_shard.len();
+        std::mem::replace(
+            &mut pending.per_shard,
+            (0..shards).map(|_| Vec::new()).collect(),
+        )
+    }
+}
+
+/// Sends each shard the checks queued for it in this turn, then delivers the decisions as
+/// they come back.
+async fn flush(outbox: Outbox, handle: DecisionHandle) {
+    // Let the turn's other ready tasks (the rest of the requests already read) queue theirs.
+    tokio::task::yield_now().await;
+    for (shard, checks) in outbox.take().into_iter().enumerate() {
+        if checks.is_empty() {
+            continue;
+        }
+        let (answered, answers) = tokio::sync::oneshot::channel();
+        let batch = Inbound::CheckBatch { checks, answered };
+        // A shard that is gone dropped the batch: each caller's reply sender with it, so
+        // each caller sees the server shutting down.
+        if handle.send(shard, batch).await.is_ok() {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let Ok(answers) = answers.await else { return };
+                let orphaned = deliver(answers);
+                if !orphaned.is_empty() {
+                    handle.end_flows(orphaned).await;
+                }
+            });
+        }
+    }
+}
+
+/// Hands each decision to its caller, and returns the flows started for callers that are
+/// gone (their call was cancelled while the batch was out): nobody else will end them, so
+/// the caller of this ends them now rather than at their `max_inflight_duration`.
+pub fn deliver(answers: AnsweredChecks) -> Vec<FlowId> {
+    let mut orphaned = Vec::new();
+    for (reply, answer) in answers {
+        if let Err(Ok(decision)) = reply.send(answer) {
+            orphaned.extend(decision.limiters.iter().filter_map(|o| o.flow));
+        }
+    }
+    orphaned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arc_swap::ArcSwap;
+    use tollgate_policy::{parse_policies, Decision, Engine, LimiterOutcome, Outcomes};
+
+    fn flow(user: &str) -> OwnedFlow {
+        OwnedFlow {
+            control_point: "cp".into(),
+            labels: vec![("user".into(), user.into())],
+            tokens: None,
+        }
+    }
+
+    /// A limiter keyed by `user` on control point `cp`: checks route by their user.
+    fn engine() -> Engine {
+        let yaml = "policies:
+  - policy_name: c
+    concurrency_limiter: { max_concurrency: 5, parameters: { limit_by_label_key: user, max_inflight_duration: 60s }, selectors: [ { control_point: cp } ] }
+";
+        Engine::new(&parse_policies(yaml, "t").expect("valid"))
+    }
+
+    /// A handle over `shards` inboxes that nobody serves: the test plays the shards.
+    fn handle(shards: usize) -> (DecisionHandle, Vec<flume::Receiver<Inbound>>) {
+        let (senders, receivers) = (0..shards).map(|_| flume::unbounded()).unzip();
+        let policies = Arc::new(ArcSwap::from_pointee(engine()));
+        (DecisionHandle::new(policies, senders), receivers)
+    }
+
+    fn accepted() -> Decision {
+        Decision::from_outcomes(Outcomes::new())
+    }
+
+    #[test]
+    fn one_turns_checks_reach_each_shard_in_one_message_and_come_back_together() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (handle, inboxes) = handle(2);
+        rt.block_on(async {
+            // 64 callers, all ready in the same turn.
+            let calls: Vec<_> = (0..64)
+                .map(|i| {
+                    let handle = handle.clone();
+                    tokio::spawn(async move { handle.check(flow(&format!("u{i}")), None).await })
+                })
+                .collect();
+            // Let the callers and the flush run, until all 64 checks were sent.
+            let mut batches: Vec<Vec<usize>> = vec![Vec::new(); inboxes.len()];
+            let sent = |b: &Vec<Vec<usize>>| b.iter().flatten().sum::<usize>();
+            for _ in 0..1_000 {
+                if sent(&batches) == 64 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                for (shard, inbox) in inboxes.iter().enumerate() {
+                    while let Ok(msg) = inbox.try_recv() {
+                        let Inbound::CheckBatch { checks, answered } = msg else {
+                            panic!("expected a check batch");
+                        };
+                        batches[shard].push(checks.len());
+                        // Play the shard: every check accepted at once.
+                        let answers = checks.into_iter().map(|c| (c.reply, Ok(accepted())));
+                        assert!(answered.send(answers.collect()).is_ok(), "flush waits");
+                    }
+                }
+            }
+            assert_eq!(sent(&batches), 64);
+            // Each shard got its share of the turn in one message; both got some.
+            assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+            for call in calls {
+                assert!(call.await.expect("joined").expect("decided").accepted);
+            }
+        });
+    }
+
+    #[test]
+    fn a_caller_gone_before_its_answer_gets_its_flows_back() {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        drop(answer);
+        let engine = engine();
+        let flow_id = FlowId::new(1, 7);
+        let mut started = LimiterOutcome::key_not_found(engine.limiters()[0].id, 1.0);
+        started.flow = Some(flow_id);
+        let mut decision = accepted();
+        decision.limiters.push(started);
+        assert_eq!(deliver(vec![(reply, Ok(decision))]), vec![flow_id]);
+    }
+}
