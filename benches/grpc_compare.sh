@@ -24,6 +24,7 @@
 #   LIMITADOR=/path/to/limitador-server benches/grpc_compare.sh
 #   SECONDS_PER_RUN=3 REPEAT=1 NO_DOCS=1 benches/grpc_compare.sh
 #   NO_BUILD=1 benches/grpc_compare.sh     # use the release binaries already in target/
+#   TOLLGATE_BIN=/tmp/tollgate-before NO_BUILD=1 NO_DOCS=1 benches/grpc_compare.sh  # an A/B
 #   RENDER_ONLY=1 benches/grpc_compare.sh  # re-render the table from the last run in $GRPC_OUT
 #
 # Every load targets 127.0.0.1 only. All processes started here are stopped on exit.
@@ -40,7 +41,7 @@ SHARDS="${SHARDS:-2}"
 # Not $OUT: benches/compare.sh exports that for its own directory and calls this script.
 OUT="${GRPC_OUT:-$ROOT/target/compare/grpc}"
 LIMITADOR="${LIMITADOR:-}"
-TOLLGATE="$ROOT/target/release/tollgate"
+TOLLGATE="${TOLLGATE_BIN:-$ROOT/target/release/tollgate}"  # TOLLGATE_BIN: another build to measure (an A/B)
 LOADGEN="$ROOT/target/release/tollgate-loadgen"
 FLOOR="$ROOT/target/release/grpc_floor"
 BODIES="$ROOT/target/release/grpc_bodies"

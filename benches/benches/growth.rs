@@ -4,8 +4,8 @@
 //! it), not a median.
 //!
 //! `GROWTH_KEYS=100000000 cargo bench -p tollgate-benches --bench growth` (default 10M;
-//! `GROWTH_PURGE_DEFAULT=1` keeps mimalloc's delayed purging instead of the server's
-//! setting; `GROWTH_PREFAULT_MIB=N` faults memory in first, see [`prefault`]).
+//! `GROWTH_PURGE_DEFAULT=1` keeps mimalloc's delayed purging instead of purging at once;
+//! `GROWTH_PREFAULT_MIB=N` faults memory in first, see [`prefault`]).
 //!
 //! Wall time per step catches everything, including this thread being preempted by others
 //! (several ms on a busy machine), so the thread's CPU time is also read every [`WINDOW`]
@@ -37,7 +37,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
     if std::env::var_os("GROWTH_PURGE_DEFAULT").is_none() {
-        // As the server does (runtime::start): free pages go back to the OS at once.
+        // Free pages go back to the OS at once, so each freed table's cost shows in its own
+        // tick. (The server waits 10 ms, `runtime::PURGE_DELAY_MS`, about one of its sweep
+        // ticks, which are at least 10 ms apart; this bench runs its ticks back to back.)
         // SAFETY: sets one integer option of the allocator before anything is freed.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }

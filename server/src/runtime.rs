@@ -2,11 +2,12 @@
 //! connect them with a channel mesh, report ready, and on shutdown answer every waiting
 //! flow, stop accepting, drain connections, end the flows in flight and exit.
 
-use crate::bridge::{DecisionHandle, Inbound, INBOX_DEPTH};
+use crate::bridge::check_batch::CheckReply;
+use crate::bridge::{AnsweredChecks, DecisionHandle, Inbound, INBOX_DEPTH};
 use crate::config::Config;
 use crate::conn::access::Access;
 use crate::node::{Limits, MembersView, Node};
-use crate::shard::{MeshMsg, Planned, Shard, MESH_CHANNEL_SIZE};
+use crate::shard::{MeshMsg, PendingCheck, Planned, Shard, MESH_CHANNEL_SIZE};
 use crate::{clock, conn, listeners};
 use anyhow::{anyhow, Context, Result};
 use arc_swap::ArcSwap;
@@ -21,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tollgate_cluster::Replica;
 use tollgate_policy::store::SWEEP_BUDGET;
-use tollgate_policy::{Decision, Engine, FlowError, StoreStats};
+use tollgate_policy::{Decision, Engine, StoreStats};
 
 /// glommio reserves this much io_uring-registered memory per executor for storage I/O.
 /// Tollgate does no file I/O on shards, so the minimum (64 KiB) leaves locked-memory
@@ -49,6 +50,15 @@ const STATS_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// mimalloc's `purge_delay` option (`mi_option_purge_delay` in mimalloc.h, v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long freed memory stays mapped before the allocator hands it back to the OS, in ms.
+/// Why not mimalloc's 1,000: the pages freed in a second (e.g. the idle sweep dropping
+/// millions of buckets) were then unmapped in one call that stalled its thread for 100+ ms.
+/// Why not 0: every page that emptied between two bursts of requests was unmapped at once
+/// and faulted back in, zeroed, by the next burst; the gRPC thread spent ~15% of its time in
+/// page faults and ran at 0.70x the throughput it has at 10 ms (docs/performance.md).
+/// At 10 ms a batch holds about one sweep tick's frees (ticks are >= `SWEEP_MIN_PAUSE` apart).
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// What `start` needs beyond the config file.
 #[derive(Default)]
@@ -103,7 +113,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
             cap.max_buckets
         ));
     }
-    return_free_pages_at_once();
+    return_free_pages_soon();
     tracing::info!(
         max_buckets = cap.max_buckets,
         per_shard = cap.per_shard(0, nr_shards),
@@ -402,43 +412,33 @@ async fn drain_shard(
 
 fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
     match msg {
-        Inbound::Check {
-            flow,
-            deadline,
-            reply,
-        } => {
-            let planned = shard.decide_now(
-                &flow.control_point,
-                flow.labels.as_slice(),
-                flow.tokens,
-                deadline,
-                clock::now_ns(),
-            );
-            match planned {
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+        Inbound::CheckBatch { checks, answered } => {
+            let now = clock::now_ns();
+            let mut answers: AnsweredChecks = Vec::with_capacity(checks.len());
+            for check in checks {
+                let flow = &check.flow;
+                let planned = shard.decide_now(
+                    &flow.control_point,
+                    flow.labels.as_slice(),
+                    flow.tokens,
+                    check.deadline,
+                    now,
+                );
+                match planned {
+                    Err(e) => answers.push((check.reply, Err(e))),
+                    Ok(Planned::Decided(d)) => answers.push((check.reply, Ok(d))),
+                    Ok(Planned::Pending(pending)) => {
+                        answer_when_decided(shard, pending, check.reply)
+                    }
                 }
-                Ok(Planned::Decided(d)) => answer_check(shard, reply, d),
-                Ok(Planned::Pending(pending)) => {
-                    let shard = shard.clone();
-                    glommio::spawn_local(async move {
-                        let mut reply = reply;
-                        let decided = {
-                            let decision = pending.decide();
-                            let cancelled = reply.closed();
-                            futures::pin_mut!(decision, cancelled);
-                            match futures::future::select(decision, cancelled).await {
-                                futures::future::Either::Left((d, _)) => Some(d),
-                                // The caller went away: dropping the check hands back what
-                                // it took.
-                                futures::future::Either::Right(_) => None,
-                            }
-                        };
-                        if let Some(d) = decided {
-                            answer_check(&shard, reply, d);
-                        }
-                    })
-                    .detach();
+            }
+            // The caller's thread is gone (shutting down): answer each caller alone.
+            if let Err(answers) = answered.send(answers) {
+                for (reply, answer) in answers {
+                    match answer {
+                        Ok(d) => answer_check(shard, reply, d),
+                        Err(e) => drop(reply.send(Err(e))),
+                    }
                 }
             }
         }
@@ -487,13 +487,32 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
     }
 }
 
+/// Lets a check that must wait (a scheduler queue) be decided in its own task, and answers
+/// its caller alone then. A caller that goes away meanwhile cancels it: dropping the check
+/// hands back what it took.
+fn answer_when_decided(shard: &Rc<Shard>, pending: Box<PendingCheck>, reply: CheckReply) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let mut reply = reply;
+        let decided = {
+            let decision = pending.decide();
+            let cancelled = reply.closed();
+            futures::pin_mut!(decision, cancelled);
+            match futures::future::select(decision, cancelled).await {
+                futures::future::Either::Left((d, _)) => Some(d),
+                futures::future::Either::Right(_) => None,
+            }
+        };
+        if let Some(d) = decided {
+            answer_check(&shard, reply, d);
+        }
+    })
+    .detach();
+}
+
 /// Sends a decision to a caller on another thread. If it is gone, the flows the decision
 /// started end now rather than at their `max_inflight_duration` (nobody will end them).
-fn answer_check(
-    shard: &Rc<Shard>,
-    reply: tokio::sync::oneshot::Sender<Result<Decision, FlowError>>,
-    decision: Decision,
-) {
+fn answer_check(shard: &Rc<Shard>, reply: CheckReply, decision: Decision) {
     if let Err(Ok(decision)) = reply.send(Ok(decision)) {
         let flows: Vec<_> = decision.limiters.iter().filter_map(|o| o.flow).collect();
         if !flows.is_empty() {
@@ -648,13 +667,15 @@ impl StatsReport {
     }
 }
 
-/// Makes the allocator hand pages back to the OS as soon as they are free instead of in a
-/// batch a second later (mimalloc's default): the idle sweep frees at most one segment table
-/// per tick, which costs the shard well under a millisecond to unmap, while a second's worth
-/// of frees unmapped at once cost 100+ ms in the growth bench (docs/performance.md).
-fn return_free_pages_at_once() {
+/// Makes the allocator hand free pages back to the OS [`PURGE_DELAY_MS`] after they are
+/// freed instead of in one batch a second later (mimalloc's default). An operator's
+/// `MIMALLOC_PURGE_DELAY` in the environment wins.
+fn return_free_pages_soon() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return; // the operator's choice (mimalloc reads it at start)
+    }
     // SAFETY: sets one integer option of the allocator; it takes effect on later frees.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
 fn nanos(d: Duration) -> u64 {
