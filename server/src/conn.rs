@@ -230,7 +230,8 @@ impl<R: transport::ReadHalf> Reader<R> {
                 }
                 match decode_frame(buf.data(), max_frame_len) {
                     Ok(Some(decoded)) => {
-                        last_frame = Instant::now();
+                        // The read's time: one clock reading per read, not per frame.
+                        last_frame = clock::instant_at(now);
                         let len = decoded.len;
                         self.handle(decoded.request_id, decoded.frame, now);
                         buf.consume(len);
@@ -243,7 +244,7 @@ impl<R: transport::ReadHalf> Reader<R> {
                         frame_len,
                         ..
                     }) => {
-                        last_frame = Instant::now();
+                        last_frame = clock::instant_at(now);
                         encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, reason);
                         buf.consume(frame_len);
                     }
