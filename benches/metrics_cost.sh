@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What enabling metrics costs pipelined throughput: two release servers, identical but for
-# `server.metrics` (on / off), both started at once and driven in turn by the same loadgen
-# scenario (pipelined binary CHECK, 8 connections x 64 deep, uniform keys), ROUNDS times.
-# Each round measures both, in alternating order (on-off, off-on, ...), so a drift of the
-# shared machine hits both sides of a round alike; the cost is read from the per-round
-# ratios, not from two long runs minutes apart.
+# `server.metrics` (on / off), both started at once and driven by the same loadgen scenario
+# (pipelined binary CHECK, 8 connections x 64 deep, uniform keys), ROUNDS times. Each round
+# measures both at the same time (MODE=together, the default: two loadgens, one per server)
+# or one after the other in alternating order (MODE=turns), so whatever disturbs the shared
+# machine hits both sides of a round alike; the cost is read from the per-round ratios, not
+# from two long runs minutes apart. (Turns on this VM: consecutive 3 s runs differed by up
+# to 28%, more than any effect to be measured.)
 #
 # Reports, per round and summarised (median and the mean of the log ratios with its 95%
 # confidence interval):
@@ -16,6 +18,7 @@
 #
 #   benches/metrics_cost.sh
 #   ROUNDS=4 DURATION=2s NO_DOCS=1 benches/metrics_cost.sh   # a quick look
+#   MODE=turns benches/metrics_cost.sh
 #
 # Every load targets 127.0.0.1 only. All processes started here are stopped on exit.
 set -euo pipefail
@@ -25,6 +28,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/benches/common.sh"
 cd "$ROOT"
 ROUNDS="${ROUNDS:-16}"
+# together: both servers driven at once in each round (each loadgen and server gets half of
+# the machine, and whatever disturbs the machine disturbs both alike); turns: one after the
+# other, in alternating order.
+MODE="${MODE:-together}"
 DURATION="${DURATION:-3s}"
 WARMUP="${WARMUP:-1s}"
 KEYS="${KEYS:-100000}"
@@ -76,22 +83,34 @@ done
 } > "$OUT/meta.env"
 
 echo "round,metrics,cpu_s" > "$OUT/rounds.csv"
+# One loadgen run against the server with metrics $1 in round $2.
+drive() {
+    "$LOADGEN" --target "tollgate://${LISTEN[$1]}" -c 8 -d 64 --keys "$KEYS" \
+        --duration "$DURATION" --warmup "$WARMUP" --json "$OUT/r$2-$1.json" \
+        > /dev/null 2> "$OUT/r$2-$1.log"
+}
 for round in $(seq "$ROUNDS"); do
-    order="on off"
-    [ $((round % 2)) -eq 0 ] && order="off on"
-    for metrics in $order; do
-        before="$(cpu_seconds "${PID[$metrics]}")"
-        "$LOADGEN" --target "tollgate://${LISTEN[$metrics]}" -c 8 -d 64 --keys "$KEYS" \
-            --duration "$DURATION" --warmup "$WARMUP" --json "$OUT/r$round-$metrics.json" \
-            > /dev/null 2> "$OUT/r$round-$metrics.log"
+    declare -A before
+    for metrics in on off; do before[$metrics]="$(cpu_seconds "${PID[$metrics]}")"; done
+    if [ "$MODE" = together ]; then
+        drive on "$round" &
+        on_pid=$!
+        drive off "$round"
+        wait "$on_pid"
+    else
+        order="on off"
+        [ $((round % 2)) -eq 0 ] && order="off on"
+        for metrics in $order; do drive "$metrics" "$round"; done
+    fi
+    for metrics in on off; do
         after="$(cpu_seconds "${PID[$metrics]}")"
-        echo "$round,$metrics,$(echo "$after - $before" | bc)" >> "$OUT/rounds.csv"
+        echo "$round,$metrics,$(echo "$after - ${before[$metrics]}" | bc)" >> "$OUT/rounds.csv"
     done
     log "round $round of $ROUNDS done"
 done
 echo "loadavg_end=\"$(cut -d' ' -f1-3 /proc/loadavg)\"" >> "$OUT/meta.env"
 
-ROOT="$ROOT" OUT="$OUT" ROUNDS="$ROUNDS" DURATION="$DURATION" WARMUP="$WARMUP" KEYS="$KEYS" \
+ROOT="$ROOT" OUT="$OUT" MODE="$MODE" ROUNDS="$ROUNDS" DURATION="$DURATION" WARMUP="$WARMUP" KEYS="$KEYS" \
 SHARDS="$SHARDS" python3 - <<'PY'
 import csv, json, math, os, re, statistics, sys
 
@@ -116,6 +135,14 @@ for n in range(1, int(env["ROUNDS"]) + 1):
     row["tput_cost"] = row["off"] / row["on"]
     row["cpu_cost"] = row["on_cpu_us"] / row["off_cpu_us"]
     rounds.append(row)
+
+MODE_TEXT = {
+    "together": "each driving both servers at the same time (one loadgen each, so each side had about "
+                "half of the machine). Each round's ratio compares two runs that shared every "
+                "disturbance of the machine.",
+    "turns": "each driving one server after the other in alternating order (on-off, off-on, ...). "
+             "Each round's ratio compares two runs a few seconds apart.",
+}
 
 # Student's t, two-sided 95%, for n - 1 degrees of freedom (n <= 31 here; beyond: 1.96).
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -150,9 +177,7 @@ Measured by `benches/metrics_cost.sh` on {meta['date']} at commit `{meta['commit
 {meta['loadavg_start']} before, {meta['loadavg_end']} after): two release servers ({env['SHARDS']} shards
 each) identical but for `server.metrics`, started together; the loadgen on the same cores drives
 pipelined binary CHECK, 8 connections x 64 deep, uniform over {int(env['KEYS']):,} keys, {env['DURATION']}
-measured after {env['WARMUP']} of warm-up, against each server in turn, {len(rounds)} rounds in
-alternating order (on-off, off-on, ...). Each round's ratio compares two runs a few seconds apart,
-so the machine's drift cancels out of it.
+measured after {env['WARMUP']} of warm-up, {len(rounds)} rounds, {MODE_TEXT[env['MODE']]}
 
 | | median | geometric mean | 95% interval |
 |---|---:|---:|---:|
