@@ -19,6 +19,7 @@
 #   benches/metrics_cost.sh
 #   ROUNDS=4 DURATION=2s NO_DOCS=1 benches/metrics_cost.sh   # a quick look
 #   MODE=turns benches/metrics_cost.sh
+#   AA=1 NO_DOCS=1 benches/metrics_cost.sh  # both servers with metrics on: the method's own bias
 #
 # Every load targets 127.0.0.1 only. All processes started here are stopped on exit.
 set -euo pipefail
@@ -55,10 +56,21 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 
 declare -A PID LISTEN
-for metrics in on off; do
-    flag=true
-    [ "$metrics" = off ] && flag=false
-    cat > "$OUT/$metrics.yaml" <<EOF
+# start_servers FIRST SECOND: (re)starts both servers, FIRST first. Half of the rounds run
+# with each order, so whatever favours one instance (an A/A run, both with metrics on, read
+# +0.5% for the second one started) favours each side for half of the rounds.
+start_servers() {
+    local metrics flag ready
+    for metrics in on off; do
+        if [ -n "${PID[$metrics]:-}" ]; then
+            kill "${PID[$metrics]}" 2>/dev/null || true
+            wait "${PID[$metrics]}" 2>/dev/null || true
+        fi
+    done
+    for metrics in "$@"; do
+        flag=true
+        [ "$metrics" = off ] && [ -z "${AA:-}" ] && flag=false
+        cat > "$OUT/$metrics.yaml" <<EOF
 server: { listen: 127.0.0.1:0, grpc: "off", admin: "off", shards: $SHARDS, metrics: $flag }
 policies:
   - policy_name: bench
@@ -68,13 +80,15 @@ policies:
       parameters: { interval: 1s, limit_by_label_key: user }
       selectors: [ { control_point: bench } ]
 EOF
-    RUST_LOG=info "$TOLLGATE" serve --config "$OUT/$metrics.yaml" 2> "$OUT/$metrics-server.log" &
-    PID[$metrics]=$!
-    PIDS+=("${PID[$metrics]}")
-    ready="$(wait_line "$OUT/$metrics-server.log" "tollgate ready")"
-    LISTEN[$metrics]="$(sed -E 's/.*listen=([^ ]+).*/\1/' <<<"$ready")"
-    log "metrics $metrics: pid ${PID[$metrics]} on ${LISTEN[$metrics]}"
-done
+        RUST_LOG=info "$TOLLGATE" serve --config "$OUT/$metrics.yaml" 2> "$OUT/$metrics-server.log" &
+        PID[$metrics]=$!
+        PIDS+=("${PID[$metrics]}")
+        ready="$(wait_line "$OUT/$metrics-server.log" "tollgate ready")"
+        LISTEN[$metrics]="$(sed -E 's/.*listen=([^ ]+).*/\1/' <<<"$ready")"
+        log "metrics $metrics: pid ${PID[$metrics]} on ${LISTEN[$metrics]}"
+    done
+}
+start_servers on off
 
 {
     echo "loadavg_start=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
@@ -90,6 +104,9 @@ drive() {
         > /dev/null 2> "$OUT/r$2-$1.log"
 }
 for round in $(seq "$ROUNDS"); do
+    if [ "$round" -eq $((ROUNDS / 2 + 1)) ]; then
+        start_servers off on
+    fi
     declare -A before
     for metrics in on off; do before[$metrics]="$(cpu_seconds "${PID[$metrics]}")"; done
     if [ "$MODE" = together ]; then
@@ -175,7 +192,8 @@ body = f"""### Metrics on vs off
 
 Measured by `benches/metrics_cost.sh` on {meta['date']} at commit `{meta['commit']}` (load average
 {meta['loadavg_start']} before, {meta['loadavg_end']} after): two release servers ({env['SHARDS']} shards
-each) identical but for `server.metrics`, started together; the loadgen on the same cores drives
+each) identical but for `server.metrics`, started together (and restarted in the other order
+for the second half of the rounds); the loadgen on the same cores drives
 pipelined binary CHECK, 8 connections x 64 deep, uniform over {int(env['KEYS']):,} keys, {env['DURATION']}
 measured after {env['WARMUP']} of warm-up, {len(rounds)} rounds, {MODE_TEXT[env['MODE']]}
 

@@ -20,16 +20,6 @@
 //! since it got its counter), and `count` estimates it (it may be below the truth: takes
 //! not admitted are not counted anywhere).
 //!
-//! **Sampling once full** ([`SpaceSaving::sampled`], what the server uses): while the
-//! sketch has room every take is counted, so the exactness above holds; once full, one take
-//! in `every` (at random: the gaps are geometric, so no periodic key pattern can hide from
-//! it) is counted with `every` times its weight, and the others return after a counter
-//! decrement. Why: on a shard whose buckets overflow the CPU caches, the lines a take
-//! touches here were misses, and they were most of what metrics cost a pipelined decision
-//! (docs/performance.md, "Metrics on vs off"). Counts stay unbiased estimates of the truth,
-//! with a sampling error of about `sqrt(every / count)` relative (3% at 10,000 takes of
-//! one key, with `every` = 8); `count - error` is then an estimate, not a bound.
-//!
 //! Counters sit in slots that keep their place; a binary min-heap of slot numbers finds the
 //! smallest, and a hash index finds a key's slot. Heap moves touch only slot numbers and
 //! positions, never the index.
@@ -75,24 +65,12 @@ pub struct SpaceSaving {
     /// Admission draws for uncounted keys on a full sketch.
     rng: StdRng,
     hasher: foldhash::fast::FixedState,
-    /// Once full, one take in `every` is counted (1: every take).
-    every: u32,
-    /// Takes still to pass by before the next one counted (once full).
-    skip: u32,
 }
 
 impl SpaceSaving {
-    /// An empty sketch of `capacity` counters (at least 1) that counts every take.
+    /// An empty sketch of `capacity` counters (at least 1).
     pub fn new(capacity: usize) -> SpaceSaving {
-        SpaceSaving::sampled(capacity, 1)
-    }
-
-    /// An empty sketch of `capacity` counters (at least 1) that, once full, counts one take
-    /// in `every` (at least 1) with `every` times its weight (see the module docs).
-    pub fn sampled(capacity: usize, every: u32) -> SpaceSaving {
         SpaceSaving {
-            every: every.max(1),
-            skip: 0,
             capacity: capacity.max(1),
             slots: Vec::new(),
             heap: Vec::new(),
@@ -108,15 +86,6 @@ impl SpaceSaving {
         // NaN and non-positive weights count nothing.
         if weight.is_nan() || weight <= 0.0 {
             return;
-        }
-        let mut weight = weight;
-        if self.every > 1 && self.slots.len() == self.capacity {
-            if self.skip > 0 {
-                self.skip -= 1;
-                return;
-            }
-            self.skip = self.gap();
-            weight *= f64::from(self.every);
         }
         let hash = self.hasher.hash_one(key);
         let slots = &self.slots;
@@ -136,14 +105,6 @@ impl SpaceSaving {
             return;
         }
         self.admit(key, weight, hash);
-    }
-
-    /// Takes to pass by before the next one counted: geometric with mean `every - 1`, so
-    /// each take is counted with probability `1 / every`, independently of the others.
-    fn gap(&mut self) -> u32 {
-        let p = 1.0 / f64::from(self.every);
-        let u: f64 = self.rng.gen::<f64>().max(f64::MIN_POSITIVE);
-        (u.ln() / (1.0 - p).ln()).floor().min(f64::from(u32::MAX)) as u32
     }
 
     /// A new counter while there is room: exact.
@@ -209,7 +170,6 @@ impl SpaceSaving {
         self.slots.clear();
         self.heap.clear();
         self.index.clear();
-        self.skip = 0;
     }
 
     fn count_at(&self, pos: usize) -> f64 {
@@ -344,47 +304,6 @@ mod tests {
             .entries()
             .all(|c| c.key == "heavy" || c.count < heavy.count / 2.0));
         assert!(consistent(&s));
-    }
-
-    #[test]
-    fn sampled_once_full_the_heavy_key_is_estimated_and_few_keys_stay_exact() {
-        let mut s = SpaceSaving::sampled(8, 8);
-        for (key, w) in [("a", 1.0), ("b", 2.0), ("a", 1.0)] {
-            s.record(key, w);
-        }
-        // Room left: every take counted exactly.
-        assert_eq!(
-            sorted(&s),
-            vec![("a".into(), 2.0, 0.0), ("b".into(), 2.0, 0.0)]
-        );
-        for i in 0..100_000u32 {
-            s.record(&format!("k{i}"), 1.0);
-            if i % 10 == 0 {
-                s.record("heavy", 1.0);
-            }
-        }
-        let heavy = s
-            .entries()
-            .find(|c| c.key == "heavy")
-            .expect("heavy counted");
-        // 10,000 takes, one in 8 counted with weight 8: within 10% (3 standard deviations).
-        assert!((9_000.0..=11_000.0).contains(&heavy.count), "{heavy:?}");
-        assert!(s
-            .entries()
-            .all(|c| c.key == "heavy" || c.count < heavy.count / 2.0));
-        assert!(consistent(&s));
-    }
-
-    #[test]
-    fn sampling_counts_one_take_in_every_on_average() {
-        let mut s = SpaceSaving::sampled(1, 8);
-        s.record("only", 1.0); // full from here on
-        for _ in 0..80_000 {
-            s.record("only", 1.0);
-        }
-        let only = s.entries().next().expect("counted");
-        // 80,001 takes: 1 exact, then ~10,000 counted with weight 8.
-        assert!((76_000.0..=84_000.0).contains(&only.count), "{only:?}");
     }
 
     #[test]

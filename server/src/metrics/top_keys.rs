@@ -18,10 +18,6 @@ pub use super::space_saving::{Counted, SpaceSaving};
 /// saw keyed takes.
 pub const CAPACITY: usize = 128;
 
-/// Once a window's sketch is full, one take in this many is counted (with this many times
-/// its weight): see `space_saving`'s module docs for why and what it costs in accuracy.
-pub const SAMPLE_EVERY: u32 = 8;
-
 /// Length of one window. Two of them make "the last minute": a query covers the current
 /// window and the one before it, so between one and two minutes of takes.
 pub const WINDOW_NS: u64 = 60_000_000_000;
@@ -44,8 +40,8 @@ impl WindowedTopKeys {
         WindowedTopKeys {
             created: now_ns,
             current_start: now_ns,
-            current: SpaceSaving::sampled(CAPACITY, SAMPLE_EVERY),
-            previous: SpaceSaving::sampled(CAPACITY, SAMPLE_EVERY),
+            current: SpaceSaving::new(CAPACITY),
+            previous: SpaceSaving::new(CAPACITY),
         }
     }
 
