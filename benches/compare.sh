@@ -3,7 +3,8 @@
 # Redis + a Lua token bucket (one EVALSHA per check, and one EVALSHA per batch), with the same
 # loadgen scenarios in one run; the IO floors (PING on Tollgate's shard ports, Redis PING, raw
 # TCP echo); the loadgen's own CPU per request against redis-benchmark's; server memory with
-# 10M live keys. The gRPC rows are benches/grpc_compare.sh's, run from here (one hook, below).
+# 10M live keys. The gRPC rows are benches/grpc_compare.sh's, run from here (one hook, at the
+# end; NO_GRPC=1 skips it).
 #
 # Writes the results between the `section:e2e` markers of docs/performance.md (nothing else
 # in that file is touched), prints the tables, and keeps every JSON report in $OUT (default
@@ -233,17 +234,6 @@ lg_best "latency-tollgate-ping" "$TG" --mode ping -c 1 -d 1
 lg_best "latency-tollgate-check" "$TG" -c 1 -d 1 --keys 1000000
 lg_best "latency-tollgate-check-hot" "$TG" -c 1 -d 1 --distribution hot --key-prefix lat-
 SERVER_PID="$REDIS_PID" lg_best "latency-redis-check" "$REDIS" -c 1 -d 1 --keys 1000000
-
-# --- The gRPC rows: the one hook ---------------------------------------------------------------
-# benches/grpc_compare.sh owns the gRPC compat port's rows and its section of
-# docs/performance.md (`section:grpc`); it runs here, against this run's server and Redis.
-if [ -x "$ROOT/benches/grpc_compare.sh" ]; then
-    log "gRPC rows: benches/grpc_compare.sh"
-    TG_GRPC="$TG_GRPC" TG_LISTEN="$TG_LISTEN" TOLLGATE_PID="$TOLLGATE_PID" \
-        REDIS_PORT="$REDIS_PORT" REDIS_PID="$REDIS_PID" OUT="$OUT" DURATION="$DURATION" \
-        WARMUP="$WARMUP" SHARDS="$SHARDS" LOADGEN="$LOADGEN" NO_DOCS="${NO_DOCS:-}" \
-        "$ROOT/benches/grpc_compare.sh"
-fi
 
 # --- Memory: 10M live keys -------------------------------------------------------------------
 RSS_BEFORE_KB=""
