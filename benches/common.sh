@@ -22,3 +22,19 @@ wait_line() {
 cpu_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
 }
+
+# bench_config FILE SERVER CAPACITY FILL: writes a config with the `server:` line SERVER (a
+# flow mapping) and the one policy every end-to-end bench enforces: CAPACITY tokens per user,
+# FILL more every second, on control point `bench`.
+bench_config() {
+    cat > "$1" <<YAML
+server: $2
+policies:
+  - policy_name: bench
+    rate_limiter:
+      bucket_capacity: $3
+      fill_amount: $4
+      parameters: { interval: 1s, limit_by_label_key: user }
+      selectors: [ { control_point: bench } ]
+YAML
+}

@@ -34,7 +34,7 @@ LOADGEN="$ROOT/target/release/tollgate-loadgen"
 # The limit both systems enforce: 100 tokens per user, 10 more per second.
 CAPACITY=100
 FILL=10
-INTERVAL=1s
+INTERVAL=1s  # the interval bench_config (common.sh) gives Tollgate
 
 mkdir -p "$OUT"
 if [ -n "${RENDER_ONLY:-}" ]; then
@@ -73,16 +73,8 @@ free_port() {
 }
 
 # --- Tollgate -------------------------------------------------------------------------------
-cat > "$OUT/tollgate.yaml" <<EOF
-server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, admin: "off", shards: $SHARDS }
-policies:
-  - policy_name: bench
-    rate_limiter:
-      bucket_capacity: $CAPACITY
-      fill_amount: $FILL
-      parameters: { interval: $INTERVAL, limit_by_label_key: user }
-      selectors: [ { control_point: bench } ]
-EOF
+bench_config "$OUT/tollgate.yaml" \
+    "{ listen: 127.0.0.1:0, grpc: 127.0.0.1:0, admin: \"off\", shards: $SHARDS }" "$CAPACITY" "$FILL"
 RUST_LOG=info "$TOLLGATE" serve --config "$OUT/tollgate.yaml" 2> "$OUT/tollgate.log" &
 TOLLGATE_PID=$!
 PIDS+=("$TOLLGATE_PID")

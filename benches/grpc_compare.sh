@@ -76,16 +76,7 @@ fi
 "$BODIES" "$OUT"
 
 
-cat > "$OUT/tollgate.yaml" <<EOF
-server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: $SHARDS }
-policies:
-  - policy_name: bench
-    rate_limiter:
-      bucket_capacity: $LIMIT
-      fill_amount: $LIMIT
-      parameters: { interval: 1s, limit_by_label_key: user }
-      selectors: [ { control_point: bench } ]
-EOF
+bench_config "$OUT/tollgate.yaml" "{ listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: $SHARDS }" "$LIMIT" "$LIMIT"
 RUST_LOG=info "$TOLLGATE" serve --config "$OUT/tollgate.yaml" 2> "$OUT/tollgate.log" &
 TOLLGATE_PID=$!
 PIDS+=("$TOLLGATE_PID")

@@ -9,22 +9,15 @@
 # Prints one line: `memory keys=N rss_before_kb=A rss_after_kb=B bytes_per_key=C`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 KEYS="${KEYS:-10000000}"
 SHARDS="${SHARDS:-2}"
 OUT="${OUT:-$ROOT/target/compare}"
 mkdir -p "$OUT"
 cargo build --release -q -p tollgate-server -p tollgate-loadgen --manifest-path "$ROOT/Cargo.toml"
 
-cat > "$OUT/memory.yaml" <<YAML
-server: { listen: 127.0.0.1:0, grpc: off, shards: $SHARDS }
-policies:
-  - policy_name: bench
-    rate_limiter:
-      bucket_capacity: 100
-      fill_amount: 10
-      parameters: { interval: 1s, limit_by_label_key: user }
-      selectors: [ { control_point: bench } ]
-YAML
+bench_config "$OUT/memory.yaml" "{ listen: 127.0.0.1:0, grpc: off, shards: $SHARDS }" 100 10
 RUST_LOG=info "$ROOT/target/release/tollgate" serve --config "$OUT/memory.yaml" 2> "$OUT/memory-server.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT

@@ -70,16 +70,8 @@ start_servers() {
     for metrics in "$@"; do
         flag=true
         [ "$metrics" = off ] && [ -z "${AA:-}" ] && flag=false
-        cat > "$OUT/$metrics.yaml" <<EOF
-server: { listen: 127.0.0.1:0, grpc: "off", admin: "off", shards: $SHARDS, metrics: $flag }
-policies:
-  - policy_name: bench
-    rate_limiter:
-      bucket_capacity: 100
-      fill_amount: 10
-      parameters: { interval: 1s, limit_by_label_key: user }
-      selectors: [ { control_point: bench } ]
-EOF
+        bench_config "$OUT/$metrics.yaml" \
+            "{ listen: 127.0.0.1:0, grpc: \"off\", admin: \"off\", shards: $SHARDS, metrics: $flag }" 100 10
         RUST_LOG=info "$TOLLGATE" serve --config "$OUT/$metrics.yaml" 2> "$OUT/$metrics-server.log" &
         PID[$metrics]=$!
         PIDS+=("${PID[$metrics]}")
