@@ -154,10 +154,10 @@ impl ShardMetrics {
             match o.kind {
                 OutcomeKind::Accepted => {
                     counters.accepted.add(1);
-                    let take = takes.iter().find(|t| t.limiter_id() == o.limiter);
-                    if let Some(key) = take.and_then(TakeKey::bucket_key) {
-                        self.top.borrow_mut().record(id, key, o.tokens, now_ns);
-                    }
+                    self.top.borrow_mut().record_with(id, o.tokens, now_ns, || {
+                        let take = takes.iter().find(|t| t.limiter_id() == o.limiter);
+                        take.and_then(TakeKey::bucket_key)
+                    });
                 }
                 OutcomeKind::Rejected => {
                     counters.rejected.add(1);

@@ -25,7 +25,7 @@
 //! positions, never the index.
 
 use hashbrown::HashTable;
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::hash::BuildHasher;
 
@@ -63,7 +63,7 @@ pub struct SpaceSaving {
     /// Slot number of each counted key, found by the key's hash.
     index: HashTable<usize>,
     /// Admission draws for uncounted keys on a full sketch.
-    rng: StdRng,
+    rng: SmallRng,
     hasher: foldhash::fast::FixedState,
 }
 
@@ -75,7 +75,7 @@ impl SpaceSaving {
             slots: Vec::new(),
             heap: Vec::new(),
             index: HashTable::new(),
-            rng: StdRng::seed_from_u64(SEED),
+            rng: SmallRng::seed_from_u64(SEED),
             hasher: foldhash::fast::FixedState::with_seed(SEED),
         }
     }
