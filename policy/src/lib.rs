@@ -68,7 +68,7 @@ pub use flow::FlowId;
 pub use identity::{ComponentKind, Digest, LimiterId, RejectReason, Resolution, Stage};
 pub use limiter::LimiterSpec;
 pub use shard_state::{Resolved, ShardLimits, ShardState};
-pub use store::{BucketStore, BucketView, Consumed, StoreStats, Swept};
+pub use store::{BucketHash, BucketStore, BucketView, Consumed, StoreStats, Swept};
 pub use tokens::{Tokens, TokensError};
 pub use wfq::Ticket;
 pub use workload::{WorkloadName, WorkloadPick};

@@ -68,6 +68,12 @@ use tollgate_protocol::{
 /// its replies cannot make the server buffer without bound.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
+/// Checks a `CHECK_BATCH` needs before its buckets are prefetched in a first pass. Why this
+/// value: the pass plans each check a second time, which a batch of a few checks does not
+/// earn back (their misses overlap little); at 8 and more the misses it overlaps cost far
+/// more than the plans (docs/performance.md, "CHECK_BATCH").
+const PREFETCH_MIN_BATCH: usize = 8;
+
 /// Reply bytes shared by the reader, pending-check tasks and the writer.
 struct Outbox {
     bytes: RefCell<Vec<u8>>,
@@ -387,14 +393,16 @@ impl<R: transport::ReadHalf> Reader<R> {
     }
 
     /// Resolves interned strings and plans; Ok(None) means an error reply was written.
-    fn plan(&self, check: &CheckRef<'_>, now: u64) -> Result<Planned, (ErrorCode, String)> {
+    /// A check's control point and labels with their interned ids resolved, and its
+    /// tokens.
+    fn resolve<'c>(&'c self, check: &CheckRef<'c>) -> Result<Resolved<'c>, (ErrorCode, String)> {
         let unknown = |id| {
             (
                 ErrorCode::UnknownInternedId,
                 format!("interned id {id} is not bound on this connection"),
             )
         };
-        let cp = match self.intern.resolve(check.control_point()) {
+        let control_point = match self.intern.resolve(check.control_point()) {
             Some(cp) => cp,
             None => return Err(unknown(str_ref_id(check.control_point()))),
         };
@@ -410,6 +418,19 @@ impl<R: transport::ReadHalf> Reader<R> {
             Ok(t) => t,
             Err(e) => return Err((ErrorCode::BadRequest, format!("tokens {e}"))),
         };
+        Ok(Resolved {
+            control_point,
+            labels,
+            tokens,
+        })
+    }
+
+    fn plan(&self, check: &CheckRef<'_>, now: u64) -> Result<Planned, (ErrorCode, String)> {
+        let Resolved {
+            control_point: cp,
+            labels,
+            tokens,
+        } = self.resolve(check)?;
         // The client's absolute deadline: its wait budget from now; without one, now (decided
         // at once, never queued).
         let budget_ns = check
@@ -475,12 +496,36 @@ impl<R: transport::ReadHalf> Reader<R> {
         }
     }
 
+    /// A batch's first pass: the buckets its checks will take from here, prefetched all
+    /// at once, so that deciding them (the second pass) finds them in cache instead of
+    /// paying one DRAM miss after another (docs/performance.md, "CHECK_BATCH").
+    fn prefetch_buckets<'a>(&self, checks: impl Iterator<Item = CheckRef<'a>>) {
+        let engine = self.shard.engine();
+        let mut hashes = Vec::with_capacity(checks.size_hint().0);
+        for check in checks {
+            // A check that does not resolve is answered with its error by the second pass.
+            if let Ok(r) = self.resolve(&check) {
+                self.shard.bucket_hashes(
+                    &engine,
+                    r.control_point,
+                    r.labels.as_slice(),
+                    r.tokens,
+                    &mut hashes,
+                );
+            }
+        }
+        self.shard.prefetch_buckets(&hashes);
+    }
+
     fn batch<'a>(
         &mut self,
         request_id: u32,
-        checks: impl ExactSizeIterator<Item = CheckRef<'a>>,
+        checks: impl ExactSizeIterator<Item = CheckRef<'a>> + Clone,
         now: u64,
     ) {
+        if checks.len() >= PREFETCH_MIN_BATCH {
+            self.prefetch_buckets(checks.clone());
+        }
         let mut results: Vec<BatchSlot> = Vec::with_capacity(checks.len());
         let mut pending: Vec<(usize, Box<PendingCheck>)> = Vec::new();
         for check in checks {
@@ -560,6 +605,13 @@ impl<R: transport::ReadHalf> Reader<R> {
             write_flow_end(&mut out.bytes.borrow_mut(), request_id, &ended);
         });
     }
+}
+
+/// A check with its interned ids resolved ([`Reader::resolve`]).
+struct Resolved<'c> {
+    control_point: &'c str,
+    labels: SmallVec<[(&'c str, &'c str); 8]>,
+    tokens: Option<Tokens>,
 }
 
 fn str_ref_id(r: tollgate_protocol::StrRef<'_>) -> u16 {

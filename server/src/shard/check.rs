@@ -13,8 +13,8 @@ use futures::channel::oneshot;
 use smallvec::{smallvec, SmallVec};
 use std::rc::Rc;
 use tollgate_policy::{
-    Decision, FlowError, FlowId, Labels, LimiterId, LimiterOutcome, OutcomeKind, Outcomes,
-    PlannedTake, Refusal, Stage, Tokens,
+    BucketHash, Decision, FlowError, FlowId, Labels, LimiterId, LimiterOutcome, OutcomeKind,
+    Outcomes, PlannedTake, Refusal, Stage, Tokens,
 };
 
 /// The scheduler stages, in the order a check meets them.
@@ -112,6 +112,42 @@ impl TakeParts for OwnedTake {
 }
 
 impl Shard {
+    /// The first pass over a batch of checks: plans a check only to name the buckets it
+    /// will take from on this shard (rate limiters whose key this shard owns), adding
+    /// their [`BucketHash`]es to `out` for [`Shard::prefetch_buckets`]. Decides nothing,
+    /// records nothing; a check that cannot be planned adds nothing (deciding it reports
+    /// the error).
+    pub fn bucket_hashes<L: Labels + ?Sized>(
+        &self,
+        engine: &tollgate_policy::Engine,
+        control_point: &str,
+        labels: &L,
+        tokens: Option<Tokens>,
+        out: &mut Vec<BucketHash>,
+    ) {
+        let Ok(plan) = engine.plan(control_point, labels, tokens) else {
+            return;
+        };
+        let state = self.state.borrow();
+        for take in &plan {
+            if let Some(key) = take.key {
+                if take.stage() == Stage::Immediate && self.node.owner_of(key) == self.id {
+                    out.push(state.store().bucket_hash(take.limiter, key));
+                }
+            }
+        }
+    }
+
+    /// Starts loading the buckets at `hashes` into the cache (see
+    /// [`tollgate_policy::BucketStore::bucket_hash`] for why in a loop of its own).
+    pub fn prefetch_buckets(&self, hashes: &[BucketHash]) {
+        let state = self.state.borrow();
+        let store = state.store();
+        for &at in hashes {
+            store.prefetch_hashed(at);
+        }
+    }
+
     /// Plans a check where it arrived and decides as much as it can at once (see the
     /// module docs of [`crate::shard`]). `deadline_ns` is the client's absolute deadline
     /// (`Some(now_ns)`: decide at once; `None`: the client brought none).
