@@ -74,6 +74,18 @@ const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 /// more than the plans (docs/performance.md, "CHECK_BATCH").
 const PREFETCH_MIN_BATCH: usize = 8;
 
+/// Live buckets a shard needs before the first pass runs. Why this value: the pass decodes
+/// and plans every check a second time, which pays only when buckets miss the caches. With
+/// one hot key it cost 5–10% of pipelined throughput, and at 50K buckets a shard (2 MiB of
+/// table, in L3) it was a wash; at 500K a shard (1M keys on 2 shards, DRAM) it gained
+/// 12% (docs/performance.md, "CHECK_BATCH").
+const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
+
+/// Bytes of whole frames a read needs before its `CHECK` frames get the same first pass
+/// (about [`PREFETCH_MIN_BATCH`] checks of a shard-aware client: an interned control point,
+/// one interned label key and a short value).
+const PREFETCH_MIN_READ: usize = PREFETCH_MIN_BATCH * 24;
+
 /// Reply bytes shared by the reader, pending-check tasks and the writer.
 struct Outbox {
     bytes: RefCell<Vec<u8>>,
@@ -223,6 +235,9 @@ impl<R: transport::ReadHalf> Reader<R> {
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
+            if self.authenticated && buf.data().len() >= PREFETCH_MIN_READ && self.prefetch_pays() {
+                self.prefetch_buckets(read_checks(buf.data(), max_frame_len));
+            }
             loop {
                 if !self.authenticated {
                     match self.shard.node.access.gate(buf.data(), max_frame_len) {
@@ -496,9 +511,16 @@ impl<R: transport::ReadHalf> Reader<R> {
         }
     }
 
-    /// A batch's first pass: the buckets its checks will take from here, prefetched all
-    /// at once, so that deciding them (the second pass) finds them in cache instead of
-    /// paying one DRAM miss after another (docs/performance.md, "CHECK_BATCH").
+    /// Whether this shard holds enough buckets for a first pass to pay (see
+    /// [`PREFETCH_MIN_BUCKETS`]).
+    fn prefetch_pays(&self) -> bool {
+        self.shard.bucket_count() >= PREFETCH_MIN_BUCKETS
+    }
+
+    /// A first pass over several checks (a batch's, or the `CHECK` frames of one read):
+    /// the buckets they will take from here, prefetched all at once, so that deciding them
+    /// (the second pass) finds them in cache instead of paying one DRAM miss after another
+    /// (docs/performance.md, "CHECK_BATCH").
     fn prefetch_buckets<'a>(&self, checks: impl Iterator<Item = CheckRef<'a>>) {
         let engine = self.shard.engine();
         let mut hashes = Vec::with_capacity(checks.size_hint().0);
@@ -523,7 +545,7 @@ impl<R: transport::ReadHalf> Reader<R> {
         checks: impl ExactSizeIterator<Item = CheckRef<'a>> + Clone,
         now: u64,
     ) {
-        if checks.len() >= PREFETCH_MIN_BATCH {
+        if checks.len() >= PREFETCH_MIN_BATCH && self.prefetch_pays() {
             self.prefetch_buckets(checks.clone());
         }
         let mut results: Vec<BatchSlot> = Vec::with_capacity(checks.len());
@@ -605,6 +627,20 @@ impl<R: transport::ReadHalf> Reader<R> {
             write_flow_end(&mut out.bytes.borrow_mut(), request_id, &ended);
         });
     }
+}
+
+/// The `CHECK` frames among the whole frames at the start of `data` (a read's buffer), for
+/// the prefetch pass; stops at the first partial or undecodable frame (the second pass
+/// answers it).
+fn read_checks(data: &[u8], max_frame_len: u32) -> impl Iterator<Item = CheckRef<'_>> {
+    let mut rest = data;
+    std::iter::from_fn(move || loop {
+        let decoded = decode_frame(rest, max_frame_len).ok().flatten()?;
+        rest = rest.get(decoded.len..)?;
+        if let Frame::Check(check) = decoded.frame {
+            return Some(check);
+        }
+    })
 }
 
 /// A check with its interned ids resolved ([`Reader::resolve`]).
@@ -771,4 +807,41 @@ async fn write_loop<W: futures::io::AsyncWrite + Unpin>(
     }
     let _ = stream.flush().await;
     let _ = stream.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_protocol::{encode_check, encode_ping, CheckSpec, StrRef};
+
+    fn check_frame(out: &mut Vec<u8>, request_id: u32, user: &str) {
+        let labels = [(StrRef::Inline("user"), user)];
+        let spec = CheckSpec {
+            control_point: StrRef::Inline("api"),
+            tokens: None,
+            wait_budget_ms: None,
+            labels: &labels,
+        };
+        encode_check(out, request_id, &spec).expect("encodes");
+    }
+
+    #[test]
+    fn a_reads_checks_are_its_whole_check_frames_in_order() {
+        let mut data = Vec::new();
+        check_frame(&mut data, 1, "alice");
+        encode_ping(&mut data, 2, b"x").expect("encodes");
+        check_frame(&mut data, 3, "bob");
+        // A partial frame ends the pass (the second pass waits for the rest).
+        let whole = data.len();
+        check_frame(&mut data, 4, "carol");
+        data.truncate(whole + 5);
+        let users: Vec<String> = read_checks(&data, 1 << 20)
+            .map(|c| c.labels().map(|(_, v)| v.to_string()).collect())
+            .collect();
+        assert_eq!(users, ["alice", "bob"]);
+        // A frame that does not decode ends it too.
+        let mut bad = vec![0, 0, 0, 5, 0xff, 0, 0, 0, 1];
+        check_frame(&mut bad, 5, "dave");
+        assert_eq!(read_checks(&bad, 1 << 20).count(), 0);
+    }
 }
