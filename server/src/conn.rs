@@ -407,7 +407,6 @@ impl<R: transport::ReadHalf> Reader<R> {
         }
     }
 
-    /// Resolves interned strings and plans; Ok(None) means an error reply was written.
     /// A check's control point and labels with their interned ids resolved, and its
     /// tokens.
     fn resolve<'c>(&'c self, check: &CheckRef<'c>) -> Result<Resolved<'c>, (ErrorCode, String)> {
@@ -440,6 +439,8 @@ impl<R: transport::ReadHalf> Reader<R> {
         })
     }
 
+    /// Resolves the check's interned strings and decides it as far as this shard can at
+    /// once; Err is the error to answer it with.
     fn plan(&self, check: &CheckRef<'_>, now: u64) -> Result<Planned, (ErrorCode, String)> {
         let Resolved {
             control_point: cp,

@@ -13,8 +13,8 @@ use futures::channel::oneshot;
 use smallvec::{smallvec, SmallVec};
 use std::rc::Rc;
 use tollgate_policy::{
-    BucketHash, Decision, FlowError, FlowId, Labels, LimiterId, LimiterOutcome, OutcomeKind,
-    Outcomes, PlannedTake, Refusal, Stage, Tokens,
+    BucketHash, ComponentKind, Decision, FlowError, FlowId, Labels, LimiterId, LimiterOutcome,
+    OutcomeKind, Outcomes, PlannedTake, Refusal, Stage, Tokens,
 };
 
 /// The scheduler stages, in the order a check meets them.
@@ -131,7 +131,7 @@ impl Shard {
         let state = self.state.borrow();
         for take in &plan {
             if let Some(key) = take.key {
-                if take.stage() == Stage::Immediate && self.node.owner_of(key) == self.id {
+                if take.kind == ComponentKind::RateLimiter && self.node.owner_of(key) == self.id {
                     out.push(state.store().bucket_hash(take.limiter, key));
                 }
             }
