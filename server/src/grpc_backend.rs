@@ -19,7 +19,9 @@ use tollgate_policy::{Decision, Engine, FlowId, OwnedFlow};
 
 /// Decides gRPC checks on the owning shard.
 pub struct ShardBackend {
-    handle: DecisionHandle,
+    /// Shared by the calls in flight: one reference count per check, not one per `Arc` the
+    /// handle holds.
+    handle: Arc<DecisionHandle>,
     /// Where each service's checks are counted (None: not counted).
     metrics: Option<Arc<Metrics>>,
 }
@@ -28,7 +30,7 @@ impl ShardBackend {
     /// Wraps a handle.
     pub fn new(handle: DecisionHandle) -> ShardBackend {
         ShardBackend {
-            handle,
+            handle: Arc::new(handle),
             metrics: None,
         }
     }

@@ -69,12 +69,6 @@ pub fn bucket_label<L: Labels + ?Sized>(spec: &LimiterSpec, labels: &L) -> Strin
     }
 }
 
-/// The value of label `key` (a limiter's limit-by key), or "" when it has none or the flow
-/// lacks it.
-pub(crate) fn label_value<'a, L: Labels + ?Sized>(labels: &'a L, key: Option<&str>) -> &'a str {
-    key.and_then(|k| labels.get(k)).unwrap_or("")
-}
-
 /// A protobuf duration from nanoseconds.
 pub(crate) fn duration_ns(ns: u64) -> prost_types::Duration {
     let d = Duration::from_nanos(ns);

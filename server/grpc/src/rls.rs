@@ -44,13 +44,14 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::{BackendError, DecisionBackend};
 use crate::deadline;
+use crate::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use crate::proto::envoy::service::ratelimit::v3::{
     rate_limit_response::{rate_limit::Unit, Code, DescriptorStatus, RateLimit},
     rate_limit_service_server::RateLimitService,
     RateLimitRequest, RateLimitResponse,
 };
 use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
-use crate::reply::{duration_ns, label_value};
+use crate::reply::duration_ns;
 use crate::request_bounds;
 
 /// Most descriptors accepted in one request: each costs one backend decision.
@@ -126,6 +127,13 @@ fn until_full_ns(params: &BucketParams, current: f64) -> Option<u64> {
     })
 }
 
+/// The value a descriptor's `entries` give `key` (a repeated key: its last value, as in the
+/// descriptor's flow), or "" when there is no key or no such entry.
+fn entry_value<'a>(entries: &'a [Entry], key: Option<&str>) -> &'a str {
+    key.and_then(|k| entries.iter().rev().find(|e| e.key == k))
+        .map_or("", |e| e.value.as_str())
+}
+
 /// The Envoy RLS implementation.
 #[derive(Clone)]
 pub struct Rls {
@@ -138,9 +146,10 @@ impl Rls {
         Self { backend }
     }
 
+    /// The status of one descriptor (its `entries`) given its decision.
     fn status(
         &self,
-        flow: &OwnedFlow,
+        entries: &[Entry],
         accepted: bool,
         outcomes: &[LimiterOutcome],
     ) -> DescriptorStatus {
@@ -168,10 +177,7 @@ impl Rls {
                 ..Default::default()
             };
         };
-        let params = spec.params_for(label_value(
-            flow.labels.as_slice(),
-            spec.limit_by_label_key.as_deref(),
-        ));
+        let params = spec.params_for(entry_value(entries, spec.limit_by_label_key.as_deref()));
         let remaining = o.remaining.max(0.0).floor();
         DescriptorStatus {
             code: code as i32,
@@ -232,11 +238,8 @@ impl RateLimitService for Rls {
                 labels.reverse();
                 labels.dedup_by(|a, b| a.0 == b.0);
                 labels.reverse();
-                let pairs: Vec<(&str, &str)> = labels
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                if let Err(error) = request_bounds::check_flow(&req.domain, &pairs) {
+                let pairs = labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                if let Err(error) = request_bounds::check_flow(&req.domain, pairs) {
                     statuses.push(DescriptorStatus {
                         code: Code::OverLimit as i32,
                         ..Default::default()
@@ -252,10 +255,12 @@ impl RateLimitService for Rls {
                 // Each descriptor may wait (a scheduler) for what is left of the deadline.
                 let left =
                     call_deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                match self.backend.check(flow.clone(), left).await {
-                    Ok(decision) => {
-                        statuses.push(self.status(&flow, decision.accepted, &decision.limiters))
-                    }
+                match self.backend.check(flow, left).await {
+                    Ok(decision) => statuses.push(self.status(
+                        &d.entries,
+                        decision.accepted,
+                        &decision.limiters,
+                    )),
                     Err(BackendError::Flow(error)) => {
                         statuses.push(DescriptorStatus {
                             code: Code::OverLimit as i32,
@@ -314,6 +319,19 @@ mod tests {
         assert_eq!(lim(params(10.0, 1.0, 5.0 * 3600.0)), (5, Unit::Day));
         assert_eq!(lim(params(10.0, 100.0, 0.1)), (1000, Unit::Second));
         assert_eq!(lim(params(7.0, 0.0, 60.0)), (7, Unit::Unknown));
+    }
+
+    #[test]
+    fn a_descriptor_gives_a_repeated_key_its_last_value() {
+        let entry = |key: &str, value: &str| Entry {
+            key: key.into(),
+            value: value.into(),
+        };
+        let entries = [entry("user", "a"), entry("path", "/"), entry("user", "b")];
+        assert_eq!(entry_value(&entries, Some("user")), "b");
+        assert_eq!(entry_value(&entries, Some("path")), "/");
+        assert_eq!(entry_value(&entries, Some("tenant")), "");
+        assert_eq!(entry_value(&entries, None), "");
     }
 
     #[test]

@@ -14,9 +14,10 @@
 //!
 //! One thread is enough: handlers only translate messages and await the backend; the token
 //! buckets live on the shards. The three Tollgate services are wrapped in
-//! [`InvalidArgumentOnUndecodable`] (inside the API-key check), so a request message that does
+//! [`InvalidArgumentOnUndecodable`] (inside the API-key check, present only when keys are set), so a request message that does
 //! not decode is answered `INVALID_ARGUMENT`.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,11 @@ use crate::config::GrpcSettings;
 use crate::connections::BoundedIncoming;
 use anyhow::Context as _;
 use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::codegen::{http, Service};
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::Router;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -224,22 +229,24 @@ pub fn start(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).context("configuring TLS")?;
     }
-    let router = builder
-        .add_service(health)
-        .add_service(InterceptedService::new(
-            InvalidArgumentOnUndecodable::new(FlowControlServiceServer::new(flow_control)),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            InvalidArgumentOnUndecodable::new(TraceServiceServer::new(sink)),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            InvalidArgumentOnUndecodable::new(RateLimitServiceServer::new(rls)),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
-        .add_service(InterceptedService::new(reflection_v1alpha, auth));
+    let router = builder.add_service(health);
+    let router = add_guarded(
+        router,
+        InvalidArgumentOnUndecodable::new(FlowControlServiceServer::new(flow_control)),
+        &auth,
+    );
+    let router = add_guarded(
+        router,
+        InvalidArgumentOnUndecodable::new(TraceServiceServer::new(sink)),
+        &auth,
+    );
+    let router = add_guarded(
+        router,
+        InvalidArgumentOnUndecodable::new(RateLimitServiceServer::new(rls)),
+        &auth,
+    );
+    let router = add_guarded(router, reflection_v1, &auth);
+    let router = add_guarded(router, reflection_v1alpha, &auth);
     listener
         .set_nonblocking(true)
         .context("grpc listener non-blocking")?;
@@ -315,6 +322,26 @@ pub fn start(
         spans,
         cache,
     })
+}
+
+/// Adds `service` to `router` behind the API-key check when keys are configured. Without keys
+/// the check accepts every call, and leaving it out spares each call the interceptor's trip
+/// (the request taken apart into metadata and put back together, its headers sanitized).
+fn add_guarded<S>(router: Router, service: S, auth: &ApiKeyCheck) -> Router
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if auth.enabled() {
+        router.add_service(InterceptedService::new(service, auth.clone()))
+    } else {
+        router.add_service(service)
+    }
 }
 
 fn auth_enabled(keys: &[String]) -> bool {

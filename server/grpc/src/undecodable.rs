@@ -64,13 +64,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+        // A clone of the path shares its bytes: it is copied only when reported.
+        let path = req.uri().path_and_query().cloned();
         let answer = self.inner.call(req);
         Box::pin(async move {
             let response = answer.await?;
             Ok(match undecodable(&response) {
                 Some(status) => Status::invalid_argument(format!(
-                    "{method}: the request message does not decode: {}",
+                    "{}: the request message does not decode: {}",
+                    path.as_ref().map_or("", |p| p.path()),
                     status.message()
                 ))
                 .into_http(),
