@@ -54,7 +54,6 @@
 //!   e.g. `label "tokens" (the tokens label of policy "per_user") must not be negative, got
 //!   "-1000"`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -208,13 +207,13 @@ fn owned_flow(
     control_point: &str,
     labels: &std::collections::HashMap<String, String>,
 ) -> OwnedFlow {
-    let sorted: BTreeMap<&String, &String> = labels.iter().collect();
+    let mut sorted: Vec<(String, String)> =
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    // A map's keys are distinct: an unstable sort gives the one order.
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     OwnedFlow {
         control_point: control_point.to_owned(),
-        labels: sorted
-            .into_iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        labels: sorted,
         tokens: None,
     }
 }

@@ -63,7 +63,14 @@ pub fn bucket_label<L: Labels + ?Sized>(spec: &LimiterSpec, labels: &L) -> Strin
     match spec.limit_by_label_key.as_deref() {
         None => "default".to_owned(),
         Some(key) => match labels.get(key) {
-            Some(value) => format!("{key}:{value}"),
+            Some(value) => {
+                // Not `format!`: this runs for every decision of every Check.
+                let mut label = String::with_capacity(key.len() + 1 + value.len());
+                label.push_str(key);
+                label.push(':');
+                label.push_str(value);
+                label
+            }
             None => String::new(),
         },
     }
