@@ -19,8 +19,9 @@
 //! Tollgate: the server's HELLO (through the client library) gives the shard ports and the
 //! routing keys; the slot opens one connection per shard port and sends each check to the shard
 //! that owns its key (the client library's rule, `RoutingKeys`), with strings inline (no
-//! `INTERN`). Pings go to the shard ports in turn, one request slot per port (`--pipeline`
-//! slot `i` pings shard `i % shards`). Request ids are the request slot's number + 1, so a reply
+//! `INTERN`). Pings go to the shard ports in turn: request slot `i` of connection slot `c`
+//! pings shard `(c × depth + i) % shards`, so the shards share the pings as they share
+//! uniform checks, at depth 1 too (one connection slot, one shard). Request ids are the request slot's number + 1, so a reply
 //! finds its request whatever order the shards answer in. Redis: one connection, replies in
 //! order.
 //!
@@ -304,6 +305,13 @@ struct InFlight {
     tokens: f64,
 }
 
+/// The connection (shard port) request slot `r` of the connection slot whose first task number
+/// is `stripe` pings, of `sockets`: `stripe + r` numbers the request slot across the whole
+/// run, so consecutive connection slots alternate shards even at depth 1.
+fn ping_socket(stripe: usize, r: usize, sockets: usize) -> usize {
+    (stripe + r) % sockets.max(1)
+}
+
 /// Runs slot `slot` (connection slot number `c`) until the run stops.
 pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Plan>) {
     let cfg = &plan.cfg;
@@ -506,7 +514,7 @@ impl Driver {
             tokens: 0.0,
         };
         if plan.cfg.op == Op::Ping {
-            let socket = r % self.slot.sockets.len().max(1);
+            let socket = ping_socket(self.stripe, r, self.slot.sockets.len());
             let Some(s) = self.slot.sockets.get_mut(socket) else {
                 return Err("no connection".into());
             };
@@ -585,5 +593,23 @@ impl Driver {
             }
         }
         self.outstanding = 0;
+    }
+}
+
+#[cfg(test)]
+mod ping_tests {
+    use super::ping_socket;
+
+    #[test]
+    fn pings_spread_over_the_shard_ports_at_any_depth() {
+        // Depth 1 (stripe = connection slot): the connection slots alternate shards.
+        let depth1: Vec<usize> = (0..4).map(|c| ping_socket(c, 0, 2)).collect();
+        assert_eq!(depth1, [0, 1, 0, 1]);
+        // Depth 4: within one connection slot the request slots alternate.
+        let depth4: Vec<usize> = (0..4).map(|r| ping_socket(4, r, 2)).collect();
+        assert_eq!(depth4, [0, 1, 0, 1]);
+        // Redis and echo: one connection.
+        assert_eq!(ping_socket(3, 5, 1), 0);
+        assert_eq!(ping_socket(3, 5, 0), 0);
     }
 }
