@@ -21,7 +21,7 @@
 //! that owns its key (the client library's rule, `RoutingKeys`), with strings inline (no
 //! `INTERN`). Pings go to the shard ports in turn: request slot `i` of connection slot `c`
 //! pings shard `(c × depth + i) % shards`, so the shards share the pings as they share
-//! uniform checks, at depth 1 too (one connection slot, one shard). Request ids are the request slot's number + 1, so a reply
+//! uniform checks, at depth 1 too. Request ids are the request slot's number + 1, so a reply
 //! finds its request whatever order the shards answer in. Redis: one connection, replies in
 //! order.
 //!

@@ -14,8 +14,8 @@
 //!
 //! One thread is enough: handlers only translate messages and await the backend; the token
 //! buckets live on the shards. The three Tollgate services are wrapped in
-//! [`InvalidArgumentOnUndecodable`] (inside the API-key check, present only when keys are set), so a request message that does
-//! not decode is answered `INVALID_ARGUMENT`.
+//! [`InvalidArgumentOnUndecodable`] (inside the API-key check, which is there only when keys
+//! are set), so a request message that does not decode is answered `INVALID_ARGUMENT`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -326,7 +326,8 @@ pub fn start(
 
 /// Adds `service` to `router` behind the API-key check when keys are configured. Without keys
 /// the check accepts every call, and leaving it out spares each call the interceptor's trip
-/// (the request taken apart into metadata and put back together, its headers sanitized).
+/// (the request taken apart into metadata and extensions and put back together); the handler
+/// sees the same request either way.
 fn add_guarded<S>(router: Router, service: S, auth: &ApiKeyCheck) -> Router
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
