@@ -57,6 +57,7 @@ impl Node {
             let addr = listener.local_addr().expect("grpc addr");
             let backend = Arc::new(tollgate_server::grpc_backend::ShardBackend::new(
                 server.handle.clone(),
+                server.node.metrics.clone(),
             ));
             let handle = tollgate_grpc::start(listener, &config.server.grpc_settings(), backend)
                 .expect("grpc starts");

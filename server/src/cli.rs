@@ -422,9 +422,10 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
     let grpc = match grpc_listener {
         Some(listener) => {
             readiness.set(crate::admin::Phase::StartingGrpc);
-            let backend = Arc::new(
-                ShardBackend::new(server.handle.clone()).with_metrics(server.node.metrics.clone()),
-            );
+            let backend = Arc::new(ShardBackend::new(
+                server.handle.clone(),
+                server.node.metrics.clone(),
+            ));
             let grpc = tollgate_grpc::start(listener, &config.server.grpc_settings(), backend)?;
             admin_state.set_grpc(grpc.observer());
             Some(grpc)

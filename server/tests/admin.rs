@@ -68,6 +68,111 @@ fn sample(all: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series} in /metrics"))
 }
 
+/// Each gRPC service's decisions are counted under its own protocol: two Aperture `Check`s and
+/// four Envoy RLS calls on the policy above (3 tokens per user), then the counters exactly.
+#[test]
+fn grpc_decisions_are_counted_per_service() {
+    use tollgate_grpc::proto::aperture::flowcontrol::check::v1 as check;
+    use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
+        rate_limit_descriptor::Entry, RateLimitDescriptor,
+    };
+    use tollgate_grpc::proto::envoy::service::ratelimit::v3 as rls;
+
+    let server = start_server(&config("").replace(r#"grpc: "off""#, "grpc: 127.0.0.1:0"));
+    let url = format!(
+        "http://{}",
+        server.grpc.expect("grpc port in the ready line")
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (aperture, envoy) = rt.block_on(async {
+        let channel = tollgate_grpc::tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut sdk =
+            check::flow_control_service_client::FlowControlServiceClient::new(channel.clone());
+        let mut aperture = Vec::new();
+        for _ in 0..2 {
+            let req = check::CheckRequest {
+                control_point: "api".into(),
+                labels: [("user".to_string(), "carol".to_string())].into(),
+                ..Default::default()
+            };
+            let resp = sdk.check(req).await.expect("check").into_inner();
+            aperture.push(resp.decision_type);
+        }
+        let mut envoy_client = rls::rate_limit_service_client::RateLimitServiceClient::new(channel);
+        let mut envoy = Vec::new();
+        for _ in 0..4 {
+            let req = rls::RateLimitRequest {
+                domain: "api".into(),
+                descriptors: vec![RateLimitDescriptor {
+                    entries: vec![Entry {
+                        key: "user".into(),
+                        value: "dave".into(),
+                    }],
+                    limit: None,
+                }],
+                hits_addend: 1,
+            };
+            let resp = envoy_client
+                .should_rate_limit(req)
+                .await
+                .expect("rls")
+                .into_inner();
+            envoy.push(resp.overall_code);
+        }
+        (aperture, envoy)
+    });
+    let accepted = check::check_response::DecisionType::Accepted as i32;
+    assert_eq!(aperture, [accepted, accepted]);
+    let (ok, over) = (
+        rls::rate_limit_response::Code::Ok as i32,
+        rls::rate_limit_response::Code::OverLimit as i32,
+    );
+    assert_eq!(envoy, [ok, ok, ok, over]);
+
+    let (status, text) = client(&server, None).get("/metrics").expect("scrape");
+    assert_eq!(status, 200, "{text}");
+    let all = samples(&text);
+    for (protocol, accepted, rejected) in [
+        ("binary", 0.0, 0.0),
+        ("aperture_grpc", 2.0, 0.0),
+        ("envoy_rls", 3.0, 1.0),
+    ] {
+        for (result, n) in [
+            ("accepted", accepted),
+            ("rejected", rejected),
+            ("error", 0.0),
+        ] {
+            assert_eq!(
+                sample(
+                    &all,
+                    &format!(
+                        "tollgate_checks_total{{protocol=\"{protocol}\",result=\"{result}\"}}"
+                    )
+                ),
+                n,
+                "{protocol} {result}"
+            );
+        }
+    }
+    for (protocol, n) in [("aperture_grpc", 2.0), ("envoy_rls", 4.0)] {
+        assert_eq!(
+            sample(
+                &all,
+                &format!("tollgate_check_duration_seconds_count{{protocol=\"{protocol}\"}}")
+            ),
+            n,
+            "{protocol}"
+        );
+    }
+}
+
 #[test]
 fn metrics_api_and_cli_report_known_traffic_exactly() {
     let server = start_server(&config(""));

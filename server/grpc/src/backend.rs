@@ -5,7 +5,8 @@
 //! a `tollgate_policy::ShardState` of their own. The gRPC side never touches bucket state itself.
 //!
 //! Two calls:
-//! - [`DecisionBackend::check`] decides a flow. The flow may have to **wait**: a quota or
+//! - [`DecisionBackend::check`] decides a flow for one service ([`GrpcService`]: the backend
+//!   counts and times each service's decisions; the server's per-protocol metrics). The flow may have to **wait**: a quota or
 //!   concurrency scheduler queues it until tokens (or capacity) free up. The caller passes the
 //!   time its client will wait (the gRPC deadline), and the backend answers by then: a
 //!   scheduler rejects a flow it cannot admit at `deadline - decision_deadline_margin` at the
@@ -19,9 +20,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::observe::GrpcService;
-
 use tollgate_policy::{Decision, Engine, FlowError, FlowId, OwnedFlow};
+
+/// Which service asked for a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrpcService {
+    /// `aperture.flowcontrol.check.v1.FlowControlService/Check`.
+    ApertureCheck,
+    /// `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` (one decision per
+    /// descriptor).
+    EnvoyRateLimit,
+}
 
 /// The future a backend returns for one decision.
 pub type DecisionFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;
@@ -37,28 +46,25 @@ pub trait DecisionBackend: Send + Sync + 'static {
     /// [`Engine::describe`] still knows the limiters the latest reload removed.
     fn engine(&self) -> Arc<Engine>;
 
-    /// Decides `flow`: takes tokens from every matching component, or none if one rejects.
+    /// Decides `flow` for `service`: takes tokens from every matching component, or none if
+    /// one rejects. The backend may count and time the decision as `service`'s (inside the one
+    /// future it returns: a wrapper would box a second future per decision).
     ///
     /// `deadline` is how long from now the caller waits for the answer (its gRPC deadline);
     /// `None` when it set none. A flow that meets a scheduler may wait in its queue, and the
     /// answer comes by `deadline` minus the scheduler's `decision_deadline_margin` (without a
     /// deadline: by the server's longest queue wait). Components that answer at once (rate and
     /// concurrency limiters) ignore it.
-    fn check(&self, flow: OwnedFlow, deadline: Option<Duration>) -> DecisionFuture;
+    fn check(
+        &self,
+        service: GrpcService,
+        flow: OwnedFlow,
+        deadline: Option<Duration>,
+    ) -> DecisionFuture;
 
     /// Ends the flows `flows` (their concurrency tokens go back, and waiters may be admitted).
     /// Answers one [`EndStatus`] per id, in the same order.
     fn flow_end(&self, flows: Vec<FlowId>) -> FlowEndFuture;
-
-    /// Called after each decision `service` asked for, with its result and how long the
-    /// call took (the server's metrics). Default: nothing. Must not block.
-    fn observe(
-        &self,
-        _service: GrpcService,
-        _result: &Result<Decision, BackendError>,
-        _elapsed: Duration,
-    ) {
-    }
 }
 
 /// What ending one flow did.

@@ -60,7 +60,7 @@ use std::time::SystemTime;
 use tollgate_policy::{FlowId, OwnedFlow};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{BackendError, DecisionBackend, EndStatus};
+use crate::backend::{BackendError, DecisionBackend, EndStatus, GrpcService};
 use crate::cache::{CacheError, Scope, TtlCache};
 use crate::deadline::{self, MonoClock};
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
@@ -226,7 +226,7 @@ impl FlowControlService for FlowControl {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let start = SystemTime::now();
         let timeout = deadline::client_timeout(request.metadata());
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         if let Err(error) = request_bounds::check_request(&req) {
             let mut resp = invalid_request_response(&req);
             resp.start = Some(timestamp(start));
@@ -240,13 +240,16 @@ impl FlowControlService for FlowControl {
         }
         let flow = owned_flow(&req.control_point, &req.labels);
         let decided = deadline::within(timeout, async {
-            Ok(self.backend.check(flow, timeout).await)
+            Ok(self
+                .backend
+                .check(GrpcService::ApertureCheck, flow, timeout)
+                .await)
         })
         .await?;
         let decision = match decided {
             Ok(decision) => decision,
             Err(BackendError::Flow(error)) => {
-                let mut resp = unjudgeable_response(&self.backend.engine(), &req, &error);
+                let mut resp = unjudgeable_response(&self.backend.engine(), req, &error);
                 resp.start = Some(timestamp(start));
                 resp.end = Some(timestamp(SystemTime::now()));
                 let mut response = Response::new(resp);
@@ -258,12 +261,13 @@ impl FlowControlService for FlowControl {
             }
             Err(unavailable @ BackendError::Unavailable(_)) => return Err(unavailable.into()),
         };
-        let mut resp = check_response(&self.backend.engine(), &req, &decision);
+        let cache_lookup = req.cache_lookup_request.take();
+        let mut resp = check_response(&self.backend.engine(), req, &decision);
         if decision.accepted {
-            if let Some(lookup) = &req.cache_lookup_request {
+            if let Some(lookup) = &cache_lookup {
                 if !lookup.result_cache_key.is_empty() || !lookup.global_cache_keys.is_empty() {
                     let cp = if lookup.control_point.is_empty() {
-                        &req.control_point
+                        &resp.control_point // the request's, echoed
                     } else {
                         &lookup.control_point
                     };

@@ -14,10 +14,8 @@
 //! # Layout
 //! - [`server`] — [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
 //!   health, reflection, graceful shutdown.
-//! - [`backend`] — the [`DecisionBackend`] trait the server implements (check with a deadline,
-//!   end flows, observe), [`EndStatus`] and [`BackendError`].
-//! - [`observe`] — [`Observed`]: each service's decisions timed and reported to
-//!   [`DecisionBackend::observe`] (the server's per-protocol metrics).
+//! - [`backend`] — the [`DecisionBackend`] trait the server implements (check for a service
+//!   with a deadline, end flows), [`GrpcService`], [`EndStatus`] and [`BackendError`].
 //! - [`flowcontrol`] — `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
 //!   FlowEnd).
 //! - [`reply`] — a decision as Aperture's agent answers it: one `LimiterDecision` per component
@@ -53,7 +51,6 @@ pub mod config;
 pub mod connections;
 pub mod deadline;
 pub mod flowcontrol;
-pub mod observe;
 pub mod otlp;
 pub mod reject_header;
 pub mod reply;
@@ -63,9 +60,10 @@ pub mod server;
 pub mod span_flows;
 pub mod undecodable;
 
-pub use backend::{BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture};
+pub use backend::{
+    BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture, GrpcService,
+};
 pub use config::{CacheConfig, ConnectionConfig, GrpcSettings, TlsConfig};
-pub use observe::{GrpcService, Observed};
 pub use server::{start, CacheUsage, GrpcHandle, GrpcObserver};
 /// The generated messages, servers and clients (the `tollgate-proto` crate), under their
 /// historical path `tollgate_grpc::proto`.

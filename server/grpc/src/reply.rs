@@ -182,14 +182,15 @@ pub fn limiter_decisions<L: Labels + ?Sized>(
 }
 
 /// What every answer to `req` carries, as the agent fills it: control point and `expect_end`
-/// echoed, label keys sorted, labels as telemetry labels; ACCEPTED.
-fn base_response(req: &pb::CheckRequest) -> pb::CheckResponse {
+/// echoed, label keys sorted, labels as telemetry labels; ACCEPTED. The request's strings move
+/// into the answer: this runs for every Check.
+fn base_response(req: pb::CheckRequest) -> pb::CheckResponse {
     let mut flow_label_keys: Vec<String> = req.labels.keys().cloned().collect();
     flow_label_keys.sort_unstable();
     pb::CheckResponse {
-        control_point: req.control_point.clone(),
+        control_point: req.control_point,
         flow_label_keys,
-        telemetry_flow_labels: req.labels.clone(),
+        telemetry_flow_labels: req.labels,
         expect_end: req.expect_end,
         ..Default::default()
     }
@@ -207,13 +208,13 @@ fn default_status(reason: RejectReason) -> u16 {
 /// The CheckResponse for `decision` (without timestamps and cache stage).
 pub fn check_response(
     engine: &Engine,
-    req: &pb::CheckRequest,
+    req: pb::CheckRequest,
     decision: &Decision,
 ) -> pb::CheckResponse {
-    let mut resp = pb::CheckResponse {
-        limiter_decisions: limiter_decisions(engine, &req.labels, decision),
-        ..base_response(req)
-    };
+    let mut resp = base_response(req);
+    // The request's labels, now the answer's telemetry labels (the flow-ids label is added
+    // below, after the bucket labels are read).
+    resp.limiter_decisions = limiter_decisions(engine, &resp.telemetry_flow_labels, decision);
     if decision.wait_ns > 0 {
         resp.wait_time = Some(duration_ns(decision.wait_ns));
     }
@@ -232,7 +233,7 @@ pub fn check_response(
             .unwrap_or_else(|| default_status(reason));
         resp.denied_response_status_code = i32::from(status);
     }
-    if !req.expect_end {
+    if !resp.expect_end {
         let ids: Vec<String> = decision
             .limiters
             .iter()
@@ -275,7 +276,7 @@ pub const UNJUDGEABLE_STATUS: pb::StatusCode = pb::StatusCode::BadRequest;
 /// (see [`crate::flowcontrol`]'s module docs). Nothing was taken from any bucket.
 pub fn unjudgeable_response(
     engine: &Engine,
-    req: &pb::CheckRequest,
+    req: pb::CheckRequest,
     error: &FlowError,
 ) -> pb::CheckResponse {
     let status = UNJUDGEABLE_STATUS as i32;
@@ -369,7 +370,7 @@ policies:
             tokens: None,
         };
         let decision = l.check(&flow, 0).unwrap();
-        check_response(l.engine(), req, &decision)
+        check_response(l.engine(), req.clone(), &decision)
     }
 
     #[test]

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use tollgate_policy::{BucketParams, LimiterOutcome, OutcomeKind, OwnedFlow};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{BackendError, DecisionBackend};
+use crate::backend::{BackendError, DecisionBackend, GrpcService};
 use crate::deadline;
 use crate::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use crate::proto::envoy::service::ratelimit::v3::{
@@ -255,7 +255,11 @@ impl RateLimitService for Rls {
                 // Each descriptor may wait (a scheduler) for what is left of the deadline.
                 let left =
                     call_deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                match self.backend.check(flow, left).await {
+                match self
+                    .backend
+                    .check(GrpcService::EnvoyRateLimit, flow, left)
+                    .await
+                {
                     Ok(decision) => statuses.push(self.status(
                         &d.entries,
                         decision.accepted,

@@ -41,7 +41,6 @@ use crate::backend::DecisionBackend;
 use crate::cache::{CacheLimits, TtlCache};
 use crate::deadline::MonoClock;
 use crate::flowcontrol::FlowControl;
-use crate::observe::{GrpcService, Observed};
 use crate::otlp::SpanSink;
 use crate::proto;
 use crate::proto::aperture::flowcontrol::check::v1::flow_control_service_server::FlowControlServiceServer;
@@ -202,12 +201,8 @@ pub fn start(
         backend: backend.clone(),
     };
     let cache = Arc::new(Mutex::new(TtlCache::new(limits)));
-    let flow_control = FlowControl::new(
-        Observed::wrap(backend.clone(), GrpcService::ApertureCheck),
-        cache.clone(),
-        MonoClock::new(),
-    );
-    let rls = Rls::new(Observed::wrap(backend, GrpcService::EnvoyRateLimit));
+    let flow_control = FlowControl::new(backend.clone(), cache.clone(), MonoClock::new());
+    let rls = Rls::new(backend);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (health_reporter, health) = tonic_health::server::health_reporter();

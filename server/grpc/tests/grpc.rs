@@ -357,6 +357,7 @@ impl tollgate_grpc::DecisionBackend for LabelCostBackend {
 
     fn check(
         &self,
+        _service: tollgate_grpc::GrpcService,
         mut flow: tollgate_policy::OwnedFlow,
         _deadline: Option<Duration>,
     ) -> tollgate_grpc::DecisionFuture {

@@ -14,7 +14,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
-use tollgate_grpc::{BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture};
+use tollgate_grpc::{
+    BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture, GrpcService,
+};
 use tollgate_policy::{
     Decision, Engine, FlowId, LimiterId, LimiterOutcome, OutcomeKind, OwnedFlow, Resolved,
     ShardLimits, ShardState, Stage, Tokens,
@@ -347,7 +349,12 @@ impl DecisionBackend for LocalBackend {
         self.shared.engine.clone()
     }
 
-    fn check(&self, flow: OwnedFlow, deadline: Option<Duration>) -> DecisionFuture {
+    fn check(
+        &self,
+        _service: GrpcService,
+        flow: OwnedFlow,
+        deadline: Option<Duration>,
+    ) -> DecisionFuture {
         self.entered.record();
         let shared = self.shared.clone();
         let delay = self.delay;
