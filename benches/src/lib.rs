@@ -17,9 +17,14 @@
 //!   limiter's in the same run.
 //! - `benches/metrics.rs`: a decision and everything the shard records for it, with
 //!   `server.metrics` on and off.
+//! - `benches/grpc_handler.rs`: a gRPC `Check` and `ShouldRateLimit` handled (decode, handler
+//!   with an in-process decision, encode), against the floor's constant handlers.
 //! - `src/bin/grpc_floor.rs`: the gRPC transport floor (constant replies on the compat port's
-//!   stack) for `grpc_compare.sh`; `src/bin/grpc_bodies.rs`: the h2load request bodies.
+//!   stack) for `grpc_compare.sh`; [`floor`] holds its handlers. `src/bin/grpc_bodies.rs`:
+//!   the h2load request bodies.
 #![warn(missing_docs)]
+
+pub mod floor;
 
 use tollgate_policy::{parse_policies, Engine};
 
