@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Micro-benchmarks: runs the criterion benches of tollgate-benches (decision path at 10K and
-# 1M keys, codec, shard hop, bytes per bucket) and writes the `section:micro` part of
+# 1M keys, codec, shard hop, bytes per bucket, gRPC handlers) and writes the `section:micro` part of
 # docs/performance.md from criterion's own JSON (target/criterion/**/new/*.json), each
 # figure next to the baseline measured in the same run.
 #
-#   benches/micro.sh                  # run everything (about 6 minutes), then write the section
+#   benches/micro.sh                  # run everything (about 8 minutes), then write the section
 #   NO_DOCS=1 benches/micro.sh        # print the section, leave docs/performance.md alone
 #   RENDER_ONLY=1 benches/micro.sh    # re-render from the last run's JSON and memory log
 set -euo pipefail
@@ -81,6 +81,10 @@ BENCHES = [
      "shard_hop/baseline: local decision on the owner, idle_spin 0", 1),
     ("hop_spin", "one cross-shard hop (server.idle_spin: 100us)", "shard_hop/cross-shard decision, idle_spin 100us",
      "shard_hop/baseline: local decision on the owner, idle_spin 100us", 1),
+    ("gcheck", "gRPC `Check` handled: decode, handler with an in-process decision, encode", "grpc_handler/check",
+     "grpc_handler/check_floor", 1),
+    ("grls", "gRPC `ShouldRateLimit` handled: decode, handler with an in-process decision, encode", "grpc_handler/rls",
+     "grpc_handler/rls_floor", 1),
 ]
 
 rows, m = [], {}
@@ -107,6 +111,7 @@ targets = [
     f"| bucket decision (hash + lookup + update) on 1M keys <= 100 ns median | {t1m[0]:.0f} ns (store.take); {d1m[0]:.0f} ns with the selector plan; in cache (10K keys): {t10k[0]:.0f} ns / {d10k[0]:.0f} ns | {verdict(t1m[0] <= 100)} at 1M keys, {verdict(t10k[0] <= 100)} in cache |",
     f"| batch decision path (64 keys: prefetch, then take) at 1M keys <= 1.5x a bare hashbrown lookup + increment of the same 64 keys | {m['b1m'][0] / ns('decision_1M_keys/baseline: hashbrown lookup + increment x64')[0]:.2f}x ({m['b1m'][0] / 64:.0f} ns per decision; {m['n1m'][0] / 64:.0f} ns without the prefetch pass) | {verdict(m['b1m'][0] <= 1.5 * ns('decision_1M_keys/baseline: hashbrown lookup + increment x64')[0])} |",
     f"| CHECK decode + reply encode <= 100 ns | {codec[0]:.0f} ns | {verdict(codec[0] <= 100)} |",
+    f"| gRPC handlers, measured and reported (no target of their own: the port's is in section:grpc) | Check {m['gcheck'][0]:,.0f} ns ({m['gcheck'][0] / ns('grpc_handler/check_floor')[0]:.2f}x the floor's handler), ShouldRateLimit {m['grls'][0]:,.0f} ns ({m['grls'][0] / ns('grpc_handler/rls_floor')[0]:.2f}x) | reported |",
     f"| one cross-shard hop, measured and reported | {hop0[0] / 1000:.1f} us idle (both cores parked between hops), {hop_spin[0] / 1000:.1f} us with idle_spin 100us | reported |",
     f"| bytes per live bucket <= 96 plus the key | {worst_mem:.1f} (keys <= 13 bytes inline, so this includes the key) | {verdict(worst_mem <= 96)} |",
 ]
@@ -143,6 +148,21 @@ math, insert-or-get) is long enough to stop that overlap. The 10K-key rows keep 
 (~650 KiB) and the keys in L2/L3, so they show the code's cost plus cache (not DRAM) latency:
 the ~100 ns a decision costs once its bucket is cached. In the server, popular keys stay cached (zipf rows of the
 end-to-end section), and a request's own network round trip dwarfs either figure.
+
+Batch decision rows (`decision.rs`, `batch of 64`, per batch): a `CHECK_BATCH`'s path is a
+prefetch pass (`BucketStore::prefetch`: hash, segment, load the control byte where hashbrown
+starts probing and prefetch that bucket's entry) over its 64 keys, then the take pass, so the 64
+DRAM misses overlap. The baseline is a bare hashbrown lookup-and-increment of the same 64 keys;
+the row without the prefetch pass shows what the pass buys. The server does the same for a batch
+(end-to-end section, "CHECK_BATCH at 1M keys").
+
+gRPC handler rows (`grpc_handler.rs`): one request message decoded, awaited through the
+service's handler on a current-thread tokio runtime, and its answer encoded, as the compat port
+does between HTTP/2 and the wire. Tollgate's handlers decide on an in-process limiter whose
+future is ready at once, so the row is the handler's own work (request into flow, decision into
+reply, one bucket decision in cache) without the hop to a shard; the baseline is the transport
+floor's handler (`benches/src/floor.rs`, a constant reply) on the same request. The whole port,
+HTTP/2 and hop included, is in section:grpc.
 
 The cross-shard hop is one check forwarded from shard 0 to its owner, shard 1, and answered,
 one at a time: with both executors parked between hops it is two cross-core wake-ups on this
