@@ -25,6 +25,14 @@ fi
 
 step() { echo "==> $* ($(date +%T))"; }
 
+# A clean build of the suite takes about 2 GB under target/ and 0.2 GB under fuzz/target/ (see
+# the dev profile in Cargo.toml). Say so up front: a full disk otherwise shows up as a linker
+# error halfway through.
+free_kb="$(df -Pk "$ROOT" 2>/dev/null | awk 'NR == 2 { print $4 }')" || free_kb=""
+if [[ -n "$free_kb" && "$free_kb" -lt $((3 * 1024 * 1024)) ]]; then
+  echo "warning: $((free_kb / 1024)) MiB free on $ROOT's disk; a clean build of the suite needs about 2.5 GB"
+fi
+
 step "installing the Aperture SDKs used by the gRPC compat tests"
 scripts/setup-sdk.sh
 

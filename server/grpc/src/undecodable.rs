@@ -21,9 +21,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tonic::body::Body;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
@@ -53,11 +54,13 @@ impl<S: NamedService> NamedService for InvalidArgumentOnUndecodable<S> {
 impl<S, B> Service<http::Request<B>> for InvalidArgumentOnUndecodable<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
+    // The generated services answer with a boxed future, which is `Unpin`: the wrapper's own
+    // future holds it as is, without a second allocation per call.
+    S::Future: Unpin + Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+    type Future = Answer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -66,19 +69,37 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         // A clone of the path shares its bytes: it is copied only when reported.
         let path = req.uri().path_and_query().cloned();
-        let answer = self.inner.call(req);
-        Box::pin(async move {
-            let response = answer.await?;
-            Ok(match undecodable(&response) {
-                Some(status) => Status::invalid_argument(format!(
-                    "{}: the request message does not decode: {}",
-                    path.as_ref().map_or("", |p| p.path()),
-                    status.message()
-                ))
-                .into_http(),
-                None => response,
-            })
-        })
+        Answer {
+            inner: self.inner.call(req),
+            path,
+        }
+    }
+}
+
+/// The wrapped service's answer to one call, an undecodable request's status rewritten.
+pub struct Answer<F> {
+    inner: F,
+    /// The call's path, for the message.
+    path: Option<PathAndQuery>,
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<http::Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(Pin::new(&mut self.inner).poll(cx))?;
+        Poll::Ready(Ok(match undecodable(&response) {
+            Some(status) => Status::invalid_argument(format!(
+                "{}: the request message does not decode: {}",
+                self.path.as_ref().map_or("", |p| p.path()),
+                status.message()
+            ))
+            .into_http(),
+            None => response,
+        }))
     }
 }
 
