@@ -6,9 +6,10 @@
 //!
 //! Two calls:
 //! - [`DecisionBackend::check`] decides a flow for one service ([`GrpcService`]: the backend
-//!   counts and times each service's decisions; the server's per-protocol metrics). The flow may have to **wait**: a quota or
-//!   concurrency scheduler queues it until tokens (or capacity) free up. The caller passes the
-//!   time its client will wait (the gRPC deadline), and the backend answers by then: a
+//!   counts and times each service's decisions, the server in its per-protocol metrics). The
+//!   flow may have to **wait**: a quota or concurrency scheduler queues it until tokens (or
+//!   capacity) free up. The caller passes the time its client will wait (the gRPC deadline),
+//!   and the backend answers by then: a
 //!   scheduler rejects a flow it cannot admit at `deadline - decision_deadline_margin` at the
 //!   latest (or at its workload's `queue_timeout`), so the answer reaches the client before the
 //!   client gives up. Dropping the future gives back whatever the flow was admitted with.
