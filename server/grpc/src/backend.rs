@@ -9,10 +9,10 @@
 //!   counts and times each service's decisions, the server in its per-protocol metrics). The
 //!   flow may have to **wait**: a quota or concurrency scheduler queues it until tokens (or
 //!   capacity) free up. The caller passes the time its client will wait (the gRPC deadline),
-//!   and the backend answers by then: a
-//!   scheduler rejects a flow it cannot admit at `deadline - decision_deadline_margin` at the
-//!   latest (or at its workload's `queue_timeout`), so the answer reaches the client before the
-//!   client gives up. Dropping the future gives back whatever the flow was admitted with.
+//!   and the backend answers by then: a scheduler rejects a flow it cannot admit at
+//!   `deadline - decision_deadline_margin` at the latest (or at its workload's
+//!   `queue_timeout`), so the answer reaches the client before the client gives up. Dropping
+//!   the future gives back whatever the flow was admitted with.
 //! - [`DecisionBackend::flow_end`] ends flows that hold concurrency tokens, by the [`FlowId`]
 //!   their check returned (Aperture's `request_id`).
 
@@ -95,7 +95,7 @@ pub enum BackendError {
     /// The flow cannot be judged (e.g. a tokens label that is not a cost); nothing was taken.
     /// `Check` answers it REJECTED with status 400 and `ShouldRateLimit` OVER_LIMIT, never with
     /// an RPC error (the SDKs and Envoy let a flow run on RPC errors): see
-    /// [`crate::flowcontrol::unjudgeable_response`]. As a bare [`tonic::Status`] (the `From`
+    /// [`crate::reply::unjudgeable_response`]. As a bare [`tonic::Status`] (the `From`
     /// below) it is `INVALID_ARGUMENT`.
     #[error(transparent)]
     Flow(#[from] FlowError),

@@ -42,7 +42,7 @@
 //! A flow whose tokens label is not a cost (`-1000`, `NaN`, `inf`, `abc`) cannot be decided.
 //! It is **not** answered with an RPC error: every Aperture SDK turns any RPC error into
 //! "Unreachable" and runs the flow (fail open), so garbage labels would bypass the limit.
-//! [`unjudgeable_response`](crate::reply::unjudgeable_response) answers instead, with nothing
+//! [`unjudgeable_response`] answers instead, with nothing
 //! taken from any bucket:
 //!
 //! - `decision_type` REJECTED, `reject_reason` NONE (Aperture's enum has no "invalid request";
