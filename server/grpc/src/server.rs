@@ -309,7 +309,7 @@ pub fn start(
         }
     }
 
-    tracing::info!(%local_addr, tls = settings.tls.is_some(), api_keys = auth_enabled(&settings.api_keys), "grpc compat port listening");
+    tracing::info!(%local_addr, tls = settings.tls.is_some(), api_keys = auth.enabled(), "grpc compat port listening");
     Ok(GrpcHandle {
         local_addr,
         stop: stop_tx,
@@ -338,8 +338,4 @@ where
     } else {
         router.add_service(service)
     }
-}
-
-fn auth_enabled(keys: &[String]) -> bool {
-    !keys.is_empty()
 }
