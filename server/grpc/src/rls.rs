@@ -127,6 +127,21 @@ fn until_full_ns(params: &BucketParams, current: f64) -> Option<u64> {
     })
 }
 
+/// A descriptor's entries as a flow's labels: sorted by key, a repeated key with its last
+/// value (as [`entry_value`] reads it).
+fn descriptor_labels(entries: &[Entry]) -> Vec<(String, String)> {
+    // Last entry first, then a stable sort: each key's first entry is its last value, the one
+    // `dedup_by` keeps.
+    let mut labels: Vec<(String, String)> = entries
+        .iter()
+        .rev()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    labels.dedup_by(|a, b| a.0 == b.0);
+    labels
+}
+
 /// The value a descriptor's `entries` give `key` (a repeated key: its last value, as in the
 /// descriptor's flow), or "" when there is no key or no such entry.
 fn entry_value<'a>(entries: &'a [Entry], key: Option<&str>) -> &'a str {
@@ -228,16 +243,7 @@ impl RateLimitService for Rls {
             let mut statuses = Vec::with_capacity(req.descriptors.len());
             let mut unjudgeable = Vec::new();
             for (i, d) in req.descriptors.iter().enumerate() {
-                let mut labels: Vec<(String, String)> = d
-                    .entries
-                    .iter()
-                    .map(|e| (e.key.clone(), e.value.clone()))
-                    .collect();
-                // Stable sort then keep the last of each key: a repeated key keeps its last value.
-                labels.sort_by(|a, b| a.0.cmp(&b.0));
-                labels.reverse();
-                labels.dedup_by(|a, b| a.0 == b.0);
-                labels.reverse();
+                let labels = descriptor_labels(&d.entries);
                 let pairs = labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
                 if let Err(error) = request_bounds::check_flow(&req.domain, pairs) {
                     statuses.push(DescriptorStatus {
@@ -336,6 +342,31 @@ mod tests {
         assert_eq!(entry_value(&entries, Some("path")), "/");
         assert_eq!(entry_value(&entries, Some("tenant")), "");
         assert_eq!(entry_value(&entries, None), "");
+    }
+
+    #[test]
+    fn a_descriptor_becomes_sorted_labels_with_each_key_once() {
+        let entry = |key: &str, value: &str| Entry {
+            key: key.into(),
+            value: value.into(),
+        };
+        let entries = [
+            entry("user", "a"),
+            entry("path", "/"),
+            entry("user", "b"),
+            entry("method", "GET"),
+            entry("user", "c"),
+        ];
+        let owned = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            descriptor_labels(&entries),
+            [
+                owned("method", "GET"),
+                owned("path", "/"),
+                owned("user", "c")
+            ]
+        );
+        assert_eq!(descriptor_labels(&[]), []);
     }
 
     #[test]
