@@ -5,6 +5,9 @@
 #   - the floor: `grpc_floor` (benches/src/bin), a unary tonic server on the port's own stack
 #     (tonic 0.14 / hyper / h2, one current-thread tokio thread, same HTTP/2 settings) that
 #     answers a constant reply and decides nothing;
+#   - the same floor served on SHARDS glommio shards (`grpc_shard_floor`: hyper over io_uring,
+#     SO_REUSEPORT, writes corked): what serving the port on the shards would start from
+#     (reported, no target);
 #   - Tollgate (`tollgate serve`, SHARDS shards, one rate limiter of 100 per second per user);
 #   - Limitador (Kuadrant's limitador-server, in-memory storage, the same limit) when
 #     LIMITADOR names its binary; the row is skipped with a note otherwise;
@@ -44,6 +47,7 @@ LIMITADOR="${LIMITADOR:-}"
 TOLLGATE="${TOLLGATE_BIN:-$ROOT/target/release/tollgate}"  # TOLLGATE_BIN: another build to measure (an A/B)
 LOADGEN="$ROOT/target/release/tollgate-loadgen"
 FLOOR="$ROOT/target/release/grpc_floor"
+SHARD_FLOOR="$ROOT/target/release/grpc_shard_floor"
 BODIES="$ROOT/target/release/grpc_bodies"
 # The limit every server enforces: 100 requests per second per user.
 LIMIT=100
@@ -71,7 +75,7 @@ LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -z "${NO_BUILD:-}" ]; then
     log "building release binaries"
     cargo build --release -q -p tollgate-server -p tollgate-loadgen -p tollgate-benches \
-        --bin tollgate --bin tollgate-loadgen --bin grpc_floor --bin grpc_bodies
+        --bin tollgate --bin tollgate-loadgen --bin grpc_floor --bin grpc_shard_floor --bin grpc_bodies
 fi
 "$BODIES" "$OUT"
 
@@ -89,6 +93,12 @@ FLOOR_PID=$!
 PIDS+=("$FLOOR_PID")
 FLOOR_ADDR="$(wait_line "$OUT/floor.log" "listening" | sed -E 's/.*listening //')"
 log "floor on $FLOOR_ADDR"
+
+"$SHARD_FLOOR" 127.0.0.1:0 "$SHARDS" > "$OUT/shard-floor.log" 2>&1 &
+SHARD_FLOOR_PID=$!
+PIDS+=("$SHARD_FLOOR_PID")
+SHARD_FLOOR_ADDR="$(wait_line "$OUT/shard-floor.log" "listening" | sed -E 's/.*listening ([^ ]+).*/\1/')"
+log "floor on $SHARDS shards on $SHARD_FLOOR_ADDR"
 
 LIMITADOR_ADDR=""
 LIMITADOR_NOTE="not run: set LIMITADOR to a limitador-server binary built with in-memory storage"
@@ -139,11 +149,11 @@ h2 () {
     local name="$1" spid="$2" addr="$3" path="$4" body="$5" conns="$6" streams="$7" n=0 file perf_pid=""
     while [ -e "$OUT/runs/$name.$n.txt" ]; do n=$((n + 1)); done
     file="$OUT/runs/$name.$n.txt"
-    # With perf: the server's write/writev calls and context switches over the measured part
-    # (what batching replies into fewer flushes and wake-ups would save).
+    # With perf: the server's write/writev/sendto calls and context switches over the measured
+    # part (what batching replies into fewer flushes and wake-ups would save).
     if [ -n "$PERF" ]; then
         (sleep "$WARMUP_SECONDS"; exec "$PERF" stat -x, -o "$file.perf" -p "$spid" \
-            -e syscalls:sys_enter_writev,syscalls:sys_enter_write,context-switches \
+            -e syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,context-switches \
             -- sleep "$SECONDS_PER_RUN") >/dev/null 2>&1 &
         perf_pid=$!
     fi
@@ -165,11 +175,13 @@ for _ in $(seq "$REPEAT"); do
     for shape in "${SHAPES[@]}"; do
         IFS=: read -r sname conns streams <<<"$shape"
         h2 "floor-rls-$sname" "$FLOOR_PID" "$FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+        h2 "shardfloor-rls-$sname" "$SHARD_FLOOR_PID" "$SHARD_FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         h2 "tollgate-rls-$sname" "$TOLLGATE_PID" "$TG_GRPC" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         if [ -n "$LIMITADOR_ADDR" ]; then
             h2 "limitador-rls-$sname" "$LIMITADOR_PID" "$LIMITADOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         fi
         h2 "floor-check-$sname" "$FLOOR_PID" "$FLOOR_ADDR" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
+        h2 "shardfloor-check-$sname" "$SHARD_FLOOR_PID" "$SHARD_FLOOR_ADDR" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
         h2 "tollgate-check-$sname" "$TOLLGATE_PID" "$TG_GRPC" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
     done
 done

@@ -100,7 +100,7 @@ def verdict(x, bar):
 h2 = {}
 for call, _ in CALLS:
     for shape, _ in SHAPES:
-        for who in ("floor", "tollgate", "limitador"):
+        for who in ("floor", "tollgate", "limitador", "shardfloor"):
             h2[f"{who}-{call}-{shape}"] = best(f"{who}-{call}-{shape}")
 lg = {f"loadgen-{who}-check-{shape}": loadgen(f"loadgen-{who}-check-{shape}")
       for who in ("floor", "tollgate") for shape, _ in SHAPES}
@@ -157,12 +157,33 @@ for shape, shape_label in SHAPES:
     targets.append((f"Check within 10% of RLS (Check / RLS >= {TARGET_CHECK_VS_RLS}), {shape_label}",
                     fx(x, 3), verdict(x, TARGET_CHECK_VS_RLS), fx(c, 3), verdict(c, TARGET_CHECK_VS_RLS)))
 
+# The floor served on the shards (no target): what a port served there would start from.
+sends = lambda r: (None if not r or not r["perf_per_request"] else
+                   sum(r["perf_per_request"].get(ev, 0.0) for ev in ("writev", "sendto")))
+shard_rows = []
+sf_lines = ["| call, h2load shape | floor req/s (tokio, 1 thread) | floor on shards req/s | "
+            "shards / tokio | server CPU us per request: tokio / shards | "
+            "sends (writev + sendto) per request: tokio / shards |", "|---|---:|---:|---:|---:|---:|"]
+for call, call_label in CALLS:
+    for shape, shape_label in SHAPES:
+        f, s_ = h2.get(f"floor-{call}-{shape}"), h2.get(f"shardfloor-{call}-{shape}")
+        fr, sr = rps(f"floor-{call}-{shape}"), rps(f"shardfloor-{call}-{shape}")
+        fc, sc = cpu_us(f"floor-{call}-{shape}"), cpu_us(f"shardfloor-{call}-{shape}")
+        shard_rows.append({"call": call, "shape": shape, "floor": fr, "shardfloor": sr,
+                           "shardfloor_vs_floor": ratio(sr, fr), "server_cpu_us": [fc, sc],
+                           "sends_per_request": [sends(f), sends(s_)]})
+        fs, ss = sends(f), sends(s_)
+        sf_lines.append(f"| {call_label}, {shape_label} | {rate(fr)} | {rate(sr)} | {fx(ratio(sr, fr))} | "
+                        f"{us(fc)} / {us(sc)} | {'n/a' if fs is None else f'{fs:.3f}'} / "
+                        f"{'n/a' if ss is None else f'{ss:.3f}'} |")
+sf_table = "\n".join(sf_lines)
+
 meta = {k: os.environ.get(k, "") for k in (
     "MEASURED_AT", "GIT_REV", "LOADAVG_START", "LOADAVG_END", "SHARDS", "REPEAT",
     "SECONDS_PER_RUN", "WARMUP_SECONDS", "LIMITADOR_NOTE", "H2LOAD_VERSION")}
 with open(f"{OUT}/grpc.json", "w") as f:
     json.dump({"meta": meta, "h2load": h2, "loadgen": lg, "rows": rows, "loadgen_rows": lg_rows,
-               "targets": targets}, f, indent=2)
+               "shard_floor_rows": shard_rows, "targets": targets}, f, indent=2)
 
 lines = []
 lines.append("| call, h2load shape | floor req/s | Tollgate req/s | Tollgate / floor | "
@@ -211,6 +232,8 @@ print(perf_table)
 print()
 print(lg_table)
 print()
+print(sf_table)
+print()
 print(t_table)
 
 if os.environ.get("NO_DOCS"):
@@ -244,6 +267,14 @@ The loadgen's own gRPC driver (`tollgate-loadgen --target grpc://...`, tonic cli
 1M users) against the same two servers:
 
 {lg_table}
+
+The same floor served the thread-per-core way (`grpc_shard_floor`, `benches/src/bin`): hyper's
+HTTP/2 server over glommio on each of the {meta['SHARDS']} shards, accepting with SO_REUSEPORT,
+each connection's writes gathered until the shard has run its other ready tasks
+(`benches/src/cork.rs`). No target: it is what serving the compat port on the shards would
+start from.
+
+{sf_table}
 
 {t_table}
 

@@ -21,9 +21,12 @@
 //!   with an in-process decision, encode), against the floor's constant handlers.
 //! - `src/bin/grpc_floor.rs`: the gRPC transport floor (constant replies on the compat port's
 //!   stack) for `grpc_compare.sh`; [`floor`] holds its handlers. `src/bin/grpc_bodies.rs`:
-//!   the h2load request bodies.
+//!   the h2load request bodies. `src/bin/grpc_shard_floor.rs`: the same floor served by
+//!   hyper over glommio on every shard (what serving the port on the shards starts from), its
+//!   writes gathered by [`cork`].
 #![warn(missing_docs)]
 
+pub mod cork;
 pub mod floor;
 
 use tollgate_policy::{parse_policies, Engine};
