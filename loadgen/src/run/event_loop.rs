@@ -322,6 +322,7 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
         rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add((c * depth) as u64)),
         singles: plan.templates.iter().map(|(r, _)| r.clone()).collect(),
         in_flight: vec![InFlight::default(); depth],
+        upcoming: VecDeque::with_capacity(LOOKAHEAD),
         outstanding: 0,
         answered: 0,
         stopping: false,
@@ -333,11 +334,19 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
     }
 }
 
+/// How many requests ahead of its use a request's mix and key are drawn (and the key's
+/// ledger record prefetched): far enough for the load from memory to finish, near enough
+/// that the line is still in the cache when the request is sent.
+const LOOKAHEAD: usize = 8;
+
 struct Driver {
     slot: Slot,
     /// Recorder stripe (the slot's first task number).
     stripe: usize,
     rng: rand::rngs::StdRng,
+    /// The next requests' (mix, key), drawn [`LOOKAHEAD`] requests early in the order the
+    /// rng gives them (the same sequence as drawing each when it is sent).
+    upcoming: VecDeque<(usize, usize)>,
     /// The slot's own copies of the request templates, rewritten per request.
     singles: Vec<CheckRequest>,
     in_flight: Vec<InFlight>,
@@ -403,8 +412,30 @@ impl Driver {
         Ok(())
     }
 
-    /// Handles every complete reply buffered on socket `i`.
+    /// Handles every complete reply buffered on socket `i`: decodes them all first and
+    /// prefetches the ledger records of their keys, so the records load in parallel rather
+    /// than one miss per reply, then records each and sends its slot's next request.
     fn replies(&mut self, i: usize) -> Result<(), String> {
+        let mut batch: SmallVec<[(usize, Result<bool, String>); 64]> = SmallVec::new();
+        let decoded = self.decode_replies(i, &mut batch);
+        for (r, _) in &batch {
+            if let Some(key) = self.in_flight.get(*r).and_then(|f| f.key) {
+                self.shared.ledger.prefetch(key);
+            }
+        }
+        for (r, result) in batch {
+            self.complete(r, result)?;
+        }
+        decoded
+    }
+
+    /// Decodes the complete replies buffered on socket `i` into `batch`: each request slot
+    /// with its result.
+    fn decode_replies(
+        &mut self,
+        i: usize,
+        batch: &mut SmallVec<[(usize, Result<bool, String>); 64]>,
+    ) -> Result<(), String> {
         loop {
             let Some(s) = self.slot.sockets.get_mut(i) else {
                 return Ok(());
@@ -442,7 +473,7 @@ impl Driver {
                     (r, result)
                 }
             };
-            self.complete(r, result)?;
+            batch.push((r, result));
         }
     }
 
@@ -527,8 +558,15 @@ impl Driver {
                 }
             }
         } else {
-            let mix = plan.picker.pick(&mut self.rng);
-            let key = plan.sampler.sample(&mut self.rng);
+            while self.upcoming.len() <= LOOKAHEAD {
+                let mix = plan.picker.pick(&mut self.rng);
+                let key = plan.sampler.sample(&mut self.rng);
+                shared.ledger.prefetch(key);
+                self.upcoming.push_back((mix, key));
+            }
+            let Some((mix, key)) = self.upcoming.pop_front() else {
+                return Err("no key drawn".into());
+            };
             let Some(req) = self.singles.get_mut(mix) else {
                 return Err("no request template".into());
             };

@@ -161,6 +161,8 @@ impl Task {
                 for i in 0..self.batch {
                     let mix = self.picker.pick(&mut self.rng);
                     let key = self.sampler.sample(&mut self.rng);
+                    // Recorded below, after the rest of the batch is drawn.
+                    self.shared.ledger.prefetch(key);
                     if i >= batch.len() || slots.get(i).map(|s| s.0) != Some(mix) {
                         let Some((template, _)) = self.plan.templates.get(mix) else {
                             break;
@@ -185,6 +187,12 @@ impl Task {
                 }
                 let results = self.send_batch(&batch, &slots, seq).await;
                 let done = self.shared.now_ns();
+                // The batch's admissions are recorded below: their records load together.
+                for ((_, key), r) in slots.iter().zip(&results) {
+                    if matches!(r, Ok(true)) {
+                        self.shared.ledger.prefetch(*key);
+                    }
+                }
                 for ((_, key), (req, r)) in slots.iter().zip(batch.iter().zip(&results)) {
                     // The target send_batch chose for this slot.
                     let target = self.spread.pick(targets, seq, *key);
