@@ -107,7 +107,7 @@ impl Ledger {
     /// Starts loading `key`'s record into the cache, so that [`Ledger::sent`] or
     /// [`Ledger::admitted`] a little later does not wait for memory. With a million keys the
     /// ledger (32 MiB) is far beyond the caches, and each update was a miss paid in line:
-    /// ~30% of the loadgen's CPU at 8 x 64 over 1M keys (docs/performance.md,
+    /// over a quarter of the loadgen's CPU at 8 x 64 over 1M keys (docs/performance.md,
     /// section:binary-costs). A hint: it changes nothing, and an unknown key is ignored.
     #[inline]
     pub fn prefetch(&self, key: usize) {
