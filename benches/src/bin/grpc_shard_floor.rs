@@ -13,7 +13,8 @@
 //! ```
 //!
 //! HTTP/2 keepalive is off (hyper needs a timer for it, and a PING every 30 s costs nothing
-//! per request); the listener sets TCP_NODELAY, which accepted sockets inherit.
+//! per request). The sockets are bound as the server binds its shared port
+//! (`tollgate_server::listeners::bind_tcp`: TCP_NODELAY, which accepted sockets inherit).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +24,6 @@ use anyhow::{bail, Context as _};
 use glommio::{LocalExecutorBuilder, Placement};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tollgate_benches::cork::Corked;
 use tollgate_benches::floor::Constant;
@@ -31,6 +31,7 @@ use tollgate_grpc::proto::aperture::flowcontrol::check::v1::flow_control_service
 use tollgate_grpc::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tollgate_grpc::server::MAX_CONCURRENT_STREAMS;
 use tollgate_grpc::tonic::service::Routes;
+use tollgate_server::listeners::bind_tcp;
 
 /// Runs hyper's per-stream tasks on the shard that spawns them.
 #[derive(Clone, Copy)]
@@ -43,19 +44,6 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for ShardExecutor {
         })
         .detach();
     }
-}
-
-/// A listening socket on `addr` that other shards may bind too (SO_REUSEPORT).
-fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nodelay(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("binding {addr}"))?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 /// Accepts on `listener` and serves each connection on this shard until the process ends.
@@ -112,11 +100,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let first = bind(addr)?;
+    // The server's own binding: SO_REUSEPORT, TCP_NODELAY, the same backlog.
+    let first = bind_tcp(addr, true)?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..shards {
-        listeners.push(bind(addr)?);
+        listeners.push(bind_tcp(addr, true)?);
     }
     let mut executors = Vec::with_capacity(shards);
     for (i, listener) in listeners.into_iter().enumerate() {
