@@ -48,17 +48,25 @@ pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Binds `addr` once per shard with SO_REUSEPORT (at least once), so the kernel spreads its
+/// connections over the shards. Port 0 is resolved by the first bind and reused by the others.
+/// Returns the address bound and the sockets, index = shard.
+pub fn bind_per_shard(addr: SocketAddr, shards: usize) -> Result<(SocketAddr, Vec<TcpListener>)> {
+    let first = bind_tcp(addr, true)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..shards {
+        listeners.push(bind_tcp(addr, true)?);
+    }
+    Ok((addr, listeners))
+}
+
 /// Binds the shared port `shards` times and one shard-aware port per shard.
 pub fn bind_binary(listen: SocketAddr, shards: usize) -> Result<BinaryListeners> {
     // Port 0 asks the OS: then the shard-aware ports are OS-chosen too, since the
     // neighbours of a random port may be taken.
     let ephemeral = listen.port() == 0;
-    let first = bind_tcp(listen, true)?;
-    let listen = first.local_addr()?;
-    let mut shared = vec![first];
-    for _ in 1..shards {
-        shared.push(bind_tcp(listen, true)?);
-    }
+    let (listen, shared) = bind_per_shard(listen, shards)?;
     let mut shard_aware = Vec::with_capacity(shards);
     for i in 0..shards {
         let port = if ephemeral {
@@ -77,4 +85,22 @@ pub fn bind_binary(listen: SocketAddr, shards: usize) -> Result<BinaryListeners>
         shared,
         shard_aware,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_bound_per_shard_resolves_port_0_once_and_shares_it() {
+        let (addr, listeners) =
+            bind_per_shard("127.0.0.1:0".parse().expect("addr"), 3).expect("loopback binds");
+        assert_ne!(addr.port(), 0);
+        assert_eq!(listeners.len(), 3);
+        for l in &listeners {
+            assert_eq!(l.local_addr().expect("bound"), addr);
+        }
+        // Another socket without SO_REUSEPORT cannot take the port from under the shards.
+        assert!(bind_tcp(addr, false).is_err());
+    }
 }

@@ -14,7 +14,7 @@
 //!
 //! HTTP/2 keepalive is off (hyper needs a timer for it, and a PING every 30 s costs nothing
 //! per request). The sockets are bound as the server binds its shared port
-//! (`tollgate_server::listeners::bind_tcp`: TCP_NODELAY, which accepted sockets inherit).
+//! (`tollgate_server::listeners::bind_per_shard`: TCP_NODELAY, which accepted sockets inherit).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ use tollgate_grpc::proto::aperture::flowcontrol::check::v1::flow_control_service
 use tollgate_grpc::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tollgate_grpc::server::MAX_CONCURRENT_STREAMS;
 use tollgate_grpc::tonic::service::Routes;
-use tollgate_server::listeners::bind_tcp;
+use tollgate_server::listeners::bind_per_shard;
 
 /// Runs hyper's per-stream tasks on the shard that spawns them.
 #[derive(Clone, Copy)]
@@ -100,13 +100,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The server's own binding: SO_REUSEPORT, TCP_NODELAY, the same backlog.
-    let first = bind_tcp(addr, true)?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..shards {
-        listeners.push(bind_tcp(addr, true)?);
-    }
+    // The server's own binding of its shared port: SO_REUSEPORT, TCP_NODELAY, the same backlog.
+    let (addr, listeners) = bind_per_shard(addr, shards)?;
     let mut executors = Vec::with_capacity(shards);
     for (i, listener) in listeners.into_iter().enumerate() {
         let fd = listener.into_raw_fd();
