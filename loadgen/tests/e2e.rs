@@ -167,15 +167,42 @@ fn batches_and_open_loop_run() {
     let report = run_blocking(cfg).expect("batch run");
     assert_sane(&report);
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    // Every check of a batch is counted (a batch is split over both shards' ports).
+    assert_eq!(report.requests % 16, 0, "{}", report.requests);
 
+    // A few hot keys, batched: each admission is recorded against its own key, so one exact
+    // node never admits more than the limit allows for any key; a requests stop counts checks.
     let mut cfg = short(vec![node.target()]);
-    cfg.rate = Some(2000.0);
-    cfg.stop = Stop::Requests(500);
-    let report = run_blocking(cfg).expect("open-loop run");
+    cfg.batch = 16;
+    cfg.keys = 5;
+    cfg.limit = Some(LIMIT);
+    cfg.stop = Stop::Requests(20_000);
+    let report = run_blocking(cfg).expect("hot batch run");
     assert_sane(&report);
-    assert_eq!(report.mode, "open");
-    // Requests mode stops at (about) the number asked for: never fewer.
-    assert!(report.requests >= 500, "{}", report.requests);
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert!(report.requests >= 20_000, "{}", report.requests);
+    let acc = report.accuracy.expect("accuracy with a limit");
+    assert!(acc.keys_used >= 1 && acc.keys_used <= 5, "{acc:?}");
+    assert!(acc.worst_ratio <= 1.0 + 1e-6, "{acc:?}");
+    assert!(acc.admitted_tokens > 0.0, "{acc:?}");
+    assert!(
+        report.rejected > 0,
+        "5 keys at this rate must hit the limit"
+    );
+
+    // Open loop takes the general path (the client library), batches included.
+    for batch in [1, 4] {
+        let mut cfg = short(vec![node.target()]);
+        cfg.rate = Some(2000.0);
+        cfg.batch = batch;
+        cfg.stop = Stop::Requests(500);
+        let report = run_blocking(cfg).expect("open-loop run");
+        assert_sane(&report);
+        assert_eq!(report.errors, 0, "{:?}", report.first_error);
+        assert_eq!(report.mode, "open");
+        // Requests mode stops at (about) the number asked for: never fewer.
+        assert!(report.requests >= 500, "{}", report.requests);
+    }
 }
 
 #[test]

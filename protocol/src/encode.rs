@@ -14,9 +14,9 @@
 use crate::decode::{limiter_result_len, StrRef};
 use crate::error::EncodeError;
 use crate::frame::{
-    opcode, ErrorCode, CHECK_FLAG_TOKENS, CHECK_FLAG_WAIT, LEN_PREFIX_LEN, MAX_API_KEY_LEN,
-    MAX_BATCH, MAX_FLOW_END, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS, MAX_STRING_LEN,
-    SHARED_PORT_SHARD_INDEX, STR_REF_INTERNED_BIT,
+    opcode, ErrorCode, CHECK_FLAG_TOKENS, CHECK_FLAG_WAIT, FRAME_HEADER_LEN, LEN_PREFIX_LEN,
+    MAX_API_KEY_LEN, MAX_BATCH, MAX_FLOW_END, MAX_INTERNED, MAX_LABELS, MAX_LIMITERS,
+    MAX_STRING_LEN, SHARED_PORT_SHARD_INDEX, STR_REF_INTERNED_BIT,
 };
 use crate::types::{
     BatchItem, CheckReply, ErrorReply, FlowEndStatus, HelloReply, LimiterResult, Member, Refusal,
@@ -198,10 +198,95 @@ pub fn encode_check_batch(
     request_id: u32,
     checks: &[CheckSpec<'_>],
 ) -> Result<(), EncodeError> {
-    frame(out, opcode::CHECK_BATCH, request_id, |out| {
-        out.extend_from_slice(&count_u16(checks.len(), MAX_BATCH, "CHECK_BATCH")?.to_le_bytes());
-        checks.iter().try_for_each(|c| put_check(out, c))
-    })
+    count_u16(checks.len(), MAX_BATCH, "CHECK_BATCH")?;
+    let mut w = CheckBatchWriter::new(out, request_id);
+    for c in checks {
+        if let Err(e) = w.check(c) {
+            w.abandon();
+            return Err(e);
+        }
+    }
+    w.finish()
+}
+
+/// Incrementally encodes a `CHECK_BATCH`, one check at a time, so a caller that builds each
+/// check in a reused buffer (or routes checks to several connections as it goes) needs no
+/// slice of [`CheckSpec`]s. The count is patched by [`finish`](Self::finish).
+///
+/// Dropping the writer without finishing leaves a half-written frame in the buffer; call
+/// [`abandon`](Self::abandon) to remove it.
+#[derive(Debug)]
+pub struct CheckBatchWriter<'o> {
+    out: &'o mut Vec<u8>,
+    start: usize,
+    count: usize,
+}
+
+impl<'o> CheckBatchWriter<'o> {
+    /// Starts a `CHECK_BATCH` frame at the end of `out`.
+    pub fn new(out: &'o mut Vec<u8>, request_id: u32) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0, opcode::CHECK_BATCH, 0]);
+        out.extend_from_slice(&request_id.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        Self {
+            out,
+            start,
+            count: 0,
+        }
+    }
+
+    /// Appends one check. Fails, leaving the frame as it was, when the batch already holds
+    /// [`MAX_BATCH`] checks or the check does not encode.
+    pub fn check(&mut self, check: &CheckSpec<'_>) -> Result<(), EncodeError> {
+        if self.count >= MAX_BATCH {
+            return Err(EncodeError::TooManyItems {
+                what: "CHECK_BATCH",
+                count: self.count + 1,
+                max: MAX_BATCH,
+            });
+        }
+        let mark = self.out.len();
+        if let Err(e) = put_check(self.out, check) {
+            self.out.truncate(mark);
+            return Err(e);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Checks appended so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no check was appended.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Patches the count and the frame length (removing the frame if it cannot be encoded).
+    pub fn finish(self) -> Result<(), EncodeError> {
+        let count_at = self.start + FRAME_HEADER_LEN;
+        // count <= MAX_BATCH, which fits a u16 (checked by `check`).
+        let count = (self.count as u16).to_le_bytes();
+        let result = match self.out.get_mut(count_at..count_at + 2) {
+            Some(slot) => {
+                slot.copy_from_slice(&count);
+                patch_len(self.out, self.start)
+            }
+            None => Err(EncodeError::FrameTooLarge),
+        };
+        if result.is_err() {
+            self.out.truncate(self.start);
+        }
+        result
+    }
+
+    /// Removes the partly written frame from the buffer.
+    pub fn abandon(self) {
+        self.out.truncate(self.start);
+    }
 }
 
 /// `INTERN { id u16, value string }`: binds `id` (`< MAX_INTERNED`) on this connection.

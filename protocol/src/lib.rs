@@ -84,7 +84,7 @@ pub use encode::{
     encode_batch_reply, encode_check, encode_check_batch, encode_check_reply, encode_error,
     encode_flow_end, encode_flow_end_reply, encode_hello, encode_hello_reply,
     encode_hello_with_key, encode_intern, encode_members, encode_members_reply, encode_ping,
-    encode_pong, BatchReplyWriter, CheckSpec,
+    encode_pong, BatchReplyWriter, CheckBatchWriter, CheckSpec,
 };
 pub use error::{DecodeError, EncodeError, InternError};
 pub use frame::{

@@ -641,6 +641,63 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
 }
 
 #[test]
+fn check_batch_writer_routes_checks_to_two_frames_and_refuses_bad_ones() {
+    let labels = [(StrRef::Inline("user"), "u1")];
+    let spec = |cp| CheckSpec {
+        control_point: StrRef::Inline(cp),
+        tokens: Some(1.0),
+        wait_budget_ms: None,
+        labels: &labels,
+    };
+    // Two writers open at once on two buffers (the loadgen routes each check to its shard's
+    // connection as it draws it): each frame equals the one encode_check_batch makes.
+    let (mut a, mut b) = (vec![0xAA], Vec::new());
+    {
+        let mut wa = CheckBatchWriter::new(&mut a, 7);
+        let mut wb = CheckBatchWriter::new(&mut b, 7);
+        wa.check(&spec("a1")).expect("a1");
+        wb.check(&spec("b1")).expect("b1");
+        wa.check(&spec("a2")).expect("a2");
+        assert_eq!((wa.len(), wb.len()), (2, 1));
+        // A check that does not encode leaves the frame as it was.
+        let bad = CheckSpec {
+            tokens: Some(f64::NAN),
+            ..spec("bad")
+        };
+        assert_eq!(wa.check(&bad), Err(EncodeError::InvalidTokens));
+        wa.finish().expect("finish a");
+        wb.finish().expect("finish b");
+    }
+    let mut want_a = vec![0xAA];
+    encode_check_batch(&mut want_a, 7, &[spec("a1"), spec("a2")]).expect("a");
+    let mut want_b = Vec::new();
+    encode_check_batch(&mut want_b, 7, &[spec("b1")]).expect("b");
+    assert_eq!(a, want_a);
+    assert_eq!(b, want_b);
+    // The 1025th check is refused; the frame of MAX_BATCH still finishes and decodes.
+    let mut out = Vec::new();
+    let mut w = CheckBatchWriter::new(&mut out, 1);
+    for _ in 0..MAX_BATCH {
+        w.check(&spec("cp")).expect("within MAX_BATCH");
+    }
+    assert!(matches!(
+        w.check(&spec("cp")),
+        Err(EncodeError::TooManyItems { count: 1025, .. })
+    ));
+    w.finish().expect("finish");
+    let Frame::CheckBatch(batch) = decode_one(&out).frame else {
+        panic!("not a batch")
+    };
+    assert_eq!(batch.len(), MAX_BATCH);
+    // Abandoned: nothing is left behind.
+    let mut out = vec![1, 2];
+    let mut w = CheckBatchWriter::new(&mut out, 1);
+    w.check(&spec("cp")).expect("check");
+    w.abandon();
+    assert_eq!(out, vec![1, 2]);
+}
+
+#[test]
 fn labels_resolve_through_intern_table() {
     let mut out = Vec::new();
     encode_intern(&mut out, 0, 3, "user").expect("intern");

@@ -25,8 +25,15 @@
 //! finds its request whatever order the shards answer in. Redis: one connection, replies in
 //! order.
 //!
-//! Used when the run is closed loop with one target, single checks (`--batch 1`) or pings, to a
-//! `tollgate` or `redis` target; everything else takes the general path.
+//! `--batch N` (Tollgate): a request slot's N checks are drawn one by one and each is written
+//! straight into a `CHECK_BATCH` frame on the socket of the shard that owns it
+//! ([`CheckBatchWriter`]), so a batch costs one frame per shard, with no request objects and no
+//! per-check allocation; the slot's batch is answered when every frame of it is, and its
+//! latency is the slowest frame's, as on the general path.
+//!
+//! Used when the run is closed loop with one target, to a `tollgate` target (single checks,
+//! batches or pings) or a `redis` one (single checks or pings); everything else, Redis batches
+//! included, takes the general path.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -43,8 +50,8 @@ use tollgate_protocol::client::{
 use tollgate_protocol::routing::RoutingKeys;
 use tollgate_protocol::smallvec::SmallVec;
 use tollgate_protocol::{
-    decode_reply, encode_check, encode_hello, encode_ping, CheckSpec, ProtocolVersion, Reply,
-    StrRef,
+    decode_reply, encode_check, encode_hello, encode_ping, BatchItem, CheckBatchWriter, CheckSpec,
+    ProtocolVersion, Reply, StrRef,
 };
 
 use crate::drivers::{encode_evalsha, script_verdict, PING_PAYLOAD_LEN, TOKEN_BUCKET_LUA};
@@ -67,12 +74,13 @@ pub(super) fn handles(cfg: &RunConfig) -> bool {
     cfg.access.api_key.is_none()
         && cfg.access.tls.is_none()
         && cfg.rate.is_none()
-        && cfg.batch == 1
         && cfg.targets.len() == 1
-        && cfg
-            .targets
-            .iter()
-            .all(|t| matches!(t.protocol, Protocol::Tollgate | Protocol::Redis))
+        && cfg.targets.iter().all(|t| match t.protocol {
+            Protocol::Tollgate => true,
+            // Redis batches (pipelined or one script) keep the general path's drivers.
+            Protocol::Redis => cfg.batch == 1 || cfg.op == Op::Ping,
+            _ => false,
+        })
 }
 
 /// One socket of a slot, with its buffers.
@@ -305,6 +313,26 @@ struct InFlight {
     tokens: f64,
 }
 
+/// `--batch` above 1: what one request slot's batch waits for.
+#[derive(Clone, Default)]
+struct BatchSlot {
+    /// Per socket: the key and tokens of each check in that socket's frame, in frame order
+    /// (the order of its `BATCH_REPLY` items).
+    parts: Vec<Vec<(usize, f64)>>,
+    /// Frames of the batch sent and not answered yet.
+    frames_pending: usize,
+    /// The batch's answers so far: accepted, rejected, errors.
+    counts: [u64; 3],
+}
+
+/// One decoded reply of a socket, before it is recorded.
+enum Answer {
+    /// A single check's or a ping's result, by request slot.
+    One(usize, Result<bool, String>),
+    /// A `BATCH_REPLY` (or the error that answered a whole `CHECK_BATCH`), by request slot.
+    Frame(usize, Result<Vec<BatchItem>, String>),
+}
+
 /// The connection (shard port) request slot `r` of the connection slot whose first task number
 /// is `stripe` pings, of `sockets`: `stripe + r` numbers the request slot across the whole
 /// run, so consecutive connection slots alternate shards even at depth 1.
@@ -316,12 +344,24 @@ fn ping_socket(stripe: usize, r: usize, sockets: usize) -> usize {
 pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Plan>) {
     let cfg = &plan.cfg;
     let depth = cfg.pipeline;
+    let checks_per_request = if cfg.op == Op::Check { cfg.batch } else { 1 };
+    let batches = if checks_per_request > 1 {
+        let slot = BatchSlot {
+            parts: vec![Vec::with_capacity(checks_per_request); slot.sockets.len()],
+            ..BatchSlot::default()
+        };
+        vec![slot; depth]
+    } else {
+        Vec::new()
+    };
     let mut driver = Driver {
         slot,
         stripe: c * depth,
         rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add((c * depth) as u64)),
         singles: plan.templates.iter().map(|(r, _)| r.clone()).collect(),
         in_flight: vec![InFlight::default(); depth],
+        checks_per_request,
+        batches,
         upcoming: VecDeque::with_capacity(LOOKAHEAD),
         outstanding: 0,
         answered: 0,
@@ -350,6 +390,10 @@ struct Driver {
     /// The slot's own copies of the request templates, rewritten per request.
     singles: Vec<CheckRequest>,
     in_flight: Vec<InFlight>,
+    /// Checks per request: `--batch` (1: single `CHECK`s, or pings).
+    checks_per_request: usize,
+    /// Per request slot, when `checks_per_request` is above 1 (else empty).
+    batches: Vec<BatchSlot>,
     /// Requests sent and not yet answered.
     outstanding: usize,
     /// Replies received so far (the watchdog's sign of progress).
@@ -416,32 +460,45 @@ impl Driver {
     /// prefetches the ledger records of their keys, so the records load in parallel rather
     /// than one miss per reply, then records each and sends its slot's next request.
     fn replies(&mut self, i: usize) -> Result<(), String> {
-        let mut batch: SmallVec<[(usize, Result<bool, String>); 64]> = SmallVec::new();
-        let decoded = self.decode_replies(i, &mut batch);
-        for (r, _) in &batch {
-            if let Some(key) = self.in_flight.get(*r).and_then(|f| f.key) {
-                self.shared.ledger.prefetch(key);
+        let mut answers: SmallVec<[Answer; 64]> = SmallVec::new();
+        let decoded = self.decode_replies(i, &mut answers);
+        for answer in &answers {
+            match answer {
+                Answer::One(r, _) => {
+                    if let Some(key) = self.in_flight.get(*r).and_then(|f| f.key) {
+                        self.shared.ledger.prefetch(key);
+                    }
+                }
+                Answer::Frame(r, _) => {
+                    let part = self.batches.get(*r).and_then(|b| b.parts.get(i));
+                    for &(key, _) in part.into_iter().flatten() {
+                        self.shared.ledger.prefetch(key);
+                    }
+                }
             }
         }
-        for (r, result) in batch {
-            self.complete(r, result)?;
+        for answer in answers {
+            match answer {
+                Answer::One(r, result) => self.complete(r, result)?,
+                Answer::Frame(r, items) => self.complete_frame(r, i, items)?,
+            }
         }
         decoded
     }
 
-    /// Decodes the complete replies buffered on socket `i` into `batch`: each request slot
-    /// with its result.
+    /// Decodes the complete replies buffered on socket `i` into `answers`.
     fn decode_replies(
         &mut self,
         i: usize,
-        batch: &mut SmallVec<[(usize, Result<bool, String>); 64]>,
+        answers: &mut SmallVec<[Answer; 64]>,
     ) -> Result<(), String> {
+        let batched = self.checks_per_request > 1;
         loop {
             let Some(s) = self.slot.sockets.get_mut(i) else {
                 return Ok(());
             };
             let buf = s.read.get(s.read_start..).unwrap_or_default();
-            let (r, result) = match self.slot.protocol {
+            let answer = match self.slot.protocol {
                 Protocol::Tollgate => {
                     let Some(d) = decode_reply(buf, MAX_REPLY_FRAME_LEN, s.version)
                         .map_err(|e| format!("bad reply: {e}"))?
@@ -450,13 +507,26 @@ impl Driver {
                     };
                     s.read_start += d.len;
                     let r = (d.request_id as usize).wrapping_sub(1);
-                    let result = match d.reply {
-                        Reply::Check(c) => Ok(c.accepted()),
-                        Reply::Pong(p) if p.len() == PING_PAYLOAD_LEN => Ok(true),
-                        Reply::Error(e) => Err(format!("server error {:?}: {}", e.code, e.message)),
-                        other => Err(format!("unexpected reply {other:?}")),
-                    };
-                    (r, result)
+                    match (d.reply, batched) {
+                        (Reply::Check(c), false) => Answer::One(r, Ok(c.accepted())),
+                        (Reply::Pong(p), false) if p.len() == PING_PAYLOAD_LEN => {
+                            Answer::One(r, Ok(true))
+                        }
+                        (Reply::Batch(items), true) => Answer::Frame(r, Ok(items)),
+                        (Reply::Error(e), batched) => {
+                            let e = format!("server error {:?}: {}", e.code, e.message);
+                            match batched {
+                                true => Answer::Frame(r, Err(e)),
+                                false => Answer::One(r, Err(e)),
+                            }
+                        }
+                        (other, true) => {
+                            Answer::Frame(r, Err(format!("unexpected reply {other:?}")))
+                        }
+                        (other, false) => {
+                            Answer::One(r, Err(format!("unexpected reply {other:?}")))
+                        }
+                    }
                 }
                 _ => {
                     let Some((value, used)) =
@@ -470,11 +540,88 @@ impl Driver {
                         Value::Simple(p) if p == "PONG" => Ok(true),
                         v => script_verdict(Some(v)),
                     };
-                    (r, result)
+                    Answer::One(r, result)
                 }
             };
-            batch.push((r, result));
+            answers.push(answer);
         }
+    }
+
+    /// Records the frame of request slot `r`'s batch that socket `socket` answered (`items`,
+    /// in the frame's order); the batch is done, its latency recorded and the slot's next
+    /// request sent, when its last frame is answered.
+    fn complete_frame(
+        &mut self,
+        r: usize,
+        socket: usize,
+        items: Result<Vec<BatchItem>, String>,
+    ) -> Result<(), String> {
+        let id = r.wrapping_add(1);
+        let f = match self.in_flight.get(r) {
+            Some(f) if f.pending => *f,
+            Some(_) => return Err(format!("a reply to request {id}, which is not in flight")),
+            None => return Err(format!("reply to unknown request {id}")),
+        };
+        let shared = &self.shared;
+        let Some(b) = self.batches.get_mut(r) else {
+            return Err(format!("reply to unknown request {id}"));
+        };
+        let Some(part) = b.parts.get_mut(socket).filter(|p| !p.is_empty()) else {
+            return Err(format!(
+                "a reply to request {id} on a connection it was not sent to"
+            ));
+        };
+        let done = shared.now_ns();
+        let items = items.and_then(|items| match items.len() == part.len() {
+            true => Ok(items),
+            false => Err(format!(
+                "BATCH_REPLY has {} items for {} checks",
+                items.len(),
+                part.len()
+            )),
+        });
+        match items {
+            Ok(items) => {
+                for (&(key, tokens), item) in part.iter().zip(items) {
+                    match item {
+                        BatchItem::Reply(c) if c.accepted() => {
+                            shared.ledger.admitted(key, tokens, done);
+                            b.counts[0] += 1;
+                        }
+                        BatchItem::Reply(_) => b.counts[1] += 1,
+                        BatchItem::Error(e) => {
+                            shared.note_error(&format!("server error {:?}: {}", e.code, e.message));
+                            b.counts[2] += 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                shared.note_error(&e);
+                b.counts[2] += part.len() as u64;
+            }
+        }
+        // Cleared: a second reply to this frame is refused above.
+        part.clear();
+        self.answered += 1;
+        b.frames_pending = b.frames_pending.saturating_sub(1);
+        if b.frames_pending > 0 {
+            return Ok(());
+        }
+        self.outstanding -= 1;
+        if let Some(slot) = self.in_flight.get_mut(r) {
+            slot.pending = false;
+        }
+        if f.measured {
+            let latency = done.saturating_sub(f.sent_ns);
+            let outcomes = [Outcome::Accepted, Outcome::Rejected, Outcome::Error];
+            for (outcome, &n) in outcomes.iter().zip(&b.counts) {
+                if n > 0 {
+                    shared.recorder.record(self.stripe, 0, *outcome, latency, n);
+                }
+            }
+        }
+        self.issue(r)
     }
 
     /// Records request slot `r`'s answer and sends its next request.
@@ -528,7 +675,8 @@ impl Driver {
                 return Ok(());
             }
             if let Stop::Requests(limit) = self.plan.cfg.stop {
-                if shared.issued.fetch_add(1, Ordering::Relaxed) >= limit {
+                let checks = self.checks_per_request as u64;
+                if shared.issued.fetch_add(checks, Ordering::Relaxed) >= limit {
                     shared.stop.store(true, Ordering::Relaxed);
                     self.stopping = true;
                     return Ok(());
@@ -557,46 +705,24 @@ impl Driver {
                     s.fifo.push_back(r);
                 }
             }
+        } else if self.checks_per_request > 1 {
+            self.queue_batch(r, id, now)?;
         } else {
-            while self.upcoming.len() <= LOOKAHEAD {
-                let mix = plan.picker.pick(&mut self.rng);
-                let key = plan.sampler.sample(&mut self.rng);
-                shared.ledger.prefetch(key);
-                self.upcoming.push_back((mix, key));
-            }
-            let Some((mix, key)) = self.upcoming.pop_front() else {
-                return Err("no key drawn".into());
-            };
+            let (mix, key) = draw(&mut self.upcoming, &mut self.rng, plan, shared)?;
             let Some(req) = self.singles.get_mut(mix) else {
                 return Err("no request template".into());
             };
             set_key(req, &plan.cfg.key_prefix, key);
             f.key = Some(key);
             f.tokens = plan.templates.get(mix).map_or(1.0, |(_, t)| *t);
-            let socket = match &self.slot.routing {
-                Some(routing) => routing.shard_for(
-                    &req.control_point,
-                    req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                    self.slot.sockets.len(),
-                ),
-                None => 0,
-            };
+            let socket = route(self.slot.routing.as_ref(), req, self.slot.sockets.len());
             let Some(s) = self.slot.sockets.get_mut(socket) else {
                 return Err("no connection".into());
             };
             match self.slot.protocol {
                 Protocol::Tollgate => {
-                    let labels: SmallVec<[(StrRef<'_>, &str); 8]> = req
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (StrRef::Inline(k.as_str()), v.as_str()))
-                        .collect();
-                    let spec = CheckSpec {
-                        control_point: StrRef::Inline(&req.control_point),
-                        tokens: req.tokens,
-                        wait_budget_ms: None,
-                        labels: &labels,
-                    };
+                    let labels = inline_labels(req);
+                    let spec = inline_spec(req, &labels);
                     encode_check(&mut s.write, id, &spec).map_err(|e| e.to_string())?;
                 }
                 _ => {
@@ -618,19 +744,127 @@ impl Driver {
         Ok(())
     }
 
+    /// Writes request slot `r`'s next batch (request id `id`): each check into the
+    /// `CHECK_BATCH` frame of the socket of the shard that owns it, one frame per socket that
+    /// gets any.
+    fn queue_batch(&mut self, r: usize, id: u32, now: u64) -> Result<(), String> {
+        let (plan, shared) = (&self.plan, &self.shared);
+        let Some(b) = self.batches.get_mut(r) else {
+            return Err("no batch slot".into());
+        };
+        b.parts.iter_mut().for_each(Vec::clear);
+        b.counts = [0; 3];
+        let sockets = self.slot.sockets.len();
+        let mut writers: SmallVec<[CheckBatchWriter<'_>; 4]> = self
+            .slot
+            .sockets
+            .iter_mut()
+            .map(|s| CheckBatchWriter::new(&mut s.write, id))
+            .collect();
+        let mut written = Ok(());
+        for _ in 0..self.checks_per_request {
+            let drawn = draw(&mut self.upcoming, &mut self.rng, plan, shared);
+            let Ok((mix, key)) = drawn else {
+                written = drawn.map(|_| ());
+                break;
+            };
+            let (Some(req), Some((_, tokens))) =
+                (self.singles.get_mut(mix), plan.templates.get(mix))
+            else {
+                written = Err("no request template".into());
+                break;
+            };
+            set_key(req, &plan.cfg.key_prefix, key);
+            let socket = route(self.slot.routing.as_ref(), req, sockets);
+            let (Some(w), Some(part)) = (writers.get_mut(socket), b.parts.get_mut(socket)) else {
+                written = Err("no connection".into());
+                break;
+            };
+            let labels = inline_labels(req);
+            if let Err(e) = w.check(&inline_spec(req, &labels)) {
+                written = Err(e.to_string());
+                break;
+            }
+            part.push((key, *tokens));
+            shared.ledger.sent(key, now);
+        }
+        b.frames_pending = 0;
+        for w in writers {
+            if written.is_err() || w.is_empty() {
+                w.abandon();
+            } else {
+                w.finish().map_err(|e| e.to_string())?;
+                b.frames_pending += 1;
+            }
+        }
+        written
+    }
+
     /// The slot's connection failed: every request in flight counts as an error.
     fn fail(&mut self, e: &str) {
         self.shared.note_error(&e.to_string());
         let now = self.shared.now_ns();
+        let checks = self.checks_per_request as u64;
         for f in &self.in_flight {
             if f.measured && f.pending {
                 let latency = now.saturating_sub(f.sent_ns);
                 self.shared
                     .recorder
-                    .record(self.stripe, 0, Outcome::Error, latency, 1);
+                    .record(self.stripe, 0, Outcome::Error, latency, checks);
             }
         }
         self.outstanding = 0;
+    }
+}
+
+/// The next request's mix and key, drawn [`LOOKAHEAD`] requests early (its ledger record
+/// prefetched then) in the order the rng gives them.
+fn draw(
+    upcoming: &mut VecDeque<(usize, usize)>,
+    rng: &mut rand::rngs::StdRng,
+    plan: &Plan,
+    shared: &Shared,
+) -> Result<(usize, usize), String> {
+    while upcoming.len() <= LOOKAHEAD {
+        let mix = plan.picker.pick(rng);
+        let key = plan.sampler.sample(rng);
+        shared.ledger.prefetch(key);
+        upcoming.push_back((mix, key));
+    }
+    upcoming
+        .pop_front()
+        .ok_or_else(|| "no key drawn".to_string())
+}
+
+/// The socket (shard port) of the shard that owns `req`'s bucket: the client library's rule
+/// (socket 0 when the server gave no shard ports).
+fn route(routing: Option<&RoutingKeys>, req: &CheckRequest, sockets: usize) -> usize {
+    match routing {
+        Some(routing) => routing.shard_for(
+            &req.control_point,
+            req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            sockets,
+        ),
+        None => 0,
+    }
+}
+
+/// `req`'s labels with their keys inline (this driver sends no `INTERN`).
+fn inline_labels(req: &CheckRequest) -> SmallVec<[(StrRef<'_>, &str); 8]> {
+    req.labels
+        .iter()
+        .map(|(k, v)| (StrRef::Inline(k.as_str()), v.as_str()))
+        .collect()
+}
+
+/// `req` as a check spec with its strings inline (no wait budget: closed-loop checks decide
+/// at once).
+fn inline_spec<'a>(req: &'a CheckRequest, labels: &'a [(StrRef<'a>, &'a str)]) -> CheckSpec<'a> {
+    CheckSpec {
+        control_point: StrRef::Inline(&req.control_point),
+        tokens: req.tokens,
+        wait_budget_ms: None,
+        labels,
     }
 }
 

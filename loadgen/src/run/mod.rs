@@ -23,8 +23,9 @@
 //! - `shared`: the state the tasks and the controller share once the clock starts.
 //! - `thread`: one load thread (its own tokio runtime): dial, report ready, run its tasks.
 //! - `task`: one load task's request loop, pacing and batch fan-out.
-//! - `event_loop`: the closed-loop driver for single checks and pings to one `tollgate` or
-//!   `redis` target: one task per connection slot drives its sockets directly.
+//! - `event_loop`: the closed-loop driver for one `tollgate` target (checks, batches, pings) or
+//!   one `redis` target (single checks, pings): one task per connection slot drives its
+//!   sockets directly.
 //! - `controller`: ends the measured phase, samples the timeline, draws the progress line.
 //!
 //! [`run_blocking`] below wires them together: phase 1 dials everything (unmeasured), phase 2
