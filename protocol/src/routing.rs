@@ -107,8 +107,10 @@ where
 pub struct RoutingKeys {
     /// The version-1 list: every keyed limiter's key, whatever its control point.
     global: Vec<String>,
-    /// Version 2: the keys of each control point with a limiter. `None` = version 1.
-    by_control_point: Option<HashMap<String, Vec<String>>>,
+    /// Version 2: the keys of each control point with a limiter. `None` = version 1. Looked up
+    /// for every check a client routes: foldhash, not SipHash (the keys come from the server's
+    /// HELLO_REPLY, not from anyone who could aim collisions at it).
+    by_control_point: Option<HashMap<String, Vec<String>, foldhash::fast::RandomState>>,
 }
 
 impl RoutingKeys {
