@@ -14,7 +14,7 @@ use smallvec::{smallvec, SmallVec};
 use std::rc::Rc;
 use tollgate_policy::{
     BucketHash, ComponentKind, Decision, FlowError, FlowId, Labels, LimiterId, LimiterOutcome,
-    OutcomeKind, Outcomes, PlannedTake, Refusal, Stage, Tokens,
+    OutcomeKind, Outcomes, Plan, PlannedTake, Refusal, Stage, Tokens,
 };
 
 /// The scheduler stages, in the order a check meets them.
@@ -125,9 +125,13 @@ impl Shard {
         tokens: Option<Tokens>,
         out: &mut Vec<BucketHash>,
     ) {
-        let Ok(plan) = engine.plan(control_point, labels, tokens) else {
+        let mut plan = Plan::new();
+        if engine
+            .plan_into(control_point, labels, tokens, &mut plan)
+            .is_err()
+        {
             return;
-        };
+        }
         let state = self.state.borrow();
         for take in &plan {
             if let Some(key) = take.key {
@@ -161,9 +165,11 @@ impl Shard {
     ) -> Result<Planned, FlowError> {
         let engine = self.engine();
         let engine: &tollgate_policy::Engine = &engine;
-        let plan = engine
-            .plan(control_point, labels, tokens)
-            .inspect_err(|e| self.metrics().flow_error(engine, e))?;
+        let mut plan = Plan::new();
+        if let Err(e) = engine.plan_into(control_point, labels, tokens, &mut plan) {
+            self.metrics().flow_error(engine, &e);
+            return Err(e);
+        }
         let mut owners: SmallVec<[usize; 4]> = SmallVec::new();
         let mut all_local = true;
         let mut schedulers = false;
