@@ -55,7 +55,7 @@ use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tollgate_policy::{
-    Decision, Engine, FlowError, FlowId, OutcomeKind, Refusal, RejectReason, Tokens,
+    Decision, Engine, FlowError, FlowId, OutcomeKind, Plan, Refusal, RejectReason, Tokens,
 };
 use tollgate_protocol::{
     decode_frame, encode_check_reply, encode_error, encode_flow_end_reply, encode_hello_reply,
@@ -68,14 +68,15 @@ use tollgate_protocol::{
 /// its replies cannot make the server buffer without bound.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
-/// Checks a `CHECK_BATCH` needs before its buckets are prefetched in a first pass. Why this
-/// value: the pass plans each check a second time, which a batch of a few checks does not
-/// earn back (their misses overlap little); at 8 and more the misses it overlaps cost far
-/// more than the plans (docs/performance.md, "CHECK_BATCH").
+/// Checks a `CHECK_BATCH` needs before it is decided in passes (planned, its buckets
+/// prefetched, then decided: [`Reader::decide_prefetched`]). Why this value: a batch of a few
+/// checks overlaps few misses, and does not earn back keeping its labels and plans; at 8 and
+/// more the misses it overlaps cost far more (docs/performance.md, "CHECK_BATCH").
 const PREFETCH_MIN_BATCH: usize = 8;
 
-/// Live buckets a shard needs before the first pass runs. Why this value: the pass decodes
-/// and plans every check a second time, which pays only when buckets miss the caches. With
+/// Live buckets a shard needs before the first pass runs. Why this value: the pass costs
+/// (the pipelined `CHECK`s of a read are decoded and planned a second time; a batch's labels
+/// and plans are kept), which pays only when buckets miss the caches. With
 /// one hot key it cost 5–10% of pipelined throughput, and at 50K buckets a shard (2 MiB of
 /// table, in L3) it was a wash; at 500K a shard (1M keys on 2 shards, DRAM) it gained
 /// 12% (docs/performance.md, "CHECK_BATCH").
@@ -451,14 +452,14 @@ impl<R: transport::ReadHalf> Reader<R> {
             control_point: cp,
             tokens,
         } = self.resolve(check, &mut labels)?;
-        // The client's absolute deadline: its wait budget from now; without one, now (decided
-        // at once, never queued).
-        let budget_ns = check
-            .wait_budget_ms()
-            .map_or(0, |ms| u64::from(ms) * 1_000_000);
-        let deadline = Some(now.saturating_add(budget_ns));
         self.shard
-            .decide_now(cp, labels.as_slice(), tokens, deadline, now)
+            .decide_now(
+                cp,
+                labels.as_slice(),
+                tokens,
+                Some(deadline(check, now)),
+                now,
+            )
             .map_err(|e: FlowError| (ErrorCode::BadRequest, e.to_string()))
     }
 
@@ -522,7 +523,8 @@ impl<R: transport::ReadHalf> Reader<R> {
         self.shard.bucket_count() >= PREFETCH_MIN_BUCKETS
     }
 
-    /// A first pass over several checks (a batch's, or the `CHECK` frames of one read):
+    /// A first pass over the `CHECK` frames of one read (a batch has its own,
+    /// [`Reader::decide_prefetched`]):
     /// the buckets they will take from here, prefetched all at once, so that deciding them
     /// (the second pass) finds them in cache instead of paying one DRAM miss after another
     /// (docs/performance.md, "CHECK_BATCH").
@@ -545,31 +547,90 @@ impl<R: transport::ReadHalf> Reader<R> {
         self.shard.prefetch_buckets(&hashes);
     }
 
+    /// Decides `checks` in order, answering each through `answer`, in three passes: each check
+    /// resolved and planned (once: the plans are kept), then every bucket the plans will take
+    /// from here prefetched in one short loop, so the DRAM misses overlap (docs/performance.md,
+    /// "CHECK_BATCH"), then each check decided from its plan.
+    fn decide_prefetched<'a>(
+        &self,
+        checks: impl ExactSizeIterator<Item = CheckRef<'a>>,
+        now: u64,
+        answer: &mut impl FnMut(Result<Planned, (ErrorCode, String)>),
+    ) {
+        let engine = self.shard.engine();
+        let checks: Vec<CheckRef<'a>> = checks.collect();
+        let mut labels: Vec<ResolvedLabels<'_>> = Vec::with_capacity(checks.len());
+        let mut resolved = Vec::with_capacity(checks.len());
+        for check in &checks {
+            let mut check_labels = ResolvedLabels::new();
+            resolved.push(self.resolve(check, &mut check_labels));
+            labels.push(check_labels);
+        }
+        let mut plans: Vec<Plan<'_>> = Vec::with_capacity(checks.len());
+        let mut failed: Vec<Option<(ErrorCode, String)>> = Vec::with_capacity(checks.len());
+        let mut hashes = Vec::with_capacity(checks.len());
+        for (r, check_labels) in resolved.iter().zip(&labels) {
+            plans.push(Plan::new());
+            let Some(plan) = plans.last_mut() else {
+                continue;
+            };
+            let planned = match r {
+                Ok(r) => self
+                    .shard
+                    .plan_check(
+                        &engine,
+                        r.control_point,
+                        check_labels.as_slice(),
+                        r.tokens,
+                        plan,
+                    )
+                    .map_err(|e| (ErrorCode::BadRequest, e.to_string())),
+                Err(e) => Err(e.clone()),
+            };
+            match planned {
+                Ok(()) => self.shard.planned_bucket_hashes(plan, &mut hashes),
+                Err(_) => plan.clear(),
+            }
+            failed.push(planned.err());
+        }
+        self.shard.prefetch_buckets(&hashes);
+        for ((check, plan), failure) in checks.iter().zip(&plans).zip(failed) {
+            answer(match failure {
+                Some(e) => Err(e),
+                None => Ok(self
+                    .shard
+                    .decide_planned(plan, Some(deadline(check, now)), now)),
+            });
+        }
+    }
+
     fn batch<'a>(
         &mut self,
         request_id: u32,
         checks: impl ExactSizeIterator<Item = CheckRef<'a>> + Clone,
         now: u64,
     ) {
-        if checks.len() >= PREFETCH_MIN_BATCH && self.prefetch_pays() {
-            self.prefetch_buckets(checks.clone());
-        }
         let mut results: Vec<BatchSlot> = Vec::with_capacity(checks.len());
         let mut pending: Vec<(usize, Box<PendingCheck>)> = Vec::new();
-        for check in checks {
-            match self.plan(&check, now) {
-                Ok(Planned::Decided(d)) => {
-                    self.shard.metrics().binary_answered(d.accepted);
-                    results.push(BatchSlot::Done(d))
-                }
-                Ok(Planned::Pending(p)) => {
-                    pending.push((results.len(), p));
-                    results.push(BatchSlot::Pending);
-                }
-                Err(e) => {
-                    self.shard.metrics().binary_error();
-                    results.push(BatchSlot::Failed(e.0, e.1))
-                }
+        let mut record = |planned: Result<Planned, (ErrorCode, String)>| match planned {
+            Ok(Planned::Decided(d)) => {
+                self.shard.metrics().binary_answered(d.accepted);
+                results.push(BatchSlot::Done(d))
+            }
+            Ok(Planned::Pending(p)) => {
+                pending.push((results.len(), p));
+                results.push(BatchSlot::Pending);
+            }
+            Err(e) => {
+                self.shard.metrics().binary_error();
+                results.push(BatchSlot::Failed(e.0, e.1))
+            }
+        };
+        if checks.len() >= PREFETCH_MIN_BATCH && self.prefetch_pays() {
+            self.decide_prefetched(checks, now, &mut record);
+        } else {
+            for check in checks {
+                record(self.plan(&check, now));
             }
         }
         if pending.is_empty() {
@@ -647,6 +708,15 @@ fn read_checks(data: &[u8], max_frame_len: u32) -> impl Iterator<Item = CheckRef
             return Some(check);
         }
     })
+}
+
+/// The client's absolute deadline for `check`: its wait budget from `now`; without one, `now`
+/// (decided at once, never queued).
+fn deadline(check: &CheckRef<'_>, now: u64) -> u64 {
+    let budget_ns = check
+        .wait_budget_ms()
+        .map_or(0, |ms| u64::from(ms) * 1_000_000);
+    now.saturating_add(budget_ns)
 }
 
 /// A check's labels with their interned ids resolved ([`Reader::resolve`]).

@@ -319,6 +319,21 @@ fn a_rejection_on_a_remote_shard_returns_tokens_taken_on_the_entry_shard() {
 
 #[test]
 fn a_batch_whose_checks_hop_is_answered_in_request_order() {
+    batch_answered_in_request_order(false);
+}
+
+/// The same batch on shards that hold enough buckets for a batch to be decided in passes
+/// (planned once, its buckets prefetched, then decided from the plans): the same answers.
+#[test]
+fn a_batch_on_shards_past_the_prefetch_threshold_is_answered_the_same() {
+    batch_answered_in_request_order(true);
+}
+
+/// Live buckets a shard needs before a batch's buckets are prefetched (the server's
+/// `PREFETCH_MIN_BUCKETS`).
+const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
+
+fn batch_answered_in_request_order(past_prefetch_threshold: bool) {
     let yaml = r#"
 server: { listen: 127.0.0.1:0, grpc: off, shards: 2 }
 policies:
@@ -331,6 +346,29 @@ policies:
       selectors: [ { control_point: api } ]
 "#;
     let server = start_server(yaml);
+    if past_prefetch_threshold {
+        // Distinct users, each to the shard that owns it, until both shards hold more
+        // buckets than the threshold.
+        let users: Vec<String> = (0..2 * PREFETCH_MIN_BUCKETS + 8_192)
+            .map(|i| format!("warm-{i}"))
+            .collect();
+        for shard in 0..2 {
+            let owned = users
+                .iter()
+                .filter(|u| routing::shard_for(routing::routing_hash(u.as_bytes()), 2) == shard)
+                .count();
+            assert!(owned > PREFETCH_MIN_BUCKETS, "shard {shard}: {owned}");
+        }
+        let warm = client(&server.listen.to_string(), true);
+        for chunk in users.chunks(1024) {
+            let reqs: Vec<CheckRequest> = chunk
+                .iter()
+                .map(|u| req("api", &[("user", u.as_str())]))
+                .collect();
+            let items = warm.check_batch(&reqs).unwrap();
+            assert!(items.iter().all(|i| i.as_ref().is_ok_and(|r| r.accepted())));
+        }
+    }
     let c = entering_on(&server, 0);
     // Slots alternate between users whose buckets are on shard 1 (the check hops) and on
     // shard 0 (decided where it enters), each with its own cost, so every reply names the

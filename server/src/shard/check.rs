@@ -132,8 +132,13 @@ impl Shard {
         {
             return;
         }
+        self.planned_bucket_hashes(&plan, out);
+    }
+
+    /// [`Shard::bucket_hashes`] of a check already planned.
+    pub fn planned_bucket_hashes(&self, plan: &[PlannedTake<'_>], out: &mut Vec<BucketHash>) {
         let state = self.state.borrow();
-        for take in &plan {
+        for take in plan {
             if let Some(key) = take.key {
                 if take.kind == ComponentKind::RateLimiter && self.node.owner_of(key) == self.id {
                     out.push(state.store().bucket_hash(take.limiter, key));
@@ -163,17 +168,38 @@ impl Shard {
         deadline_ns: Option<u64>,
         now_ns: u64,
     ) -> Result<Planned, FlowError> {
-        let engine = self.engine();
-        let engine: &tollgate_policy::Engine = &engine;
         let mut plan = Plan::new();
-        if let Err(e) = engine.plan_into(control_point, labels, tokens, &mut plan) {
-            self.metrics().flow_error(engine, &e);
-            return Err(e);
-        }
+        self.plan_check(&self.engine(), control_point, labels, tokens, &mut plan)?;
+        Ok(self.decide_planned(&plan, deadline_ns, now_ns))
+    }
+
+    /// Plans a check with `engine` (the shard's, as of now) into `plan` (emptied first); a
+    /// check that cannot be planned is counted in the metrics and its error returned.
+    pub fn plan_check<'a, L: Labels + ?Sized>(
+        &self,
+        engine: &tollgate_policy::Engine,
+        control_point: &str,
+        labels: &'a L,
+        tokens: Option<Tokens>,
+        plan: &mut Plan<'a>,
+    ) -> Result<(), FlowError> {
+        engine
+            .plan_into(control_point, labels, tokens, plan)
+            .inspect_err(|e| self.metrics().flow_error(engine, e))
+    }
+
+    /// [`Shard::decide_now`] of a check already planned ([`Shard::plan_check`], with no
+    /// await between the two: a reload could otherwise have replaced the engine).
+    pub fn decide_planned(
+        self: &Rc<Self>,
+        plan: &[PlannedTake<'_>],
+        deadline_ns: Option<u64>,
+        now_ns: u64,
+    ) -> Planned {
         let mut owners: SmallVec<[usize; 4]> = SmallVec::new();
         let mut all_local = true;
         let mut schedulers = false;
-        for take in &plan {
+        for take in plan {
             let owner = match take.key {
                 Some(key) => self.node.owner_of(key),
                 None => self.id,
@@ -183,7 +209,7 @@ impl Shard {
             owners.push(owner);
         }
         if !all_local {
-            return Ok(Planned::Pending(Box::new(PendingCheck {
+            return Planned::Pending(Box::new(PendingCheck {
                 shard: self.clone(),
                 takes: plan.iter().map(OwnedTake::from_planned).collect(),
                 slots: smallvec![None; plan.len()],
@@ -192,13 +218,13 @@ impl Shard {
                 immediate_done: false,
                 queued: None,
                 answered: false,
-            })));
+            }));
         }
         if !schedulers {
             // The fast path: one group, taken (or refused and handed back) at once.
-            let outcomes = self.take_here(&plan, now_ns);
-            self.metrics().decided(&plan, &outcomes, now_ns);
-            return Ok(Planned::Decided(Decision::from_outcomes(outcomes)));
+            let outcomes = self.take_here(plan, now_ns);
+            self.metrics().decided(plan, &outcomes, now_ns);
+            return Planned::Decided(Decision::from_outcomes(outcomes));
         }
         let mut slots: Slots = smallvec![None; plan.len()];
         let immediate: SmallVec<[PlannedTake<'_>; 4]> = plan
@@ -208,14 +234,14 @@ impl Shard {
             .collect();
         if !immediate.is_empty() {
             let mut taken = self.take_here(&immediate, now_ns).into_iter();
-            for (slot, t) in slots.iter_mut().zip(&plan) {
+            for (slot, t) in slots.iter_mut().zip(plan) {
                 if t.stage() == Stage::Immediate {
                     *slot = taken.next();
                 }
             }
             if refused(&slots) {
                 // take_group already handed the group's tokens back.
-                return Ok(self.decided_here(&plan, &slots, now_ns));
+                return self.decided_here(plan, &slots, now_ns);
             }
         }
         for stage in SCHEDULER_STAGES {
@@ -227,12 +253,12 @@ impl Shard {
                     Ok(outcome) => {
                         slots[i] = Some(outcome);
                         if outcome.kind == OutcomeKind::Rejected {
-                            self.return_accepted(&plan, &owners, &mut slots);
-                            return Ok(self.decided_here(&plan, &slots, now_ns));
+                            self.return_accepted(plan, &owners, &mut slots);
+                            return self.decided_here(plan, &slots, now_ns);
                         }
                     }
                     Err(answer) => {
-                        return Ok(Planned::Pending(Box::new(PendingCheck {
+                        return Planned::Pending(Box::new(PendingCheck {
                             shard: self.clone(),
                             takes: plan.iter().map(OwnedTake::from_planned).collect(),
                             owners,
@@ -241,12 +267,12 @@ impl Shard {
                             immediate_done: true,
                             queued: Some((i, answer)),
                             answered: false,
-                        })));
+                        }));
                     }
                 }
             }
         }
-        Ok(self.decided_here(&plan, &slots, now_ns))
+        self.decided_here(plan, &slots, now_ns)
     }
 
     /// A check decided where it arrived, from its components' outcomes: recorded, answered.
