@@ -569,7 +569,7 @@ impl<R: transport::ReadHalf> Reader<R> {
         let mut plans: Vec<Plan<'_>> = Vec::with_capacity(checks.len());
         let mut failed: Vec<Option<(ErrorCode, String)>> = Vec::with_capacity(checks.len());
         let mut hashes = Vec::with_capacity(checks.len());
-        for (r, check_labels) in resolved.iter().zip(&labels) {
+        for (r, check_labels) in resolved.into_iter().zip(&labels) {
             plans.push(Plan::new());
             let Some(plan) = plans.last_mut() else {
                 continue;
@@ -585,7 +585,7 @@ impl<R: transport::ReadHalf> Reader<R> {
                         plan,
                     )
                     .map_err(|e| (ErrorCode::BadRequest, e.to_string())),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(e),
             };
             match planned {
                 Ok(()) => self.shard.planned_bucket_hashes(plan, &mut hashes),
@@ -607,7 +607,7 @@ impl<R: transport::ReadHalf> Reader<R> {
     fn batch<'a>(
         &mut self,
         request_id: u32,
-        checks: impl ExactSizeIterator<Item = CheckRef<'a>> + Clone,
+        checks: impl ExactSizeIterator<Item = CheckRef<'a>>,
         now: u64,
     ) {
         let mut results: Vec<BatchSlot> = Vec::with_capacity(checks.len());
