@@ -204,6 +204,18 @@ impl Slot {
         let client = Client::connect(cfg).await.map_err(|e| e.to_string())?;
         let hello = client.hello().clone();
         drop(client);
+        // A slot sends one frame per shard port per batch (its request id names the slot).
+        let checks_per_frame = if plan.cfg.op == Op::Check {
+            plan.cfg.batch
+        } else {
+            1
+        };
+        if checks_per_frame > usize::from(hello.max_batch) {
+            return Err(format!(
+                "{addr} takes at most {} checks per CHECK_BATCH; --batch {checks_per_frame} is more",
+                hello.max_batch
+            ));
+        }
         let host = match addr.rsplit_once(':') {
             Some((host, _)) => host,
             None => addr,
