@@ -68,23 +68,24 @@ use tollgate_protocol::{
 /// its replies cannot make the server buffer without bound.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
-/// Checks a `CHECK_BATCH` needs before it is decided in passes (planned, its buckets
-/// prefetched, then decided: [`Reader::decide_prefetched`]). Why this value: a batch of a few
-/// checks overlaps few misses, and does not earn back keeping its labels and plans; at 8 and
-/// more the misses it overlaps cost far more (docs/performance.md, "CHECK_BATCH").
+/// Checks a `CHECK_BATCH` (or a run of pipelined `CHECK` frames in one read) needs before it
+/// is decided in passes (planned, its buckets prefetched, then decided:
+/// [`Reader::decide_prefetched`]). Why this value: a few checks overlap few misses, and do
+/// not earn back keeping their labels and plans; at 8 and more the misses they overlap cost
+/// far more (docs/performance.md, "CHECK_BATCH").
 const PREFETCH_MIN_BATCH: usize = 8;
 
-/// Live buckets a shard needs before the first pass runs. Why this value: the pass costs
-/// (the pipelined `CHECK`s of a read are decoded and planned a second time; a batch's labels
-/// and plans are kept), which pays only when buckets miss the caches. With
+/// Live buckets a shard needs before checks are decided in passes. Why this value: the passes
+/// cost (the checks are collected, their labels and plans kept), which pays only when
+/// buckets miss the caches. With
 /// one hot key it cost 5–10% of pipelined throughput, and at 50K buckets a shard (2 MiB of
 /// table, in L3) it was a wash; at 500K a shard (1M keys on 2 shards, DRAM) it gained
 /// 12% (docs/performance.md, "CHECK_BATCH").
 const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
 
-/// Bytes of whole frames a read needs before its `CHECK` frames get the same first pass
-/// (about [`PREFETCH_MIN_BATCH`] checks of a shard-aware client: an interned control point,
-/// one interned label key and a short value).
+/// Bytes a read needs before its `CHECK` frames are looked at as a run (about
+/// [`PREFETCH_MIN_BATCH`] checks of a shard-aware client: an interned control point, one
+/// interned label key and a short value).
 const PREFETCH_MIN_READ: usize = PREFETCH_MIN_BATCH * 24;
 
 /// Reply bytes shared by the reader, pending-check tasks and the writer.
@@ -236,9 +237,8 @@ impl<R: transport::ReadHalf> Reader<R> {
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
-            if self.authenticated && buf.data().len() >= PREFETCH_MIN_READ && self.prefetch_pays() {
-                self.prefetch_buckets(read_checks(buf.data(), max_frame_len));
-            }
+            let prefetch =
+                self.authenticated && buf.data().len() >= PREFETCH_MIN_READ && self.prefetch_pays();
             loop {
                 if !self.authenticated {
                     match self.shard.node.access.gate(buf.data(), max_frame_len) {
@@ -248,6 +248,16 @@ impl<R: transport::ReadHalf> Reader<R> {
                             self.refuse(request_id, reason);
                             return;
                         }
+                    }
+                }
+                if prefetch {
+                    // A run of CHECK frames is decided in passes, as a batch is.
+                    let (run, run_len) = check_run(buf.data(), max_frame_len);
+                    if run.len() >= PREFETCH_MIN_BATCH {
+                        last_frame = clock::instant_at(now);
+                        self.answer_run(&run, now);
+                        buf.consume(run_len);
+                        continue;
                     }
                 }
                 match decode_frame(buf.data(), max_frame_len) {
@@ -479,7 +489,19 @@ impl<R: transport::ReadHalf> Reader<R> {
     }
 
     fn check(&mut self, request_id: u32, check: CheckRef<'_>, now: u64) {
-        match self.plan(&check, now) {
+        let planned = self.plan(&check, now);
+        self.answer_check(request_id, planned, now);
+    }
+
+    /// Answers the `CHECK` `request_id` as planned: its reply now, or once its hops and waits
+    /// end (counted, OVERLOADED beyond the connection's limit), or its error.
+    fn answer_check(
+        &self,
+        request_id: u32,
+        planned: Result<Planned, (ErrorCode, String)>,
+        now: u64,
+    ) {
+        match planned {
             Ok(Planned::Decided(decision)) => {
                 self.shard.metrics().binary_answered(decision.accepted);
                 write_reply(
@@ -523,28 +545,15 @@ impl<R: transport::ReadHalf> Reader<R> {
         self.shard.bucket_count() >= PREFETCH_MIN_BUCKETS
     }
 
-    /// A first pass over the `CHECK` frames of one read (a batch has its own,
-    /// [`Reader::decide_prefetched`]):
-    /// the buckets they will take from here, prefetched all at once, so that deciding them
-    /// (the second pass) finds them in cache instead of paying one DRAM miss after another
-    /// (docs/performance.md, "CHECK_BATCH").
-    fn prefetch_buckets<'a>(&self, checks: impl Iterator<Item = CheckRef<'a>>) {
-        let engine = self.shard.engine();
-        let mut hashes = Vec::with_capacity(checks.size_hint().0);
-        let mut labels = ResolvedLabels::new();
-        for check in checks {
-            // A check that does not resolve is answered with its error by the second pass.
-            if let Ok(r) = self.resolve(&check, &mut labels) {
-                self.shard.bucket_hashes(
-                    &engine,
-                    r.control_point,
-                    labels.as_slice(),
-                    r.tokens,
-                    &mut hashes,
-                );
+    /// Answers a run of pipelined `CHECK` frames (`(request id, check)`, in order) the way a
+    /// batch is decided ([`Reader::decide_prefetched`]), each with its own reply.
+    fn answer_run(&self, run: &[(u32, CheckRef<'_>)], now: u64) {
+        let mut ids = run.iter().map(|&(id, _)| id);
+        self.decide_prefetched(run.iter().map(|&(_, check)| check), now, &mut |planned| {
+            if let Some(id) = ids.next() {
+                self.answer_check(id, planned, now);
             }
-        }
-        self.shard.prefetch_buckets(&hashes);
+        });
     }
 
     /// Decides `checks` in order, answering each through `answer`, in three passes: each check
@@ -696,18 +705,25 @@ impl<R: transport::ReadHalf> Reader<R> {
     }
 }
 
-/// The `CHECK` frames among the whole frames at the start of `data` (a read's buffer), for
-/// the prefetch pass; stops at the first partial or undecodable frame (the second pass
-/// answers it).
-fn read_checks(data: &[u8], max_frame_len: u32) -> impl Iterator<Item = CheckRef<'_>> {
-    let mut rest = data;
-    std::iter::from_fn(move || loop {
-        let decoded = decode_frame(rest, max_frame_len).ok().flatten()?;
-        rest = rest.get(decoded.len..)?;
-        if let Frame::Check(check) = decoded.frame {
-            return Some(check);
+/// The whole `CHECK` frames at the start of `data` (a read's buffer), with their request ids,
+/// and the bytes they take: the run ends at the first frame that is not a whole, decodable
+/// `CHECK` (the frame-by-frame loop answers it, in order).
+fn check_run(data: &[u8], max_frame_len: u32) -> (Vec<(u32, CheckRef<'_>)>, usize) {
+    let mut run = Vec::new();
+    let mut used = 0;
+    while let Some(rest) = data.get(used..) {
+        match decode_frame(rest, max_frame_len) {
+            Ok(Some(decoded)) => match decoded.frame {
+                Frame::Check(check) => {
+                    run.push((decoded.request_id, check));
+                    used += decoded.len;
+                }
+                _ => break,
+            },
+            _ => break,
         }
-    })
+    }
+    (run, used)
 }
 
 /// The client's absolute deadline for `check`: its wait budget from `now`; without one, `now`
@@ -905,22 +921,33 @@ mod tests {
     }
 
     #[test]
-    fn a_reads_checks_are_its_whole_check_frames_in_order() {
+    fn a_check_run_is_the_whole_check_frames_at_the_front_in_order() {
+        let users = |data: &[u8]| -> (Vec<(u32, String)>, usize) {
+            let (run, used) = check_run(data, 1 << 20);
+            let run = run
+                .iter()
+                .map(|(id, c)| (*id, c.labels().map(|(_, v)| v.to_string()).collect()))
+                .collect();
+            (run, used)
+        };
         let mut data = Vec::new();
         check_frame(&mut data, 1, "alice");
-        encode_ping(&mut data, 2, b"x").expect("encodes");
-        check_frame(&mut data, 3, "bob");
-        // A partial frame ends the pass (the second pass waits for the rest).
-        let whole = data.len();
+        check_frame(&mut data, 2, "bob");
+        let two = data.len();
+        // Another kind of frame ends the run: it is answered in order after it.
+        encode_ping(&mut data, 3, b"x").expect("encodes");
         check_frame(&mut data, 4, "carol");
-        data.truncate(whole + 5);
-        let users: Vec<String> = read_checks(&data, 1 << 20)
-            .map(|c| c.labels().map(|(_, v)| v.to_string()).collect())
-            .collect();
-        assert_eq!(users, ["alice", "bob"]);
-        // A frame that does not decode ends it too.
+        let (run, used) = users(&data);
+        assert_eq!(run, [(1, "alice".into()), (2, "bob".into())]);
+        assert_eq!(used, two);
+        // So does a partial frame (the rest is read first).
+        let mut partial = data[..two].to_vec();
+        check_frame(&mut partial, 5, "dave");
+        partial.truncate(two + 5);
+        assert_eq!(users(&partial).1, two);
+        // And a frame that does not decode (answered with its error).
         let mut bad = vec![0, 0, 0, 5, 0xff, 0, 0, 0, 1];
-        check_frame(&mut bad, 5, "dave");
-        assert_eq!(read_checks(&bad, 1 << 20).count(), 0);
+        check_frame(&mut bad, 6, "erin");
+        assert_eq!(users(&bad), (vec![], 0));
     }
 }

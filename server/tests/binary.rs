@@ -11,7 +11,7 @@ use tollgate_protocol::client::{
     blocking::Client, CheckRequest, ClientConfig, ClientError, FailMode,
 };
 use tollgate_protocol::{
-    decode_reply, encode_check, opcode, routing, CheckSpec, ErrorCode, LimiterOutcome,
+    decode_reply, encode_check, encode_ping, opcode, routing, CheckSpec, ErrorCode, LimiterOutcome,
     ProtocolVersion, Reply, StrRef,
 };
 
@@ -333,6 +333,30 @@ fn a_batch_on_shards_past_the_prefetch_threshold_is_answered_the_same() {
 /// `PREFETCH_MIN_BUCKETS`).
 const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
 
+/// Checks distinct users at `control_point` (a limiter keyed by `user`), each on the shard that
+/// owns it, until both of the server's 2 shards hold more buckets than the threshold.
+fn warm_past_prefetch_threshold(server: &common::RunningServer, control_point: &str) {
+    let users: Vec<String> = (0..2 * PREFETCH_MIN_BUCKETS + 8_192)
+        .map(|i| format!("warm-{i}"))
+        .collect();
+    for shard in 0..2 {
+        let owned = users
+            .iter()
+            .filter(|u| routing::shard_for(routing::routing_hash(u.as_bytes()), 2) == shard)
+            .count();
+        assert!(owned > PREFETCH_MIN_BUCKETS, "shard {shard}: {owned}");
+    }
+    let warm = client(&server.listen.to_string(), true);
+    for chunk in users.chunks(1024) {
+        let reqs: Vec<CheckRequest> = chunk
+            .iter()
+            .map(|u| req(control_point, &[("user", u.as_str())]))
+            .collect();
+        let items = warm.check_batch(&reqs).unwrap();
+        assert!(items.iter().all(|i| i.as_ref().is_ok_and(|r| r.accepted())));
+    }
+}
+
 fn batch_answered_in_request_order(past_prefetch_threshold: bool) {
     let yaml = r#"
 server: { listen: 127.0.0.1:0, grpc: off, shards: 2 }
@@ -347,27 +371,7 @@ policies:
 "#;
     let server = start_server(yaml);
     if past_prefetch_threshold {
-        // Distinct users, each to the shard that owns it, until both shards hold more
-        // buckets than the threshold.
-        let users: Vec<String> = (0..2 * PREFETCH_MIN_BUCKETS + 8_192)
-            .map(|i| format!("warm-{i}"))
-            .collect();
-        for shard in 0..2 {
-            let owned = users
-                .iter()
-                .filter(|u| routing::shard_for(routing::routing_hash(u.as_bytes()), 2) == shard)
-                .count();
-            assert!(owned > PREFETCH_MIN_BUCKETS, "shard {shard}: {owned}");
-        }
-        let warm = client(&server.listen.to_string(), true);
-        for chunk in users.chunks(1024) {
-            let reqs: Vec<CheckRequest> = chunk
-                .iter()
-                .map(|u| req("api", &[("user", u.as_str())]))
-                .collect();
-            let items = warm.check_batch(&reqs).unwrap();
-            assert!(items.iter().all(|i| i.as_ref().is_ok_and(|r| r.accepted())));
-        }
+        warm_past_prefetch_threshold(&server, "api");
     }
     let c = entering_on(&server, 0);
     // Slots alternate between users whose buckets are on shard 1 (the check hops) and on
@@ -562,6 +566,77 @@ fn pipelined_requests_on_one_connection_are_all_answered() {
         buf.extend_from_slice(&chunk[..n]);
     }
     assert_eq!(seen, (1..=200).collect());
+}
+
+/// Pipelined `CHECK` frames on shards past the prefetch threshold are decided in runs (planned,
+/// their buckets prefetched, then decided, as a batch is); the answers are the ones each frame
+/// gets alone: every request answered, in its own reply, a run split by a PING, a bad cost
+/// refused, and each user's five tokens taken exactly once.
+#[test]
+fn pipelined_checks_past_the_prefetch_threshold_are_answered_as_alone() {
+    let server = start_server(POLICIES);
+    warm_past_prefetch_threshold(&server, "checkout");
+    let mut s = TcpStream::connect(server.listen).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (ping_id, bad_id) = (50u32, 90u32);
+    let mut burst = Vec::new();
+    let mut users = std::collections::BTreeMap::new();
+    for id in 1..=140u32 {
+        if id == ping_id {
+            encode_ping(&mut burst, id, b"between").unwrap();
+        } else if id == bad_id {
+            let labels = [
+                (StrRef::Inline("user"), "p-bad"),
+                (StrRef::Inline("cost"), "abc"),
+            ];
+            let spec = CheckSpec {
+                control_point: StrRef::Inline("checkout"),
+                tokens: None,
+                wait_budget_ms: None,
+                labels: &labels,
+            };
+            encode_check(&mut burst, id, &spec).unwrap();
+        } else {
+            let user = format!("p{}", id % 7);
+            burst.extend_from_slice(&check_frame(id, &user));
+            users.insert(id, user);
+        }
+    }
+    s.write_all(&burst).unwrap();
+    let mut replies = std::collections::BTreeMap::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while replies.len() < 140 {
+        while let Ok(Some(d)) = decode_reply(&buf, 1 << 20, ProtocolVersion::V1) {
+            assert!(
+                replies.insert(d.request_id, d.reply).is_none(),
+                "a second reply"
+            );
+            buf.drain(..d.len);
+        }
+        if replies.len() == 140 {
+            break;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(matches!(&replies[&ping_id], Reply::Pong(p) if p == b"between"));
+    match &replies[&bad_id] {
+        Reply::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
+        other => panic!("bad cost answered {other:?}"),
+    }
+    let mut accepted = std::collections::BTreeMap::new();
+    for (id, user) in &users {
+        match &replies[id] {
+            Reply::Check(c) => {
+                *accepted.entry(user.clone()).or_insert(0) += usize::from(c.accepted())
+            }
+            other => panic!("check {id} answered {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 7);
+    assert!(accepted.values().all(|&n| n == 5), "{accepted:?}");
 }
 
 #[test]

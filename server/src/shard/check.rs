@@ -112,30 +112,10 @@ impl TakeParts for OwnedTake {
 }
 
 impl Shard {
-    /// The first pass over a batch of checks: plans a check only to name the buckets it
-    /// will take from on this shard (rate limiters whose key this shard owns), adding
-    /// their [`BucketHash`]es to `out` for [`Shard::prefetch_buckets`]. Decides nothing,
-    /// records nothing; a check that cannot be planned adds nothing (deciding it reports
-    /// the error).
-    pub fn bucket_hashes<L: Labels + ?Sized>(
-        &self,
-        engine: &tollgate_policy::Engine,
-        control_point: &str,
-        labels: &L,
-        tokens: Option<Tokens>,
-        out: &mut Vec<BucketHash>,
-    ) {
-        let mut plan = Plan::new();
-        if engine
-            .plan_into(control_point, labels, tokens, &mut plan)
-            .is_err()
-        {
-            return;
-        }
-        self.planned_bucket_hashes(&plan, out);
-    }
-
-    /// [`Shard::bucket_hashes`] of a check already planned.
+    /// The first pass over checks decided together (a batch, or a run of pipelined `CHECK`
+    /// frames): the buckets a planned check will take from on this shard (rate limiters
+    /// whose key this shard owns), their [`BucketHash`]es added to `out` for
+    /// [`Shard::prefetch_buckets`]. Decides nothing, records nothing.
     pub fn planned_bucket_hashes(&self, plan: &[PlannedTake<'_>], out: &mut Vec<BucketHash>) {
         let state = self.state.borrow();
         for take in plan {
