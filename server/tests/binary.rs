@@ -549,23 +549,34 @@ fn pipelined_requests_on_one_connection_are_all_answered() {
         burst.extend_from_slice(&check_frame(id, &format!("p{}", id % 7)));
     }
     s.write_all(&burst).unwrap();
+    let replies = read_replies(&mut s, 200);
+    assert!(replies.values().all(|r| matches!(r, Reply::Check(_))));
+    let seen: Vec<u32> = replies.into_keys().collect();
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>());
+}
+
+/// Reads replies from `s` until `n` requests are answered, by request id; a second reply to
+/// one request fails the test.
+fn read_replies(s: &mut TcpStream, n: usize) -> std::collections::BTreeMap<u32, Reply> {
+    let mut replies = std::collections::BTreeMap::new();
     let mut buf = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
     let mut chunk = [0u8; 8192];
-    while seen.len() < 200 {
+    loop {
         while let Ok(Some(d)) = decode_reply(&buf, 1 << 20, ProtocolVersion::V1) {
-            assert!(matches!(d.reply, Reply::Check(_)));
-            seen.insert(d.request_id);
+            let id = d.request_id;
+            assert!(
+                replies.insert(id, d.reply).is_none(),
+                "a second reply to {id}"
+            );
             buf.drain(..d.len);
         }
-        if seen.len() == 200 {
-            break;
+        if replies.len() >= n {
+            return replies;
         }
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
+        let got = s.read(&mut chunk).unwrap();
+        assert!(got > 0);
+        buf.extend_from_slice(&chunk[..got]);
     }
-    assert_eq!(seen, (1..=200).collect());
 }
 
 /// Pipelined `CHECK` frames on shards past the prefetch threshold are decided in runs (planned,
@@ -603,24 +614,7 @@ fn pipelined_checks_past_the_prefetch_threshold_are_answered_as_alone() {
         }
     }
     s.write_all(&burst).unwrap();
-    let mut replies = std::collections::BTreeMap::new();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while replies.len() < 140 {
-        while let Ok(Some(d)) = decode_reply(&buf, 1 << 20, ProtocolVersion::V1) {
-            assert!(
-                replies.insert(d.request_id, d.reply).is_none(),
-                "a second reply"
-            );
-            buf.drain(..d.len);
-        }
-        if replies.len() == 140 {
-            break;
-        }
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let replies = read_replies(&mut s, 140);
     assert!(matches!(&replies[&ping_id], Reply::Pong(p) if p == b"between"));
     match &replies[&bad_id] {
         Reply::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
