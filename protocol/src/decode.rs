@@ -332,16 +332,19 @@ pub fn frame_len(buf: &[u8], max_frame_len: u32) -> Result<Option<usize>, Decode
 }
 
 /// The header fields after the length prefix.
-struct Header<'a> {
-    opcode: u8,
-    flags: u8,
-    request_id: u32,
-    body: &'a [u8],
-    total: usize,
+pub(crate) struct Header<'a> {
+    pub(crate) opcode: u8,
+    pub(crate) flags: u8,
+    pub(crate) request_id: u32,
+    pub(crate) body: &'a [u8],
+    pub(crate) total: usize,
 }
 
 #[inline]
-fn split_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Header<'_>>, DecodeError> {
+pub(crate) fn split_frame(
+    buf: &[u8],
+    max_frame_len: u32,
+) -> Result<Option<Header<'_>>, DecodeError> {
     let Some(total) = frame_len(buf, max_frame_len)? else {
         return Ok(None);
     };
@@ -366,7 +369,7 @@ fn split_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Header<'_>>, Dec
     }))
 }
 
-fn body_error(h: &Header<'_>, code: ErrorCode, reason: Reason) -> DecodeError {
+pub(crate) fn body_error(h: &Header<'_>, code: ErrorCode, reason: Reason) -> DecodeError {
     DecodeError::Body {
         code,
         reason,
@@ -564,15 +567,36 @@ pub(crate) const fn limiter_result_len(version: ProtocolVersion) -> usize {
 }
 
 fn check_reply_body(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<CheckReply, Reason> {
+    let mut limiters = SmallVec::new();
+    let (decision, reason, wait_ns) = check_reply_with(r, version, |limiter| {
+        limiters.push(limiter);
+    })?;
+    Ok(CheckReply {
+        decision,
+        reason,
+        wait_ns,
+        limiters,
+    })
+}
+
+/// Walks one `CHECK_REPLY` body, handing each limiter result to `limiter` as it is read, and
+/// returns the decision, its reason and its wait. The one definition of the body's layout and
+/// checks: [`decode_reply`] keeps the limiters, [`crate::verdict`] drops them, and both
+/// accept and refuse exactly the same bytes.
+#[inline]
+pub(crate) fn check_reply_with(
+    r: &mut Reader<'_>,
+    version: ProtocolVersion,
+    mut limiter: impl FnMut(LimiterResult),
+) -> Result<(Decision, DecisionReason, u64), Reason> {
     let decision = Decision::from_u8(r.u8("truncated decision")?).ok_or("unknown decision")?;
     let reason =
         DecisionReason::from_u8(r.u8("truncated reason")?, version).ok_or("unknown reason")?;
     let wait_ns = r.u64("truncated wait_ns")?;
     let count = usize::from(r.u8("truncated limiter count")?);
     let count = r.check_count(count, limiter_result_len(version), MAX_LIMITERS)?;
-    let mut limiters = SmallVec::with_capacity(count);
     for _ in 0..count {
-        let mut limiter = LimiterResult {
+        let mut result = LimiterResult {
             limiter_index: r.u16("truncated limiter_index")?,
             outcome: LimiterOutcome::from_u8(r.u8("truncated outcome")?)
                 .ok_or("unknown limiter outcome")?,
@@ -585,23 +609,18 @@ fn check_reply_body(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<Chec
             refusal: None,
         };
         if version >= ProtocolVersion::V2 {
-            limiter.flow_id = NonZeroU64::new(r.u64("truncated flow_id")?);
-            limiter.refusal =
+            result.flow_id = NonZeroU64::new(r.u64("truncated flow_id")?);
+            result.refusal =
                 Refusal::from_u8(r.u8("truncated refusal")?).ok_or("unknown refusal")?;
         }
-        limiters.push(limiter);
+        limiter(result);
     }
-    Ok(CheckReply {
-        decision,
-        reason,
-        wait_ns,
-        limiters,
-    })
+    Ok((decision, reason, wait_ns))
 }
 
 /// Smallest encoded batch item: an error tag with code and empty message (a reply item is at
 /// least 12 bytes).
-const MIN_BATCH_ITEM_LEN: usize = 1 + 2 + 2;
+pub(crate) const MIN_BATCH_ITEM_LEN: usize = 1 + 2 + 2;
 
 fn batch_reply_body(
     r: &mut Reader<'_>,
@@ -619,7 +638,7 @@ fn batch_reply_body(
     Ok(items)
 }
 
-fn flow_end_reply_body(r: &mut Reader<'_>) -> Result<Vec<FlowEndStatus>, Reason> {
+pub(crate) fn flow_end_reply_body(r: &mut Reader<'_>) -> Result<Vec<FlowEndStatus>, Reason> {
     let count = r.count_u16(1, MAX_FLOW_END, "truncated FLOW_END_REPLY count")?;
     let mut statuses = Vec::with_capacity(count);
     for _ in 0..count {
@@ -632,9 +651,17 @@ fn flow_end_reply_body(r: &mut Reader<'_>) -> Result<Vec<FlowEndStatus>, Reason>
 }
 
 fn error_body(r: &mut Reader<'_>) -> Result<ErrorReply, Reason> {
+    let (code, message) = error_ref(r)?;
+    Ok(ErrorReply {
+        code,
+        message: message.to_owned(),
+    })
+}
+
+/// An `ERROR` body (or a failed batch item), its message borrowed from the frame.
+pub(crate) fn error_ref<'a>(r: &mut Reader<'a>) -> Result<(ErrorCode, &'a str), Reason> {
     let code = ErrorCode::from_u16(r.u16("truncated error code")?);
-    let message = r.str()?.to_owned();
-    Ok(ErrorReply { code, message })
+    Ok((code, r.str()?))
 }
 
 /// A list of plain strings: `u16 count` + strings.
@@ -647,7 +674,7 @@ fn string_list(r: &mut Reader<'_>, what: Reason) -> Result<Vec<String>, Reason> 
     Ok(out)
 }
 
-fn hello_reply_body(r: &mut Reader<'_>) -> Result<HelloReply, Reason> {
+pub(crate) fn hello_reply_body(r: &mut Reader<'_>) -> Result<HelloReply, Reason> {
     let version = ProtocolVersion::from_u16(r.u16("truncated version")?)
         .ok_or("unknown HELLO_REPLY version")?;
     let node_id = r.str()?.to_owned();
@@ -709,7 +736,10 @@ fn control_point_routing(r: &mut Reader<'_>) -> Result<Vec<ControlPointRouting>,
 /// Smallest encoded member: two empty strings, state, last_contact_ms (version 3 adds 9).
 const MIN_MEMBER_LEN: usize = 2 + 2 + 1 + 8;
 
-fn members_body(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<Vec<Member>, Reason> {
+pub(crate) fn members_body(
+    r: &mut Reader<'_>,
+    version: ProtocolVersion,
+) -> Result<Vec<Member>, Reason> {
     let count = r.count_u16(
         MIN_MEMBER_LEN,
         usize::from(u16::MAX),

@@ -7,14 +7,17 @@
 //!    [`DecodeError::Body`], and stops at `Ok(None)` or a [`DecodeError::Framing`];
 //! 3. every frame that decodes re-encodes to exactly its original bytes (the encoding is
 //!    canonical), in both directions and, for replies, in every protocol version;
-//! 4. interned ids bound by `INTERN` frames resolve through a bounded [`InternTable`].
+//! 4. interned ids bound by `INTERN` frames resolve through a bounded [`InternTable`];
+//! 5. [`decode_verdict`] gives the same answer as [`decode_reply`] for every frame: the same
+//!    error, or the same length, request id and decisions.
 
 use crate::decode::{decode_frame, decode_reply, frame_len, Frame, StrRef};
 use crate::encode::{self, CheckSpec};
 use crate::error::DecodeError;
 use crate::frame::DEFAULT_MAX_FRAME_LEN;
 use crate::intern::InternTable;
-use crate::types::Reply;
+use crate::types::{BatchItem, Reply};
+use crate::verdict::{decode_verdict, ErrorRef, Verdict};
 use crate::version::ProtocolVersion;
 
 /// Decodes `data` as a stream of client frames and, separately, as a stream of server frames
@@ -112,7 +115,9 @@ fn reencode_request(out: &mut Vec<u8>, id: u32, frame: &Frame<'_>, interns: &mut
 fn replies(mut data: &[u8], version: ProtocolVersion) {
     let mut out = Vec::new();
     loop {
-        let consumed = match decode_reply(data, DEFAULT_MAX_FRAME_LEN, version) {
+        let reply = decode_reply(data, DEFAULT_MAX_FRAME_LEN, version);
+        verdict_agrees(data, version, &reply);
+        let consumed = match reply {
             Ok(None) | Err(DecodeError::Framing { .. }) => return,
             Err(DecodeError::Body { frame_len, .. }) => frame_len,
             Ok(Some(d)) => {
@@ -143,6 +148,51 @@ fn replies(mut data: &[u8], version: ProtocolVersion) {
     }
 }
 
+/// Property 5: `decode_verdict` on the bytes `decode_reply` answered `reply` for.
+fn verdict_agrees(
+    data: &[u8],
+    version: ProtocolVersion,
+    reply: &Result<Option<crate::DecodedReply>, DecodeError>,
+) {
+    let verdict = decode_verdict(data, DEFAULT_MAX_FRAME_LEN, version);
+    let (d, v) = match (reply, verdict) {
+        (Ok(Some(d)), Ok(Some(v))) => (d, v),
+        (Ok(None), Ok(None)) => return,
+        (Err(a), Err(b)) => {
+            assert_eq!(*a, b, "decode_verdict fails differently from decode_reply");
+            return;
+        }
+        (a, b) => panic!("decode_reply gave {a:?}, decode_verdict {b:?}"),
+    };
+    assert_eq!((d.request_id, d.len), (v.request_id, v.len));
+    fn error(e: &crate::ErrorReply) -> ErrorRef<'_> {
+        ErrorRef {
+            code: e.code,
+            message: &e.message,
+        }
+    }
+    match (&d.reply, v.verdict) {
+        (Reply::Check(c), Verdict::Check(accepted)) => assert_eq!(c.accepted(), accepted),
+        (Reply::Batch(items), Verdict::Batch(verdicts)) => {
+            assert_eq!(items.len(), verdicts.len());
+            assert_eq!(verdicts.iter().len(), items.len());
+            for (item, verdict) in items.iter().zip(verdicts) {
+                let expected = match item {
+                    BatchItem::Reply(c) => Ok(c.accepted()),
+                    BatchItem::Error(e) => Err(error(e)),
+                };
+                assert_eq!(expected, verdict);
+            }
+        }
+        (Reply::Pong(p), Verdict::Pong(q)) => assert_eq!(p.as_slice(), q),
+        (Reply::Error(e), Verdict::Error(f)) => assert_eq!(error(e), f),
+        (Reply::FlowEnd(_), Verdict::Other(crate::opcode::FLOW_END_REPLY))
+        | (Reply::Hello(_), Verdict::Other(crate::opcode::HELLO_REPLY))
+        | (Reply::Members(_), Verdict::Other(crate::opcode::MEMBERS_REPLY)) => {}
+        (r, v) => panic!("decode_reply gave {r:?}, decode_verdict {v:?}"),
+    }
+}
+
 /// `cargo test` drives the fuzz body with random inputs on stable: raw bytes, well-formed
 /// headers around random bodies, and valid frames with one byte corrupted (which reach deep into
 /// the body decoders and exercise the re-encoding property far more often than raw bytes).
@@ -154,14 +204,15 @@ mod tests {
 
     use super::decode_any;
     use crate::encode::{
-        encode_check, encode_check_reply, encode_flow_end, encode_flow_end_reply,
-        encode_hello_reply, encode_hello_with_key, CheckSpec,
+        encode_batch_reply, encode_check, encode_check_reply, encode_error, encode_flow_end,
+        encode_flow_end_reply, encode_hello_reply, encode_hello_with_key, encode_pong, CheckSpec,
     };
     use crate::types::{
-        CheckReply, ControlPointRouting, Decision, DecisionReason, FlowEndStatus, HelloReply,
-        LimiterOutcome, LimiterResult, Refusal,
+        BatchItem, CheckReply, ControlPointRouting, Decision, DecisionReason, ErrorReply,
+        FlowEndStatus, HelloReply, LimiterOutcome, LimiterResult, Refusal,
     };
     use crate::version::ProtocolVersion;
+    use crate::ErrorCode;
     use crate::StrRef;
 
     /// A `CHECK` as owned parts: (control point, tokens, wait budget, labels); `None` strings
@@ -334,6 +385,22 @@ mod tests {
             prop_assert!(encode_hello_reply(&mut out, 9, &hello).is_ok());
             prop_assert!(encode_check_reply(&mut out, 7, &reply, reply_version).is_ok());
             prop_assert!(encode_flow_end_reply(&mut out, 8, &statuses).is_ok());
+            // A batch with both decisions and a failed item, a pong and an error: the
+            // replies a verdict decoder reads (property 5).
+            let mut flipped = reply.clone();
+            flipped.decision = match reply.decision {
+                Decision::Accepted => Decision::Rejected,
+                Decision::Rejected => Decision::Accepted,
+            };
+            let failed = ErrorReply { code: ErrorCode::MalformedFrame, message: "bad cost".into() };
+            let items = [
+                BatchItem::Reply(reply.clone()),
+                BatchItem::Error(failed.clone()),
+                BatchItem::Reply(flipped),
+            ];
+            prop_assert!(encode_batch_reply(&mut out, 10, &items, reply_version).is_ok());
+            prop_assert!(encode_pong(&mut out, 11, &flow_ids.len().to_le_bytes()).is_ok());
+            encode_error(&mut out, 12, failed.code, &failed.message);
             decode_any(&out);
             let i = pos.index(out.len());
             out[i] = byte;

@@ -48,6 +48,9 @@
 //! * [`frame`] — the frame header, opcodes, flag bits, limits and [`ErrorCode`]s.
 //! * [`decode`] — bounded decoding: borrowed client→server [`Frame`]s ([`decode_frame`],
 //!   [`frame_len`]) and owned server→client [`Reply`]s ([`decode_reply`]).
+//! * [`verdict`] — [`decode_verdict`]: a server→client frame's decisions alone, borrowed
+//!   (accepted or not, per check), for callers that only count admissions; agrees with
+//!   [`decode_reply`] on any bytes.
 //! * [`encode`] — encoders appending any frame, in either direction, to a `Vec<u8>`.
 //! * [`types`] — owned reply types ([`CheckReply`], [`HelloReply`], [`FlowEndStatus`],
 //!   [`Member`], ...).
@@ -74,6 +77,7 @@ pub mod fuzzing;
 pub mod intern;
 pub mod routing;
 pub mod types;
+pub mod verdict;
 pub mod version;
 
 pub use decode::{
@@ -98,5 +102,8 @@ pub use types::{
     BatchItem, CheckReply, ControlPointRouting, Decision, DecisionReason, ErrorReply,
     FlowEndStatus, HelloReply, LimiterOutcome, LimiterResult, Limiters, Member, MemberState,
     Refusal, Reply,
+};
+pub use verdict::{
+    decode_verdict, BatchVerdictIter, BatchVerdicts, DecodedVerdict, ErrorRef, Verdict,
 };
 pub use version::ProtocolVersion;

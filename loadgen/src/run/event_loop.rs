@@ -50,8 +50,8 @@ use tollgate_protocol::client::{
 use tollgate_protocol::routing::RoutingKeys;
 use tollgate_protocol::smallvec::SmallVec;
 use tollgate_protocol::{
-    decode_reply, encode_check, encode_hello, encode_ping, BatchItem, CheckBatchWriter, CheckSpec,
-    ProtocolVersion, Reply, StrRef,
+    decode_reply, decode_verdict, encode_check, encode_hello, encode_ping, BatchVerdicts,
+    CheckBatchWriter, CheckSpec, ErrorRef, ProtocolVersion, Reply, StrRef, Verdict,
 };
 
 use crate::drivers::{encode_evalsha, script_verdict, PING_PAYLOAD_LEN, TOKEN_BUCKET_LUA};
@@ -342,7 +342,53 @@ enum Answer {
     /// A single check's or a ping's result, by request slot.
     One(usize, Result<bool, String>),
     /// A `BATCH_REPLY` (or the error that answered a whole `CHECK_BATCH`), by request slot.
-    Frame(usize, Result<Vec<BatchItem>, String>),
+    Frame(usize, Result<FrameVerdicts, String>),
+}
+
+/// A `BATCH_REPLY`'s verdicts as kept between decoding and recording, without the replies'
+/// limiter detail: one bit per item, set if it was admitted, and the failed items' messages.
+struct FrameVerdicts {
+    /// Items in the frame.
+    len: usize,
+    /// Bit `i % 64` of word `i / 64`: item `i` was admitted.
+    admitted: SmallVec<[u64; 1]>,
+    /// Each failed item's error, in item order.
+    errors: Vec<String>,
+}
+
+impl FrameVerdicts {
+    fn new(batch: BatchVerdicts<'_>) -> FrameVerdicts {
+        let len = batch.len();
+        let mut admitted: SmallVec<[u64; 1]> = SmallVec::from_elem(0, len.div_ceil(64));
+        let mut errors = Vec::new();
+        for (i, verdict) in batch.into_iter().enumerate() {
+            match verdict {
+                Ok(true) => {
+                    if let Some(word) = admitted.get_mut(i / 64) {
+                        *word |= 1 << (i % 64);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => errors.push(server_error(e)),
+            }
+        }
+        FrameVerdicts {
+            len,
+            admitted,
+            errors,
+        }
+    }
+
+    /// Whether item `i` was admitted.
+    fn admitted(&self, i: usize) -> bool {
+        self.admitted
+            .get(i / 64)
+            .is_some_and(|word| word & (1 << (i % 64)) != 0)
+    }
+}
+
+fn server_error(e: ErrorRef<'_>) -> String {
+    format!("server error {:?}: {}", e.code, e.message)
 }
 
 /// The connection (shard port) request slot `r` of the connection slot whose first task number
@@ -512,26 +558,23 @@ impl Driver {
             let buf = s.read.get(s.read_start..).unwrap_or_default();
             let answer = match self.slot.protocol {
                 Protocol::Tollgate => {
-                    let Some(d) = decode_reply(buf, MAX_REPLY_FRAME_LEN, s.version)
+                    let Some(d) = decode_verdict(buf, MAX_REPLY_FRAME_LEN, s.version)
                         .map_err(|e| format!("bad reply: {e}"))?
                     else {
                         return Ok(());
                     };
                     s.read_start += d.len;
                     let r = (d.request_id as usize).wrapping_sub(1);
-                    match (d.reply, batched) {
-                        (Reply::Check(c), false) => Answer::One(r, Ok(c.accepted())),
-                        (Reply::Pong(p), false) if p.len() == PING_PAYLOAD_LEN => {
+                    match (d.verdict, batched) {
+                        (Verdict::Check(accepted), false) => Answer::One(r, Ok(accepted)),
+                        (Verdict::Pong(p), false) if p.len() == PING_PAYLOAD_LEN => {
                             Answer::One(r, Ok(true))
                         }
-                        (Reply::Batch(items), true) => Answer::Frame(r, Ok(items)),
-                        (Reply::Error(e), batched) => {
-                            let e = format!("server error {:?}: {}", e.code, e.message);
-                            match batched {
-                                true => Answer::Frame(r, Err(e)),
-                                false => Answer::One(r, Err(e)),
-                            }
+                        (Verdict::Batch(items), true) => {
+                            Answer::Frame(r, Ok(FrameVerdicts::new(items)))
                         }
+                        (Verdict::Error(e), true) => Answer::Frame(r, Err(server_error(e))),
+                        (Verdict::Error(e), false) => Answer::One(r, Err(server_error(e))),
                         (other, true) => {
                             Answer::Frame(r, Err(format!("unexpected reply {other:?}")))
                         }
@@ -566,7 +609,7 @@ impl Driver {
         &mut self,
         r: usize,
         socket: usize,
-        items: Result<Vec<BatchItem>, String>,
+        items: Result<FrameVerdicts, String>,
     ) -> Result<(), String> {
         let id = r.wrapping_add(1);
         let f = match self.in_flight.get(r) {
@@ -584,29 +627,30 @@ impl Driver {
             ));
         };
         let done = shared.now_ns();
-        let items = items.and_then(|items| match items.len() == part.len() {
+        let items = items.and_then(|items| match items.len == part.len() {
             true => Ok(items),
             false => Err(format!(
                 "BATCH_REPLY has {} items for {} checks",
-                items.len(),
+                items.len,
                 part.len()
             )),
         });
         match items {
             Ok(items) => {
-                for (&(key, tokens), item) in part.iter().zip(items) {
-                    match item {
-                        BatchItem::Reply(c) if c.accepted() => {
-                            shared.ledger.admitted(key, tokens, done);
-                            b.counts[0] += 1;
-                        }
-                        BatchItem::Reply(_) => b.counts[1] += 1,
-                        BatchItem::Error(e) => {
-                            shared.note_error(&format!("server error {:?}: {}", e.code, e.message));
-                            b.counts[2] += 1;
-                        }
+                let mut admitted = 0;
+                for (i, &(key, tokens)) in part.iter().enumerate() {
+                    if items.admitted(i) {
+                        shared.ledger.admitted(key, tokens, done);
+                        admitted += 1;
                     }
                 }
+                for e in &items.errors {
+                    shared.note_error(e);
+                }
+                let failed = items.errors.len() as u64;
+                b.counts[0] += admitted;
+                b.counts[1] += (part.len() as u64).saturating_sub(admitted + failed);
+                b.counts[2] += failed;
             }
             Err(e) => {
                 shared.note_error(&e);
