@@ -159,8 +159,9 @@ for d in "${DISTS[@]}"; do
     done
 done
 
-# The IO floors at the same shapes: PING (Tollgate: to its shard ports, as checks go) and
-# Redis PING, through the same loadgen.
+# The IO floors at the same shapes: PING (Tollgate: to its shard ports, each connection slot
+# moving to the next shard at every reply, so every load thread talks to both shards as
+# uniform checks make it) and Redis PING, through the same loadgen.
 for l in "c50d1:-c 50 -d 1" "c8d64:-c 8 -d 64"; do
     lname="${l%%:*}"; largs="${l#*:}"
     # shellcheck disable=SC2086
@@ -405,7 +406,7 @@ e.append("")
 e.append("| round trip | p50 us | p90 us | p99 us | p99.9 us | per second |")
 e.append("|---|---:|---:|---:|---:|---:|")
 rows = [("latency-echo", "raw TCP echo, 32 bytes (loadgen `echo-server`)"),
-        ("latency-tollgate-ping", "Tollgate PING/PONG (server IO path, no decision; shard 0's port)"),
+        ("latency-tollgate-ping", "Tollgate PING/PONG (server IO path, no decision; the two shards' ports in turn, as uniform checks go)"),
         ("latency-tollgate-check", "Tollgate check, uniform 1M keys (binary protocol; checks go to both shards' ports)"),
         ("latency-tollgate-check-hot", "Tollgate check, one key (one shard connection)"),
         ("latency-redis-check", "Redis+Lua check (EVALSHA)")]

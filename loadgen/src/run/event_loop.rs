@@ -20,7 +20,8 @@
 //! routing keys; the slot opens one connection per shard port and sends each check to the shard
 //! that owns its key (the client library's rule, `RoutingKeys`), with strings inline (no
 //! `INTERN`). Pings go to the shard ports in turn: request slot `i` of connection slot `c`
-//! pings shard `(c × depth + i) % shards`, so the shards share the pings as they share
+//! sends a ping to shard `(c × depth + i + n) % shards`, `n` the replies its connection slot
+//! has had, so every slot (and so every load thread) talks to every shard, as it does with
 //! uniform checks, at depth 1 too. Request ids are the request slot's number + 1, so a reply
 //! finds its request whatever order the shards answer in. Redis: one connection, replies in
 //! order.
@@ -391,11 +392,15 @@ fn server_error(e: ErrorRef<'_>) -> String {
     format!("server error {:?}: {}", e.code, e.message)
 }
 
-/// The connection (shard port) request slot `r` of the connection slot whose first task number
-/// is `stripe` pings, of `sockets`: `stripe + r` numbers the request slot across the whole
-/// run, so consecutive connection slots alternate shards even at depth 1.
-fn ping_socket(stripe: usize, r: usize, sockets: usize) -> usize {
-    (stripe + r) % sockets.max(1)
+/// The connection (shard port), of `sockets`, that request slot `r` of the connection slot
+/// whose first task number is `stripe` pings once the slot has had `n` replies. `stripe + r`
+/// numbers the request slot across the whole run, so the slots start on different shards;
+/// `+ n` moves a slot on to the next shard at every reply (at depth 1, at every ping). Without it, at depth 1 a connection slot (and the
+/// load thread that runs it: slot `c` runs on thread `c % threads`) would only ever ping one
+/// shard, a pairing of load thread and shard that checks, routed by their key, never get.
+fn ping_socket(stripe: usize, r: usize, n: u64, sockets: usize) -> usize {
+    let sockets = sockets.max(1);
+    (stripe % sockets + r % sockets + (n % sockets as u64) as usize) % sockets
 }
 
 /// Runs slot `slot` (connection slot number `c`) until the run stops.
@@ -749,7 +754,7 @@ impl Driver {
             tokens: 0.0,
         };
         if plan.cfg.op == Op::Ping {
-            let socket = ping_socket(self.stripe, r, self.slot.sockets.len());
+            let socket = ping_socket(self.stripe, r, self.answered, self.slot.sockets.len());
             let Some(s) = self.slot.sockets.get_mut(socket) else {
                 return Err("no connection".into());
             };
@@ -930,14 +935,20 @@ mod ping_tests {
 
     #[test]
     fn pings_spread_over_the_shard_ports_at_any_depth() {
-        // Depth 1 (stripe = connection slot): the connection slots alternate shards.
-        let depth1: Vec<usize> = (0..4).map(|c| ping_socket(c, 0, 2)).collect();
+        // Depth 1 (stripe = connection slot): the connection slots start on alternate shards.
+        let depth1: Vec<usize> = (0..4).map(|c| ping_socket(c, 0, 0, 2)).collect();
         assert_eq!(depth1, [0, 1, 0, 1]);
+        // ... and each moves on to the next shard at every ping: a slot talks to both.
+        let slot1: Vec<usize> = (0..4).map(|n| ping_socket(1, 0, n, 2)).collect();
+        assert_eq!(slot1, [1, 0, 1, 0]);
+        let three: Vec<usize> = (0..4).map(|n| ping_socket(1, 0, n, 3)).collect();
+        assert_eq!(three, [1, 2, 0, 1]);
         // Depth 4: within one connection slot the request slots alternate.
-        let depth4: Vec<usize> = (0..4).map(|r| ping_socket(4, r, 2)).collect();
+        let depth4: Vec<usize> = (0..4).map(|r| ping_socket(4, r, 0, 2)).collect();
         assert_eq!(depth4, [0, 1, 0, 1]);
         // Redis and echo: one connection.
-        assert_eq!(ping_socket(3, 5, 1), 0);
-        assert_eq!(ping_socket(3, 5, 0), 0);
+        assert_eq!(ping_socket(3, 5, 7, 1), 0);
+        assert_eq!(ping_socket(3, 5, 7, 0), 0);
+        assert_eq!(ping_socket(usize::MAX, usize::MAX, u64::MAX, 2), 1);
     }
 }
