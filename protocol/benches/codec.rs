@@ -1,6 +1,9 @@
 //! The codec's hot path: decode one `CHECK`, walk and resolve its labels, compute its routing
 //! value, and encode its `CHECK_REPLY`. Budget: <= 100 ns for the lot, with no heap allocation.
 //!
+//! The client's side: a 64-check `BATCH_REPLY` counted (admitted or not, per check) through
+//! the owned [`decode_reply`] and through [`decode_verdict`], which reads the decisions alone.
+//!
 //! Run: `cargo bench -p tollgate-protocol --bench codec`.
 
 use std::hint::black_box;
@@ -52,6 +55,25 @@ fn reply() -> CheckReply {
     }
 }
 
+/// Checks in the `BATCH_REPLY` of the client-side rows: the loadgen's batch shape.
+const BATCH_REPLY_ITEMS: usize = 64;
+
+/// A `BATCH_REPLY` of [`BATCH_REPLY_ITEMS`] copies of `reply`, every other one rejected.
+fn batch_reply_frame(reply: &CheckReply) -> Vec<u8> {
+    let items: Vec<BatchItem> = (0..BATCH_REPLY_ITEMS)
+        .map(|i| {
+            let mut r = reply.clone();
+            if i % 2 == 1 {
+                r.decision = Decision::Rejected;
+            }
+            BatchItem::Reply(r)
+        })
+        .collect();
+    let mut out = Vec::new();
+    encode_batch_reply(&mut out, 9, &items, ProtocolVersion::LATEST).expect("encode");
+    out
+}
+
 fn bench(c: &mut Criterion) {
     let mut table = InternTable::new();
     table.bind(0, "checkout-api").expect("bind");
@@ -96,6 +118,42 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    let batch = batch_reply_frame(&reply);
+    g.throughput(Throughput::Elements(BATCH_REPLY_ITEMS as u64));
+    g.bench_function("count_batch_reply_64/decode_reply", |b| {
+        b.iter(|| {
+            let d = decode_reply(
+                black_box(&batch),
+                DEFAULT_MAX_FRAME_LEN,
+                ProtocolVersion::LATEST,
+            )
+            .expect("ok")
+            .expect("complete");
+            let Reply::Batch(items) = d.reply else {
+                unreachable!()
+            };
+            items
+                .iter()
+                .filter(|i| matches!(i, BatchItem::Reply(c) if c.accepted()))
+                .count()
+        })
+    });
+    g.bench_function("count_batch_reply_64/decode_verdict", |b| {
+        b.iter(|| {
+            let d = decode_verdict(
+                black_box(&batch),
+                DEFAULT_MAX_FRAME_LEN,
+                ProtocolVersion::LATEST,
+            )
+            .expect("ok")
+            .expect("complete");
+            let Verdict::Batch(items) = d.verdict else {
+                unreachable!()
+            };
+            items.iter().filter(|i| *i == Ok(true)).count()
+        })
+    });
+    g.throughput(Throughput::Elements(1));
     let mut out = Vec::with_capacity(4096);
     g.bench_function("encode_check_reply", |b| {
         b.iter(|| {
