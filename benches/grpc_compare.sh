@@ -9,6 +9,9 @@
 #     SO_REUSEPORT, writes corked): what serving the port on the shards would start from
 #     (reported, no target);
 #   - Tollgate (`tollgate serve`, SHARDS shards, one rate limiter of 100 per second per user);
+#   - both again with THREADS2 (default 2) gRPC threads: Tollgate with `server.grpc_threads`,
+#     the floor with as many threads, each its own runtime and SO_REUSEPORT listener
+#     (reported, no target: the targets compare the default, one thread, with its floor);
 #   - Limitador (Kuadrant's limitador-server, in-memory storage, the same limit) when
 #     LIMITADOR names its binary; the row is skipped with a note otherwise;
 # plus the loadgen's own gRPC driver (tonic client, uniform over 1M users) against Tollgate and
@@ -41,6 +44,8 @@ SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
 WARMUP_SECONDS="${WARMUP_SECONDS:-1}"
 REPEAT="${REPEAT:-3}"
 SHARDS="${SHARDS:-2}"
+# The second thread count measured (Tollgate's `server.grpc_threads`, the floor's THREADS).
+THREADS2="${THREADS2:-2}"
 # Not $OUT: benches/compare.sh exports that for its own directory and calls this script.
 OUT="${GRPC_OUT:-$ROOT/target/compare/grpc}"
 LIMITADOR="${LIMITADOR:-}"
@@ -58,7 +63,7 @@ if [ -n "${RENDER_ONLY:-}" ]; then
     # Re-render the table from the last run's outputs in $OUT.
     # shellcheck disable=SC1091
     . "$OUT/meta.env"
-    export OUT LOADAVG_START LOADAVG_END SHARDS REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE
+    export OUT LOADAVG_START LOADAVG_END SHARDS THREADS2 REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE
     export MEASURED_AT GIT_REV H2LOAD_VERSION NO_DOCS="${NO_DOCS:-}"
     exec python3 "$ROOT/benches/grpc_compare_report.py" "$ROOT/docs/performance.md"
 fi
@@ -88,11 +93,25 @@ READY="$(wait_line "$OUT/tollgate.log" "tollgate ready")"
 TG_GRPC="$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$READY")"
 log "tollgate gRPC on $TG_GRPC"
 
+bench_config "$OUT/tollgate2t.yaml" "{ listen: 127.0.0.1:0, grpc: 127.0.0.1:0, admin: off, shards: $SHARDS, grpc_threads: $THREADS2 }" "$LIMIT" "$LIMIT"
+RUST_LOG=info "$TOLLGATE" serve --config "$OUT/tollgate2t.yaml" 2> "$OUT/tollgate2t.log" &
+TOLLGATE2_PID=$!
+PIDS+=("$TOLLGATE2_PID")
+READY="$(wait_line "$OUT/tollgate2t.log" "tollgate ready")"
+TG2_GRPC="$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$READY")"
+log "tollgate gRPC on $THREADS2 threads on $TG2_GRPC"
+
 "$FLOOR" 127.0.0.1:0 > "$OUT/floor.log" 2>&1 &
 FLOOR_PID=$!
 PIDS+=("$FLOOR_PID")
 FLOOR_ADDR="$(wait_line "$OUT/floor.log" "listening" | sed -E 's/.*listening //')"
 log "floor on $FLOOR_ADDR"
+
+"$FLOOR" 127.0.0.1:0 "$THREADS2" > "$OUT/floor2t.log" 2>&1 &
+FLOOR2_PID=$!
+PIDS+=("$FLOOR2_PID")
+FLOOR2_ADDR="$(wait_line "$OUT/floor2t.log" "listening" | sed -E 's/.*listening //')"
+log "floor on $THREADS2 threads on $FLOOR2_ADDR"
 
 "$SHARD_FLOOR" 127.0.0.1:0 "$SHARDS" > "$OUT/shard-floor.log" 2>&1 &
 SHARD_FLOOR_PID=$!
@@ -177,12 +196,16 @@ for _ in $(seq "$REPEAT"); do
         h2 "floor-rls-$sname" "$FLOOR_PID" "$FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         h2 "shardfloor-rls-$sname" "$SHARD_FLOOR_PID" "$SHARD_FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         h2 "tollgate-rls-$sname" "$TOLLGATE_PID" "$TG_GRPC" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+        h2 "floor2t-rls-$sname" "$FLOOR2_PID" "$FLOOR2_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+        h2 "tollgate2t-rls-$sname" "$TOLLGATE2_PID" "$TG2_GRPC" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         if [ -n "$LIMITADOR_ADDR" ]; then
             h2 "limitador-rls-$sname" "$LIMITADOR_PID" "$LIMITADOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         fi
         h2 "floor-check-$sname" "$FLOOR_PID" "$FLOOR_ADDR" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
         h2 "shardfloor-check-$sname" "$SHARD_FLOOR_PID" "$SHARD_FLOOR_ADDR" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
         h2 "tollgate-check-$sname" "$TOLLGATE_PID" "$TG_GRPC" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
+        h2 "floor2t-check-$sname" "$FLOOR2_PID" "$FLOOR2_ADDR" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
+        h2 "tollgate2t-check-$sname" "$TOLLGATE2_PID" "$TG2_GRPC" "$CHECK_PATH" "$OUT/check.bin" "$conns" "$streams"
     done
 done
 
@@ -208,12 +231,12 @@ for shape in "c50m1:-c 50 -d 1" "c8m64:-c 8 -d 64"; do
 done
 
 LOADAVG_END="$(cut -d' ' -f1-3 /proc/loadavg)"
-export OUT LOADAVG_START LOADAVG_END SHARDS REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE
+export OUT LOADAVG_START LOADAVG_END SHARDS THREADS2 REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE
 export MEASURED_AT="$(date -u '+%Y-%m-%d %H:%M UTC')"
 export GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 export H2LOAD_VERSION="$(h2load --version 2>/dev/null | head -1)"
 export NO_DOCS="${NO_DOCS:-}"
-for v in LOADAVG_START LOADAVG_END SHARDS REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE \
+for v in LOADAVG_START LOADAVG_END SHARDS THREADS2 REPEAT SECONDS_PER_RUN WARMUP_SECONDS LIMITADOR_NOTE \
     MEASURED_AT GIT_REV H2LOAD_VERSION; do
     printf "%s=%q\n" "$v" "${!v}"
 done > "$OUT/meta.env"

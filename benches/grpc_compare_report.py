@@ -100,7 +100,7 @@ def verdict(x, bar):
 h2 = {}
 for call, _ in CALLS:
     for shape, _ in SHAPES:
-        for who in ("floor", "tollgate", "limitador", "shardfloor"):
+        for who in ("floor", "tollgate", "limitador", "shardfloor", "floor2t", "tollgate2t"):
             h2[f"{who}-{call}-{shape}"] = best(f"{who}-{call}-{shape}")
 lg = {f"loadgen-{who}-check-{shape}": loadgen(f"loadgen-{who}-check-{shape}")
       for who in ("floor", "tollgate") for shape, _ in SHAPES}
@@ -178,12 +178,32 @@ for call, call_label in CALLS:
                         f"{'n/a' if ss is None else f'{ss:.3f}'} |")
 sf_table = "\n".join(sf_lines)
 
+# More gRPC threads (no target): Tollgate with `server.grpc_threads`, the floor with as many.
+threads2 = os.environ.get("THREADS2", "2")
+t2_rows = []
+t2_lines = [f"| call, h2load shape | floor, {threads2} threads req/s | Tollgate, {threads2} threads req/s | "
+            f"Tollgate / floor, {threads2} threads each | Tollgate {threads2} threads / 1 thread | "
+            f"Tollgate {threads2} threads / Limitador | server CPU us per request: floor / Tollgate, "
+            f"{threads2} threads |", "|---|---:|---:|---:|---:|---:|---:|"]
+for call, call_label in CALLS:
+    for shape, shape_label in SHAPES:
+        f2, t2 = rps(f"floor2t-{call}-{shape}"), rps(f"tollgate2t-{call}-{shape}")
+        t1, lim = rps(f"tollgate-{call}-{shape}"), rps(f"limitador-{call}-{shape}")
+        fc, tc = cpu_us(f"floor2t-{call}-{shape}"), cpu_us(f"tollgate2t-{call}-{shape}")
+        t2_rows.append({"call": call, "shape": shape, "floor": f2, "tollgate": t2,
+                        "tollgate_vs_floor": ratio(t2, f2), "vs_one_thread": ratio(t2, t1),
+                        "vs_limitador": ratio(t2, lim), "server_cpu_us": [fc, tc]})
+        t2_lines.append(f"| {call_label}, {shape_label} | {rate(f2)} | {rate(t2)} | {fx(ratio(t2, f2))} | "
+                        f"{fx(ratio(t2, t1))} | {fx(ratio(t2, lim))} | {us(fc)} / {us(tc)} |")
+t2_table = "\n".join(t2_lines)
+
 meta = {k: os.environ.get(k, "") for k in (
     "MEASURED_AT", "GIT_REV", "LOADAVG_START", "LOADAVG_END", "SHARDS", "REPEAT",
     "SECONDS_PER_RUN", "WARMUP_SECONDS", "LIMITADOR_NOTE", "H2LOAD_VERSION")}
 with open(f"{OUT}/grpc.json", "w") as f:
     json.dump({"meta": meta, "h2load": h2, "loadgen": lg, "rows": rows, "loadgen_rows": lg_rows,
-               "shard_floor_rows": shard_rows, "targets": targets}, f, indent=2)
+               "shard_floor_rows": shard_rows, "threads2_rows": t2_rows, "targets": targets},
+              f, indent=2)
 
 lines = []
 lines.append("| call, h2load shape | floor req/s | Tollgate req/s | Tollgate / floor | "
@@ -234,6 +254,8 @@ print(lg_table)
 print()
 print(sf_table)
 print()
+print(t2_table)
+print()
 print(t_table)
 
 if os.environ.get("NO_DOCS"):
@@ -275,6 +297,13 @@ each connection's writes gathered until the shard has run its other ready tasks
 start from.
 
 {sf_table}
+
+The port on {threads2} threads (`server.grpc_threads: {threads2}`: each thread its own tokio
+runtime and listener on the port, SO_REUSEPORT), against the floor on as many threads (`grpc_floor
+ADDR {threads2}`), the same run. No target: the targets below compare the default, one thread,
+with the one-thread floor.
+
+{t2_table}
 
 {t_table}
 

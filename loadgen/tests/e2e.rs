@@ -59,8 +59,9 @@ impl Node {
                 server.handle.clone(),
                 server.node.metrics.clone(),
             ));
-            let handle = tollgate_grpc::start(listener, &config.server.grpc_settings(), backend)
-                .expect("grpc starts");
+            let handle =
+                tollgate_grpc::start(vec![listener], &config.server.grpc_settings(), backend)
+                    .expect("grpc starts");
             (Some(handle), Some(addr))
         } else {
             (None, None)

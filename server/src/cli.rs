@@ -365,10 +365,19 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
     // Register before starting so a signal during start-up is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .context("installing signal handlers")?;
-    let grpc_listener = match config.server.grpc {
-        Some(addr) => Some(crate::listeners::bind_tcp(addr, false).context("gRPC port")?),
-        None => None,
-    };
+    let grpc_listeners =
+        match config.server.grpc {
+            // One thread binds without SO_REUSEPORT, so no other process can share its port.
+            Some(addr) if config.server.grpc_threads <= 1 => Some(vec![
+                crate::listeners::bind_tcp(addr, false).context("gRPC port")?,
+            ]),
+            Some(addr) => Some(
+                crate::listeners::bind_per_shard(addr, config.server.grpc_threads)
+                    .context("gRPC port")?
+                    .1,
+            ),
+            None => None,
+        };
     // The admin port first: probes get an answer ("starting") while the rest comes up.
     let readiness = crate::admin::Readiness::new();
     let admin_state = Arc::new(crate::admin::AdminState::new(
@@ -419,14 +428,14 @@ fn serve_config_until_signal(config: Config, reload: ReloadSource) -> Result<()>
         }
         None => None,
     };
-    let grpc = match grpc_listener {
-        Some(listener) => {
+    let grpc = match grpc_listeners {
+        Some(listeners) => {
             readiness.set(crate::admin::Phase::StartingGrpc);
             let backend = Arc::new(ShardBackend::new(
                 server.handle.clone(),
                 server.node.metrics.clone(),
             ));
-            let grpc = tollgate_grpc::start(listener, &config.server.grpc_settings(), backend)?;
+            let grpc = tollgate_grpc::start(listeners, &config.server.grpc_settings(), backend)?;
             admin_state.set_grpc(grpc.observer());
             Some(grpc)
         }

@@ -7,8 +7,11 @@
 //! top of it (the hop to the shard, the decision, building the real reply) is the ratio.
 //!
 //! ```text
-//! grpc_floor 127.0.0.1:0     # prints "grpc_floor listening ADDR", serves until killed
+//! grpc_floor 127.0.0.1:0 [THREADS]   # prints "grpc_floor listening ADDR", serves until killed
 //! ```
+//!
+//! `THREADS` (default 1) runs that many such threads, each its own runtime and listener on
+//! the port with SO_REUSEPORT, as Tollgate's port runs with `server.grpc_threads`.
 
 use std::net::SocketAddr;
 
@@ -20,17 +23,49 @@ use tollgate_grpc::server::{
     HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS,
 };
 use tollgate_grpc::tonic::transport::Server;
+use tollgate_server::listeners::bind_per_shard;
 
 fn main() -> anyhow::Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let addr: SocketAddr = args
+        .next()
         .unwrap_or_else(|| "127.0.0.1:0".to_owned())
         .parse()
         .context("the first argument is the address to listen on, e.g. 127.0.0.1:0")?;
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let threads: usize = match args.next() {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|&n| n >= 1)
+            .context("the second argument is the number of threads, at least 1")?,
+        None => 1,
+    };
+    // One thread binds as Tollgate's port does with one (no SO_REUSEPORT); more share the port.
+    let listeners = if threads == 1 {
+        vec![std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?]
+    } else {
+        bind_per_shard(addr, threads)
+            .with_context(|| format!("binding {addr}"))?
+            .1
+    };
+    let bound = listeners.first().context("no listener")?.local_addr()?;
+    println!("grpc_floor listening {bound}");
+    let serving: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| std::thread::spawn(move || serve(listener)))
+        .collect();
+    for thread in serving {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a serving thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// Serves `listener` on this thread, as Tollgate's port serves each of its listeners: the
+/// runtime runs on the thread that calls `block_on`.
+fn serve(listener: std::net::TcpListener) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
-    println!("grpc_floor listening {}", listener.local_addr()?);
-    // One thread, as Tollgate's port: the runtime runs on the thread that calls `block_on`.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -44,16 +44,28 @@ pub struct BoundedIncoming {
 }
 
 impl BoundedIncoming {
-    /// Accepts on `listener` within `config`'s bounds.
-    pub fn new(listener: TcpListener, config: &ConnectionConfig) -> BoundedIncoming {
+    /// Accepts on `listener`, each connection holding one of `permits` (the node's cap,
+    /// shared by every listener of the port: [`BoundedIncoming::permits`]) and given
+    /// `handshake_timeout` to send its opening bytes.
+    pub fn new(
+        listener: TcpListener,
+        permits: Arc<Semaphore>,
+        handshake_timeout: Duration,
+    ) -> BoundedIncoming {
         BoundedIncoming {
             listener,
-            permits: Arc::new(Semaphore::new(
-                config.max_connections.min(Semaphore::MAX_PERMITS),
-            )),
-            handshake_timeout: config.handshake_timeout.0,
+            permits,
+            handshake_timeout,
             refused: 0,
         }
+    }
+
+    /// The cap of `config` as a semaphore for [`BoundedIncoming::new`]: one permit per
+    /// connection.
+    pub fn permits(config: &ConnectionConfig) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(
+            config.max_connections.min(Semaphore::MAX_PERMITS),
+        ))
     }
 }
 

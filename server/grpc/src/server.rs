@@ -1,19 +1,24 @@
-//! The gRPC runtime: one OS thread running a current-thread tokio runtime with one tonic server
-//! on the listener the server binary bound.
+//! The gRPC runtime: one OS thread per listener the server binary bound
+//! (`server.grpc_threads`, default 1; the listeners share the port with SO_REUSEPORT, so the
+//! kernel spreads connections over them), each running a current-thread tokio runtime with
+//! its own tonic server.
 //!
 //! ```text
-//!   [tollgate-grpc thread: tokio current_thread]
+//!   [tollgate-grpc-N thread: tokio current_thread], one per listener
 //!     tonic Server (h2, optional TLS, keepalive)
 //!       ├─ aperture.flowcontrol.check.v1.FlowControlService   (api key) ─┐
 //!       ├─ envoy.service.ratelimit.v3.RateLimitService          (api key) ─┼─> DecisionBackend ──> shards
 //!       ├─ opentelemetry...TraceService                         (api key)  │   (channel hop, no locks)
 //!       ├─ grpc.reflection.v1 / v1alpha                         (api key)  │
 //!       └─ grpc.health.v1.Health                                (open)     │
-//!     TtlCache behind an uncontended Mutex (single thread) <──────────────┘ cache stage
+//!     TtlCache behind a Mutex (shared by the threads) <───────────────────┘ cache stage
 //! ```
 //!
-//! One thread is enough: handlers only translate messages and await the backend; the token
-//! buckets live on the shards. The three Tollgate services are wrapped in
+//! The threads share the backend, the cache, the connection cap (one semaphore: the cap is
+//! the node's) and the stop signal; each has its own services, health reporter and runtime.
+//! One thread serves most nodes: handlers only translate messages and await the backend,
+//! and the token buckets live on the shards. More raise the port's ceiling when one core's
+//! worth of HTTP/2 is not enough (docs/grpc.md). The three Tollgate services are wrapped in
 //! [`InvalidArgumentOnUndecodable`] (inside the API-key check, which is there only when keys
 //! are set), so a request message that does not decode is answered `INVALID_ARGUMENT`.
 
@@ -27,7 +32,7 @@ use std::time::Duration;
 use crate::config::GrpcSettings;
 use crate::connections::BoundedIncoming;
 use anyhow::Context as _;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tonic::body::Body;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
@@ -79,8 +84,8 @@ pub struct GrpcHandle {
     local_addr: SocketAddr,
     /// `true` = stop accepting and drain.
     stop: watch::Sender<bool>,
-    /// The runtime thread; `None` once joined.
-    thread: Option<JoinHandle<()>>,
+    /// The runtime threads, one per listener; emptied once joined.
+    threads: Vec<JoinHandle<()>>,
     /// OTLP spans received so far.
     spans: Arc<AtomicU64>,
     /// The result/global cache, for [`GrpcObserver`].
@@ -146,7 +151,7 @@ impl GrpcHandle {
 
     fn stop_and_join(&mut self) {
         let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("grpc runtime thread panicked");
             }
@@ -160,17 +165,21 @@ impl Drop for GrpcHandle {
     }
 }
 
-/// Starts the gRPC compat port on `listener` (already bound by the caller) with `settings`
-/// (API keys, TLS, cache bounds), deciding through `backend`.
+/// Starts the gRPC compat port on `listeners` (already bound by the caller to one address,
+/// with SO_REUSEPORT when there are several), one thread for each, with `settings` (API keys,
+/// TLS, cache bounds), deciding through `backend`.
 ///
-/// Errors (unreadable TLS files, runtime creation) are returned before any thread is left
-/// running.
+/// Errors (no listener, unreadable TLS files, runtime creation) are returned before any
+/// thread is left running.
 pub fn start(
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     settings: &GrpcSettings,
     backend: Arc<dyn DecisionBackend>,
 ) -> anyhow::Result<GrpcHandle> {
-    let local_addr = listener.local_addr().context("grpc listener address")?;
+    let first = listeners
+        .first()
+        .context("the grpc port needs at least one listener")?;
+    let local_addr = first.local_addr().context("grpc listener address")?;
     let tls = match &settings.tls {
         Some(tls) => {
             let cert = std::fs::read(&tls.cert)
@@ -186,25 +195,70 @@ pub fn start(
         max_total_bytes: settings.cache.max_total_bytes,
         max_entry_bytes: settings.cache.max_entry_bytes,
     };
-    let auth = ApiKeyCheck::new(&settings.api_keys);
-    let connections = settings.connections.clone();
+    let shared = Shared {
+        auth: ApiKeyCheck::new(&settings.api_keys),
+        tls,
+        backend,
+        cache: Arc::new(Mutex::new(TtlCache::new(limits))),
+        spans: Arc::new(AtomicU64::new(0)),
+        permits: BoundedIncoming::permits(&settings.connections),
+        handshake_timeout: settings.connections.handshake_timeout.0,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut handle = GrpcHandle {
+        local_addr,
+        stop: stop_tx,
+        threads: Vec::with_capacity(listeners.len()),
+        spans: shared.spans.clone(),
+        cache: shared.cache.clone(),
+    };
+    let count = listeners.len();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        // On an error the handle, dropped, stops and joins the threads already started.
+        let thread = serve_thread(i, listener, &shared, stop_rx.clone())?;
+        handle.threads.push(thread);
+    }
+    tracing::info!(%local_addr, threads = count, tls = settings.tls.is_some(), api_keys = shared.auth.enabled(), "grpc compat port listening");
+    Ok(handle)
+}
 
+/// What the port's threads share.
+struct Shared {
+    auth: ApiKeyCheck,
+    tls: Option<ServerTlsConfig>,
+    backend: Arc<dyn DecisionBackend>,
+    cache: Arc<Mutex<TtlCache>>,
+    spans: Arc<AtomicU64>,
+    /// The node's connection cap, over all threads.
+    permits: Arc<Semaphore>,
+    handshake_timeout: Duration,
+}
+
+/// Starts thread `index` serving `listener` until `stop` says so; returns once it serves (or
+/// with the error that kept it from serving, its thread joined).
+fn serve_thread(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: &Shared,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("tollgate-grpc")
+        .thread_name(format!("tollgate-grpc-{index}"))
         .build()
         .context("building the grpc tokio runtime")?;
 
-    let spans = Arc::new(AtomicU64::new(0));
     let sink = SpanSink {
-        spans: spans.clone(),
-        backend: backend.clone(),
+        spans: shared.spans.clone(),
+        backend: shared.backend.clone(),
     };
-    let cache = Arc::new(Mutex::new(TtlCache::new(limits)));
-    let flow_control = FlowControl::new(backend.clone(), cache.clone(), MonoClock::new());
-    let rls = Rls::new(backend);
+    let flow_control = FlowControl::new(
+        shared.backend.clone(),
+        shared.cache.clone(),
+        MonoClock::new(),
+    );
+    let rls = Rls::new(shared.backend.clone());
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -221,41 +275,44 @@ pub fn start(
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("configuring TLS")?;
+    if let Some(tls) = &shared.tls {
+        builder = builder.tls_config(tls.clone()).context("configuring TLS")?;
     }
+    let auth = &shared.auth;
     let router = builder.add_service(health);
     let router = add_guarded(
         router,
         InvalidArgumentOnUndecodable::new(FlowControlServiceServer::new(flow_control)),
-        &auth,
+        auth,
     );
     let router = add_guarded(
         router,
         InvalidArgumentOnUndecodable::new(TraceServiceServer::new(sink)),
-        &auth,
+        auth,
     );
     let router = add_guarded(
         router,
         InvalidArgumentOnUndecodable::new(RateLimitServiceServer::new(rls)),
-        &auth,
+        auth,
     );
-    let router = add_guarded(router, reflection_v1, &auth);
-    let router = add_guarded(router, reflection_v1alpha, &auth);
+    let router = add_guarded(router, reflection_v1, auth);
+    let router = add_guarded(router, reflection_v1alpha, auth);
     listener
         .set_nonblocking(true)
         .context("grpc listener non-blocking")?;
+    let permits = shared.permits.clone();
+    let handshake_timeout = shared.handshake_timeout;
 
     // Everything that needs the runtime happens on its own thread, so `start` may be called from
     // inside another runtime. Set-up errors come back through `ready`.
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
     let thread = std::thread::Builder::new()
-        .name("tollgate-grpc".into())
+        .name(format!("tollgate-grpc-{index}"))
         .spawn(move || {
             let incoming = {
                 let _guard = rt.enter();
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => BoundedIncoming::new(l, &connections),
+                    Ok(l) => BoundedIncoming::new(l, permits, handshake_timeout),
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::Error::new(e).context("grpc listener")));
                         return;
@@ -298,25 +355,16 @@ pub fn start(
         })
         .context("spawning the grpc thread")?;
     match ready_rx.recv() {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => Ok(thread),
         Ok(Err(e)) => {
             let _ = thread.join();
-            return Err(e);
+            Err(e)
         }
         Err(_) => {
             let _ = thread.join();
             anyhow::bail!("grpc thread exited during start-up");
         }
     }
-
-    tracing::info!(%local_addr, tls = settings.tls.is_some(), api_keys = auth.enabled(), "grpc compat port listening");
-    Ok(GrpcHandle {
-        local_addr,
-        stop: stop_tx,
-        thread: Some(thread),
-        spans,
-        cache,
-    })
 }
 
 /// Adds `service` to `router` behind the API-key check when keys are configured. Without keys

@@ -406,8 +406,12 @@ policies:
         engine,
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let handle =
-        tollgate_grpc::start(listener, &tollgate_grpc::GrpcSettings::default(), backend).unwrap();
+    let handle = tollgate_grpc::start(
+        vec![listener],
+        &tollgate_grpc::GrpcSettings::default(),
+        backend,
+    )
+    .unwrap();
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", handle.local_addr()))
             .unwrap()

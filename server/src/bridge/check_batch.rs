@@ -21,9 +21,15 @@
 //!
 //! A turn's checks for one shard keep their order; nothing waits for a batch to fill (the
 //! flush follows the turn), so a lone check costs one task poll more than before.
+//!
+//! The gRPC port may run several threads (`server.grpc_threads`), each its own
+//! current-thread runtime sharing one handle: the outbox keeps each thread's checks apart,
+//! and a flush sends those of the thread that scheduled it, so a turn's batch never mixes
+//! threads and its answers wake no other thread.
 
 use super::{BridgeError, DecisionHandle, Inbound};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use tollgate_policy::{Decision, FlowError, FlowId, OwnedFlow};
 
 /// Where one check's decision goes. Dropping the receiver cancels the check.
@@ -51,11 +57,12 @@ struct Pending {
     flush_scheduled: bool,
 }
 
-/// The per-node queue of checks waiting for their turn's flush (shared by the clones of a
-/// [`DecisionHandle`]; only ever locked for a push or a take, never across an await).
+/// The per-node queue of checks waiting for their turn's flush, one [`Pending`] per thread
+/// that pushes (shared by the clones of a [`DecisionHandle`]; only ever locked for a push or
+/// a take, never across an await). A handful of threads at most: found by a linear search.
 #[derive(Clone, Default)]
 pub struct Outbox {
-    pending: Arc<Mutex<Pending>>,
+    pending: Arc<Mutex<Vec<(ThreadId, Pending)>>>,
 }
 
 impl Outbox {
@@ -82,8 +89,17 @@ impl Outbox {
             }
             return Ok(());
         };
+        let thread = std::thread::current().id();
         let spawn_flush = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let pending = match all.iter().position(|(t, _)| *t == thread) {
+                Some(i) => &mut all[i].1,
+                None => {
+                    all.push((thread, Pending::default()));
+                    let last = all.len() - 1;
+                    &mut all[last].1
+                }
+            };
             if pending.per_shard.len() <= shard {
                 pending.per_shard.resize_with(shard + 1, Vec::new);
             }
@@ -91,14 +107,17 @@ impl Outbox {
             !std::mem::replace(&mut pending.flush_scheduled, true)
         };
         if spawn_flush {
-            runtime.spawn(flush(self.clone(), handle.clone()));
+            runtime.spawn(flush(self.clone(), handle.clone(), thread));
         }
         Ok(())
     }
 
-    /// Takes every queued check; the next push schedules a new flush.
-    fn take(&self) -> Vec<Vec<QueuedCheck>> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+    /// Takes every check `thread` queued; its next push schedules a new flush.
+    fn take(&self, thread: ThreadId) -> Vec<Vec<QueuedCheck>> {
+        let mut all = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((_, pending)) = all.iter_mut().find(|(t, _)| *t == thread) else {
+            return Vec::new();
+        };
         pending.flush_scheduled = false;
         let shards = pending.per_shard.len();
         std::mem::replace(
@@ -108,12 +127,13 @@ impl Outbox {
     }
 }
 
-/// Sends each shard the checks queued for it in this turn, then delivers the decisions as
-/// they come back.
-async fn flush(outbox: Outbox, handle: DecisionHandle) {
+/// Sends each shard the checks `thread` queued for it in this turn, then delivers the
+/// decisions as they come back. The thread is named rather than taken to be the current one:
+/// on a multi-thread runtime the flush may run on another worker than the push that spawned it.
+async fn flush(outbox: Outbox, handle: DecisionHandle, thread: ThreadId) {
     // Let the turn's other ready tasks (the rest of the requests already read) queue theirs.
     tokio::task::yield_now().await;
-    for (shard, checks) in outbox.take().into_iter().enumerate() {
+    for (shard, checks) in outbox.take(thread).into_iter().enumerate() {
         if checks.is_empty() {
             continue;
         }
@@ -222,6 +242,108 @@ mod tests {
                 assert!(call.await.expect("joined").expect("decided").accepted);
             }
         });
+    }
+
+    #[test]
+    fn each_threads_checks_travel_in_their_own_batches() {
+        // Two gRPC threads, each its own current-thread runtime, sharing one handle: a batch
+        // never mixes their checks, and every check is answered.
+        let (handle, inboxes) = handle(2);
+        let callers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|thread| {
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async {
+                        let calls: Vec<_> = (0..16)
+                            .map(|i| {
+                                let handle = handle.clone();
+                                let user = format!("{thread}{i}");
+                                tokio::spawn(async move { handle.check(flow(&user), None).await })
+                            })
+                            .collect();
+                        for call in calls {
+                            assert!(call.await.expect("joined").expect("decided").accepted);
+                        }
+                    });
+                })
+            })
+            .collect();
+        // Play the shards until every check was answered.
+        let mut answered = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while answered < 32 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{answered} of 32 checks sent"
+            );
+            for inbox in &inboxes {
+                let Ok(msg) = inbox.recv_timeout(std::time::Duration::from_millis(10)) else {
+                    continue;
+                };
+                let Inbound::CheckBatch {
+                    checks,
+                    answered: back,
+                } = msg
+                else {
+                    panic!("expected a check batch");
+                };
+                let threads: std::collections::BTreeSet<char> = checks
+                    .iter()
+                    .filter_map(|c| c.flow.labels[0].1.chars().next())
+                    .collect();
+                assert_eq!(threads.len(), 1, "one batch mixed threads: {threads:?}");
+                answered += checks.len();
+                let answers = checks.into_iter().map(|c| (c.reply, Ok(accepted())));
+                assert!(back.send(answers.collect()).is_ok(), "flush waits");
+            }
+        }
+        for caller in callers {
+            caller.join().expect("caller thread");
+        }
+    }
+
+    #[test]
+    fn a_flush_takes_only_the_checks_of_the_thread_that_scheduled_it() {
+        // Each thread queues two checks on the shared outbox; its runtime is not driven
+        // again, so the flushes they scheduled do not run and the queues stay as pushed.
+        let (handle, _inboxes) = handle(2);
+        let push_two = |name: &'static str| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                for i in 0..2 {
+                    let (reply, _answer) = tokio::sync::oneshot::channel();
+                    let check = QueuedCheck {
+                        flow: flow(&format!("{name}{i}")),
+                        deadline: None,
+                        reply,
+                    };
+                    let pushed = rt.block_on(handle.outbox.push(&handle, 0, check));
+                    assert!(pushed.is_ok());
+                }
+                std::thread::current().id()
+            })
+            .join()
+            .expect("pushing thread")
+        };
+        let (a, b) = (push_two("a"), push_two("b"));
+        let users = |thread| -> Vec<String> {
+            let taken = handle.outbox.take(thread);
+            taken
+                .into_iter()
+                .flatten()
+                .map(|c| c.flow.labels[0].1.clone())
+                .collect()
+        };
+        assert_eq!(users(b), ["b0", "b1"]);
+        assert_eq!(users(a), ["a0", "a1"]);
+        assert!(users(a).is_empty(), "taken once");
     }
 
     #[test]

@@ -280,6 +280,24 @@ cluster: { gossip: 127.0.0.1:7999 }
     }
 
     #[test]
+    fn grpc_threads_default_to_one_and_are_checked() {
+        assert_eq!(parse_str("", "x").unwrap().server.grpc_threads, 1);
+        assert_eq!(
+            parse_str("server: { grpc_threads: 4 }", "x")
+                .unwrap()
+                .server
+                .grpc_threads,
+            4
+        );
+        for bad in ["0", "65"] {
+            assert_eq!(
+                errors_of(&format!("server: {{ grpc_threads: {bad} }}")),
+                vec!["server.grpc_threads: must be from 1 to 64"]
+            );
+        }
+    }
+
+    #[test]
     fn admin_port_defaults_to_loopback_and_can_be_turned_off() {
         let c = parse_str("", "x").unwrap();
         assert_eq!(c.server.admin, Some("127.0.0.1:9090".parse().unwrap()));

@@ -9,6 +9,10 @@ use tollgate_policy::duration::ConfigDuration;
 use tollgate_policy::ShardLimits;
 use tollgate_protocol::MAX_API_KEY_LEN;
 
+/// Most threads `server.grpc_threads` may ask for: far above any core count a node gives
+/// the port; beyond it threads only add context switches.
+pub const MAX_GRPC_THREADS: usize = 64;
+
 /// Shards a node may run: at least one, and no more than 1,024 (far above any core count
 /// this runs on; bounds the channel mesh, which is quadratic in shards).
 pub const MAX_SHARDS: usize = 1024;
@@ -64,6 +68,12 @@ pub struct ServerConfig {
     pub cache: CacheConfig,
     /// Bounds on the gRPC port's connections (cap, handshake timeout).
     pub grpc_connections: ConnectionConfig,
+    /// Threads serving the gRPC port, each its own tokio runtime and listener on the same
+    /// address (SO_REUSEPORT: the kernel spreads connections over them). Default 1: one
+    /// thread's HTTP/2 work keeps up with what the shards decide on small nodes; raise it
+    /// when that thread is the busy one (docs/grpc.md, "Threads"). 1 to
+    /// [`MAX_GRPC_THREADS`].
+    pub grpc_threads: usize,
     /// Open binary connections per node beyond which new ones are closed at once.
     /// Default 10,000: far above what a service fleet needs, well below fd limits.
     pub max_connections: usize,
@@ -128,6 +138,7 @@ impl Default for ServerConfig {
             binary_tls: None,
             cache: CacheConfig::default(),
             grpc_connections: ConnectionConfig::default(),
+            grpc_threads: 1,
             max_connections: 10_000,
             max_connections_per_peer: 1_000,
             idle_timeout: ConfigDuration(DEFAULT_IDLE_TIMEOUT),
@@ -238,6 +249,12 @@ impl ServerConfig {
         self.cache.validate(&join(at, "cache"), problems);
         self.grpc_connections
             .validate(&join(at, "grpc_connections"), problems);
+        if !(1..=MAX_GRPC_THREADS).contains(&self.grpc_threads) {
+            problems.at(
+                join(at, "grpc_threads"),
+                format!("must be from 1 to {MAX_GRPC_THREADS}"),
+            );
+        }
     }
 
     /// The node's cap on live buckets: `max_buckets`, else [`default_max_buckets`].

@@ -100,7 +100,7 @@ pub fn start_local(yaml: &str, delay: Option<Duration>) -> LocalServer {
     let backend = Arc::new(LocalBackend::new(engine, delay));
     let entered = backend.entered.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let handle = tollgate_grpc::start(listener, &settings, backend.clone()).unwrap();
+    let handle = tollgate_grpc::start(vec![listener], &settings, backend.clone()).unwrap();
     LocalServer {
         handle,
         entered,
