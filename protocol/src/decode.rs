@@ -332,19 +332,16 @@ pub fn frame_len(buf: &[u8], max_frame_len: u32) -> Result<Option<usize>, Decode
 }
 
 /// The header fields after the length prefix.
-pub(crate) struct Header<'a> {
-    pub(crate) opcode: u8,
-    pub(crate) flags: u8,
-    pub(crate) request_id: u32,
-    pub(crate) body: &'a [u8],
-    pub(crate) total: usize,
+struct Header<'a> {
+    opcode: u8,
+    flags: u8,
+    request_id: u32,
+    body: &'a [u8],
+    total: usize,
 }
 
 #[inline]
-pub(crate) fn split_frame(
-    buf: &[u8],
-    max_frame_len: u32,
-) -> Result<Option<Header<'_>>, DecodeError> {
+fn split_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Header<'_>>, DecodeError> {
     let Some(total) = frame_len(buf, max_frame_len)? else {
         return Ok(None);
     };
@@ -369,7 +366,7 @@ pub(crate) fn split_frame(
     }))
 }
 
-pub(crate) fn body_error(h: &Header<'_>, code: ErrorCode, reason: Reason) -> DecodeError {
+fn body_error(h: &Header<'_>, code: ErrorCode, reason: Reason) -> DecodeError {
     DecodeError::Body {
         code,
         reason,
@@ -379,13 +376,18 @@ pub(crate) fn body_error(h: &Header<'_>, code: ErrorCode, reason: Reason) -> Dec
     }
 }
 
-/// Decodes one client → server frame from the front of `buf`.
-///
-/// `Ok(None)`: `buf` does not hold a whole frame yet (read more and call again). On
-/// [`DecodeError::Body`] skip `frame_len` bytes and continue; on [`DecodeError::Framing`]
-/// close. Performs no heap allocation.
+/// The frame at the front of `buf`, its body read by `body`: the checks every decoder of this
+/// crate makes around a body, in one place. `Ok(None)` until `buf` holds the whole frame; the
+/// reserved flags must be zero; `body` gets the opcode and a reader over exactly the body, and
+/// answers `None` for an opcode it does not know (`UNKNOWN_OPCODE`) or the body read, which
+/// must consume every byte (`MALFORMED_FRAME` otherwise, as for any reason it fails with).
+/// Returns the request id, what `body` read, and the frame's length.
 #[inline]
-pub fn decode_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Decoded<'_>>, DecodeError> {
+pub(crate) fn decode_with<'a, T>(
+    buf: &'a [u8],
+    max_frame_len: u32,
+    body: impl FnOnce(u8, &mut Reader<'a>) -> Option<Result<T, Reason>>,
+) -> Result<Option<(u32, T, usize)>, DecodeError> {
     let Some(h) = split_frame(buf, max_frame_len)? else {
         return Ok(None);
     };
@@ -397,22 +399,38 @@ pub fn decode_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Decoded<'_>
         ));
     }
     let mut r = Reader::new(h.body);
-    let frame = match h.opcode {
-        opcode::CHECK => check_body(&mut r).map(Frame::Check),
-        opcode::CHECK_BATCH => batch_body(&mut r).map(Frame::CheckBatch),
-        opcode::INTERN => intern_body(&mut r),
-        opcode::HELLO => hello_body(&mut r).map(Frame::Hello),
-        opcode::MEMBERS => Ok(Frame::Members),
-        opcode::PING => r.bytes(r.remaining(), "unreachable").map(Frame::Ping),
-        opcode::FLOW_END => flow_end_body(&mut r).map(Frame::FlowEnd),
-        _ => return Err(body_error(&h, ErrorCode::UnknownOpcode, "unknown opcode")),
-    }
-    .and_then(|f| r.finish().map(|()| f))
-    .map_err(|reason| body_error(&h, ErrorCode::MalformedFrame, reason))?;
-    Ok(Some(Decoded {
-        request_id: h.request_id,
+    let Some(read) = body(h.opcode, &mut r) else {
+        return Err(body_error(&h, ErrorCode::UnknownOpcode, "unknown opcode"));
+    };
+    let read = read
+        .and_then(|v| r.finish().map(|()| v))
+        .map_err(|reason| body_error(&h, ErrorCode::MalformedFrame, reason))?;
+    Ok(Some((h.request_id, read, h.total)))
+}
+
+/// Decodes one client → server frame from the front of `buf`.
+///
+/// `Ok(None)`: `buf` does not hold a whole frame yet (read more and call again). On
+/// [`DecodeError::Body`] skip `frame_len` bytes and continue; on [`DecodeError::Framing`]
+/// close. Performs no heap allocation.
+#[inline]
+pub fn decode_frame(buf: &[u8], max_frame_len: u32) -> Result<Option<Decoded<'_>>, DecodeError> {
+    let decoded = decode_with(buf, max_frame_len, |opcode, r| {
+        Some(match opcode {
+            opcode::CHECK => check_body(r).map(Frame::Check),
+            opcode::CHECK_BATCH => batch_body(r).map(Frame::CheckBatch),
+            opcode::INTERN => intern_body(r),
+            opcode::HELLO => hello_body(r).map(Frame::Hello),
+            opcode::MEMBERS => Ok(Frame::Members),
+            opcode::PING => r.bytes(r.remaining(), "unreachable").map(Frame::Ping),
+            opcode::FLOW_END => flow_end_body(r).map(Frame::FlowEnd),
+            _ => return None,
+        })
+    })?;
+    Ok(decoded.map(|(request_id, frame, len)| Decoded {
+        request_id,
         frame,
-        len: h.total,
+        len,
     }))
 }
 
@@ -524,35 +542,24 @@ pub fn decode_reply(
     max_frame_len: u32,
     version: ProtocolVersion,
 ) -> Result<Option<DecodedReply>, DecodeError> {
-    let Some(h) = split_frame(buf, max_frame_len)? else {
-        return Ok(None);
-    };
-    if h.flags != 0 {
-        return Err(body_error(
-            &h,
-            ErrorCode::MalformedFrame,
-            "reserved header flags must be zero",
-        ));
-    }
-    let mut r = Reader::new(h.body);
-    let reply = match h.opcode {
-        opcode::CHECK_REPLY => check_reply_body(&mut r, version).map(Reply::Check),
-        opcode::BATCH_REPLY => batch_reply_body(&mut r, version).map(Reply::Batch),
-        opcode::FLOW_END_REPLY => flow_end_reply_body(&mut r).map(Reply::FlowEnd),
-        opcode::HELLO_REPLY => hello_reply_body(&mut r).map(Reply::Hello),
-        opcode::MEMBERS_REPLY => members_body(&mut r, version).map(Reply::Members),
-        opcode::PONG => r
-            .bytes(r.remaining(), "unreachable")
-            .map(|p| Reply::Pong(p.to_vec())),
-        opcode::ERROR => error_body(&mut r).map(Reply::Error),
-        _ => return Err(body_error(&h, ErrorCode::UnknownOpcode, "unknown opcode")),
-    }
-    .and_then(|f| r.finish().map(|()| f))
-    .map_err(|reason| body_error(&h, ErrorCode::MalformedFrame, reason))?;
-    Ok(Some(DecodedReply {
-        request_id: h.request_id,
+    let decoded = decode_with(buf, max_frame_len, |opcode, r| {
+        Some(match opcode {
+            opcode::CHECK_REPLY => check_reply_body(r, version).map(Reply::Check),
+            opcode::BATCH_REPLY => batch_reply_body(r, version).map(Reply::Batch),
+            opcode::FLOW_END_REPLY => flow_end_reply_body(r).map(Reply::FlowEnd),
+            opcode::HELLO_REPLY => hello_reply_body(r).map(Reply::Hello),
+            opcode::MEMBERS_REPLY => members_body(r, version).map(Reply::Members),
+            opcode::PONG => r
+                .bytes(r.remaining(), "unreachable")
+                .map(|p| Reply::Pong(p.to_vec())),
+            opcode::ERROR => error_body(r).map(Reply::Error),
+            _ => return None,
+        })
+    })?;
+    Ok(decoded.map(|(request_id, reply, len)| DecodedReply {
+        request_id,
         reply,
-        len: h.total,
+        len,
     }))
 }
 

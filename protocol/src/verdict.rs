@@ -16,8 +16,8 @@
 
 use crate::coding::{Reader, Reason};
 use crate::decode::{
-    body_error, check_reply_with, error_ref, flow_end_reply_body, hello_reply_body, members_body,
-    split_frame, MIN_BATCH_ITEM_LEN,
+    check_reply_with, decode_with, error_ref, flow_end_reply_body, hello_reply_body, members_body,
+    MIN_BATCH_ITEM_LEN,
 };
 use crate::error::DecodeError;
 use crate::frame::{opcode, ErrorCode, MAX_BATCH};
@@ -142,37 +142,26 @@ pub fn decode_verdict(
     max_frame_len: u32,
     version: ProtocolVersion,
 ) -> Result<Option<DecodedVerdict<'_>>, DecodeError> {
-    let Some(h) = split_frame(buf, max_frame_len)? else {
-        return Ok(None);
-    };
-    if h.flags != 0 {
-        return Err(body_error(
-            &h,
-            ErrorCode::MalformedFrame,
-            "reserved header flags must be zero",
-        ));
-    }
-    let mut r = Reader::new(h.body);
-    let verdict = match h.opcode {
-        opcode::CHECK_REPLY => {
-            check_reply_with(&mut r, version, drop).map(|(d, _, _)| Verdict::Check(accepted(d)))
-        }
-        opcode::BATCH_REPLY => batch(&mut r, version).map(Verdict::Batch),
-        opcode::FLOW_END_REPLY => flow_end_reply_body(&mut r).map(|_| Verdict::Other(h.opcode)),
-        opcode::HELLO_REPLY => hello_reply_body(&mut r).map(|_| Verdict::Other(h.opcode)),
-        opcode::MEMBERS_REPLY => members_body(&mut r, version).map(|_| Verdict::Other(h.opcode)),
-        opcode::PONG => r.bytes(r.remaining(), "unreachable").map(Verdict::Pong),
-        opcode::ERROR => {
-            error_ref(&mut r).map(|(code, message)| Verdict::Error(ErrorRef { code, message }))
-        }
-        _ => return Err(body_error(&h, ErrorCode::UnknownOpcode, "unknown opcode")),
-    }
-    .and_then(|v| r.finish().map(|()| v))
-    .map_err(|reason| body_error(&h, ErrorCode::MalformedFrame, reason))?;
-    Ok(Some(DecodedVerdict {
-        request_id: h.request_id,
+    let decoded = decode_with(buf, max_frame_len, |opcode, r| {
+        Some(match opcode {
+            opcode::CHECK_REPLY => {
+                check_reply_with(r, version, drop).map(|(d, _, _)| Verdict::Check(accepted(d)))
+            }
+            opcode::BATCH_REPLY => batch(r, version).map(Verdict::Batch),
+            opcode::FLOW_END_REPLY => flow_end_reply_body(r).map(|_| Verdict::Other(opcode)),
+            opcode::HELLO_REPLY => hello_reply_body(r).map(|_| Verdict::Other(opcode)),
+            opcode::MEMBERS_REPLY => members_body(r, version).map(|_| Verdict::Other(opcode)),
+            opcode::PONG => r.bytes(r.remaining(), "unreachable").map(Verdict::Pong),
+            opcode::ERROR => {
+                error_ref(r).map(|(code, message)| Verdict::Error(ErrorRef { code, message }))
+            }
+            _ => return None,
+        })
+    })?;
+    Ok(decoded.map(|(request_id, verdict, len)| DecodedVerdict {
+        request_id,
         verdict,
-        len: h.total,
+        len,
     }))
 }
 
