@@ -85,20 +85,20 @@ fi
 "$BODIES" "$OUT"
 
 
-bench_config "$OUT/tollgate.yaml" "{ listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: $SHARDS }" "$LIMIT" "$LIMIT"
-RUST_LOG=info "$TOLLGATE" serve --config "$OUT/tollgate.yaml" 2> "$OUT/tollgate.log" &
-TOLLGATE_PID=$!
-PIDS+=("$TOLLGATE_PID")
-READY="$(wait_line "$OUT/tollgate.log" "tollgate ready")"
-TG_GRPC="$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$READY")"
+# start_tollgate NAME SERVER: a Tollgate whose `server:` line is SERVER, with the bench's limit,
+# config and log in $OUT/NAME.*; sets STARTED_PID and STARTED_GRPC (its gRPC address).
+start_tollgate() {
+    bench_config "$OUT/$1.yaml" "$2" "$LIMIT" "$LIMIT"
+    RUST_LOG=info "$TOLLGATE" serve --config "$OUT/$1.yaml" 2> "$OUT/$1.log" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    STARTED_GRPC="$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$(wait_line "$OUT/$1.log" "tollgate ready")")"
+}
+start_tollgate tollgate "{ listen: 127.0.0.1:0, grpc: 127.0.0.1:0, shards: $SHARDS }"
+TOLLGATE_PID="$STARTED_PID" TG_GRPC="$STARTED_GRPC"
 log "tollgate gRPC on $TG_GRPC"
-
-bench_config "$OUT/tollgate2t.yaml" "{ listen: 127.0.0.1:0, grpc: 127.0.0.1:0, admin: off, shards: $SHARDS, grpc_threads: $THREADS2 }" "$LIMIT" "$LIMIT"
-RUST_LOG=info "$TOLLGATE" serve --config "$OUT/tollgate2t.yaml" 2> "$OUT/tollgate2t.log" &
-TOLLGATE2_PID=$!
-PIDS+=("$TOLLGATE2_PID")
-READY="$(wait_line "$OUT/tollgate2t.log" "tollgate ready")"
-TG2_GRPC="$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$READY")"
+start_tollgate tollgate2t "{ listen: 127.0.0.1:0, grpc: 127.0.0.1:0, admin: off, shards: $SHARDS, grpc_threads: $THREADS2 }"
+TOLLGATE2_PID="$STARTED_PID" TG2_GRPC="$STARTED_GRPC"
 log "tollgate gRPC on $THREADS2 threads on $TG2_GRPC"
 
 "$FLOOR" 127.0.0.1:0 > "$OUT/floor.log" 2>&1 &
