@@ -395,9 +395,10 @@ fn server_error(e: ErrorRef<'_>) -> String {
 /// The connection (shard port), of `sockets`, that request slot `r` of the connection slot
 /// whose first task number is `stripe` pings once the slot has had `n` replies. `stripe + r`
 /// numbers the request slot across the whole run, so the slots start on different shards;
-/// `+ n` moves a slot on to the next shard at every reply (at depth 1, at every ping). Without it, at depth 1 a connection slot (and the
-/// load thread that runs it: slot `c` runs on thread `c % threads`) would only ever ping one
-/// shard, a pairing of load thread and shard that checks, routed by their key, never get.
+/// `+ n` moves a slot on to the next shard at every reply (at depth 1, at every ping).
+/// Without it, at depth 1 a connection slot (and the load thread that runs it: slot `c` runs
+/// on thread `c % threads`) would only ever ping one shard, a pairing of load thread and
+/// shard that checks, routed by their key, never get.
 fn ping_socket(stripe: usize, r: usize, n: u64, sockets: usize) -> usize {
     let sockets = sockets.max(1);
     (stripe % sockets + r % sockets + (n % sockets as u64) as usize) % sockets
@@ -950,5 +951,52 @@ mod ping_tests {
         assert_eq!(ping_socket(3, 5, 7, 1), 0);
         assert_eq!(ping_socket(3, 5, 7, 0), 0);
         assert_eq!(ping_socket(usize::MAX, usize::MAX, u64::MAX, 2), 1);
+    }
+}
+
+#[cfg(test)]
+mod frame_verdicts_tests {
+    use super::FrameVerdicts;
+    use tollgate_protocol::{
+        decode_verdict, encode_batch_reply, BatchItem, CheckReply, Decision, DecisionReason,
+        ErrorCode, ErrorReply, ProtocolVersion, Verdict, DEFAULT_MAX_FRAME_LEN,
+    };
+
+    #[test]
+    fn a_batch_reply_keeps_each_items_verdict_across_words() {
+        // 70 items (two words of bits): every third admitted, every seventh failed.
+        let reply = |decision| CheckReply {
+            decision,
+            reason: DecisionReason::None,
+            wait_ns: 0,
+            limiters: Default::default(),
+        };
+        let items: Vec<BatchItem> = (0..70)
+            .map(|i| match (i % 7, i % 3) {
+                (0, _) => BatchItem::Error(ErrorReply {
+                    code: ErrorCode::MalformedFrame,
+                    message: format!("item {i}"),
+                }),
+                (_, 0) => BatchItem::Reply(reply(Decision::Accepted)),
+                _ => BatchItem::Reply(reply(Decision::Rejected)),
+            })
+            .collect();
+        let mut frame = Vec::new();
+        encode_batch_reply(&mut frame, 1, &items, ProtocolVersion::LATEST).expect("encode");
+        let d = decode_verdict(&frame, DEFAULT_MAX_FRAME_LEN, ProtocolVersion::LATEST)
+            .expect("valid")
+            .expect("whole");
+        let Verdict::Batch(batch) = d.verdict else {
+            panic!("not a batch: {:?}", d.verdict);
+        };
+        let v = FrameVerdicts::new(batch);
+        assert_eq!(v.len, 70);
+        for i in 0..70 {
+            assert_eq!(v.admitted(i), i % 7 != 0 && i % 3 == 0, "item {i}");
+        }
+        assert!(!v.admitted(70), "past the end");
+        let failed: Vec<usize> = (0..70).filter(|i| i % 7 == 0).collect();
+        assert_eq!(v.errors.len(), failed.len());
+        assert!(v.errors[1].ends_with("item 7"), "{:?}", v.errors[1]);
     }
 }
