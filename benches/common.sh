@@ -23,6 +23,19 @@ cpu_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
+# CPU seconds (user + system) of each thread of process $1 so far, as `name=seconds` words, one
+# per thread (a name may repeat: several threads can share one).
+thread_cpu_seconds() {
+    local hz task
+    hz="$(getconf CLK_TCK)"
+    for task in /proc/"$1"/task/*; do
+        # The fields after the name's closing parenthesis: utime and stime are the 12th and 13th.
+        awk -v hz="$hz" -v name="$(cat "$task/comm" 2>/dev/null)" \
+            '{ sub(/^.*\) /, ""); split($0, f, " "); printf "%s=%.2f ", name, (f[12] + f[13]) / hz }' \
+            "$task/stat" 2>/dev/null
+    done
+}
+
 # bench_config FILE SERVER CAPACITY FILL: writes a config with the `server:` line SERVER (a
 # flow mapping) and the one policy every end-to-end bench enforces: CAPACITY tokens per user,
 # FILL more every second, on control point `bench`.

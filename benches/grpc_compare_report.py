@@ -20,6 +20,23 @@ TARGET_FLOOR = 0.8
 TARGET_CHECK_VS_RLS = 0.9
 
 
+# Tollgate's threads by the name they are given: the gRPC port's tokio threads
+# (`tollgate-grpc-N`), the shards (`shard-N-CPU`; glommio's helper threads share the name),
+# and the rest (the main thread, the admin and gossip threads).
+THREAD_GROUPS = ("grpc", "shards", "rest")
+
+
+def thread_groups(words):
+    """CPU seconds per thread group from a `thread cpu` line of `name=seconds` words."""
+    groups = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for word in words.split():
+        name, _, seconds = word.rpartition("=")
+        group = ("grpc" if name.startswith("tollgate-grpc") else
+                 "shards" if name.startswith("shard-") else "rest")
+        groups[group] += float(seconds)
+    return groups
+
+
 def parse_h2load(path):
     """One h2load run: requests per second, requests done / failed / errored, data bytes per
     response (a gRPC error is a trailers-only answer: no message bytes), load averages."""
@@ -31,6 +48,7 @@ def parse_h2load(path):
     traffic = re.search(r"^traffic: .*, [\d.]+\w* \((\d+)\) data", text, re.M)
     loads = re.findall(r"^loadavg (?:before|after): (.*)$", text, re.M)
     cpu = [float(x) for x in re.findall(r"^server cpu (?:before|after): ([\d.]+)$", text, re.M)]
+    threads = [thread_groups(x) for x in re.findall(r"^thread cpu (?:before|after): (.*)$", text, re.M)]
     if not finished or not requests:
         return None
     # The server's CPU covers the warm-up too: spread it over the requests of the whole window
@@ -38,6 +56,8 @@ def parse_h2load(path):
     window_s = float(os.environ["SECONDS_PER_RUN"]) + float(os.environ["WARMUP_SECONDS"])
     served = float(finished.group(1)) * window_s
     cpu_us = (cpu[1] - cpu[0]) * 1e6 / served if len(cpu) == 2 and served > 0 else None
+    thread_cpu_us = ({group: (threads[1].get(group, 0.0) - threads[0].get(group, 0.0)) * 1e6 / served
+                      for group in THREAD_GROUPS} if len(threads) == 2 and served > 0 else None)
     done = int(requests.group(3))
     data = int(traffic.group(1)) if traffic else 0
     per_request = {}
@@ -56,6 +76,7 @@ def parse_h2load(path):
         "errored": int(requests.group(6)),
         "data_bytes_per_response": data / done if done else 0.0,
         "server_cpu_us_per_request": cpu_us,
+        "thread_cpu_us_per_request": thread_cpu_us,
         "loadavg": loads,
     }
 
@@ -197,12 +218,46 @@ for call, call_label in CALLS:
                         f"{fx(ratio(t2, t1))} | {fx(ratio(t2, lim))} | {us(fc)} / {us(tc)} |")
 t2_table = "\n".join(t2_lines)
 
+# Where Tollgate's CPU goes per request, by thread (no target): its share on the gRPC thread(s)
+# against the floor's whole process, and the shards' sleeps that the hop costs.
+def sleeps(name):
+    r = h2.get(name)
+    return r["perf_per_request"].get("membarrier") if r and r["perf_per_request"] else None
+
+
+def num(x, digits=1):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+split_rows = []
+split_lines = ["| call, h2load shape | floor, whole process | Tollgate: gRPC thread / shards / rest "
+               "| Tollgate's shard sleeps per request | floor on shards: sleeps per request | "
+               f"Tollgate, {threads2} threads: gRPC threads / shards / rest |",
+               "|---|---:|---:|---:|---:|---:|"]
+have_split = False
+for call, call_label in CALLS:
+    for shape, shape_label in SHAPES:
+        t1, t2 = h2.get(f"tollgate-{call}-{shape}"), h2.get(f"tollgate2t-{call}-{shape}")
+        s1 = t1["thread_cpu_us_per_request"] if t1 else None
+        s2 = t2["thread_cpu_us_per_request"] if t2 else None
+        have_split = have_split or bool(s1 or s2)
+        fmt = lambda s: "n/a" if not s else " / ".join(f"{s[g]:.1f}" for g in THREAD_GROUPS)
+        split_rows.append({"call": call, "shape": shape, "floor_cpu_us": cpu_us(f"floor-{call}-{shape}"),
+                           "tollgate_thread_cpu_us": s1, "tollgate2t_thread_cpu_us": s2,
+                           "tollgate_shard_sleeps": sleeps(f"tollgate-{call}-{shape}"),
+                           "shardfloor_sleeps": sleeps(f"shardfloor-{call}-{shape}")})
+        split_lines.append(f"| {call_label}, {shape_label} | {us(cpu_us(f'floor-{call}-{shape}'))} | "
+                           f"{fmt(s1)} | {num(sleeps(f'tollgate-{call}-{shape}'), 3)} | "
+                           f"{num(sleeps(f'shardfloor-{call}-{shape}'), 3)} | {fmt(s2)} |")
+split_table = "\n".join(split_lines) if have_split else "(no per-thread CPU figures in this run)"
+
 meta = {k: os.environ.get(k, "") for k in (
     "MEASURED_AT", "GIT_REV", "LOADAVG_START", "LOADAVG_END", "SHARDS", "REPEAT",
     "SECONDS_PER_RUN", "WARMUP_SECONDS", "LIMITADOR_NOTE", "H2LOAD_VERSION")}
 with open(f"{OUT}/grpc.json", "w") as f:
     json.dump({"meta": meta, "h2load": h2, "loadgen": lg, "rows": rows, "loadgen_rows": lg_rows,
-               "shard_floor_rows": shard_rows, "threads2_rows": t2_rows, "targets": targets},
+               "shard_floor_rows": shard_rows, "threads2_rows": t2_rows, "thread_split_rows": split_rows,
+               "targets": targets},
               f, indent=2)
 
 lines = []
@@ -250,6 +305,8 @@ print(table)
 print()
 print(perf_table)
 print()
+print(split_table)
+print()
 print(lg_table)
 print()
 print(sf_table)
@@ -284,6 +341,15 @@ What each server did per request over the same runs (`perf stat`, whole process;
 best run of each row):
 
 {perf_table}
+
+Where Tollgate's CPU goes, by thread (µs per request, from each thread's CPU time over the
+same runs). The floor's whole process is beside it: HTTP/2 and tonic cost Tollgate's gRPC thread
+what they cost the floor, so the gRPC thread's excess over it is the handler and the hop's
+sending side, and the shards' figure is the decision and the hop's receiving side. A shard
+sleeps (glommio's executor parks) whenever it has nothing to run and is woken by the next
+batch; each sleep is one `membarrier` call, counted by `perf stat`.
+
+{split_table}
 
 The loadgen's own gRPC driver (`tollgate-loadgen --target grpc://...`, tonic client, uniform over
 1M users) against the same two servers:
