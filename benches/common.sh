@@ -24,13 +24,13 @@ cpu_seconds() {
 }
 
 # CPU seconds (user + system) of each thread of process $1 so far, as `name=seconds` words, one
-# per thread (a name may repeat: several threads can share one).
+# per thread (a name may repeat: several threads can share one; spaces in a name become `_`).
 thread_cpu_seconds() {
     local hz task
     hz="$(getconf CLK_TCK)"
     for task in /proc/"$1"/task/*; do
         # The fields after the name's closing parenthesis: utime and stime are the 12th and 13th.
-        awk -v hz="$hz" -v name="$(cat "$task/comm" 2>/dev/null)" \
+        awk -v hz="$hz" -v name="$(tr ' ' _ < "$task/comm" 2>/dev/null)" \
             '{ sub(/^.*\) /, ""); split($0, f, " "); printf "%s=%.2f ", name, (f[12] + f[13]) / hz }' \
             "$task/stat" 2>/dev/null
     done

@@ -29,8 +29,8 @@ THREAD_GROUPS = ("grpc", "shards", "rest")
 def thread_groups(words):
     """CPU seconds per thread group from a `thread cpu` line of `name=seconds` words."""
     groups = dict.fromkeys(THREAD_GROUPS, 0.0)
-    for word in words.split():
-        name, _, seconds = word.rpartition("=")
+    # A thread's name may hold spaces (another server's threads), never `=`.
+    for name, seconds in re.findall(r"([^=]+?)=(\d+(?:\.\d+)?)\s*", words):
         group = ("grpc" if name.startswith("tollgate-grpc") else
                  "shards" if name.startswith("shard-") else "rest")
         groups[group] += float(seconds)
