@@ -225,8 +225,12 @@ def sleeps(name):
     return r["perf_per_request"].get("membarrier") if r and r["perf_per_request"] else None
 
 
-def num(x, digits=1):
-    return "n/a" if x is None else f"{x:.{digits}f}"
+def per_request(x):
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def by_thread(split):
+    return "n/a" if not split else " / ".join(f"{split[g]:.1f}" for g in THREAD_GROUPS)
 
 
 split_rows = []
@@ -241,14 +245,13 @@ for call, call_label in CALLS:
         s1 = t1["thread_cpu_us_per_request"] if t1 else None
         s2 = t2["thread_cpu_us_per_request"] if t2 else None
         have_split = have_split or bool(s1 or s2)
-        fmt = lambda s: "n/a" if not s else " / ".join(f"{s[g]:.1f}" for g in THREAD_GROUPS)
         split_rows.append({"call": call, "shape": shape, "floor_cpu_us": cpu_us(f"floor-{call}-{shape}"),
                            "tollgate_thread_cpu_us": s1, "tollgate2t_thread_cpu_us": s2,
                            "tollgate_shard_sleeps": sleeps(f"tollgate-{call}-{shape}"),
                            "shardfloor_sleeps": sleeps(f"shardfloor-{call}-{shape}")})
         split_lines.append(f"| {call_label}, {shape_label} | {us(cpu_us(f'floor-{call}-{shape}'))} | "
-                           f"{fmt(s1)} | {num(sleeps(f'tollgate-{call}-{shape}'), 3)} | "
-                           f"{num(sleeps(f'shardfloor-{call}-{shape}'), 3)} | {fmt(s2)} |")
+                           f"{by_thread(s1)} | {per_request(sleeps(f'tollgate-{call}-{shape}'))} | "
+                           f"{per_request(sleeps(f'shardfloor-{call}-{shape}'))} | {by_thread(s2)} |")
 split_table = "\n".join(split_lines) if have_split else "(no per-thread CPU figures in this run)"
 
 meta = {k: os.environ.get(k, "") for k in (
