@@ -15,7 +15,9 @@
 #   - Limitador (Kuadrant's limitador-server, in-memory storage, the same limit) when
 #     LIMITADOR names its binary; the row is skipped with a note otherwise;
 # plus the loadgen's own gRPC driver (tonic client, uniform over 1M users) against Tollgate and
-# the floor. Each h2load figure is the best of REPEAT runs, the targets interleaved so that a
+# the floor. For every h2load run it also keeps each server thread's CPU time (Tollgate's split
+# into its gRPC threads, its shards and the rest) and, with perf, the shards' sleeps. Each
+# h2load figure is the best of REPEAT runs, the targets interleaved so that a
 # neighbour's burst on the shared machine hits all of them alike.
 #
 # h2load sends one request body for every request (`grpc_bodies` writes them at bench time), so
