@@ -68,11 +68,11 @@ BENCHES = [
      "decision_10K_keys/baseline: hashbrown lookup + increment", 1),
     ("t10k", "decision, 10K keys (in cache): store.take", "decision_10K_keys/store.take (hash + lookup + update)",
      "decision_10K_keys/baseline: hashbrown lookup + increment", 1),
-    ("b1m", "decision, 1M keys, batch of 64 (per batch): prefetch pass + take pass", "decision_1M_keys/batch of 64: store.prefetch x64, then store.take x64",
+    ("b1m", "decision, 1M keys, batch of 64 (per batch): prefetch pass + take pass", "decision_1M_keys/batch of 64: hashes, store.prefetch_batch, then store.take x64",
      "decision_1M_keys/baseline: hashbrown lookup + increment x64", 1),
     ("n1m", "decision, 1M keys, batch of 64 (per batch): take pass only, no prefetch", "decision_1M_keys/batch of 64: store.take x64, no prefetch",
      "decision_1M_keys/baseline: hashbrown lookup + increment x64", 1),
-    ("b10k", "decision, 10K keys, batch of 64 (per batch): prefetch pass + take pass", "decision_10K_keys/batch of 64: store.prefetch x64, then store.take x64",
+    ("b10k", "decision, 10K keys, batch of 64 (per batch): prefetch pass + take pass", "decision_10K_keys/batch of 64: hashes, store.prefetch_batch, then store.take x64",
      "decision_10K_keys/baseline: hashbrown lookup + increment x64", 1),
     ("ins", "new key (insert path), per key", "decision_insert/new key (insert path)", None, 512),
     ("codec", "CHECK decode + label walk + CHECK_REPLY encode", "codec/decode CHECK + walk labels + encode CHECK_REPLY",
@@ -149,12 +149,14 @@ math, insert-or-get) is long enough to stop that overlap. The 10K-key rows keep 
 the ~100 ns a decision costs once its bucket is cached. In the server, popular keys stay cached (zipf rows of the
 end-to-end section), and a request's own network round trip dwarfs either figure.
 
-Batch decision rows (`decision.rs`, `batch of 64`, per batch): a `CHECK_BATCH`'s path is a
-prefetch pass (`BucketStore::prefetch`: hash, segment, load the control byte where hashbrown
-starts probing and prefetch that bucket's entry) over its 64 keys, then the take pass, so the 64
-DRAM misses overlap. The baseline is a bare hashbrown lookup-and-increment of the same 64 keys;
-the row without the prefetch pass shows what the pass buys. The server does the same for a batch
-(end-to-end section, "CHECK_BATCH at 1M keys").
+Batch decision rows (`decision.rs`, `batch of 64`, per batch): a `CHECK_BATCH`'s path as the
+server runs it: the 64 keys' bucket hashes (`BucketStore::bucket_hash`; the server collects
+them while it plans), then `BucketStore::prefetch_batch` in two short loops (each probe start:
+segment, the control byte where hashbrown starts probing, that bucket's entry; then each key's
+first tag match in its now-arriving control group, the entry a lookup will stop at), then the
+take pass, so the 64 DRAM misses overlap. The baseline is a bare hashbrown lookup-and-increment
+of the same 64 keys; the row without the prefetch pass shows what the pass buys (end-to-end
+section, "CHECK_BATCH at 1M keys").
 
 gRPC handler rows (`grpc_handler.rs`): one request message decoded, awaited through the
 service's handler on a current-thread tokio runtime, and its answer encoded, as the compat port

@@ -64,17 +64,23 @@ fn decision(c: &mut Criterion) {
                 black_box(store.take(&engine, id, keys[order[i]].as_str(), Tokens::ONE, now));
             })
         });
-        // A CHECK_BATCH's decision path: 64 keys, each bucket prefetched first, then each
-        // taken (the server's two passes); and the same 64 takes without the prefetch pass.
+        // A CHECK_BATCH's decision path as the server runs it: the 64 keys' bucket hashes
+        // (the server collects them while it plans), the batch's buckets prefetched, then
+        // each taken; and the same 64 takes without the prefetch pass.
+        let mut hashes = Vec::with_capacity(64);
         group.bench_function(
-            "batch of 64: store.prefetch x64, then store.take x64",
+            "batch of 64: hashes, store.prefetch_batch, then store.take x64",
             |b| {
                 b.iter(|| {
                     now += 100;
                     let batch = next_batch(&mut i, n);
-                    for j in batch.clone() {
-                        store.prefetch(id, keys[order[j]].as_str());
-                    }
+                    hashes.clear();
+                    hashes.extend(
+                        batch
+                            .clone()
+                            .map(|j| store.bucket_hash(id, keys[order[j]].as_str())),
+                    );
+                    store.prefetch_batch(&hashes);
                     for j in batch {
                         black_box(store.take(
                             &engine,

@@ -130,11 +130,7 @@ impl Shard {
     /// Starts loading the buckets at `hashes` into the cache (see
     /// [`tollgate_policy::BucketStore::bucket_hash`] for why in a loop of its own).
     pub fn prefetch_buckets(&self, hashes: &[BucketHash]) {
-        let state = self.state.borrow();
-        let store = state.store();
-        for &at in hashes {
-            store.prefetch_hashed(at);
-        }
+        self.state.borrow().store().prefetch_batch(hashes);
     }
 
     /// Plans a check where it arrived and decides as much as it can at once (see the
