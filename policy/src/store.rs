@@ -867,7 +867,8 @@ impl BucketStore {
     /// key's first tag match, the entry a lookup will most likely stop at. The first
     /// loop's misses overlap each other, and so do the second's; one loop doing both would
     /// wait for each control byte in turn. The second loop took a batch of 64 at 1M keys
-    /// from ~1.1x to ~0.95x a bare hashbrown lookup of the same keys (docs/performance.md).
+    /// from 11.3–11.6 µs to 10.0 µs in one criterion run, and the server's CPU per decision
+    /// in `CHECK_BATCH`es down 7% (docs/performance.md, section:binary-costs).
     ///
     /// [`bucket_hash`]: Self::bucket_hash
     /// [`take`]: Self::take
