@@ -231,10 +231,7 @@ impl<T> SegmentedTable<T> {
         // count (a power of two).
         let start = (hash as usize) & segment.table.num_buckets().wrapping_sub(1);
         if let Some(entry) = segment.table.get_bucket(start) {
-            let first = (entry as *const T).cast::<u8>();
-            prefetch_line(first);
-            // An entry may straddle two cache lines.
-            prefetch_line(first.wrapping_add(std::mem::size_of::<T>().saturating_sub(1)));
+            prefetch_entry(entry);
         }
     }
 
@@ -252,9 +249,7 @@ impl<T> SegmentedTable<T> {
         // An `eq` that reads no entry: the search stops at the first tag match, and only
         // that entry's address is used.
         if let Some(entry) = segment.table.find(hash, |_| true) {
-            let first = (entry as *const T).cast::<u8>();
-            prefetch_line(first);
-            prefetch_line(first.wrapping_add(std::mem::size_of::<T>().saturating_sub(1)));
+            prefetch_entry(entry);
         }
     }
 
@@ -506,8 +501,15 @@ impl<T> SegmentedTable<T> {
     }
 }
 
-/// An empty hashbrown table with room for `entries`, allocated fallibly (no allocation
-/// for 0).
+/// Asks the CPU to load the cache lines of `entry`: its first, and its last, since an entry
+/// may straddle two lines.
+#[inline(always)]
+fn prefetch_entry<T>(entry: &T) {
+    let first = std::ptr::from_ref(entry).cast::<u8>();
+    prefetch_line(first);
+    prefetch_line(first.wrapping_add(std::mem::size_of::<T>().saturating_sub(1)));
+}
+
 /// Asks the CPU to load the cache line holding `p`. A hint: it never faults, whatever `p`.
 #[inline(always)]
 fn prefetch_line(p: *const u8) {
@@ -521,6 +523,8 @@ fn prefetch_line(p: *const u8) {
     let _ = p;
 }
 
+/// An empty hashbrown table with room for `entries`, allocated fallibly (no allocation
+/// for 0).
 fn table_for<T>(entries: usize, rehash: impl Fn(&T) -> u64) -> Result<HashTable<T>, NoRoom> {
     let mut table = HashTable::new();
     table.try_reserve(entries, rehash).map_err(|_| NoRoom)?;
