@@ -15,9 +15,9 @@
 //! 3. [`Engine::plan`] turns a flow (control point + labels + optional [`Tokens`]) into the
 //!    buckets it must take from: one [`engine::PlannedTake`] per matching limiter. A cost
 //!    from a label is checked there, once, into [`Tokens`] (finite, never negative).
-//! 4. A [`BucketStore`] (one per shard, single-threaded) takes tokens:
-//!    [`BucketStore::take_group`] returns per-limiter outcomes, handing tokens back when
-//!    one limiter rejects; [`Decision::from_outcomes`] combines them.
+//! 4. A [`ShardState`] (one per shard, single-threaded, its buckets in a [`BucketStore`])
+//!    takes tokens: [`ShardState::take_group`] returns per-limiter outcomes, handing tokens
+//!    back when one limiter rejects; [`Decision::from_outcomes`] combines them.
 //!
 //! # Layout
 //! - [`duration`]: `50ms` / `3600s` parsing for config.

@@ -13,7 +13,7 @@
 //! stored key hashes, so the hot path allocates only when a new long key appears.
 //!
 //! What a client can make the store consume is bounded, and no step is long:
-//! - **Growth in small steps.** Each table is segmented ([`segments`]): a growth step splits
+//! - **Growth in small steps.** Each table is segmented (`store/segments.rs`): a growth step splits
 //!   one segment of at most a few thousand entries, never the whole table.
 //! - **A cap on live buckets** ([`BucketStore::set_max_buckets`]). At the cap a new key first
 //!   evicts one bucket *of the segment it goes to*, found in a bounded sample: the first
@@ -33,7 +33,7 @@
 //!
 //! # Layout
 //! - this file: [`BucketStore`], its keys, the keep and eviction rules.
-//! - [`segments`]: the segmented hash table (extendible hashing over hashbrown tables).
+//! - `store/segments.rs`: the segmented hash table (extendible hashing over hashbrown tables).
 
 mod segments;
 
@@ -851,9 +851,9 @@ impl BucketStore {
     #[inline]
     fn prefetch_probe_start(&self, at: BucketHash) {
         if at.long {
-            self.long.entries.prefetch(at.hash);
+            self.long.entries.prefetch_probe_start(at.hash);
         } else {
-            self.short.entries.prefetch(at.hash);
+            self.short.entries.prefetch_probe_start(at.hash);
         }
     }
 

@@ -223,7 +223,7 @@ impl<T> SegmentedTable<T> {
     /// A hint only: it changes nothing, and a wrong guess (the key sits further along its
     /// probe sequence, or is absent) costs one wasted line.
     #[inline]
-    pub(crate) fn prefetch(&self, hash: u64) {
+    pub(crate) fn prefetch_probe_start(&self, hash: u64) {
         let Some(segment) = self.segment(self.segment_of(hash)) else {
             return;
         };
@@ -235,12 +235,14 @@ impl<T> SegmentedTable<T> {
         }
     }
 
-    /// The second step of a batch's prefetch, once [`prefetch`](Self::prefetch) of `hash`
+    /// The second step of a batch's prefetch, once [`prefetch_probe_start`] of `hash`
     /// has brought its probe start's control bytes in: the first entry along the probe
     /// sequence whose 7-bit tag matches `hash` (the key's own entry, unless another key
     /// shares its tag, 1 in 128) has its lines prefetched. Why: hashbrown puts a key in
     /// any free slot of its 16-slot group, 640 bytes of entries, so the probe start's
     /// entry is the key's only for a few keys in ten. A hint only: it changes nothing.
+    ///
+    /// [`prefetch_probe_start`]: Self::prefetch_probe_start
     #[inline]
     pub(crate) fn prefetch_tag_match(&self, hash: u64) {
         let Some(segment) = self.segment(self.segment_of(hash)) else {
