@@ -10,7 +10,7 @@ use crate::access::AccessArgs;
 use crate::accuracy::Limit;
 use crate::drivers::RedisBatch;
 use crate::keys::Distribution;
-use crate::run::{Op, RunConfig, Stop, DEFAULT_LIMIT};
+use crate::run::{Op, PingSpread, RunConfig, Stop, DEFAULT_LIMIT};
 use crate::scenario::Scenario;
 use crate::target::{Spread, Target};
 
@@ -91,6 +91,14 @@ pub struct RunArgs {
     /// binary protocol, Redis PING, echo), the IO floor to compare check latency with.
     #[arg(long, value_enum, default_value = "check")]
     pub mode: Op,
+    /// --mode ping against a tollgate target: which shard port each ping goes to. random
+    /// (default): a shard drawn per ping, as uniform keys spread checks (the IO floor of
+    /// uniform checks); rotate: each request slot moves on to the next shard at every reply,
+    /// which keeps the requests of one read's replies together on one shard (fuller reads and
+    /// sends than checks get). Closed loop over plain connections only: with TLS, API keys or
+    /// --rate, pings go to the shared port.
+    #[arg(long, value_enum)]
+    pub ping_spread: Option<PingSpread>,
     /// Control point of every check (the policy's selector).
     #[arg(long, default_value = "bench")]
     pub control_point: String,
@@ -189,6 +197,9 @@ pub struct RunArgs {
 impl RunArgs {
     /// The run these flags describe (reads the scenario file).
     pub fn to_config(&self) -> Result<RunConfig, String> {
+        if self.ping_spread.is_some() && self.mode != Op::Ping {
+            return Err("--ping-spread: applies to --mode ping only".into());
+        }
         let limit =
             if self.capacity.is_some() || self.fill_amount.is_some() || self.interval.is_some() {
                 Some(Limit {
@@ -219,6 +230,7 @@ impl RunArgs {
             targets: self.targets.clone(),
             spread: self.spread,
             op: self.mode,
+            ping_spread: self.ping_spread.unwrap_or(PingSpread::Random),
             control_point: self.control_point.clone(),
             label_key: self.label_key.clone(),
             key_prefix: self.key_prefix.clone(),
@@ -336,5 +348,23 @@ mod tests {
             Cli::try_parse_from(["tollgate-loadgen", "--duration", "1s", "--requests", "5"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn ping_spread_defaults_to_random_and_is_refused_for_checks() {
+        let run = |extra: &[&str]| {
+            let mut line = vec!["tollgate-loadgen", "--target", "tollgate://127.0.0.1:1"];
+            line.extend_from_slice(extra);
+            Cli::try_parse_from(line)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .run
+                .to_config()
+        };
+        let ping = run(&["--mode", "ping"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ping.ping_spread, PingSpread::Random);
+        let rotate = run(&["--mode", "ping", "--ping-spread", "rotate"]);
+        assert_eq!(rotate.map(|c| c.ping_spread), Ok(PingSpread::Rotate));
+        let err = run(&["--ping-spread", "rotate"]).err().unwrap_or_default();
+        assert!(err.contains("--ping-spread") && err.contains("--mode ping"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::accuracy::{AccuracyReport, Limit};
-use crate::run::{Op, RunConfig, Stop};
+use crate::run::{Op, PingSpread, RunConfig, Stop};
 use crate::stats::Tally;
 use crate::timeline::Detail;
 
@@ -36,6 +36,9 @@ pub struct ConfigEcho {
     pub spread: crate::target::Spread,
     /// `check` or `ping`.
     pub op: Op,
+    /// Pings: which shard each went to (`random` or `rotate`); absent for checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_spread: Option<PingSpread>,
     /// Control point.
     pub control_point: String,
     /// Key label.
@@ -81,6 +84,7 @@ impl ConfigEcho {
             targets: cfg.targets.iter().map(ToString::to_string).collect(),
             spread: cfg.spread,
             op: cfg.op,
+            ping_spread: (cfg.op == Op::Ping).then_some(cfg.ping_spread),
             control_point: cfg.control_point.clone(),
             label_key: cfg.label_key.clone(),
             key_prefix: cfg.key_prefix.clone(),

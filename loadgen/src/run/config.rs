@@ -29,6 +29,25 @@ pub enum Op {
     Ping,
 }
 
+/// Which of a connection slot's shard connections each ping goes to (`--ping-spread`).
+///
+/// Checks go to whichever shard owns their key; over uniform keys that is a shard drawn at
+/// random per check, so the replies one read brings are followed by requests to every shard.
+/// `Random` gives pings that same pattern, which is what makes them the IO floor of uniform
+/// checks. `Rotate` moves each request slot on to the next shard at every reply: with two
+/// shards the requests one read's replies call for mostly go to one shard together, a pattern
+/// that keeps each shard's reads and sends about three times fuller than checks ever find them
+/// (docs/performance.md, section:binary-costs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PingSpread {
+    /// Each ping to a shard drawn at random, as a uniform key's check.
+    Random,
+    /// Request slot `r` of the slot numbered from `stripe`, after `n` replies, pings shard
+    /// `(stripe + r + n) % shards`.
+    Rotate,
+}
+
 /// When the measured phase ends.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Stop {
@@ -47,6 +66,8 @@ pub struct RunConfig {
     pub spread: Spread,
     /// Check or ping.
     pub op: Op,
+    /// Which shard each ping goes to (binary protocol, closed loop).
+    pub ping_spread: PingSpread,
     /// Control point of every check (unless the scenario overrides it).
     pub control_point: String,
     /// Label whose value is the key (`user=user-<n>`): the policy's `limit_by_label_key`.
@@ -100,6 +121,7 @@ impl RunConfig {
             targets,
             spread: Spread::RoundRobin,
             op: Op::Check,
+            ping_spread: PingSpread::Random,
             control_point: "bench".into(),
             label_key: "user".into(),
             key_prefix: "user-".into(),

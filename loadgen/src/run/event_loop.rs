@@ -19,12 +19,10 @@
 //! Tollgate: the server's HELLO (through the client library) gives the shard ports and the
 //! routing keys; the slot opens one connection per shard port and sends each check to the shard
 //! that owns its key (the client library's rule, `RoutingKeys`), with strings inline (no
-//! `INTERN`). Pings go to the shard ports in turn: request slot `i` of connection slot `c`
-//! sends a ping to shard `(c × depth + i + n) % shards`, `n` the replies its connection slot
-//! has had, so every slot (and so every load thread) talks to every shard, as it does with
-//! uniform checks, at depth 1 too. Request ids are the request slot's number + 1, so a reply
-//! finds its request whatever order the shards answer in. Redis: one connection, replies in
-//! order.
+//! `INTERN`). Pings go to a shard drawn at random per ping, as uniform keys spread checks, or
+//! with `--ping-spread rotate` to the shard ports in turn ([`ping_socket`]). Request ids are
+//! the request slot's number + 1, so a reply finds its request whatever order the shards
+//! answer in. Redis: one connection, replies in order.
 //!
 //! `--batch N` (Tollgate): a request slot's N checks are drawn one by one and each is written
 //! straight into a `CHECK_BATCH` frame on the socket of the shard that owns it
@@ -42,7 +40,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tollgate_protocol::client::{
@@ -59,7 +57,7 @@ use crate::drivers::{encode_evalsha, script_verdict, PING_PAYLOAD_LEN, TOKEN_BUC
 use crate::resp::{self, Value};
 use crate::run::plan::{set_key, Plan};
 use crate::run::shared::Shared;
-use crate::run::{Op, RunConfig, Stop};
+use crate::run::{Op, PingSpread, RunConfig, Stop};
 use crate::stats::Outcome;
 use crate::target::Protocol;
 
@@ -393,15 +391,32 @@ fn server_error(e: ErrorRef<'_>) -> String {
 }
 
 /// The connection (shard port), of `sockets`, that request slot `r` of the connection slot
-/// whose first task number is `stripe` pings once the slot has had `n` replies. `stripe + r`
-/// numbers the request slot across the whole run, so the slots start on different shards;
-/// `+ n` moves a slot on to the next shard at every reply (at depth 1, at every ping).
-/// Without it, at depth 1 a connection slot (and the load thread that runs it: slot `c` runs
-/// on thread `c % threads`) would only ever ping one shard, a pairing of load thread and
-/// shard that checks, routed by their key, never get.
-fn ping_socket(stripe: usize, r: usize, n: u64, sockets: usize) -> usize {
+/// whose first task number is `stripe` pings once the slot has had `n` replies.
+///
+/// [`PingSpread::Random`] draws it from the slot's `rng`, as a uniform key's hash picks a
+/// check's shard: the requests that one read's replies call for go to every shard, so each
+/// shard's reads and sends are as full as uniform checks make them.
+///
+/// [`PingSpread::Rotate`]: `stripe + r` numbers the request slot across the whole run, so the
+/// slots start on different shards; `+ n` moves a slot on to the next shard at every reply (at
+/// depth 1, at every ping), so every load thread talks to every shard. But with two shards
+/// the requests that one read's replies call for mostly go to one shard together, which
+/// checks never get: the rotating floor is the IO of fuller reads and sends than checks find.
+fn ping_socket(
+    spread: PingSpread,
+    rng: &mut impl Rng,
+    stripe: usize,
+    r: usize,
+    n: u64,
+    sockets: usize,
+) -> usize {
     let sockets = sockets.max(1);
-    (stripe % sockets + r % sockets + (n % sockets as u64) as usize) % sockets
+    match spread {
+        PingSpread::Random => rng.gen_range(0..sockets),
+        PingSpread::Rotate => {
+            (stripe % sockets + r % sockets + (n % sockets as u64) as usize) % sockets
+        }
+    }
 }
 
 /// Runs slot `slot` (connection slot number `c`) until the run stops.
@@ -755,7 +770,14 @@ impl Driver {
             tokens: 0.0,
         };
         if plan.cfg.op == Op::Ping {
-            let socket = ping_socket(self.stripe, r, self.answered, self.slot.sockets.len());
+            let socket = ping_socket(
+                plan.cfg.ping_spread,
+                &mut self.rng,
+                self.stripe,
+                r,
+                self.answered,
+                self.slot.sockets.len(),
+            );
             let Some(s) = self.slot.sockets.get_mut(socket) else {
                 return Err("no connection".into());
             };
@@ -933,24 +955,66 @@ fn inline_spec<'a>(req: &'a CheckRequest, labels: &'a [(StrRef<'a>, &'a str)]) -
 #[cfg(test)]
 mod ping_tests {
     use super::ping_socket;
+    use crate::run::PingSpread;
+    use rand::SeedableRng;
 
     #[test]
-    fn pings_spread_over_the_shard_ports_at_any_depth() {
+    fn rotating_pings_spread_over_the_shard_ports_at_any_depth() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut at = |stripe, r, n, sockets| {
+            ping_socket(PingSpread::Rotate, &mut rng, stripe, r, n, sockets)
+        };
         // Depth 1 (stripe = connection slot): the connection slots start on alternate shards.
-        let depth1: Vec<usize> = (0..4).map(|c| ping_socket(c, 0, 0, 2)).collect();
+        let depth1: Vec<usize> = (0..4).map(|c| at(c, 0, 0, 2)).collect();
         assert_eq!(depth1, [0, 1, 0, 1]);
         // ... and each moves on to the next shard at every ping: a slot talks to both.
-        let slot1: Vec<usize> = (0..4).map(|n| ping_socket(1, 0, n, 2)).collect();
+        let slot1: Vec<usize> = (0..4).map(|n| at(1, 0, n, 2)).collect();
         assert_eq!(slot1, [1, 0, 1, 0]);
-        let three: Vec<usize> = (0..4).map(|n| ping_socket(1, 0, n, 3)).collect();
+        let three: Vec<usize> = (0..4).map(|n| at(1, 0, n, 3)).collect();
         assert_eq!(three, [1, 2, 0, 1]);
         // Depth 4: within one connection slot the request slots alternate.
-        let depth4: Vec<usize> = (0..4).map(|r| ping_socket(4, r, 0, 2)).collect();
+        let depth4: Vec<usize> = (0..4).map(|r| at(4, r, 0, 2)).collect();
         assert_eq!(depth4, [0, 1, 0, 1]);
         // Redis and echo: one connection.
-        assert_eq!(ping_socket(3, 5, 7, 1), 0);
-        assert_eq!(ping_socket(3, 5, 7, 0), 0);
-        assert_eq!(ping_socket(usize::MAX, usize::MAX, u64::MAX, 2), 1);
+        assert_eq!(at(3, 5, 7, 1), 0);
+        assert_eq!(at(3, 5, 7, 0), 0);
+        assert_eq!(at(usize::MAX, usize::MAX, u64::MAX, 2), 1);
+    }
+
+    #[test]
+    fn random_pings_split_each_reads_requests_over_the_shards_as_uniform_checks_do() {
+        // One read brings the replies of request slots 0..32 of a slot at depth 64, all from
+        // one shard; the requests they call for must go to both shards, about half each, and
+        // independently of the slot, the reply count and each other.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (mut rounds, mut to_first) = (0usize, 0usize);
+        let mut split_reads = 0;
+        for read in 0..1000u64 {
+            let targets: Vec<usize> = (0..32)
+                .map(|r| ping_socket(PingSpread::Random, &mut rng, 64, r, read * 32, 2))
+                .collect();
+            rounds += targets.len();
+            to_first += targets.iter().filter(|&&s| s == 0).count();
+            if targets.contains(&0) && targets.contains(&1) {
+                split_reads += 1;
+            }
+        }
+        let share = to_first as f64 / rounds as f64;
+        assert!(
+            (0.47..=0.53).contains(&share),
+            "shard 0 got {share:.3} of the pings"
+        );
+        assert_eq!(
+            split_reads, 1000,
+            "a read's requests went to one shard only"
+        );
+        // Three shards: every one is used; one connection: always it.
+        let three: Vec<usize> = (0..300)
+            .map(|n| ping_socket(PingSpread::Random, &mut rng, 0, 0, n, 3))
+            .collect();
+        assert!((0..3).all(|s| three.contains(&s)), "{three:?}");
+        assert!((0..50).all(|n| ping_socket(PingSpread::Random, &mut rng, 0, 0, n, 1) == 0));
+        assert!((0..50).all(|n| ping_socket(PingSpread::Random, &mut rng, 0, 0, n, 0) == 0));
     }
 }
 

@@ -42,7 +42,7 @@ mod thread;
 
 use std::sync::Arc;
 
-pub use config::{Op, RunConfig, RunError, Stop, DEFAULT_LIMIT, MAX_BATCH};
+pub use config::{Op, PingSpread, RunConfig, RunError, Stop, DEFAULT_LIMIT, MAX_BATCH};
 
 use crate::report::Report;
 use crate::timeline::Detail;
