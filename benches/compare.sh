@@ -500,6 +500,10 @@ if th and rot64:
 if tp and rp:
     x = ratio(tp, rp)
     target("pipelined CHECK 8 x 64 >= 10x Redis+Lua 8 x 64", f"{x:.1f}x ({rate(tp)} vs {rate(rp)} dec/s)", x >= 10)
+if ping64 and rp:
+    # How far the IO alone reaches: a check cannot beat the ping its round trip is.
+    x = ratio(ping64, rp)
+    target("Tollgate PING 8 x 64 (spread as uniform checks) against Redis+Lua 8 x 64 (reported: the IO floor's own multiple)", f"{x:.1f}x ({rate(ping64)} vs {rate(rp)}/s)", True)
 if t1 and rping1:
     x = ratio(t1, rping1)
     target("CHECK 50 conn x depth 1 >= 0.9x Redis PING at 50 x 1", f"{x:.2f}x ({rate(t1)} vs {rate(rping1)}/s)", x >= 0.9)
