@@ -296,8 +296,8 @@ def ratio(a, b):
         return None
     return a["decisions_per_sec"] / b["decisions_per_sec"]
 
-def fmt_ratio(x):
-    return "n/a" if x is None else f"**{x:.1f}x**"
+def fmt_ratio(x, digits=1):
+    return "n/a" if x is None else f"**{x:.{digits}f}x**"
 
 def cpu(name):
     """(server, loadgen) CPU microseconds per decision for run `name`, or None."""
@@ -377,7 +377,7 @@ e.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for l, ln in loads[:2]:
     tp, tr = keep(f"tollgate-ping-{l}"), keep(f"tollgate-ping-rotate-{l}")
     rp, tc = keep(f"redis-ping-{l}"), load(f"tollgate-uniform-{l}")
-    e.append(f"| {ln} | {rate(tp)} | {rate(tr)} | {rate(rp)} | {rate(tc)} | {fmt_ratio(ratio(tc, tp))} | {fmt_ratio(ratio(tc, tr))} | {fmt_ratio(ratio(tc, rp))} | {fmt_cpu(f'tollgate-ping-{l}')} | {fmt_cpu(f'tollgate-ping-rotate-{l}')} | {fmt_cpu(f'redis-ping-{l}')} |")
+    e.append(f"| {ln} | {rate(tp)} | {rate(tr)} | {rate(rp)} | {rate(tc)} | {fmt_ratio(ratio(tc, tp), 2)} | {fmt_ratio(ratio(tc, tr), 2)} | {fmt_ratio(ratio(tc, rp), 2)} | {fmt_cpu(f'tollgate-ping-{l}')} | {fmt_cpu(f'tollgate-ping-rotate-{l}')} | {fmt_cpu(f'redis-ping-{l}')} |")
 e.append("")
 e.append("CPU per decision, microseconds of CPU (all threads) for the server / for the loadgen, "
          "over each whole run (`/proc/PID/stat` and the shell's `time`, divided by decisions/s x "
