@@ -365,6 +365,9 @@ mod tests {
         let rotate = run(&["--mode", "ping", "--ping-spread", "rotate"]);
         assert_eq!(rotate.map(|c| c.ping_spread), Ok(PingSpread::Rotate));
         let err = run(&["--ping-spread", "rotate"]).err().unwrap_or_default();
-        assert!(err.contains("--ping-spread") && err.contains("--mode ping"), "{err}");
+        assert!(
+            err.contains("--ping-spread") && err.contains("--mode ping"),
+            "{err}"
+        );
     }
 }
