@@ -36,7 +36,7 @@ pub enum Op {
 /// `Random` gives pings that same pattern, which is what makes them the IO floor of uniform
 /// checks. `Rotate` moves each request slot on to the next shard at every reply: with two
 /// shards the requests one read's replies call for mostly go to one shard together, a pattern
-/// that keeps each shard's reads and sends about three times fuller than checks ever find them
+/// that keeps each shard's reads and sends about twice as full as checks ever find them
 /// (docs/performance.md, section:binary-costs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
