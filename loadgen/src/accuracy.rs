@@ -10,7 +10,11 @@
 //!
 //! over a window `[t_first, t_last]`. The loadgen takes, per key actually used,
 //! `t_first` = when the first request for the key was *sent* and `t_last` = when the reply to
-//! the last *admitted* request for the key was *received*. Every admission the server (or
+//! the last *admitted* request for the key was *received*. Both are noted when the answer
+//! arrives ([`Ledger::answered`], one update of the key's record per request): every request
+//! the loadgen sends gets an answer (its reply, an error or a timeout; a connection that fails
+//! answers its requests in flight as errors), and any answer, refusals and errors included,
+//! counts its send time, since the request may have reached the server and made its bucket. Every admission the server (or
 //! servers) made for that key happened inside that window, so the window can only be wider
 //! than the server's, and `admitted / allowed <= 1` for any correct limiter, however many
 //! targets shared the key. A ratio above 1 is over-admission: the error of lazy sync in a
@@ -104,11 +108,11 @@ impl Ledger {
         }
     }
 
-    /// Starts loading `key`'s record into the cache, so that [`Ledger::sent`] or
-    /// [`Ledger::admitted`] a little later does not wait for memory. With a million keys the
-    /// ledger (32 MiB) is far beyond the caches, and each update was a miss paid in line:
-    /// over a quarter of the loadgen's CPU at 8 x 64 over 1M keys (docs/performance.md,
-    /// section:binary-costs). A hint: it changes nothing, and an unknown key is ignored.
+    /// Starts loading `key`'s record into the cache, so that [`Ledger::answered`] a little
+    /// later does not wait for memory. With a million keys the ledger (32 MiB) is far beyond
+    /// the caches, and each update was a miss paid in line: over a quarter of the loadgen's
+    /// CPU at 8 x 64 over 1M keys (docs/performance.md, section:binary-costs). A hint: it
+    /// changes nothing, and an unknown key is ignored.
     #[inline]
     pub fn prefetch(&self, key: usize) {
         #[cfg(target_arch = "x86_64")]
@@ -126,20 +130,19 @@ impl Ledger {
         let _ = key;
     }
 
-    /// Notes that a request for `key` was sent at `sent_ns`. Call before sending.
-    pub fn sent(&self, key: usize, sent_ns: u64) {
-        if let Some(slot) = self.slots.get(key) {
-            // Cheap check first: after the first request the value rarely changes.
-            if slot.first_sent_ns.load(Ordering::Relaxed) > sent_ns {
-                slot.first_sent_ns.fetch_min(sent_ns, Ordering::Relaxed);
-            }
+    /// Notes the answer to a request for `key` that was sent at `sent_ns`: `admitted` is
+    /// `Some(tokens)` when it was admitted, its reply received at `reply_ns`, and `None` when
+    /// it was refused or failed. Any answer opens the key's window at its send time; only an
+    /// admission adds tokens and extends the window's end.
+    pub fn answered(&self, key: usize, sent_ns: u64, admitted: Option<f64>, reply_ns: u64) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        // Cheap checks first: after a key's first answers the bounds rarely move.
+        if slot.first_sent_ns.load(Ordering::Relaxed) > sent_ns {
+            slot.first_sent_ns.fetch_min(sent_ns, Ordering::Relaxed);
         }
-    }
-
-    /// Notes that a request for `key` taking `tokens` was admitted, its reply received at
-    /// `reply_ns`.
-    pub fn admitted(&self, key: usize, tokens: f64, reply_ns: u64) {
-        if let Some(slot) = self.slots.get(key) {
+        if let Some(tokens) = admitted {
             slot.admitted_milli
                 .fetch_add((tokens * MILLI).round() as u64, Ordering::Relaxed);
             if slot.last_admit_ns.load(Ordering::Relaxed) < reply_ns {
@@ -225,8 +228,7 @@ mod tests {
             interval_ns: SEC,
         };
         let ledger = Ledger::new(4);
-        ledger.sent(1, 0);
-        ledger.admitted(1, 2.0, MS);
+        ledger.answered(1, 0, Some(2.0), MS);
         let before = ledger.report(&limit);
         for key in [0, 1, 3, 4, usize::MAX] {
             ledger.prefetch(key);
@@ -264,10 +266,8 @@ mod tests {
         // Key 1 hammered every 1 ms for 10 s, 50 us round trip; key 0 never used.
         let mut now = 0;
         while now < 10 * SEC {
-            ledger.sent(1, now);
-            if bucket.take(&limit, now + 25_000, 1.0) {
-                ledger.admitted(1, 1.0, now + 50_000);
-            }
+            let admitted = bucket.take(&limit, now + 25_000, 1.0).then_some(1.0);
+            ledger.answered(1, now, admitted, now + 50_000);
             now += MS;
         }
         let r = ledger.report(&limit);
@@ -292,13 +292,11 @@ mod tests {
         let ledger = Ledger::new(3);
         // Two targets each holding a full bucket for key 2 (no sync): each admits 5 at t=0.
         for _ in 0..10 {
-            ledger.sent(2, 0);
-            ledger.admitted(2, 1.0, 100);
+            ledger.answered(2, 0, Some(1.0), 100);
         }
         // Key 0: 3 admissions over 2 s, well within 5 + 2.
         for i in 0..3 {
-            ledger.sent(0, i * SEC);
-            ledger.admitted(0, 1.0, i * SEC);
+            ledger.answered(0, i * SEC, Some(1.0), i * SEC);
         }
         let r = ledger.report(&limit);
         assert_eq!(r.keys_used, 2);
@@ -319,11 +317,11 @@ mod tests {
             interval_ns: SEC,
         };
         let ledger = Ledger::new(4);
-        ledger.sent(3, 7);
-        ledger.admitted(3, 4.0, 9);
-        ledger.admitted(3, 4.0, 8);
-        // Key 1: sent but never admitted: allowed is the capacity alone.
-        ledger.sent(1, 5);
+        ledger.answered(3, 7, Some(4.0), 9);
+        ledger.answered(3, 7, Some(4.0), 8);
+        // Key 1: answered but never admitted (refused, or failed): allowed is the capacity
+        // alone.
+        ledger.answered(1, 5, None, 6);
         let r = ledger.report(&limit);
         assert_eq!(r.keys_used, 2);
         assert_eq!(r.admitted_tokens, 8.0);
@@ -331,8 +329,7 @@ mod tests {
         assert_eq!(r.worst_key, Some(3));
         assert!((r.worst_ratio - 0.8).abs() < 1e-9);
         // Out-of-range keys are ignored, not a panic.
-        ledger.sent(99, 1);
-        ledger.admitted(99, 1.0, 1);
+        ledger.answered(99, 1, Some(1.0), 1);
     }
 
     #[test]
@@ -343,11 +340,10 @@ mod tests {
             interval_ns: SEC,
         };
         let ledger = Ledger::new(1);
-        ledger.sent(0, 3 * SEC);
-        ledger.sent(0, SEC);
-        ledger.sent(0, 2 * SEC);
-        ledger.admitted(0, 1.0, 4 * SEC);
-        ledger.admitted(0, 1.0, 2 * SEC);
+        // Answers arrive out of send order; a refusal's send time opens the window too.
+        ledger.answered(0, 3 * SEC, Some(1.0), 4 * SEC);
+        ledger.answered(0, SEC, None, 5 * SEC);
+        ledger.answered(0, 2 * SEC, Some(1.0), 2 * SEC);
         let r = ledger.report(&limit);
         assert!((r.allowed_tokens - 3.0).abs() < 1e-9, "{r:?}");
     }

@@ -441,7 +441,6 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
         in_flight: vec![InFlight::default(); depth],
         checks_per_request,
         batches,
-        upcoming: VecDeque::with_capacity(LOOKAHEAD),
         outstanding: 0,
         answered: 0,
         stopping: false,
@@ -453,19 +452,11 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
     }
 }
 
-/// How many requests ahead of its use a request's mix and key are drawn (and the key's
-/// ledger record prefetched): far enough for the load from memory to finish, near enough
-/// that the line is still in the cache when the request is sent.
-const LOOKAHEAD: usize = 8;
-
 struct Driver {
     slot: Slot,
     /// Recorder stripe (the slot's first task number).
     stripe: usize,
     rng: rand::rngs::StdRng,
-    /// The next requests' (mix, key), drawn [`LOOKAHEAD`] requests early in the order the
-    /// rng gives them (the same sequence as drawing each when it is sent).
-    upcoming: VecDeque<(usize, usize)>,
     /// The slot's own copies of the request templates, rewritten per request.
     singles: Vec<CheckRequest>,
     in_flight: Vec<InFlight>,
@@ -660,10 +651,9 @@ impl Driver {
             Ok(items) => {
                 let mut admitted = 0;
                 for (i, &(key, tokens)) in part.iter().enumerate() {
-                    if items.admitted(i) {
-                        shared.ledger.admitted(key, tokens, done);
-                        admitted += 1;
-                    }
+                    let given = items.admitted(i).then_some(tokens);
+                    shared.ledger.answered(key, f.sent_ns, given, done);
+                    admitted += u64::from(given.is_some());
                 }
                 for e in &items.errors {
                     shared.note_error(e);
@@ -675,6 +665,9 @@ impl Driver {
             }
             Err(e) => {
                 shared.note_error(&e);
+                for &(key, _) in part.iter() {
+                    shared.ledger.answered(key, f.sent_ns, None, done);
+                }
                 b.counts[2] += part.len() as u64;
             }
         }
@@ -715,13 +708,12 @@ impl Driver {
             slot.pending = false;
         }
         let done = self.shared.now_ns();
+        if let Some(key) = f.key {
+            let given = matches!(result, Ok(true)).then_some(f.tokens);
+            self.shared.ledger.answered(key, f.sent_ns, given, done);
+        }
         let outcome = match &result {
-            Ok(true) => {
-                if let Some(key) = f.key {
-                    self.shared.ledger.admitted(key, f.tokens, done);
-                }
-                Outcome::Accepted
-            }
+            Ok(true) => Outcome::Accepted,
             Ok(false) => Outcome::Rejected,
             Err(e) => {
                 self.shared.note_error(e);
@@ -790,9 +782,9 @@ impl Driver {
                 }
             }
         } else if self.checks_per_request > 1 {
-            self.queue_batch(r, id, now)?;
+            self.queue_batch(r, id)?;
         } else {
-            let (mix, key) = draw(&mut self.upcoming, &mut self.rng, plan, shared)?;
+            let (mix, key) = draw(&mut self.rng, plan);
             let Some(req) = self.singles.get_mut(mix) else {
                 return Err("no request template".into());
             };
@@ -819,7 +811,6 @@ impl Driver {
                     s.fifo.push_back(r);
                 }
             }
-            shared.ledger.sent(key, now);
         }
         if let Some(slot) = self.in_flight.get_mut(r) {
             *slot = f;
@@ -831,8 +822,8 @@ impl Driver {
     /// Writes request slot `r`'s next batch (request id `id`): each check into the
     /// `CHECK_BATCH` frame of the socket of the shard that owns it, one frame per socket that
     /// gets any.
-    fn queue_batch(&mut self, r: usize, id: u32, now: u64) -> Result<(), String> {
-        let (plan, shared) = (&self.plan, &self.shared);
+    fn queue_batch(&mut self, r: usize, id: u32) -> Result<(), String> {
+        let plan = &self.plan;
         let Some(b) = self.batches.get_mut(r) else {
             return Err("no batch slot".into());
         };
@@ -847,11 +838,7 @@ impl Driver {
             .collect();
         let mut written = Ok(());
         for _ in 0..self.checks_per_request {
-            let drawn = draw(&mut self.upcoming, &mut self.rng, plan, shared);
-            let Ok((mix, key)) = drawn else {
-                written = drawn.map(|_| ());
-                break;
-            };
+            let (mix, key) = draw(&mut self.rng, plan);
             let (Some(req), Some((_, tokens))) =
                 (self.singles.get_mut(mix), plan.templates.get(mix))
             else {
@@ -870,7 +857,6 @@ impl Driver {
                 break;
             }
             part.push((key, *tokens));
-            shared.ledger.sent(key, now);
         }
         b.frames_pending = 0;
         for w in writers {
@@ -889,6 +875,21 @@ impl Driver {
         self.shared.note_error(&e.to_string());
         let now = self.shared.now_ns();
         let checks = self.checks_per_request as u64;
+        // Their checks may have reached the server: each opens its key's window, as any
+        // answer does (crate::accuracy).
+        let ledger = &self.shared.ledger;
+        for (r, f) in self.in_flight.iter().enumerate() {
+            if !f.pending {
+                continue;
+            }
+            if let Some(key) = f.key {
+                ledger.answered(key, f.sent_ns, None, now);
+            }
+            let parts = self.batches.get(r).map(|b| b.parts.iter().flatten());
+            for &(key, _) in parts.into_iter().flatten() {
+                ledger.answered(key, f.sent_ns, None, now);
+            }
+        }
         for f in &self.in_flight {
             if f.measured && f.pending {
                 let latency = now.saturating_sub(f.sent_ns);
@@ -901,23 +902,13 @@ impl Driver {
     }
 }
 
-/// The next request's mix and key, drawn [`LOOKAHEAD`] requests early (its ledger record
-/// prefetched then) in the order the rng gives them.
-fn draw(
-    upcoming: &mut VecDeque<(usize, usize)>,
-    rng: &mut rand::rngs::StdRng,
-    plan: &Plan,
-    shared: &Shared,
-) -> Result<(usize, usize), String> {
-    while upcoming.len() <= LOOKAHEAD {
-        let mix = plan.picker.pick(rng);
-        let key = plan.sampler.sample(rng);
-        shared.ledger.prefetch(key);
-        upcoming.push_back((mix, key));
-    }
-    upcoming
-        .pop_front()
-        .ok_or_else(|| "no key drawn".to_string())
+/// The next request's mix and key. Nothing of the key's ledger record is touched when it is
+/// sent: the record is updated once, when the answer arrives ([`Ledger::answered`]), after
+/// the read's replies have prefetched theirs.
+///
+/// [`Ledger::answered`]: crate::accuracy::Ledger::answered
+fn draw(rng: &mut rand::rngs::StdRng, plan: &Plan) -> (usize, usize) {
+    (plan.picker.pick(rng), plan.sampler.sample(rng))
 }
 
 /// The socket (shard port) of the shard that owns `req`'s bucket: the client library's rule

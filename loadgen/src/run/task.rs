@@ -137,7 +137,7 @@ impl Task {
                     None => Err("no connection".to_string()),
                 };
                 let done = self.shared.now_ns();
-                self.tally(None, 0.0, &r, done, counts.get_mut(target));
+                self.tally(None, 0.0, &r, sent, done, counts.get_mut(target));
                 (sent, done)
             } else if self.batch == 1 {
                 let mix = self.picker.pick(&mut self.rng);
@@ -149,20 +149,17 @@ impl Task {
                 };
                 set_key(req, &self.plan.cfg.key_prefix, key);
                 let sent = self.shared.now_ns();
-                self.shared.ledger.sent(key, sent);
                 let r = match self.conns.get(target) {
                     Some(c) => c.check(req).await,
                     None => Err("no connection".to_string()),
                 };
                 let done = self.shared.now_ns();
-                self.tally(Some(key), tokens, &r, done, counts.get_mut(target));
+                self.tally(Some(key), tokens, &r, sent, done, counts.get_mut(target));
                 (sent, done)
             } else {
                 for i in 0..self.batch {
                     let mix = self.picker.pick(&mut self.rng);
                     let key = self.sampler.sample(&mut self.rng);
-                    // Recorded below, after the rest of the batch is drawn.
-                    self.shared.ledger.prefetch(key);
                     if i >= batch.len() || slots.get(i).map(|s| s.0) != Some(mix) {
                         let Some((template, _)) = self.plan.templates.get(mix) else {
                             break;
@@ -182,21 +179,17 @@ impl Task {
                     }
                 }
                 let sent = self.shared.now_ns();
-                for (_, key) in &slots {
-                    self.shared.ledger.sent(*key, sent);
-                }
                 let results = self.send_batch(&batch, &slots, seq).await;
                 let done = self.shared.now_ns();
-                // The batch's admissions are recorded below: their records load together.
-                for ((_, key), r) in slots.iter().zip(&results) {
-                    if matches!(r, Ok(true)) {
-                        self.shared.ledger.prefetch(*key);
-                    }
+                // The batch's answers are recorded below: their records load together.
+                for (_, key) in &slots {
+                    self.shared.ledger.prefetch(*key);
                 }
                 for ((_, key), (req, r)) in slots.iter().zip(batch.iter().zip(&results)) {
                     // The target send_batch chose for this slot.
                     let target = self.spread.pick(targets, seq, *key);
-                    self.tally(Some(*key), tokens_of(req), r, done, counts.get_mut(target));
+                    let tokens = tokens_of(req);
+                    self.tally(Some(*key), tokens, r, sent, done, counts.get_mut(target));
                 }
                 (sent, done)
             };
@@ -223,25 +216,25 @@ impl Task {
         }
     }
 
-    /// Counts one result; an admission goes into the accuracy ledger.
+    /// Counts one result and notes a check's answer in the accuracy ledger.
     fn tally(
         &self,
         key: Option<usize>,
         tokens: f64,
         r: &Result<bool, CallError>,
+        sent_ns: u64,
         done_ns: u64,
         counts: Option<&mut [u64; 3]>,
     ) {
+        if let Some(key) = key {
+            let given = matches!(r, Ok(true)).then_some(tokens);
+            self.shared.ledger.answered(key, sent_ns, given, done_ns);
+        }
         // A target index comes from Spread::pick over the connections: always present.
         let mut scratch = [0; 3];
         let counts = counts.unwrap_or(&mut scratch);
         match r {
-            Ok(true) => {
-                counts[0] += 1;
-                if let Some(key) = key {
-                    self.shared.ledger.admitted(key, tokens, done_ns);
-                }
-            }
+            Ok(true) => counts[0] += 1,
             Ok(false) => counts[1] += 1,
             Err(e) => {
                 counts[2] += 1;
