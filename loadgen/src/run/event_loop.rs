@@ -875,25 +875,22 @@ impl Driver {
         self.shared.note_error(&e.to_string());
         let now = self.shared.now_ns();
         let checks = self.checks_per_request as u64;
-        // Their checks may have reached the server: each opens its key's window, as any
-        // answer does (crate::accuracy).
-        let ledger = &self.shared.ledger;
+        let shared = &self.shared;
         for (r, f) in self.in_flight.iter().enumerate() {
             if !f.pending {
                 continue;
             }
-            if let Some(key) = f.key {
-                ledger.answered(key, f.sent_ns, None, now);
+            // Its checks may have reached the server: each opens its key's window, as any
+            // answer does (crate::accuracy).
+            let batch_keys = (self.batches.get(r).into_iter())
+                .flat_map(|b| b.parts.iter().flatten())
+                .map(|&(key, _)| key);
+            for key in f.key.into_iter().chain(batch_keys) {
+                shared.ledger.answered(key, f.sent_ns, None, now);
             }
-            let parts = self.batches.get(r).map(|b| b.parts.iter().flatten());
-            for &(key, _) in parts.into_iter().flatten() {
-                ledger.answered(key, f.sent_ns, None, now);
-            }
-        }
-        for f in &self.in_flight {
-            if f.measured && f.pending {
+            if f.measured {
                 let latency = now.saturating_sub(f.sent_ns);
-                self.shared
+                shared
                     .recorder
                     .record(self.stripe, 0, Outcome::Error, latency, checks);
             }
