@@ -435,7 +435,8 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
     };
     let mut driver = Driver {
         slot,
-        stripe: c * depth,
+        recorder_stripe: c,
+        first_task: c * depth,
         rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add((c * depth) as u64)),
         singles: plan.templates.iter().map(|(r, _)| r.clone()).collect(),
         in_flight: vec![InFlight::default(); depth],
@@ -454,8 +455,13 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
 
 struct Driver {
     slot: Slot,
-    /// Recorder stripe (the slot's first task number).
-    stripe: usize,
+    /// The connection slot's number: its recorder stripe. Each slot records into its own
+    /// stripe (the slot's first task number, `c × depth`, put every slot of a run at depth 64
+    /// on stripe 0, and the load threads took turns on one lock).
+    recorder_stripe: usize,
+    /// The slot's first task number (`c × depth`): numbers its request slots across the
+    /// run, for the rotating ping spread.
+    first_task: usize,
     rng: rand::rngs::StdRng,
     /// The slot's own copies of the request templates, rewritten per request.
     singles: Vec<CheckRequest>,
@@ -687,7 +693,9 @@ impl Driver {
             let outcomes = [Outcome::Accepted, Outcome::Rejected, Outcome::Error];
             for (outcome, &n) in outcomes.iter().zip(&b.counts) {
                 if n > 0 {
-                    shared.recorder.record(self.stripe, 0, *outcome, latency, n);
+                    shared
+                        .recorder
+                        .record(self.recorder_stripe, 0, *outcome, latency, n);
                 }
             }
         }
@@ -724,7 +732,7 @@ impl Driver {
             let latency = done.saturating_sub(f.sent_ns);
             self.shared
                 .recorder
-                .record(self.stripe, 0, outcome, latency, 1);
+                .record(self.recorder_stripe, 0, outcome, latency, 1);
         }
         self.issue(r)
     }
@@ -765,7 +773,7 @@ impl Driver {
             let socket = ping_socket(
                 plan.cfg.ping_spread,
                 &mut self.rng,
-                self.stripe,
+                self.first_task,
                 r,
                 self.answered,
                 self.slot.sockets.len(),
@@ -892,7 +900,7 @@ impl Driver {
                 let latency = now.saturating_sub(f.sent_ns);
                 shared
                     .recorder
-                    .record(self.stripe, 0, Outcome::Error, latency, checks);
+                    .record(self.recorder_stripe, 0, Outcome::Error, latency, checks);
             }
         }
         self.outstanding = 0;
