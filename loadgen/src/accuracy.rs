@@ -14,12 +14,12 @@
 //! arrives ([`Ledger::answered`], one update of the key's record per request): every request
 //! the loadgen sends gets an answer (its reply, an error or a timeout; a connection that fails
 //! answers its requests in flight as errors), and any answer, refusals and errors included,
-//! counts its send time, since the request may have reached the server and made its bucket. Every admission the server (or
-//! servers) made for that key happened inside that window, so the window can only be wider
-//! than the server's, and `admitted / allowed <= 1` for any correct limiter, however many
-//! targets shared the key. A ratio above 1 is over-admission: the error of lazy sync in a
-//! cluster, or a bug. A key whose bucket existed before the run (a previous run used the same
-//! key) starts below full and only lowers the ratio.
+//! counts its send time, since the request may have reached the server and made its bucket.
+//! Every admission the server (or servers) made for that key happened inside that window, so
+//! the window can only be wider than the server's, and `admitted / allowed <= 1` for any
+//! correct limiter, however many targets shared the key. A ratio above 1 is over-admission:
+//! the error of lazy sync in a cluster, or a bug. A key whose bucket existed before the run (a
+//! previous run used the same key) starts below full and only lowers the ratio.
 //!
 //! The ledger is shared by every load task: one slot per key index, updated with relaxed
 //! atomics (the totals are read after every task has finished).

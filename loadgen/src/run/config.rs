@@ -43,8 +43,8 @@ pub enum Op {
 pub enum PingSpread {
     /// Each ping to a shard drawn at random, as a uniform key's check.
     Random,
-    /// Request slot `r` of the slot numbered from `stripe`, after `n` replies, pings shard
-    /// `(stripe + r + n) % shards`.
+    /// Request slot `r` of the connection slot whose first task number is `first_task`, after
+    /// `n` replies, pings shard `(first_task + r + n) % shards`.
     Rotate,
 }
 

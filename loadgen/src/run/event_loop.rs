@@ -391,13 +391,13 @@ fn server_error(e: ErrorRef<'_>) -> String {
 }
 
 /// The connection (shard port), of `sockets`, that request slot `r` of the connection slot
-/// whose first task number is `stripe` pings once the slot has had `n` replies.
+/// whose first task number is `first_task` pings once the slot has had `n` replies.
 ///
 /// [`PingSpread::Random`] draws it from the slot's `rng`, as a uniform key's hash picks a
 /// check's shard: the requests that one read's replies call for go to every shard, so each
 /// shard's reads and sends are as full as uniform checks make them.
 ///
-/// [`PingSpread::Rotate`]: `stripe + r` numbers the request slot across the whole run, so the
+/// [`PingSpread::Rotate`]: `first_task + r` numbers the request slot across the run, so the
 /// slots start on different shards; `+ n` moves a slot on to the next shard at every reply (at
 /// depth 1, at every ping), so every load thread talks to every shard. But with two shards
 /// the requests that one read's replies call for mostly go to one shard together, which
@@ -405,7 +405,7 @@ fn server_error(e: ErrorRef<'_>) -> String {
 fn ping_socket(
     spread: PingSpread,
     rng: &mut impl Rng,
-    stripe: usize,
+    first_task: usize,
     r: usize,
     n: u64,
     sockets: usize,
@@ -414,7 +414,7 @@ fn ping_socket(
     match spread {
         PingSpread::Random => rng.gen_range(0..sockets),
         PingSpread::Rotate => {
-            (stripe % sockets + r % sockets + (n % sockets as u64) as usize) % sockets
+            (first_task % sockets + r % sockets + (n % sockets as u64) as usize) % sockets
         }
     }
 }
@@ -957,10 +957,10 @@ mod ping_tests {
     #[test]
     fn rotating_pings_spread_over_the_shard_ports_at_any_depth() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mut at = |stripe, r, n, sockets| {
-            ping_socket(PingSpread::Rotate, &mut rng, stripe, r, n, sockets)
+        let mut at = |first_task, r, n, sockets| {
+            ping_socket(PingSpread::Rotate, &mut rng, first_task, r, n, sockets)
         };
-        // Depth 1 (stripe = connection slot): the connection slots start on alternate shards.
+        // Depth 1 (first task = connection slot): the connection slots start on alternate shards.
         let depth1: Vec<usize> = (0..4).map(|c| at(c, 0, 0, 2)).collect();
         assert_eq!(depth1, [0, 1, 0, 1]);
         // ... and each moves on to the next shard at every ping: a slot talks to both.
