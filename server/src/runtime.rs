@@ -176,7 +176,8 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         );
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
             .name(&format!("shard-{i}"))
-            .io_memory(SHARD_IO_MEMORY);
+            .io_memory(SHARD_IO_MEMORY)
+            .coop_taskrun(config.server.coop_taskrun);
         if !config.server.idle_spin.0.is_zero() {
             builder = builder.spin_before_park(config.server.idle_spin.0);
         }

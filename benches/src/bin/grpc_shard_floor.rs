@@ -108,6 +108,8 @@ fn main() -> anyhow::Result<()> {
         executors.push(
             LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
                 .name(&format!("shard-{i}"))
+                // As Tollgate's shards run (`server.coop_taskrun`, on by default).
+                .coop_taskrun(true)
                 .spawn(move || async move {
                     // SAFETY: `fd` is a bound, listening socket handed over exactly once.
                     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };

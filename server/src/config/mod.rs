@@ -298,6 +298,15 @@ cluster: { gossip: 127.0.0.1:7999 }
     }
 
     #[test]
+    fn coop_taskrun_defaults_to_on_and_can_be_turned_off() {
+        assert!(parse_str("", "x").unwrap().server.coop_taskrun);
+        let c = parse_str("server: { coop_taskrun: false }", "x").unwrap();
+        assert!(!c.server.coop_taskrun);
+        assert!(errors_of("server: { coop_taskrun: sometimes }")[0]
+            .starts_with("server.coop_taskrun: "));
+    }
+
+    #[test]
     fn admin_port_defaults_to_loopback_and_can_be_turned_off() {
         let c = parse_str("", "x").unwrap();
         assert_eq!(c.server.admin, Some("127.0.0.1:9090".parse().unwrap()));
