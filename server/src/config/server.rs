@@ -107,7 +107,9 @@ pub struct ServerConfig {
     /// an inter-processor interrupt; the shard picks the completion up at its next system
     /// call, which it makes at least once per poll of its rings. Measured at 50 connections x
     /// depth 1: about a fifth less CPU per request on both server and client
-    /// (docs/performance.md). false = glommio's upstream behaviour.
+    /// (docs/performance.md). false = glommio's upstream behaviour. Applies only while
+    /// `idle_spin` is 0s: a spinning shard makes no system call to pick the completion up,
+    /// so with `idle_spin` the shards keep the interrupt.
     pub coop_taskrun: bool,
     /// Live buckets per node, split evenly over the shards; at the cap a new key evicts a
     /// bucket (full ones first). Default (absent): sized from this machine's memory, see

@@ -576,7 +576,11 @@ impl LocalExecutorBuilder {
     /// running executor with an inter-processor interrupt: it is run at the
     /// executor's next system call, which the reactor makes at least once per
     /// poll. The latency ring keeps the interrupt, so preemption timers fire as
-    /// before. Disabled by default.
+    /// before. Do not combine with [`spin_before_park`]: a spinning executor makes
+    /// no system call, so a deferred completion would wait out the spin. Disabled
+    /// by default.
+    ///
+    /// [`spin_before_park`]: LocalExecutorBuilder::spin_before_park
     #[must_use = "The builder must be built to be useful"]
     pub fn coop_taskrun(mut self, enabled: bool) -> LocalExecutorBuilder {
         self.coop_taskrun = enabled;
