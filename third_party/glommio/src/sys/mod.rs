@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Tollgate: pairs with the fence a sleeping executor issues after setting
+        // `should_notify` (in place of upstream's membarrier, TOLLGATE.md): the work
+        // this waker published is ordered before its read of `should_notify`.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
