@@ -36,6 +36,16 @@ thread_cpu_seconds() {
     done
 }
 
+# thread_sleeps PID: `name=count` of each thread's voluntary context switches (the times it
+# blocked: for a glommio shard, each time its executor went to sleep and was woken).
+thread_sleeps() {
+    local task
+    for task in /proc/"$1"/task/*; do
+        awk -v name="$(tr ' ' _ < "$task/comm" 2>/dev/null)" \
+            '/^voluntary_ctxt_switches:/ { printf "%s=%d ", name, $2 }' "$task/status" 2>/dev/null
+    done
+}
+
 # bench_config FILE SERVER CAPACITY FILL: writes a config with the `server:` line SERVER (a
 # flow mapping) and the one policy every end-to-end bench enforces: CAPACITY tokens per user,
 # FILL more every second, on control point `bench`.

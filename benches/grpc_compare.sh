@@ -171,12 +171,12 @@ h2 () {
     while [ -e "$OUT/runs/$name.$n.txt" ]; do n=$((n + 1)); done
     file="$OUT/runs/$name.$n.txt"
     # With perf: the server's write/writev/sendto calls and context switches over the measured
-    # part (what batching replies into fewer flushes and wake-ups would save), and its
-    # membarrier calls: glommio issues one each time an executor goes to sleep, so for Tollgate
-    # and the floor on shards they count the shards' sleeps.
+    # part (what batching replies into fewer flushes and wake-ups would save). Each thread's
+    # voluntary context switches (`thread sleeps` lines) count, for Tollgate and the floor on
+    # shards, the shards' sleeps.
     if [ -n "$PERF" ]; then
         (sleep "$WARMUP_SECONDS"; exec "$PERF" stat -x, -o "$file.perf" -p "$spid" \
-            -e syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,context-switches,syscalls:sys_enter_membarrier \
+            -e syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,context-switches \
             -- sleep "$SECONDS_PER_RUN") >/dev/null 2>&1 &
         perf_pid=$!
     fi
@@ -184,10 +184,12 @@ h2 () {
         echo "loadavg before: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "server cpu before: $(cpu_seconds "$spid")"
         echo "thread cpu before: $(thread_cpu_seconds "$spid")"
+        echo "thread sleeps before: $(thread_sleeps "$spid")"
         h2load -D "$SECONDS_PER_RUN" --warm-up-time "$WARMUP_SECONDS" -t 1 -c "$conns" -m "$streams" \
             -d "$body" -H 'content-type: application/grpc' -H 'te: trailers' \
             "http://$addr$path" 2>&1
         echo "thread cpu after: $(thread_cpu_seconds "$spid")"
+        echo "thread sleeps after: $(thread_sleeps "$spid")"
         echo "server cpu after: $(cpu_seconds "$spid")"
         echo "loadavg after: $(cut -d' ' -f1-3 /proc/loadavg)"
     } > "$file"

@@ -27,7 +27,8 @@ THREAD_GROUPS = ("grpc", "shards", "rest")
 
 
 def thread_groups(words):
-    """CPU seconds per thread group from a `thread cpu` line of `name=seconds` words."""
+    """Sums per thread group from a `thread cpu` (seconds) or `thread sleeps` (voluntary
+    context switches) line of `name=value` words."""
     groups = dict.fromkeys(THREAD_GROUPS, 0.0)
     # A thread's name may hold spaces (another server's threads), never `=`.
     for name, seconds in re.findall(r"([^=]+?)=(\d+(?:\.\d+)?)\s*", words):
@@ -49,6 +50,7 @@ def parse_h2load(path):
     loads = re.findall(r"^loadavg (?:before|after): (.*)$", text, re.M)
     cpu = [float(x) for x in re.findall(r"^server cpu (?:before|after): ([\d.]+)$", text, re.M)]
     threads = [thread_groups(x) for x in re.findall(r"^thread cpu (?:before|after): (.*)$", text, re.M)]
+    blocked = [thread_groups(x) for x in re.findall(r"^thread sleeps (?:before|after): (.*)$", text, re.M)]
     if not finished or not requests:
         return None
     # The server's CPU covers the warm-up too: spread it over the requests of the whole window
@@ -58,6 +60,9 @@ def parse_h2load(path):
     cpu_us = (cpu[1] - cpu[0]) * 1e6 / served if len(cpu) == 2 and served > 0 else None
     thread_cpu_us = ({group: (threads[1].get(group, 0.0) - threads[0].get(group, 0.0)) * 1e6 / served
                       for group in THREAD_GROUPS} if len(threads) == 2 and served > 0 else None)
+    # The shards' sleeps per request, over the same window as the CPU.
+    shard_sleeps = ((blocked[1]["shards"] - blocked[0]["shards"]) / served
+                    if len(blocked) == 2 and served > 0 else None)
     done = int(requests.group(3))
     data = int(traffic.group(1)) if traffic else 0
     per_request = {}
@@ -77,6 +82,7 @@ def parse_h2load(path):
         "data_bytes_per_response": data / done if done else 0.0,
         "server_cpu_us_per_request": cpu_us,
         "thread_cpu_us_per_request": thread_cpu_us,
+        "shard_sleeps_per_request": shard_sleeps,
         "loadavg": loads,
     }
 
@@ -222,7 +228,7 @@ t2_table = "\n".join(t2_lines)
 # against the floor's whole process, and the shards' sleeps that the hop costs.
 def sleeps(name):
     r = h2.get(name)
-    return r["perf_per_request"].get("membarrier") if r and r["perf_per_request"] else None
+    return r["shard_sleeps_per_request"] if r else None
 
 
 def per_request(x):
@@ -350,7 +356,8 @@ same runs). The floor's whole process is beside it: HTTP/2 and tonic cost Tollga
 what they cost the floor, so the gRPC thread's excess over it is the handler and the hop's
 sending side, and the shards' figure is the decision and the hop's receiving side. A shard
 sleeps (glommio's executor parks) whenever it has nothing to run and is woken by the next
-batch; each sleep is one `membarrier` call, counted by `perf stat`.
+batch; each sleep is a voluntary context switch of a shard thread (`voluntary_ctxt_switches` in
+`/proc/PID/task/TID/status`, before and after each run, warm-up included).
 
 {split_table}
 
