@@ -163,12 +163,6 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
     let mut inboxes = Vec::with_capacity(nr_shards);
     let mut executors = Vec::with_capacity(nr_shards);
     let track = options.track_consumption;
-    // A spinning shard makes no system call, and a cooperative ring's completions wait for one:
-    // with `idle_spin` the shards keep the interrupt (config docs).
-    let coop_taskrun = config.server.coop_taskrun && config.server.idle_spin.0.is_zero();
-    if config.server.coop_taskrun && !coop_taskrun {
-        tracing::info!("server.idle_spin is set: the shards' rings keep glommio's interrupt per completion (server.coop_taskrun applies only without idle_spin)");
-    }
     for i in 0..nr_shards {
         let max_buckets = cap.per_shard(i, nr_shards);
         let (tx, rx) = flume::bounded::<Inbound>(INBOX_DEPTH);
@@ -183,7 +177,8 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
             .name(&format!("shard-{i}"))
             .io_memory(SHARD_IO_MEMORY)
-            .coop_taskrun(coop_taskrun);
+            // glommio ignores it for an executor that spins (`idle_spin`): see the config docs.
+            .coop_taskrun(config.server.coop_taskrun);
         if !config.server.idle_spin.0.is_zero() {
             builder = builder.spin_before_park(config.server.idle_spin.0);
         }

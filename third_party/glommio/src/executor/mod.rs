@@ -576,9 +576,9 @@ impl LocalExecutorBuilder {
     /// running executor with an inter-processor interrupt: it is run at the
     /// executor's next system call, which the reactor makes at least once per
     /// poll. The latency ring keeps the interrupt, so preemption timers fire as
-    /// before. Do not combine with [`spin_before_park`]: a spinning executor makes
-    /// no system call, so a deferred completion would wait out the spin. Disabled
-    /// by default.
+    /// before. With [`spin_before_park`] the option is ignored (and the executor
+    /// says so in the log): a spinning executor makes no system call, so a
+    /// deferred completion would wait out the spin. Disabled by default.
     ///
     /// [`spin_before_park`]: LocalExecutorBuilder::spin_before_park
     #[must_use = "The builder must be built to be useful"]
@@ -1186,6 +1186,15 @@ impl LocalExecutor {
         let queues = ExecutorQueues::new(config.preempt_timer, config.spin_before_park);
         let id = notifier.id();
         trace!(id = id, "Creating executor");
+        // A spinning executor makes no system call while it spins, and a cooperative ring's
+        // completions wait for one: with `spin_before_park` the main ring keeps the interrupt.
+        let spins = config.spin_before_park.is_some_and(|spin| !spin.is_zero());
+        if config.coop_taskrun && spins {
+            log::info!(
+                "executor {id} spins before it parks: its main ring keeps the interrupt per \
+                 completion (coop_taskrun applies only without spin_before_park)"
+            );
+        }
         Ok(LocalExecutor {
             queues: Rc::new(RefCell::new(queues)),
             parker: p,
@@ -1195,7 +1204,7 @@ impl LocalExecutor {
                 config.io_memory,
                 config.ring_depth,
                 config.record_io_latencies,
-                config.coop_taskrun,
+                config.coop_taskrun && !spins,
                 blocking_thread,
             )?),
             stall_detector: RefCell::new(
