@@ -482,8 +482,9 @@ struct Driver {
 
 impl Driver {
     async fn drive(&mut self) -> Result<(), String> {
+        let now = self.shared.now_ns();
         for r in 0..self.in_flight.len() {
-            self.issue(r)?;
+            self.issue(r, now)?;
         }
         // One timer for the slot, not one per wait: when it fires with no reply received
         // since it was set, the requests in flight have timed out.
@@ -535,7 +536,13 @@ impl Driver {
     /// Handles every complete reply buffered on socket `i`: decodes them all first and
     /// prefetches the ledger records of their keys, so the records load in parallel rather
     /// than one miss per reply, then records each and sends its slot's next request.
+    ///
+    /// One clock reading serves the whole read: it is when its replies arrived and when the
+    /// requests they call for were sent. Read per reply and per request, the clock was 8% of
+    /// the loadgen's CPU at 8 x 64 (docs/performance.md, section:binary-costs), and the
+    /// readings differed only by the loop's own work on the same read.
     fn replies(&mut self, i: usize) -> Result<(), String> {
+        let now = self.shared.now_ns();
         let mut answers: SmallVec<[Answer; 64]> = SmallVec::new();
         let decoded = self.decode_replies(i, &mut answers);
         for answer in &answers {
@@ -555,8 +562,8 @@ impl Driver {
         }
         for answer in answers {
             match answer {
-                Answer::One(r, result) => self.complete(r, result)?,
-                Answer::Frame(r, items) => self.complete_frame(r, i, items)?,
+                Answer::One(r, result) => self.complete(r, result, now)?,
+                Answer::Frame(r, items) => self.complete_frame(r, i, items, now)?,
             }
         }
         decoded
@@ -628,6 +635,7 @@ impl Driver {
         r: usize,
         socket: usize,
         items: Result<FrameVerdicts, String>,
+        done: u64,
     ) -> Result<(), String> {
         let id = r.wrapping_add(1);
         let f = match self.in_flight.get(r) {
@@ -644,7 +652,6 @@ impl Driver {
                 "a reply to request {id} on a connection it was not sent to"
             ));
         };
-        let done = shared.now_ns();
         let items = items.and_then(|items| match items.len == part.len() {
             true => Ok(items),
             false => Err(format!(
@@ -699,11 +706,11 @@ impl Driver {
                 }
             }
         }
-        self.issue(r)
+        self.issue(r, done)
     }
 
-    /// Records request slot `r`'s answer and sends its next request.
-    fn complete(&mut self, r: usize, result: Result<bool, String>) -> Result<(), String> {
+    /// Records request slot `r`'s answer (arrived at `done`) and sends its next request.
+    fn complete(&mut self, r: usize, result: Result<bool, String>, done: u64) -> Result<(), String> {
         let Some(f) = self.in_flight.get(r).copied() else {
             return Err(format!("reply to unknown request {}", r.wrapping_add(1)));
         };
@@ -715,7 +722,6 @@ impl Driver {
         if let Some(slot) = self.in_flight.get_mut(r) {
             slot.pending = false;
         }
-        let done = self.shared.now_ns();
         if let Some(key) = f.key {
             let given = matches!(result, Ok(true)).then_some(f.tokens);
             self.shared.ledger.answered(key, f.sent_ns, given, done);
@@ -734,17 +740,16 @@ impl Driver {
                 .recorder
                 .record(self.recorder_stripe, 0, outcome, latency, 1);
         }
-        self.issue(r)
+        self.issue(r, done)
     }
 
-    /// Queues the next request of request slot `r`, unless the run is ending.
-    fn issue(&mut self, r: usize) -> Result<(), String> {
+    /// Queues the next request of request slot `r` (sent at `now`), unless the run is ending.
+    fn issue(&mut self, r: usize, now: u64) -> Result<(), String> {
         let shared = &self.shared;
         if self.stopping || shared.stop.load(Ordering::Relaxed) {
             self.stopping = true;
             return Ok(());
         }
-        let now = shared.now_ns();
         let measured = now >= shared.measure_from_ns;
         if measured {
             if now >= shared.measure_until_ns {
