@@ -95,6 +95,9 @@ bitflags::bitflags! {
         /// Completions are run when the task next enters the kernel, without an
         /// inter-processor interrupt (Linux 5.19+).
         const COOP_TASKRUN = 1 << 8;
+        /// With `COOP_TASKRUN`: the kernel sets `IORING_SQ_TASKRUN` in the submission
+        /// ring's flags while completions wait for the task to enter the kernel (Linux 5.19+).
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

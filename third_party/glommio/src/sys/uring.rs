@@ -893,9 +893,27 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    /// Tollgate: created with `COOP_TASKRUN | TASKRUN_FLAG` (TOLLGATE.md, change 1).
+    cooperative: bool,
 }
 
 impl SleepableRing {
+    /// Tollgate: whether completions of this cooperative ring wait for us to enter the
+    /// kernel (`IORING_SQ_TASKRUN` in the submission ring's flags, which the kernel sets
+    /// and clears). Always false on an ordinary ring, whose completions interrupt us.
+    fn completions_wait_for_us(&self) -> bool {
+        const IORING_SQ_TASKRUN: u32 = 1 << 2;
+        if !self.cooperative {
+            return false;
+        }
+        let flags = self.ring.raw().sq.kflags;
+        // SAFETY: `kflags` points into the submission ring, mapped for the ring's whole
+        // life; the kernel writes it concurrently, hence the atomic (relaxed) load, as
+        // liburing's `IO_URING_READ_ONCE`.
+        let flags = unsafe { (*(flags as *const std::sync::atomic::AtomicU32)).load(std::sync::atomic::Ordering::Relaxed) };
+        flags & IORING_SQ_TASKRUN != 0
+    }
+
     fn new(
         size: usize,
         name: &'static str,
@@ -904,24 +922,28 @@ impl SleepableRing {
         coop_taskrun: bool,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
-        let ring = if coop_taskrun {
+        // Tollgate: with `TASKRUN_FLAG` the kernel flags the submission ring while
+        // completions wait for us to enter it, and `needs_kernel_enter` reads that flag
+        // (TOLLGATE.md, change 1).
+        let (ring, cooperative) = if coop_taskrun {
             match iou::IoUring::new_with_flags(
                 size as _,
-                iou::SetupFlags::COOP_TASKRUN,
+                iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
                 iou::SetupFeatures::empty(),
             ) {
-                Ok(ring) => ring,
-                // Kernels before 5.19 refuse the flag: run as upstream does.
+                Ok(ring) => (ring, true),
+                // Kernels before 5.19 refuse the flags: run as upstream does.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     warn!("io_uring refused COOP_TASKRUN for the {name} ring; running without it");
-                    iou::IoUring::new(size as _)?
+                    (iou::IoUring::new(size as _)?, false)
                 }
                 Err(e) => return Err(e),
             }
         } else {
-            iou::IoUring::new(size as _)?
+            (iou::IoUring::new(size as _)?, false)
         };
         Ok(SleepableRing {
+            cooperative,
             ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
@@ -1148,8 +1170,10 @@ impl UringCommon for SleepableRing {
 
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
-        // kernel posts the CQEs asynchronously for us)
-        self.waiting_kernel_submission() > 0
+        // kernel posts the CQEs asynchronously for us)... Tollgate: except on a cooperative
+        // ring, where the kernel posts them when we next enter it, and says so in the ring's
+        // flags.
+        self.waiting_kernel_submission() > 0 || self.completions_wait_for_us()
     }
 
     fn can_sleep(&self) -> bool {
@@ -1240,6 +1264,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// Tollgate: the duration `latency_preemption_timeout_src` was armed with when it is
+    /// a preempt timer (None when it is a user timer armed before sleeping, or none).
+    latency_preemption_armed_for: Cell<Option<Duration>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1383,6 +1410,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_armed_for: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1844,22 +1872,36 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // Tollgate: upstream cancels the old preempt timer and the throughput timer and
+        // arms new ones on every call, that is on every turn of the executor's loop: two
+        // cancellations and two timeouts submitted per turn, a measurable share of a busy
+        // shard's CPU (TOLLGATE.md, change 3). Here a preempt timer still pending is kept
+        // while it fires no later than a new one would (armed earlier, for no longer), and
+        // the throughput timer is re-armed only once it has fired. A kept timer can
+        // preempt a task queue before its full quantum; the executor's runtime accounting,
+        // not the quantum, keeps the queues' shares fair. Before sleeping the preempt
+        // timer is still cancelled, as upstream does, so that it does not wake us.
+        let keep_preempt = match (preempt_timer(), self.latency_preemption_armed_for.get()) {
+            (Some(wanted), Some(armed)) => {
+                armed <= wanted && Self::pending(&self.latency_preemption_timeout_src)
+            }
+            _ => false,
+        };
+        if !keep_preempt {
+            self.latency_preemption_armed_for.set(None);
+            drop(self.latency_preemption_timeout_src.take());
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        if !Self::pending(&self.throughput_preemption_timeout_src) {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1913,8 +1955,11 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            if !keep_preempt {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_armed_for.set(Some(preempt));
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1926,6 +1971,14 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Tollgate: whether the timer in `slot` is armed and has not completed yet.
+    fn pending(slot: &Cell<Option<Source>>) -> bool {
+        let source = slot.take();
+        let pending = source.as_ref().is_some_and(|s| s.result().is_none());
+        slot.set(source);
+        pending
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
