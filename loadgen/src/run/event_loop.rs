@@ -436,6 +436,7 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
     let mut driver = Driver {
         slot,
         recorder_stripe: c,
+        records: Vec::with_capacity(depth),
         first_task: c * depth,
         rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add((c * depth) as u64)),
         singles: plan.templates.iter().map(|(r, _)| r.clone()).collect(),
@@ -459,6 +460,9 @@ struct Driver {
     /// stripe (the slot's first task number, `c × depth`, put every slot of a run at depth 64
     /// on stripe 0, and the load threads took turns on one lock).
     recorder_stripe: usize,
+    /// The measured answers of the read being handled, `(outcome, latency, count)`:
+    /// recorded together when the read is done ([`Driver::replies`]).
+    records: Vec<(Outcome, u64, u64)>,
     /// The slot's first task number (`c × depth`): numbers its request slots across the
     /// run, for the rotating ping spread.
     first_task: usize,
@@ -560,12 +564,16 @@ impl Driver {
                 }
             }
         }
-        for answer in answers {
-            match answer {
-                Answer::One(r, result) => self.complete(r, result, now)?,
-                Answer::Frame(r, items) => self.complete_frame(r, i, items, now)?,
-            }
-        }
+        let completed = answers.into_iter().try_for_each(|answer| match answer {
+            Answer::One(r, result) => self.complete(r, result, now),
+            Answer::Frame(r, items) => self.complete_frame(r, i, items, now),
+        });
+        // The read's measured answers, under one lock.
+        self.shared
+            .recorder
+            .record_all(self.recorder_stripe, 0, &self.records);
+        self.records.clear();
+        completed?;
         decoded
     }
 
@@ -698,11 +706,9 @@ impl Driver {
         if f.measured {
             let latency = done.saturating_sub(f.sent_ns);
             let outcomes = [Outcome::Accepted, Outcome::Rejected, Outcome::Error];
-            for (outcome, &n) in outcomes.iter().zip(&b.counts) {
+            for (&outcome, &n) in outcomes.iter().zip(&b.counts) {
                 if n > 0 {
-                    shared
-                        .recorder
-                        .record(self.recorder_stripe, 0, *outcome, latency, n);
+                    self.records.push((outcome, latency, n));
                 }
             }
         }
@@ -710,7 +716,12 @@ impl Driver {
     }
 
     /// Records request slot `r`'s answer (arrived at `done`) and sends its next request.
-    fn complete(&mut self, r: usize, result: Result<bool, String>, done: u64) -> Result<(), String> {
+    fn complete(
+        &mut self,
+        r: usize,
+        result: Result<bool, String>,
+        done: u64,
+    ) -> Result<(), String> {
         let Some(f) = self.in_flight.get(r).copied() else {
             return Err(format!("reply to unknown request {}", r.wrapping_add(1)));
         };
@@ -735,10 +746,8 @@ impl Driver {
             }
         };
         if f.measured {
-            let latency = done.saturating_sub(f.sent_ns);
-            self.shared
-                .recorder
-                .record(self.recorder_stripe, 0, outcome, latency, 1);
+            self.records
+                .push((outcome, done.saturating_sub(f.sent_ns), 1));
         }
         self.issue(r, done)
     }
