@@ -6,7 +6,7 @@
 //! interval only; the controller drains the intervals once per tick (the progress line and
 //! the report's timeline), adding each into its stripe's whole-run tally, and the final
 //! report merges the whole-run tallies with what the last interval holds. (Recorded into
-//! both at once, the second histogram was a third of the recording's cost per request.)
+//! both at once, every request cost two histogram updates instead of one.)
 
 use std::sync::Mutex;
 

@@ -906,11 +906,11 @@ impl SleepableRing {
         if !self.cooperative {
             return false;
         }
-        let flags = self.ring.raw().sq.kflags;
+        let kflags = self.ring.raw().sq.kflags as *const std::sync::atomic::AtomicU32;
         // SAFETY: `kflags` points into the submission ring, mapped for the ring's whole
         // life; the kernel writes it concurrently, hence the atomic (relaxed) load, as
         // liburing's `IO_URING_READ_ONCE`.
-        let flags = unsafe { (*(flags as *const std::sync::atomic::AtomicU32)).load(std::sync::atomic::Ordering::Relaxed) };
+        let flags = unsafe { (*kflags).load(std::sync::atomic::Ordering::Relaxed) };
         flags & IORING_SQ_TASKRUN != 0
     }
 
