@@ -15,10 +15,3 @@ pub fn now_ns() -> u64 {
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
-
-/// The `Instant` of a reading of [`now_ns`]: for deadlines kept as `Instant`s (timeouts),
-/// without reading the clock again.
-#[inline]
-pub fn instant_at(now_ns: u64) -> Instant {
-    *EPOCH.get_or_init(Instant::now) + std::time::Duration::from_nanos(now_ns)
-}

@@ -14,8 +14,9 @@
 //! connection are capped at `max_in_flight` (OVERLOADED beyond), the reader stops
 //! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes, and a
 //! connection that sends no complete frame for `server.idle_timeout` while nothing of it is
-//! pending is closed. Admission (`max_connections`, `max_connections_per_peer`) is
-//! [`admission`]'s.
+//! pending is closed (the reader notes each read that completes a frame in the connection's
+//! [`idle::Activity`]; the shard's sweep over its [`registry`] does the closing). Admission (`max_connections`,
+//! `max_connections_per_peer`) is [`admission`]'s.
 //!
 //! Access ([`access`]): with `server.binary_tls` the connection first completes a TLS
 //! handshake (within [`tls::handshake_timeout`]); the read and write loops then run over the
@@ -34,8 +35,10 @@
 
 pub mod access;
 pub mod admission;
+pub mod idle;
 mod read_buf;
 pub mod refusal_log;
+pub mod registry;
 pub mod tls;
 pub mod transport;
 
@@ -53,7 +56,6 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 use tollgate_policy::{
     Decision, Engine, FlowError, FlowId, OutcomeKind, Plan, Refusal, RejectReason, Tokens,
 };
@@ -95,8 +97,9 @@ struct Outbox {
     version: Cell<ProtocolVersion>,
     /// Wakes the writer (capacity 1: a pending wake covers any number of appends).
     wake: LocalSender<()>,
-    /// Pending checks (hops, waits) not yet answered.
-    in_flight: Cell<usize>,
+    /// Pending checks (hops, waits) not yet answered, and when the connection last
+    /// completed a frame: what the shard's idle sweep reads.
+    activity: Rc<idle::Activity>,
     /// Resolves when the socket breaks: pending checks race it, and are dropped (handing
     /// back what they took) when it wins.
     gone: Shared<oneshot::Receiver<()>>,
@@ -128,7 +131,7 @@ impl Outbox {
     /// Spawns a pending check's task: counted in `in_flight`, cancelled if the socket
     /// breaks, and `finish`ed when done either way.
     fn spawn_pending(self: &Rc<Self>, work: impl std::future::Future<Output = ()> + 'static) {
-        self.in_flight.set(self.in_flight.get() + 1);
+        self.activity.request_started();
         let out = self.clone();
         glommio::spawn_local(async move {
             let gone = out.gone.clone();
@@ -144,17 +147,23 @@ impl Outbox {
 
 /// Serves one accepted connection until EOF, a fatal framing error or a broken socket.
 /// `shard_index` is Some on a shard-aware port (reported in HELLO). With `server.binary_tls`
-/// the TLS handshake comes first.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, shard_index: Option<u16>) {
+/// the TLS handshake comes first. `activity` is the connection's entry in the shard's idle
+/// sweep.
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    shard_index: Option<u16>,
+    activity: Rc<idle::Activity>,
+) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let node = shard.node.clone();
     match node.access.tls() {
-        None => serve_on(shard, stream, shard_index, peer).await,
+        None => serve_on(shard, stream, shard_index, peer, activity).await,
         Some(tls) => {
             let timeout = tls::handshake_timeout(node.limits.idle_timeout);
             match tls.accept(stream, timeout).await {
-                Ok(stream) => serve_on(shard, stream, shard_index, peer).await,
+                Ok(stream) => serve_on(shard, stream, shard_index, peer, activity).await,
                 Err(e) => {
                     shard.metrics().tls_handshake_failed();
                     tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed; closing");
@@ -170,6 +179,7 @@ async fn serve_on<T: transport::Transport>(
     stream: T,
     shard_index: Option<u16>,
     peer: Option<SocketAddr>,
+    activity: Rc<idle::Activity>,
 ) {
     let (stream, writer) = match stream.split() {
         Ok(halves) => halves,
@@ -186,7 +196,7 @@ async fn serve_on<T: transport::Transport>(
         bytes: RefCell::new(Vec::with_capacity(16 * 1024)),
         version: Cell::new(ProtocolVersion::V1),
         wake,
-        in_flight: Cell::new(0),
+        activity,
         gone: gone.shared(),
         breaks: RefCell::new(Some(breaks)),
         settled,
@@ -206,7 +216,7 @@ async fn serve_on<T: transport::Transport>(
         peer,
     };
     reader.run(&drained_rx).await;
-    while out.in_flight.get() > 0 && !out.broken.get() {
+    while out.activity.in_flight() > 0 && !out.broken.get() {
         let _ = settled_rx.recv().await;
     }
     out.finished.set(true);
@@ -227,13 +237,10 @@ struct Reader<R> {
     peer: Option<SocketAddr>,
 }
 
-impl<R: transport::ReadHalf> Reader<R> {
+impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
     async fn run(&mut self, drained: &LocalReceiver<()>) {
         let max_frame_len = self.shard.node.limits.max_frame_len;
-        let idle_timeout = self.shard.node.limits.idle_timeout;
         let mut buf = ReadBuf::new();
-        // When the last complete frame came in (or the connection opened).
-        let mut last_frame = Instant::now();
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
@@ -254,7 +261,7 @@ impl<R: transport::ReadHalf> Reader<R> {
                     // A run of CHECK frames is decided in passes, as a batch is.
                     let (run, run_len) = check_run(buf.data(), max_frame_len);
                     if run.len() >= PREFETCH_MIN_BATCH {
-                        last_frame = clock::instant_at(now);
+                        self.out.activity.frame_completed(now);
                         self.answer_run(&run, now);
                         buf.consume(run_len);
                         continue;
@@ -263,7 +270,7 @@ impl<R: transport::ReadHalf> Reader<R> {
                 match decode_frame(buf.data(), max_frame_len) {
                     Ok(Some(decoded)) => {
                         // The read's time: one clock reading per read, not per frame.
-                        last_frame = clock::instant_at(now);
+                        self.out.activity.frame_completed(now);
                         let len = decoded.len;
                         self.handle(decoded.request_id, decoded.frame, now);
                         buf.consume(len);
@@ -276,7 +283,7 @@ impl<R: transport::ReadHalf> Reader<R> {
                         frame_len,
                         ..
                     }) => {
-                        last_frame = clock::instant_at(now);
+                        self.out.activity.frame_completed(now);
                         encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, reason);
                         buf.consume(frame_len);
                     }
@@ -307,30 +314,10 @@ impl<R: transport::ReadHalf> Reader<R> {
             if self.out.broken.get() {
                 return;
             }
-            if let Some(idle) = idle_timeout {
-                // Bytes that complete no frame do not count: a peer trickling a frame is
-                // closed like a silent one.
-                let left = (last_frame + idle).saturating_duration_since(Instant::now());
-                self.stream
-                    .set_read_timeout(Some(left.max(Duration::from_millis(1))));
-            }
+            // End of stream is the client's FIN, a drain, or the idle sweep (`idle`).
             match self.stream.read(buf.spare()).await {
                 Ok(0) => return,
                 Ok(n) => buf.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    if self.out.in_flight.get() > 0 {
-                        // Its client is waiting for replies, not idle.
-                        last_frame = Instant::now();
-                        continue;
-                    }
-                    if Instant::now() >= last_frame + idle_timeout.unwrap_or_default() {
-                        tracing::debug!(
-                            idle_timeout = ?idle_timeout,
-                            "closing connection: no complete frame within server.idle_timeout"
-                        );
-                        return;
-                    }
-                }
                 Err(e) => {
                     tracing::debug!(error = %e, "connection read failed");
                     return;
@@ -475,7 +462,7 @@ impl<R: transport::ReadHalf> Reader<R> {
 
     /// Whether another pending check fits on this connection; if not, answers OVERLOADED.
     fn admit_pending(&self, request_id: u32) -> bool {
-        if self.out.in_flight.get() < self.shard.node.limits.max_in_flight {
+        if self.out.activity.in_flight() < self.shard.node.limits.max_in_flight {
             return true;
         }
         self.shard.metrics().overloaded();
@@ -753,7 +740,7 @@ fn str_ref_id(r: tollgate_protocol::StrRef<'_>) -> u16 {
 }
 
 fn finish_pending(out: &Outbox) {
-    out.in_flight.set(out.in_flight.get() - 1);
+    out.activity.request_finished();
     out.notify_writer();
     let _ = out.settled.try_send(());
 }

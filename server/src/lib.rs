@@ -30,7 +30,8 @@
 //!   scheduler task that makes waiting real, flow ends, cross-shard hops and their
 //!   batching.
 //! - [`conn`]: one binary connection: read, decode, decide, reply; bounded buffers; who
-//!   may connect (caps, API keys in HELLO, TLS) and over which stream.
+//!   may connect (caps, API keys in HELLO, TLS) and over which stream; a shard's registry
+//!   of its connections (drain, the idle sweep).
 //! - [`bridge`]: the inbox through which non-shard threads (gRPC, gossip) reach shards;
 //!   `bridge::check_batch` gathers a tokio turn's checks into one message per shard.
 //! - [`grpc_backend`]: the gRPC compat port's view of the shards.

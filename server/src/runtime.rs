@@ -6,6 +6,7 @@ use crate::bridge::check_batch::CheckReply;
 use crate::bridge::{AnsweredChecks, DecisionHandle, Inbound, INBOX_DEPTH};
 use crate::config::Config;
 use crate::conn::access::Access;
+use crate::conn::registry::Connections;
 use crate::node::{Limits, MembersView, Node};
 use crate::shard::{MeshMsg, PendingCheck, Planned, Shard, MESH_CHANNEL_SIZE};
 use crate::{clock, conn, listeners};
@@ -14,7 +15,6 @@ use arc_swap::ArcSwap;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
@@ -269,39 +269,6 @@ impl RunningServer {
     }
 }
 
-/// Open connections of one shard, so shutdown can end their reads.
-#[derive(Default)]
-struct Connections {
-    fds: RefCell<hashbrown::HashMap<u64, RawFd>>,
-    next_id: Cell<u64>,
-}
-
-impl Connections {
-    fn add(&self, fd: RawFd) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        self.fds.borrow_mut().insert(id, fd);
-        id
-    }
-
-    fn remove(&self, id: u64) {
-        self.fds.borrow_mut().remove(&id);
-    }
-
-    fn len(&self) -> usize {
-        self.fds.borrow().len()
-    }
-
-    /// Ends the read side of every connection: readers see EOF, finish what is in
-    /// flight, flush and close.
-    fn shutdown_reads(&self) {
-        for &fd in self.fds.borrow().values() {
-            // SAFETY: fd belongs to a live connection (removed from the map when it closes).
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
-    }
-}
-
 async fn run_shard(
     node: Arc<Node>,
     slots: Arc<Mutex<ListenerSlots>>,
@@ -349,16 +316,19 @@ async fn run_shard(
             conns.clone(),
         )),
     ];
-    let evictor = glommio::spawn_local(evict_loop(shard.clone()));
+    let mut upkeep = vec![glommio::spawn_local(evict_loop(shard.clone()))];
+    if let Some(idle) = node.limits.idle_timeout {
+        upkeep.push(glommio::spawn_local(idle_loop(conns.clone(), idle)));
+    }
     let _ = ready.send(Ok(id));
 
     // The inbox is served until Exit, through the drain: other threads (gRPC calls still
     // in flight, the gossip thread's final replication drain) reach this shard until then.
-    let mut drain = Some((accepting, evictor, drained));
+    let mut drain = Some((accepting, upkeep, drained));
     while let Ok(msg) = inbox.recv_async().await {
         match msg {
             Inbound::Stop => {
-                if let Some((accepting, evictor, drained)) = drain.take() {
+                if let Some((accepting, upkeep, drained)) = drain.take() {
                     // Waiting flows are answered first, so their replies go out before
                     // their connections are drained.
                     shard.stop_waiting();
@@ -366,7 +336,7 @@ async fn run_shard(
                         shard.clone(),
                         conns.clone(),
                         accepting,
-                        evictor,
+                        upkeep,
                         drained,
                     ))
                     .detach();
@@ -386,19 +356,19 @@ async fn drain_shard(
     shard: Rc<Shard>,
     conns: Rc<Connections>,
     accepting: Vec<glommio::Task<()>>,
-    evictor: glommio::Task<()>,
+    upkeep: Vec<glommio::Task<()>>,
     drained: mpsc::Sender<usize>,
 ) {
     drop(accepting);
-    drop(evictor);
+    drop(upkeep);
     conns.shutdown_reads();
     let limits = &shard.node.limits;
     let deadline =
         clock::now_ns() + u64::try_from(limits.drain_timeout.as_nanos()).unwrap_or(u64::MAX);
-    while conns.len() > 0 && clock::now_ns() < deadline {
+    while !conns.is_empty() && clock::now_ns() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    if conns.len() > 0 {
+    if !conns.is_empty() {
         tracing::warn!(
             shard = shard.id,
             open = conns.len(),
@@ -540,10 +510,10 @@ async fn accept_loop(
                 let Some((stream, slot)) = conn::admission::admit(&shard.node, stream) else {
                     continue;
                 };
-                let id = conns.add(stream.as_raw_fd());
+                let (id, activity) = conns.add(stream.as_raw_fd(), clock::now_ns());
                 let (shard, conns) = (shard.clone(), conns.clone());
                 glommio::spawn_local(async move {
-                    conn::serve(shard.clone(), stream, shard_index).await;
+                    conn::serve(shard.clone(), stream, shard_index, activity).await;
                     conns.remove(id);
                     drop(slot);
                 })
@@ -554,6 +524,24 @@ async fn accept_loop(
                 tracing::warn!(error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Closes the shard's binary connections idle for `idle` (`server.idle_timeout`), one sweep
+/// per [`conn::idle::sweep_period`].
+async fn idle_loop(conns: Rc<Connections>, idle: Duration) {
+    let period = conn::idle::sweep_period(idle);
+    let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+    loop {
+        glommio::timer::sleep(period).await;
+        let closed = conns.close_idle(clock::now_ns(), idle_ns);
+        if closed > 0 {
+            tracing::debug!(
+                closed,
+                idle_timeout = ?idle,
+                "closing connections: no complete frame within server.idle_timeout"
+            );
         }
     }
 }

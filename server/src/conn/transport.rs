@@ -16,23 +16,16 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 /// A connection's stream, split for its reader and writer tasks.
 pub trait Transport: Sized + 'static {
     /// What the reader task reads from.
-    type Reader: ReadHalf;
+    type Reader: AsyncRead + Unpin + 'static;
     /// What the writer task writes to.
     type Writer: AsyncWrite + Unpin + 'static;
 
     /// The two halves.
     fn split(self) -> io::Result<(Self::Reader, Self::Writer)>;
-}
-
-/// The read half: a stream with a read timeout (the idle-connection bound).
-pub trait ReadHalf: AsyncRead + Unpin + 'static {
-    /// Reads fail with `TimedOut` after `timeout` without bytes (None: never).
-    fn set_read_timeout(&self, timeout: Option<Duration>);
 }
 
 impl Transport for TcpStream {
@@ -51,12 +44,6 @@ impl Transport for TcpStream {
     }
 }
 
-impl ReadHalf for TcpStream {
-    fn set_read_timeout(&self, timeout: Option<Duration>) {
-        let _ = TcpStream::set_read_timeout(self, timeout);
-    }
-}
-
 impl Transport for TlsStream<TcpStream> {
     type Reader = SharedHalf<TlsStream<TcpStream>>;
     type Writer = SharedHalf<TlsStream<TcpStream>>;
@@ -64,14 +51,6 @@ impl Transport for TlsStream<TcpStream> {
     fn split(self) -> io::Result<(Self::Reader, Self::Writer)> {
         let shared = Rc::new(RefCell::new(self));
         Ok((SharedHalf(shared.clone()), SharedHalf(shared)))
-    }
-}
-
-impl ReadHalf for SharedHalf<TlsStream<TcpStream>> {
-    fn set_read_timeout(&self, timeout: Option<Duration>) {
-        if let Ok(stream) = self.0.try_borrow() {
-            let _ = stream.get_ref().0.set_read_timeout(timeout);
-        }
     }
 }
 
