@@ -138,6 +138,15 @@ impl InnerSource {
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
         std::mem::replace(&mut self.source_type, source_type)
     }
+
+    /// Tollgate (TOLLGATE.md, change 4): whether this source's queue, submit and fulfil
+    /// times are read by anyone (its latency collection function). Only then are they
+    /// taken: upstream read the clock for each of them on every operation, and once more on
+    /// every pass over an empty submission queue.
+    pub(crate) fn records_latency(&self) -> bool {
+        self.stats_collection
+            .is_some_and(|stats| stats.latency.is_some())
+    }
 }
 
 impl fmt::Debug for InnerSource {
