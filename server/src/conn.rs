@@ -15,8 +15,8 @@
 //! reading while the outbox holds more than `MAX_WRITE_BACKLOG` unsent bytes, and a
 //! connection that sends no complete frame for `server.idle_timeout` while nothing of it is
 //! pending is closed (the reader notes each read that completes a frame in the connection's
-//! [`idle::Activity`]; the shard's sweep over its [`registry`] does the closing). Admission (`max_connections`,
-//! `max_connections_per_peer`) is [`admission`]'s.
+//! [`idle::Activity`]; the shard's sweep over its [`registry`] does the closing). Admission
+//! (`max_connections`, `max_connections_per_peer`) is [`admission`]'s.
 //!
 //! Access ([`access`]): with `server.binary_tls` the connection first completes a TLS
 //! handshake (within [`tls::handshake_timeout`]); the read and write loops then run over the
