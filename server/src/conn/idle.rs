@@ -76,7 +76,9 @@ impl Activity {
     /// A pending request was answered (or cancelled).
     #[inline]
     pub fn request_finished(&self) {
-        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        let in_flight = self.in_flight.get();
+        debug_assert!(in_flight > 0, "a request finished that never started");
+        self.in_flight.set(in_flight.saturating_sub(1));
     }
 
     /// The sweep's question at `now_ns`: has the connection been idle for `idle_ns`? Yes at
