@@ -318,7 +318,11 @@ async fn run_shard(
     ];
     let mut upkeep = vec![glommio::spawn_local(evict_loop(shard.clone()))];
     if let Some(idle) = node.limits.idle_timeout {
-        upkeep.push(glommio::spawn_local(idle_loop(conns.clone(), idle)));
+        upkeep.push(glommio::spawn_local(idle_loop(
+            shard.clone(),
+            conns.clone(),
+            idle,
+        )));
     }
     let _ = ready.send(Ok(id));
 
@@ -530,12 +534,13 @@ async fn accept_loop(
 
 /// Closes the shard's binary connections idle for `idle` (`server.idle_timeout`), one sweep
 /// per [`conn::idle::sweep_period`].
-async fn idle_loop(conns: Rc<Connections>, idle: Duration) {
+async fn idle_loop(shard: Rc<Shard>, conns: Rc<Connections>, idle: Duration) {
     let period = conn::idle::sweep_period(idle);
     let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
     loop {
         glommio::timer::sleep(period).await;
         let closed = conns.close_idle(clock::now_ns(), idle_ns);
+        shard.metrics().idle_closed(closed);
         if closed > 0 {
             tracing::debug!(
                 closed,

@@ -312,6 +312,12 @@ impl NodeCollector {
         )?;
         counter(
             enc,
+            "tollgate_binary_idle_closes",
+            "Binary connections closed because they completed no frame for server.idle_timeout with nothing pending.",
+            per_shard(&|b| b.idle_closed.get()),
+        )?;
+        counter(
+            enc,
             "tollgate_bucket_evictions",
             "Buckets dropped, by reason (idle: unused past the policy's max_idle_time).",
             blocks.iter().enumerate().map(|(i, b)| {

@@ -54,6 +54,8 @@ pub struct ShardBlock {
     pub unauthenticated: Counter,
     /// Binary connections whose TLS handshake failed or timed out.
     pub tls_handshake_failed: Counter,
+    /// Binary connections closed by `server.idle_timeout`.
+    pub idle_closed: Counter,
     /// Rejections by reason, indexed as [`REFUSALS`].
     pub refusals: [Counter; REFUSALS.len()],
     /// Replicated entries applied to this shard's buckets: `[debit, lower]`.
@@ -73,6 +75,7 @@ impl ShardBlock {
             overloaded: Counter::default(),
             unauthenticated: Counter::default(),
             tls_handshake_failed: Counter::default(),
+            idle_closed: Counter::default(),
             refusals: Default::default(),
             replica_entries: Default::default(),
             evicted_idle: Counter::default(),
@@ -280,6 +283,13 @@ impl ShardMetrics {
     pub fn tls_handshake_failed(&self) {
         if self.enabled {
             self.block.tls_handshake_failed.add(1);
+        }
+    }
+
+    /// `n` binary connections were closed by `server.idle_timeout`.
+    pub fn idle_closed(&self, n: usize) {
+        if self.enabled {
+            self.block.idle_closed.add(n as u64);
         }
     }
 
