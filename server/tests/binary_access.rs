@@ -5,7 +5,7 @@
 mod common;
 
 use common::certs::self_signed;
-use common::{run_cli, start_server, temp_dir, RunningServer};
+use common::{metric_sum, run_cli, start_server, temp_dir, RunningServer};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -16,7 +16,6 @@ use tollgate_protocol::{
     decode_reply, encode_check, encode_hello, encode_hello_with_key, encode_intern, encode_ping,
     routing, CheckSpec, ErrorCode, ProtocolVersion, Reply, StrRef, DEFAULT_MAX_FRAME_LEN,
 };
-use tollgate_server::admin::client::AdminClient;
 
 /// Generous per-request timeout: debug builds on a loaded 2-core CI box.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,13 +124,7 @@ fn check(user: &str) -> CheckRequest {
 
 /// `tollgate_binary_unauthenticated_total`, summed over shards.
 fn refusals_counted(server: &RunningServer) -> f64 {
-    let admin = AdminClient::new(&server.admin.unwrap().to_string(), None, TIMEOUT);
-    let (status, text) = admin.get("/metrics").expect("scrape");
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .filter(|l| l.starts_with("tollgate_binary_unauthenticated_total{"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    metric_sum(server, "tollgate_binary_unauthenticated_total")
 }
 
 #[test]

@@ -9,14 +9,13 @@
 
 mod common;
 
-use common::start_server;
+use common::{metric_sum, start_server};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tollgate_protocol::{
     decode_reply, encode_check, encode_ping, CheckSpec, ErrorCode, ProtocolVersion, Reply, StrRef,
 };
-use tollgate_server::admin::client::AdminClient;
 
 /// Bounds a hang only.
 const HANG: Duration = Duration::from_secs(30);
@@ -148,14 +147,11 @@ fn an_idle_or_trickling_connection_is_closed_but_a_waiting_one_is_not() {
     assert!(closed, "a trickling connection outlived its idle timeout");
     // Both closes are counted (polled: the count lands just after the socket is shut).
     let deadline = Instant::now() + HANG;
-    while idle_closes(&server) < 2.0 && Instant::now() < deadline {
+    let idle_closes = || metric_sum(&server, "tollgate_binary_idle_closes_total");
+    while idle_closes() < 2.0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(
-        idle_closes(&server),
-        2.0,
-        "tollgate_binary_idle_closes_total"
-    );
+    assert_eq!(idle_closes(), 2.0, "tollgate_binary_idle_closes_total");
 
     // A check waiting ~3 s for its token keeps its connection (nothing else is sent).
     let mut waiting = connect(server.listen);
@@ -191,17 +187,6 @@ fn an_idle_or_trickling_connection_is_closed_but_a_waiting_one_is_not() {
         sent.elapsed() > Duration::from_secs(1),
         "the token refills after ~3 s, so the wait outlasted the idle timeout"
     );
-}
-
-/// `tollgate_binary_idle_closes_total`, summed over shards.
-fn idle_closes(server: &common::RunningServer) -> f64 {
-    let admin = AdminClient::new(&server.admin.unwrap().to_string(), None, HANG);
-    let (status, text) = admin.get("/metrics").expect("scrape");
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .filter(|l| l.starts_with("tollgate_binary_idle_closes_total{"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 fn refused(s: &mut TcpStream, limit: &str) {

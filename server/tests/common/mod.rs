@@ -169,6 +169,21 @@ pub fn start_server(yaml: &str) -> RunningServer {
     start_server_with_args(yaml, &[])
 }
 
+/// The sum over shards (and any other labels) of the counter family `family` (e.g.
+/// `tollgate_binary_idle_closes_total`) on `server`'s `/metrics`; 0 when absent.
+pub fn metric_sum(server: &RunningServer, family: &str) -> f64 {
+    let admin = server.admin.expect("the admin port is on").to_string();
+    let client =
+        tollgate_server::admin::client::AdminClient::new(&admin, None, Duration::from_secs(10));
+    let (status, text) = client.get("/metrics").expect("scrape");
+    assert_eq!(status, 200, "{text}");
+    let labelled = format!("{family}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&labelled) || l.starts_with(&format!("{family} ")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// `tollgate check` of one flow labelled `user=USER` at `control_point`: whether it was
 /// accepted (exit 0; exit 1 is a rejection, anything else fails the test).
 pub fn cli_check(server: &RunningServer, control_point: &str, user: &str) -> bool {
