@@ -246,6 +246,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             let now = clock::now_ns();
             let prefetch =
                 self.authenticated && buf.data().len() >= PREFETCH_MIN_READ && self.prefetch_pays();
+            let undecoded = buf.data().len();
             loop {
                 if !self.authenticated {
                     match self.shard.node.access.gate(buf.data(), max_frame_len) {
@@ -261,7 +262,6 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                     // A run of CHECK frames is decided in passes, as a batch is.
                     let (run, run_len) = check_run(buf.data(), max_frame_len);
                     if run.len() >= PREFETCH_MIN_BATCH {
-                        self.out.activity.frame_completed(now);
                         self.answer_run(&run, now);
                         buf.consume(run_len);
                         continue;
@@ -270,7 +270,6 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                 match decode_frame(buf.data(), max_frame_len) {
                     Ok(Some(decoded)) => {
                         // The read's time: one clock reading per read, not per frame.
-                        self.out.activity.frame_completed(now);
                         let len = decoded.len;
                         self.handle(decoded.request_id, decoded.frame, now);
                         buf.consume(len);
@@ -283,7 +282,6 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                         frame_len,
                         ..
                     }) => {
-                        self.out.activity.frame_completed(now);
                         encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, reason);
                         buf.consume(frame_len);
                     }
@@ -299,6 +297,11 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                         return;
                     }
                 }
+            }
+            if buf.data().len() < undecoded {
+                // Only whole frames are consumed: bytes that complete none leave the
+                // connection as idle as it was (`idle`).
+                self.out.activity.frame_completed(now);
             }
             self.shard.metrics().binary_read_done(now);
             if !self.out.bytes.borrow().is_empty() {
