@@ -20,6 +20,7 @@ use crate::frame::{
 };
 use crate::types::{
     BatchItem, CheckReply, ErrorReply, FlowEndStatus, HelloReply, LimiterResult, Member, Refusal,
+    ReplyHead,
 };
 use crate::version::ProtocolVersion;
 
@@ -407,27 +408,39 @@ fn put_limiter(out: &mut Vec<u8>, l: &LimiterResult, version: ProtocolVersion) {
     }
 }
 
+/// `CHECK_REPLY`'s body: `head`, then the limiters as `limiters` yields them (at most
+/// [`MAX_LIMITERS`]; more is an error and nothing is written). The count byte is written
+/// last, so the caller's limiters can be made as they are encoded.
 #[inline]
 fn put_check_reply(
     out: &mut Vec<u8>,
-    reply: &CheckReply,
+    head: ReplyHead,
+    limiters: impl IntoIterator<Item = LimiterResult>,
     version: ProtocolVersion,
 ) -> Result<(), EncodeError> {
-    let count = reply.limiters.len();
-    if count > MAX_LIMITERS {
-        return Err(EncodeError::TooManyItems {
-            what: "limiters",
-            count,
-            max: MAX_LIMITERS,
-        });
+    let start = out.len();
+    out.reserve(11 + limiter_result_len(version));
+    out.push(head.decision.as_u8());
+    out.push(head.reason.as_u8(version));
+    out.extend_from_slice(&head.wait_ns.to_le_bytes());
+    let count_at = out.len();
+    out.push(0);
+    let mut limiters = limiters.into_iter();
+    let mut count = 0;
+    for l in limiters.by_ref() {
+        if count == MAX_LIMITERS {
+            out.truncate(start);
+            return Err(EncodeError::TooManyItems {
+                what: "limiters",
+                count: count + 1 + limiters.count(),
+                max: MAX_LIMITERS,
+            });
+        }
+        put_limiter(out, &l, version);
+        count += 1;
     }
-    out.reserve(11 + count * limiter_result_len(version));
-    out.push(reply.decision.as_u8());
-    out.push(reply.reason.as_u8(version));
-    out.extend_from_slice(&reply.wait_ns.to_le_bytes());
-    out.push(count as u8); // <= MAX_LIMITERS == u8::MAX, checked above
-    for l in &reply.limiters {
-        put_limiter(out, l, version);
+    if let Some(slot) = out.get_mut(count_at) {
+        *slot = count as u8; // <= MAX_LIMITERS == u8::MAX, checked above
     }
     Ok(())
 }
@@ -442,8 +455,27 @@ pub fn encode_check_reply(
     reply: &CheckReply,
     version: ProtocolVersion,
 ) -> Result<(), EncodeError> {
+    encode_check_reply_from(
+        out,
+        request_id,
+        reply.head(),
+        reply.limiters.iter().copied(),
+        version,
+    )
+}
+
+/// [`encode_check_reply`] of a reply given as its head and its limiters, made as they are
+/// written: a server encodes its decision without building a [`CheckReply`] first.
+#[inline]
+pub fn encode_check_reply_from(
+    out: &mut Vec<u8>,
+    request_id: u32,
+    head: ReplyHead,
+    limiters: impl IntoIterator<Item = LimiterResult>,
+    version: ProtocolVersion,
+) -> Result<(), EncodeError> {
     frame(out, opcode::CHECK_REPLY, request_id, |out| {
-        put_check_reply(out, reply, version)
+        put_check_reply(out, head, limiters, version)
     })
 }
 
@@ -497,10 +529,20 @@ impl<'o> BatchReplyWriter<'o> {
 
     /// Appends a decided item (tag 0).
     pub fn reply(&mut self, reply: &CheckReply) -> Result<(), EncodeError> {
+        self.reply_from(reply.head(), reply.limiters.iter().copied())
+    }
+
+    /// [`BatchReplyWriter::reply`] of a reply given as its head and its limiters (see
+    /// [`encode_check_reply_from`]).
+    pub fn reply_from(
+        &mut self,
+        head: ReplyHead,
+        limiters: impl IntoIterator<Item = LimiterResult>,
+    ) -> Result<(), EncodeError> {
         self.check_room()?;
         let mark = self.out.len();
         self.out.push(0);
-        if let Err(e) = put_check_reply(self.out, reply, self.version) {
+        if let Err(e) = put_check_reply(self.out, head, limiters, self.version) {
             self.out.truncate(mark);
             return Err(e);
         }

@@ -85,10 +85,10 @@ pub use decode::{
     DecodedReply, FlowIdsRef, Frame, HelloRef, Labels, StrRef,
 };
 pub use encode::{
-    encode_batch_reply, encode_check, encode_check_batch, encode_check_reply, encode_error,
-    encode_flow_end, encode_flow_end_reply, encode_hello, encode_hello_reply,
-    encode_hello_with_key, encode_intern, encode_members, encode_members_reply, encode_ping,
-    encode_pong, BatchReplyWriter, CheckBatchWriter, CheckSpec,
+    encode_batch_reply, encode_check, encode_check_batch, encode_check_reply,
+    encode_check_reply_from, encode_error, encode_flow_end, encode_flow_end_reply, encode_hello,
+    encode_hello_reply, encode_hello_with_key, encode_intern, encode_members, encode_members_reply,
+    encode_ping, encode_pong, BatchReplyWriter, CheckBatchWriter, CheckSpec,
 };
 pub use error::{DecodeError, EncodeError, InternError};
 pub use frame::{
@@ -101,7 +101,7 @@ pub use smallvec;
 pub use types::{
     BatchItem, CheckReply, ControlPointRouting, Decision, DecisionReason, ErrorReply,
     FlowEndStatus, HelloReply, LimiterOutcome, LimiterResult, Limiters, Member, MemberState,
-    Refusal, Reply,
+    Refusal, Reply, ReplyHead,
 };
 pub use verdict::{
     decode_verdict, BatchVerdictIter, BatchVerdicts, DecodedVerdict, ErrorRef, Verdict,

@@ -213,6 +213,19 @@ impl LimiterResult {
 /// heap on the server's hot path.
 pub type Limiters = SmallVec<[LimiterResult; 4]>;
 
+/// What a [`CheckReply`] says before its per-limiter detail. An encoder that makes the detail
+/// as it writes ([`crate::encode_check_reply_from`], [`crate::BatchReplyWriter::reply_from`])
+/// takes this and an iterator of [`LimiterResult`], so no reply struct is built per check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplyHead {
+    /// Accepted or rejected.
+    pub decision: Decision,
+    /// Why.
+    pub reason: DecisionReason,
+    /// Largest wait among the limiters; 0 when accepted.
+    pub wait_ns: u64,
+}
+
 /// The answer to one check.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckReply {
@@ -227,6 +240,15 @@ pub struct CheckReply {
 }
 
 impl CheckReply {
+    /// The reply's fields before its limiters.
+    pub fn head(&self) -> ReplyHead {
+        ReplyHead {
+            decision: self.decision,
+            reason: self.reason,
+            wait_ns: self.wait_ns,
+        }
+    }
+
     /// True if the check was accepted.
     pub fn accepted(&self) -> bool {
         self.decision == Decision::Accepted

@@ -620,7 +620,54 @@ fn encoders_enforce_limits_and_leave_buffer_untouched() {
         encode_intern(&mut out, 1, 4096, "x"),
         Err(EncodeError::InternedIdOutOfRange { id: 4096 })
     );
+    // A reply with more limiters than a count byte holds is refused whole, counted to the end,
+    // in a frame of its own and as a batch item.
+    let limiter = LimiterResult {
+        limiter_index: 0,
+        outcome: LimiterOutcome::Accepted,
+        status_code: 429,
+        tokens: 1.0,
+        remaining: 9.0,
+        current: 10.0,
+        wait_ns: 0,
+        flow_id: None,
+        refusal: None,
+    };
+    let head = ReplyHead {
+        decision: Decision::Accepted,
+        reason: DecisionReason::None,
+        wait_ns: 0,
+    };
+    let too_many = || std::iter::repeat_n(limiter, MAX_LIMITERS + 2);
+    let refused = Err(EncodeError::TooManyItems {
+        what: "limiters",
+        count: MAX_LIMITERS + 2,
+        max: MAX_LIMITERS,
+    });
+    assert_eq!(
+        encode_check_reply_from(&mut out, 1, head, too_many(), V2),
+        refused
+    );
     assert_eq!(out, vec![1, 2, 3]);
+    let mut w = BatchReplyWriter::new(&mut out, 1, 1, V2).expect("writer");
+    assert_eq!(w.reply_from(head, too_many()), refused);
+    w.abandon();
+    assert_eq!(out, vec![1, 2, 3]);
+    // The most a count byte holds is encoded and read back.
+    let mut full = Vec::new();
+    encode_check_reply_from(
+        &mut full,
+        1,
+        head,
+        std::iter::repeat_n(limiter, MAX_LIMITERS),
+        V2,
+    )
+    .expect("MAX_LIMITERS limiters");
+    let Reply::Check(reply) = decode_one_reply(&full, V2).reply else {
+        panic!("not a check reply")
+    };
+    assert_eq!(reply.limiters.len(), MAX_LIMITERS);
+    assert_eq!(reply.head(), head);
     // ERROR messages are cut at a character boundary rather than failing.
     let msg = "é".repeat(MAX_STRING_LEN);
     encode_error(&mut out, 1, ErrorCode::Internal, &msg);

@@ -60,10 +60,10 @@ use tollgate_policy::{
     Decision, Engine, FlowError, FlowId, OutcomeKind, Plan, Refusal, RejectReason, Tokens,
 };
 use tollgate_protocol::{
-    decode_frame, encode_check_reply, encode_error, encode_flow_end_reply, encode_hello_reply,
-    encode_members_reply, encode_pong, frame_len, BatchReplyWriter, CheckRef, CheckReply,
-    DecisionReason, DecodeError, ErrorCode, FlowEndStatus, FlowIdsRef, Frame, InternTable,
-    LimiterOutcome, LimiterResult, ProtocolVersion, PROTOCOL_VERSION,
+    decode_frame, encode_check_reply_from, encode_error, encode_flow_end_reply, encode_hello_reply,
+    encode_members_reply, encode_pong, frame_len, BatchReplyWriter, CheckRef, DecisionReason,
+    DecodeError, ErrorCode, FlowEndStatus, FlowIdsRef, Frame, InternTable, LimiterOutcome,
+    LimiterResult, ProtocolVersion, ReplyHead, PROTOCOL_VERSION,
 };
 
 /// Unsent reply bytes above which the reader stops reading: a client that does not read
@@ -754,10 +754,10 @@ enum BatchSlot {
     Failed(ErrorCode, String),
 }
 
-/// The wire form of a decision (everything version 2 carries; the encoder drops what the
-/// connection's version cannot).
-pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
-    CheckReply {
+/// The wire form of a decision's verdict: the head of its reply ([`reply_limiters`] is the
+/// rest).
+fn reply_head(engine: &Engine, d: &Decision) -> ReplyHead {
+    ReplyHead {
         decision: if d.accepted {
             tollgate_protocol::Decision::Accepted
         } else {
@@ -769,42 +769,50 @@ pub fn check_reply(engine: &Engine, d: &Decision) -> CheckReply {
             Some(RejectReason::NoTokens) => DecisionReason::NoTokens,
         },
         wait_ns: d.wait_ns,
-        // Described with the shard's engine at reply time: a limiter a reload removed
-        // meanwhile is still described by the predecessor kept for that; one neither knows
-        // (two reloads during one check) is left out of the per-limiter results.
-        limiters: d
-            .limiters
-            .iter()
-            .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
-            .map(|(o, spec)| LimiterResult {
-                limiter_index: spec.position,
-                outcome: match o.kind {
-                    OutcomeKind::Accepted => LimiterOutcome::Accepted,
-                    OutcomeKind::Rejected => LimiterOutcome::Rejected,
-                    OutcomeKind::KeyNotFound => LimiterOutcome::KeyNotFound,
-                    OutcomeKind::Returned => LimiterOutcome::Returned,
-                },
-                status_code: spec.denied_status_code,
-                tokens: o.tokens,
-                remaining: o.remaining,
-                current: o.current,
-                wait_ns: o.wait_ns,
-                // Only a flow that still holds its tokens can be ended; a returned one cannot.
-                flow_id: o
-                    .flow
-                    .filter(|_| o.kind == OutcomeKind::Accepted)
-                    .and_then(|f| NonZeroU64::new(f.get())),
-                refusal: o.refusal.map(|r| match r {
-                    Refusal::Exhausted => tollgate_protocol::Refusal::Exhausted,
-                    Refusal::TimedOut => tollgate_protocol::Refusal::TimedOut,
-                    Refusal::QueueFull => tollgate_protocol::Refusal::QueueFull,
-                    Refusal::TooManyFlows => tollgate_protocol::Refusal::TooManyFlows,
-                    Refusal::ShuttingDown => tollgate_protocol::Refusal::ShuttingDown,
-                    Refusal::Removed => tollgate_protocol::Refusal::Removed,
-                }),
-            })
-            .collect(),
     }
+}
+
+/// The wire form of a decision's limiters (everything version 2 carries; the encoder drops
+/// what the connection's version cannot), made as the encoder writes them: a reply struct
+/// built per check was a 300-byte copy on the hot path (docs/performance.md,
+/// section:binary-costs).
+fn reply_limiters<'a>(
+    engine: &'a Engine,
+    d: &'a Decision,
+) -> impl Iterator<Item = LimiterResult> + 'a {
+    // Described with the shard's engine at reply time: a limiter a reload removed meanwhile
+    // is still described by the predecessor kept for that; one neither knows (two reloads
+    // during one check) is left out of the per-limiter results.
+    d.limiters
+        .iter()
+        .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
+        .map(|(o, spec)| LimiterResult {
+            limiter_index: spec.position,
+            outcome: match o.kind {
+                OutcomeKind::Accepted => LimiterOutcome::Accepted,
+                OutcomeKind::Rejected => LimiterOutcome::Rejected,
+                OutcomeKind::KeyNotFound => LimiterOutcome::KeyNotFound,
+                OutcomeKind::Returned => LimiterOutcome::Returned,
+            },
+            status_code: spec.denied_status_code,
+            tokens: o.tokens,
+            remaining: o.remaining,
+            current: o.current,
+            wait_ns: o.wait_ns,
+            // Only a flow that still holds its tokens can be ended; a returned one cannot.
+            flow_id: o
+                .flow
+                .filter(|_| o.kind == OutcomeKind::Accepted)
+                .and_then(|f| NonZeroU64::new(f.get())),
+            refusal: o.refusal.map(|r| match r {
+                Refusal::Exhausted => tollgate_protocol::Refusal::Exhausted,
+                Refusal::TimedOut => tollgate_protocol::Refusal::TimedOut,
+                Refusal::QueueFull => tollgate_protocol::Refusal::QueueFull,
+                Refusal::TooManyFlows => tollgate_protocol::Refusal::TooManyFlows,
+                Refusal::ShuttingDown => tollgate_protocol::Refusal::ShuttingDown,
+                Refusal::Removed => tollgate_protocol::Refusal::Removed,
+            }),
+        })
 }
 
 fn write_reply(
@@ -814,7 +822,10 @@ fn write_reply(
     version: ProtocolVersion,
     d: &Decision,
 ) {
-    if let Err(e) = encode_check_reply(out, request_id, &check_reply(engine, d), version) {
+    let head = reply_head(engine, d);
+    if let Err(e) =
+        encode_check_reply_from(out, request_id, head, reply_limiters(engine, d), version)
+    {
         encode_error(out, request_id, ErrorCode::Internal, &e.to_string());
     }
 }
@@ -845,7 +856,9 @@ fn write_batch(
     };
     for r in results {
         let item = match r {
-            BatchSlot::Done(d) => writer.reply(&check_reply(engine, d)),
+            BatchSlot::Done(d) => {
+                writer.reply_from(reply_head(engine, d), reply_limiters(engine, d))
+            }
             BatchSlot::Failed(code, msg) => writer.error(*code, msg),
             BatchSlot::Pending => writer.error(ErrorCode::Internal, "check was not decided"),
         };
