@@ -408,13 +408,14 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
         }
     }
 
-    /// A check's control point and tokens, and its labels into `labels` (emptied first), with
-    /// their interned ids resolved. The labels are filled in place: returned by value they
-    /// were another few hundred bytes copied per check.
+    /// A check's control point and tokens, and its labels appended to `labels`, with their
+    /// interned ids resolved (on an error, some may have been appended). The labels are
+    /// filled in place: returned by value they were another few hundred bytes copied per
+    /// check.
     fn resolve<'c>(
         &'c self,
         check: &CheckRef<'c>,
-        labels: &mut ResolvedLabels<'c>,
+        labels: &mut impl Extend<(&'c str, &'c str)>,
     ) -> Result<Resolved<'c>, (ErrorCode, String)> {
         let unknown = |id| {
             (
@@ -426,10 +427,9 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             Some(cp) => cp,
             None => return Err(unknown(str_ref_id(check.control_point()))),
         };
-        labels.clear();
         for (key, value) in check.labels() {
             match self.intern.resolve(key) {
-                Some(k) => labels.push((k, value)),
+                Some(k) => labels.extend([(k, value)]),
                 None => return Err(unknown(str_ref_id(key))),
             }
         }
@@ -484,7 +484,9 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
     }
 
     /// Answers the `CHECK` `request_id` as planned: its reply now, or once its hops and waits
-    /// end (counted, OVERLOADED beyond the connection's limit), or its error.
+    /// end ([`Reader::answer_later`]), or its error. Inlined into the read loop so a decision
+    /// is encoded where it was made, not copied through a call (it is ~150 bytes).
+    #[inline(always)]
     fn answer_check(
         &self,
         request_id: u32,
@@ -502,31 +504,36 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                     &decision,
                 );
             }
-            Ok(Planned::Pending(pending)) => {
-                // Refused OVERLOADED: dropping `pending` hands back what it took.
-                if !self.admit_pending(request_id) {
-                    return;
-                }
-                let (shard, out) = (self.shard.clone(), self.out.clone());
-                self.out.spawn_pending(async move {
-                    let decision = pending.decide().await;
-                    shard
-                        .metrics()
-                        .binary_answered_later(decision.accepted, now);
-                    write_reply(
-                        &mut out.bytes.borrow_mut(),
-                        request_id,
-                        &shard.engine(),
-                        out.version.get(),
-                        &decision,
-                    );
-                });
-            }
+            Ok(Planned::Pending(pending)) => self.answer_later(request_id, pending, now),
             Err((code, message)) => {
                 self.shard.metrics().binary_error();
                 encode_error(&mut self.out.bytes.borrow_mut(), request_id, code, &message)
             }
         }
+    }
+
+    /// Answers the `CHECK` `request_id` once its hops and waits end (counted, OVERLOADED
+    /// beyond the connection's limit).
+    #[inline(never)]
+    fn answer_later(&self, request_id: u32, pending: Box<PendingCheck>, now: u64) {
+        // Refused OVERLOADED: dropping `pending` hands back what it took.
+        if !self.admit_pending(request_id) {
+            return;
+        }
+        let (shard, out) = (self.shard.clone(), self.out.clone());
+        self.out.spawn_pending(async move {
+            let decision = pending.decide().await;
+            shard
+                .metrics()
+                .binary_answered_later(decision.accepted, now);
+            write_reply(
+                &mut out.bytes.borrow_mut(),
+                request_id,
+                &shard.engine(),
+                out.version.get(),
+                &decision,
+            );
+        });
     }
 
     /// Whether this shard holds enough buckets for a first pass to pay (see
@@ -558,17 +565,18 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
     ) {
         let engine = self.shard.engine();
         let checks: Vec<CheckRef<'a>> = checks.collect();
-        let mut labels: Vec<ResolvedLabels<'_>> = Vec::with_capacity(checks.len());
+        // Every check's labels in one vector, each check's at its range.
+        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(checks.len() * 2);
         let mut resolved = Vec::with_capacity(checks.len());
         for check in &checks {
-            let mut check_labels = ResolvedLabels::new();
-            resolved.push(self.resolve(check, &mut check_labels));
-            labels.push(check_labels);
+            let start = labels.len();
+            resolved.push((self.resolve(check, &mut labels), start..labels.len()));
         }
         let mut plans: Vec<Plan<'_>> = Vec::with_capacity(checks.len());
         let mut failed: Vec<Option<(ErrorCode, String)>> = Vec::with_capacity(checks.len());
         let mut hashes = Vec::with_capacity(checks.len());
-        for (r, check_labels) in resolved.into_iter().zip(&labels) {
+        for (r, range) in resolved {
+            let check_labels = labels.get(range).unwrap_or_default();
             plans.push(Plan::new());
             let Some(plan) = plans.last_mut() else {
                 continue;
@@ -576,13 +584,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             let planned = match r {
                 Ok(r) => self
                     .shard
-                    .plan_check(
-                        &engine,
-                        r.control_point,
-                        check_labels.as_slice(),
-                        r.tokens,
-                        plan,
-                    )
+                    .plan_check(&engine, r.control_point, check_labels, r.tokens, plan)
                     .map_err(|e| (ErrorCode::BadRequest, e.to_string())),
                 Err(e) => Err(e),
             };

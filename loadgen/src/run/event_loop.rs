@@ -819,7 +819,8 @@ impl Driver {
             };
             match self.slot.protocol {
                 Protocol::Tollgate => {
-                    let labels = inline_labels(req);
+                    let mut labels = SpecLabels::new();
+                    inline_labels(req, &mut labels);
                     let spec = inline_spec(req, &labels);
                     encode_check(&mut s.write, id, &spec).map_err(|e| e.to_string())?;
                 }
@@ -873,7 +874,8 @@ impl Driver {
                 written = Err("no connection".into());
                 break;
             };
-            let labels = inline_labels(req);
+            let mut labels = SpecLabels::new();
+            inline_labels(req, &mut labels);
             if let Err(e) = w.check(&inline_spec(req, &labels)) {
                 written = Err(e.to_string());
                 break;
@@ -943,12 +945,17 @@ fn route(routing: Option<&RoutingKeys>, req: &CheckRequest, sockets: usize) -> u
     }
 }
 
-/// `req`'s labels with their keys inline (this driver sends no `INTERN`).
-fn inline_labels(req: &CheckRequest) -> SmallVec<[(StrRef<'_>, &str); 8]> {
-    req.labels
-        .iter()
-        .map(|(k, v)| (StrRef::Inline(k.as_str()), v.as_str()))
-        .collect()
+/// A check's labels as the encoder takes them.
+type SpecLabels<'a> = SmallVec<[(StrRef<'a>, &'a str); 8]>;
+
+/// `req`'s labels with their keys inline (this driver sends no `INTERN`), into `labels`: made
+/// in the caller's frame, since a returned `SmallVec` was a 330-byte copy per check.
+fn inline_labels<'a>(req: &'a CheckRequest, labels: &mut SpecLabels<'a>) {
+    labels.extend(
+        req.labels
+            .iter()
+            .map(|(k, v)| (StrRef::Inline(k.as_str()), v.as_str())),
+    );
 }
 
 /// `req` as a check spec with its strings inline (no wait budget: closed-loop checks decide
