@@ -485,7 +485,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
 
     /// Answers the `CHECK` `request_id` as planned: its reply now, or once its hops and waits
     /// end ([`Reader::answer_later`]), or its error. Inlined into the read loop so a decision
-    /// is encoded where it was made, not copied through a call (it is ~150 bytes).
+    /// is encoded where it was made, not copied through a call (136 bytes).
     #[inline(always)]
     fn answer_check(
         &self,
@@ -776,7 +776,7 @@ fn reply_head(engine: &Engine, d: &Decision) -> ReplyHead {
 
 /// The wire form of a decision's limiters (everything version 2 carries; the encoder drops
 /// what the connection's version cannot), made as the encoder writes them: a reply struct
-/// built per check was a 300-byte copy on the hot path (docs/performance.md,
+/// built per check was 216 bytes copied on the hot path (docs/performance.md,
 /// section:binary-costs).
 fn reply_limiters<'a>(
     engine: &'a Engine,
