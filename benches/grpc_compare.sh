@@ -8,6 +8,9 @@
 #   - the same floor served on SHARDS glommio shards (`grpc_shard_floor`: hyper over io_uring,
 #     SO_REUSEPORT, writes corked): what serving the port on the shards would start from
 #     (reported, no target);
+#   - the same floor without tonic (`grpc_lean_floor`, RLS only): hyper's HTTP/2 server over a
+#     plain service function, and the h2 crate's server alone; what a lighter HTTP/2 path than
+#     tonic's could start from (reported, no target);
 #   - Tollgate (`tollgate serve`, SHARDS shards, one rate limiter of 100 per second per user);
 #   - both again with THREADS2 (default 2) gRPC threads: Tollgate with `server.grpc_threads`,
 #     the floor with as many threads, each its own runtime and SO_REUSEPORT listener
@@ -55,6 +58,7 @@ TOLLGATE="${TOLLGATE_BIN:-$ROOT/target/release/tollgate}"  # TOLLGATE_BIN: anoth
 LOADGEN="$ROOT/target/release/tollgate-loadgen"
 FLOOR="$ROOT/target/release/grpc_floor"
 SHARD_FLOOR="$ROOT/target/release/grpc_shard_floor"
+LEAN_FLOOR="$ROOT/target/release/grpc_lean_floor"
 BODIES="$ROOT/target/release/grpc_bodies"
 # The limit every server enforces: 100 requests per second per user.
 LIMIT=100
@@ -82,7 +86,7 @@ LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -z "${NO_BUILD:-}" ]; then
     log "building release binaries"
     cargo build --release -q -p tollgate-server -p tollgate-loadgen -p tollgate-benches \
-        --bin tollgate --bin tollgate-loadgen --bin grpc_floor --bin grpc_shard_floor --bin grpc_bodies
+        --bin tollgate --bin tollgate-loadgen --bin grpc_floor --bin grpc_shard_floor --bin grpc_lean_floor --bin grpc_bodies
 fi
 "$BODIES" "$OUT"
 
@@ -120,6 +124,14 @@ SHARD_FLOOR_PID=$!
 PIDS+=("$SHARD_FLOOR_PID")
 SHARD_FLOOR_ADDR="$(wait_line "$OUT/shard-floor.log" "listening" | sed -E 's/.*listening ([^ ]+).*/\1/')"
 log "floor on $SHARDS shards on $SHARD_FLOOR_ADDR"
+
+for stack in hyper h2; do
+    "$LEAN_FLOOR" 127.0.0.1:0 "$stack" > "$OUT/lean-floor-$stack.log" 2>&1 &
+    PIDS+=("$!")
+    printf -v "LEAN_${stack^^}_PID" '%s' "$!"
+    printf -v "LEAN_${stack^^}_ADDR" '%s' "$(wait_line "$OUT/lean-floor-$stack.log" "listening" | sed -E 's/.*listening //')"
+done
+log "floor without tonic: hyper on $LEAN_HYPER_ADDR, h2 on $LEAN_H2_ADDR"
 
 LIMITADOR_ADDR=""
 LIMITADOR_NOTE="not run: set LIMITADOR to a limitador-server binary built with in-memory storage"
@@ -203,6 +215,8 @@ for _ in $(seq "$REPEAT"); do
         IFS=: read -r sname conns streams <<<"$shape"
         h2 "floor-rls-$sname" "$FLOOR_PID" "$FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         h2 "shardfloor-rls-$sname" "$SHARD_FLOOR_PID" "$SHARD_FLOOR_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+        h2 "leanhyper-rls-$sname" "$LEAN_HYPER_PID" "$LEAN_HYPER_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
+        h2 "leanh2-rls-$sname" "$LEAN_H2_PID" "$LEAN_H2_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         h2 "tollgate-rls-$sname" "$TOLLGATE_PID" "$TG_GRPC" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         h2 "floor2t-rls-$sname" "$FLOOR2_PID" "$FLOOR2_ADDR" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"
         h2 "tollgate2t-rls-$sname" "$TOLLGATE2_PID" "$TG2_GRPC" "$RLS_PATH" "$OUT/rls.bin" "$conns" "$streams"

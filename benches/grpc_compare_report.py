@@ -127,7 +127,8 @@ def verdict(x, bar):
 h2 = {}
 for call, _ in CALLS:
     for shape, _ in SHAPES:
-        for who in ("floor", "tollgate", "limitador", "shardfloor", "floor2t", "tollgate2t"):
+        for who in ("floor", "tollgate", "limitador", "shardfloor", "floor2t", "tollgate2t",
+                    "leanhyper", "leanh2"):
             h2[f"{who}-{call}-{shape}"] = best(f"{who}-{call}-{shape}")
 lg = {f"loadgen-{who}-check-{shape}": loadgen(f"loadgen-{who}-check-{shape}")
       for who in ("floor", "tollgate") for shape, _ in SHAPES}
@@ -205,6 +206,23 @@ for call, call_label in CALLS:
                         f"{'n/a' if ss is None else f'{ss:.3f}'} |")
 sf_table = "\n".join(sf_lines)
 
+# The floor without tonic (no target, RLS only): hyper over a plain service function, and h2
+# alone. Their ratio to the tonic floor is the most a lighter HTTP/2 path could gain.
+lean_rows = []
+lean_lines = ["| h2load shape (RLS) | floor req/s (tonic) | hyper alone req/s | hyper / tonic | "
+              "h2 alone req/s | h2 / tonic | Tollgate / hyper alone | "
+              "server CPU us per request: tonic / hyper / h2 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+for shape, shape_label in SHAPES:
+    fr, hr, h2r = (rps(f"{w}-rls-{shape}") for w in ("floor", "leanhyper", "leanh2"))
+    tr = rps(f"tollgate-rls-{shape}")
+    cpu = [cpu_us(f"{w}-rls-{shape}") for w in ("floor", "leanhyper", "leanh2")]
+    lean_rows.append({"shape": shape, "floor": fr, "hyper": hr, "h2": h2r,
+                      "hyper_vs_floor": ratio(hr, fr), "h2_vs_floor": ratio(h2r, fr),
+                      "tollgate_vs_hyper": ratio(tr, hr), "server_cpu_us": cpu})
+    lean_lines.append(f"| {shape_label} | {rate(fr)} | {rate(hr)} | {fx(ratio(hr, fr))} | {rate(h2r)} | "
+                      f"{fx(ratio(h2r, fr))} | {fx(ratio(tr, hr))} | {' / '.join(us(c) for c in cpu)} |")
+lean_table = "\n".join(lean_lines)
+
 # More gRPC threads (no target): Tollgate with `server.grpc_threads`, the floor with as many.
 threads2 = os.environ.get("THREADS2", "2")
 t2_rows = []
@@ -265,7 +283,7 @@ meta = {k: os.environ.get(k, "") for k in (
     "SECONDS_PER_RUN", "WARMUP_SECONDS", "LIMITADOR_NOTE", "H2LOAD_VERSION")}
 with open(f"{OUT}/grpc.json", "w") as f:
     json.dump({"meta": meta, "h2load": h2, "loadgen": lg, "rows": rows, "loadgen_rows": lg_rows,
-               "shard_floor_rows": shard_rows, "threads2_rows": t2_rows, "thread_split_rows": split_rows,
+               "shard_floor_rows": shard_rows, "lean_floor_rows": lean_rows, "threads2_rows": t2_rows, "thread_split_rows": split_rows,
                "targets": targets},
               f, indent=2)
 
@@ -320,6 +338,8 @@ print(lg_table)
 print()
 print(sf_table)
 print()
+print(lean_table)
+print()
 print(t2_table)
 print()
 print(t_table)
@@ -373,6 +393,15 @@ each connection's writes gathered until the shard has run its other ready tasks
 start from.
 
 {sf_table}
+
+The same floor without tonic (`grpc_lean_floor`, `benches/src/bin`, `ShouldRateLimit` only), on one
+current-thread tokio thread as the floor: hyper's HTTP/2 server over a plain service function,
+and the h2 crate's server alone. No target: their ratio to the floor is the most a lighter
+HTTP/2 path could gain, and Tollgate against the hyper one is how far the port is from it
+(its hot calls skip tonic's routes and codec, `server/grpc/src/hot_calls.rs`, but not tonic's
+server).
+
+{lean_table}
 
 The port on {threads2} threads (`server.grpc_threads: {threads2}`: each thread its own tokio
 runtime and listener on the port, SO_REUSEPORT), against the floor on as many threads (`grpc_floor

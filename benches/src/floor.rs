@@ -11,6 +11,26 @@ use tollgate_grpc::proto::envoy::service::ratelimit::v3::{
 };
 use tollgate_grpc::tonic::{self, Request, Response, Status};
 
+/// The floor's answer to every `ShouldRateLimit`: OK, with one descriptor's status.
+pub fn rls_reply() -> RateLimitResponse {
+    RateLimitResponse {
+        overall_code: Code::Ok as i32,
+        statuses: vec![DescriptorStatus {
+            code: Code::Ok as i32,
+            ..Default::default()
+        }],
+    }
+}
+
+/// The floor's answer to every `Check`: accepted.
+pub fn check_reply() -> pb::CheckResponse {
+    pb::CheckResponse {
+        control_point: "bench".to_owned(),
+        decision_type: pb::check_response::DecisionType::Accepted as i32,
+        ..Default::default()
+    }
+}
+
 /// Answers every call with the same reply, whatever it asked.
 pub struct Constant;
 
@@ -20,13 +40,7 @@ impl RateLimitService for Constant {
         &self,
         _request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        Ok(Response::new(RateLimitResponse {
-            overall_code: Code::Ok as i32,
-            statuses: vec![DescriptorStatus {
-                code: Code::Ok as i32,
-                ..Default::default()
-            }],
-        }))
+        Ok(Response::new(rls_reply()))
     }
 }
 
@@ -36,11 +50,7 @@ impl FlowControlService for Constant {
         &self,
         _request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        Ok(Response::new(pb::CheckResponse {
-            control_point: "bench".to_owned(),
-            decision_type: pb::check_response::DecisionType::Accepted as i32,
-            ..Default::default()
-        }))
+        Ok(Response::new(check_reply()))
     }
 
     async fn cache_lookup(
