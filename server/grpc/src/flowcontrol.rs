@@ -63,6 +63,7 @@ use tonic::{Request, Response, Status};
 use crate::backend::{BackendError, DecisionBackend, EndStatus, GrpcService};
 use crate::cache::{CacheError, Scope, TtlCache};
 use crate::deadline::{self, MonoClock};
+use crate::direct_unary::{DirectMethod, HandlerFuture};
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
 use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
 use crate::reply::{check_response, invalid_request_response, unjudgeable_response};
@@ -215,6 +216,19 @@ fn owned_flow(
         control_point: control_point.to_owned(),
         labels: sorted,
         tokens: None,
+    }
+}
+
+/// `Check`, the SDKs' call per flow, is answered without tonic's codec
+/// ([`crate::direct_unary`]), by the handler below; the other methods go through tonic.
+impl DirectMethod for FlowControl {
+    const PATH: &'static str = "/aperture.flowcontrol.check.v1.FlowControlService/Check";
+    type Request = pb::CheckRequest;
+    type Reply = pb::CheckResponse;
+
+    fn call(&self, request: Request<pb::CheckRequest>) -> HandlerFuture<pb::CheckResponse> {
+        let flow_control = self.clone();
+        Box::pin(async move { flow_control.check(request).await })
     }
 }
 

@@ -33,6 +33,10 @@
 //! - [`auth`] — optional `x-api-key` check.
 //! - [`reject_header`] — the `tollgate-reject-reason` response header: why a flow could not be
 //!   judged.
+//! - [`hot_calls`] — [`hot_calls::HotCalls`], the port's service: `Check` and
+//!   `ShouldRateLimit` straight to their handlers, everything else through tonic's routes.
+//! - [`direct_unary`] — a unary call answered without tonic's codec (the body read into one
+//!   buffer, the reply framed into one); any other case goes to the routes as before.
 //! - [`undecodable`] — [`undecodable::InvalidArgumentOnUndecodable`]: a request message that
 //!   does not decode is `INVALID_ARGUMENT`, not tonic's `INTERNAL`.
 //! - [`deadline`] — `grpc-timeout` parsing and the safety net at the client's deadline.
@@ -50,7 +54,9 @@ pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod deadline;
+pub mod direct_unary;
 pub mod flowcontrol;
+pub mod hot_calls;
 pub mod otlp;
 pub mod reject_header;
 pub mod reply;

@@ -44,6 +44,7 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::{BackendError, DecisionBackend, GrpcService};
 use crate::deadline;
+use crate::direct_unary::{DirectMethod, HandlerFuture};
 use crate::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use crate::proto::envoy::service::ratelimit::v3::{
     rate_limit_response::{rate_limit::Unit, Code, DescriptorStatus, RateLimit},
@@ -208,6 +209,19 @@ impl Rls {
                 Some(duration_ns(o.wait_ns))
             },
         }
+    }
+}
+
+/// `ShouldRateLimit` is the Envoy filter's one call: answered without tonic's codec
+/// ([`crate::direct_unary`]), by the handler below.
+impl DirectMethod for Rls {
+    const PATH: &'static str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    type Request = RateLimitRequest;
+    type Reply = RateLimitResponse;
+
+    fn call(&self, request: Request<RateLimitRequest>) -> HandlerFuture<RateLimitResponse> {
+        let rls = self.clone();
+        Box::pin(async move { rls.should_rate_limit(request).await })
     }
 }
 

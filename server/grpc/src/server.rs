@@ -6,6 +6,8 @@
 //! ```text
 //!   [tollgate-grpc-N thread: tokio current_thread], one per listener
 //!     tonic Server (h2, optional TLS, keepalive)
+//!     HotCalls: Check and ShouldRateLimit straight to their handlers (crate::hot_calls);
+//!     every other call, and any hot call that is not plain, through tonic's routes:
 //!       ├─ aperture.flowcontrol.check.v1.FlowControlService   (api key) ─┐
 //!       ├─ envoy.service.ratelimit.v3.RateLimitService          (api key) ─┼─> DecisionBackend ──> shards
 //!       ├─ opentelemetry...TraceService                         (api key)  │   (channel hop, no locks)
@@ -37,7 +39,7 @@ use tonic::body::Body;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::Router;
+use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -46,6 +48,7 @@ use crate::backend::DecisionBackend;
 use crate::cache::{CacheLimits, TtlCache};
 use crate::deadline::MonoClock;
 use crate::flowcontrol::FlowControl;
+use crate::hot_calls::HotCalls;
 use crate::otlp::SpanSink;
 use crate::proto;
 use crate::proto::aperture::flowcontrol::check::v1::flow_control_service_server::FlowControlServiceServer;
@@ -279,24 +282,25 @@ fn serve_thread(
         builder = builder.tls_config(tls.clone()).context("configuring TLS")?;
     }
     let auth = &shared.auth;
-    let router = builder.add_service(health);
-    let router = add_guarded(
-        router,
-        InvalidArgumentOnUndecodable::new(FlowControlServiceServer::new(flow_control)),
+    let routes = Routes::new(health);
+    let routes = add_guarded(
+        routes,
+        InvalidArgumentOnUndecodable::new(FlowControlServiceServer::new(flow_control.clone())),
         auth,
     );
-    let router = add_guarded(
-        router,
+    let routes = add_guarded(
+        routes,
         InvalidArgumentOnUndecodable::new(TraceServiceServer::new(sink)),
         auth,
     );
-    let router = add_guarded(
-        router,
-        InvalidArgumentOnUndecodable::new(RateLimitServiceServer::new(rls)),
+    let routes = add_guarded(
+        routes,
+        InvalidArgumentOnUndecodable::new(RateLimitServiceServer::new(rls.clone())),
         auth,
     );
-    let router = add_guarded(router, reflection_v1, auth);
-    let router = add_guarded(router, reflection_v1alpha, auth);
+    let routes = add_guarded(routes, reflection_v1, auth);
+    let routes = add_guarded(routes, reflection_v1alpha, auth);
+    let service = HotCalls::new(flow_control, rls, auth.clone(), routes.prepare());
     listener
         .set_nonblocking(true)
         .context("grpc listener non-blocking")?;
@@ -329,7 +333,7 @@ fn serve_thread(
             let mut stop_grace = stop_rx;
             rt.block_on(async move {
                 let reporter = health_reporter.clone();
-                let serve = router.serve_with_incoming_shutdown(incoming, async move {
+                let serve = builder.serve_with_incoming_shutdown(service, incoming, async move {
                     // A dropped sender also means stop.
                     let _ = stop_serve.wait_for(|s| *s).await;
                     // Health watchers on open connections learn we are draining.
@@ -367,11 +371,11 @@ fn serve_thread(
     }
 }
 
-/// Adds `service` to `router` behind the API-key check when keys are configured. Without keys
+/// Adds `service` to `routes` behind the API-key check when keys are configured. Without keys
 /// the check accepts every call, and leaving it out spares each call the interceptor's trip
 /// (the request taken apart into metadata and extensions and put back together); the handler
 /// sees the same request either way.
-fn add_guarded<S>(router: Router, service: S, auth: &ApiKeyCheck) -> Router
+fn add_guarded<S>(routes: Routes, service: S, auth: &ApiKeyCheck) -> Routes
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + NamedService
@@ -382,8 +386,8 @@ where
     S::Future: Send + 'static,
 {
     if auth.enabled() {
-        router.add_service(InterceptedService::new(service, auth.clone()))
+        routes.add_service(InterceptedService::new(service, auth.clone()))
     } else {
-        router.add_service(service)
+        routes.add_service(service)
     }
 }

@@ -874,6 +874,36 @@ async fn api_keys_guard_everything_but_health() {
         .insert("x-api-key", "sesame".parse().unwrap());
     c.check(req).await.unwrap();
 
+    // ShouldRateLimit, answered past tonic's routes when its key is right
+    // (tollgate_grpc::hot_calls), is guarded all the same.
+    let mut r = rls::rate_limit_service_client::RateLimitServiceClient::new(ch.clone());
+    let rls_req = |key: Option<&str>| {
+        let mut req = tonic::Request::new(rls::RateLimitRequest {
+            domain: "checkout".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "user".into(),
+                    value: "keyed".into(),
+                }],
+                limit: None,
+            }],
+            hits_addend: 1,
+        });
+        if let Some(key) = key {
+            req.metadata_mut().insert("x-api-key", key.parse().unwrap());
+        }
+        req
+    };
+    for key in [None, Some("wrong"), Some("sesam"), Some("sesame!")] {
+        let err = r.should_rate_limit(rls_req(key)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{key:?}");
+    }
+    let ok = r.should_rate_limit(rls_req(Some("sesame"))).await.unwrap();
+    assert_eq!(
+        ok.into_inner().overall_code,
+        rls::rate_limit_response::Code::Ok as i32
+    );
+
     let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
     for service in ["", "aperture.flowcontrol.v1.FlowControlService"] {
         let r = h
@@ -1098,27 +1128,48 @@ async fn reflection_lists_services() {
     }
 }
 
-/// One unary `FlowControlService/Check` over a raw HTTP/2 connection; the decoded answer.
-async fn raw_check(
+/// An answer read off a raw HTTP/2 stream.
+struct RawAnswer {
+    headers: http::HeaderMap,
+    /// The DATA frames' bytes: a framed message, or nothing.
+    data: Vec<u8>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl RawAnswer {
+    /// `grpc-status`, from the trailers or, for a trailers-only answer, the headers.
+    fn grpc_status(&self) -> Option<&http::HeaderValue> {
+        self.trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| self.headers.get("grpc-status"))
+    }
+}
+
+/// One unary call of `path` with message `msg` over a raw HTTP/2 connection. With
+/// `identity`, the request names the identity encoding (`grpc-encoding: identity`), which
+/// changes nothing in the message but takes the call through tonic's own codec, past the
+/// port's direct path (`tollgate_grpc::hot_calls`).
+async fn raw_h2_call(
     send: &mut h2::client::SendRequest<bytes::Bytes>,
     addr: std::net::SocketAddr,
-    req: &pb::CheckRequest,
-) -> Result<pb::CheckResponse, String> {
-    use prost::Message as _;
-    let request = http::Request::builder()
+    path: &str,
+    msg: &[u8],
+    identity: bool,
+) -> Result<RawAnswer, String> {
+    let mut request = http::Request::builder()
         .method("POST")
-        .uri(format!(
-            "http://{addr}/aperture.flowcontrol.check.v1.FlowControlService/Check"
-        ))
+        .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .map_err(|e| e.to_string())?;
-    let msg = req.encode_to_vec();
+        .header("te", "trailers");
+    if identity {
+        request = request.header("grpc-encoding", "identity");
+    }
+    let request = request.body(()).map_err(|e| e.to_string())?;
     // gRPC message framing: uncompressed flag, 4-byte big-endian length, the message.
     let mut body = vec![0u8];
     body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    body.extend_from_slice(&msg);
+    body.extend_from_slice(msg);
     let mut ready = send
         .clone()
         .ready()
@@ -1134,6 +1185,7 @@ async fn raw_check(
     if response.status() != 200 {
         return Err(format!("HTTP {}", response.status()));
     }
+    let headers = response.headers().clone();
     let mut recv = response.into_body();
     let mut data = Vec::new();
     while let Some(chunk) = recv.data().await {
@@ -1144,14 +1196,154 @@ async fn raw_check(
     let trailers = recv
         .trailers()
         .await
-        .map_err(|e| format!("trailers: {e}"))?
-        .ok_or("no trailers")?;
-    let status = trailers.get("grpc-status").map(|v| v.as_bytes().to_vec());
+        .map_err(|e| format!("trailers: {e}"))?;
+    Ok(RawAnswer {
+        headers,
+        data,
+        trailers,
+    })
+}
+
+/// One unary `FlowControlService/Check` over a raw HTTP/2 connection; the decoded answer.
+async fn raw_check(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    req: &pb::CheckRequest,
+) -> Result<pb::CheckResponse, String> {
+    use prost::Message as _;
+    let answer = raw_h2_call(send, addr, CHECK_PATH, &req.encode_to_vec(), false).await?;
+    let status = answer.grpc_status().map(|v| v.as_bytes().to_vec());
     if status.as_deref() != Some(b"0") {
-        return Err(format!("grpc-status {status:?}: {trailers:?}"));
+        return Err(format!("grpc-status {status:?}: {:?}", answer.trailers));
     }
-    pb::CheckResponse::decode(data.get(5..).ok_or("short gRPC message")?)
+    pb::CheckResponse::decode(answer.data.get(5..).ok_or("short gRPC message")?)
         .map_err(|e| format!("decode: {e}"))
+}
+
+/// `Check` and `ShouldRateLimit` skip tonic's routes and codec when the call is plain
+/// (`tollgate_grpc::hot_calls`). Each call here is made twice on one connection, plain and
+/// through tonic's codec (`grpc-encoding: identity`), and the two answers must agree: the
+/// HTTP/2 headers Tollgate sets (content type, `tollgate-reject-reason`), the gRPC status
+/// and message, and the decision (its timestamps aside, and the tokens left, which the first
+/// call took).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_path_answers_as_tonic_does() {
+    use prost::Message as _;
+    let yaml = r#"
+server: { listen: 127.0.0.1:0, grpc: 127.0.0.1:0 }
+policies:
+  - policy_name: weighted
+    rate_limiter:
+      bucket_capacity: 1000
+      fill_amount: 5
+      parameters: { interval: 3600s, limit_by_label_key: user }
+      request_parameters: { tokens_label_key: cost }
+      selectors: [ { control_point: api } ]
+"#;
+    let srv = start_local(yaml, None);
+    let addr = srv.handle.local_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+
+    let many: Vec<(String, String)> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let checks = [
+        (
+            "admitted",
+            check_req("api", &[("user", "ann"), ("cost", "2")]),
+        ),
+        (
+            "unjudgeable cost",
+            check_req("api", &[("user", "ann"), ("cost", "abc")]),
+        ),
+        ("over the label bound", check_req("api", &many)),
+        ("no policy", check_req("elsewhere", &[("user", "ann")])),
+    ];
+    let decision = |answer: &RawAnswer| {
+        let mut resp = pb::CheckResponse::decode(&answer.data[5..]).expect("a CheckResponse");
+        (resp.start, resp.end) = (None, None);
+        for d in &mut resp.limiter_decisions {
+            if let Some(pb::limiter_decision::Details::RateLimiterInfo(info)) = &mut d.details {
+                info.tokens_info = None;
+            }
+        }
+        resp
+    };
+    let same_head = |why: &str, direct: &RawAnswer, tonic: &RawAnswer| {
+        for header in ["content-type", "tollgate-reject-reason", "grpc-message"] {
+            assert_eq!(
+                direct.headers.get(header),
+                tonic.headers.get(header),
+                "{why}: header {header}"
+            );
+        }
+        assert_eq!(
+            direct.grpc_status(),
+            tonic.grpc_status(),
+            "{why}: grpc-status"
+        );
+        let message = |a: &RawAnswer| {
+            a.trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-message"))
+                .cloned()
+        };
+        assert_eq!(message(direct), message(tonic), "{why}: grpc-message");
+    };
+    for (why, req) in &checks {
+        let msg = req.encode_to_vec();
+        let direct = raw_h2_call(&mut send, addr, CHECK_PATH, &msg, false)
+            .await
+            .unwrap();
+        let tonic = raw_h2_call(&mut send, addr, CHECK_PATH, &msg, true)
+            .await
+            .unwrap();
+        same_head(why, &direct, &tonic);
+        assert_eq!(direct.grpc_status().unwrap(), "0", "{why}");
+        assert_eq!(decision(&direct), decision(&tonic), "{why}");
+    }
+
+    const RLS_PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let rls_req = |domain: &str, descriptors: usize| rls::RateLimitRequest {
+        domain: domain.into(),
+        descriptors: (0..descriptors)
+            .map(|_| RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "user".into(),
+                    value: "bob".into(),
+                }],
+                limit: None,
+            })
+            .collect(),
+        hits_addend: 1,
+    };
+    let calls = [
+        ("admitted", rls_req("api", 1)),
+        ("no domain", rls_req("", 1)),
+        ("no descriptor", rls_req("api", 0)),
+        ("too many descriptors", rls_req("api", 65)),
+    ];
+    for (why, req) in &calls {
+        let msg = req.encode_to_vec();
+        let direct = raw_h2_call(&mut send, addr, RLS_PATH, &msg, false)
+            .await
+            .unwrap();
+        let tonic = raw_h2_call(&mut send, addr, RLS_PATH, &msg, true)
+            .await
+            .unwrap();
+        same_head(why, &direct, &tonic);
+        let code = |a: &RawAnswer| {
+            (!a.data.is_empty()).then(|| {
+                let r = rls::RateLimitResponse::decode(&a.data[5..]).expect("a RateLimitResponse");
+                (
+                    r.overall_code,
+                    r.statuses.iter().map(|s| s.code).collect::<Vec<_>>(),
+                )
+            })
+        };
+        assert_eq!(code(&direct), code(&tonic), "{why}");
+    }
 }
 
 /// Clients that ping often must not be sent away. gRPC's own servers answer a client that pings
