@@ -30,7 +30,8 @@ pub struct ConnectionConfig {
     /// client keeps one or two), well below file-descriptor limits.
     pub max_connections: usize,
     /// How long a new connection has to send its first bytes (the HTTP/2 connection preface,
-    /// or with TLS the start of its handshake); a connection silent that long is closed.
+    /// or with TLS the start of its handshake), and with TLS to finish its handshake; a
+    /// connection that has not by then is closed.
     /// Default 10s: SDKs send the preface as soon as they connect, and 10 s leaves room for a
     /// slow network while a silent connection cannot hold its slot for long.
     pub handshake_timeout: ConfigDuration,

@@ -11,9 +11,11 @@
 //!   that has not sent [`OPENING_BYTES`] bytes (the length of the HTTP/2 connection preface;
 //!   with TLS, the start of the ClientHello) when the timeout passes is closed: its next read
 //!   fails with `TimedOut`, which ends it. A TLS client that stalls later in its handshake
-//!   is not caught by this timer; it still holds one slot of the cap only.
+//!   is closed when the same timeout has passed since the accept
+//!   ([`crate::transport::serve`] bounds the whole handshake).
 //!
-//! [`BoundedIncoming`] is the accept stream handed to tonic in place of its `TcpIncoming`.
+//! [`BoundedIncoming`] is the accept stream [`crate::transport::serve`] takes connections
+//! from.
 
 use std::future::Future;
 use std::io;
@@ -26,7 +28,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::ConnectionConfig;
 
@@ -77,7 +78,7 @@ impl tokio_stream::Stream for BoundedIncoming {
         loop {
             let (stream, peer) = match this.listener.poll_accept(cx) {
                 Poll::Pending => return Poll::Pending,
-                // tonic logs accept errors and asks again.
+                // The transport logs accept errors and asks again after a pause.
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Ok(accepted)) => accepted,
             };
@@ -173,13 +174,5 @@ impl AsyncWrite for BoundedConnection {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
-    }
-}
-
-impl Connected for BoundedConnection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
     }
 }

@@ -12,8 +12,8 @@
 //! shard that owns its bucket (where a scheduler may queue it until the call's deadline).
 //!
 //! # Layout
-//! - [`server`] — [`start`] and [`GrpcHandle`]: runtime thread, tonic server, TLS, keepalive,
-//!   health, reflection, graceful shutdown.
+//! - [`server`] — [`start`] and [`GrpcHandle`]: runtime threads, the services (health,
+//!   reflection, ...) behind [`hot_calls::HotCalls`], start-up errors, shutdown.
 //! - [`backend`] — the [`DecisionBackend`] trait the server implements (check for a service
 //!   with a deadline, end flows), [`GrpcService`], [`EndStatus`] and [`BackendError`].
 //! - [`flowcontrol`] — `aperture.flowcontrol.check.v1.FlowControlService` (Check, cache RPCs,
@@ -33,6 +33,10 @@
 //! - [`auth`] — optional `x-api-key` check.
 //! - [`reject_header`] — the `tollgate-reject-reason` response header: why a flow could not be
 //!   judged.
+//! - [`transport`] — the port's HTTP/2 server: hyper's, on the bounded connections, with TLS,
+//!   keepalive, the stream limit, `grpc-timeout` and a graceful drain (no tonic server).
+//! - [`tls`] — a rustls server configuration from the PEM files of `server.tls` (and of the
+//!   binary ports' `server.binary_tls`, which the server crate serves).
 //! - [`hot_calls`] — [`hot_calls::HotCalls`], the port's service: `Check` and
 //!   `ShouldRateLimit` straight to their handlers, everything else through tonic's routes.
 //! - [`direct_unary`] — a unary call answered without tonic's codec (the body read into one
@@ -64,6 +68,8 @@ pub mod request_bounds;
 pub mod rls;
 pub mod server;
 pub mod span_flows;
+pub mod tls;
+pub mod transport;
 pub mod undecodable;
 
 pub use backend::{

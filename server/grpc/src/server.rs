@@ -1,11 +1,11 @@
 //! The gRPC runtime: one OS thread per listener the server binary bound
 //! (`server.grpc_threads`, default 1; the listeners share the port with SO_REUSEPORT, so the
 //! kernel spreads connections over them), each running a current-thread tokio runtime with
-//! its own tonic server.
+//! its own HTTP/2 server ([`crate::transport`]).
 //!
 //! ```text
 //!   [tollgate-grpc-N thread: tokio current_thread], one per listener
-//!     tonic Server (h2, optional TLS, keepalive)
+//!     transport::serve (hyper HTTP/2, optional TLS, keepalive, grpc-timeout, drain)
 //!     HotCalls: Check and ShouldRateLimit straight to their handlers (crate::hot_calls);
 //!     every other call, and any hot call that is not plain, through tonic's routes:
 //!       ├─ aperture.flowcontrol.check.v1.FlowControlService   (api key) ─┐
@@ -40,7 +40,6 @@ use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::auth::ApiKeyCheck;
@@ -184,13 +183,10 @@ pub fn start(
         .context("the grpc port needs at least one listener")?;
     let local_addr = first.local_addr().context("grpc listener address")?;
     let tls = match &settings.tls {
-        Some(tls) => {
-            let cert = std::fs::read(&tls.cert)
-                .with_context(|| format!("reading TLS certificate {}", tls.cert.display()))?;
-            let key = std::fs::read(&tls.key)
-                .with_context(|| format!("reading TLS private key {}", tls.key.display()))?;
-            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-        }
+        Some(tls) => Some(
+            crate::tls::server_config(tls, "server.tls", &[crate::tls::ALPN_H2])
+                .context("TLS on the grpc port")?,
+        ),
         None => None,
     };
     let limits = CacheLimits {
@@ -228,7 +224,7 @@ pub fn start(
 /// What the port's threads share.
 struct Shared {
     auth: ApiKeyCheck,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     backend: Arc<dyn DecisionBackend>,
     cache: Arc<Mutex<TtlCache>>,
     spans: Arc<AtomicU64>,
@@ -274,13 +270,6 @@ fn serve_thread(
         .build_v1alpha()
         .context("building reflection v1alpha")?;
 
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    if let Some(tls) = &shared.tls {
-        builder = builder.tls_config(tls.clone()).context("configuring TLS")?;
-    }
     let auth = &shared.auth;
     let routes = Routes::new(health);
     let routes = add_guarded(
@@ -306,6 +295,7 @@ fn serve_thread(
         .context("grpc listener non-blocking")?;
     let permits = shared.permits.clone();
     let handshake_timeout = shared.handshake_timeout;
+    let tls = shared.tls.clone();
 
     // Everything that needs the runtime happens on its own thread, so `start` may be called from
     // inside another runtime. Set-up errors come back through `ready`.
@@ -333,7 +323,7 @@ fn serve_thread(
             let mut stop_grace = stop_rx;
             rt.block_on(async move {
                 let reporter = health_reporter.clone();
-                let serve = builder.serve_with_incoming_shutdown(service, incoming, async move {
+                let serve = crate::transport::serve(incoming, service, tls, handshake_timeout, async move {
                     // A dropped sender also means stop.
                     let _ = stop_serve.wait_for(|s| *s).await;
                     // Health watchers on open connections learn we are draining.
@@ -342,11 +332,7 @@ fn serve_thread(
                     }
                 });
                 tokio::select! {
-                    r = serve => {
-                        if let Err(e) = r {
-                            tracing::error!(error = %e, "grpc server failed");
-                        }
-                    }
+                    () = serve => {}
                     _ = async {
                         let _ = stop_grace.wait_for(|s| *s).await;
                         tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -264,6 +264,72 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     assert_eq!(resp.into_inner().decision_type, 0);
 }
 
+/// The start of a TLS ClientHello: a handshake record announcing 512 bytes, of which 25
+/// follow (past the 24 opening bytes the connection cap's timer waits for).
+const TLS_HELLO_START: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, // record: handshake, TLS 1.0 framing, 512 bytes
+    0x01, 0x00, 0x01, 0xfc, // ClientHello, 508 bytes
+    0x03, 0x03, // TLS 1.2
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // random, cut short
+];
+
+/// With TLS, a client that starts its handshake and stalls is closed when the handshake
+/// timeout has passed, like one that sends nothing; a client that completes it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_stalls_is_closed_after_the_handshake_timeout() {
+    let dir = std::env::temp_dir().join(format!("tollgate-grpc-tls-stall-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let yaml = POLICY_YAML.replace(
+        "shards: 2 }",
+        &format!(
+            "shards: 2, grpc_connections: {{ handshake_timeout: 300ms }}, tls: {{ cert: {}, key: {} }} }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let srv = start_local(&yaml, None);
+    let addr = srv.handle.local_addr();
+    assert!(TLS_HELLO_START.len() > 24);
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(TLS_HELLO_START).unwrap();
+    let started = Instant::now();
+    let closed = tokio::task::spawn_blocking(move || closed_by_server(&mut stalled))
+        .await
+        .unwrap();
+    assert!(
+        closed,
+        "a stalled TLS handshake still open after {CLOSE_WITHIN:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout"
+    );
+
+    // A client that completes its handshake is served.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(made.cert.pem()))
+        .domain_name("localhost");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut c = pb::flow_control_service_client::FlowControlServiceClient::new(channel);
+    let resp = c
+        .check(check_req(vec![("user".into(), "tls".into())]))
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner().decision_type, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed() {
     let yaml = POLICY_YAML.replace(

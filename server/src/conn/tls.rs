@@ -9,9 +9,6 @@
 use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::sync::Arc;
 use std::time::Duration;
 use tollgate_grpc::TlsConfig;
 
@@ -27,15 +24,7 @@ pub fn handshake_timeout(idle_timeout: Option<Duration>) -> Duration {
     idle_timeout.map_or(MAX_TLS_HANDSHAKE, |idle| idle.min(MAX_TLS_HANDSHAKE))
 }
 
-/// Why TLS could not be set up from the configuration. The message names the field.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct TlsSetupError {
-    /// The config field, e.g. `server.binary_tls.cert`.
-    pub field: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
+pub use tollgate_grpc::tls::TlsSetupError;
 
 /// The binary ports' TLS server configuration.
 #[derive(Clone)]
@@ -47,42 +36,10 @@ impl BinaryTls {
     /// Reads the PEM certificate chain and private key that `config` names; `at` is the
     /// config path for errors (`server.binary_tls`).
     pub fn load(config: &TlsConfig, at: &str) -> Result<BinaryTls, TlsSetupError> {
-        let error = |field: &str, reason: String| TlsSetupError {
-            field: format!("{at}.{field}"),
-            reason,
-        };
-        let cert_path = config.cert.display();
-        let certs = CertificateDer::pem_file_iter(&config.cert)
-            .map_err(|e| error("cert", format!("cannot read {cert_path}: {e}")))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| error("cert", format!("{cert_path}: {e}")))?;
-        if certs.is_empty() {
-            return Err(error(
-                "cert",
-                format!("{cert_path} holds no PEM certificate"),
-            ));
-        }
-        let key_path = config.key.display();
-        let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
-            error(
-                "key",
-                format!("cannot read a PEM private key from {key_path}: {e}"),
-            )
-        })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| error("cert", e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| {
-                error(
-                    "key",
-                    format!("does not go with the certificate in {cert_path}: {e}"),
-                )
-            })?;
+        // The binary protocol is not negotiated by ALPN.
+        let server = tollgate_grpc::tls::server_config(config, at, &[])?;
         Ok(BinaryTls {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
+            acceptor: TlsAcceptor::from(server),
         })
     }
 
