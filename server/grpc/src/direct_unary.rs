@@ -32,7 +32,7 @@ use http_body::Body as _;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tonic::body::Body;
-use tonic::codegen::{http, Service};
+use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
 /// The largest request message taken directly: tonic's default decoding limit, which the
@@ -42,11 +42,12 @@ pub const MAX_DIRECT_MESSAGE: usize = 4 * 1024 * 1024;
 /// The gRPC message prefix: a compression flag byte and a big-endian 4-byte length.
 const PREFIX: usize = 5;
 
-/// A boxed handler future, as the generated traits' methods return.
-pub type HandlerFuture<M> = Pin<Box<dyn Future<Output = Result<Response<M>, Status>> + Send>>;
+/// A boxed handler future borrowing its service, as the generated traits' methods return.
+pub type HandlerFuture<'a, M> =
+    Pin<Box<dyn Future<Output = Result<Response<M>, Status>> + Send + 'a>>;
 
 /// One unary method [`answer`] answers itself.
-pub trait DirectMethod: Clone + Send + Sync + 'static {
+pub trait DirectMethod: Send + Sync {
     /// The method's path, `/package.Service/Method`.
     const PATH: &'static str;
     /// The request message.
@@ -54,7 +55,7 @@ pub trait DirectMethod: Clone + Send + Sync + 'static {
     /// The reply message.
     type Reply: Message + Send + 'static;
     /// The service's own handler of the method.
-    fn call(&self, request: Request<Self::Request>) -> HandlerFuture<Self::Reply>;
+    fn call(&self, request: Request<Self::Request>) -> HandlerFuture<'_, Self::Reply>;
 }
 
 /// The answer to one call.
@@ -70,26 +71,23 @@ pub fn plain<B>(request: &http::Request<B>) -> bool {
     !request.headers().contains_key(GRPC_ENCODING)
 }
 
-/// Reads the call's message and answers it with `method`, or hands the call to `inner` (the
+/// Reads the call's message and answers it with `method`, or hands the call to `rest` (the
 /// port's generated services) when it is not the plain case (module docs).
-pub async fn answer<S, M>(
-    inner: S,
-    method: M,
+pub async fn answer<M: DirectMethod>(
+    method: &M,
     request: http::Request<Body>,
-) -> Result<http::Response<Body>, Infallible>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
-    M: DirectMethod,
-{
+    rest: impl FnOnce(http::Request<Body>) -> CallFuture,
+) -> Result<http::Response<Body>, Infallible> {
     let (parts, body) = request.into_parts();
     let (read, body) = read_one_message(body).await;
+    let replay = |parts, body: Replayed| rest(http::Request::from_parts(parts, Body::new(body)));
     let message = match read {
         Read::One(bytes) => match M::Request::decode(&bytes[PREFIX..]) {
             Ok(message) => message,
-            Err(_) => return replay(inner, parts, Replayed::new(bytes, None, body)).await,
+            Err(_) => return replay(parts, Replayed::new(bytes, None, body)).await,
         },
         Read::Other { bytes, trailers } => {
-            return replay(inner, parts, Replayed::new(bytes, trailers, body)).await;
+            return replay(parts, Replayed::new(bytes, trailers, body)).await;
         }
         Read::Failed(status) => return Ok(status.into_http()),
     };
@@ -102,20 +100,6 @@ where
         Ok(reply) => reply_response(reply),
         Err(status) => status.into_http(),
     })
-}
-
-/// Hands the call to the generated service, its body replayed.
-async fn replay<S>(
-    mut inner: S,
-    parts: http::request::Parts,
-    body: Replayed,
-) -> Result<http::Response<Body>, Infallible>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
-{
-    inner
-        .call(http::Request::from_parts(parts, Body::new(body)))
-        .await
 }
 
 /// What reading a call's body found.
@@ -215,8 +199,9 @@ fn reply_response<M: Message>(reply: Response<M>) -> http::Response<Body> {
     framed.put_u8(0);
     // A reply over 4 GiB cannot be framed; the port's replies are a few hundred bytes.
     framed.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
-    // Encoding into a buffer of the message's own length cannot run out of room.
-    let _ = message.encode(&mut framed);
+    // The buffer holds the message's own length: `encode_raw` skips `encode`'s second
+    // length computation, which for a CheckResponse walks every nested message again.
+    message.encode_raw(&mut framed);
     let mut response = http::Response::new(Body::new(OneMessage {
         message: Some(framed.freeze()),
         trailers_sent: false,
@@ -310,9 +295,9 @@ mod tests {
     use prost_types::Duration as Msg;
 
     use super::*;
+    use tonic::codegen::Service;
 
     /// Answers a `Duration` with one second more; `seconds: -1` is refused.
-    #[derive(Clone)]
     struct PlusOne;
 
     impl DirectMethod for PlusOne {
@@ -320,7 +305,7 @@ mod tests {
         type Request = Msg;
         type Reply = Msg;
 
-        fn call(&self, request: Request<Msg>) -> HandlerFuture<Msg> {
+        fn call(&self, request: Request<Msg>) -> HandlerFuture<'_, Msg> {
             Box::pin(async move {
                 let m = request.into_inner();
                 if m.seconds == -1 {
@@ -437,7 +422,10 @@ mod tests {
             .body(Body::new(Frames(frames)))
             .unwrap();
         let rest = Rest::default();
-        let response = answer(rest.clone(), PlusOne, request).await.unwrap();
+        let mut to_rest = rest.clone();
+        let response = answer(&PlusOne, request, move |r| to_rest.call(r))
+            .await
+            .unwrap();
         let (parts, mut body) = response.into_parts();
         let (mut data, mut status) = (Vec::new(), parts.headers.get("grpc-status").cloned());
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await

@@ -226,9 +226,8 @@ impl DirectMethod for FlowControl {
     type Request = pb::CheckRequest;
     type Reply = pb::CheckResponse;
 
-    fn call(&self, request: Request<pb::CheckRequest>) -> HandlerFuture<pb::CheckResponse> {
-        let flow_control = self.clone();
-        Box::pin(async move { flow_control.check(request).await })
+    fn call(&self, request: Request<pb::CheckRequest>) -> HandlerFuture<'_, pb::CheckResponse> {
+        self.check(request)
     }
 }
 

@@ -2,7 +2,7 @@
 //! handlers and every other call through tonic's routes.
 //!
 //! ```text
-//!   tonic Server (HTTP/2, TLS, keepalive, grpc-timeout, drain)
+//!   transport::serve (hyper's HTTP/2, TLS, keepalive, grpc-timeout, drain)
 //!     HotCalls ── /aperture.flowcontrol.check.v1.FlowControlService/Check ──┐ plain call, key
 //!              ── /envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit ┤ accepted:
 //!              │                                                            direct_unary::answer
@@ -18,7 +18,7 @@
 //! check then answers it `UNAUTHENTICATED`, as before).
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
 use tonic::body::Body;
 use tonic::codegen::{http, Service};
@@ -28,39 +28,87 @@ use crate::direct_unary::{self, CallFuture, DirectMethod};
 use crate::flowcontrol::FlowControl;
 use crate::rls::Rls;
 
-/// The port's service (module docs). `R` is the rest: tonic's routes.
-#[derive(Clone)]
+/// The port's service (module docs). `R` is the rest: tonic's routes. A clone shares one
+/// allocation, so the connection and call that take one pay a single reference count.
 pub struct HotCalls<R> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R> Clone for HotCalls<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<R> {
     check: FlowControl,
     rls: Rls,
     auth: ApiKeyCheck,
     rest: R,
 }
 
-impl<R> HotCalls<R> {
+impl<R> HotCalls<R>
+where
+    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R::Future: Send + 'static,
+{
     /// Answers `Check` with `check` and `ShouldRateLimit` with `rls` when the call may go
     /// direct (`auth` accepts its key, if keys are set); everything else with `rest`.
     pub fn new(check: FlowControl, rls: Rls, auth: ApiKeyCheck, rest: R) -> Self {
         Self {
-            check,
-            rls,
-            auth,
-            rest,
+            inner: Arc::new(Inner {
+                check,
+                rls,
+                auth,
+                rest,
+            }),
+        }
+    }
+
+    /// Answers one call.
+    pub fn call(&self, request: http::Request<Body>) -> CallFuture {
+        let path = request.uri().path();
+        let check = path == FlowControl::PATH;
+        let direct = (check || path == Rls::PATH)
+            && direct_unary::plain(&request)
+            && self.authorized(&request);
+        if !direct {
+            return call_rest(&self.inner.rest, request);
+        }
+        let inner = self.inner.clone();
+        if check {
+            Box::pin(async move {
+                let rest = |r| call_rest(&inner.rest, r);
+                direct_unary::answer(&inner.check, request, rest).await
+            })
+        } else {
+            Box::pin(async move {
+                let rest = |r| call_rest(&inner.rest, r);
+                direct_unary::answer(&inner.rls, request, rest).await
+            })
         }
     }
 
     /// Whether `request` may skip the routes' API-key check: keys are off, or it carries one
     /// of them.
     fn authorized(&self, request: &http::Request<Body>) -> bool {
-        !self.auth.enabled()
+        let auth = &self.inner.auth;
+        !auth.enabled()
             || request
                 .headers()
                 .get(API_KEY_HEADER)
-                .is_some_and(|key| self.auth.accepts(key.as_bytes()))
+                .is_some_and(|key| auth.accepts(key.as_bytes()))
     }
 }
 
-impl<R> Service<http::Request<Body>> for HotCalls<R>
+/// `request` through a clone of the routes, made ready first as tower asks.
+fn call_rest<R>(rest: &R, request: http::Request<Body>) -> CallFuture
 where
     R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -68,29 +116,9 @@ where
         + 'static,
     R::Future: Send + 'static,
 {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.rest.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> CallFuture {
-        let path = request.uri().path();
-        let direct = (path == FlowControl::PATH || path == Rls::PATH)
-            && direct_unary::plain(&request)
-            && self.authorized(&request);
-        // The routes were made ready for this call: it takes them, a clone stays.
-        let rest = self.rest.clone();
-        let mut rest = std::mem::replace(&mut self.rest, rest);
-        if !direct {
-            return Box::pin(rest.call(request));
-        }
-        if request.uri().path() == FlowControl::PATH {
-            Box::pin(direct_unary::answer(rest, self.check.clone(), request))
-        } else {
-            Box::pin(direct_unary::answer(rest, self.rls.clone(), request))
-        }
-    }
+    let mut rest = rest.clone();
+    Box::pin(async move {
+        std::future::poll_fn(|cx| rest.poll_ready(cx)).await?;
+        rest.call(request).await
+    })
 }

@@ -219,9 +219,8 @@ impl DirectMethod for Rls {
     type Request = RateLimitRequest;
     type Reply = RateLimitResponse;
 
-    fn call(&self, request: Request<RateLimitRequest>) -> HandlerFuture<RateLimitResponse> {
-        let rls = self.clone();
-        Box::pin(async move { rls.should_rate_limit(request).await })
+    fn call(&self, request: Request<RateLimitRequest>) -> HandlerFuture<'_, RateLimitResponse> {
+        self.should_rate_limit(request)
     }
 }
 

@@ -23,13 +23,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt as _;
 use tonic::body::Body;
@@ -39,6 +37,7 @@ use tonic::Status;
 use crate::connections::BoundedIncoming;
 use crate::deadline::parse_grpc_timeout;
 use crate::direct_unary::CallFuture;
+use crate::hot_calls::HotCalls;
 use crate::server::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS};
 
 /// How long the accept loop waits after a failed accept (out of file descriptors, say)
@@ -48,21 +47,19 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Serves `service` on every connection `incoming` accepts (over TLS with `tls`, each
 /// handshake done within `handshake_timeout`) until `stop` completes, then drains: closes the
 /// listener, sends each connection a GOAWAY and returns once their calls have finished.
-pub async fn serve<S>(
+pub async fn serve<R>(
     mut incoming: BoundedIncoming,
-    service: S,
+    service: HotCalls<R>,
     tls: Option<Arc<rustls::ServerConfig>>,
     handshake_timeout: Duration,
     stop: impl Future<Output = ()>,
 ) where
-    S: Service<
-            http::Request<Body>,
-            Response = http::Response<Body>,
-            Error = Infallible,
-            Future = CallFuture,
-        > + Clone
+    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
         + Send
+        + Sync
         + 'static,
+    R::Future: Send + 'static,
 {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
@@ -86,7 +83,7 @@ pub async fn serve<S>(
                 None => break,
             },
         };
-        let service = TowerToHyperService::new(Deadline(service.clone()));
+        let service = Deadline(service.clone());
         let http2 = http2.clone();
         // Taken before the task starts, so a stop that comes during a TLS handshake still
         // waits for (and GOAWAYs) the connection that handshake opens.
@@ -140,27 +137,22 @@ pub async fn serve<S>(
 
 /// The port's service as hyper calls it: the request body in tonic's body type, and the
 /// call answered `CANCELLED` "Timeout expired" if it outlives the client's `grpc-timeout`.
-#[derive(Clone)]
-struct Deadline<S>(S);
+struct Deadline<R>(HotCalls<R>);
 
-impl<S> Service<http::Request<Incoming>> for Deadline<S>
+impl<R> hyper::service::Service<http::Request<Incoming>> for Deadline<R>
 where
-    S: Service<
-        http::Request<Body>,
-        Response = http::Response<Body>,
-        Error = Infallible,
-        Future = CallFuture,
-    >,
+    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = CallFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, request: http::Request<Incoming>) -> CallFuture {
         let timeout = request
             .headers()
             .get("grpc-timeout")
