@@ -23,11 +23,13 @@
 //!   stack) for `grpc_compare.sh`; [`floor`] holds its handlers. `src/bin/grpc_bodies.rs`:
 //!   the h2load request bodies. `src/bin/grpc_shard_floor.rs`: the same floor served by
 //!   hyper over glommio on every shard (what serving the port on the shards starts from), its
-//!   writes gathered by [`cork`].
+//!   writes gathered by [`cork`]. `src/bin/grpc_lean_floor.rs`: the floor without tonic
+//!   (hyper alone, h2 alone). [`floor_threads`]: how the tokio floors bind and run.
 #![warn(missing_docs)]
 
 pub mod cork;
 pub mod floor;
+pub mod floor_threads;
 
 use tollgate_policy::{parse_policies, Engine};
 

@@ -13,53 +13,21 @@
 //! `THREADS` (default 1) runs that many such threads, each its own runtime and listener on
 //! the port with SO_REUSEPORT, as Tollgate's port runs with `server.grpc_threads`.
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
 use tollgate_benches::floor::Constant;
+use tollgate_benches::floor_threads;
 use tollgate_grpc::proto::aperture::flowcontrol::check::v1::flow_control_service_server::FlowControlServiceServer;
 use tollgate_grpc::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tollgate_grpc::server::{
     HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS,
 };
 use tollgate_grpc::tonic::transport::Server;
-use tollgate_server::listeners::bind_per_shard;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:0".to_owned())
-        .parse()
-        .context("the first argument is the address to listen on, e.g. 127.0.0.1:0")?;
-    let threads: usize = match args.next() {
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|&n| n >= 1)
-            .context("the second argument is the number of threads, at least 1")?,
-        None => 1,
-    };
-    // One thread binds as Tollgate's port does with one (no SO_REUSEPORT); more share the port.
-    let listeners = if threads == 1 {
-        vec![std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?]
-    } else {
-        bind_per_shard(addr, threads)
-            .with_context(|| format!("binding {addr}"))?
-            .1
-    };
-    let bound = listeners.first().context("no listener")?.local_addr()?;
-    println!("grpc_floor listening {bound}");
-    let serving: Vec<_> = listeners
-        .into_iter()
-        .map(|listener| std::thread::spawn(move || serve(listener)))
-        .collect();
-    for thread in serving {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a serving thread panicked"))??;
-    }
-    Ok(())
+    let addr = floor_threads::addr_arg(args.next())?;
+    let threads = floor_threads::threads_arg(args.next(), "second")?;
+    floor_threads::serve_on_threads("grpc_floor", addr, threads, serve)
 }
 
 /// Serves `listener` on this thread, as Tollgate's port serves each of its listeners: the

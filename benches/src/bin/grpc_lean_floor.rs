@@ -9,12 +9,14 @@
 //! two unary calls h2load sends and nothing else: no grpc-timeout, compression, metadata or
 //! error mapping, which a real port would need.
 //!
+//! A third stack, `routes`, is hyper's server over tonic's routes and generated services (tonic
+//! without its own server): it splits what tonic costs between its server and the rest.
+//!
 //! ```text
-//! grpc_lean_floor 127.0.0.1:0 h2|hyper [THREADS]   # prints "grpc_lean_floor listening ADDR"
+//! grpc_lean_floor 127.0.0.1:0 h2|hyper|routes [THREADS]   # prints "grpc_lean_floor listening ADDR"
 //! ```
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
@@ -22,8 +24,8 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tollgate_benches::floor;
+use tollgate_benches::floor_threads;
 use tollgate_grpc::server::MAX_CONCURRENT_STREAMS;
-use tollgate_server::listeners::bind_per_shard;
 
 /// Which lighter path serves the port.
 #[derive(Clone, Copy)]
@@ -79,44 +81,16 @@ fn ok_trailers() -> HeaderMap {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:0".to_owned())
-        .parse()
-        .context("the first argument is the address to listen on, e.g. 127.0.0.1:0")?;
+    let addr = floor_threads::addr_arg(args.next())?;
     let stack = match args.next().as_deref() {
         Some("h2") => Stack::H2,
         Some("hyper") => Stack::Hyper,
         Some("routes") => Stack::Routes,
-        other => bail!("the second argument is the stack, h2 or hyper (got {other:?})"),
+        other => bail!("the second argument is the stack, h2, hyper or routes (got {other:?})"),
     };
-    let threads: usize = match args.next() {
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|&n| n >= 1)
-            .context("the third argument is the number of threads, at least 1")?,
-        None => 1,
-    };
-    let listeners = if threads == 1 {
-        vec![std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?]
-    } else {
-        bind_per_shard(addr, threads)
-            .with_context(|| format!("binding {addr}"))?
-            .1
-    };
-    let bound = listeners.first().context("no listener")?.local_addr()?;
-    println!("grpc_lean_floor listening {bound}");
-    let serving: Vec<_> = listeners
-        .into_iter()
-        .map(|listener| std::thread::spawn(move || serve(listener, stack)))
-        .collect();
-    for thread in serving {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a serving thread panicked"))??;
-    }
-    Ok(())
+    let threads = floor_threads::threads_arg(args.next(), "third")?;
+    let serve = move |listener| serve(listener, stack);
+    floor_threads::serve_on_threads("grpc_lean_floor", addr, threads, serve)
 }
 
 /// Serves `listener` on this thread with `stack`, one task per connection.
@@ -200,9 +174,7 @@ async fn serve_hyper(socket: tokio::net::TcpStream, replies: Replies) -> anyhow:
             Ok::<_, Infallible>(response)
         }
     });
-    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    http2.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    http2
+    http2()
         .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
         .await?;
     Ok(())
@@ -216,10 +188,15 @@ async fn serve_routes(socket: tokio::net::TcpStream) -> anyhow::Result<()> {
             .add_service(FlowControlServiceServer::new(floor::Constant))
             .prepare();
     let service = hyper_util::service::TowerToHyperService::new(routes);
-    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    http2.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    http2
+    http2()
         .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
         .await?;
     Ok(())
+}
+
+/// hyper's HTTP/2 server with the port's stream limit.
+fn http2() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http2.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    http2
 }

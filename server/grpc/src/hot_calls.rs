@@ -28,6 +28,33 @@ use crate::direct_unary::{self, CallFuture, DirectMethod};
 use crate::flowcontrol::FlowControl;
 use crate::rls::Rls;
 
+/// What [`HotCalls`] hands every other call to: tonic's routes (any service like them).
+pub trait Rest:
+    Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Rest for T where
+    T: Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The port's service (module docs). `R` is the rest: tonic's routes. A clone shares one
 /// allocation, so the connection and call that take one pay a single reference count.
 pub struct HotCalls<R> {
@@ -49,15 +76,7 @@ struct Inner<R> {
     rest: R,
 }
 
-impl<R> HotCalls<R>
-where
-    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    R::Future: Send + 'static,
-{
+impl<R: Rest> HotCalls<R> {
     /// Answers `Check` with `check` and `ShouldRateLimit` with `rls` when the call may go
     /// direct (`auth` accepts its key, if keys are set); everything else with `rest`.
     pub fn new(check: FlowControl, rls: Rls, auth: ApiKeyCheck, rest: R) -> Self {
@@ -108,14 +127,7 @@ where
 }
 
 /// `request` through a clone of the routes, made ready first as tower asks.
-fn call_rest<R>(rest: &R, request: http::Request<Body>) -> CallFuture
-where
-    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    R::Future: Send + 'static,
-{
+fn call_rest<R: Rest>(rest: &R, request: http::Request<Body>) -> CallFuture {
     let mut rest = rest.clone();
     Box::pin(async move {
         std::future::poll_fn(|cx| rest.poll_ready(cx)).await?;

@@ -31,13 +31,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt as _;
 use tonic::body::Body;
-use tonic::codegen::{http, Service};
+use tonic::codegen::http;
 use tonic::Status;
 
 use crate::connections::BoundedIncoming;
 use crate::deadline::parse_grpc_timeout;
 use crate::direct_unary::CallFuture;
-use crate::hot_calls::HotCalls;
+use crate::hot_calls::{HotCalls, Rest};
 use crate::server::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS};
 
 /// How long the accept loop waits after a failed accept (out of file descriptors, say)
@@ -47,20 +47,13 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Serves `service` on every connection `incoming` accepts (over TLS with `tls`, each
 /// handshake done within `handshake_timeout`) until `stop` completes, then drains: closes the
 /// listener, sends each connection a GOAWAY and returns once their calls have finished.
-pub async fn serve<R>(
+pub async fn serve<R: Rest>(
     mut incoming: BoundedIncoming,
     service: HotCalls<R>,
     tls: Option<Arc<rustls::ServerConfig>>,
     handshake_timeout: Duration,
     stop: impl Future<Output = ()>,
-) where
-    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    R::Future: Send + 'static,
-{
+) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
@@ -139,15 +132,7 @@ pub async fn serve<R>(
 /// call answered `CANCELLED` "Timeout expired" if it outlives the client's `grpc-timeout`.
 struct Deadline<R>(HotCalls<R>);
 
-impl<R> hyper::service::Service<http::Request<Incoming>> for Deadline<R>
-where
-    R: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    R::Future: Send + 'static,
-{
+impl<R: Rest> hyper::service::Service<http::Request<Incoming>> for Deadline<R> {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = CallFuture;
