@@ -4,10 +4,10 @@
 //! For every call tonic's generated server builds a decoding stream over the request body
 //! (a state machine and a growable buffer), then an encoding stream for the reply (an 8 KiB
 //! buffer per call) and the `grpc-status` trailer through its own body type. For a request
-//! of a hundred bytes that machinery costs more than the HTTP/2 underneath: a plain hyper
-//! service answering the floor's constant reply serves 1.1–1.3x the requests per second of the
-//! same reply through tonic's routes and generated services (docs/performance.md,
-//! section:grpc, "The floor without tonic").
+//! of a hundred bytes that machinery is a large share of the call: a plain hyper service
+//! answering the floor's constant reply serves 1.1–1.3x the requests per second of the same
+//! reply through tonic's routes and generated services, on the same hyper server
+//! (benches/grpc_compare_notes.md, this round).
 //!
 //! The hot calls (`Check`, `ShouldRateLimit`) take this path instead: the body is read into
 //! one buffer, the message decoded in place, the handler called with the same
