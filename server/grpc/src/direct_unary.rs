@@ -195,10 +195,17 @@ fn taken(first: Option<Bytes>, joined: Option<BytesMut>) -> Bytes {
 fn reply_response<M: Message>(reply: Response<M>) -> http::Response<Body> {
     let (metadata, message, extensions) = reply.into_parts();
     let length = message.encoded_len();
+    // The port's replies are a few hundred bytes; one that a gRPC prefix cannot carry is
+    // refused rather than framed wrong.
+    let Ok(prefix_length) = u32::try_from(length) else {
+        return Status::resource_exhausted(format!(
+            "the reply is {length} bytes; a gRPC message holds at most 4 GiB"
+        ))
+        .into_http();
+    };
     let mut framed = BytesMut::with_capacity(PREFIX + length);
     framed.put_u8(0);
-    // A reply over 4 GiB cannot be framed; the port's replies are a few hundred bytes.
-    framed.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
+    framed.put_u32(prefix_length);
     // The buffer holds the message's own length: `encode_raw` skips `encode`'s second
     // length computation, which for a CheckResponse walks every nested message again.
     message.encode_raw(&mut framed);
