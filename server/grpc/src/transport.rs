@@ -59,7 +59,10 @@ pub async fn serve<R: Rest>(
         .timer(TokioTimer::new())
         .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // No `date` header: gRPC's response headers carry none (grpc-go and grpc-java send
+        // none, no SDK reads it), and hyper reads the wall clock for it on every response.
+        .auto_date_header(false);
     let tls = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
