@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt as _;
 use tonic::body::Body;
@@ -86,13 +86,7 @@ pub async fn serve<R: Rest>(
         let watcher = graceful.watcher();
         match &tls {
             None => {
-                let served =
-                    watcher.watch(http2.serve_connection(TokioIo::new(connection), service));
-                tokio::spawn(async move {
-                    if let Err(e) = served.await {
-                        tracing::debug!(error = %e, "grpc connection ended with an error");
-                    }
-                });
+                tokio::spawn(serve_connection(http2, connection, service, watcher));
             }
             Some(tls) => {
                 let tls = tls.clone();
@@ -117,11 +111,7 @@ pub async fn serve<R: Rest>(
                             return;
                         }
                     };
-                    let served =
-                        watcher.watch(http2.serve_connection(TokioIo::new(stream), service));
-                    if let Err(e) = served.await {
-                        tracing::debug!(error = %e, "grpc connection ended with an error");
-                    }
+                    serve_connection(http2, stream, service, watcher).await;
                 });
             }
         }
@@ -129,6 +119,22 @@ pub async fn serve<R: Rest>(
     // Dropping the listener refuses new connections while the open ones drain.
     drop(incoming);
     graceful.shutdown().await;
+}
+
+/// Serves HTTP/2 on `io` (a TCP or TLS stream) until the client closes it or the drain that
+/// `watcher` follows ends it with a GOAWAY.
+async fn serve_connection<I, R: Rest>(
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    io: I,
+    service: Deadline<R>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let served = watcher.watch(http2.serve_connection(TokioIo::new(io), service));
+    if let Err(e) = served.await {
+        tracing::debug!(error = %e, "grpc connection ended with an error");
+    }
 }
 
 /// The port's service as hyper calls it: the request body in tonic's body type, and the
