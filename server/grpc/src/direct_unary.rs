@@ -53,9 +53,31 @@ pub trait DirectMethod: Send + Sync {
     /// The request message.
     type Request: Message + Default + Send + 'static;
     /// The reply message.
-    type Reply: Message + Send + 'static;
+    type Reply: DirectReply;
     /// The service's own handler of the method.
     fn call(&self, request: Request<Self::Request>) -> HandlerFuture<'_, Self::Reply>;
+}
+
+/// A reply [`answer`] frames: any prost message, or a type that writes its message's
+/// encoding itself ([`crate::check_reply::CheckAnswer`]).
+pub trait DirectReply: Send + 'static {
+    /// About how many bytes [`DirectReply::encode_to`] appends: the reply buffer's first
+    /// capacity.
+    fn size_hint(&self) -> usize;
+    /// Appends the message's protobuf encoding, without a length prefix.
+    fn encode_to(&self, buf: &mut BytesMut);
+}
+
+impl<M: Message + 'static> DirectReply for M {
+    fn size_hint(&self) -> usize {
+        self.encoded_len()
+    }
+
+    fn encode_to(&self, buf: &mut BytesMut) {
+        // `size_hint` reserved the message's own length: `encode_raw` skips `encode`'s second
+        // length computation, which for a nested message walks it again.
+        self.encode_raw(buf);
+    }
 }
 
 /// The answer to one call.
@@ -192,9 +214,12 @@ fn taken(first: Option<Bytes>, joined: Option<BytesMut>) -> Bytes {
 
 /// A direct reply as tonic sends a unary one: its metadata as headers, `content-type:
 /// application/grpc`, the message in one frame, then the `grpc-status: 0` trailer.
-fn reply_response<M: Message>(reply: Response<M>) -> http::Response<Body> {
+fn reply_response<M: DirectReply>(reply: Response<M>) -> http::Response<Body> {
     let (metadata, message, extensions) = reply.into_parts();
-    let length = message.encoded_len();
+    let mut framed = BytesMut::with_capacity(PREFIX + message.size_hint());
+    framed.put_bytes(0, PREFIX); // uncompressed; the length is written below
+    message.encode_to(&mut framed);
+    let length = framed.len() - PREFIX;
     // The port's replies are a few hundred bytes; one that a gRPC prefix cannot carry is
     // refused rather than framed wrong.
     let Ok(prefix_length) = u32::try_from(length) else {
@@ -203,12 +228,7 @@ fn reply_response<M: Message>(reply: Response<M>) -> http::Response<Body> {
         ))
         .into_http();
     };
-    let mut framed = BytesMut::with_capacity(PREFIX + length);
-    framed.put_u8(0);
-    framed.put_u32(prefix_length);
-    // The buffer holds the message's own length: `encode_raw` skips `encode`'s second
-    // length computation, which for a CheckResponse walks every nested message again.
-    message.encode_raw(&mut framed);
+    framed[1..PREFIX].copy_from_slice(&prefix_length.to_be_bytes());
     let mut response = http::Response::new(Body::new(OneMessage {
         message: Some(framed.freeze()),
         trailers_sent: false,

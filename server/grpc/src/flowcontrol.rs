@@ -62,11 +62,12 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::{BackendError, DecisionBackend, EndStatus, GrpcService};
 use crate::cache::{CacheError, Scope, TtlCache};
+use crate::check_reply::{timestamp, CheckAnswer, Decided};
 use crate::deadline::{self, MonoClock};
 use crate::direct_unary::{DirectMethod, HandlerFuture};
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
 use crate::reject_header::{reject_reason_value, REJECT_REASON_HEADER};
-use crate::reply::{check_response, invalid_request_response, unjudgeable_response};
+use crate::reply::{invalid_request_response, unjudgeable_response};
 use crate::request_bounds;
 use pb::flow_control_service_server::FlowControlService;
 
@@ -195,14 +196,6 @@ fn op_status(r: Result<(), CacheError>) -> (i32, String) {
     }
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
 /// Labels as the policy crate takes them: sorted by key (a map's keys are unique).
 fn owned_flow(
     control_point: &str,
@@ -219,37 +212,18 @@ fn owned_flow(
     }
 }
 
-/// `Check`, the SDKs' call per flow, is answered without tonic's codec
-/// ([`crate::direct_unary`]), by the handler below; the other methods go through tonic.
-impl DirectMethod for FlowControl {
-    const PATH: &'static str = "/aperture.flowcontrol.check.v1.FlowControlService/Check";
-    type Request = pb::CheckRequest;
-    type Reply = pb::CheckResponse;
-
-    fn call(&self, request: Request<pb::CheckRequest>) -> HandlerFuture<'_, pb::CheckResponse> {
-        self.check(request)
-    }
-}
-
-#[tonic::async_trait]
-impl FlowControlService for FlowControl {
-    async fn check(
+impl FlowControl {
+    /// Decides one `Check`: the answer both the direct path and tonic's send.
+    async fn decide(
         &self,
         request: Request<pb::CheckRequest>,
-    ) -> Result<Response<pb::CheckResponse>, Status> {
+    ) -> Result<Response<CheckAnswer>, Status> {
         let start = SystemTime::now();
         let timeout = deadline::client_timeout(request.metadata());
         let mut req = request.into_inner();
         if let Err(error) = request_bounds::check_request(&req) {
-            let mut resp = invalid_request_response(&req);
-            resp.start = Some(timestamp(start));
-            resp.end = Some(timestamp(SystemTime::now()));
-            let mut response = Response::new(resp);
-            response.metadata_mut().insert(
-                REJECT_REASON_HEADER,
-                reject_reason_value(&error.to_string()),
-            );
-            return Ok(response);
+            let resp = invalid_request_response(&req);
+            return Ok(undecided(resp, start, &error.to_string()));
         }
         let flow = owned_flow(&req.control_point, &req.labels);
         let decided = deadline::within(timeout, async {
@@ -262,35 +236,68 @@ impl FlowControlService for FlowControl {
         let decision = match decided {
             Ok(decision) => decision,
             Err(BackendError::Flow(error)) => {
-                let mut resp = unjudgeable_response(&self.backend.engine(), req, &error);
-                resp.start = Some(timestamp(start));
-                resp.end = Some(timestamp(SystemTime::now()));
-                let mut response = Response::new(resp);
-                response.metadata_mut().insert(
-                    REJECT_REASON_HEADER,
-                    reject_reason_value(&error.to_string()),
-                );
-                return Ok(response);
+                let resp = unjudgeable_response(&self.backend.engine(), req, &error);
+                return Ok(undecided(resp, start, &error.to_string()));
             }
             Err(unavailable @ BackendError::Unavailable(_)) => return Err(unavailable.into()),
         };
-        let cache_lookup = req.cache_lookup_request.take();
-        let mut resp = check_response(&self.backend.engine(), req, &decision);
-        if decision.accepted {
-            if let Some(lookup) = &cache_lookup {
-                if !lookup.result_cache_key.is_empty() || !lookup.global_cache_keys.is_empty() {
-                    let cp = if lookup.control_point.is_empty() {
-                        &resp.control_point // the request's, echoed
-                    } else {
-                        &lookup.control_point
-                    };
-                    resp.cache_lookup_response = Some(self.lookup(cp, lookup)?);
-                }
+        let mut cache_lookup_response = None;
+        if let Some(lookup) = req.cache_lookup_request.take() {
+            let asks = !lookup.result_cache_key.is_empty() || !lookup.global_cache_keys.is_empty();
+            if decision.accepted && asks {
+                let cp = if lookup.control_point.is_empty() {
+                    &req.control_point // the request's, echoed
+                } else {
+                    &lookup.control_point
+                };
+                cache_lookup_response = Some(Box::new(self.lookup(cp, &lookup)?));
             }
         }
-        resp.start = Some(timestamp(start));
-        resp.end = Some(timestamp(SystemTime::now()));
-        Ok(Response::new(resp))
+        Ok(Response::new(CheckAnswer::Decided(Decided {
+            control_point: req.control_point,
+            labels: req.labels,
+            expect_end: req.expect_end,
+            engine: self.backend.engine(),
+            decision,
+            cache_lookup_response,
+            start,
+            end: SystemTime::now(),
+        })))
+    }
+}
+
+/// The answer `resp` to a flow that was not decided, with why in [`REJECT_REASON_HEADER`].
+fn undecided(mut resp: pb::CheckResponse, start: SystemTime, why: &str) -> Response<CheckAnswer> {
+    resp.start = Some(timestamp(start));
+    resp.end = Some(timestamp(SystemTime::now()));
+    let mut response = Response::new(CheckAnswer::Built(Box::new(resp)));
+    response
+        .metadata_mut()
+        .insert(REJECT_REASON_HEADER, reject_reason_value(why));
+    response
+}
+
+/// `Check`, the SDKs' call per flow, is answered without tonic's codec
+/// ([`crate::direct_unary`]), its answer encoded straight from the decision
+/// ([`crate::check_reply`]); the other methods go through tonic.
+impl DirectMethod for FlowControl {
+    const PATH: &'static str = "/aperture.flowcontrol.check.v1.FlowControlService/Check";
+    type Request = pb::CheckRequest;
+    type Reply = CheckAnswer;
+
+    fn call(&self, request: Request<pb::CheckRequest>) -> HandlerFuture<'_, CheckAnswer> {
+        Box::pin(self.decide(request))
+    }
+}
+
+#[tonic::async_trait]
+impl FlowControlService for FlowControl {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let answer = self.decide(request).await?;
+        Ok(answer.map(CheckAnswer::into_message))
     }
 
     async fn cache_lookup(

@@ -20,6 +20,8 @@
 //!   FlowEnd).
 //! - [`reply`] — a decision as Aperture's agent answers it: one `LimiterDecision` per component
 //!   with the details of its kind, reject reason and status.
+//! - [`check_reply`] — [`check_reply::CheckAnswer`]: the same answer written straight into the
+//!   reply's bytes (the direct path), or built as the message (tonic's).
 //! - [`request_bounds`] — the bounds a `Check` request must keep (labels, sizes); beyond them
 //!   a REJECTED decision, not an RPC error.
 //! - [`connections`] — the port's connection cap and handshake timeout.
@@ -55,6 +57,7 @@
 pub mod auth;
 pub mod backend;
 pub mod cache;
+pub mod check_reply;
 pub mod config;
 pub mod connections;
 pub mod deadline;

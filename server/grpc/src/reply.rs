@@ -43,8 +43,8 @@
 use std::time::Duration;
 
 use tollgate_policy::{
-    ComponentKind, Decision, Engine, FlowError, Labels, LimiterOutcome, LimiterSpec, OutcomeKind,
-    RejectReason,
+    ComponentKind, Decision, Engine, FlowError, FlowId, Labels, LimiterOutcome, LimiterSpec,
+    OutcomeKind, RejectReason,
 };
 
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
@@ -60,20 +60,56 @@ pub const FLOW_IDS_LABEL: &str = "tollgate.flow_ids";
 /// The bucket label Aperture's agent reports for one of `spec`'s decisions on a flow with
 /// `labels` (see the module docs).
 pub fn bucket_label<L: Labels + ?Sized>(spec: &LimiterSpec, labels: &L) -> String {
-    match spec.limit_by_label_key.as_deref() {
-        None => "default".to_owned(),
-        Some(key) => match labels.get(key) {
-            Some(value) => {
-                // Not `format!`: this runs for every decision of every Check.
-                let mut label = String::with_capacity(key.len() + 1 + value.len());
-                label.push_str(key);
-                label.push(':');
-                label.push_str(value);
-                label
-            }
-            None => String::new(),
-        },
+    let parts = BucketLabel::of(spec, labels).parts();
+    // Not `format!`: this runs for every decision of every Check answered through tonic.
+    let mut label = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| label.push_str(p));
+    label
+}
+
+/// A bucket label borrowed from the spec and the flow's labels: what [`bucket_label`] makes
+/// into a string and [`crate::check_reply`] writes straight into a reply.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BucketLabel<'a> {
+    /// No `limit_by_label_key`: one shared bucket, `default`.
+    Shared,
+    /// `key:value` of the flow's `limit_by_label_key` label.
+    Keyed(&'a str, &'a str),
+    /// The flow lacks that label: empty (reason KEY_NOT_FOUND).
+    Missing,
+}
+
+impl<'a> BucketLabel<'a> {
+    /// The label of one of `spec`'s decisions on a flow with `labels`.
+    pub(crate) fn of<L: Labels + ?Sized>(spec: &'a LimiterSpec, labels: &'a L) -> Self {
+        match spec.limit_by_label_key.as_deref() {
+            None => BucketLabel::Shared,
+            Some(key) => labels
+                .get(key)
+                .map_or(BucketLabel::Missing, |value| BucketLabel::Keyed(key, value)),
+        }
     }
+
+    /// The label's text in pieces, to be joined.
+    pub(crate) fn parts(self) -> [&'a str; 3] {
+        match self {
+            BucketLabel::Shared => ["default", "", ""],
+            BucketLabel::Keyed(key, value) => [key, ":", value],
+            BucketLabel::Missing => ["", "", ""],
+        }
+    }
+}
+
+/// The workload a scheduler component reports for a flow with `labels` (its
+/// `workload_index`) and the flow's priority; empty and 0 for components without a scheduler.
+pub(crate) fn workload<'a, L: Labels + ?Sized>(
+    spec: &'a LimiterSpec,
+    labels: &'a L,
+) -> (&'a str, f64) {
+    spec.scheduler.as_ref().map_or(("", 0.0), |s| {
+        let pick = s.pick(labels);
+        (s.name_of(pick.name), pick.priority)
+    })
 }
 
 /// A protobuf duration from nanoseconds.
@@ -93,13 +129,8 @@ fn details<L: Labels + ?Sized>(
     request_id: String,
 ) -> Details {
     let label = bucket_label(spec, labels);
-    let (workload_index, priority) = spec.scheduler.as_ref().map_or_else(
-        || (String::new(), 0.0),
-        |s| {
-            let pick = s.pick(labels);
-            (s.name_of(pick.name).to_owned(), pick.priority)
-        },
-    );
+    let (workload_index, priority) = workload(spec, labels);
+    let workload_index = workload_index.to_owned();
     match spec.kind {
         ComponentKind::RateLimiter => {
             Details::RateLimiterInfo(RateLimiterInfo { label, tokens_info })
@@ -205,6 +236,43 @@ fn default_status(reason: RejectReason) -> u16 {
     }
 }
 
+/// How a rejected decision is answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rejection {
+    /// The first rejecting component's reason.
+    pub(crate) reason: pb::check_response::RejectReason,
+    /// Its `denied_response_status_code`, else the reason's default (Aperture's).
+    pub(crate) status: i32,
+}
+
+impl Rejection {
+    /// How `decision` is answered; `None` when it admits the flow.
+    pub(crate) fn of(engine: &Engine, decision: &Decision) -> Option<Rejection> {
+        if decision.accepted {
+            return None;
+        }
+        let reason = decision
+            .reject_reason(engine)
+            .unwrap_or(RejectReason::RateLimited);
+        let status = decision
+            .denied_status_code(engine)
+            .filter(|s| *s != 0)
+            .unwrap_or_else(|| default_status(reason));
+        Some(Rejection {
+            reason: match reason {
+                RejectReason::RateLimited => pb::check_response::RejectReason::RateLimited,
+                RejectReason::NoTokens => pb::check_response::RejectReason::NoTokens,
+            },
+            status: i32::from(status),
+        })
+    }
+}
+
+/// The flows `decision` admitted that hold concurrency tokens: what [`FLOW_IDS_LABEL`] lists.
+pub(crate) fn flow_ids(decision: &Decision) -> impl Iterator<Item = FlowId> + '_ {
+    decision.limiters.iter().filter_map(|o| o.flow)
+}
+
 /// The CheckResponse for `decision` (without timestamps and cache stage).
 pub fn check_response(
     engine: &Engine,
@@ -218,28 +286,13 @@ pub fn check_response(
     if decision.wait_ns > 0 {
         resp.wait_time = Some(duration_ns(decision.wait_ns));
     }
-    if !decision.accepted {
-        let reason = decision
-            .reject_reason(engine)
-            .unwrap_or(RejectReason::RateLimited);
+    if let Some(rejection) = Rejection::of(engine, decision) {
         resp.decision_type = pb::check_response::DecisionType::Rejected as i32;
-        resp.reject_reason = match reason {
-            RejectReason::RateLimited => pb::check_response::RejectReason::RateLimited,
-            RejectReason::NoTokens => pb::check_response::RejectReason::NoTokens,
-        } as i32;
-        let status = decision
-            .denied_status_code(engine)
-            .filter(|s| *s != 0)
-            .unwrap_or_else(|| default_status(reason));
-        resp.denied_response_status_code = i32::from(status);
+        resp.reject_reason = rejection.reason as i32;
+        resp.denied_response_status_code = rejection.status;
     }
     if !resp.expect_end {
-        let ids: Vec<String> = decision
-            .limiters
-            .iter()
-            .filter_map(|o| o.flow)
-            .map(|id| id.to_string())
-            .collect();
+        let ids: Vec<String> = flow_ids(decision).map(|id| id.to_string()).collect();
         if !ids.is_empty() {
             resp.telemetry_flow_labels
                 .insert(FLOW_IDS_LABEL.to_owned(), ids.join(","));
@@ -306,12 +359,14 @@ pub fn unjudgeable_response(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
     use tollgate_policy::{LocalLimiter, OwnedFlow};
 
-    const POLICIES: &str = r#"
+    /// A policy of each kind, keyed and shared buckets, workloads: shared with
+    /// [`crate::check_reply`]'s tests.
+    pub(crate) const POLICIES: &str = r#"
 policies:
   - policy_name: per_user
     rate_limiter:
