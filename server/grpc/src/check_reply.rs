@@ -207,6 +207,10 @@ struct LimiterDecision<'a> {
     consumed: f64,
     /// The flow's id, when this component admitted it and holds its tokens.
     request_id: Option<FlowId>,
+    /// The encoded lengths of its tokens info and its details, which both the decision's
+    /// length and its encoding need.
+    tokens_info_len: usize,
+    details_len: usize,
 }
 
 impl<'a> LimiterDecision<'a> {
@@ -217,7 +221,7 @@ impl<'a> LimiterDecision<'a> {
     ) -> Self {
         let admitted = outcome.kind == OutcomeKind::Accepted;
         let (workload, priority) = workload(spec, labels);
-        LimiterDecision {
+        let mut decision = LimiterDecision {
             spec,
             outcome,
             label: BucketLabel::of(spec, labels),
@@ -225,7 +229,12 @@ impl<'a> LimiterDecision<'a> {
             priority,
             consumed: if admitted { outcome.tokens } else { 0.0 },
             request_id: outcome.flow.filter(|_| admitted),
-        }
+            tokens_info_len: 0,
+            details_len: 0,
+        };
+        decision.tokens_info_len = decision.measure_tokens_info();
+        decision.details_len = decision.measure_details(); // after the tokens info's
+        decision
     }
 
     fn dropped(&self) -> bool {
@@ -256,7 +265,7 @@ impl<'a> LimiterDecision<'a> {
         self.request_id.map_or(0, |_| FLOW_ID_DIGITS)
     }
 
-    fn tokens_info_len(&self) -> usize {
+    fn measure_tokens_info(&self) -> usize {
         let o = self.outcome;
         double_len(1, o.remaining) + double_len(2, o.current) + double_len(3, self.consumed)
     }
@@ -282,11 +291,11 @@ impl<'a> LimiterDecision<'a> {
         }
     }
 
-    fn details_len(&self) -> usize {
+    fn measure_details(&self) -> usize {
         let [label, workload, tokens, priority, request_id] = self.details_tags();
         label.map_or(0, |t| string_len(t, self.label_len()))
             + workload.map_or(0, |t| string_len(t, self.workload.len()))
-            + tokens.map_or(0, |t| message_len(t, self.tokens_info_len()))
+            + tokens.map_or(0, |t| message_len(t, self.tokens_info_len))
             + priority.map_or(0, |t| double_len(t, self.priority))
             + request_id.map_or(0, |t| string_len(t, self.request_id_len()))
     }
@@ -300,7 +309,7 @@ impl<'a> LimiterDecision<'a> {
             + varint_len(5, self.reason())
             + varint_len(10, self.status())
             + self.wait_time_len()
-            + message_len(self.details_tag(), self.details_len())
+            + message_len(self.details_tag(), self.details_len)
     }
 
     fn wait_time_len(&self) -> usize {
@@ -322,7 +331,7 @@ impl<'a> LimiterDecision<'a> {
         if o.wait_ns > 0 {
             duration_field(11, o.wait_ns, buf);
         }
-        len_delimited(self.details_tag(), self.details_len(), buf);
+        len_delimited(self.details_tag(), self.details_len, buf);
         let [label, workload, tokens, priority, request_id] = self.details_tags();
         if let Some(tag) = label {
             string_field(tag, &self.label.parts(), buf);
@@ -331,7 +340,7 @@ impl<'a> LimiterDecision<'a> {
             string_field(tag, &[self.workload], buf);
         }
         if let Some(tag) = tokens {
-            len_delimited(tag, self.tokens_info_len(), buf);
+            len_delimited(tag, self.tokens_info_len, buf);
             double_field(1, o.remaining, buf);
             double_field(2, o.current, buf);
             double_field(3, self.consumed, buf);
