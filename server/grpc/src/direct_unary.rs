@@ -12,11 +12,12 @@
 //! The hot calls (`Check`, `ShouldRateLimit`) take this path instead: the body is read into
 //! one buffer, the message decoded in place, the handler called with the same
 //! `tonic::Request` it gets from tonic (metadata and extensions included), and the reply
-//! framed into one buffer with an `OK` trailer. The handler is the service's own method, so
-//! the answer is the one tonic would give.
+//! framed into one buffer with an `OK` trailer. The handler is the one tonic's generated
+//! service calls too (for `Check`, the decision both share, whose answer is written without
+//! building the message: [`crate::check_reply`]), so the answer is the one tonic would give.
 //!
 //! Anything but the plain case goes on to tonic's routes with the bytes read so far in front
-//! of the rest of the body ([`Replayed`]), so tonic answers it exactly as it did: a
+//! of the rest of the body (`Replayed`), so tonic answers it exactly as it did: a
 //! compressed message or a `grpc-encoding` header, a message over tonic's size limit, a body
 //! that is shorter than its length prefix or holds more than one message, request trailers,
 //! and a message that does not decode (which [`crate::undecodable`] there rewrites to
@@ -54,7 +55,7 @@ pub trait DirectMethod: Send + Sync {
     type Request: Message + Default + Send + 'static;
     /// The reply message.
     type Reply: DirectReply;
-    /// The service's own handler of the method.
+    /// The service's own handler of the method (or the part of it that tonic's path shares).
     fn call(&self, request: Request<Self::Request>) -> HandlerFuture<'_, Self::Reply>;
 }
 

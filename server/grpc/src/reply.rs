@@ -17,7 +17,7 @@
 //! - `tokens_info`: tokens in the bucket after the decision (`remaining`), before it
 //!   (`current`), and taken (`consumed`, 0 unless this component admitted the flow). For the
 //!   concurrency kinds the bucket holds the capacity still free.
-//! - `request_id`: the flow's [`FlowId`](tollgate_policy::FlowId) (16 hex digits), which
+//! - `request_id`: the flow's [`FlowId`] (16 hex digits), which
 //!   `FlowEnd` (or the flow's span) hands back to free the capacity; empty when the component
 //!   holds nothing for the flow (rejected, key not found, or handed back because another
 //!   component rejected).

@@ -14,7 +14,7 @@
 //! - TLS by rustls, offering `h2` by ALPN, the handshake in the connection's own task (a slow
 //!   client does not hold up the accept loop) and done within the port's `handshake_timeout`
 //!   of the accept, or the connection is closed;
-//! - the client's `grpc-timeout` on every call ([`Deadline`]): a call still running then is
+//! - the client's `grpc-timeout` on every call (`Deadline`): a call still running then is
 //!   answered `CANCELLED` "Timeout expired", as tonic's server answered it (the hot calls'
 //!   handlers answer `DEADLINE_EXCEEDED` at the same instant, [`crate::deadline`]);
 //! - on stop, no new connections, a GOAWAY on each open one, and the calls in flight finish
