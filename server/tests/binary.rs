@@ -442,6 +442,12 @@ policies:
         2,
         "two takes of 40 fit in 100: {drain:?}"
     );
+    // The takes hopped to the bucket's owner, not a copy of the bucket where they entered:
+    // on its owner, 20 tokens are left, so a third take of 40 is refused.
+    let on_owner = entering_on(&server, 1)
+        .check(&req("api", &[("user", drained.as_str()), ("cost", "40")]))
+        .unwrap();
+    assert!(!on_owner.accepted(), "the owner's bucket: {on_owner:?}");
 }
 
 #[test]
