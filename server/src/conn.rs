@@ -574,8 +574,6 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
         }
         let mut plans: Vec<Plan<'_>> = Vec::with_capacity(checks.len());
         let mut failed: Vec<Option<(ErrorCode, String)>> = Vec::with_capacity(checks.len());
-        // Whether this shard owns every take of each check (found with its bucket hashes).
-        let mut owned_here: Vec<bool> = Vec::with_capacity(checks.len());
         let mut hashes = Vec::with_capacity(checks.len());
         for (r, range) in resolved {
             let check_labels = labels.get(range).unwrap_or_default();
@@ -590,23 +588,19 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                     .map_err(|e| (ErrorCode::BadRequest, e.to_string())),
                 Err(e) => Err(e),
             };
-            owned_here.push(match planned {
+            match planned {
                 Ok(()) => self.shard.planned_bucket_hashes(plan, &mut hashes),
-                Err(_) => {
-                    plan.clear();
-                    false
-                }
-            });
+                Err(_) => plan.clear(),
+            }
             failed.push(planned.err());
         }
         self.shard.prefetch_buckets(&hashes);
-        let passes = checks.iter().zip(&plans).zip(failed).zip(owned_here);
-        for (((check, plan), failure), owned_here) in passes {
-            let deadline = Some(deadline(check, now));
+        for ((check, plan), failure) in checks.iter().zip(&plans).zip(failed) {
             answer(match failure {
                 Some(e) => Err(e),
-                None if owned_here => Ok(self.shard.decide_owned_here(plan, deadline, now)),
-                None => Ok(self.shard.decide_planned(plan, deadline, now)),
+                None => Ok(self
+                    .shard
+                    .decide_planned(plan, Some(deadline(check, now)), now)),
             });
         }
     }
