@@ -122,21 +122,26 @@ server_pid_for() {
 # and the loadgen used during it to $OUT/cpu/NAME.json (whole run, connect and warm-up
 # included: the report divides by decisions/s x wall time, so warm-up at the same rate is fine).
 lg() {
-    local name="$1" target="$2" spid cpu_before cpu_after wall user sys
+    local name="$1" target="$2" spid user_before sys_before user_after sys_after wall user sys
     shift 2
     log "$name: $target $*"
     spid="$(server_pid_for "$target")"
-    cpu_before="$(cpu_seconds "$spid")"
+    read -r user_before sys_before < <(cpu_user_system "$spid")
     local TIMEFORMAT='%R %U %S'
     # The loadgen's output goes to fd 3 (stderr); only `time`'s line goes to the file.
     { time ${LOADGEN_PREFIX:-} "$LOADGEN" --target "$target" --duration "$DURATION" --warmup "$WARMUP" --quiet \
         --capacity "$CAPACITY" --fill-amount "$FILL" --interval "$INTERVAL" \
         --json "$OUT/$name.json" "$@" 2>&3 | sed -n 's/^\(decisions\/s\|latency\)/   \1/p' >&3 ; } 3>&2 2>"$OUT/cpu/$name.time"
-    cpu_after="$(cpu_seconds "$spid")"
+    read -r user_after sys_after < <(cpu_user_system "$spid")
     read -r wall user sys < <(tail -n 1 "$OUT/cpu/$name.time")
-    printf '{"wall_s": %s, "server_cpu_s": %s, "loadgen_cpu_s": %s}\n' \
-        "$wall" "$(awk -v a="$cpu_after" -v b="$cpu_before" 'BEGIN { printf "%.2f", a - b }')" \
-        "$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" > "$OUT/cpu/$name.json"
+    # User and kernel time apart too: a check's own work (decode, plan, bucket, reply) is user
+    # time, while the kernel time of both sides is the IO a PING pays as well.
+    awk -v w="$wall" -v ub="$user_before" -v ua="$user_after" -v sb="$sys_before" -v sa="$sys_after" \
+        -v lu="$user" -v ls="$sys" 'BEGIN {
+            printf "{\"wall_s\": %s, \"server_cpu_s\": %.2f, \"loadgen_cpu_s\": %.2f, ", w, ua - ub + sa - sb, lu + ls
+            printf "\"server_user_s\": %.2f, \"server_system_s\": %.2f, ", ua - ub, sa - sb
+            printf "\"loadgen_user_s\": %.2f, \"loadgen_system_s\": %.2f}\n", lu, ls
+        }' > "$OUT/cpu/$name.json"
 }
 
 DISTS=("hot:--distribution hot --keys 1"
@@ -320,6 +325,17 @@ def cpu(name):
     decisions = r["decisions_per_sec"] * c["wall_s"]
     return (c["server_cpu_s"] * 1e6 / decisions, c["loadgen_cpu_s"] * 1e6 / decisions)
 
+def cpu_split(name):
+    """(server user, server system, loadgen user, loadgen system) CPU microseconds per
+    decision for run `name`, or None (runs recorded before the split have no such fields)."""
+    r = load(name)
+    c = load(os.path.join("cpu", name))
+    if not r or not c or r["decisions_per_sec"] <= 0 or c["wall_s"] <= 0 or "server_user_s" not in c:
+        return None
+    decisions = r["decisions_per_sec"] * c["wall_s"]
+    keys = ("server_user_s", "server_system_s", "loadgen_user_s", "loadgen_system_s")
+    return tuple(c[k] * 1e6 / decisions for k in keys)
+
 def fmt_cpu(name):
     x = cpu(name)
     return "n/a" if x is None else f"{x[0]:.1f} / {x[1]:.1f}"
@@ -391,6 +407,27 @@ for l, ln in loads[:2]:
     tp, tr = keep(f"tollgate-ping-{l}"), keep(f"tollgate-ping-rotate-{l}")
     rp, tc = keep(f"redis-ping-{l}"), load(f"tollgate-uniform-{l}")
     e.append(f"| {ln} | {rate(tp)} | {rate(tr)} | {rate(rp)} | {rate(tc)} | {fmt_ratio(ratio(tc, tp), 2)} | {fmt_ratio(ratio(tc, tr), 2)} | {fmt_ratio(ratio(tc, rp), 2)} | {fmt_cpu(f'tollgate-ping-{l}')} | {fmt_cpu(f'tollgate-ping-rotate-{l}')} | {fmt_cpu(f'redis-ping-{l}')} |")
+
+# Where the pipelined check's extra CPU goes: user and kernel time of both processes, the check
+# run against its PING run (the rows above, then each adjacent pair).
+split_rows = [("rows above", "tollgate-uniform-c8d64", "tollgate-ping-c8d64")]
+split_rows += [(f"pair {p}", f"pair{p}-tollgate-uniform-c8d64", f"pair{p}-tollgate-ping-c8d64")
+               for p in range(1, int(os.environ.get("PAIRS", "3")) + 1)]
+split_rows = [(n, c, p, cpu_split(c), cpu_split(p)) for n, c, p in split_rows]
+split_rows = [row for row in split_rows if row[3] and row[4]]
+if split_rows:
+    e.append("")
+    e.append("Where a pipelined check's extra CPU goes (8 conn x depth 64, uniform 1M keys against "
+             "PING): microseconds per request in user mode and in the kernel, for the server and "
+             "for the loadgen (`/proc/PID/stat` and the shell's `time`), check / PING. A check's "
+             "own work (decode, plan, bucket, reply) is user time; the kernel time is the IO, "
+             "which a PING pays as well.")
+    e.append("")
+    e.append("| runs | check / PING | server user us | server kernel us | loadgen user us | loadgen kernel us |")
+    e.append("|---|---:|---:|---:|---:|---:|")
+    for n, c, p, cs, ps in split_rows:
+        cells = " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(cs, ps))
+        e.append(f"| {n} | {fmt_ratio(ratio(load(c), load(p)), 2)} | {cells} |")
 e.append("")
 e.append("CPU per decision, microseconds of CPU (all threads) for the server / for the loadgen, "
          "over each whole run (`/proc/PID/stat` and the shell's `time`, divided by decisions/s x "
