@@ -25,7 +25,7 @@ cpu_seconds() {
 
 # CPU seconds process $1 has used so far in user mode and in the kernel: "user system".
 cpu_user_system() {
-    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f %.2f", $14 / hz, $15 / hz }' "/proc/$1/stat"
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f %.2f\n", $14 / hz, $15 / hz }' "/proc/$1/stat"
 }
 
 # CPU seconds (user + system) of each thread of process $1 so far, as `name=seconds` words, one
