@@ -316,25 +316,24 @@ def ratio(a, b):
 def fmt_ratio(x, digits=1):
     return "n/a" if x is None else f"**{x:.{digits}f}x**"
 
-def cpu(name):
-    """(server, loadgen) CPU microseconds per decision for run `name`, or None."""
+def per_decision(name, fields):
+    """Each of `fields` of run `name`'s CPU record (seconds) as microseconds per decision, or
+    None (runs recorded before a field existed lack it)."""
     r = load(name)
     c = load(os.path.join("cpu", name))
-    if not r or not c or r["decisions_per_sec"] <= 0 or c["wall_s"] <= 0:
+    if not r or not c or r["decisions_per_sec"] <= 0 or c["wall_s"] <= 0 or any(f not in c for f in fields):
         return None
     decisions = r["decisions_per_sec"] * c["wall_s"]
-    return (c["server_cpu_s"] * 1e6 / decisions, c["loadgen_cpu_s"] * 1e6 / decisions)
+    return tuple(c[f] * 1e6 / decisions for f in fields)
+
+def cpu(name):
+    """(server, loadgen) CPU microseconds per decision for run `name`, or None."""
+    return per_decision(name, ("server_cpu_s", "loadgen_cpu_s"))
 
 def cpu_split(name):
     """(server user, server system, loadgen user, loadgen system) CPU microseconds per
-    decision for run `name`, or None (runs recorded before the split have no such fields)."""
-    r = load(name)
-    c = load(os.path.join("cpu", name))
-    if not r or not c or r["decisions_per_sec"] <= 0 or c["wall_s"] <= 0 or "server_user_s" not in c:
-        return None
-    decisions = r["decisions_per_sec"] * c["wall_s"]
-    keys = ("server_user_s", "server_system_s", "loadgen_user_s", "loadgen_system_s")
-    return tuple(c[k] * 1e6 / decisions for k in keys)
+    decision for run `name`, or None."""
+    return per_decision(name, ("server_user_s", "server_system_s", "loadgen_user_s", "loadgen_system_s"))
 
 def fmt_cpu(name):
     x = cpu(name)
