@@ -7,8 +7,8 @@
 //! the vector of decisions, every label key copied for `flow_label_keys`. Then prost walks the
 //! message for its length, and again to write it, each nested message's length once more. In
 //! a profile that was about a quarter of what a `Check` cost the port beyond a
-//! `ShouldRateLimit` (benches/grpc_compare_notes.md). [`Decided`] writes the same fields once, from the request,
-//! the decision and the engine's specs, into the reply buffer.
+//! `ShouldRateLimit` (benches/grpc_compare_notes.md). [`Decided`] writes the same fields once,
+//! from the request, the decision and the engine's specs, into the reply buffer.
 //!
 //! The answer through tonic (a compressed call, say) is the built message
 //! ([`CheckAnswer::into_message`]); a property test holds the two decoding to the same message.
