@@ -13,9 +13,10 @@
 //! Routing by path through tonic's `Routes` (an axum router), the generated service's
 //! dispatch and its codec cost 0.9–1.7 µs of CPU per call in the floors (hyper over them
 //! against hyper alone, benches/grpc_compare_notes.md), a server's whole cost per call being
-//! 3–12 µs. The two calls every SDK and Envoy make per flow skip them; the rest keep tonic's path, and so does any hot call that is not plain
-//! ([`crate::direct_unary`]) or whose `x-api-key` is missing or wrong (the routes' API-key
-//! check then answers it `UNAUTHENTICATED`, as before).
+//! 3–12 µs. The two calls every SDK and Envoy make per flow skip them; the rest keep
+//! tonic's path, and so does any hot call that is not plain ([`crate::direct_unary`]) or
+//! whose `x-api-key` is missing or wrong (the routes' API-key check then answers it
+//! `UNAUTHENTICATED`, as before).
 
 use std::convert::Infallible;
 use std::sync::Arc;

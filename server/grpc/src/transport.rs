@@ -6,8 +6,8 @@
 //! (HTTP/1 detection, a trace hook, error recovery, boxed bodies in and out). At 8 connections
 //! × 64 streams they cost more than a tenth of the floor's throughput: hyper over tonic's
 //! routes without tonic's server served 1.12–1.19x the floor's requests per second in
-//! interleaved runs (benches/grpc_compare_notes.md, this round). So the port runs hyper
-//! directly and keeps what tonic's server did for it:
+//! interleaved runs (benches/grpc_compare_notes.md, the round of 2026-12-01 15:15–16:45
+//! UTC). So the port runs hyper directly and keeps what tonic's server did for it:
 //!
 //! - HTTP/2 only, [`MAX_CONCURRENT_STREAMS`], and a PING every [`HTTP2_KEEPALIVE_INTERVAL`]
 //!   that must be answered within [`HTTP2_KEEPALIVE_TIMEOUT`];
