@@ -36,6 +36,7 @@
 pub mod access;
 pub mod admission;
 pub mod idle;
+mod pass_buffers;
 mod read_buf;
 pub mod refusal_log;
 pub mod registry;
@@ -50,11 +51,13 @@ use futures::future::{FutureExt, Shared};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
+use pass_buffers::{recycle, PassBuffers};
 use read_buf::ReadBuf;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
+use std::ops::Range;
 use std::rc::Rc;
 use tollgate_policy::{
     Decision, Engine, FlowError, FlowId, OutcomeKind, Plan, Refusal, RejectReason, Tokens,
@@ -62,7 +65,7 @@ use tollgate_policy::{
 use tollgate_protocol::{
     decode_frame, encode_check_reply_from, encode_error, encode_flow_end_reply, encode_hello_reply,
     encode_members_reply, encode_pong, frame_len, BatchReplyWriter, CheckRef, DecisionReason,
-    DecodeError, ErrorCode, FlowEndStatus, FlowIdsRef, Frame, InternTable, LimiterOutcome,
+    DecodeError, Decoded, ErrorCode, FlowEndStatus, FlowIdsRef, Frame, InternTable, LimiterOutcome,
     LimiterResult, ProtocolVersion, ReplyHead, PROTOCOL_VERSION,
 };
 
@@ -258,11 +261,18 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                         }
                     }
                 }
-                if prefetch {
+                if prefetch && starts_with_check(buf.data(), max_frame_len) {
                     // A run of CHECK frames is decided in passes, as a batch is.
-                    let (run, run_len) = check_run(buf.data(), max_frame_len);
-                    if run.len() >= PREFETCH_MIN_BATCH {
-                        self.answer_run(&run, now);
+                    let mut pass = pass_buffers::lend();
+                    let mut run = recycle(std::mem::take(&mut pass.run));
+                    let run_len = check_run(buf.data(), max_frame_len, &mut run);
+                    let answered = run.len() >= PREFETCH_MIN_BATCH;
+                    if answered {
+                        self.answer_run(&run, &mut pass, now);
+                    }
+                    pass.run = recycle(run);
+                    pass_buffers::give_back(pass);
+                    if answered {
                         buf.consume(run_len);
                         continue;
                     }
@@ -544,65 +554,78 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
 
     /// Answers a run of pipelined `CHECK` frames (`(request id, check)`, in order) the way a
     /// batch is decided ([`Reader::decide_prefetched`]), each with its own reply.
-    fn answer_run(&self, run: &[(u32, CheckRef<'_>)], now: u64) {
-        let mut ids = run.iter().map(|&(id, _)| id);
-        self.decide_prefetched(run.iter().map(|&(_, check)| check), now, &mut |planned| {
-            if let Some(id) = ids.next() {
-                self.answer_check(id, planned, now);
-            }
+    fn answer_run(&self, run: &[(u32, CheckRef<'_>)], pass: &mut PassBuffers, now: u64) {
+        self.decide_prefetched(run, pass, now, &mut |id, planned| {
+            self.answer_check(id, planned, now);
         });
     }
 
-    /// Decides `checks` in order, answering each through `answer`, in three passes: each check
-    /// resolved and planned (once: the plans are kept), then every bucket the plans will take
-    /// from here prefetched in one short loop, so the DRAM misses overlap (docs/performance.md,
-    /// "CHECK_BATCH"), then each check decided from its plan.
+    /// Decides `checks` (`(request id, check)`) in order, answering each through `answer`,
+    /// in three passes: each check resolved and planned (once: the plans are kept), then
+    /// every bucket the plans will take from here prefetched in one short loop, so the DRAM
+    /// misses overlap (docs/performance.md, "CHECK_BATCH"), then each check decided from its
+    /// plan. The passes' vectors are `pass`'s, emptied and kept for the next run.
     fn decide_prefetched<'a>(
         &self,
-        checks: impl ExactSizeIterator<Item = CheckRef<'a>>,
+        checks: &[(u32, CheckRef<'a>)],
+        pass: &mut PassBuffers,
         now: u64,
-        answer: &mut impl FnMut(Result<Planned, (ErrorCode, String)>),
+        answer: &mut impl FnMut(u32, Result<Planned, (ErrorCode, String)>),
     ) {
         let engine = self.shard.engine();
-        let checks: Vec<CheckRef<'a>> = checks.collect();
         // Every check's labels in one vector, each check's at its range.
-        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(checks.len() * 2);
-        let mut resolved = Vec::with_capacity(checks.len());
-        for check in &checks {
+        let mut labels: Vec<(&str, &str)> = recycle(std::mem::take(&mut pass.labels));
+        let mut resolved: Vec<ResolvedInRun<'_>> = recycle(std::mem::take(&mut pass.resolved));
+        for (_, check) in checks {
             let start = labels.len();
             resolved.push((self.resolve(check, &mut labels), start..labels.len()));
         }
-        let mut plans: Vec<Plan<'_>> = Vec::with_capacity(checks.len());
-        let mut failed: Vec<Option<(ErrorCode, String)>> = Vec::with_capacity(checks.len());
-        let mut hashes = Vec::with_capacity(checks.len());
-        for (r, range) in resolved {
+        // The plans apart from what became of them: pushed as a struct of both, each plan was
+        // a few hundred bytes built aside and copied in.
+        let mut plans: Vec<Plan<'_>> = recycle(std::mem::take(&mut pass.plans));
+        let statuses = &mut pass.statuses;
+        statuses.clear();
+        let hashes = &mut pass.hashes;
+        hashes.clear();
+        for (r, range) in resolved.drain(..) {
             let check_labels = labels.get(range).unwrap_or_default();
             plans.push(Plan::new());
             let Some(plan) = plans.last_mut() else {
                 continue;
             };
-            let planned = match r {
+            let planning = match r {
                 Ok(r) => self
                     .shard
                     .plan_check(&engine, r.control_point, check_labels, r.tokens, plan)
                     .map_err(|e| (ErrorCode::BadRequest, e.to_string())),
                 Err(e) => Err(e),
             };
-            match planned {
-                Ok(()) => self.shard.planned_bucket_hashes(plan, &mut hashes),
-                Err(_) => plan.clear(),
-            }
-            failed.push(planned.err());
-        }
-        self.shard.prefetch_buckets(&hashes);
-        for ((check, plan), failure) in checks.iter().zip(&plans).zip(failed) {
-            answer(match failure {
-                Some(e) => Err(e),
-                None => Ok(self
-                    .shard
-                    .decide_planned(plan, Some(deadline(check, now)), now)),
+            statuses.push(match planning {
+                Ok(()) if self.shard.planned_bucket_hashes(plan, hashes) => PlanStatus::OwnedHere,
+                Ok(()) => PlanStatus::Elsewhere,
+                Err(e) => {
+                    plan.clear();
+                    PlanStatus::Failed(e)
+                }
             });
         }
+        self.shard.prefetch_buckets(hashes);
+        let planned = checks.iter().zip(&plans).zip(statuses.drain(..));
+        for (((id, check), plan), status) in planned {
+            let deadline = Some(deadline(check, now));
+            answer(
+                *id,
+                match status {
+                    PlanStatus::Failed(e) => Err(e),
+                    PlanStatus::OwnedHere => Ok(self.shard.decide_owned_here(plan, deadline, now)),
+                    PlanStatus::Elsewhere => Ok(self.shard.decide_planned(plan, deadline, now)),
+                },
+            );
+        }
+        // The plans borrow the labels: recycled first.
+        pass.plans = recycle(plans);
+        pass.resolved = recycle(resolved);
+        pass.labels = recycle(labels);
     }
 
     fn batch<'a>(
@@ -628,7 +651,13 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             }
         };
         if checks.len() >= PREFETCH_MIN_BATCH && self.prefetch_pays() {
-            self.decide_prefetched(checks, now, &mut record);
+            let mut pass = pass_buffers::lend();
+            let mut run = recycle(std::mem::take(&mut pass.run));
+            // A batch's checks carry no request ids of their own.
+            run.extend(checks.map(|check| (0, check)));
+            self.decide_prefetched(&run, &mut pass, now, &mut |_, planned| record(planned));
+            pass.run = recycle(run);
+            pass_buffers::give_back(pass);
         } else {
             for check in checks {
                 record(self.plan(&check, now));
@@ -697,11 +726,23 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
     }
 }
 
+/// Whether `data` starts with a whole, decodable `CHECK` frame: a run may start here. Asked
+/// before a run's vectors are lent, which costs a few stores, so that other frames (pings)
+/// do not pay for it.
+fn starts_with_check(data: &[u8], max_frame_len: u32) -> bool {
+    matches!(
+        decode_frame(data, max_frame_len),
+        Ok(Some(Decoded {
+            frame: Frame::Check(_),
+            ..
+        }))
+    )
+}
+
 /// The whole `CHECK` frames at the start of `data` (a read's buffer), with their request ids,
-/// and the bytes they take: the run ends at the first frame that is not a whole, decodable
-/// `CHECK` (the frame-by-frame loop answers it, in order).
-fn check_run(data: &[u8], max_frame_len: u32) -> (Vec<(u32, CheckRef<'_>)>, usize) {
-    let mut run = Vec::new();
+/// appended to `run`; returns the bytes they take. The run ends at the first frame that is
+/// not a whole, decodable `CHECK` (the frame-by-frame loop answers it, in order).
+fn check_run<'d>(data: &'d [u8], max_frame_len: u32, run: &mut Vec<(u32, CheckRef<'d>)>) -> usize {
     let mut used = 0;
     while let Some(rest) = data.get(used..) {
         match decode_frame(rest, max_frame_len) {
@@ -715,7 +756,7 @@ fn check_run(data: &[u8], max_frame_len: u32) -> (Vec<(u32, CheckRef<'_>)>, usiz
             _ => break,
         }
     }
-    (run, used)
+    used
 }
 
 /// The client's absolute deadline for `check`: its wait budget from `now`; without one, `now`
@@ -725,6 +766,20 @@ fn deadline(check: &CheckRef<'_>, now: u64) -> u64 {
         .wait_budget_ms()
         .map_or(0, |ms| u64::from(ms) * 1_000_000);
     now.saturating_add(budget_ns)
+}
+
+/// One check of a run with its interned ids resolved (or the error to answer it with), and
+/// where its labels are in the run's label vector ([`Reader::decide_prefetched`]).
+type ResolvedInRun<'c> = (Result<Resolved<'c>, (ErrorCode, String)>, Range<usize>);
+
+/// What planning one check of a run came to ([`Reader::decide_prefetched`]).
+enum PlanStatus {
+    /// This shard owns every take of its plan (see [`Shard::planned_bucket_hashes`]).
+    OwnedHere,
+    /// Some take belongs to another shard.
+    Elsewhere,
+    /// It could not be planned: answered with this error.
+    Failed((ErrorCode, String)),
 }
 
 /// A check's labels with their interned ids resolved ([`Reader::resolve`]).
@@ -928,7 +983,8 @@ mod tests {
     #[test]
     fn a_check_run_is_the_whole_check_frames_at_the_front_in_order() {
         let users = |data: &[u8]| -> (Vec<(u32, String)>, usize) {
-            let (run, used) = check_run(data, 1 << 20);
+            let mut run = Vec::new();
+            let used = check_run(data, 1 << 20, &mut run);
             let run = run
                 .iter()
                 .map(|(id, c)| (*id, c.labels().map(|(_, v)| v.to_string()).collect()))

@@ -116,15 +116,26 @@ impl Shard {
     /// frames): the buckets a planned check will take from on this shard (rate limiters
     /// whose key this shard owns), their [`BucketHash`]es added to `out` for
     /// [`Shard::prefetch_buckets`]. Decides nothing, records nothing.
-    pub fn planned_bucket_hashes(&self, plan: &[PlannedTake<'_>], out: &mut Vec<BucketHash>) {
+    ///
+    /// Returns whether this shard owns every take of the plan: then the check may be decided
+    /// by [`Shard::decide_owned_here`], which does not hash each key for its owner again.
+    pub fn planned_bucket_hashes(
+        &self,
+        plan: &[PlannedTake<'_>],
+        out: &mut Vec<BucketHash>,
+    ) -> bool {
         let state = self.state.borrow();
+        let mut owned_here = true;
         for take in plan {
             if let Some(key) = take.key {
-                if take.kind == ComponentKind::RateLimiter && self.node.owner_of(key) == self.id {
+                if self.node.owner_of(key) != self.id {
+                    owned_here = false;
+                } else if take.kind == ComponentKind::RateLimiter {
                     out.push(state.store().bucket_hash(take.limiter, key));
                 }
             }
         }
+        owned_here
     }
 
     /// Starts loading the buckets at `hashes` into the cache (see
@@ -172,19 +183,11 @@ impl Shard {
         deadline_ns: Option<u64>,
         now_ns: u64,
     ) -> Planned {
-        let mut owners: SmallVec<[usize; 4]> = SmallVec::new();
-        let mut all_local = true;
-        let mut schedulers = false;
-        for take in plan {
-            let owner = match take.key {
-                Some(key) => self.node.owner_of(key),
-                None => self.id,
-            };
-            all_local &= owner == self.id;
-            schedulers |= take.stage() != Stage::Immediate;
-            owners.push(owner);
-        }
-        if !all_local {
+        let owners: SmallVec<[usize; 4]> = plan
+            .iter()
+            .map(|take| take.key.map_or(self.id, |key| self.node.owner_of(key)))
+            .collect();
+        if owners.iter().any(|&owner| owner != self.id) {
             return Planned::Pending(Box::new(PendingCheck {
                 shard: self.clone(),
                 takes: plan.iter().map(OwnedTake::from_planned).collect(),
@@ -196,12 +199,26 @@ impl Shard {
                 answered: false,
             }));
         }
+        self.decide_owned_here(plan, deadline_ns, now_ns)
+    }
+
+    /// [`Shard::decide_planned`] of a plan whose every take this shard owns (the caller
+    /// knows: [`Shard::planned_bucket_hashes`] said so). Why apart: finding a key's owner
+    /// hashes the key, which the first pass over a run of checks has done already.
+    pub fn decide_owned_here(
+        self: &Rc<Self>,
+        plan: &[PlannedTake<'_>],
+        deadline_ns: Option<u64>,
+        now_ns: u64,
+    ) -> Planned {
+        let schedulers = plan.iter().any(|take| take.stage() != Stage::Immediate);
         if !schedulers {
             // The fast path: one group, taken (or refused and handed back) at once.
             let outcomes = self.take_here(plan, now_ns);
             self.metrics().decided(plan, &outcomes, now_ns);
             return Planned::Decided(Decision::from_outcomes(outcomes));
         }
+        let owners: SmallVec<[usize; 4]> = smallvec![self.id; plan.len()];
         let mut slots: Slots = smallvec![None; plan.len()];
         let immediate: SmallVec<[PlannedTake<'_>; 4]> = plan
             .iter()
