@@ -832,9 +832,10 @@ impl BucketStore {
 
     /// Where (`limiter`, `key`)'s bucket is looked up, for [`prefetch_batch`]: a batch
     /// computes these for all its keys first (while it plans them) and then prefetches in
-    /// short loops. Why apart: the probe start is a load the loop waits on, and only a loop
-    /// this short lets the processor have many of them in flight at once; between two plans
-    /// of a few hundred instructions each, the misses would be paid one after another again.
+    /// short loops. Why apart: the second loop's search waits on each key's control bytes,
+    /// and only a loop this short lets the processor have many of them in flight at once;
+    /// between two plans of a few hundred instructions each, the misses would be paid one
+    /// after another again.
     ///
     /// [`prefetch_batch`]: Self::prefetch_batch
     #[inline]
@@ -846,35 +847,35 @@ impl BucketStore {
         }
     }
 
-    /// The first step of [`prefetch_batch`](Self::prefetch_batch) for one bucket: its
-    /// probe start.
-    #[inline]
-    fn prefetch_probe_start(&self, at: BucketHash) {
-        if at.long {
-            self.long.entries.prefetch_probe_start(at.hash);
-        } else {
-            self.short.entries.prefetch_probe_start(at.hash);
-        }
-    }
-
     /// Starts loading the buckets at `hashes` ([`bucket_hash`]) into the cache, deciding
     /// nothing. At a million keys a bucket is a DRAM miss (~100+ ns); a batch that
     /// prefetches every check's bucket first and then takes them ([`take`]) pays those
     /// misses overlapped rather than one after another.
     ///
-    /// Two short loops: every probe start (the control byte where hashbrown starts probing,
-    /// a load, and that bucket's entry), then, with those control bytes arriving, every
-    /// key's first tag match, the entry a lookup will most likely stop at. The first
-    /// loop's misses overlap each other, and so do the second's; one loop doing both would
-    /// wait for each control byte in turn. The second loop took a batch of 64 at 1M keys
-    /// from 11.3–11.6 µs to 10.0 µs in one criterion run, and the server's CPU per decision
-    /// in `CHECK_BATCH`es down 7% (docs/performance.md, section:binary-costs).
+    /// Two short loops. The first prefetches the control bytes where each key's probe
+    /// starts. The second, with those arriving, finds each key's first tag match, the entry
+    /// a lookup will most likely stop at, and prefetches it. One loop doing both would wait
+    /// for each key's control bytes in turn.
+    ///
+    /// The first loop only prefetches: it loads nothing and branches on nothing, so it
+    /// never waits. It used to load the control byte at each probe start and prefetch that
+    /// bucket's entry when occupied, a load and a branch on it for every key. The
+    /// prefetches cut the server's user time per check ~5% at 1M keys (docs/performance.md,
+    /// section:binary-costs item 12).
+    ///
+    /// The second loop took a batch of 64 at 1M keys from 11.3–11.6 µs to 10.0 µs in one
+    /// criterion run, and the server's CPU per decision in `CHECK_BATCH`es down 7% (the same
+    /// section).
     ///
     /// [`bucket_hash`]: Self::bucket_hash
     /// [`take`]: Self::take
     pub fn prefetch_batch(&self, hashes: &[BucketHash]) {
         for &at in hashes {
-            self.prefetch_probe_start(at);
+            if at.long {
+                self.long.entries.prefetch_control(at.hash);
+            } else {
+                self.short.entries.prefetch_control(at.hash);
+            }
         }
         for &at in hashes {
             if at.long {

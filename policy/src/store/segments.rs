@@ -70,6 +70,32 @@ struct Segment<T> {
     table: HashTable<T>,
     /// Local depth: every key here has the same top `depth` directory bits.
     depth: u32,
+    /// The address of the table's control bytes (0: not known, or no table), for
+    /// [`SegmentedTable::prefetch_control`] only: never dereferenced. See [`control_address`].
+    control: usize,
+}
+
+impl<T> Segment<T> {
+    fn new(table: HashTable<T>, depth: u32) -> Segment<T> {
+        let mut segment = Segment {
+            table,
+            depth,
+            control: 0,
+        };
+        segment.find_control();
+        segment
+    }
+
+    /// Learns [`Segment::control`] again after `table` was replaced or grew (from any
+    /// occupied bucket: an empty table has nothing to prefetch).
+    fn find_control(&mut self) {
+        let table = &self.table;
+        self.control = table
+            .iter_buckets()
+            .next()
+            .and_then(|bucket| Some(control_address(table.get_bucket(bucket)?, bucket)))
+            .unwrap_or(0);
+    }
 }
 
 /// The segmented table. Entries are `T`; the caller supplies hashes (and a `rehash` that
@@ -119,10 +145,7 @@ impl<T> SegmentedTable<T> {
             buckets: 0,
         };
         for _ in 0..1usize << depth {
-            let segment = Segment {
-                table: HashTable::with_capacity(per_segment),
-                depth,
-            };
+            let segment = Segment::new(HashTable::with_capacity(per_segment), depth);
             table.buckets += segment.table.num_buckets();
             if table.chunks.last().is_none_or(|c| c.len() == CHUNK) {
                 table.chunks.push(Vec::with_capacity(CHUNK));
@@ -215,34 +238,35 @@ impl<T> SegmentedTable<T> {
             .map(|bucket| Position { segment, bucket })
     }
 
-    /// Starts loading into the cache what a later [`find`](Self::find) of `hash` will touch,
-    /// without waiting for it: the control byte where hashbrown starts probing (a load, but
-    /// one nothing depends on, so the CPU overlaps it with the next key's) and, when that
-    /// bucket is occupied, its entry (a prefetch). A batch that calls this for every key
+    /// Starts loading the control bytes a later [`find`](Self::find) of `hash` reads first
+    /// (the 16 from its probe start), without waiting for them: two prefetches, no load and
+    /// no branch on anything loaded, so a loop of these over a batch's keys never stalls
+    /// and has all their misses in flight at once. A batch that calls this for every key
     /// before deciding any overlaps their cache misses instead of paying them one by one.
-    /// A hint only: it changes nothing, and a wrong guess (the key sits further along its
-    /// probe sequence, or is absent) costs one wasted line.
+    /// A hint only: it changes nothing. A segment whose control bytes are not known yet
+    /// (no entry since its table was made) is skipped: there is nothing in it to find.
     #[inline]
-    pub(crate) fn prefetch_probe_start(&self, hash: u64) {
+    pub(crate) fn prefetch_control(&self, hash: u64) {
         let Some(segment) = self.segment(self.segment_of(hash)) else {
             return;
         };
-        // hashbrown's probe sequence starts at the hash's low bits masked by the bucket
-        // count (a power of two).
-        let start = (hash as usize) & segment.table.num_buckets().wrapping_sub(1);
-        if let Some(entry) = segment.table.get_bucket(start) {
-            prefetch_entry(entry);
+        if segment.control == 0 {
+            return;
         }
+        let start = (hash as usize) & segment.table.num_buckets().wrapping_sub(1);
+        let group = segment.control.wrapping_add(start);
+        prefetch_line(std::ptr::without_provenance(group));
+        prefetch_line(std::ptr::without_provenance(group.wrapping_add(15)));
     }
 
-    /// The second step of a batch's prefetch, once [`prefetch_probe_start`] of `hash`
-    /// has brought its probe start's control bytes in: the first entry along the probe
+    /// The second step of a batch's prefetch, once [`prefetch_control`] of `hash` has
+    /// brought its probe start's control bytes in: the first entry along the probe
     /// sequence whose 7-bit tag matches `hash` (the key's own entry, unless another key
     /// shares its tag, 1 in 128) has its lines prefetched. Why: hashbrown puts a key in
     /// any free slot of its 16-slot group, 640 bytes of entries, so the probe start's
     /// entry is the key's only for a few keys in ten. A hint only: it changes nothing.
     ///
-    /// [`prefetch_probe_start`]: Self::prefetch_probe_start
+    /// [`prefetch_control`]: Self::prefetch_control
     #[inline]
     pub(crate) fn prefetch_tag_match(&self, hash: u64) {
         let Some(segment) = self.segment(self.segment_of(hash)) else {
@@ -339,12 +363,15 @@ impl<T> SegmentedTable<T> {
             // double the table past SEGMENT_BUCKETS to make room. Rebuild it at its size.
             self.rebuild(segment, &rehash)?;
         }
-        let table = &mut self.segment_mut(segment).ok_or(NoRoom)?.table;
-        let before = table.num_buckets();
+        let s = self.segment_mut(segment).ok_or(NoRoom)?;
+        let before = s.table.num_buckets();
         // Grows a segment below SEGMENT_BUCKETS (a bounded step), fallibly.
-        table.try_reserve(1, &rehash).map_err(|_| NoRoom)?;
-        let bucket = table.insert_unique(hash, entry, &rehash).bucket_index();
-        let after = table.num_buckets();
+        s.table.try_reserve(1, &rehash).map_err(|_| NoRoom)?;
+        let inserted = s.table.insert_unique(hash, entry, &rehash);
+        let bucket = inserted.bucket_index();
+        // The table may have moved as it grew.
+        s.control = control_address(inserted.get(), bucket);
+        let after = s.table.num_buckets();
         self.buckets = self.buckets - before + after;
         self.len += 1;
         Ok(Position { segment, bucket })
@@ -393,16 +420,14 @@ impl<T> SegmentedTable<T> {
         if let Some(s) = self.segment_mut(segment) {
             s.table = low;
             s.depth = local + 1;
+            s.find_control();
         }
         // `old` is empty now but keeps its buckets: the next split's first half.
         if old_buckets == SEGMENT_BUCKETS {
             self.spare = Some(old);
         }
         let new = self.segments;
-        self.push_segment(Segment {
-            table: high,
-            depth: local + 1,
-        });
+        self.push_segment(Segment::new(high, local + 1));
         // The directory entries of the old segment are a run of 2^(depth - local) sharing
         // its `local` top bits; the upper half of the run now has the new bit set.
         let span = 1usize << (self.depth - local);
@@ -433,6 +458,7 @@ impl<T> SegmentedTable<T> {
         }
         let new_buckets = fresh.num_buckets();
         s.table = fresh;
+        s.find_control();
         self.buckets = self.buckets - old_buckets + new_buckets;
         if old_buckets == SEGMENT_BUCKETS {
             self.spare = Some(old);
@@ -496,11 +522,27 @@ impl<T> SegmentedTable<T> {
         }
         let after = smaller.num_buckets();
         s.table = smaller;
+        s.find_control();
         self.buckets = self.buckets - buckets + after;
         // Memory returning is the point: do not keep a spare table either.
         self.spare = None;
         true
     }
+}
+
+/// Where the control bytes of the hashbrown table holding `entry` at `bucket` start, as an
+/// address. hashbrown lays a table out as its entries, last bucket first, then the control
+/// bytes, so bucket `i`'s entry ends `i` entries before them: the layout of hashbrown's raw
+/// table since its first release, though not a documented promise. Used only as a prefetch
+/// address, which never faults: were the layout to change, the prefetch would load a wrong
+/// line and cost a little, and no lookup would change (the tests check the layout still
+/// holds).
+fn control_address<T>(entry: &T, bucket: usize) -> usize {
+    std::ptr::from_ref(entry).addr().wrapping_add(
+        bucket
+            .wrapping_add(1)
+            .wrapping_mul(std::mem::size_of::<T>()),
+    )
 }
 
 /// Asks the CPU to load the cache lines of `entry`: its first, and its last, since an entry
@@ -555,6 +597,45 @@ mod tests {
 
     fn find(t: &SegmentedTable<Entry>, key: u64) -> Option<Position> {
         t.find(spread(key), |e| e.0 == key)
+    }
+
+    /// Every segment's [`Segment::control`] is where [`control_address`] puts the control
+    /// bytes from each of its entries: hashbrown still lays a table out as entries counted
+    /// back from one address, and every path that replaces or grows a table learned it anew.
+    fn assert_control_known(t: &SegmentedTable<Entry>) {
+        for s in t.chunks.iter().flatten() {
+            for bucket in s.table.iter_buckets() {
+                let entry = s.table.get_bucket(bucket).expect("occupied");
+                assert_eq!(control_address(entry, bucket), s.control, "bucket {bucket}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_segment_knows_where_its_control_bytes_are_through_growth_splits_and_shrinks() {
+        let mut t = SegmentedTable::new();
+        // From no table at all: the first segment grows by doubling, then splits.
+        let n = 4 * SEGMENT_CAPACITY as u64;
+        for key in 0..n {
+            insert(&mut t, key);
+        }
+        assert!(t.segments() > 1);
+        assert_control_known(&t);
+        for key in 0..n {
+            if key % 16 != 0 {
+                let at = find(&t, key).expect("present");
+                t.remove(at);
+            }
+        }
+        for s in 0..t.segments() {
+            t.shrink_if_sparse(s, |e: &Entry| e.1);
+        }
+        assert_control_known(&t);
+        // Shrunk tables grow again.
+        for key in n..2 * n {
+            insert(&mut t, key);
+        }
+        assert_control_known(&t);
     }
 
     #[test]
@@ -662,6 +743,7 @@ mod tests {
             }
         }
         assert!(bytes.is_some(), "the tombstones never called for a rebuild");
+        assert_control_known(&t);
         for key in 20 * SEGMENT_CAPACITY as u64..n + 20 * SEGMENT_CAPACITY as u64 {
             assert!(find(&t, key).is_some(), "key {key} survives the rebuilds");
         }
