@@ -599,6 +599,15 @@ mod tests {
         t.find(spread(key), |e| e.0 == key)
     }
 
+    /// A table grown from nothing by inserting keys `0..n`.
+    fn filled(n: u64) -> SegmentedTable<Entry> {
+        let mut t = SegmentedTable::new();
+        for key in 0..n {
+            insert(&mut t, key);
+        }
+        t
+    }
+
     /// Every segment's [`Segment::control`] is where [`control_address`] puts the control
     /// bytes from each of its entries: hashbrown still lays a table out as entries counted
     /// back from one address, and every path that replaces or grows a table learned it anew.
@@ -613,12 +622,9 @@ mod tests {
 
     #[test]
     fn each_segment_knows_where_its_control_bytes_are_through_growth_splits_and_shrinks() {
-        let mut t = SegmentedTable::new();
         // From no table at all: the first segment grows by doubling, then splits.
         let n = 4 * SEGMENT_CAPACITY as u64;
-        for key in 0..n {
-            insert(&mut t, key);
-        }
+        let mut t = filled(n);
         assert!(t.segments() > 1);
         assert_control_known(&t);
         for key in 0..n {
@@ -640,11 +646,8 @@ mod tests {
 
     #[test]
     fn segments_split_instead_of_growing_past_their_size() {
-        let mut t = SegmentedTable::new();
         let n = 3 * CHUNK as u64 * SEGMENT_CAPACITY as u64; // several chunks of segments
-        for key in 0..n {
-            insert(&mut t, key);
-        }
+        let t = filled(n);
         assert_eq!(t.len(), n as usize);
         assert!(t.segments() > CHUNK, "{} segments", t.segments());
         for s in 0..t.segments() {
@@ -715,11 +718,8 @@ mod tests {
     /// leave tombstones; the segment is rebuilt at its size instead of growing past it.
     #[test]
     fn churn_at_a_constant_size_never_grows_a_segment_past_its_size() {
-        let mut t = SegmentedTable::new();
         let n = SEGMENT_CAPACITY as u64 / 8 * 7; // one segment, well past half full
-        for key in 0..n {
-            insert(&mut t, key);
-        }
+        let mut t = filled(n);
         assert_eq!(t.segments(), 1);
         let mut bytes = None;
         for key in n..n + 20 * SEGMENT_CAPACITY as u64 {
@@ -751,11 +751,8 @@ mod tests {
 
     #[test]
     fn removing_by_position_and_shrinking_returns_memory() {
-        let mut t = SegmentedTable::new();
         let n = 4 * SEGMENT_CAPACITY as u64;
-        for key in 0..n {
-            insert(&mut t, key);
-        }
+        let mut t = filled(n);
         let before = t.allocation_size();
         for key in 0..n {
             if key % 16 != 0 {
@@ -783,11 +780,8 @@ mod tests {
 
     #[test]
     fn retain_segment_removes_only_from_that_segment() {
-        let mut t = SegmentedTable::new();
         let n = 4 * SEGMENT_CAPACITY as u64;
-        for key in 0..n {
-            insert(&mut t, key);
-        }
+        let mut t = filled(n);
         let in_first = (0..n)
             .filter(|&k| find(&t, k).unwrap().segment == 0)
             .count();
