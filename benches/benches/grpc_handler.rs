@@ -28,10 +28,8 @@ use tollgate_grpc::proto::envoy::service::ratelimit::v3::{
 };
 use tollgate_grpc::rls::Rls;
 use tollgate_grpc::tonic::Request;
-use tollgate_grpc::{
-    BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture, GrpcService,
-};
-use tollgate_policy::{Engine, FlowId, LocalLimiter, OwnedFlow};
+use tollgate_grpc::{DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture, GrpcService};
+use tollgate_policy::{Checked, Engine, FlowId, LocalLimiter, OwnedFlow};
 
 // The server's allocator, so allocation costs what it costs there.
 #[global_allocator]
@@ -54,8 +52,8 @@ impl DecisionBackend for Immediate {
         flow: OwnedFlow,
         _deadline: Option<Duration>,
     ) -> DecisionFuture {
-        let decided = self.limiter.lock().unwrap().check(&flow, 0);
-        Box::pin(async move { decided.map_err(BackendError::Flow) })
+        let decision = self.limiter.lock().unwrap().check(&flow, 0);
+        Box::pin(async move { Ok(Checked { flow, decision }) })
     }
 
     fn flow_end(&self, flows: Vec<FlowId>) -> FlowEndFuture {

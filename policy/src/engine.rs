@@ -8,6 +8,7 @@
 
 use crate::bucket::BucketParams;
 use crate::config::PolicyConfig;
+use crate::decision::Decision;
 use crate::identity::{ComponentKind, Digest, DigestWriter, LimiterId, Resolution, Stage};
 use crate::limiter::LimiterSpec;
 use crate::tokens::{Tokens, TokensError};
@@ -68,6 +69,18 @@ pub struct OwnedFlow {
     pub labels: Vec<(String, String)>,
     /// Explicit cost for every limiter; None = each limiter's tokens label, default 1.
     pub tokens: Option<Tokens>,
+}
+
+/// An [`OwnedFlow`] after its check: the decision (or why the flow could not be judged),
+/// with the flow itself handed back. The caller built the flow by moving its request's
+/// strings in; it takes them back for its answer, and frees them on the thread that made
+/// them, instead of copying them before the check.
+#[derive(Debug)]
+pub struct Checked {
+    /// The flow, as it was checked.
+    pub flow: OwnedFlow,
+    /// Its decision, or why it could not be judged (nothing was taken then).
+    pub decision: Result<Decision, FlowError>,
 }
 
 /// Marks "no limiter" in [`Engine`]'s id -> position table.

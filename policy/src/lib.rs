@@ -29,7 +29,7 @@
 //! - [`identity`]: [`LimiterId`] (this process's handle) and the stable identity (policy
 //!   name + definition [`Digest`]) that replication and reloads use.
 //! - [`limiter`]: [`LimiterSpec`], one compiled limiter.
-//! - [`engine`]: [`Engine`], planning, [`OwnedFlow`], [`FlowError`].
+//! - [`engine`]: [`Engine`], planning, [`OwnedFlow`] and its [`Checked`] answer, [`FlowError`].
 //! - [`decision`]: [`Decision`] and its per-limiter [`LimiterOutcome`]s.
 //! - [`store`]: [`BucketStore`], a shard's buckets in segmented tables that grow a piece
 //!   at a time, the cap on live buckets, the incremental idle sweep, replication hooks.
@@ -63,7 +63,7 @@ pub mod workload;
 pub use bucket::{BucketParams, Refill, Take, TokenBucket, WAIT_FOREVER};
 pub use config::{parse_policies, ConfigError, FieldError, PolicyConfig, Problems};
 pub use decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes, Refusal};
-pub use engine::{Engine, FlowError, OwnedFlow, Plan, PlannedTake};
+pub use engine::{Checked, Engine, FlowError, OwnedFlow, Plan, PlannedTake};
 pub use flow::FlowId;
 pub use identity::{ComponentKind, Digest, LimiterId, RejectReason, Resolution, Stage};
 pub use limiter::LimiterSpec;

@@ -5,7 +5,8 @@
 //! (the same routing function as the binary client), so the usual case costs one hop.
 //!
 //! # The API the gRPC port uses ([`DecisionHandle`])
-//! - [`DecisionHandle::check`]`(flow, deadline).await`: decides a flow. `deadline` is the
+//! - [`DecisionHandle::check`]`(flow, deadline).await`: decides a flow, and hands it back
+//!   with its decision ([`Checked`]), so the caller reuses its strings. `deadline` is the
 //!   time the client still waits (the gRPC deadline), `None` when it brought none. A
 //!   scheduler component lets the flow wait for tokens or capacity up to that deadline
 //!   (less its `decision_deadline_margin`; without one, up to `server.max_queue_wait`),
@@ -21,7 +22,7 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_cluster::{Op, Replica};
-use tollgate_policy::{Consumed, Decision, Engine, FlowError, FlowId, OwnedFlow};
+use tollgate_policy::{Checked, Consumed, Engine, FlowId, OwnedFlow};
 use tollgate_protocol::routing;
 
 pub mod check_batch;
@@ -89,9 +90,6 @@ pub const INBOX_DEPTH: usize = 65_536;
 /// Why a request could not reach a shard.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    /// The flow itself is invalid (e.g. a tokens label that is not a number).
-    #[error(transparent)]
-    Flow(#[from] FlowError),
     /// The shard is gone (the server is shutting down).
     #[error("the server is shutting down")]
     Unavailable,
@@ -176,15 +174,17 @@ impl DecisionHandle {
         routing::shard_for(routing::routing_hash(key.as_bytes()), self.inboxes.len())
     }
 
-    /// Decides a flow on the shard that owns its routing label. `deadline` is how long the
-    /// client still waits for the answer (None: it brought no deadline); schedulers let the
-    /// flow wait for tokens within it. Called on a tokio runtime, the checks of one turn
-    /// travel to each shard, and their decisions back, together ([`check_batch`]).
+    /// Decides a flow on the shard that owns its routing label, and hands the flow back with
+    /// its decision. `deadline` is how long the client still waits for the answer (None: it
+    /// brought no deadline); schedulers let the flow wait for tokens within it. Called on a
+    /// tokio runtime, the checks of one turn travel to each shard, and their decisions back,
+    /// together ([`check_batch`]). An error: the flow never reached a shard that could
+    /// answer (shutting down), and is gone.
     pub async fn check(
         &self,
         flow: OwnedFlow,
         deadline: Option<Duration>,
-    ) -> Result<Decision, BridgeError> {
+    ) -> Result<Checked, BridgeError> {
         let deadline = deadline.map(|left| {
             clock::now_ns().saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
         });
@@ -200,7 +200,7 @@ impl DecisionHandle {
             reply,
         };
         self.outbox.push(self, shard, check).await?;
-        Ok(answer.await.map_err(|_| BridgeError::Unavailable)??)
+        answer.await.map_err(|_| BridgeError::Unavailable)
     }
 
     /// Ends flows, each on the shard whose ledger holds it ([`FlowId::shard`]). One answer

@@ -16,7 +16,7 @@ use crate::metrics::{CheckResult, Metrics, Protocol};
 use tollgate_grpc::{
     BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture, GrpcService,
 };
-use tollgate_policy::{Decision, Engine, FlowId, OwnedFlow};
+use tollgate_policy::{Checked, Engine, FlowId, OwnedFlow};
 
 /// Decides gRPC checks on the owning shard.
 pub struct ShardBackend {
@@ -41,10 +41,7 @@ impl ShardBackend {
 }
 
 fn backend_error(e: BridgeError) -> BackendError {
-    match e {
-        BridgeError::Flow(f) => BackendError::Flow(f),
-        BridgeError::Unavailable => BackendError::Unavailable(e.to_string()),
-    }
+    BackendError::Unavailable(e.to_string())
 }
 
 impl Shared {
@@ -52,7 +49,7 @@ impl Shared {
     fn observe(
         &self,
         service: GrpcService,
-        result: &Result<Decision, BackendError>,
+        result: &Result<Checked, BackendError>,
         elapsed: Duration,
     ) {
         let protocol = match service {
@@ -60,9 +57,16 @@ impl Shared {
             GrpcService::EnvoyRateLimit => Protocol::EnvoyRls,
         };
         let result = match result {
-            Ok(d) if d.accepted => CheckResult::Accepted,
-            Ok(_) => CheckResult::Rejected,
-            Err(_) => CheckResult::Error,
+            Ok(Checked {
+                decision: Ok(d), ..
+            }) if d.accepted => CheckResult::Accepted,
+            Ok(Checked {
+                decision: Ok(_), ..
+            }) => CheckResult::Rejected,
+            Ok(Checked {
+                decision: Err(_), ..
+            })
+            | Err(_) => CheckResult::Error,
         };
         let elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.metrics.grpc_decided(protocol, result, elapsed_ns);

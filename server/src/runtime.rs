@@ -2,7 +2,7 @@
 //! connect them with a channel mesh, report ready, and on shutdown answer every waiting
 //! flow, stop accepting, drain connections, end the flows in flight and exit.
 
-use crate::bridge::check_batch::CheckReply;
+use crate::bridge::check_batch::{CheckReply, QueuedCheck};
 use crate::bridge::{AnsweredChecks, DecisionHandle, Inbound, INBOX_DEPTH};
 use crate::config::Config;
 use crate::conn::access::Access;
@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tollgate_cluster::Replica;
 use tollgate_policy::store::SWEEP_BUDGET;
-use tollgate_policy::{Decision, Engine, StoreStats};
+use tollgate_policy::{Checked, Engine, OwnedFlow, StoreStats};
 
 /// glommio reserves this much io_uring-registered memory per executor for storage I/O.
 /// Tollgate does no file I/O on shards, so the minimum (64 KiB) leaves locked-memory
@@ -391,30 +391,33 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
         Inbound::CheckBatch { checks, answered } => {
             let now = clock::now_ns();
             let mut answers: AnsweredChecks = Vec::with_capacity(checks.len());
-            for check in checks {
-                let flow = &check.flow;
+            for QueuedCheck {
+                flow,
+                deadline,
+                reply,
+            } in checks
+            {
                 let planned = shard.decide_now(
                     &flow.control_point,
                     flow.labels.as_slice(),
                     flow.tokens,
-                    check.deadline,
+                    deadline,
                     now,
                 );
-                match planned {
-                    Err(e) => answers.push((check.reply, Err(e))),
-                    Ok(Planned::Decided(d)) => answers.push((check.reply, Ok(d))),
+                let decision = match planned {
+                    Err(e) => Err(e),
+                    Ok(Planned::Decided(d)) => Ok(d),
                     Ok(Planned::Pending(pending)) => {
-                        answer_when_decided(shard, pending, check.reply)
+                        answer_when_decided(shard, pending, flow, reply);
+                        continue;
                     }
-                }
+                };
+                answers.push((reply, Checked { flow, decision }));
             }
             // The caller's thread is gone (shutting down): answer each caller alone.
             if let Err(answers) = answered.send(answers) {
                 for (reply, answer) in answers {
-                    match answer {
-                        Ok(d) => answer_check(shard, reply, d),
-                        Err(e) => drop(reply.send(Err(e))),
-                    }
+                    answer_check(shard, reply, answer);
                 }
             }
         }
@@ -466,7 +469,12 @@ fn handle_inbound(shard: &Rc<Shard>, msg: Inbound) {
 /// Lets a check that must wait (a scheduler queue) be decided in its own task, and answers
 /// its caller alone then. A caller that goes away meanwhile cancels it: dropping the check
 /// hands back what it took.
-fn answer_when_decided(shard: &Rc<Shard>, pending: Box<PendingCheck>, reply: CheckReply) {
+fn answer_when_decided(
+    shard: &Rc<Shard>,
+    pending: Box<PendingCheck>,
+    flow: OwnedFlow,
+    reply: CheckReply,
+) {
     let shard = shard.clone();
     glommio::spawn_local(async move {
         let mut reply = reply;
@@ -480,16 +488,24 @@ fn answer_when_decided(shard: &Rc<Shard>, pending: Box<PendingCheck>, reply: Che
             }
         };
         if let Some(d) = decided {
-            answer_check(&shard, reply, d);
+            let answer = Checked {
+                flow,
+                decision: Ok(d),
+            };
+            answer_check(&shard, reply, answer);
         }
     })
     .detach();
 }
 
-/// Sends a decision to a caller on another thread. If it is gone, the flows the decision
+/// Sends an answer to a caller on another thread. If it is gone, the flows the decision
 /// started end now rather than at their `max_inflight_duration` (nobody will end them).
-fn answer_check(shard: &Rc<Shard>, reply: CheckReply, decision: Decision) {
-    if let Err(Ok(decision)) = reply.send(Ok(decision)) {
+fn answer_check(shard: &Rc<Shard>, reply: CheckReply, answer: Checked) {
+    if let Err(Checked {
+        decision: Ok(decision),
+        ..
+    }) = reply.send(answer)
+    {
         let flows: Vec<_> = decision.limiters.iter().filter_map(|o| o.flow).collect();
         if !flows.is_empty() {
             let shard = shard.clone();

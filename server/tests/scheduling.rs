@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 use tollgate_policy::{
-    ComponentKind, Decision, FlowError, FlowId, OutcomeKind, OwnedFlow, Refusal, RejectReason,
+    Checked, ComponentKind, Decision, FlowId, OutcomeKind, OwnedFlow, Refusal, RejectReason,
 };
 use tollgate_protocol::routing;
 use tollgate_server::bridge::{check_batch, AnsweredChecks, DecisionHandle, Inbound, QueuedCheck};
@@ -23,7 +23,7 @@ use tollgate_server::{clock, config};
 /// Bounds a hang only: every answer the tests wait for comes long before.
 const HANG: Duration = Duration::from_secs(30);
 
-type Answer = tokio::sync::oneshot::Receiver<Result<Decision, FlowError>>;
+type Answer = tokio::sync::oneshot::Receiver<Checked>;
 
 /// A node started in process, and a runtime to await its answers with a timeout.
 struct Node {
@@ -34,6 +34,8 @@ struct Node {
 /// A check sent to a shard, not yet awaited.
 struct Sent {
     answer: Answer,
+    /// The flow sent, which the answer hands back.
+    flow: OwnedFlow,
     /// The decisions the shard gave at once (ours among them unless the flow waits).
     answered: tokio::sync::oneshot::Receiver<AnsweredChecks>,
     sent_at: Instant,
@@ -72,6 +74,8 @@ impl Node {
                 tokio::time::timeout(HANG, self.handle().check(flow, deadline)).await
             })
             .expect("answered")
+            .expect("reached its shard")
+            .decision
             .expect("decided")
     }
 
@@ -87,8 +91,9 @@ impl Node {
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
         let sent_at = Instant::now();
         let deadline = deadline.map(|d| clock::now_ns() + d.as_nanos() as u64);
+        let flow = owned(cp, labels);
         let check = QueuedCheck {
-            flow: owned(cp, labels),
+            flow: flow.clone(),
             deadline,
             reply,
         };
@@ -103,14 +108,16 @@ impl Node {
             .expect("shard inbox");
         Sent {
             answer,
+            flow,
             answered,
             sent_at,
         }
     }
 
-    /// The answer to a sent check, and how long after sending it came.
+    /// The answer to a sent check, and how long after sending it came. The answer hands
+    /// back the flow sent, whether it was decided at once or waited.
     fn answer(&self, sent: Sent) -> (Decision, Duration) {
-        let decision = self
+        let checked = self
             .rt
             .block_on(async {
                 tokio::time::timeout(HANG, async {
@@ -124,9 +131,12 @@ impl Node {
                 .await
             })
             .expect("answered in time")
-            .expect("shard alive")
-            .expect("decided");
-        (decision, sent.sent_at.elapsed())
+            .expect("shard alive");
+        assert_eq!(
+            checked.flow, sent.flow,
+            "the flow comes back with its answer"
+        );
+        (checked.decision.expect("decided"), sent.sent_at.elapsed())
     }
 
     fn end_flows(&self, ids: &[FlowId]) -> Vec<bool> {

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_policy::{Decision, Engine, FlowError, FlowId, OwnedFlow};
+use tollgate_policy::{Checked, Engine, FlowId, OwnedFlow};
 
 /// Which service asked for a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,8 +33,9 @@ pub enum GrpcService {
     EnvoyRateLimit,
 }
 
-/// The future a backend returns for one decision.
-pub type DecisionFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;
+/// The future a backend returns for one decision: the flow handed back with its decision
+/// (or why it could not be judged), or why the backend could not answer.
+pub type DecisionFuture = Pin<Box<dyn Future<Output = Result<Checked, BackendError>> + Send>>;
 
 /// The future a backend returns for a batch of flow ends: one [`EndStatus`] per id, in order.
 pub type FlowEndFuture = Pin<Box<dyn Future<Output = Result<Vec<EndStatus>, BackendError>> + Send>>;
@@ -48,7 +49,13 @@ pub trait DecisionBackend: Send + Sync + 'static {
     fn engine(&self) -> Arc<Engine>;
 
     /// Decides `flow` for `service`: takes tokens from every matching component, or none if
-    /// one rejects. The backend may count and time the decision as `service`'s (inside the one
+    /// one rejects, and hands the flow back with the decision ([`Checked`]): a caller builds
+    /// the flow by moving its request's strings in, and takes them back for its answer. A
+    /// flow that cannot be judged (e.g. a tokens label that is not a cost; nothing was taken)
+    /// comes back with the [`tollgate_policy::FlowError`]: `Check` answers it REJECTED with
+    /// status 400 and `ShouldRateLimit` OVER_LIMIT, never with an RPC error (the SDKs and
+    /// Envoy let a flow run on RPC errors): see [`crate::reply::unjudgeable_response`]. The
+    /// backend may count and time the decision as `service`'s (inside the one
     /// future it returns: a wrapper would box a second future per decision).
     ///
     /// `deadline` is how long from now the caller waits for the answer (its gRPC deadline);
@@ -89,16 +96,9 @@ impl EndStatus {
     }
 }
 
-/// Why a backend could not decide.
+/// Why a backend could not answer (a flow it could not judge is an answer: [`Checked`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The flow cannot be judged (e.g. a tokens label that is not a cost); nothing was taken.
-    /// `Check` answers it REJECTED with status 400 and `ShouldRateLimit` OVER_LIMIT, never with
-    /// an RPC error (the SDKs and Envoy let a flow run on RPC errors): see
-    /// [`crate::reply::unjudgeable_response`]. As a bare [`tonic::Status`] (the `From`
-    /// below) it is `INVALID_ARGUMENT`.
-    #[error(transparent)]
-    Flow(#[from] FlowError),
     /// The backend cannot answer now (shutting down, overloaded). Answered with `UNAVAILABLE`.
     #[error("decision backend unavailable: {0}")]
     Unavailable(String),
@@ -106,9 +106,6 @@ pub enum BackendError {
 
 impl From<BackendError> for tonic::Status {
     fn from(e: BackendError) -> Self {
-        match e {
-            BackendError::Flow(e) => tonic::Status::invalid_argument(e.to_string()),
-            BackendError::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
-        }
+        tonic::Status::unavailable(e.to_string())
     }
 }

@@ -57,10 +57,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tollgate_policy::{FlowId, OwnedFlow};
+use tollgate_policy::{Checked, FlowId, OwnedFlow};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{BackendError, DecisionBackend, EndStatus, GrpcService};
+use crate::backend::{DecisionBackend, EndStatus, GrpcService};
 use crate::cache::{CacheError, Scope, TtlCache};
 use crate::check_reply::{timestamp, CheckAnswer, Decided};
 use crate::deadline::{self, MonoClock};
@@ -196,18 +196,16 @@ fn op_status(r: Result<(), CacheError>) -> (i32, String) {
     }
 }
 
-/// Labels as the policy crate takes them: sorted by key (a map's keys are unique).
-fn owned_flow(
-    control_point: &str,
-    labels: &std::collections::HashMap<String, String>,
-) -> OwnedFlow {
-    let mut sorted: Vec<(String, String)> =
-        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+/// The request's control point and labels, moved (not copied) into a flow; labels as the
+/// policy crate takes them, sorted by key. The check hands them back ([`Checked`]) for the
+/// answer.
+fn owned_flow(req: &mut pb::CheckRequest) -> OwnedFlow {
+    let mut labels: Vec<(String, String)> = std::mem::take(&mut req.labels).into_iter().collect();
     // A map's keys are distinct: an unstable sort gives the one order.
-    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     OwnedFlow {
-        control_point: control_point.to_owned(),
-        labels: sorted,
+        control_point: std::mem::take(&mut req.control_point),
+        labels,
         tokens: None,
     }
 }
@@ -225,28 +223,30 @@ impl FlowControl {
             let resp = invalid_request_response(&req);
             return Ok(undecided(resp, start, &error.to_string()));
         }
-        let flow = owned_flow(&req.control_point, &req.labels);
-        let decided = deadline::within(timeout, async {
+        let flow = owned_flow(&mut req);
+        let Checked { flow, decision } = deadline::within(timeout, async {
             Ok(self
                 .backend
                 .check(GrpcService::ApertureCheck, flow, timeout)
                 .await)
         })
-        .await?;
-        let decision = match decided {
+        .await??;
+        let decision = match decision {
             Ok(decision) => decision,
-            Err(BackendError::Flow(error)) => {
+            Err(error) => {
+                // Rare: the request gets its strings back for the answer that names them.
+                req.control_point = flow.control_point;
+                req.labels = flow.labels.into_iter().collect();
                 let resp = unjudgeable_response(&self.backend.engine(), req, &error);
                 return Ok(undecided(resp, start, &error.to_string()));
             }
-            Err(unavailable @ BackendError::Unavailable(_)) => return Err(unavailable.into()),
         };
         let mut cache_lookup_response = None;
         if let Some(lookup) = req.cache_lookup_request.take() {
             let asks = !lookup.result_cache_key.is_empty() || !lookup.global_cache_keys.is_empty();
             if decision.accepted && asks {
                 let cp = if lookup.control_point.is_empty() {
-                    &req.control_point // the request's, echoed
+                    &flow.control_point // the request's, echoed
                 } else {
                     &lookup.control_point
                 };
@@ -254,8 +254,8 @@ impl FlowControl {
             }
         }
         Ok(Response::new(CheckAnswer::Decided(Decided {
-            control_point: req.control_point,
-            labels: req.labels,
+            control_point: flow.control_point,
+            labels: flow.labels,
             expect_end: req.expect_end,
             engine: self.backend.engine(),
             decision,

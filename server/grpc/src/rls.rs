@@ -42,7 +42,7 @@ use std::sync::Arc;
 use tollgate_policy::{BucketParams, LimiterOutcome, OutcomeKind, OwnedFlow};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{BackendError, DecisionBackend, GrpcService};
+use crate::backend::{DecisionBackend, GrpcService};
 use crate::deadline;
 use crate::direct_unary::{DirectMethod, HandlerFuture};
 use crate::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
@@ -128,26 +128,26 @@ fn until_full_ns(params: &BucketParams, current: f64) -> Option<u64> {
     })
 }
 
-/// A descriptor's entries as a flow's labels: sorted by key, a repeated key with its last
-/// value (as [`entry_value`] reads it).
-fn descriptor_labels(entries: &[Entry]) -> Vec<(String, String)> {
+/// A descriptor's entries as a flow's labels, their strings moved (not copied): sorted by
+/// key, a repeated key with its last value.
+fn descriptor_labels(entries: Vec<Entry>) -> Vec<(String, String)> {
     // Last entry first, then a stable sort: each key's first entry is its last value, the one
     // `dedup_by` keeps.
     let mut labels: Vec<(String, String)> = entries
-        .iter()
+        .into_iter()
         .rev()
-        .map(|e| (e.key.clone(), e.value.clone()))
+        .map(|e| (e.key, e.value))
         .collect();
     labels.sort_by(|a, b| a.0.cmp(&b.0));
     labels.dedup_by(|a, b| a.0 == b.0);
     labels
 }
 
-/// The value a descriptor's `entries` give `key` (a repeated key: its last value, as in the
-/// descriptor's flow), or "" when there is no key or no such entry.
-fn entry_value<'a>(entries: &'a [Entry], key: Option<&str>) -> &'a str {
-    key.and_then(|k| entries.iter().rev().find(|e| e.key == k))
-        .map_or("", |e| e.value.as_str())
+/// The value a descriptor's flow `labels` ([`descriptor_labels`]) give `key`, or "" when
+/// there is no key or no such label.
+fn label_value<'a>(labels: &'a [(String, String)], key: Option<&str>) -> &'a str {
+    key.and_then(|k| labels.iter().find(|(lk, _)| lk == k))
+        .map_or("", |(_, v)| v.as_str())
 }
 
 /// The Envoy RLS implementation.
@@ -162,10 +162,10 @@ impl Rls {
         Self { backend }
     }
 
-    /// The status of one descriptor (its `entries`) given its decision.
+    /// The status of one descriptor (its flow's `labels`) given its decision.
     fn status(
         &self,
-        entries: &[Entry],
+        labels: &[(String, String)],
         accepted: bool,
         outcomes: &[LimiterOutcome],
     ) -> DescriptorStatus {
@@ -193,7 +193,7 @@ impl Rls {
                 ..Default::default()
             };
         };
-        let params = spec.params_for(entry_value(entries, spec.limit_by_label_key.as_deref()));
+        let params = spec.params_for(label_value(labels, spec.limit_by_label_key.as_deref()));
         let remaining = o.remaining.max(0.0).floor();
         DescriptorStatus {
             code: code as i32,
@@ -232,7 +232,7 @@ impl RateLimitService for Rls {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let timeout = deadline::client_timeout(request.metadata());
         let call_deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         if req.domain.is_empty() {
             return Err(Status::invalid_argument(
                 "domain (the control point) is empty",
@@ -252,13 +252,16 @@ impl RateLimitService for Rls {
         // A u32 is always a finite, non-negative cost.
         let tokens = tollgate_policy::Tokens::new(f64::from(req.hits_addend.max(1)))
             .unwrap_or(tollgate_policy::Tokens::ONE);
+        // Each descriptor's flow borrows the domain's string and hands it back.
+        let mut domain = std::mem::take(&mut req.domain);
+        let descriptors = std::mem::take(&mut req.descriptors);
         let (statuses, unjudgeable) = deadline::within(timeout, async {
-            let mut statuses = Vec::with_capacity(req.descriptors.len());
+            let mut statuses = Vec::with_capacity(descriptors.len());
             let mut unjudgeable = Vec::new();
-            for (i, d) in req.descriptors.iter().enumerate() {
-                let labels = descriptor_labels(&d.entries);
+            for (i, d) in descriptors.into_iter().enumerate() {
+                let labels = descriptor_labels(d.entries);
                 let pairs = labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                if let Err(error) = request_bounds::check_flow(&req.domain, pairs) {
+                if let Err(error) = request_bounds::check_flow(&domain, pairs) {
                     statuses.push(DescriptorStatus {
                         code: Code::OverLimit as i32,
                         ..Default::default()
@@ -267,36 +270,34 @@ impl RateLimitService for Rls {
                     continue;
                 }
                 let flow = OwnedFlow {
-                    control_point: req.domain.clone(),
+                    control_point: domain,
                     labels,
                     tokens: Some(tokens),
                 };
                 // Each descriptor may wait (a scheduler) for what is left of the deadline.
                 let left =
                     call_deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                match self
+                let checked = self
                     .backend
                     .check(GrpcService::EnvoyRateLimit, flow, left)
-                    .await
-                {
+                    .await?;
+                domain = checked.flow.control_point;
+                match checked.decision {
                     Ok(decision) => statuses.push(self.status(
-                        &d.entries,
+                        &checked.flow.labels,
                         decision.accepted,
                         &decision.limiters,
                     )),
-                    Err(BackendError::Flow(error)) => {
+                    Err(error) => {
                         statuses.push(DescriptorStatus {
                             code: Code::OverLimit as i32,
                             ..Default::default()
                         });
                         unjudgeable.push(format!("descriptor {i}: {error}"));
                     }
-                    Err(unavailable @ BackendError::Unavailable(_)) => {
-                        return Err(Status::from(unavailable))
-                    }
                 }
             }
-            Ok((statuses, unjudgeable))
+            Ok::<_, Status>((statuses, unjudgeable))
         })
         .await?;
         let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
@@ -350,11 +351,15 @@ mod tests {
             key: key.into(),
             value: value.into(),
         };
-        let entries = [entry("user", "a"), entry("path", "/"), entry("user", "b")];
-        assert_eq!(entry_value(&entries, Some("user")), "b");
-        assert_eq!(entry_value(&entries, Some("path")), "/");
-        assert_eq!(entry_value(&entries, Some("tenant")), "");
-        assert_eq!(entry_value(&entries, None), "");
+        let labels = descriptor_labels(vec![
+            entry("user", "a"),
+            entry("path", "/"),
+            entry("user", "b"),
+        ]);
+        assert_eq!(label_value(&labels, Some("user")), "b");
+        assert_eq!(label_value(&labels, Some("path")), "/");
+        assert_eq!(label_value(&labels, Some("tenant")), "");
+        assert_eq!(label_value(&labels, None), "");
     }
 
     #[test]
@@ -363,7 +368,7 @@ mod tests {
             key: key.into(),
             value: value.into(),
         };
-        let entries = [
+        let entries = vec![
             entry("user", "a"),
             entry("path", "/"),
             entry("user", "b"),
@@ -372,14 +377,14 @@ mod tests {
         ];
         let owned = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         assert_eq!(
-            descriptor_labels(&entries),
+            descriptor_labels(entries),
             [
                 owned("method", "GET"),
                 owned("path", "/"),
                 owned("user", "c")
             ]
         );
-        assert_eq!(descriptor_labels(&[]), []);
+        assert_eq!(descriptor_labels(Vec::new()), []);
     }
 
     #[test]

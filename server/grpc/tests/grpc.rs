@@ -362,13 +362,8 @@ impl tollgate_grpc::DecisionBackend for LabelCostBackend {
         _deadline: Option<Duration>,
     ) -> tollgate_grpc::DecisionFuture {
         flow.tokens = None;
-        let result = self
-            .limiter
-            .lock()
-            .expect("limiter lock")
-            .check(&flow, 0)
-            .map_err(tollgate_grpc::BackendError::Flow);
-        Box::pin(async move { result })
+        let decision = self.limiter.lock().expect("limiter lock").check(&flow, 0);
+        Box::pin(async move { Ok(tollgate_policy::Checked { flow, decision }) })
     }
 
     fn flow_end(&self, flows: Vec<tollgate_policy::FlowId>) -> tollgate_grpc::FlowEndFuture {

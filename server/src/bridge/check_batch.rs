@@ -30,10 +30,12 @@
 use super::{BridgeError, DecisionHandle, Inbound};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
-use tollgate_policy::{Decision, FlowError, FlowId, OwnedFlow};
+use tollgate_policy::{Checked, FlowId, OwnedFlow};
 
-/// Where one check's decision goes. Dropping the receiver cancels the check.
-pub type CheckReply = tokio::sync::oneshot::Sender<Result<Decision, FlowError>>;
+/// Where one check's decision goes, with its flow handed back ([`Checked`]): the caller
+/// reuses the flow's strings, and they are freed on the thread that made them. Dropping the
+/// receiver cancels the check.
+pub type CheckReply = tokio::sync::oneshot::Sender<Checked>;
 
 /// One check on its way to a shard.
 pub struct QueuedCheck {
@@ -48,7 +50,7 @@ pub struct QueuedCheck {
 
 /// The decisions a shard gave at once for one [`Inbound::CheckBatch`], each with the sender
 /// of the caller it answers.
-pub type AnsweredChecks = Vec<(CheckReply, Result<Decision, FlowError>)>;
+pub type AnsweredChecks = Vec<(CheckReply, Checked)>;
 
 /// The checks queued in this turn, per shard, and whether a flush is on its way.
 #[derive(Default)]
@@ -160,7 +162,11 @@ async fn flush(outbox: Outbox, handle: DecisionHandle, thread: ThreadId) {
 pub fn deliver(answers: AnsweredChecks) -> Vec<FlowId> {
     let mut orphaned = Vec::new();
     for (reply, answer) in answers {
-        if let Err(Ok(decision)) = reply.send(answer) {
+        if let Err(Checked {
+            decision: Ok(decision),
+            ..
+        }) = reply.send(answer)
+        {
             orphaned.extend(decision.limiters.iter().filter_map(|o| o.flow));
         }
     }
@@ -201,6 +207,14 @@ mod tests {
         Decision::from_outcomes(Outcomes::new())
     }
 
+    /// The answer of a shard that accepts `flow` at once.
+    fn accept(flow: OwnedFlow) -> Checked {
+        Checked {
+            flow,
+            decision: Ok(accepted()),
+        }
+    }
+
     #[test]
     fn one_turns_checks_reach_each_shard_in_one_message_and_come_back_together() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -230,7 +244,7 @@ mod tests {
                         };
                         batches[shard].push(checks.len());
                         // Play the shard: every check accepted at once.
-                        let answers = checks.into_iter().map(|c| (c.reply, Ok(accepted())));
+                        let answers = checks.into_iter().map(|c| (c.reply, accept(c.flow)));
                         assert!(answered.send(answers.collect()).is_ok(), "flush waits");
                     }
                 }
@@ -238,8 +252,11 @@ mod tests {
             assert_eq!(sent(&batches), 64);
             // Each shard got its share of the turn in one message; both got some.
             assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
-            for call in calls {
-                assert!(call.await.expect("joined").expect("decided").accepted);
+            // Each caller got its own decision, and its own flow back.
+            for (i, call) in calls.into_iter().enumerate() {
+                let checked = call.await.expect("joined").expect("reached its shard");
+                assert!(checked.decision.expect("decided").accepted);
+                assert_eq!(checked.flow, flow(&format!("u{i}")), "caller {i}");
             }
         });
     }
@@ -266,7 +283,8 @@ mod tests {
                             })
                             .collect();
                         for call in calls {
-                            assert!(call.await.expect("joined").expect("decided").accepted);
+                            let checked = call.await.expect("joined").expect("reached");
+                            assert!(checked.decision.expect("decided").accepted);
                         }
                     });
                 })
@@ -297,7 +315,7 @@ mod tests {
                     .collect();
                 assert_eq!(threads.len(), 1, "one batch mixed threads: {threads:?}");
                 answered += checks.len();
-                let answers = checks.into_iter().map(|c| (c.reply, Ok(accepted())));
+                let answers = checks.into_iter().map(|c| (c.reply, accept(c.flow)));
                 assert!(back.send(answers.collect()).is_ok(), "flush waits");
             }
         }
@@ -356,6 +374,10 @@ mod tests {
         started.flow = Some(flow_id);
         let mut decision = accepted();
         decision.limiters.push(started);
-        assert_eq!(deliver(vec![(reply, Ok(decision))]), vec![flow_id]);
+        let answer = Checked {
+            flow: flow("u"),
+            decision: Ok(decision),
+        };
+        assert_eq!(deliver(vec![(reply, answer)]), vec![flow_id]);
     }
 }

@@ -18,8 +18,8 @@ use tollgate_grpc::{
     BackendError, DecisionBackend, DecisionFuture, EndStatus, FlowEndFuture, GrpcService,
 };
 use tollgate_policy::{
-    Decision, Engine, FlowId, LimiterId, LimiterOutcome, OutcomeKind, OwnedFlow, Resolved,
-    ShardLimits, ShardState, Stage, Tokens,
+    Checked, Decision, Engine, FlowError, FlowId, LimiterId, LimiterOutcome, OutcomeKind,
+    OwnedFlow, Resolved, ShardLimits, ShardState, Stage, Tokens,
 };
 
 /// A count of checks that reached the backend, with a wake-up for each.
@@ -229,14 +229,18 @@ impl Drop for LocalBackend {
     }
 }
 
-/// Decides `flow` as the shard shell does (see the module docs).
+/// Decides `flow` as the shard shell does (see the module docs): the outer error when the
+/// backend stopped, the inner one when the flow cannot be judged.
 async fn decide(
     shared: Arc<Shared>,
-    flow: OwnedFlow,
+    flow: &OwnedFlow,
     deadline: Option<Duration>,
-) -> Result<Decision, BackendError> {
+) -> Result<Result<Decision, FlowError>, BackendError> {
     let engine = shared.engine.clone();
-    let plan = engine.plan(&flow.control_point, flow.labels.as_slice(), flow.tokens)?;
+    let plan = match engine.plan(&flow.control_point, flow.labels.as_slice(), flow.tokens) {
+        Ok(plan) => plan,
+        Err(error) => return Ok(Err(error)),
+    };
     let deadline_ns = deadline.map(|d| shared.now_ns().saturating_add(d.as_nanos() as u64));
     let mut outcomes: Vec<Option<LimiterOutcome>> = vec![None; plan.len()];
     let mut held = GiveBackOnDrop {
@@ -330,9 +334,9 @@ async fn decide(
         }
     }
     held.taken.clear();
-    Ok(Decision::from_outcomes(
+    Ok(Ok(Decision::from_outcomes(
         outcomes.into_iter().flatten().collect(),
-    ))
+    )))
 }
 
 fn taken(take: &tollgate_policy::PlannedTake<'_>, o: &LimiterOutcome) -> Taken {
@@ -359,11 +363,11 @@ impl DecisionBackend for LocalBackend {
         let shared = self.shared.clone();
         let delay = self.delay;
         Box::pin(async move {
-            let decision = decide(shared, flow, deadline).await;
+            let decision = decide(shared, &flow, deadline).await?;
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            decision
+            Ok(Checked { flow, decision })
         })
     }
 
