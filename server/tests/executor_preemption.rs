@@ -2,7 +2,8 @@
 //! of cancelling and re-arming it on each (third_party/glommio/TOLLGATE.md, change 3). These
 //! tests hold what that must not break: a task that never yields on its own is still told to
 //! yield, again and again, however many loop turns ran before, on a shard's kind of executor
-//! (cooperative main ring) and on upstream's kind.
+//! (cooperative main ring) and on upstream's kind; and a kept timer that fires at the start of
+//! a turn does not make a shard park with work queued.
 
 use std::time::{Duration, Instant};
 
@@ -54,4 +55,90 @@ fn a_busy_task_is_preempted_again_and_again_on_a_cooperative_ring() {
 #[test]
 fn a_busy_task_is_preempted_again_and_again_on_an_interrupting_ring() {
     assert_eq!(preemptions_after_many_loop_turns(false), PREEMPTIONS);
+}
+
+/// How long [`hops_between_spinning_shards_keep_being_answered`] keeps hopping: long enough
+/// that the kept preempt timer fires many times mid-hop.
+const HOPPING: Duration = Duration::from_secs(3);
+
+/// Two shards whose executors spin before they park (`server.idle_spin`), shard 0 deciding
+/// checks whose bucket shard 1 owns, one after the other, for `HOPPING`. A kept preempt
+/// timer that fired after a loop turn's poll and before its first task queue ran used to end
+/// the turn as if no task were left: the executor parked with the task a hop's answer had
+/// just woken, and nothing left to wake it, so the hops stopped within seconds (found by the
+/// `shard_hop` bench at `idle_spin 100us`; third_party/glommio/TOLLGATE.md, change 3).
+#[test]
+fn hops_between_spinning_shards_keep_being_answered() {
+    use glommio::channels::channel_mesh::MeshBuilder;
+    use glommio::Placement;
+    use std::sync::Arc;
+    use tollgate_protocol::routing;
+    use tollgate_server::config::ServerConfig;
+    use tollgate_server::node::{Limits, Node};
+    use tollgate_server::shard::{Planned, Shard};
+
+    let policy = "policies:\n  - policy_name: hop\n    rate_limiter:\n      bucket_capacity: 1000000000\n      fill_amount: 1000000000\n      parameters: { interval: 1s, limit_by_label_key: user }\n      selectors: [ { control_point: hop } ]\n";
+    let engine = tollgate_policy::Engine::new(
+        &tollgate_policy::parse_policies(policy, "test").expect("a valid policy"),
+    );
+    let node = Arc::new(Node {
+        policies: Arc::new(arc_swap::ArcSwap::from_pointee(engine)),
+        nr_shards: 2,
+        node_id: "hops".into(),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        shard_ports: vec![],
+        limits: Limits::from_config(&ServerConfig::default()),
+        connections: Default::default(),
+        access: Default::default(),
+        members: None,
+        metrics: Arc::new(tollgate_server::metrics::Metrics::new(true, 2, 1)),
+    });
+    // A key whose bucket shard 1 owns: each check shard 0 decides on it hops there and back.
+    let remote = (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|k| routing::shard_for(routing::routing_hash(k.as_bytes()), 2) == 1)
+        .expect("some key lives on shard 1");
+    let mesh = MeshBuilder::full(2, 1024);
+    let (hopped_tx, hopped) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+    let executors: Vec<_> = (0..2)
+        .map(|cpu| {
+            let (node, mesh, remote) = (node.clone(), mesh.clone(), remote.clone());
+            let (hopped_tx, stop_rx) = (hopped_tx.clone(), stop_rx.clone());
+            // A short preempt timer fires often, so a test build (slower than the bench's)
+            // meets the window too.
+            LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .preempt_timer(Duration::from_millis(1))
+                .spin_before_park(Duration::from_micros(100))
+                .spawn(move || async move {
+                    let (senders, receivers) = mesh.join().await.expect("the mesh");
+                    let id = senders.peer_id();
+                    let shard = Shard::start(id, node, senders, receivers);
+                    if id != 0 {
+                        let _ = stop_rx.recv_async().await;
+                        return;
+                    }
+                    let labels = [("user", remote.as_str())];
+                    let started = Instant::now();
+                    let mut hops = 0u64;
+                    while started.elapsed() < HOPPING {
+                        let planned = shard.decide_now("hop", &labels[..], None, Some(1), 1);
+                        let accepted = match planned.expect("a valid check") {
+                            Planned::Decided(d) => d.accepted,
+                            Planned::Pending(p) => p.decide().await.accepted,
+                        };
+                        assert!(accepted, "a bucket of 10^9 accepts");
+                        hops += 1;
+                    }
+                    let _ = hopped_tx.send(hops);
+                })
+                .expect("an executor (glommio needs io_uring)")
+        })
+        .collect();
+    let hops = hopped.recv_timeout(HOPPING + GIVE_UP);
+    assert!(matches!(hops, Ok(n) if n > 0), "the hops stopped: {hops:?}");
+    let _ = stop_tx.send(());
+    for executor in executors {
+        executor.join().expect("a shard's executor");
+    }
 }

@@ -1361,15 +1361,17 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // Tollgate: a preempt timer kept from an earlier turn (TOLLGATE.md, change
+                // 3) can fire after this turn's poll and before any queue ran. Queues still
+                // waiting are work all the same: say so, or the loop parks with runnable
+                // tasks and nothing left to wake it.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
+            ran = true;
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
