@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_benches::{bench_engine, key};
 use tollgate_protocol::routing;
-use tollgate_server::config::ServerConfig;
-use tollgate_server::node::{Limits, Node};
+use tollgate_server::node::Node;
 use tollgate_server::shard::{Planned, Shard};
 
 /// (iterations, local?) -> elapsed, served by shard 0's executor.
@@ -60,18 +59,7 @@ fn shard_hop(c: &mut Criterion) {
 }
 
 fn start_pair(spin: Option<Duration>) -> Pair {
-    let node = Arc::new(Node {
-        policies: Arc::new(arc_swap::ArcSwap::from_pointee(bench_engine())),
-        nr_shards: 2,
-        node_id: "bench".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        shard_ports: vec![],
-        limits: Limits::from_config(&ServerConfig::default()),
-        connections: Default::default(),
-        access: Default::default(),
-        members: None,
-        metrics: Arc::new(tollgate_server::metrics::Metrics::new(true, 2, 1)),
-    });
+    let node = Arc::new(Node::without_ports(bench_engine(), 2, "bench"));
     // A key owned by shard 1.
     let remote_key = (0..)
         .map(key)

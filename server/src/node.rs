@@ -82,6 +82,24 @@ impl Limits {
 }
 
 impl Node {
+    /// A node of `nr_shards` shards deciding with `engine`, with the default limits and no
+    /// ports, members or access rules: for shards driven in process (benchmarks, tests of
+    /// the executor), which start with [`crate::shard::Shard::start`] and never accept.
+    pub fn without_ports(engine: Engine, nr_shards: usize, node_id: &str) -> Node {
+        Node {
+            policies: Arc::new(ArcSwap::from_pointee(engine)),
+            nr_shards,
+            node_id: node_id.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shard_ports: Vec::new(),
+            limits: Limits::from_config(&ServerConfig::default()),
+            connections: Connections::default(),
+            access: Access::default(),
+            members: None,
+            metrics: Arc::new(crate::metrics::Metrics::new(true, nr_shards, 1)),
+        }
+    }
+
     /// The shard that owns the bucket keyed by `key` (a limit label's value).
     ///
     /// This is the one routing rule: the protocol crate's function, also used by the

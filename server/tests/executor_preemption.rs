@@ -73,26 +73,14 @@ fn hops_between_spinning_shards_keep_being_answered() {
     use glommio::Placement;
     use std::sync::Arc;
     use tollgate_protocol::routing;
-    use tollgate_server::config::ServerConfig;
-    use tollgate_server::node::{Limits, Node};
+    use tollgate_server::node::Node;
     use tollgate_server::shard::{Planned, Shard};
 
     let policy = "policies:\n  - policy_name: hop\n    rate_limiter:\n      bucket_capacity: 1000000000\n      fill_amount: 1000000000\n      parameters: { interval: 1s, limit_by_label_key: user }\n      selectors: [ { control_point: hop } ]\n";
     let engine = tollgate_policy::Engine::new(
         &tollgate_policy::parse_policies(policy, "test").expect("a valid policy"),
     );
-    let node = Arc::new(Node {
-        policies: Arc::new(arc_swap::ArcSwap::from_pointee(engine)),
-        nr_shards: 2,
-        node_id: "hops".into(),
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        shard_ports: vec![],
-        limits: Limits::from_config(&ServerConfig::default()),
-        connections: Default::default(),
-        access: Default::default(),
-        members: None,
-        metrics: Arc::new(tollgate_server::metrics::Metrics::new(true, 2, 1)),
-    });
+    let node = Arc::new(Node::without_ports(engine, 2, "hops"));
     // A key whose bucket shard 1 owns: each check shard 0 decides on it hops there and back.
     let remote = (0..)
         .map(|i| format!("user-{i}"))
