@@ -39,7 +39,7 @@
 
 use std::sync::Arc;
 
-use tollgate_policy::{BucketParams, LimiterOutcome, OutcomeKind, OwnedFlow};
+use tollgate_policy::{BucketParams, Labels, LimiterOutcome, OutcomeKind, OwnedFlow};
 use tonic::{Request, Response, Status};
 
 use crate::backend::{DecisionBackend, GrpcService};
@@ -146,8 +146,7 @@ fn descriptor_labels(entries: Vec<Entry>) -> Vec<(String, String)> {
 /// The value a descriptor's flow `labels` ([`descriptor_labels`]) give `key`, or "" when
 /// there is no key or no such label.
 fn label_value<'a>(labels: &'a [(String, String)], key: Option<&str>) -> &'a str {
-    key.and_then(|k| labels.iter().find(|(lk, _)| lk == k))
-        .map_or("", |(_, v)| v.as_str())
+    key.and_then(|k| Labels::get(labels, k)).unwrap_or("")
 }
 
 /// The Envoy RLS implementation.
