@@ -1,5 +1,5 @@
 //! How threads that are not shards (the gRPC runtime, the gossip task) reach the shards:
-//! one bounded flume inbox per shard, drained by a task on that shard.
+//! one bounded inbox per shard ([`inbox`]), drained by a task on that shard.
 //!
 //! A check from outside goes straight to the shard that owns its routing label's bucket
 //! (the same routing function as the binary client), so the usual case costs one hop.
@@ -87,6 +87,23 @@ pub enum Inbound {
 /// bounded so a stalled shard pushes back on callers instead of growing memory.
 pub const INBOX_DEPTH: usize = 65_536;
 
+/// The sending side of a shard's inbox (any thread; held by [`DecisionHandle`]).
+pub type InboxSender = tokio::sync::mpsc::Sender<Inbound>;
+
+/// The receiving side of a shard's inbox, drained by a task on that shard.
+pub type InboxReceiver = tokio::sync::mpsc::Receiver<Inbound>;
+
+/// A shard's inbox, [`INBOX_DEPTH`] deep.
+///
+/// Why tokio's channel: a send is lock-free (an atomic slot claim), and so is the shard's
+/// receive, which any executor can await (tokio's channels need no tokio runtime). flume,
+/// used before, guards its queue with a mutex: a shard draining its inbox while the gRPC
+/// thread pushed a batch slept on that mutex's futex, a context switch each time, and the
+/// gRPC thread paid a futex wake (docs/performance.md, gRPC section).
+pub fn inbox() -> (InboxSender, InboxReceiver) {
+    tokio::sync::mpsc::channel(INBOX_DEPTH)
+}
+
 /// Why a request could not reach a shard.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -99,17 +116,14 @@ pub enum BridgeError {
 #[derive(Clone)]
 pub struct DecisionHandle {
     policies: Arc<ArcSwap<Engine>>,
-    inboxes: Arc<Vec<flume::Sender<Inbound>>>,
+    inboxes: Arc<Vec<InboxSender>>,
     /// Checks gathered per tokio turn ([`check_batch`]).
     outbox: check_batch::Outbox,
 }
 
 impl DecisionHandle {
     /// A handle over these inboxes (index = shard), sharing the node's policies.
-    pub fn new(
-        policies: Arc<ArcSwap<Engine>>,
-        inboxes: Vec<flume::Sender<Inbound>>,
-    ) -> DecisionHandle {
+    pub fn new(policies: Arc<ArcSwap<Engine>>, inboxes: Vec<InboxSender>) -> DecisionHandle {
         DecisionHandle {
             policies,
             inboxes: Arc::new(inboxes),
@@ -244,15 +258,12 @@ impl DecisionHandle {
     /// Sends a message to one shard, waiting if its inbox is full.
     pub async fn send(&self, shard: usize, msg: Inbound) -> Result<(), BridgeError> {
         let inbox = self.inboxes.get(shard).ok_or(BridgeError::Unavailable)?;
-        inbox
-            .send_async(msg)
-            .await
-            .map_err(|_| BridgeError::Unavailable)
+        inbox.send(msg).await.map_err(|_| BridgeError::Unavailable)
     }
 
     /// Sends a message to one shard from a plain thread, blocking if its inbox is full.
     pub fn send_blocking(&self, shard: usize, msg: Inbound) -> Result<(), BridgeError> {
         let inbox = self.inboxes.get(shard).ok_or(BridgeError::Unavailable)?;
-        inbox.send(msg).map_err(|_| BridgeError::Unavailable)
+        futures::executor::block_on(inbox.send(msg)).map_err(|_| BridgeError::Unavailable)
     }
 }

@@ -3,7 +3,7 @@
 //! flow, stop accepting, drain connections, end the flows in flight and exit.
 
 use crate::bridge::check_batch::{CheckReply, QueuedCheck};
-use crate::bridge::{AnsweredChecks, DecisionHandle, Inbound, INBOX_DEPTH};
+use crate::bridge::{AnsweredChecks, DecisionHandle, Inbound, InboxReceiver};
 use crate::config::Config;
 use crate::conn::access::Access;
 use crate::conn::registry::Connections;
@@ -165,7 +165,7 @@ pub fn start(config: &Config, options: StartOptions) -> Result<RunningServer> {
     let track = options.track_consumption;
     for i in 0..nr_shards {
         let max_buckets = cap.per_shard(i, nr_shards);
-        let (tx, rx) = flume::bounded::<Inbound>(INBOX_DEPTH);
+        let (tx, rx) = crate::bridge::inbox();
         inboxes.push(tx);
         let (node, slots, mesh, ready_tx, drained_tx) = (
             node.clone(),
@@ -273,7 +273,7 @@ async fn run_shard(
     node: Arc<Node>,
     slots: Arc<Mutex<ListenerSlots>>,
     mesh: MeshBuilder<Vec<MeshMsg>, glommio::channels::channel_mesh::Full>,
-    inbox: flume::Receiver<Inbound>,
+    mut inbox: InboxReceiver,
     ready: &mpsc::Sender<Result<usize, String>>,
     drained: mpsc::Sender<usize>,
     store: StoreSettings,
@@ -329,7 +329,7 @@ async fn run_shard(
     // The inbox is served until Exit, through the drain: other threads (gRPC calls still
     // in flight, the gossip thread's final replication drain) reach this shard until then.
     let mut drain = Some((accepting, upkeep, drained));
-    while let Ok(msg) = inbox.recv_async().await {
+    while let Some(msg) = inbox.recv().await {
         match msg {
             Inbound::Stop => {
                 if let Some((accepting, upkeep, drained)) = drain.take() {

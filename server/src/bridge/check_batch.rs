@@ -197,8 +197,8 @@ mod tests {
     }
 
     /// A handle over `shards` inboxes that nobody serves: the test plays the shards.
-    fn handle(shards: usize) -> (DecisionHandle, Vec<flume::Receiver<Inbound>>) {
-        let (senders, receivers) = (0..shards).map(|_| flume::unbounded()).unzip();
+    fn handle(shards: usize) -> (DecisionHandle, Vec<crate::bridge::InboxReceiver>) {
+        let (senders, receivers) = (0..shards).map(|_| crate::bridge::inbox()).unzip();
         let policies = Arc::new(ArcSwap::from_pointee(engine()));
         (DecisionHandle::new(policies, senders), receivers)
     }
@@ -220,7 +220,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        let (handle, inboxes) = handle(2);
+        let (handle, mut inboxes) = handle(2);
         rt.block_on(async {
             // 64 callers, all ready in the same turn.
             let calls: Vec<_> = (0..64)
@@ -237,7 +237,7 @@ mod tests {
                     break;
                 }
                 tokio::task::yield_now().await;
-                for (shard, inbox) in inboxes.iter().enumerate() {
+                for (shard, inbox) in inboxes.iter_mut().enumerate() {
                     while let Ok(msg) = inbox.try_recv() {
                         let Inbound::CheckBatch { checks, answered } = msg else {
                             panic!("expected a check batch");
@@ -265,7 +265,7 @@ mod tests {
     fn each_threads_checks_travel_in_their_own_batches() {
         // Two gRPC threads, each its own current-thread runtime, sharing one handle: a batch
         // never mixes their checks, and every check is answered.
-        let (handle, inboxes) = handle(2);
+        let (handle, mut inboxes) = handle(2);
         let callers: Vec<_> = ["a", "b"]
             .into_iter()
             .map(|thread| {
@@ -298,10 +298,12 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "{answered} of 32 checks sent"
             );
-            for inbox in &inboxes {
-                let Ok(msg) = inbox.recv_timeout(std::time::Duration::from_millis(10)) else {
+            let mut idle = true;
+            for inbox in &mut inboxes {
+                let Ok(msg) = inbox.try_recv() else {
                     continue;
                 };
+                idle = false;
                 let Inbound::CheckBatch {
                     checks,
                     answered: back,
@@ -317,6 +319,10 @@ mod tests {
                 answered += checks.len();
                 let answers = checks.into_iter().map(|c| (c.reply, accept(c.flow)));
                 assert!(back.send(answers.collect()).is_ok(), "flush waits");
+            }
+            if idle {
+                // Nothing queued yet: the callers' threads are still starting.
+                std::thread::yield_now();
             }
         }
         for caller in callers {
