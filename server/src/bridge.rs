@@ -95,8 +95,9 @@ pub type InboxReceiver = tokio::sync::mpsc::Receiver<Inbound>;
 
 /// A shard's inbox, [`INBOX_DEPTH`] deep.
 ///
-/// Why tokio's channel: a send is lock-free (an atomic slot claim), and so is the shard's
-/// receive, which any executor can await (tokio's channels need no tokio runtime). flume,
+/// Why tokio's channel: a send claims its permit and its slot with atomic operations (it
+/// takes a lock only to wait when the inbox is full), the shard's receive takes none, and
+/// any executor can await it (tokio's channels need no tokio runtime). flume,
 /// used before, guards its queue with a mutex: a shard draining its inbox while the gRPC
 /// thread pushed a batch slept on that mutex's futex, a context switch each time, and the
 /// gRPC thread paid a futex wake (docs/performance.md, gRPC section).
@@ -264,6 +265,8 @@ impl DecisionHandle {
     /// Sends a message to one shard from a plain thread, blocking if its inbox is full.
     pub fn send_blocking(&self, shard: usize, msg: Inbound) -> Result<(), BridgeError> {
         let inbox = self.inboxes.get(shard).ok_or(BridgeError::Unavailable)?;
+        // Not tokio's `blocking_send`, which panics when its caller runs inside an
+        // asynchronous context; this blocks any thread that may block, as flume's send did.
         futures::executor::block_on(inbox.send(msg)).map_err(|_| BridgeError::Unavailable)
     }
 }
