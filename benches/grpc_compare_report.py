@@ -3,8 +3,8 @@ unless NO_DOCS is set, the `section:grpc` of docs/performance.md (argv[1]).
 
 Each h2load figure is the best of its runs (the machine is shared: a neighbour's burst only
 ever slows a run down), each ratio is against the floor measured in the same run. Beside them,
-round by round, each of Tollgate's RLS runs against the floor's and Limitador's runs of the
-same round, and the median of those ratios: the best runs of two servers may come from
+round by round, each of Tollgate's RLS runs against the floor's and Limitador's runs and its
+own `Check` run of the same round, and the median of those ratios: the best runs of two servers may come from
 different moments of a host whose speed drifts, a round's runs from neighbouring minutes.
 """
 
@@ -216,24 +216,30 @@ for shape, shape_label in SHAPES:
     targets.append((f"Envoy RLS Tollgate / Limitador >= {bar}x, {shape_label}", fx(x, 3),
                     verdict(x, bar), fx(c, 3), verdict(c, bar)))
 
-# Round by round (RLS): each round's Tollgate against the floor and Limitador run next to it.
+# Round by round: each round's Tollgate RLS run against the floor's and Limitador's next to
+# it, and against Tollgate's own `Check` run of the same round.
 # Best-of-runs figures may pair runs from different moments of a drifting host; a round's own
 # ratio pairs neighbours, and the median of the rounds is the steadier reading.
 round_rows = []
-round_lines = ["| h2load shape (RLS) | round | floor req/s | Tollgate req/s | Limitador req/s | "
-               "Tollgate / floor | Tollgate / Limitador |", "|---|---|---:|---:|---:|---:|---:|"]
+round_lines = ["| h2load shape | round | floor RLS req/s | Tollgate RLS req/s | Limitador RLS req/s | "
+               "Tollgate `Check` req/s | Tollgate / floor (RLS) | Tollgate / Limitador (RLS) | "
+               "`Check` / RLS |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
 for shape, shape_label in SHAPES:
     floors, tgs, lims = (round_rates(f"{w}-rls-{shape}") for w in ("floor", "tollgate", "limitador"))
+    checks = round_rates(f"tollgate-check-{shape}")
     vs_floor = [ratio(t, f) for t, f in zip(tgs, floors)]
     vs_lim = [ratio(t, l) for t, l in zip(tgs, lims)]
+    check_vs_rls = [ratio(c, t) for c, t in zip(checks, tgs)]
     round_rows.append({"shape": shape, "floor": floors, "tollgate": tgs, "limitador": lims,
-                       "tollgate_vs_floor": vs_floor, "tollgate_vs_limitador": vs_lim,
-                       "median_vs_floor": median(vs_floor), "median_vs_limitador": median(vs_lim)})
-    for n, (f, t, l) in enumerate(zip(floors, tgs, lims)):
-        round_lines.append(f"| {shape_label} | {n + 1} | {rate(f)} | {rate(t)} | {rate(l)} | "
-                           f"{fx(vs_floor[n])} | {fx(vs_lim[n])} |")
-    round_lines.append(f"| {shape_label} | **median** | | | | **{fx(median(vs_floor))}** | "
-                       f"**{fx(median(vs_lim))}** |")
+                       "tollgate_check": checks, "tollgate_vs_floor": vs_floor,
+                       "tollgate_vs_limitador": vs_lim, "check_vs_rls": check_vs_rls,
+                       "median_vs_floor": median(vs_floor), "median_vs_limitador": median(vs_lim),
+                       "median_check_vs_rls": median(check_vs_rls)})
+    for n, (f, t, l, c) in enumerate(zip(floors, tgs, lims, checks)):
+        round_lines.append(f"| {shape_label} | {n + 1} | {rate(f)} | {rate(t)} | {rate(l)} | {rate(c)} | "
+                           f"{fx(vs_floor[n])} | {fx(vs_lim[n])} | {fx(check_vs_rls[n])} |")
+    round_lines.append(f"| {shape_label} | **median** | | | | | **{fx(median(vs_floor))}** | "
+                       f"**{fx(median(vs_lim))}** | **{fx(median(check_vs_rls))}** |")
 round_table = "\n".join(round_lines)
 
 # The floor served on the shards (no target): what a port served there would start from.
@@ -419,10 +425,11 @@ OVER_LIMIT / REJECTED, a full decision all the same. All processes share the mac
 
 {table}
 
-Round by round (RLS): the figures above are each server's best run, which may come from
-different rounds; here each round's Tollgate run is set against the floor's and Limitador's
-runs of the same round, a minute or two apart, and the median of the rounds is the steadier
-reading (reported; the verdicts below are on the best runs).
+Round by round: the figures above are each server's best run, which may come from
+different rounds; here each round's Tollgate RLS run is set against the floor's and
+Limitador's RLS runs and Tollgate's `Check` run of the same round, a minute or two apart, and
+the median of the rounds is the steadier reading (reported; the verdicts below are on the
+best runs).
 
 {round_table}
 
