@@ -4,8 +4,9 @@ unless NO_DOCS is set, the `section:grpc` of docs/performance.md (argv[1]).
 Each h2load figure is the best of its runs (the machine is shared: a neighbour's burst only
 ever slows a run down), each ratio is against the floor measured in the same run. Beside them,
 round by round, each of Tollgate's RLS runs against the floor's and Limitador's runs and its
-own `Check` run of the same round, and the median of those ratios: the best runs of two servers may come from
-different moments of a host whose speed drifts, a round's runs from neighbouring minutes.
+own `Check` run of the same round, and the median of those ratios: the best runs of two
+servers may come from different moments of a host whose speed drifts, a round's runs from
+neighbouring minutes.
 """
 
 import glob
@@ -93,11 +94,19 @@ def parse_h2load(path):
 
 
 def best(name):
-    runs = [r for r in (parse_h2load(p) for p in sorted(glob.glob(f"{OUT}/runs/{name}.*.txt"))) if r]
-    if not runs:
+    """The best of `name`'s runs, with every run's req/s (`runs`) and, by round, the req/s of
+    the run each round made (`by_round`: round n is runs/NAME.n.txt)."""
+    by_round = {}
+    for path in glob.glob(f"{OUT}/runs/{name}.*.txt"):
+        r = parse_h2load(path)
+        if r:
+            by_round[int(path.rsplit(".", 2)[-2])] = r
+    if not by_round:
         return None
+    runs = [by_round[n] for n in sorted(by_round)]
     top = max(runs, key=lambda r: r["req_per_s"])
-    return dict(top, runs=[r["req_per_s"] for r in runs])
+    return dict(top, runs=[r["req_per_s"] for r in runs],
+                by_round={n: r["req_per_s"] for n, r in by_round.items()})
 
 
 def loadgen(name):
@@ -116,14 +125,10 @@ def ratio(a, b):
 
 
 def round_rates(name):
-    """req/s of each round's run of `name`, in order: round n is runs/NAME.n.txt, and the
-    servers' runs of one round follow each other within a minute or two."""
-    rates = []
-    for n in range(int(os.environ.get("REPEAT", "3"))):
-        path = f"{OUT}/runs/{name}.{n}.txt"
-        r = parse_h2load(path) if os.path.exists(path) else None
-        rates.append(r["req_per_s"] if r else None)
-    return rates
+    """req/s of each round's run of `name` (from `best`), in round order: the servers' runs of
+    one round follow each other within a minute or two."""
+    by_round = (h2.get(name) or {}).get("by_round", {})
+    return [by_round.get(n) for n in range(int(os.environ.get("REPEAT", "3")))]
 
 
 def median(xs):
