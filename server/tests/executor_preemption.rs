@@ -4,6 +4,11 @@
 //! yield, again and again, however many loop turns ran before, on a shard's kind of executor
 //! (cooperative main ring) and on upstream's kind; and a kept timer that fires at the start of
 //! a turn does not make a shard park with work queued.
+//!
+//! A park keeps the preempt timer too, and a sleep keeps it when it fires no later than the
+//! next user timer (TOLLGATE.md, change 5). The last two tests hold what that must not break:
+//! an executor going idle sleeps (rather than spinning on the timers it cancels and arms),
+//! and a user timer fires on time whichever timer the executor slept on.
 
 use std::time::{Duration, Instant};
 
@@ -129,4 +134,83 @@ fn hops_between_spinning_shards_keep_being_answered() {
     for executor in executors {
         executor.join().expect("a shard's executor");
     }
+}
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// What [`sleep_after_busy_turns`] measured of one sleep.
+#[derive(Debug)]
+struct Slept {
+    /// Wall time the sleep took.
+    wall: Duration,
+    /// CPU time the executor's thread used meanwhile.
+    cpu: Duration,
+}
+
+/// On a shard's kind of executor (cooperative main ring) with preempt timer `preempt`: many
+/// loop turns (the preempt timer armed and kept), then one `glommio::timer::sleep(nap)` with
+/// nothing else to run. Run on its own thread so that an executor that never wakes fails the
+/// test after `GIVE_UP` instead of hanging it.
+fn sleep_after_busy_turns(preempt: Duration, nap: Duration) -> Slept {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let executor = std::thread::spawn(move || {
+        let slept = LocalExecutorBuilder::default()
+            .preempt_timer(preempt)
+            .coop_taskrun(true)
+            .make()
+            .expect("an executor (glommio needs io_uring)")
+            .run(async move {
+                for _ in 0..1_000 {
+                    glommio::executor().yield_task_queue_now().await;
+                }
+                let (wall, cpu) = (Instant::now(), thread_cpu_time());
+                glommio::timer::sleep(nap).await;
+                Slept {
+                    wall: wall.elapsed(),
+                    cpu: thread_cpu_time() - cpu,
+                }
+            });
+        let _ = tx.send(slept);
+    });
+    let slept = rx
+        .recv_timeout(nap + GIVE_UP)
+        .expect("the executor woke from its sleep");
+    executor.join().expect("the executor's thread");
+    slept
+}
+
+/// The user timer (300 ms) comes before the kept preempt timer (60 s): the executor cancels
+/// the preempt timer and sleeps on the user timer. That path once left the cancellation
+/// unsubmitted, could not sleep, and cancelled and armed timers in a loop at full CPU.
+#[test]
+fn an_executor_going_idle_sleeps_until_its_timer() {
+    let nap = Duration::from_millis(300);
+    let slept = sleep_after_busy_turns(Duration::from_secs(60), nap);
+    assert!(slept.wall >= nap, "woke before its timer: {slept:?}");
+    // Woken by the 60 s preempt timer instead would take a minute; GIVE_UP is half that.
+    assert!(slept.wall < GIVE_UP, "slept past its timer: {slept:?}");
+    // A sleeping executor uses next to no CPU; a spinning one most of the 300 ms, even
+    // sharing its core with the other tests.
+    assert!(slept.cpu < nap / 3, "spun instead of sleeping: {slept:?}");
+}
+
+/// The kept preempt timer (50 ms) comes before the user timer (1 s): the executor sleeps on
+/// it, wakes once with nothing to do, then must arm the user timer and sleep until it.
+#[test]
+fn a_timer_fires_after_the_kept_preempt_timer_woke_the_executor() {
+    let nap = Duration::from_secs(1);
+    let slept = sleep_after_busy_turns(Duration::from_millis(50), nap);
+    assert!(slept.wall >= nap, "woke before its timer: {slept:?}");
+    assert!(slept.wall < GIVE_UP, "slept past its timer: {slept:?}");
+    assert!(slept.cpu < nap / 3, "spun instead of sleeping: {slept:?}");
 }

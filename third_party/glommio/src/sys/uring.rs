@@ -1113,14 +1113,20 @@ impl SleepableRing {
 
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
-
-            if self
-                .submit_sqes()
+            //
+            // Tollgate (TOLLGATE.md, change 5): one system call submits it and waits, where
+            // upstream submits, then waits: two. The kernel waits only once the link is
+            // submitted (a refused submission returns at once, with nothing submitted), and
+            // a wait cut short still reports the link as submitted.
+            let submitted = self
+                .ring
+                .submit_sqes_and_wait(1)
+                .map(|x| x as usize)
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
+                .or_else(Reactor::intr_ok)?;
+            self.in_kernel += submitted;
+            if submitted != 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
@@ -1128,14 +1134,8 @@ impl SleepableRing {
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings were linked, and we slept. Good morning!
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1268,6 +1268,9 @@ pub(crate) struct Reactor {
     /// Tollgate: the duration `latency_preemption_timeout_src` was armed with when it is
     /// a preempt timer (None when it is a user timer armed before sleeping, or none).
     latency_preemption_armed_for: Cell<Option<Duration>>,
+    /// Tollgate: an instant the preempt timer fires no later than, when it is known to
+    /// be in the kernel (read after the submission that carried it); None otherwise.
+    latency_preemption_fires_by: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1412,6 +1415,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_preemption_armed_for: Cell::new(None),
+            latency_preemption_fires_by: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1880,17 +1884,22 @@ impl Reactor {
         // while it fires no later than a new one would (armed earlier, for no longer), and
         // the throughput timer is re-armed only once it has fired. A kept timer can
         // preempt a task queue before its full quantum; the executor's runtime accounting,
-        // not the quantum, keeps the queues' shares fair. Before sleeping the preempt
-        // timer is still cancelled, as upstream does, so that it does not wake us.
+        // not the quantum, keeps the queues' shares fair.
+        //
+        // A park (no preempt timer wanted) keeps it too, for now (TOLLGATE.md, change 5):
+        // upstream cancels it here so that it does not wake a sleeping executor, but most
+        // parks do not sleep, and the next turn then armed a new one: two system calls on
+        // the latency ring for nothing. Whether it stays through a sleep is decided below,
+        // once we know we sleep.
         let keep_preempt = match (preempt_timer(), self.latency_preemption_armed_for.get()) {
             (Some(wanted), Some(armed)) => {
                 armed <= wanted && Self::pending(&self.latency_preemption_timeout_src)
             }
+            (None, Some(_)) => Self::pending(&self.latency_preemption_timeout_src),
             _ => false,
         };
         if !keep_preempt {
-            self.latency_preemption_armed_for.set(None);
-            drop(self.latency_preemption_timeout_src.take());
+            self.drop_latency_timer();
         }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
@@ -1914,16 +1923,51 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let mut should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
+        // Tollgate (TOLLGATE.md, change 5): a preempt timer kept by this park stays through
+        // the sleep when it fires no later than the user timer would, or there is none: it
+        // then wakes us in time, and wakes an idle executor once at most (it is not re-armed
+        // until a task queue runs). Upstream cancels it and arms the user timer instead, and
+        // after the sleep cancels that and arms a preempt timer again: four system calls on
+        // the latency ring per sleep.
+        let preempt_wakes_in_time = keep_preempt
+            && match (self.latency_preemption_fires_by.get(), user_timer) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(fires_by), Some(dur)) => fires_by <= Instant::now() + dur,
+            };
+        let mut user_timer_armed = false;
+        if should_sleep && keep_preempt && !preempt_wakes_in_time {
+            // A kept timer that would fire too late is cancelled, as upstream does at the
+            // top, and the user timer armed in the same submission. Their completions are
+            // consumed before we commit to sleeping (a completion left in the ring would
+            // end the sleep at once); anything else they bring in means we do not sleep.
+            self.drop_latency_timer();
+            if let Some(dur) = user_timer {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                user_timer_armed = true;
+            }
+            flush_cancellations!(into &mut woke; lat_ring);
+            flush_rings!(lat_ring)?;
+            consume_rings!(into &mut woke; lat_ring);
+            should_sleep = (woke == 0)
+                && poll_ring.can_sleep()
+                && main_ring.can_sleep()
+                && lat_ring.can_sleep();
+        }
+
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            // (Tollgate: unless the kept preempt timer wakes us first, or the user timer
+            // is armed already, above.)
+            if let Some(dur) = user_timer.filter(|_| !preempt_wakes_in_time && !user_timer_armed) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 assert!(flush_rings!(lat_ring)? > 0);
@@ -1960,8 +2004,18 @@ impl Reactor {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.latency_preemption_armed_for.set(Some(preempt));
+                self.latency_preemption_fires_by.set(None);
             }
             flush_rings!(lat_ring, main_ring)?;
+            // Tollgate: once the latency ring has nothing left to submit, the timer is in
+            // the kernel, which started its clock before this reading.
+            if !keep_preempt
+                && lat_ring.submission_queue.borrow().is_empty()
+                && lat_ring.waiting_kernel_submission() == 0
+            {
+                self.latency_preemption_fires_by
+                    .set(Some(Instant::now() + preempt));
+            }
         }
 
         // A Note about `need_preempt`:
@@ -1972,6 +2026,14 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Tollgate: forgets the latency ring's timer (preempt or user); dropping a pending
+    /// source queues its cancellation.
+    fn drop_latency_timer(&self) {
+        self.latency_preemption_armed_for.set(None);
+        self.latency_preemption_fires_by.set(None);
+        drop(self.latency_preemption_timeout_src.take());
     }
 
     /// Tollgate: whether the timer in `slot` is armed and has not completed yet.
