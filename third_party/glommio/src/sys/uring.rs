@@ -1939,7 +1939,10 @@ impl Reactor {
             && match (self.latency_preemption_fires_by.get(), user_timer) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                (Some(fires_by), Some(dur)) => fires_by <= Instant::now() + dur,
+                // A user timer too far off to add to an instant is later than any preempt timer.
+                (Some(fires_by), Some(dur)) => Instant::now()
+                    .checked_add(dur)
+                    .map_or(true, |user_fires_at| fires_by <= user_fires_at),
             };
         let mut user_timer_armed = false;
         if should_sleep && keep_preempt && !preempt_wakes_in_time {
