@@ -189,19 +189,26 @@ fn sleep_after_busy_turns(preempt: Duration, nap: Duration) -> Slept {
     slept
 }
 
+impl Slept {
+    /// Holds that the sleep lasted `nap` and ended on its timer, without spinning meanwhile.
+    fn assert_slept_until_its_timer(&self, nap: Duration) {
+        assert!(self.wall >= nap, "woke before its timer: {self:?}");
+        // Woken by a far later timer instead (a minute, in the first test below) would take
+        // longer than GIVE_UP.
+        assert!(self.wall < GIVE_UP, "slept past its timer: {self:?}");
+        // A sleeping executor uses next to no CPU; a spinning one most of the nap, even
+        // sharing its core with the other tests.
+        assert!(self.cpu < nap / 3, "spun instead of sleeping: {self:?}");
+    }
+}
+
 /// The user timer (300 ms) comes before the kept preempt timer (60 s): the executor cancels
 /// the preempt timer and sleeps on the user timer. That path once left the cancellation
 /// unsubmitted, could not sleep, and cancelled and armed timers in a loop at full CPU.
 #[test]
 fn an_executor_going_idle_sleeps_until_its_timer() {
     let nap = Duration::from_millis(300);
-    let slept = sleep_after_busy_turns(Duration::from_secs(60), nap);
-    assert!(slept.wall >= nap, "woke before its timer: {slept:?}");
-    // Woken by the 60 s preempt timer instead would take a minute; GIVE_UP is half that.
-    assert!(slept.wall < GIVE_UP, "slept past its timer: {slept:?}");
-    // A sleeping executor uses next to no CPU; a spinning one most of the 300 ms, even
-    // sharing its core with the other tests.
-    assert!(slept.cpu < nap / 3, "spun instead of sleeping: {slept:?}");
+    sleep_after_busy_turns(Duration::from_secs(60), nap).assert_slept_until_its_timer(nap);
 }
 
 /// The kept preempt timer (50 ms) comes before the user timer (1 s): the executor sleeps on
@@ -209,8 +216,5 @@ fn an_executor_going_idle_sleeps_until_its_timer() {
 #[test]
 fn a_timer_fires_after_the_kept_preempt_timer_woke_the_executor() {
     let nap = Duration::from_secs(1);
-    let slept = sleep_after_busy_turns(Duration::from_millis(50), nap);
-    assert!(slept.wall >= nap, "woke before its timer: {slept:?}");
-    assert!(slept.wall < GIVE_UP, "slept past its timer: {slept:?}");
-    assert!(slept.cpu < nap / 3, "spun instead of sleeping: {slept:?}");
+    sleep_after_busy_turns(Duration::from_millis(50), nap).assert_slept_until_its_timer(nap);
 }
