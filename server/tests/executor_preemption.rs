@@ -8,7 +8,8 @@
 //! A park keeps the preempt timer too, and a sleep keeps it when it fires no later than the
 //! next user timer (TOLLGATE.md, change 5). The last two tests hold what that must not break:
 //! an executor going idle sleeps (rather than spinning on the timers it cancels and arms),
-//! and a user timer fires on time whichever timer the executor slept on.
+//! a user timer fires on time whichever timer the executor slept on, and a user timer that
+//! fires while the executor is about to sleep still ends the sleep.
 
 use std::time::{Duration, Instant};
 
@@ -217,4 +218,34 @@ fn an_executor_going_idle_sleeps_until_its_timer() {
 fn a_timer_fires_after_the_kept_preempt_timer_woke_the_executor() {
     let nap = Duration::from_secs(1);
     sleep_after_busy_turns(Duration::from_millis(50), nap).assert_slept_until_its_timer(nap);
+}
+
+/// Sleeps so short that their io_uring timer can fire, and its completion be consumed, in the
+/// very turn the executor arms it on its way to sleep, each after the preempt timer (60 s)
+/// was kept from the turn before. A first version consumed that completion and slept on
+/// regardless, with nothing left to wake it: the quota scheduler's deadlines then came seconds
+/// late (`sdk_scheduling`), and here a sleep never ended.
+#[test]
+fn a_user_timer_firing_on_the_way_to_sleep_still_ends_the_sleep() {
+    const NAPS: u32 = 2_000;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let executor = std::thread::spawn(move || {
+        LocalExecutorBuilder::default()
+            .preempt_timer(Duration::from_secs(60))
+            .coop_taskrun(true)
+            .make()
+            .expect("an executor (glommio needs io_uring)")
+            .run(async move {
+                for _ in 0..1_000 {
+                    glommio::executor().yield_task_queue_now().await;
+                }
+                for nap in 0..NAPS {
+                    glommio::timer::sleep(Duration::from_micros(u64::from(nap % 50))).await;
+                }
+            });
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(GIVE_UP)
+        .expect("every short sleep ended (an executor slept with its timer consumed)");
+    executor.join().expect("the executor's thread");
 }

@@ -1959,7 +1959,10 @@ impl Reactor {
             flush_cancellations!(into &mut woke; lat_ring);
             flush_rings!(lat_ring)?;
             consume_rings!(into &mut woke; lat_ring);
+            // A user timer that already fired was consumed just now, and would no longer
+            // end the sleep: then do not sleep (the executor's next turn runs its timer).
             should_sleep = (woke == 0)
+                && (!user_timer_armed || Self::pending(&self.latency_preemption_timeout_src))
                 && poll_ring.can_sleep()
                 && main_ring.can_sleep()
                 && lat_ring.can_sleep();
