@@ -220,18 +220,15 @@ fn a_timer_fires_after_the_kept_preempt_timer_woke_the_executor() {
     sleep_after_busy_turns(Duration::from_millis(50), nap).assert_slept_until_its_timer(nap);
 }
 
-/// Sleeps so short that their io_uring timer can fire, and its completion be consumed, in the
-/// very turn the executor arms it on its way to sleep, each after the preempt timer (60 s)
-/// was kept from the turn before. A first version consumed that completion and slept on
-/// regardless, with nothing left to wake it: the quota scheduler's deadlines then came seconds
-/// late (`sdk_scheduling`), and here a sleep never ended.
-#[test]
-fn a_user_timer_firing_on_the_way_to_sleep_still_ends_the_sleep() {
+/// On an executor with preempt timer `preempt`: many loop turns, then `NAPS` sleeps of
+/// `nap(i)`. Panics if they do not all end within `GIVE_UP`: an executor that slept with the
+/// timer meant to wake it already consumed sleeps for good.
+fn naps_all_end(preempt: Duration, nap: fn(u32) -> Duration) {
     const NAPS: u32 = 2_000;
     let (tx, rx) = std::sync::mpsc::channel();
     let executor = std::thread::spawn(move || {
         LocalExecutorBuilder::default()
-            .preempt_timer(Duration::from_secs(60))
+            .preempt_timer(preempt)
             .coop_taskrun(true)
             .make()
             .expect("an executor (glommio needs io_uring)")
@@ -239,13 +236,33 @@ fn a_user_timer_firing_on_the_way_to_sleep_still_ends_the_sleep() {
                 for _ in 0..1_000 {
                     glommio::executor().yield_task_queue_now().await;
                 }
-                for nap in 0..NAPS {
-                    glommio::timer::sleep(Duration::from_micros(u64::from(nap % 50))).await;
+                for i in 0..NAPS {
+                    glommio::timer::sleep(nap(i)).await;
                 }
             });
         let _ = tx.send(());
     });
     rx.recv_timeout(GIVE_UP)
-        .expect("every short sleep ended (an executor slept with its timer consumed)");
+        .expect("every sleep ended (an executor slept with its timer consumed)");
     executor.join().expect("the executor's thread");
+}
+
+/// Sleeps so short that their io_uring timer can fire, and its completion be consumed, in the
+/// very turn the executor arms it on its way to sleep, each after the preempt timer (60 s)
+/// was kept from the turn before. A first version consumed that completion and slept on
+/// regardless, with nothing left to wake it: the quota scheduler's deadlines then came seconds
+/// late (`sdk_scheduling`), and here a sleep never ended.
+#[test]
+fn a_user_timer_firing_on_the_way_to_sleep_still_ends_the_sleep() {
+    naps_all_end(Duration::from_secs(60), |i| {
+        Duration::from_micros(u64::from(i % 50))
+    });
+}
+
+/// The other way round: a preempt timer so short (10 µs) that it can fire, and its completion
+/// be consumed, between the moment a park decides to keep it and the moment it would sleep on
+/// it instead of arming the user timer (1 ms). It must not then sleep on it.
+#[test]
+fn a_preempt_timer_firing_on_the_way_to_sleep_does_not_strand_the_executor() {
+    naps_all_end(Duration::from_micros(10), |_| Duration::from_millis(1));
 }

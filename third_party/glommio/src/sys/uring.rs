@@ -1935,7 +1935,10 @@ impl Reactor {
         // until a task queue runs). Upstream cancels it and arms the user timer instead, and
         // after the sleep cancels that and arms a preempt timer again: four system calls on
         // the latency ring per sleep.
+        // Pending is read again here: the timer may have fired, and its completion been
+        // consumed above, since `keep_preempt` was decided, and then it would wake nothing.
         let preempt_wakes_in_time = keep_preempt
+            && Self::pending(&self.latency_preemption_timeout_src)
             && match (self.latency_preemption_fires_by.get(), user_timer) {
                 (None, _) => false,
                 (Some(_), None) => true,
