@@ -158,14 +158,21 @@ struct Slept {
     cpu: Duration,
 }
 
-/// On a shard's kind of executor (cooperative main ring) with preempt timer `preempt`: many
-/// loop turns (the preempt timer armed and kept), then one `glommio::timer::sleep(nap)` with
-/// nothing else to run. Run on its own thread so that an executor that never wakes fails the
-/// test after `GIVE_UP` instead of hanging it.
-fn sleep_after_busy_turns(preempt: Duration, nap: Duration) -> Slept {
+/// Runs `body` on a shard's kind of executor (cooperative main ring) with preempt timer
+/// `preempt`, after many loop turns (the preempt timer armed and kept). On its own thread, so
+/// that an executor that never wakes fails the test after `within` instead of hanging it.
+fn after_busy_turns<T, F>(
+    preempt: Duration,
+    within: Duration,
+    body: impl FnOnce() -> F + Send + 'static,
+) -> T
+where
+    F: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     let executor = std::thread::spawn(move || {
-        let slept = LocalExecutorBuilder::default()
+        let out = LocalExecutorBuilder::default()
             .preempt_timer(preempt)
             .coop_taskrun(true)
             .make()
@@ -174,20 +181,27 @@ fn sleep_after_busy_turns(preempt: Duration, nap: Duration) -> Slept {
                 for _ in 0..1_000 {
                     glommio::executor().yield_task_queue_now().await;
                 }
-                let (wall, cpu) = (Instant::now(), thread_cpu_time());
-                glommio::timer::sleep(nap).await;
-                Slept {
-                    wall: wall.elapsed(),
-                    cpu: thread_cpu_time() - cpu,
-                }
+                body().await
             });
-        let _ = tx.send(slept);
+        let _ = tx.send(out);
     });
-    let slept = rx
-        .recv_timeout(nap + GIVE_UP)
-        .expect("the executor woke from its sleep");
+    let out = rx
+        .recv_timeout(within)
+        .expect("the executor woke from its sleeps (one that slept with the timer meant to wake it already consumed sleeps for good)");
     executor.join().expect("the executor's thread");
-    slept
+    out
+}
+
+/// One `glommio::timer::sleep(nap)` with nothing else to run, after busy turns.
+fn sleep_after_busy_turns(preempt: Duration, nap: Duration) -> Slept {
+    after_busy_turns(preempt, nap + GIVE_UP, move || async move {
+        let (wall, cpu) = (Instant::now(), thread_cpu_time());
+        glommio::timer::sleep(nap).await;
+        Slept {
+            wall: wall.elapsed(),
+            cpu: thread_cpu_time() - cpu,
+        }
+    })
 }
 
 impl Slept {
@@ -220,31 +234,14 @@ fn a_timer_fires_after_the_kept_preempt_timer_woke_the_executor() {
     sleep_after_busy_turns(Duration::from_millis(50), nap).assert_slept_until_its_timer(nap);
 }
 
-/// On an executor with preempt timer `preempt`: many loop turns, then `NAPS` sleeps of
-/// `nap(i)`. Panics if they do not all end within `GIVE_UP`: an executor that slept with the
-/// timer meant to wake it already consumed sleeps for good.
+/// `NAPS` sleeps of `nap(i)` after busy turns; all must end within `GIVE_UP`.
 fn naps_all_end(preempt: Duration, nap: fn(u32) -> Duration) {
     const NAPS: u32 = 2_000;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let executor = std::thread::spawn(move || {
-        LocalExecutorBuilder::default()
-            .preempt_timer(preempt)
-            .coop_taskrun(true)
-            .make()
-            .expect("an executor (glommio needs io_uring)")
-            .run(async move {
-                for _ in 0..1_000 {
-                    glommio::executor().yield_task_queue_now().await;
-                }
-                for i in 0..NAPS {
-                    glommio::timer::sleep(nap(i)).await;
-                }
-            });
-        let _ = tx.send(());
+    after_busy_turns(preempt, GIVE_UP, move || async move {
+        for i in 0..NAPS {
+            glommio::timer::sleep(nap(i)).await;
+        }
     });
-    rx.recv_timeout(GIVE_UP)
-        .expect("every sleep ended (an executor slept with its timer consumed)");
-    executor.join().expect("the executor's thread");
 }
 
 /// Sleeps so short that their io_uring timer can fire, and its completion be consumed, in the
