@@ -28,6 +28,13 @@ cpu_user_system() {
     awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f %.2f\n", $14 / hz, $15 / hz }' "/proc/$1/stat"
 }
 
+# TCP segments this network namespace has sent so far (`OutSegs` of /proc/net/snmp). Over a
+# loopback run both directions count, so the delta over a run is every segment of its
+# connections, and per request it says how many requests one send carried on average.
+tcp_out_segments() {
+    awk '$1 == "Tcp:" { if (!seen) { for (i = 2; i <= NF; i++) if ($i == "OutSegs") col = i; seen = 1 } else print $col }' /proc/net/snmp
+}
+
 # CPU seconds (user + system) of each thread of process $1 so far, as `name=seconds` words, one
 # per thread (a name may repeat: several threads can share one; spaces in a name become `_`).
 thread_cpu_seconds() {

@@ -123,24 +123,28 @@ server_pid_for() {
 # included: the report divides by decisions/s x wall time, so warm-up at the same rate is fine).
 lg() {
     local name="$1" target="$2" spid user_before sys_before user_after sys_after wall user sys
+    local segs_before segs_after
     shift 2
     log "$name: $target $*"
     spid="$(server_pid_for "$target")"
     read -r user_before sys_before < <(cpu_user_system "$spid")
+    segs_before="$(tcp_out_segments)"
     local TIMEFORMAT='%R %U %S'
     # The loadgen's output goes to fd 3 (stderr); only `time`'s line goes to the file.
     { time ${LOADGEN_PREFIX:-} "$LOADGEN" --target "$target" --duration "$DURATION" --warmup "$WARMUP" --quiet \
         --capacity "$CAPACITY" --fill-amount "$FILL" --interval "$INTERVAL" \
         --json "$OUT/$name.json" "$@" 2>&3 | sed -n 's/^\(decisions\/s\|latency\)/   \1/p' >&3 ; } 3>&2 2>"$OUT/cpu/$name.time"
     read -r user_after sys_after < <(cpu_user_system "$spid")
+    segs_after="$(tcp_out_segments)"
     read -r wall user sys < <(tail -n 1 "$OUT/cpu/$name.time")
     # User and kernel time apart too: a check's own work (decode, plan, bucket, reply) is user
     # time, while the kernel time of both sides is the IO a PING pays as well.
     awk -v w="$wall" -v ub="$user_before" -v ua="$user_after" -v sb="$sys_before" -v sa="$sys_after" \
-        -v lu="$user" -v ls="$sys" 'BEGIN {
+        -v lu="$user" -v ls="$sys" -v segs="$((segs_after - segs_before))" 'BEGIN {
             printf "{\"wall_s\": %s, \"server_cpu_s\": %.2f, \"loadgen_cpu_s\": %.2f, ", w, ua - ub + sa - sb, lu + ls
             printf "\"server_user_s\": %.2f, \"server_system_s\": %.2f, ", ua - ub, sa - sb
-            printf "\"loadgen_user_s\": %.2f, \"loadgen_system_s\": %.2f}\n", lu, ls
+            printf "\"loadgen_user_s\": %.2f, \"loadgen_system_s\": %.2f, ", lu, ls
+            printf "\"tcp_segments\": %d}\n", segs
         }' > "$OUT/cpu/$name.json"
 }
 
@@ -335,6 +339,11 @@ def cpu_split(name):
     decision for run `name`, or None."""
     return per_decision(name, ("server_user_s", "server_system_s", "loadgen_user_s", "loadgen_system_s"))
 
+def segments_per_request(name):
+    """TCP segments sent (both directions, loopback) per decision of run `name`, or None."""
+    x = per_decision(name, ("tcp_segments",))
+    return None if x is None else x[0] / 1e6
+
 def fmt_cpu(name):
     x = cpu(name)
     return "n/a" if x is None else f"{x[0]:.1f} / {x[1]:.1f}"
@@ -412,6 +421,9 @@ for l, ln in loads[:2]:
 split_rows = [("rows above", "tollgate-uniform-c8d64", "tollgate-ping-c8d64")]
 split_rows += [(f"pair {p}", f"pair{p}-tollgate-uniform-c8d64", f"pair{p}-tollgate-ping-c8d64")
                for p in range(1, int(os.environ.get("PAIRS", "3")) + 1)]
+# The hot key's check against the same PING: every check goes to one shard, so a request
+# slot's whole window travels in one send each way.
+split_rows += [("hot key (1 key), rows above", "tollgate-hot-c8d64", "tollgate-ping-c8d64")]
 split_rows = [(n, c, p, cpu_split(c), cpu_split(p)) for n, c, p in split_rows]
 split_rows = [row for row in split_rows if row[3] and row[4]]
 if split_rows:
@@ -420,13 +432,19 @@ if split_rows:
              "PING): microseconds per request in user mode and in the kernel, for the server and "
              "for the loadgen (`/proc/PID/stat` and the shell's `time`), check / PING. A check's "
              "own work (decode, plan, bucket, reply) is user time; the kernel time is the IO, "
-             "which a PING pays as well.")
+             "which a PING pays as well. TCP segments per request (`OutSegs`, both directions) "
+             "say how full the sends were: the kernel's cost follows them, and they rise with "
+             "the server's time per request, since the two shards' replies then reach a request "
+             "slot further apart and its next requests leave in more sends (section:binary-costs, "
+             "item 17).")
     e.append("")
-    e.append("| runs | check / PING | server user us | server kernel us | loadgen user us | loadgen kernel us |")
-    e.append("|---|---:|---:|---:|---:|---:|")
+    e.append("| runs | check / PING | server user us | server kernel us | loadgen user us | loadgen kernel us | TCP segments per request |")
+    e.append("|---|---:|---:|---:|---:|---:|---:|")
     for n, c, p, cs, ps in split_rows:
         cells = " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(cs, ps))
-        e.append(f"| {n} | {fmt_ratio(ratio(load(c), load(p)), 2)} | {cells} |")
+        sc, sp = segments_per_request(c), segments_per_request(p)
+        segs = "n/a" if sc is None or sp is None else f"{sc:.3f} / {sp:.3f}"
+        e.append(f"| {n} | {fmt_ratio(ratio(load(c), load(p)), 2)} | {cells} | {segs} |")
 e.append("")
 e.append("CPU per decision, microseconds of CPU (all threads) for the server / for the loadgen, "
          "over each whole run (`/proc/PID/stat` and the shell's `time`, divided by decisions/s x "
