@@ -43,7 +43,8 @@
 //! # Layout
 //!
 //! * [`routing`] — FNV-1a-64 [`routing::routing_hash`], [`routing::shard_for`],
-//!   [`routing::routing_value`] and [`routing::RoutingKeys`]: which shard owns a flow.
+//!   [`routing::routing_value`] (and where it is, [`routing::routing_label_index`]) and
+//!   [`routing::RoutingKeys`]: which shard owns a flow.
 //! * [`version`] — [`ProtocolVersion`] and its per-connection negotiation by `HELLO`.
 //! * [`frame`] — the frame header, opcodes, flag bits, limits and [`ErrorCode`]s.
 //! * [`decode`] — bounded decoding: borrowed client→server [`Frame`]s ([`decode_frame`],

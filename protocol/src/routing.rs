@@ -96,6 +96,22 @@ where
     ""
 }
 
+/// Where [`routing_value`] finds its value: the position, among a flow's label keys (in the
+/// flow's order), of the label it returns; `None` when it returns `""`. For a client that sends
+/// many flows with the same label keys and only their values changing (a load generator's
+/// request template): it finds the routing label once, and each flow then hashes its value
+/// alone, with no scan of the keys per flow.
+pub fn routing_label_index<'a, S, K>(routing_label_keys: &[S], label_keys: K) -> Option<usize>
+where
+    S: AsRef<str>,
+    K: IntoIterator<Item = &'a str> + Clone,
+{
+    routing_label_keys.iter().find_map(|key| {
+        let key = key.as_ref();
+        label_keys.clone().into_iter().position(|k| k == key)
+    })
+}
+
 /// The shard owning a flow, in one call: `shard_for(routing_hash(routing_value(..)), n)`.
 pub fn shard_for_labels<'a, S, I>(routing_label_keys: &[S], labels: I, nr_shards: usize) -> usize
 where
@@ -146,6 +162,15 @@ impl RoutingKeys {
             Some(map) => map.get(control_point).map_or(&[], Vec::as_slice),
             None => &self.global,
         }
+    }
+
+    /// [`routing_label_index`] for a flow of `control_point` with these label keys: which of
+    /// its labels routes it.
+    pub fn routing_label<'a, K>(&self, control_point: &str, label_keys: K) -> Option<usize>
+    where
+        K: IntoIterator<Item = &'a str> + Clone,
+    {
+        routing_label_index(self.keys_for(control_point), label_keys)
     }
 
     /// The shard owning a flow of `control_point` with these labels.
@@ -205,6 +230,24 @@ mod tests {
         assert_eq!(routing_value(&keys, labels.iter().copied()), "");
         let none: [String; 0] = [];
         assert_eq!(routing_value(&none, labels.iter().copied()), "");
+    }
+
+    proptest::proptest! {
+        /// The routing label's index names the label whose value `routing_value` returns, for
+        /// any keys (drawn from a few names, so they repeat and overlap) and values.
+        #[test]
+        fn the_routing_label_index_finds_the_routing_value(
+            routing_keys in proptest::collection::vec("[abc]", 0..4),
+            labels in proptest::collection::vec(("[abcd]", "[a-z]{0,3}"), 0..6),
+        ) {
+            let pairs = labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            let index = routing_label_index(&routing_keys, labels.iter().map(|(k, _)| k.as_str()));
+            let by_index = index.and_then(|i| labels.get(i)).map_or("", |(_, v)| v.as_str());
+            proptest::prop_assert_eq!(by_index, routing_value(&routing_keys, pairs));
+            if let Some(i) = index {
+                proptest::prop_assert!(i < labels.len());
+            }
+        }
     }
 
     fn hello(version: ProtocolVersion) -> HelloReply {

@@ -46,7 +46,7 @@ use tokio::net::TcpStream;
 use tollgate_protocol::client::{
     CheckRequest, Client, ClientConfig, FailMode, MAX_REPLY_FRAME_LEN,
 };
-use tollgate_protocol::routing::RoutingKeys;
+use tollgate_protocol::routing::{routing_hash, shard_for, RoutingKeys};
 use tollgate_protocol::smallvec::SmallVec;
 use tollgate_protocol::{
     decode_reply, decode_verdict, encode_check, encode_hello, encode_ping, BatchVerdicts,
@@ -435,13 +435,16 @@ pub(super) async fn run(slot: Slot, c: usize, shared: Arc<Shared>, plan: Arc<Pla
     } else {
         Vec::new()
     };
+    let singles = (plan.templates.iter())
+        .map(|(r, _)| Single::new(r.clone(), slot.routing.as_ref()))
+        .collect();
     let mut driver = Driver {
         slot,
         recorder_stripe: c,
         records: Vec::with_capacity(depth),
         first_task: c * depth,
         rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add((c * depth) as u64)),
-        singles: plan.templates.iter().map(|(r, _)| r.clone()).collect(),
+        singles,
         in_flight: vec![InFlight::default(); depth],
         checks_per_request,
         batches,
@@ -470,7 +473,7 @@ struct Driver {
     first_task: usize,
     rng: rand::rngs::StdRng,
     /// The slot's own copies of the request templates, rewritten per request.
-    singles: Vec<CheckRequest>,
+    singles: Vec<Single>,
     in_flight: Vec<InFlight>,
     /// Checks per request: `--batch` (1: single `CHECK`s, or pings).
     checks_per_request: usize,
@@ -811,13 +814,13 @@ impl Driver {
             self.queue_batch(r, id)?;
         } else {
             let (mix, key) = draw(&mut self.rng, plan);
-            let Some(req) = self.singles.get_mut(mix) else {
+            let Some(Single { req, route }) = self.singles.get_mut(mix) else {
                 return Err("no request template".into());
             };
             set_key(req, &plan.cfg.key_prefix, key);
             f.key = Some(key);
             f.tokens = plan.templates.get(mix).map_or(1.0, |(_, t)| *t);
-            let socket = route(self.slot.routing.as_ref(), req, self.slot.sockets.len());
+            let socket = route.socket(req, self.slot.sockets.len());
             let Some(s) = self.slot.sockets.get_mut(socket) else {
                 return Err("no connection".into());
             };
@@ -866,14 +869,14 @@ impl Driver {
         let mut written = Ok(());
         for _ in 0..self.checks_per_request {
             let (mix, key) = draw(&mut self.rng, plan);
-            let (Some(req), Some((_, tokens))) =
+            let (Some(Single { req, route }), Some((_, tokens))) =
                 (self.singles.get_mut(mix), plan.templates.get(mix))
             else {
                 written = Err("no request template".into());
                 break;
             };
             set_key(req, &plan.cfg.key_prefix, key);
-            let socket = route(self.slot.routing.as_ref(), req, sockets);
+            let socket = route.socket(req, sockets);
             let (Some(w), Some(part)) = (writers.get_mut(socket), b.parts.get_mut(socket)) else {
                 written = Err("no connection".into());
                 break;
@@ -936,16 +939,56 @@ fn draw(rng: &mut rand::rngs::StdRng, plan: &Plan) -> (usize, usize) {
     (plan.picker.pick(rng), plan.sampler.sample(rng))
 }
 
-/// The socket (shard port) of the shard that owns `req`'s bucket: the client library's rule
-/// (socket 0 when the server gave no shard ports).
-fn route(routing: Option<&RoutingKeys>, req: &CheckRequest, sockets: usize) -> usize {
-    match routing {
-        Some(routing) => routing.shard_for(
-            &req.control_point,
-            req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            sockets,
-        ),
-        None => 0,
+/// A slot's copy of a request template (its key label rewritten per request), and how its
+/// requests find their shard.
+struct Single {
+    req: CheckRequest,
+    route: Route,
+}
+
+impl Single {
+    fn new(req: CheckRequest, routing: Option<&RoutingKeys>) -> Single {
+        let route = match routing {
+            None => Route::OneConnection,
+            Some(routing) => {
+                match routing.routing_label(
+                    &req.control_point,
+                    req.labels.iter().map(|(k, _)| k.as_str()),
+                ) {
+                    Some(label) => Route::Label(label),
+                    None => Route::Shared,
+                }
+            }
+        };
+        Single { req, route }
+    }
+}
+
+/// Which shard a template's requests go to. The client library's rule
+/// ([`RoutingKeys::shard_for`]), with the routing label found once per template rather than
+/// per request: a request changes only its key label's value, never its control point or its
+/// label keys, and the search (a map lookup by control point, a string comparison per label)
+/// was about a tenth of the loadgen's user time at 8 x 64 over 1M keys (docs/performance.md,
+/// section:binary-costs, item 17).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// The server gave no shard ports: the slot's one connection.
+    OneConnection,
+    /// By the value of the label at this index.
+    Label(usize),
+    /// No routing label among the labels: the shard of `""`, the shared bucket.
+    Shared,
+}
+
+impl Route {
+    /// The socket (shard port) of the shard that owns `req`'s bucket, of `sockets`.
+    fn socket(self, req: &CheckRequest, sockets: usize) -> usize {
+        let value = match self {
+            Route::OneConnection => return 0,
+            Route::Label(i) => req.labels.get(i).map_or("", |(_, v)| v.as_str()),
+            Route::Shared => "",
+        };
+        shard_for(routing_hash(value.as_bytes()), sockets)
     }
 }
 
@@ -1079,5 +1122,91 @@ mod frame_verdicts_tests {
         let failed: Vec<usize> = (0..70).filter(|i| i % 7 == 0).collect();
         assert_eq!(v.errors.len(), failed.len());
         assert!(v.errors[1].ends_with("item 7"), "{:?}", v.errors[1]);
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::{set_key, Route, Single};
+    use tollgate_protocol::client::CheckRequest;
+    use tollgate_protocol::routing::{RoutingKeys, HASH_FNV1A_64};
+    use tollgate_protocol::{ControlPointRouting, HelloReply, ProtocolVersion};
+
+    fn routing(version: ProtocolVersion) -> RoutingKeys {
+        RoutingKeys::from_hello(&HelloReply {
+            version,
+            node_id: "n".into(),
+            shard_count: 4,
+            hash_algo: HASH_FNV1A_64,
+            shard_index: None,
+            shard_ports: vec![],
+            routing_label_keys: vec!["tenant".into(), "user".into()],
+            policy_names: vec![],
+            max_frame_len: 1,
+            max_batch: 1,
+            max_in_flight: 1,
+            control_point_routing: vec![
+                ControlPointRouting {
+                    control_point: "bench".into(),
+                    routing_label_keys: vec!["user".into()],
+                },
+                ControlPointRouting {
+                    control_point: "shared".into(),
+                    routing_label_keys: vec![],
+                },
+            ],
+        })
+    }
+
+    fn request(control_point: &str, keys: &[&str]) -> CheckRequest {
+        CheckRequest {
+            control_point: control_point.into(),
+            labels: keys
+                .iter()
+                .map(|k| (k.to_string(), "v".to_string()))
+                .collect(),
+            tokens: None,
+            wait: None,
+        }
+    }
+
+    #[test]
+    fn a_templates_route_sends_every_key_where_the_client_library_does() {
+        let templates = [
+            request("bench", &["tenant", "user"]),
+            request("bench", &["user"]),
+            request("bench", &["tenant"]),
+            request("shared", &["user"]),
+            request("unknown", &["user"]),
+            request("bench", &[]),
+        ];
+        for version in [ProtocolVersion::V1, ProtocolVersion::V2] {
+            let routing = routing(version);
+            for template in &templates {
+                let Single { mut req, route } = Single::new(template.clone(), Some(&routing));
+                for key in 0..500 {
+                    set_key(&mut req, "user-", key);
+                    for sockets in 1..=4 {
+                        let labels = req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                        let expected = routing.shard_for(&req.control_point, labels, sockets);
+                        assert_eq!(
+                            route.socket(&req, sockets),
+                            expected,
+                            "{version:?} {req:?} over {sockets} shards"
+                        );
+                    }
+                }
+            }
+        }
+        // Version 2 routes `bench` by `user` alone, `shared` by nothing.
+        let v2 = routing(ProtocolVersion::V2);
+        let route = |t: &CheckRequest| Single::new(t.clone(), Some(&v2)).route;
+        assert_eq!(route(&templates[0]), Route::Label(1));
+        assert_eq!(route(&templates[2]), Route::Shared);
+        assert_eq!(route(&templates[3]), Route::Shared);
+        // Without shard ports, every request takes the one connection.
+        let one = Single::new(templates[0].clone(), None);
+        assert_eq!(one.route, Route::OneConnection);
+        assert_eq!(one.route.socket(&one.req, 4), 0);
     }
 }
