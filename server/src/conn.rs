@@ -80,12 +80,20 @@ const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 /// far more (docs/performance.md, "CHECK_BATCH").
 const PREFETCH_MIN_BATCH: usize = 8;
 
-/// Live buckets a shard needs before checks are decided in passes. Why this value: the passes
-/// cost (the checks are collected, their labels and plans kept), which pays only when
-/// buckets miss the caches. With
-/// one hot key it cost 5–10% of pipelined throughput, and at 50K buckets a shard (2 MiB of
-/// table, in L3) it was a wash; at 500K a shard (1M keys on 2 shards, DRAM) it gained
-/// 12% (docs/performance.md, "CHECK_BATCH").
+/// Live buckets a shard needs before a `CHECK_BATCH` is decided in passes. Why this value:
+/// the passes cost (the checks are collected, their labels and plans kept), which pays only
+/// when buckets miss the caches, and a batch's table stays cached between frames (a batch
+/// of 64 costs the kernel one small read, not 64 checks' worth of network path). At 10K keys
+/// the passes cost batches 7% and 24% of their throughput in two pairs (docs/performance.md,
+/// section:binary-costs, item 18); at 500K a shard (1M keys on 2 shards, DRAM) they gained
+/// 12% ("CHECK_BATCH").
+///
+/// A run of pipelined `CHECK` frames has no such threshold: it is decided in passes at any
+/// table size. Between two reads of single checks the kernel's network path runs, and a
+/// check's code and buckets are cold again; deciding the run a step at a time over all its
+/// checks (resolve, plan, prefetch, decide) cost the server less time per check at 1K to
+/// 100K keys in 11 of 12 pairs (up to 0.24 µs; the same in the other), and no more with one
+/// hot key (5 pairs) (item 18).
 const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
 
 /// Bytes a read needs before its `CHECK` frames are looked at as a run (about
@@ -247,8 +255,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
-            let prefetch =
-                self.authenticated && buf.data().len() >= PREFETCH_MIN_READ && self.prefetch_pays();
+            let prefetch = self.authenticated && buf.data().len() >= PREFETCH_MIN_READ;
             let undecoded = buf.data().len();
             loop {
                 if !self.authenticated {
@@ -546,9 +553,9 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
         });
     }
 
-    /// Whether this shard holds enough buckets for a first pass to pay (see
+    /// Whether this shard holds enough buckets for a `CHECK_BATCH`'s first pass to pay (see
     /// [`PREFETCH_MIN_BUCKETS`]).
-    fn prefetch_pays(&self) -> bool {
+    fn batch_prefetch_pays(&self) -> bool {
         self.shard.bucket_count() >= PREFETCH_MIN_BUCKETS
     }
 
@@ -650,7 +657,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                 results.push(BatchSlot::Failed(e.0, e.1))
             }
         };
-        if checks.len() >= PREFETCH_MIN_BATCH && self.prefetch_pays() {
+        if checks.len() >= PREFETCH_MIN_BATCH && self.batch_prefetch_pays() {
             let mut pass = pass_buffers::lend();
             let mut run = recycle(std::mem::take(&mut pass.run));
             // A batch's checks carry no request ids of their own.
