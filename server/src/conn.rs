@@ -92,8 +92,8 @@ const PREFETCH_MIN_BATCH: usize = 8;
 /// table size. Between two reads of single checks the kernel's network path runs, and a
 /// check's code and buckets are cold again; deciding the run a step at a time over all its
 /// checks (resolve, plan, prefetch, decide) cost the server less time per check at 1K to
-/// 100K keys in 11 of 12 pairs (up to 0.24 µs; the same in the other), and no more with one
-/// hot key (5 pairs) (item 18).
+/// 100K keys in 11 of 12 pairs (up to 0.24 µs; the same in the other), and with one hot key
+/// less in 4 of 5 pairs (item 18).
 const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
 
 /// Bytes a read needs before its `CHECK` frames are looked at as a run (about
