@@ -94,7 +94,7 @@ const PREFETCH_MIN_BATCH: usize = 8;
 /// checks (resolve, plan, prefetch, decide) cost the server less time per check at 1K to
 /// 100K keys in 11 of 12 pairs (up to 0.24 µs; the same in the other), and with one hot key
 /// less in 4 of 5 pairs (item 18).
-const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
+const BATCH_PREFETCH_MIN_BUCKETS: usize = 1 << 16;
 
 /// Bytes a read needs before its `CHECK` frames are looked at as a run (about
 /// [`PREFETCH_MIN_BATCH`] checks of a shard-aware client: an interned control point, one
@@ -255,7 +255,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
         loop {
             // Answer every whole frame we have.
             let now = clock::now_ns();
-            let prefetch = self.authenticated && buf.data().len() >= PREFETCH_MIN_READ;
+            let may_hold_run = self.authenticated && buf.data().len() >= PREFETCH_MIN_READ;
             let undecoded = buf.data().len();
             loop {
                 if !self.authenticated {
@@ -268,7 +268,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                         }
                     }
                 }
-                if prefetch && starts_with_check(buf.data(), max_frame_len) {
+                if may_hold_run && starts_with_check(buf.data(), max_frame_len) {
                     // A run of CHECK frames is decided in passes, as a batch is.
                     let mut pass = pass_buffers::lend();
                     let mut run = recycle(std::mem::take(&mut pass.run));
@@ -554,9 +554,9 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
     }
 
     /// Whether this shard holds enough buckets for a `CHECK_BATCH`'s first pass to pay (see
-    /// [`PREFETCH_MIN_BUCKETS`]).
+    /// [`BATCH_PREFETCH_MIN_BUCKETS`]).
     fn batch_prefetch_pays(&self) -> bool {
-        self.shard.bucket_count() >= PREFETCH_MIN_BUCKETS
+        self.shard.bucket_count() >= BATCH_PREFETCH_MIN_BUCKETS
     }
 
     /// Answers a run of pipelined `CHECK` frames (`(request id, check)`, in order) the way a

@@ -344,13 +344,13 @@ fn a_batch_on_shards_past_the_prefetch_threshold_is_answered_the_same() {
 }
 
 /// Live buckets a shard needs before a batch's buckets are prefetched (the server's
-/// `PREFETCH_MIN_BUCKETS`).
-const PREFETCH_MIN_BUCKETS: usize = 1 << 16;
+/// `BATCH_PREFETCH_MIN_BUCKETS`).
+const BATCH_PREFETCH_MIN_BUCKETS: usize = 1 << 16;
 
 /// Checks distinct users at `control_point` (a limiter keyed by `user`), each on the shard that
 /// owns it, until both of the server's 2 shards hold more buckets than the threshold.
 fn warm_past_prefetch_threshold(server: &common::RunningServer, control_point: &str) {
-    let users: Vec<String> = (0..2 * PREFETCH_MIN_BUCKETS + 8_192)
+    let users: Vec<String> = (0..2 * BATCH_PREFETCH_MIN_BUCKETS + 8_192)
         .map(|i| format!("warm-{i}"))
         .collect();
     for shard in 0..2 {
@@ -358,7 +358,7 @@ fn warm_past_prefetch_threshold(server: &common::RunningServer, control_point: &
             .iter()
             .filter(|u| routing::shard_for(routing::routing_hash(u.as_bytes()), 2) == shard)
             .count();
-        assert!(owned > PREFETCH_MIN_BUCKETS, "shard {shard}: {owned}");
+        assert!(owned > BATCH_PREFETCH_MIN_BUCKETS, "shard {shard}: {owned}");
     }
     let warm = client(&server.listen.to_string(), true);
     for chunk in users.chunks(1024) {
