@@ -25,21 +25,26 @@ const MAX_TIMEOUT_DIGITS: usize = 8;
 
 /// Parses a `grpc-timeout` value (`1*8DIGIT unit`, unit one of `H M S m u n`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    // Split off the unit as a byte: a value ending in a multi-byte character is not a
+    // timeout (split as a `str`, it would not fall on a character boundary).
+    let (&unit, digits) = value.as_bytes().split_last()?;
     if digits.is_empty()
         || digits.len() > MAX_TIMEOUT_DIGITS
-        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || !digits.iter().all(u8::is_ascii_digit)
     {
         return None;
     }
-    let n: u64 = digits.parse().ok()?;
+    // At most 8 digits: no overflow, even as hours in seconds.
+    let n = digits
+        .iter()
+        .fold(0u64, |n, &digit| n * 10 + u64::from(digit - b'0'));
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
         _ => return None,
     })
 }
@@ -110,6 +115,9 @@ mod tests {
         assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(parse_grpc_timeout("12x"), None);
         assert_eq!(parse_grpc_timeout("-1S"), None);
+        // A last character of several bytes (split as a `str`, this panicked).
+        assert_eq!(parse_grpc_timeout("1é"), None);
+        assert_eq!(parse_grpc_timeout("é"), None);
     }
 
     #[test]
