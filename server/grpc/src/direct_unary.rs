@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status};
 pub const MAX_DIRECT_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// The gRPC message prefix: a compression flag byte and a big-endian 4-byte length.
-const PREFIX: usize = 5;
+pub(crate) const PREFIX: usize = 5;
 
 /// A boxed handler future borrowing its service, as the generated traits' methods return.
 pub type HandlerFuture<'a, M> =
@@ -126,7 +126,7 @@ pub async fn answer<M: DirectMethod>(
 }
 
 /// What reading a call's body found.
-enum Read {
+pub(crate) enum Read {
     /// The body was exactly one uncompressed message within [`MAX_DIRECT_MESSAGE`]: its
     /// prefix and bytes.
     One(Bytes),
@@ -142,7 +142,7 @@ enum Read {
 
 /// Reads `body` while it can still be one plain message (module docs), returning what it
 /// found and the body, positioned after the bytes returned.
-async fn read_one_message(mut body: Body) -> (Read, Body) {
+pub(crate) async fn read_one_message(mut body: Body) -> (Read, Body) {
     // Most requests arrive in one DATA frame: keep that frame's bytes, copy only if more come.
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
@@ -277,14 +277,14 @@ impl http_body::Body for OneMessage {
 
 /// A request body given back to tonic: the bytes already read, then the rest of the body,
 /// or the trailers it ended with.
-struct Replayed {
+pub(crate) struct Replayed {
     read: Option<Bytes>,
     trailers: Option<http::HeaderMap>,
     rest: Option<Body>,
 }
 
 impl Replayed {
-    fn new(read: Bytes, trailers: Option<http::HeaderMap>, rest: Body) -> Self {
+    pub(crate) fn new(read: Bytes, trailers: Option<http::HeaderMap>, rest: Body) -> Self {
         Self {
             read: (!read.is_empty()).then_some(read),
             // A body that ended with trailers has nothing more to give.
@@ -323,6 +323,7 @@ mod tests {
     use prost_types::Duration as Msg;
 
     use super::*;
+    use crate::fuzzing::Frames;
     use tonic::codegen::Service;
 
     /// Answers a `Duration` with one second more; `seconds: -1` is refused.
@@ -386,21 +387,6 @@ mod tests {
                 *seen.lock().unwrap() = Some((bytes, trailers));
                 Ok(Status::internal("the rest answered").into_http())
             })
-        }
-    }
-
-    /// A request body of the given frames, then possibly an error.
-    struct Frames(VecDeque<Result<http_body::Frame<Bytes>, Status>>);
-
-    impl http_body::Body for Frames {
-        type Data = Bytes;
-        type Error = Status;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-            Poll::Ready(self.0.pop_front())
         }
     }
 

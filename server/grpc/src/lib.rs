@@ -46,6 +46,8 @@
 //! - [`undecodable`] — [`undecodable::InvalidArgumentOnUndecodable`]: a request message that
 //!   does not decode is `INVALID_ARGUMENT`, not tonic's `INTERNAL`.
 //! - [`deadline`] — `grpc-timeout` parsing and the safety net at the client's deadline.
+//! - `fuzzing` (tests and `cfg(fuzzing)` only) — the body of the `grpc_request` fuzz target:
+//!   the direct path's body reading, the hot requests' bounds, `grpc-timeout`, span JSON.
 //! - [`proto`] — the `tollgate-proto` crate: generated messages, servers and clients.
 //!
 //! # Security
@@ -63,6 +65,8 @@ pub mod connections;
 pub mod deadline;
 pub mod direct_unary;
 pub mod flowcontrol;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod hot_calls;
 pub mod otlp;
 pub mod reject_header;

@@ -130,7 +130,7 @@ fn until_full_ns(params: &BucketParams, current: f64) -> Option<u64> {
 
 /// A descriptor's entries as a flow's labels, their strings moved (not copied): sorted by
 /// key, a repeated key with its last value.
-fn descriptor_labels(entries: Vec<Entry>) -> Vec<(String, String)> {
+pub(crate) fn descriptor_labels(entries: Vec<Entry>) -> Vec<(String, String)> {
     // Last entry first, then a stable sort: each key's first entry is its last value, the one
     // `dedup_by` keeps.
     let mut labels: Vec<(String, String)> = entries
