@@ -124,25 +124,25 @@ impl TokenBucket {
         copy.tokens
     }
 
-    /// Credit fills up to `now_ns`. A clock that goes backwards credits nothing.
+    /// Credit fills up to `now_ns`, capped at the capacity. A clock that goes backwards
+    /// credits nothing.
     fn fill(&mut self, params: &BucketParams, now_ns: u64) {
-        if now_ns <= self.last_fill_ns {
-            return;
-        }
-        let elapsed = now_ns - self.last_fill_ns;
-        if params.continuous_fill {
-            self.tokens += params.fill_rate() * elapsed as f64;
-            self.last_fill_ns = now_ns;
-        } else {
-            let intervals = elapsed / params.interval_ns;
-            self.tokens += intervals as f64 * params.fill_amount;
-            self.last_fill_ns += intervals * params.interval_ns;
-        }
-        if self.tokens >= params.capacity {
-            self.tokens = params.capacity;
+        if now_ns > self.last_fill_ns {
+            let elapsed = now_ns - self.last_fill_ns;
             if params.continuous_fill {
+                self.tokens += params.fill_rate() * elapsed as f64;
                 self.last_fill_ns = now_ns;
+            } else {
+                let intervals = elapsed / params.interval_ns;
+                self.tokens += intervals as f64 * params.fill_amount;
+                self.last_fill_ns += intervals * params.interval_ns;
             }
+        }
+        // Capped even when nothing was credited: a bucket still in its delayed initial fill
+        // (`last_fill_ns` ahead of now) may hold an older, larger capacity (a limit lowered
+        // by a reload or the admin API), and must not admit more than the new one.
+        if self.tokens > params.capacity {
+            self.tokens = params.capacity;
         }
     }
 
@@ -390,6 +390,26 @@ mod tests {
         assert!((b.level(&p, SEC + SEC / 2) - 5.0).abs() < 1e-9);
         let t = b.take(&p, SEC / 2, tk(5.0));
         assert_eq!(t.wait_ns, SEC, "0.5s until fill starts + 0.5s to fill 5");
+    }
+
+    #[test]
+    fn a_lowered_capacity_caps_a_bucket_still_in_its_delayed_initial_fill() {
+        for continuous in [true, false] {
+            let mut p = params(1000.0, 10.0, SEC, continuous);
+            p.delay_initial_fill = true;
+            let b = TokenBucket::new(&p, 0);
+            // The limit is lowered before the bucket's first fill.
+            p.capacity = 10.0;
+            let mut lowered = b;
+            assert_eq!(lowered.level(&p, SEC / 2), 10.0, "continuous: {continuous}");
+            assert!(lowered.take(&p, SEC / 2, tk(10.0)).accepted);
+            assert!(!lowered.take(&p, SEC / 2, tk(1.0)).accepted, "not 1000");
+            let mut at_once = b;
+            assert!(
+                !at_once.take(&p, SEC / 2, tk(11.0)).accepted,
+                "continuous: {continuous}"
+            );
+        }
     }
 
     #[test]
