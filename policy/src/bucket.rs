@@ -44,6 +44,20 @@ impl BucketParams {
         }
     }
 
+    /// Why a key override's `factor` cannot scale these parameters (a valid bucket): the
+    /// scaled bucket would be infinite, so admit everything, or hold nothing. None: it can.
+    /// The policy file and a runtime limit change are held to this same rule.
+    pub fn scale_problem(&self, factor: f64) -> Option<&'static str> {
+        let scaled = self.scaled(factor);
+        if !scaled.capacity.is_finite() || !scaled.fill_amount.is_finite() {
+            Some("bucket_capacity or fill_amount times this factor is not a finite number")
+        } else if scaled.capacity <= 0.0 {
+            Some("bucket_capacity times this factor rounds to 0")
+        } else {
+            None
+        }
+    }
+
     /// Tokens per nanosecond.
     fn fill_rate(&self) -> f64 {
         self.fill_amount / self.interval_ns as f64

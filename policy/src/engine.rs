@@ -112,6 +112,26 @@ pub struct Engine {
     retired: HashMap<LimiterId, LimiterSpec>,
 }
 
+/// Why [`Engine::with_bucket_params`] refused a limit change.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LimitChangeError {
+    /// These policies have no such limiter (a reload removed it).
+    #[error("these policies have no limiter {0:?}")]
+    NoLimiter(LimiterId),
+    /// A key override would make the new limits an infinite or an empty bucket.
+    #[error(
+        "the override for label value {label_value:?} (limit_scale_factor {factor}): {problem}"
+    )]
+    Override {
+        /// The override's label value.
+        label_value: String,
+        /// Its limit_scale_factor.
+        factor: f64,
+        /// Why the scaled bucket is not a bucket.
+        problem: &'static str,
+    },
+}
+
 impl Engine {
     /// Compiles validated policies (see [`crate::config::parse_policies`]).
     pub fn new(policies: &[PolicyConfig]) -> Engine {
@@ -128,15 +148,31 @@ impl Engine {
     /// This engine with limiter `id`'s bucket parameters replaced (a runtime limit
     /// change). Everything else stays: ids, identities, digests, selectors, key overrides
     /// (applied to the new values), so existing buckets, replicas and clients see the same
-    /// limiter, now with other limits. None when this engine has no limiter `id`.
-    pub fn with_bucket_params(&self, id: LimiterId, params: BucketParams) -> Option<Engine> {
-        let position = *self.position_of.get(id.0 as usize)?;
-        if position == ABSENT {
-            return None;
+    /// limiter, now with other limits. Refused when this engine has no limiter `id`, or
+    /// when a key override would scale `params` to an infinite or empty bucket (the rule
+    /// the policy file is held to).
+    pub fn with_bucket_params(
+        &self,
+        id: LimiterId,
+        params: BucketParams,
+    ) -> Result<Engine, LimitChangeError> {
+        let position = self
+            .position_of
+            .get(id.0 as usize)
+            .copied()
+            .filter(|&p| p != ABSENT)
+            .ok_or(LimitChangeError::NoLimiter(id))?;
+        let spec = &self.limiters[position as usize];
+        if let Some((label_value, factor, problem)) = spec.override_problem(&params) {
+            return Err(LimitChangeError::Override {
+                label_value: label_value.to_owned(),
+                factor,
+                problem,
+            });
         }
         let mut next = self.clone();
         next.limiters[position as usize].params = params;
-        Some(next)
+        Ok(next)
     }
 
     fn build(policies: &[PolicyConfig], previous: Option<&Engine>) -> Engine {
@@ -377,6 +413,54 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_change_is_held_to_the_key_overrides_rule() {
+        let yaml = "policies:
+  - policy_name: p
+    rate_limiter: { bucket_capacity: 10, fill_amount: 1, parameters: { interval: 1s, limit_by_label_key: user }, selectors: [ { control_point: cp } ], overrides: [ { label_value: vip, limit_scale_factor: 10 }, { label_value: tiny, limit_scale_factor: 1e-300 } ] }
+";
+        let engine = Engine::new(&parse_policies(yaml, "test").expect("valid"));
+        let id = engine.limiters()[0].id;
+        let base = engine.limiter(id).params;
+        let huge = BucketParams {
+            capacity: 1e308,
+            ..base
+        };
+        assert_eq!(
+            engine.with_bucket_params(id, huge).err(),
+            Some(LimitChangeError::Override {
+                label_value: "vip".into(),
+                factor: 10.0,
+                problem: "bucket_capacity or fill_amount times this factor is not a finite number",
+            })
+        );
+        let fill = BucketParams {
+            fill_amount: 1e308,
+            ..base
+        };
+        assert!(
+            engine.with_bucket_params(id, fill).is_err(),
+            "an infinite fill"
+        );
+        let small = BucketParams {
+            capacity: 1e-30,
+            ..base
+        };
+        let refused = engine.with_bucket_params(id, small).err();
+        assert!(
+            matches!(&refused, Some(LimitChangeError::Override { label_value, .. }) if label_value == "tiny"),
+            "{refused:?}"
+        );
+        let fine = BucketParams {
+            capacity: 20.0,
+            ..base
+        };
+        let changed = engine
+            .with_bucket_params(id, fine)
+            .expect("a bucket for every key");
+        assert_eq!(changed.limiter(id).params_for("vip").capacity, 200.0);
+    }
+
+    #[test]
     fn routing_keys_are_per_control_point() {
         let yaml = "policies:
   - policy_name: per_user
@@ -436,7 +520,10 @@ mod tests {
             5.0,
             "the old engine is untouched"
         );
-        assert!(old.with_bucket_params(LimiterId(99), params).is_none());
+        assert_eq!(
+            old.with_bucket_params(LimiterId(99), params).err(),
+            Some(LimitChangeError::NoLimiter(LimiterId(99)))
+        );
     }
 
     #[test]

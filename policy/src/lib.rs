@@ -63,7 +63,7 @@ pub mod workload;
 pub use bucket::{BucketParams, Refill, Take, TokenBucket, WAIT_FOREVER};
 pub use config::{parse_policies, ConfigError, FieldError, PolicyConfig, Problems};
 pub use decision::{Decision, LimiterOutcome, OutcomeKind, Outcomes, Refusal};
-pub use engine::{Checked, Engine, FlowError, OwnedFlow, Plan, PlannedTake};
+pub use engine::{Checked, Engine, FlowError, LimitChangeError, OwnedFlow, Plan, PlannedTake};
 pub use flow::FlowId;
 pub use identity::{ComponentKind, Digest, LimiterId, RejectReason, Resolution, Stage};
 pub use limiter::LimiterSpec;

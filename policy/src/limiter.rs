@@ -71,16 +71,6 @@ struct Shape<'a> {
     overrides: Vec<(String, f64)>,
 }
 
-fn token_bucket(capacity: f64, fill_amount: f64, p: &RateLimiterParameters) -> BucketParams {
-    BucketParams {
-        capacity,
-        fill_amount,
-        interval_ns: p.interval.as_nanos_u64().max(1),
-        continuous_fill: p.continuous_fill,
-        delay_initial_fill: p.delay_initial_fill,
-    }
-}
-
 fn lazy_sync(params: &BucketParams, p: &RateLimiterParameters) -> Option<u64> {
     p.lazy_sync
         .enabled
@@ -102,7 +92,7 @@ impl<'a> Shape<'a> {
     fn of(component: ComponentConfig<'a>) -> Shape<'a> {
         match component {
             ComponentConfig::RateLimiter(rl) => {
-                let params = token_bucket(rl.bucket_capacity, rl.fill_amount, &rl.parameters);
+                let params = rl.parameters.bucket(rl.bucket_capacity, rl.fill_amount);
                 Shape {
                     kind: ComponentKind::RateLimiter,
                     lazy_sync_interval_ns: lazy_sync(&params, &rl.parameters),
@@ -122,7 +112,7 @@ impl<'a> Shape<'a> {
                 }
             }
             ComponentConfig::QuotaScheduler(qs) => {
-                let params = token_bucket(qs.bucket_capacity, qs.fill_amount, &qs.rate_limiter);
+                let params = qs.rate_limiter.bucket(qs.bucket_capacity, qs.fill_amount);
                 Shape {
                     kind: ComponentKind::QuotaScheduler,
                     lazy_sync_interval_ns: lazy_sync(&params, &qs.rate_limiter),
@@ -199,6 +189,16 @@ impl LimiterSpec {
         spec.digest = spec.definition();
         spec.policy_hash = spec.digest.to_string();
         Some(spec)
+    }
+
+    /// The first key override that cannot scale `params` ([`BucketParams::scale_problem`]):
+    /// its label value, its factor and why.
+    pub fn override_problem(&self, params: &BucketParams) -> Option<(&str, f64, &'static str)> {
+        self.overrides.iter().find_map(|(value, factor)| {
+            params
+                .scale_problem(*factor)
+                .map(|problem| (value.as_str(), *factor, problem))
+        })
     }
 
     /// Bucket shape for one key, overrides applied.

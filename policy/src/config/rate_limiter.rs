@@ -3,6 +3,7 @@
 use super::alerter::AlerterConfig;
 use super::problems::{join, Problems};
 use super::selector::{validate_selectors, Selector};
+use crate::bucket::BucketParams;
 use crate::duration::ConfigDuration;
 use crate::status::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -126,19 +127,12 @@ impl RateLimiterConfig {
                 );
             } else if !bucket_valid {
                 // Reported on bucket_capacity / fill_amount already.
-            } else if !(self.bucket_capacity * o.limit_scale_factor).is_finite()
-                || !(self.fill_amount * o.limit_scale_factor).is_finite()
+            } else if let Some(problem) = self
+                .parameters
+                .bucket(self.bucket_capacity, self.fill_amount)
+                .scale_problem(o.limit_scale_factor)
             {
-                // 1e308 x 10 would make an infinite bucket that admits everything.
-                problems.at(
-                    join(&at, "limit_scale_factor"),
-                    "bucket_capacity or fill_amount times this factor is not a finite number",
-                );
-            } else if self.bucket_capacity * o.limit_scale_factor <= 0.0 {
-                problems.at(
-                    join(&at, "limit_scale_factor"),
-                    "bucket_capacity times this factor rounds to 0",
-                );
+                problems.at(join(&at, "limit_scale_factor"), problem);
             }
             if !seen.insert(o.label_value.as_str()) {
                 problems.at(
@@ -173,6 +167,18 @@ pub fn validate_bucket(capacity: f64, fill_amount: f64, at: &str, problems: &mut
 }
 
 impl RateLimiterParameters {
+    /// The bucket these parameters shape with `capacity` and `fill_amount` (before any
+    /// key override).
+    pub fn bucket(&self, capacity: f64, fill_amount: f64) -> BucketParams {
+        BucketParams {
+            capacity,
+            fill_amount,
+            interval_ns: self.interval.as_nanos_u64().max(1),
+            continuous_fill: self.continuous_fill,
+            delay_initial_fill: self.delay_initial_fill,
+        }
+    }
+
     /// Checks the parameters at `at` (e.g. `policies[0].rate_limiter.parameters`).
     pub fn validate(&self, at: &str, problems: &mut Problems) {
         if self.interval.0.is_zero() {

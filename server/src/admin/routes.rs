@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
-use tollgate_policy::{ComponentKind, Engine, LimiterSpec};
+use tollgate_policy::{ComponentKind, Engine, LimitChangeError, LimiterSpec};
 
 /// Top keys returned when `n` is not given.
 pub const DEFAULT_TOP_N: usize = 10;
@@ -345,7 +345,15 @@ async fn set_limit(State(state): State<Arc<AdminState>>, body: Bytes) -> Respons
             params.fill_amount = request.fill_amount.unwrap_or(params.fill_amount);
             engine
                 .with_bucket_params(spec.id, params)
-                .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, "the policy is gone")))
+                .map_err(|e| match e {
+                    LimitChangeError::NoLimiter(_) => {
+                        Box::new(error(StatusCode::NOT_FOUND, "the policy is gone"))
+                    }
+                    LimitChangeError::Override { .. } => Box::new(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("policy {:?}: {e}", spec.policy_name),
+                    )),
+                })
         })
         .await;
     let engine = match changed {
