@@ -414,8 +414,12 @@ fn idle_expired(
             return false;
         }
     }
-    let max_idle_s = (spec.max_idle_ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32;
-    seconds(now_ns).saturating_sub(slot.last_used_s) >= max_idle_s
+    // `last_used_s` is in whole seconds, and the bucket may have been used up to a second
+    // after it: idle for its whole `max_idle_time` only once one more second has passed. A
+    // time under a second counts as one, never as zero: dropped at every sweep, a bucket
+    // would come back full for every key, once a second.
+    let max_idle_s = spec.max_idle_ns.div_ceil(1_000_000_000);
+    u64::from(seconds(now_ns).saturating_sub(slot.last_used_s)) > max_idle_s.max(1)
 }
 
 fn new_slot(engine: &Engine, limiter: LimiterId, key: &str, now_ns: u64) -> Slot {
@@ -1273,6 +1277,30 @@ mod tests {
     /// Whether a bucket exists and is below capacity (a missing key reads as full).
     fn drained(s: &BucketStore, e: &Engine, key: &str, now: u64) -> bool {
         s.level(e, LimiterId(0), key, now) < 3.0
+    }
+
+    #[test]
+    fn a_bucket_is_dropped_only_after_its_whole_idle_time_even_under_a_second() {
+        for (max_idle, idle_ns) in [("500ms", SEC / 2), ("1s", SEC), ("1500ms", 3 * SEC / 2)] {
+            let e = engine_with(1, max_idle);
+            let mut s = BucketStore::new();
+            // Used at the very end of a second, then swept as soon as the whole seconds allow.
+            let used_at = 10 * SEC - 1;
+            assert!(s.take(&e, LimiterId(0), "k", tk(3.0), used_at).accepted);
+            let mut now = used_at;
+            while s.evict_idle(&e, now) == 0 {
+                assert!(
+                    drained(&s, &e, "k", now),
+                    "{max_idle}: kept, and still drained"
+                );
+                now += SEC / 10;
+            }
+            assert!(
+                now - used_at >= idle_ns,
+                "{max_idle}: dropped after {}ns",
+                now - used_at
+            );
+        }
     }
 
     #[test]
