@@ -31,6 +31,9 @@ use hashbrown::HashMap;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
 
+/// The largest cost one waiter adds to a virtual time (see [`WaitQueue::push`]): costs are
+/// `tokens / priority`, so 1e12 is a trillion tokens at priority 1.
+const MAX_COST: f64 = 1e12;
 /// The caller's handle for a waiter (it maps tickets to whoever awaits the answer).
 pub type Ticket = u64;
 
@@ -217,7 +220,11 @@ impl WaitQueue {
             .get(&flow.workload())
             .copied()
             .unwrap_or(1);
-        let cost = tokens.get() / priority * flows_of_workload as f64;
+        // Bounded: a priority near zero (a label of 5e-324) or a huge token count would make
+        // the cost infinite, and once such a waiter is admitted every later flow would start
+        // at an infinite virtual time, tied with all others: priorities would stop counting
+        // for everyone until the queue empties. The bound is far beyond any real cost.
+        let cost = (tokens.get() / priority * flows_of_workload as f64).min(MAX_COST);
         self.waiters.insert(
             ticket,
             Waiter {
@@ -478,6 +485,42 @@ mod tests {
             "{}",
             highs + lows
         );
+        let ratio = highs / lows;
+        assert!(
+            (3.6..=4.4).contains(&ratio),
+            "ratio {ratio} ({highs}:{lows})"
+        );
+    }
+
+    #[test]
+    fn priorities_still_count_after_a_waiter_of_a_priority_near_zero() {
+        let mut src = Bucket::new(1.0, 100.0);
+        src.bucket = TokenBucket::with_level(0.0, 0);
+        let mut q = WaitQueue::new();
+        q.push(
+            0,
+            tk(1.0),
+            5e-324,
+            FlowKey::new(Some(9), 5e-324, None),
+            100 * SEC,
+        );
+        let mut out = Vec::new();
+        run(&mut q, &mut src, 0, SEC / 50, &mut out);
+        assert_eq!(admitted(&out), [0]);
+        // Then two saturated workloads, as in `priorities_share_tokens_in_ratio`.
+        let (low, high) = (
+            FlowKey::new(Some(0), 1.0, None),
+            FlowKey::new(Some(1), 4.0, None),
+        );
+        for i in 1..=1000u64 {
+            q.push(2 * i, tk(1.0), 1.0, low, 100 * SEC);
+            q.push(2 * i + 1, tk(1.0), 4.0, high, 100 * SEC);
+        }
+        out.clear();
+        run(&mut q, &mut src, SEC / 50, 5 * SEC, &mut out);
+        let got = admitted(&out);
+        let highs = got.iter().filter(|t| *t % 2 == 1).count() as f64;
+        let lows = got.iter().filter(|t| *t % 2 == 0).count() as f64;
         let ratio = highs / lows;
         assert!(
             (3.6..=4.4).contains(&ratio),
