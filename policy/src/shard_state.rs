@@ -36,7 +36,8 @@ pub struct ShardLimits {
     /// Flows holding concurrency tokens at most; beyond it a flow is refused
     /// (`too_many_flows`).
     pub max_flows: usize,
-    /// Longest a flow that brings no deadline of its own may wait in a queue.
+    /// Longest any flow waits in a queue: a flow without a deadline of its own waits this
+    /// long at most, and one whose deadline is later is answered by then.
     pub max_wait_ns: u64,
 }
 
@@ -221,9 +222,12 @@ impl ShardState {
             .scheduler
             .as_ref()
             .map_or(0, |s| s.decision_deadline_margin_ns);
+        // No flow waits longer than `max_queue_wait`, whatever budget it brought: a budget
+        // of u32::MAX ms would hold a queue slot for 49 days.
+        let longest = now_ns.saturating_add(self.limits.max_wait_ns);
         let mut deadline = match deadline_ns {
-            Some(d) => d.saturating_sub(margin),
-            None => now_ns.saturating_add(self.limits.max_wait_ns),
+            Some(d) => d.saturating_sub(margin).min(longest),
+            None => longest,
         };
         if let Some(timeout) = take.workload.and_then(|w| w.queue_timeout_ns) {
             deadline = deadline.min(now_ns.saturating_add(timeout));

@@ -187,6 +187,35 @@ fn premium_goes_first_in_a_four_to_one_ratio() {
 }
 
 #[test]
+fn no_flow_waits_longer_than_the_longest_wait_whatever_its_budget() {
+    let e = engine(QUOTA);
+    let limits = ShardLimits {
+        max_wait_ns: 2 * SEC,
+        ..ShardLimits::default()
+    };
+    let mut s = ShardState::new(0, limits, 0);
+    let mut out = Vec::new();
+    let k = [("api_key", "k")];
+    for t in 0..10 {
+        offer(&e, &mut s, &k, t, None, 0, &mut out).unwrap();
+    }
+    // The bucket is empty and fills 1 token / 100ms: a flow wanting more than the
+    // capacity's worth of wait still waits, but no longer than 2s.
+    let budget_of_49_days = Some(u64::from(u32::MAX) * MS);
+    for t in 10..100 {
+        let _ = offer(&e, &mut s, &k, t, budget_of_49_days, 0, &mut out);
+    }
+    out.clear();
+    let mut last = 0;
+    while let Some(t) = s.next_wake() {
+        s.poll(&e, t, &mut out);
+        last = t;
+    }
+    assert_eq!(s.waiting(), 0);
+    assert!(last <= 2 * SEC, "the last waiter was answered at {last}ns");
+}
+
+#[test]
 fn the_queue_is_bounded() {
     let e = engine(QUOTA);
     let limits = ShardLimits {
