@@ -52,7 +52,7 @@ fn scheduler(c: &mut Criterion) {
     let order: Vec<usize> = (0..KEYS)
         .map(|i| (i.wrapping_mul(2_654_435_761)) % KEYS)
         .collect();
-    let mut state = ShardState::new(0, ShardLimits::default(), 1);
+    let mut state = ShardState::new(0, ShardLimits::default());
     let mut out = Vec::new();
     // Every bucket exists before measuring: the insert path is decision.rs's subject.
     for cp in ["rate", "quota", "inflight", "inflight_queue"] {

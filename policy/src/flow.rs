@@ -7,13 +7,14 @@
 //! ```text
 //!  63        52 51                                        0
 //!  +-----------+------------------------------------------+
-//!  | shard (12)| sequence (52), from a per-process random |
+//!  | shard (12)| sequence (52): a keyed permutation of a   |
+//!  |           | counter, unguessable (`crate::flow_ids`)  |
 //!  +-----------+------------------------------------------+
 //! ```
 //!
-//! The sequence starts at a random point in each process, so an id from before a restart
-//! is (with overwhelming probability) unknown to the new process: ending it is harmless
-//! and reported as unknown.
+//! A client cannot guess other clients' ids from its own, and each process draws a new key,
+//! so an id from before a restart is (with overwhelming probability) unknown to the new
+//! process: ending it is harmless and reported as unknown.
 
 use std::fmt;
 

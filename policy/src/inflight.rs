@@ -8,6 +8,7 @@
 //! the shard's state machine refuses a flow it could not record.
 
 use crate::flow::FlowId;
+use crate::flow_ids::FlowIds;
 use crate::identity::LimiterId;
 use crate::tokens::Tokens;
 use hashbrown::HashMap;
@@ -30,8 +31,7 @@ pub struct FlowEntry {
 /// A shard's flows in flight.
 #[derive(Debug)]
 pub struct InFlight {
-    shard: u16,
-    next_seq: u64,
+    ids: FlowIds,
     max_flows: usize,
     flows: HashMap<FlowId, FlowEntry>,
     /// (expiry, id): popped in order; entries of flows already ended are skipped.
@@ -39,12 +39,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// An empty ledger for `shard`, holding at most `max_flows` flows; ids start at `seed`
-    /// (pick it at random per process, so ids of a previous process are unknown here).
-    pub fn new(shard: u16, max_flows: usize, seed: u64) -> InFlight {
+    /// An empty ledger for `shard`, holding at most `max_flows` flows, whose ids no client
+    /// can guess from the ones it was given ([`FlowIds`]).
+    pub fn new(shard: u16, max_flows: usize) -> InFlight {
         InFlight {
-            shard,
-            next_seq: seed,
+            ids: FlowIds::new(shard),
             max_flows,
             flows: HashMap::new(),
             expiry: BinaryHeap::new(),
@@ -73,8 +72,7 @@ impl InFlight {
         if self.flows.len() >= self.max_flows {
             return None;
         }
-        let id = FlowId::new(self.shard, self.next_seq);
-        self.next_seq = self.next_seq.wrapping_add(1);
+        let id = self.ids.next_id();
         self.flows.insert(
             id,
             FlowEntry {
@@ -132,7 +130,7 @@ mod tests {
 
     #[test]
     fn flows_end_once_and_expire_in_order() {
-        let mut l = InFlight::new(2, 3, 100);
+        let mut l = InFlight::new(2, 3);
         let limiter = LimiterId(0);
         let a = l.start(limiter, "k", Tokens::ONE, 50).unwrap();
         let b = l.start(limiter, "k", Tokens::ONE, 20).unwrap();

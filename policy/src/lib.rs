@@ -34,6 +34,7 @@
 //! - [`store`]: [`BucketStore`], a shard's buckets in segmented tables that grow a piece
 //!   at a time, the cap on live buckets, the incremental idle sweep, replication hooks.
 //! - [`flow`]: [`FlowId`], the handle of a flow holding concurrency tokens.
+//! - [`flow_ids`]: [`flow_ids::FlowIds`], a shard's source of flow ids no client can guess.
 //! - [`inflight`]: a shard's ledger of flows in flight, with expiry.
 //! - [`workload`]: schedulers' workloads: how labels pick a workload, priority, fairness.
 //! - [`wfq`]: the weighted fair queue of one scheduler bucket.
@@ -49,6 +50,7 @@ pub mod decision;
 pub mod duration;
 pub mod engine;
 pub mod flow;
+pub mod flow_ids;
 pub mod identity;
 pub mod inflight;
 pub mod limiter;
@@ -134,7 +136,7 @@ impl LocalLimiter {
     pub fn new(engine: Arc<Engine>) -> LocalLimiter {
         LocalLimiter {
             engine,
-            state: ShardState::new(0, ShardLimits::default(), 0),
+            state: ShardState::new(0, ShardLimits::default()),
         }
     }
 

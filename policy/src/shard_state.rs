@@ -86,11 +86,11 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    /// An empty state for `shard`; flow ids start at `flow_seed` (random per process).
-    pub fn new(shard: u16, limits: ShardLimits, flow_seed: u64) -> ShardState {
+    /// An empty state for `shard`.
+    pub fn new(shard: u16, limits: ShardLimits) -> ShardState {
         ShardState {
             store: BucketStore::new(),
-            inflight: InFlight::new(shard, limits.max_flows, flow_seed),
+            inflight: InFlight::new(shard, limits.max_flows),
             queues: HashMap::new(),
             waiting: HashMap::new(),
             wakeups: BinaryHeap::new(),

@@ -48,7 +48,7 @@ fn an_unchanged_limiter_keeps_its_bucket_and_a_changed_one_is_not_reset() {
         rate("a", 5, 1),
         rate("b", 5, 1)
     )));
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let alice = [("user", "alice")];
     // Empty both buckets of alice (a and b share the control point: 5 checks take from both).
     for _ in 0..5 {
@@ -100,7 +100,7 @@ fn an_unchanged_limiter_keeps_its_bucket_and_a_changed_one_is_not_reset() {
 #[test]
 fn a_concurrency_counter_keeps_its_flows_in_flight_counted_across_a_capacity_change() {
     let before = Engine::new(&policies(&format!("policies:\n{}", concurrency(4))));
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let t = [("tenant", "t1")];
     for _ in 0..3 {
         assert_eq!(take(&before, &mut s, "db", &t, 0), OutcomeKind::Accepted);
@@ -121,7 +121,7 @@ fn a_concurrency_counter_keeps_its_flows_in_flight_counted_across_a_capacity_cha
 #[test]
 fn a_removed_schedulers_waiters_are_refused_removed_and_its_flows_end_harmlessly() {
     let before = Engine::new(&policies(&format!("policies:\n{QUOTA}{}", concurrency(1))));
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let mut out = Vec::new();
     let k = [("key", "k")];
     let plan = before.plan("llm", &k, None).unwrap();

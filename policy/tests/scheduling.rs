@@ -51,7 +51,7 @@ fn offer(
 #[test]
 fn tokens_at_hand_are_taken_at_once_and_waiters_get_them_as_they_fill() {
     let e = engine(QUOTA);
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let mut out = Vec::new();
     let k = [("api_key", "k1")];
     for t in 0..10 {
@@ -76,7 +76,7 @@ fn tokens_at_hand_are_taken_at_once_and_waiters_get_them_as_they_fill() {
 #[test]
 fn a_deadline_too_short_is_refused_with_no_tokens_before_it_passes() {
     let e = engine(QUOTA);
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let mut out = Vec::new();
     let k = [("api_key", "k1")];
     for t in 0..10 {
@@ -98,7 +98,7 @@ fn a_deadline_too_short_is_refused_with_no_tokens_before_it_passes() {
 #[test]
 fn waiters_are_answered_by_their_deadline_at_the_latest() {
     let e = engine(QUOTA);
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let mut out = Vec::new();
     let k = [("api_key", "k1")];
     for t in 0..10 {
@@ -135,7 +135,7 @@ fn premium_goes_first_in_a_four_to_one_ratio() {
         .replace("priority: 200, queue_timeout: 5s", "priority: 4")
         .replace("priority: 50", "priority: 1");
     let e = engine(&yaml);
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let mut out = Vec::new();
     // Drain the burst, then 400 premium and 400 free waiters.
     for t in 0..10 {
@@ -193,7 +193,7 @@ fn no_flow_waits_longer_than_the_longest_wait_whatever_its_budget() {
         max_wait_ns: 2 * SEC,
         ..ShardLimits::default()
     };
-    let mut s = ShardState::new(0, limits, 0);
+    let mut s = ShardState::new(0, limits);
     let mut out = Vec::new();
     let k = [("api_key", "k")];
     for t in 0..10 {
@@ -222,7 +222,7 @@ fn the_queue_is_bounded() {
         max_waiters: 3,
         ..ShardLimits::default()
     };
-    let mut s = ShardState::new(0, limits, 0);
+    let mut s = ShardState::new(0, limits);
     let mut out = Vec::new();
     let k = [("api_key", "k")];
     for t in 0..10 {
@@ -282,7 +282,7 @@ policies:
 #[test]
 fn a_concurrency_limiter_admits_exactly_up_to_its_limit_and_ends_return_capacity() {
     let e = engine(CONCURRENCY);
-    let mut s = ShardState::new(5, ShardLimits::default(), 42);
+    let mut s = ShardState::new(5, ShardLimits::default());
     let t1 = [("tenant", "t1")];
     let mut flows = Vec::new();
     for _ in 0..3 {
@@ -316,7 +316,7 @@ fn a_concurrency_limiter_admits_exactly_up_to_its_limit_and_ends_return_capacity
 #[test]
 fn a_flow_never_ended_frees_its_slot_after_max_inflight_duration() {
     let e = engine(CONCURRENCY);
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let plan = e.plan("db", &[("tenant", "t1")], None).unwrap();
     for _ in 0..3 {
         assert_eq!(s.take_group(&e, &plan, 0)[0].kind, OutcomeKind::Accepted);
@@ -338,7 +338,7 @@ fn a_flow_never_ended_frees_its_slot_after_max_inflight_duration() {
 #[test]
 fn a_rejection_by_another_limiter_ends_the_concurrency_flow() {
     let e = engine(CONCURRENCY);
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let labels = [("tenant", "t1"), ("rate", "limited")];
     // Drain the rate limiter (100 tokens, no fill) with its cost label.
     let plan = e
@@ -384,7 +384,7 @@ policy:
 #[test]
 fn a_concurrency_scheduler_queues_until_a_flow_ends_and_priority_goes_first() {
     let e = engine(SCHEDULED);
-    let mut s = ShardState::new(0, ShardLimits::default(), 0);
+    let mut s = ShardState::new(0, ShardLimits::default());
     let mut out = Vec::new();
     let mut started = Vec::new();
     for t in 0..2 {

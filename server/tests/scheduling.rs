@@ -364,6 +364,39 @@ fn a_concurrency_limiter_admits_exactly_its_limit_and_an_end_frees_a_slot() {
 }
 
 #[test]
+fn the_ids_next_to_a_clients_own_end_no_other_clients_flows() {
+    let node = Node::start(
+        1,
+        r#"  - policy_name: pool
+    concurrency_limiter:
+      max_concurrency: 1000
+      parameters: { limit_by_label_key: tenant, max_inflight_duration: 600s }
+      selectors: [ { control_point: db } ]
+"#,
+    );
+    let others: Vec<FlowId> = (0..500)
+        .map(|_| flow_of(&node.check("db", &[("tenant", "victim")], None)))
+        .collect();
+    let own = flow_of(&node.check("db", &[("tenant", "attacker")], None));
+    let more: Vec<FlowId> = (0..499)
+        .map(|_| flow_of(&node.check("db", &[("tenant", "victim")], None)))
+        .collect();
+    // With sequential ids these would be exactly the others' flows.
+    let neighbours: Vec<FlowId> = (1..=512u64)
+        .flat_map(|d| [own.get().wrapping_sub(d), own.get().wrapping_add(d)])
+        .map(FlowId::from_u64)
+        .collect();
+    for chunk in neighbours.chunks(512) {
+        assert!(node.end_flows(chunk).iter().all(|ended| !ended));
+    }
+    let all: Vec<FlowId> = others.iter().chain(&more).copied().collect();
+    assert!(
+        node.end_flows(&all).iter().all(|&ended| ended),
+        "every flow still held"
+    );
+}
+
+#[test]
 fn a_flow_never_ended_frees_its_slot_after_max_inflight_duration() {
     let node = Node::start(
         1,

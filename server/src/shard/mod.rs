@@ -316,7 +316,7 @@ impl Shard {
         let metrics = node.metrics.shard_recorder(id);
         let shard = Rc::new(Shard {
             id,
-            state: RefCell::new(ShardState::new(id as u16, limits, flow_seed(id))),
+            state: RefCell::new(ShardState::new(id as u16, limits)),
             engine: RefCell::new(Rc::new(node.policies.load_full())),
             node,
             outboxes,
@@ -669,21 +669,6 @@ impl Shard {
         let engine = self.engine();
         f(self.state.borrow_mut().store_mut(), &engine)
     }
-}
-
-/// Where a shard's flow ids start: random enough per process that ids a previous process
-/// handed out are unknown here (see `tollgate_policy::flow`).
-fn flow_seed(shard: usize) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    // splitmix64 of the time, the pid and the shard: distinct per shard and per process.
-    let mut z = nanos
-        ^ (u64::from(std::process::id()) << 32)
-        ^ (shard as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Drains one destination's outbox into mesh batches.

@@ -157,7 +157,7 @@ impl LocalBackend {
         let shared = Arc::new(Shared {
             engine,
             state: Mutex::new(State {
-                shard: ShardState::new(0, ShardLimits::default(), 0x5eed),
+                shard: ShardState::new(0, ShardLimits::default()),
                 waiters: HashMap::new(),
                 next_ticket: 0,
                 stopped: false,
