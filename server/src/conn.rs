@@ -69,6 +69,9 @@ use tollgate_protocol::{
     LimiterResult, ProtocolVersion, ReplyHead, PROTOCOL_VERSION,
 };
 
+/// Why a request that would wait is refused: the connection holds its most pending requests.
+const NO_ROOM: &str = "too many requests in flight on this connection";
+
 /// Unsent reply bytes above which the reader stops reading: a client that does not read
 /// its replies cannot make the server buffer without bound.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
@@ -480,17 +483,26 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             .map_err(|e: FlowError| (ErrorCode::BadRequest, e.to_string()))
     }
 
+    /// Whether another pending request fits on this connection (counted as overloaded when
+    /// it does not).
+    fn room_for_pending(&self) -> bool {
+        let room = self.out.activity.in_flight() < self.shard.node.limits.max_in_flight;
+        if !room {
+            self.shard.metrics().overloaded();
+        }
+        room
+    }
+
     /// Whether another pending check fits on this connection; if not, answers OVERLOADED.
     fn admit_pending(&self, request_id: u32) -> bool {
-        if self.out.activity.in_flight() < self.shard.node.limits.max_in_flight {
+        if self.room_for_pending() {
             return true;
         }
-        self.shard.metrics().overloaded();
         encode_error(
             &mut self.out.bytes.borrow_mut(),
             request_id,
             ErrorCode::Overloaded,
-            "too many requests in flight on this connection",
+            NO_ROOM,
         );
         false
     }
@@ -680,9 +692,21 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             );
             return;
         }
-        // Refused OVERLOADED: dropping `pending` hands back what its checks took (the
-        // batch's checks decided at once keep theirs, as a batch is independent checks).
-        if !self.admit_pending(request_id) {
+        if !self.room_for_pending() {
+            // Only the checks that must wait are refused OVERLOADED, each in its slot, and
+            // dropping `pending` hands back what they took. The checks decided at once keep
+            // their decisions and are answered: the batch is independent checks, and a
+            // whole-batch error would hide the flow ids (and the charge) of checks granted.
+            for (slot, _) in pending {
+                results[slot] = BatchSlot::Failed(ErrorCode::Overloaded, NO_ROOM.into());
+            }
+            write_batch(
+                &mut self.out.bytes.borrow_mut(),
+                request_id,
+                &self.shard.engine(),
+                self.out.version.get(),
+                &results,
+            );
             return;
         }
         let (shard, out) = (self.shard.clone(), self.out.clone());

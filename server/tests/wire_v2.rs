@@ -16,8 +16,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tollgate_protocol::client::{blocking::Client, CheckRequest, ClientConfig, FailMode};
 use tollgate_protocol::{
-    decode_reply, encode_check, encode_hello, encode_ping, CheckSpec, DecisionReason,
-    FlowEndStatus, ProtocolVersion, Refusal, Reply, StrRef,
+    decode_reply, encode_check, encode_check_batch, encode_hello, encode_ping, BatchItem,
+    CheckSpec, DecisionReason, ErrorCode, FlowEndStatus, ProtocolVersion, Refusal, Reply, StrRef,
 };
 
 /// Per-request timeout on top of any wait budget: debug builds on a loaded 2-core box.
@@ -259,6 +259,77 @@ fn requests_pipelined_behind_a_waiting_check_are_answered_first() {
         order.last(),
         Some(&11),
         "the waiting check is answered last: {order:?}"
+    );
+}
+
+#[test]
+fn a_batch_on_a_full_connection_refuses_only_its_checks_that_would_wait() {
+    // One pending request per connection; a concurrency pool and a quota on one shard.
+    let server = start_server(
+        r#"
+server: { listen: 127.0.0.1:0, grpc: off, shards: 1, max_in_flight: 1 }
+policies:
+  - policy_name: pool
+    concurrency_limiter:
+      max_concurrency: 1
+      parameters: { limit_by_label_key: tenant, max_inflight_duration: 600s }
+      selectors: [ { control_point: db } ]
+  - policy_name: tokens
+    quota_scheduler:
+      bucket_capacity: 1
+      fill_amount: 1
+      rate_limiter: { interval: 20s, limit_by_label_key: api_key }
+      selectors: [ { control_point: llm } ]
+"#,
+    );
+    let mut raw = Raw::connect(server.listen);
+    assert_eq!(raw.hello(2), ProtocolVersion::V2);
+    raw.send(&llm_frame(10, "k", None));
+    assert!(
+        matches!(raw.read(), (10, Reply::Check(r)) if r.accepted()),
+        "the token"
+    );
+    // 11 waits for the token of 20 s from now (the connection's one pending request); then,
+    // read after it in order, a batch of a check decided at once and one that would wait
+    // (behind 11: 40 s, within its 50 s).
+    let mut pipeline = llm_frame(11, "k", Some(30_000));
+    let tenant = [(StrRef::Inline("tenant"), "t1")];
+    let api_key = [(StrRef::Inline("api_key"), "k")];
+    let spec = |control_point, labels, wait_budget_ms| CheckSpec {
+        control_point: StrRef::Inline(control_point),
+        tokens: None,
+        wait_budget_ms,
+        labels,
+    };
+    encode_check_batch(
+        &mut pipeline,
+        12,
+        &[
+            spec("db", &tenant, None),
+            spec("llm", &api_key, Some(50_000)),
+        ],
+    )
+    .unwrap();
+    raw.send(&pipeline);
+    let items = match raw.read() {
+        (12, Reply::Batch(items)) => items,
+        other => panic!("expected the batch's reply, got {other:?}"),
+    };
+    let flow = match &items[0] {
+        BatchItem::Reply(r) if r.accepted() => r.flow_ids().next().expect("a flow id"),
+        other => panic!("the check decided at once keeps its decision: {other:?}"),
+    };
+    match &items[1] {
+        BatchItem::Error(e) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
+        other => panic!("the check that would wait is refused OVERLOADED: {other:?}"),
+    }
+    // The granted flow is the client's to end: its slot is held until then.
+    let c = client(&server.addr(), false);
+    assert!(!c.check(&db("t1")).unwrap().accepted(), "the slot is held");
+    assert_eq!(c.flow_end(&[flow]).unwrap(), [FlowEndStatus::Ended]);
+    assert!(
+        c.check(&db("t1")).unwrap().accepted(),
+        "and freed by its end"
     );
 }
 
