@@ -113,10 +113,23 @@ pub enum BridgeError {
     Unavailable,
 }
 
+/// What [`DecisionHandle::update_policies`] did.
+#[derive(Debug)]
+pub struct PolicyUpdate {
+    /// The policies it replaced.
+    pub old: Arc<Engine>,
+    /// The policies in force now.
+    pub new: Arc<Engine>,
+    /// Shards that did not confirm the switch in time (empty: all switched).
+    pub silent: Vec<usize>,
+}
+
 /// A cloneable, thread-safe handle to the shards.
 #[derive(Clone)]
 pub struct DecisionHandle {
     policies: Arc<ArcSwap<Engine>>,
+    /// One change of the policies at a time ([`DecisionHandle::update_policies`]).
+    updating: Arc<std::sync::Mutex<()>>,
     inboxes: Arc<Vec<InboxSender>>,
     /// Checks gathered per tokio turn ([`check_batch`]).
     outbox: check_batch::Outbox,
@@ -127,6 +140,7 @@ impl DecisionHandle {
     pub fn new(policies: Arc<ArcSwap<Engine>>, inboxes: Vec<InboxSender>) -> DecisionHandle {
         DecisionHandle {
             policies,
+            updating: Arc::default(),
             inboxes: Arc::new(inboxes),
             outbox: check_batch::Outbox::default(),
         }
@@ -144,11 +158,28 @@ impl DecisionHandle {
         &self.policies
     }
 
-    /// Makes the node decide with `engine` (a reload, a runtime limit change): stores it for
-    /// the other threads first, then switches every shard between two of its messages
-    /// ([`Inbound::Reload`]). Returns the shards that did not confirm within `timeout`
-    /// (empty: all switched). Blocks: call it from a plain thread or `spawn_blocking`.
-    pub fn install_policies(&self, engine: &Arc<Engine>, timeout: Duration) -> Vec<usize> {
+    /// Changes the node's policies: `change` makes the successor of the policies in force,
+    /// which every shard then decides with ([`DecisionHandle::install_policies`]). One change
+    /// at a time, from reading the policies to the last shard's switch: reloads and runtime
+    /// limit changes all come here, so none is built from policies another one is
+    /// replacing (a limit change racing a reload would otherwise undo it). Blocks: call it
+    /// from a plain thread or `spawn_blocking`.
+    pub fn update_policies<E>(
+        &self,
+        change: impl FnOnce(&Engine) -> Result<Engine, E>,
+        timeout: Duration,
+    ) -> Result<PolicyUpdate, E> {
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.engine();
+        let new = Arc::new(change(&old)?);
+        let silent = self.install_policies(&new, timeout);
+        Ok(PolicyUpdate { old, new, silent })
+    }
+
+    /// Makes the node decide with `engine`: stores it for the other threads first, then
+    /// switches every shard between two of its messages ([`Inbound::Reload`]). Returns the
+    /// shards that did not confirm within `timeout` (empty: all switched).
+    fn install_policies(&self, engine: &Arc<Engine>, timeout: Duration) -> Vec<usize> {
         self.policies.store(engine.clone());
         let shards = self.inboxes.len();
         let (done, switched) = flume::bounded(shards);

@@ -23,13 +23,13 @@
 //! decided by each shard with the limiters that shard knows.
 //!
 //! Three triggers call [`Reloader::reload`]: SIGHUP, `--watch` (the file changed:
-//! [`crate::watch`]) and the admin API. One reload runs at a time.
+//! [`crate::watch`]) and the admin API. One change of the policies runs at a time, reload or
+//! runtime limit change ([`DecisionHandle::update_policies`]).
 
 use crate::bridge::DecisionHandle;
 use crate::config::{self, Config, ConfigError};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_policy::Engine;
 
@@ -80,8 +80,6 @@ pub struct Reloader {
     /// a changed `server:` or `cluster:` section is compared with.
     started: Config,
     handle: DecisionHandle,
-    /// One reload at a time: SIGHUP, the watcher and the admin API may race.
-    running: Mutex<()>,
 }
 
 impl Reloader {
@@ -92,7 +90,6 @@ impl Reloader {
             path: path.map(Path::to_path_buf),
             started,
             handle,
-            running: Mutex::new(()),
         }
     }
 
@@ -103,14 +100,22 @@ impl Reloader {
 
     /// Reads the file again and applies its policies (see the module docs).
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
-        let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         let next = config::load_file(path).map_err(ReloadError::Invalid)?;
-        let old = self.handle.engine();
-        let new = Arc::new(old.successor(&next.policies));
-        let mut report = diff(&old, &new);
+        let update = self.handle.update_policies(
+            |old| Ok::<_, std::convert::Infallible>(old.successor(&next.policies)),
+            SWITCH_TIMEOUT,
+        );
+        let Ok(update) = update;
+        if !update.silent.is_empty() {
+            let shards = self.handle.nr_shards();
+            return Err(ReloadError::Incomplete {
+                switched: shards - update.silent.len(),
+                shards,
+            });
+        }
+        let mut report = diff(&update.old, &update.new);
         report.needs_restart = needs_restart(&self.started, &next);
-        self.switch_shards(&new)?;
         Ok(report)
     }
 
@@ -147,19 +152,6 @@ impl Reloader {
             Err(e) => tracing::error!(trigger, "reload failed: {e}"),
         }
         result
-    }
-
-    fn switch_shards(&self, engine: &Arc<Engine>) -> Result<(), ReloadError> {
-        let shards = self.handle.nr_shards();
-        let silent = self.handle.install_policies(engine, SWITCH_TIMEOUT);
-        if silent.is_empty() {
-            Ok(())
-        } else {
-            Err(ReloadError::Incomplete {
-                switched: shards - silent.len(),
-                shards,
-            })
-        }
     }
 }
 

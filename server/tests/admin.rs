@@ -28,6 +28,7 @@ policies:
       fill_amount: 0
       parameters: {{ interval: 1s, limit_by_label_key: user }}
       selectors: [{{ control_point: api }}]
+      overrides: [{{ label_value: vip, limit_scale_factor: 10 }}]
 "#
     )
 }
@@ -447,6 +448,28 @@ fn a_runtime_limit_change_applies_to_the_next_decision_without_resetting_buckets
     let (code, _, err) = set_limit(&server, &[]);
     assert_eq!(code, 2);
     assert!(err.contains("nothing to change"), "{err}");
+    // Values that would make vip's bucket (10x) infinite, and ones JSON cannot carry.
+    let (code, _, err) = set_limit(&server, &["--capacity", "1e308"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("\"vip\"") && err.contains("not a finite number"),
+        "{err}"
+    );
+    for flag in ["--capacity", "--fill"] {
+        for value in ["inf", "nan"] {
+            let (code, _, err) = set_limit(&server, &[flag, value]);
+            assert_eq!(code, 2, "{flag} {value}");
+            assert!(err.contains("finite number"), "{flag} {value}: {err}");
+        }
+    }
+    let (status, body) = admin
+        .post(
+            "/api/v1/limit",
+            r#"{"policy":"per_user","bucket_capacity":null,"fill_amount":2}"#.into(),
+        )
+        .expect("post");
+    assert_eq!(status, 400, "null is not left out: {body}");
+    assert!(body.contains("bucket_capacity"), "{body}");
     let (status, body) = admin
         .post(
             "/api/v1/limit",

@@ -124,12 +124,65 @@ pub struct TopKey {
 pub struct SetLimitRequest {
     /// The policy (policy_name).
     pub policy: String,
-    /// The new `bucket_capacity`: finite, > 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The new `bucket_capacity`: finite, > 0 ([`check_capacity`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "capacity_not_null"
+    )]
     pub bucket_capacity: Option<f64>,
-    /// The new `fill_amount`: finite, >= 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The new `fill_amount`: finite, >= 0 ([`check_fill_amount`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "fill_amount_not_null"
+    )]
     pub fill_amount: Option<f64>,
+}
+
+/// Whether `capacity` can be a new `bucket_capacity`: a finite number > 0. The CLI and the
+/// server hold a limit change to the same rules.
+pub fn check_capacity(capacity: f64) -> Result<f64, String> {
+    if capacity.is_finite() && capacity > 0.0 {
+        Ok(capacity)
+    } else {
+        Err(format!(
+            "`bucket_capacity` must be a finite number > 0, not {capacity}"
+        ))
+    }
+}
+
+/// Whether `fill` can be a new `fill_amount`: a finite number >= 0.
+pub fn check_fill_amount(fill: f64) -> Result<f64, String> {
+    if fill.is_finite() && fill >= 0.0 {
+        Ok(fill)
+    } else {
+        Err(format!(
+            "`fill_amount` must be a finite number >= 0, not {fill}"
+        ))
+    }
+}
+
+/// A present field must hold a number: `null` is refused, not read as "left out" (JSON
+/// writers turn a NaN or an infinity into `null`, which would change nothing silently).
+fn number_not_null<'de, D: serde::Deserializer<'de>>(
+    field: &str,
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    match Option::<f64>::deserialize(deserializer)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(format!(
+            "`{field}` is null: give a number, or leave the field out to keep its value"
+        ))),
+    }
+}
+
+fn capacity_not_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    number_not_null("bucket_capacity", d)
+}
+
+fn fill_amount_not_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    number_not_null("fill_amount", d)
 }
 
 /// Any error: `{"error": "..."}`, with a 4xx/5xx status.

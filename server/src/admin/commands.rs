@@ -71,15 +71,28 @@ pub struct SetLimitArgs {
     /// The policy (policy_name).
     #[arg(long)]
     pub policy: String,
-    /// The new bucket_capacity (> 0).
-    #[arg(long)]
+    /// The new bucket_capacity (a finite number > 0).
+    #[arg(long, value_parser = parse_capacity)]
     pub capacity: Option<f64>,
-    /// The new fill_amount (>= 0).
-    #[arg(long)]
+    /// The new fill_amount (a finite number >= 0).
+    #[arg(long, value_parser = parse_fill_amount)]
     pub fill: Option<f64>,
     /// The admin port.
     #[command(flatten)]
     pub target: AdminTarget,
+}
+
+/// `--capacity`: refused here as the server would refuse it (`inf` and `nan` parse as
+/// numbers, and would reach the server as JSON `null`).
+fn parse_capacity(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    super::api::check_capacity(value)
+}
+
+/// `--fill`: see [`parse_capacity`].
+fn parse_fill_amount(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    super::api::check_fill_amount(value)
 }
 
 /// Prints the document (`--json`) or its table; the exit code.

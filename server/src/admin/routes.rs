@@ -324,7 +324,7 @@ async fn set_limit(State(state): State<Arc<AdminState>>, body: Bytes) -> Respons
     }
     let policy = request.policy.clone();
     let changed = state
-        .change_engine(shards, |engine| {
+        .change_engine(shards, move |engine| {
             let spec = find_policy(engine, Some(&request.policy))?;
             if !matches!(
                 spec.kind,
@@ -386,24 +386,16 @@ async fn set_limit(State(state): State<Arc<AdminState>>, body: Bytes) -> Respons
     }
 }
 
-/// The new values must make a bucket: a positive finite capacity, a finite fill >= 0.
+/// The new values must make a bucket ([`api::check_capacity`], [`api::check_fill_amount`]).
 fn check_limits(request: &SetLimitRequest) -> Result<(), String> {
     if request.bucket_capacity.is_none() && request.fill_amount.is_none() {
         return Err("nothing to change: give `bucket_capacity`, `fill_amount` or both".into());
     }
     if let Some(c) = request.bucket_capacity {
-        if !(c.is_finite() && c > 0.0) {
-            return Err(format!(
-                "`bucket_capacity` must be a finite number > 0, not {c}"
-            ));
-        }
+        api::check_capacity(c)?;
     }
     if let Some(f) = request.fill_amount {
-        if !(f.is_finite() && f >= 0.0) {
-            return Err(format!(
-                "`fill_amount` must be a finite number >= 0, not {f}"
-            ));
-        }
+        api::check_fill_amount(f)?;
     }
     Ok(())
 }

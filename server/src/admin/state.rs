@@ -42,8 +42,6 @@ pub struct AdminState {
     cluster: OnceLock<ClusterObserver>,
     grpc: OnceLock<GrpcObserver>,
     reloader: OnceLock<Arc<crate::reload::Reloader>>,
-    /// Held while a limit change reaches the shards, so changes apply one at a time.
-    changing: tokio::sync::Mutex<()>,
 }
 
 impl AdminState {
@@ -56,7 +54,6 @@ impl AdminState {
             cluster: OnceLock::new(),
             grpc: OnceLock::new(),
             reloader: OnceLock::new(),
-            changing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -76,27 +73,29 @@ impl AdminState {
     }
 
     /// Makes every shard decide with `change(current policies)` from its next decision on,
-    /// one change at a time. Err(shards that did not confirm within
-    /// [`SHARD_ANSWER_TIMEOUT`]); the others decide with the new policies already.
-    pub async fn change_engine<E>(
+    /// one change of the policies at a time, reloads included
+    /// ([`crate::bridge::DecisionHandle::update_policies`]). Err(shards that did not
+    /// confirm within [`SHARD_ANSWER_TIMEOUT`]); the others decide with the new policies
+    /// already.
+    pub async fn change_engine<E: Send + 'static>(
         &self,
         shards: &Shards,
-        change: impl FnOnce(&Engine) -> Result<Engine, E>,
+        change: impl FnOnce(&Engine) -> Result<Engine, E> + Send + 'static,
     ) -> Result<Result<Arc<Engine>, Vec<usize>>, E> {
-        let _one_at_a_time = self.changing.lock().await;
-        let current = shards.handle.engine();
-        let next = Arc::new(change(&current)?);
-        // The same switch a reload makes (it blocks waiting for the shards: off this thread).
-        let (handle, engine) = (shards.handle.clone(), next.clone());
-        let silent = tokio::task::spawn_blocking(move || {
-            handle.install_policies(&engine, SHARD_ANSWER_TIMEOUT)
+        let handle = shards.handle.clone();
+        // It waits for the shards with blocking calls: off this thread.
+        let done = tokio::task::spawn_blocking(move || {
+            handle.update_policies(change, SHARD_ANSWER_TIMEOUT)
         })
-        .await
-        .unwrap_or_else(|_| (0..shards.handle.nr_shards()).collect());
-        Ok(if silent.is_empty() {
-            Ok(next)
+        .await;
+        let Ok(update) = done else {
+            return Ok(Err((0..shards.handle.nr_shards()).collect()));
+        };
+        let update = update?;
+        Ok(if update.silent.is_empty() {
+            Ok(update.new)
         } else {
-            Err(silent)
+            Err(update.silent)
         })
     }
 
