@@ -210,3 +210,25 @@ fn a_policy_has_exactly_one_component() {
         vec!["policies[0].concurrency_limiter.parameters.max_inflight_duration: missing"]
     );
 }
+
+#[test]
+fn names_a_hello_reply_carries_fit_the_binary_protocol() {
+    let long = "n".repeat(4097);
+    let fits = "n".repeat(4096);
+    let yaml = |name: &str, control_point: &str, key: &str| {
+        format!(
+            "policies:\n  - policy_name: {name}\n    rate_limiter: {{ bucket_capacity: 1, fill_amount: 1, parameters: {{ interval: 1s, limit_by_label_key: {key} }}, selectors: [ {{ control_point: {control_point} }} ] }}\n  - policy_name: pool\n    concurrency_limiter: {{ max_concurrency: 1, parameters: {{ limit_by_label_key: {key}, max_inflight_duration: 60s }}, selectors: [ {{ control_point: db }} ] }}\n"
+        )
+    };
+    assert!(parse_policies(&yaml(&fits, &fits, &fits), "t").is_ok());
+    let why = "is 4097 bytes; at most 4096 (the binary protocol's longest string)";
+    assert_eq!(
+        errors_of(&yaml(&long, &long, &long)),
+        vec![
+            format!("policies[0].policy_name: {why}"),
+            format!("policies[0].rate_limiter.parameters.limit_by_label_key: {why}"),
+            format!("policies[0].rate_limiter.selectors[0].control_point: {why}"),
+            format!("policies[1].concurrency_limiter.parameters.limit_by_label_key: {why}"),
+        ]
+    );
+}

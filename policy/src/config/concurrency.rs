@@ -3,7 +3,7 @@
 //! back when it ends (FlowEnd) or after `max_inflight_duration`.
 
 use super::alerter::AlerterConfig;
-use super::problems::{join, Problems};
+use super::problems::{check_name_len, join, Problems};
 use super::rate_limiter::validate_status;
 use super::scheduler::SchedulerConfig;
 use super::selector::{validate_selectors, Selector};
@@ -103,6 +103,9 @@ impl ConcurrencyLimiterParameters {
                 join(at, "limit_by_label_key"),
                 "must not be empty (omit it for one shared limit)",
             );
+        }
+        if let Some(key) = &self.limit_by_label_key {
+            check_name_len(key, || join(at, "limit_by_label_key"), problems);
         }
     }
 }

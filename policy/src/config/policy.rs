@@ -1,7 +1,7 @@
 //! `policies:` — the list of Aperture-shaped policies, each a name and one component.
 
 use super::concurrency::{ConcurrencyLimiterConfig, ConcurrencySchedulerConfig};
-use super::problems::{join, Problems};
+use super::problems::{check_name_len, join, Problems};
 use super::quota_scheduler::QuotaSchedulerConfig;
 use super::rate_limiter::RateLimiterConfig;
 use super::selector::Selector;
@@ -142,6 +142,7 @@ pub fn validate_policies(
         } else if !names.insert(p.policy_name.as_str()) {
             problems.at(join(&at, "policy_name"), "duplicate policy name");
         }
+        check_name_len(&p.policy_name, || join(&at, "policy_name"), problems);
         let components: Vec<ComponentConfig<'_>> = p.components().collect();
         match components.as_slice() {
             [] => problems.at(

@@ -108,6 +108,24 @@ impl Problems {
     }
 }
 
+/// Longest policy name, control point or limit label key, in bytes: the binary protocol's
+/// longest string (`MAX_STRING_LEN`). A client's HELLO is answered with every one of them,
+/// so one longer would make every binary connection fail.
+pub const MAX_NAME_BYTES: usize = 4096;
+
+/// Records a problem at `path` when `name` is longer than [`MAX_NAME_BYTES`].
+pub fn check_name_len(name: &str, path: impl FnOnce() -> String, problems: &mut Problems) {
+    if name.len() > MAX_NAME_BYTES {
+        problems.at(
+            path(),
+            format!(
+                "is {} bytes; at most {MAX_NAME_BYTES} (the binary protocol's longest string)",
+                name.len()
+            ),
+        );
+    }
+}
+
 /// `base.field`, or `field` when `base` is empty.
 pub fn join(base: &str, field: &str) -> String {
     if base.is_empty() {

@@ -1,7 +1,7 @@
 //! `rate_limiter:` — Aperture's rate limiter component: a token bucket per value of a label.
 
 use super::alerter::AlerterConfig;
-use super::problems::{join, Problems};
+use super::problems::{check_name_len, join, Problems};
 use super::selector::{validate_selectors, Selector};
 use crate::bucket::BucketParams;
 use crate::duration::ConfigDuration;
@@ -195,6 +195,9 @@ impl RateLimiterParameters {
                 join(at, "limit_by_label_key"),
                 "must not be empty (omit it for one shared bucket)",
             );
+        }
+        if let Some(key) = &self.limit_by_label_key {
+            check_name_len(key, || join(at, "limit_by_label_key"), problems);
         }
     }
 }

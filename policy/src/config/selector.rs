@@ -1,6 +1,6 @@
 //! `selectors:` — which flows a component applies to: a control point plus label conditions.
 
-use super::problems::{join, Problems};
+use super::problems::{check_name_len, join, Problems};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -72,6 +72,7 @@ impl Selector {
         if self.control_point.is_empty() {
             problems.at(join(at, "control_point"), "must not be empty");
         }
+        check_name_len(&self.control_point, || join(at, "control_point"), problems);
         if self.service.as_deref().is_some_and(|s| s != "any") {
             problems.at(
                 join(at, "service"),

@@ -5,6 +5,7 @@
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tollgate_cluster::node_id::MAX_NODE_ID_LEN;
 use tollgate_cluster::wire::INSECURE_LOOPBACK_SECRET;
 use tollgate_cluster::{ClusterConfig, ReplicationConfig, Timings};
 
@@ -55,6 +56,13 @@ impl ClusterSettings {
             .clone()
             .or_else(|| server_node_id.map(str::to_string))
             .unwrap_or_else(|| format!("{}:{}", host_name(), c.gossip.port()));
+        // A long host name and its port can pass the bound the configured names are held to.
+        if node_id.len() > MAX_NODE_ID_LEN {
+            return Err(anyhow!(
+                "the node id {node_id:?} (host name and gossip port) is {} bytes; a cluster node id is at most {MAX_NODE_ID_LEN}: set cluster.node_id",
+                node_id.len()
+            ));
+        }
         Ok(ClusterSettings {
             node_id,
             gossip: c.gossip,

@@ -17,6 +17,7 @@ pub use tollgate_cluster::ClusterConfig;
 pub use tollgate_policy::config::{ConfigError, FieldError, Problems};
 
 use std::path::Path;
+use tollgate_cluster::node_id::MAX_NODE_ID_LEN;
 use tollgate_policy::config::{deserialize_section, policies_from_document, yaml_document};
 use tollgate_policy::PolicyConfig;
 
@@ -68,6 +69,19 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         if let Some(c) = &cluster {
             c.validate(&mut problems);
             c.validate_policies(&policies, &mut problems);
+            // Without a cluster.node_id of its own, the cluster names the node by
+            // server.node_id, which is then held to the cluster's bound.
+            if let (None, Some(id)) = (&c.node_id, &server.node_id) {
+                if id.len() > MAX_NODE_ID_LEN {
+                    problems.at(
+                        "server.node_id",
+                        format!(
+                            "is {} bytes; the cluster names the node by it (cluster.node_id is not set), and a cluster node id is at most {MAX_NODE_ID_LEN} bytes",
+                            id.len()
+                        ),
+                    );
+                }
+            }
         }
     }
     problems.into_result(
@@ -127,6 +141,37 @@ policies:
             Some(429)
         );
         assert_eq!(c.server.grpc, Some("127.0.0.1:8089".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_node_id_fits_the_hello_reply_and_the_cluster() {
+        let with = |server_id: &str, cluster: &str| {
+            SAMPLE.replace(
+                "server: { listen: 127.0.0.1:7070, shards: 2 }",
+                &format!("server: {{ listen: 127.0.0.1:7070, shards: 2, node_id: {server_id:?} }}\n{cluster}"),
+            )
+        };
+        assert_eq!(
+            errors_of(&with("", "")),
+            ["server.node_id: must not be empty (omit it for the host name)"]
+        );
+        let long = "n".repeat(4097);
+        assert_eq!(
+            errors_of(&with(&long, "")),
+            ["server.node_id: is 4097 bytes; at most 4096 (the binary protocol's longest string)"]
+        );
+        let sixty_five = "n".repeat(65);
+        assert!(parse_str(&with(&sixty_five, ""), "t").is_ok(), "no cluster");
+        let cluster = "cluster: { gossip: 127.0.0.1:7946 }";
+        assert_eq!(
+            errors_of(&with(&sixty_five, cluster)),
+            ["server.node_id: is 65 bytes; the cluster names the node by it (cluster.node_id is not set), and a cluster node id is at most 64 bytes"]
+        );
+        let named = "cluster: { gossip: 127.0.0.1:7946, node_id: short }";
+        assert!(
+            parse_str(&with(&sixty_five, named), "t").is_ok(),
+            "its own cluster.node_id"
+        );
     }
 
     #[test]

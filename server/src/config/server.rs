@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tollgate_grpc::{CacheConfig, ConnectionConfig, GrpcSettings, TlsConfig};
+use tollgate_policy::config::problems::check_name_len;
 use tollgate_policy::config::{join, Problems};
 use tollgate_policy::duration::ConfigDuration;
 use tollgate_policy::ShardLimits;
@@ -196,6 +197,15 @@ impl ServerConfig {
         }
         if self.max_in_flight == 0 {
             problems.at(join(at, "max_in_flight"), "must be at least 1");
+        }
+        match self.node_id.as_deref() {
+            Some("") => problems.at(
+                join(at, "node_id"),
+                "must not be empty (omit it for the host name)",
+            ),
+            // Every client's HELLO is answered with it.
+            Some(id) => check_name_len(id, || join(at, "node_id"), problems),
+            None => {}
         }
         if self.max_frame_len < 1024 || self.max_frame_len > 64 << 20 {
             problems.at(
