@@ -179,8 +179,13 @@ impl RunConfig {
             }
         }
         if let Some(l) = &self.limit {
-            if l.interval_ns == 0 || l.capacity < 0.0 || l.fill_amount < 0.0 {
-                return Err("--capacity/--fill-amount must be >= 0 and --interval > 0".into());
+            // `!(x >= 0)` and not `x < 0`: NaN compares false both ways.
+            let valid = |x: f64| x.is_finite() && x >= 0.0;
+            if l.interval_ns == 0 || !valid(l.capacity) || !valid(l.fill_amount) {
+                return Err(
+                    "--capacity/--fill-amount must be finite numbers >= 0 and --interval > 0"
+                        .into(),
+                );
             }
         }
         if self.op == Op::Ping && self.targets.iter().any(|t| t.protocol == Protocol::Grpc) {
@@ -202,4 +207,38 @@ pub enum RunError {
     /// A target could not be reached before the run started.
     #[error("cannot connect: {0}")]
     Connect(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_must_be_finite_numbers() {
+        let target: Target = "tollgate://127.0.0.1:7070".parse().expect("a target");
+        let with = |capacity: f64, fill_amount: f64| {
+            let mut cfg = RunConfig::new(vec![target.clone()]);
+            cfg.limit = Some(Limit {
+                capacity,
+                fill_amount,
+                interval_ns: 1_000_000_000,
+            });
+            cfg.validate()
+        };
+        assert_eq!(with(100.0, 10.0), Ok(()));
+        assert_eq!(with(0.0, 0.0), Ok(()));
+        for (capacity, fill_amount) in [
+            (f64::NAN, 10.0),
+            (f64::INFINITY, 10.0),
+            (100.0, f64::NAN),
+            (100.0, f64::INFINITY),
+            (-1.0, 10.0),
+        ] {
+            let refused = with(capacity, fill_amount).expect_err("refused");
+            assert!(
+                refused.contains("finite"),
+                "{capacity} {fill_amount}: {refused}"
+            );
+        }
+    }
 }
