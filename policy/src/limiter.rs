@@ -54,6 +54,9 @@ pub struct LimiterSpec {
     pub scheduler: Option<SchedulerSpec>,
     /// Any of these must match.
     pub(crate) selectors: Vec<CompiledSelector>,
+    /// The policy it was compiled from, as written: what tells a reload whether anything
+    /// about it changed (`digest` covers only what shapes its buckets).
+    pub source: PolicyConfig,
 }
 
 /// The parts of a component that differ by kind, gathered from its config.
@@ -185,6 +188,7 @@ impl LimiterSpec {
                 .iter()
                 .map(CompiledSelector::new)
                 .collect(),
+            source: p.clone(),
         };
         spec.digest = spec.definition();
         spec.policy_hash = spec.digest.to_string();

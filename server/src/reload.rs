@@ -164,7 +164,13 @@ fn diff(old: &Engine, new: &Engine) -> ReloadReport {
     for spec in new.limiters() {
         match old.get_limiter(spec.id) {
             None => report.added.push(spec.policy_name.clone()),
-            Some(before) if before.digest == spec.digest => {
+            // Anything written differently (selectors, workloads, idle time, ...), or limits
+            // a runtime change set apart from the file's, is a change, not only a new digest.
+            Some(before)
+                if before.digest == spec.digest
+                    && before.params == spec.params
+                    && before.source == spec.source =>
+            {
                 report.unchanged.push(spec.policy_name.clone())
             }
             Some(_) => report.changed.push(spec.policy_name.clone()),
@@ -224,6 +230,7 @@ fn changed_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_policy::BucketParams;
 
     fn config(text: &str) -> Config {
         config::parse_str(text, "test").unwrap_or_else(|e| panic!("{e}"))
@@ -262,6 +269,36 @@ policies:
         assert_eq!(r.added, ["d"]);
         assert_eq!(r.removed, ["c"]);
         assert_eq!(r.digest, format!("{:016x}", new.digest().0));
+    }
+
+    #[test]
+    fn a_change_beside_the_bucket_shape_or_a_runtime_limit_is_reported_as_a_change() {
+        let before = config(BASE);
+        let old = Engine::new(&before.policies);
+        // a: another control point; b: another idle time; c: as it was.
+        let after = config(
+            &BASE
+                .replacen("control_point: x", "control_point: y", 1)
+                .replacen("interval: 1s }", "interval: 1s, max_idle_time: 60s }", 2)
+                .replacen("interval: 1s, max_idle_time: 60s }", "interval: 1s }", 1),
+        );
+        let r = diff(&old, &old.successor(&after.policies));
+        assert_eq!(r.changed, ["a", "b"]);
+        assert_eq!(r.unchanged, ["c"]);
+        // A limit changed at runtime, then the file's own limit again: a change back.
+        let c = old.limiters()[2].id;
+        let runtime = old
+            .with_bucket_params(
+                c,
+                BucketParams {
+                    capacity: 99.0,
+                    ..old.limiter(c).params
+                },
+            )
+            .expect("c exists");
+        let r = diff(&runtime, &runtime.successor(&before.policies));
+        assert_eq!(r.changed, ["c"]);
+        assert_eq!(r.unchanged, ["a", "b"]);
     }
 
     #[test]
