@@ -388,6 +388,32 @@ impl ShardState {
         }
     }
 
+    /// Takes a waiting flow out of its queue before it is answered: its client gave up,
+    /// or its request was refused (OVERLOADED), so it must not hold a queue slot until its
+    /// deadline. Nothing is answered for it; its queue is served, since it may have been
+    /// the head that others waited behind (answers go to `out`). False when `ticket` does
+    /// not wait here.
+    pub fn withdraw(
+        &mut self,
+        engine: &Engine,
+        ticket: Ticket,
+        now_ns: u64,
+        out: &mut Vec<Resolved>,
+    ) -> bool {
+        let Some(w) = self.waiting.remove(&ticket) else {
+            return false;
+        };
+        if let Some(queue) = self
+            .queues
+            .get_mut(&w.limiter)
+            .and_then(|q| q.get_mut(&*w.key))
+        {
+            queue.withdraw(ticket);
+        }
+        self.serve(engine, w.limiter, &w.key, now_ns, out);
+        true
+    }
+
     /// Refuses every waiting flow (shutdown); answers go to `out`.
     pub fn release_waiters(
         &mut self,

@@ -331,6 +331,16 @@ impl WaitQueue {
         *self = WaitQueue::default();
     }
 
+    /// Takes a waiter out before it is served or refused (its client gave up); false when
+    /// it does not wait here.
+    pub fn withdraw(&mut self, ticket: Ticket) -> bool {
+        if !self.waiters.contains_key(&ticket) {
+            return false;
+        }
+        self.remove(ticket);
+        true
+    }
+
     /// Refuses waiters whose deadline has come.
     fn expire(&mut self, now_ns: u64, out: &mut Vec<Served>) {
         while let Some(&Reverse((deadline, ticket))) = self.deadlines.peek() {

@@ -216,6 +216,42 @@ fn no_flow_waits_longer_than_the_longest_wait_whatever_its_budget() {
 }
 
 #[test]
+fn a_withdrawn_waiter_leaves_its_place_and_its_slot_at_once() {
+    let e = engine(QUOTA);
+    let limits = ShardLimits {
+        max_waiters: 2,
+        ..ShardLimits::default()
+    };
+    let mut s = ShardState::new(0, limits);
+    let mut out = Vec::new();
+    let k = [("api_key", "k")];
+    for t in 0..10 {
+        offer(&e, &mut s, &k, t, None, 0, &mut out).unwrap();
+    }
+    // 10 (the head) and 11 wait for the refill; the queue is full.
+    for t in 10..12 {
+        assert!(offer(&e, &mut s, &k, t, Some(10 * SEC), 0, &mut out).is_none());
+    }
+    let full = offer(&e, &mut s, &k, 12, Some(10 * SEC), 0, &mut out).unwrap();
+    assert_eq!(full.refusal, Some(Refusal::QueueFull));
+    // The head's client gives up: its slot is free at once, and 11 is next.
+    assert!(s.withdraw(&e, 10, MS, &mut out));
+    assert!(!s.withdraw(&e, 10, MS, &mut out), "once");
+    assert_eq!(s.waiting(), 1);
+    assert!(offer(&e, &mut s, &k, 13, Some(10 * SEC), MS, &mut out).is_none());
+    let mut answered = Vec::new();
+    while let Some(t) = s.next_wake() {
+        s.poll(&e, t, &mut out);
+        answered.extend(out.drain(..).map(|r| (r.ticket, r.outcome.kind)));
+    }
+    assert_eq!(
+        answered,
+        [(11, OutcomeKind::Accepted), (13, OutcomeKind::Accepted)],
+        "the withdrawn head is never answered"
+    );
+}
+
+#[test]
 fn the_queue_is_bounded() {
     let e = engine(QUOTA);
     let limits = ShardLimits {

@@ -334,6 +334,46 @@ policies:
 }
 
 #[test]
+fn a_check_refused_overloaded_leaves_no_waiter_behind() {
+    // One pending request per connection, two waiters per shard.
+    let server = start_server(
+        r#"
+server: { listen: 127.0.0.1:0, grpc: off, shards: 1, max_in_flight: 1, max_waiters_per_shard: 2 }
+policies:
+  - policy_name: tokens
+    quota_scheduler:
+      bucket_capacity: 1
+      fill_amount: 1
+      rate_limiter: { interval: 20s, limit_by_label_key: api_key }
+      selectors: [ { control_point: llm } ]
+"#,
+    );
+    let mut raw = Raw::connect(server.listen);
+    assert_eq!(raw.hello(2), ProtocolVersion::V2);
+    raw.send(&llm_frame(10, "k", None));
+    assert!(
+        matches!(raw.read(), (10, Reply::Check(r)) if r.accepted()),
+        "the token"
+    );
+    // 11 waits (the connection's one pending request, the shard's first waiter); 12 would
+    // wait too, and is refused OVERLOADED.
+    let mut pipeline = llm_frame(11, "k", Some(30_000));
+    pipeline.extend(llm_frame(12, "k", Some(30_000)));
+    raw.send(&pipeline);
+    match raw.read() {
+        (12, Reply::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
+        other => panic!("expected 12 refused OVERLOADED, got {other:?}"),
+    }
+    // The shard's second waiter slot is free: another client's flow may queue (and, unable
+    // to get a token within its second, is refused for that, not for a full queue).
+    let c = client(&server.addr(), false);
+    assert!(c.check(&llm("k2")).unwrap().accepted(), "k2's token");
+    let queued = c.check(&llm("k2").wait(Duration::from_secs(1))).unwrap();
+    assert!(!queued.accepted(), "{queued:?}");
+    assert_ne!(queued.refusal(), Some(Refusal::QueueFull), "{queued:?}");
+}
+
+#[test]
 fn a_version_1_connection_gets_version_1_replies() {
     let server = start_server(&quota("60s", "100ms"));
     for hello in [None, Some(1u16)] {

@@ -7,6 +7,7 @@
 //! guard: however it ends before answering (dropped unanswered, or its future cancelled at
 //! any await), every token it took goes back.
 
+use super::scheduler::Queued;
 use super::{Awaiting, MeshMsg, OwnedTake, Shard};
 use crate::clock;
 use futures::channel::oneshot;
@@ -48,7 +49,7 @@ pub struct PendingCheck {
     /// The immediate components have been taken (and all accepted).
     immediate_done: bool,
     /// A scheduler component (its index) queued on this shard when the check was planned.
-    queued: Option<(usize, oneshot::Receiver<LimiterOutcome>)>,
+    queued: Option<(usize, Queued)>,
     /// Answered: nothing to hand back on drop.
     answered: bool,
 }
@@ -250,7 +251,7 @@ impl Shard {
                             return self.decided_here(plan, &slots, now_ns);
                         }
                     }
-                    Err(answer) => {
+                    Err(queued) => {
                         return Planned::Pending(Box::new(PendingCheck {
                             shard: self.clone(),
                             takes: plan.iter().map(OwnedTake::from_planned).collect(),
@@ -258,7 +259,7 @@ impl Shard {
                             slots,
                             deadline: deadline_ns,
                             immediate_done: true,
-                            queued: Some((i, answer)),
+                            queued: Some((i, queued)),
                             answered: false,
                         }));
                     }
@@ -422,8 +423,11 @@ impl PendingCheck {
                 return self.answer();
             }
         }
-        if let Some((i, answer)) = self.queued.take() {
-            let outcome = answer.await.unwrap_or_else(|_| unavailable(&self.takes[i]));
+        if let Some((i, mut queued)) = self.queued.take() {
+            let outcome = queued
+                .outcome()
+                .await
+                .unwrap_or_else(|| unavailable(&self.takes[i]));
             self.slots[i] = Some(outcome);
             if outcome.kind == OutcomeKind::Rejected {
                 shard.return_accepted(&self.takes, &self.owners, &mut self.slots);
@@ -440,7 +444,10 @@ impl PendingCheck {
                         shard.offer_local(&self.takes[i].planned(), self.deadline, clock::now_ns());
                     match offered {
                         Ok(outcome) => outcome,
-                        Err(answer) => answer.await.unwrap_or_else(|_| unavailable(&self.takes[i])),
+                        Err(mut queued) => queued
+                            .outcome()
+                            .await
+                            .unwrap_or_else(|| unavailable(&self.takes[i])),
                     }
                 } else {
                     shard
@@ -518,7 +525,8 @@ impl Drop for PendingCheck {
     fn drop(&mut self) {
         if !self.answered {
             // Refused OVERLOADED, or its caller went away: what it took goes back. A flow
-            // still queued is handed back when its queue answers (its receiver is gone).
+            // still queued here leaves its queue as `queued` drops; one queued on another
+            // shard is handed back when that queue answers (its receiver is gone).
             self.shard
                 .return_accepted(&self.takes, &self.owners, &mut self.slots);
         }

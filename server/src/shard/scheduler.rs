@@ -47,15 +47,39 @@ pub(crate) enum Waiter {
     },
 }
 
+/// A flow waiting in a queue of this shard for a check on this shard: its answer comes
+/// through [`Queued::outcome`]. Dropped before that (the check was refused OVERLOADED, or its
+/// client went away), it takes the flow out of the queue, so the flow no longer holds a
+/// queue slot, or a place others wait behind, until its deadline.
+pub(crate) struct Queued {
+    shard: Rc<Shard>,
+    ticket: Ticket,
+    answer: oneshot::Receiver<LimiterOutcome>,
+}
+
+impl Queued {
+    /// The flow's outcome once its queue answers; None when the shard dropped the waiter
+    /// (it stopped).
+    pub(crate) async fn outcome(&mut self) -> Option<LimiterOutcome> {
+        (&mut self.answer).await.ok()
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.shard.withdraw_local(self.ticket);
+    }
+}
+
 impl Shard {
     /// Offers a scheduler component owned here for a check on this shard. `Ok`: decided
-    /// now. `Err`: the flow waits; its answer comes on the receiver.
+    /// now. `Err`: the flow waits; its answer comes through the [`Queued`].
     pub(crate) fn offer_local(
-        &self,
+        self: &Rc<Self>,
         take: &PlannedTake<'_>,
         deadline_ns: Option<u64>,
         now_ns: u64,
-    ) -> Result<LimiterOutcome, oneshot::Receiver<LimiterOutcome>> {
+    ) -> Result<LimiterOutcome, Queued> {
         let mut out = Vec::new();
         let offered = self.offer_here(take, deadline_ns, now_ns, &mut out);
         let result = match offered {
@@ -68,11 +92,28 @@ impl Shard {
                     tokens: take.tokens,
                 };
                 self.park(ticket, waiter, now_ns, &mut out);
-                Err(answer)
+                Err(Queued {
+                    shard: self.clone(),
+                    ticket,
+                    answer,
+                })
             }
         };
         self.deliver(out);
         result
+    }
+
+    /// Takes a flow that waits in a queue here for a check on this shard out of it,
+    /// unanswered ([`Queued`]'s drop). Nothing happens when it was answered already.
+    fn withdraw_local(&self, ticket: Ticket) {
+        if self.waiters.borrow_mut().remove(&ticket).is_none() {
+            return;
+        }
+        let mut out = Vec::new();
+        self.state
+            .borrow_mut()
+            .withdraw(&self.engine(), ticket, clock::now_ns(), &mut out);
+        self.deliver(out);
     }
 
     /// Offers a scheduler component another shard owns, and awaits its answer.
