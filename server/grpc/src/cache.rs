@@ -15,20 +15,27 @@
 //! leaving the cache unchanged.
 //!
 //! ```text
-//!   entries: HashMap<Key, Entry>              the data
-//!   by_expiry: BTreeMap<(expires_ns, seq), Key>   expired-first eviction, O(log n)
-//!   by_age:    BTreeMap<seq, Key>                 oldest-first eviction, O(log n)
+//!   entries: HashMap<Arc<Key>, Entry>              the data
+//!   by_expiry: BTreeMap<(expires_ns, seq), Arc<Key>>   expired-first eviction, O(log n)
+//!   by_age:    BTreeMap<seq, Arc<Key>>                 oldest-first eviction, O(log n)
 //! ```
-//! `seq` is a per-cache insertion counter, so both indexes have unique keys.
+//! `seq` is a per-cache insertion counter, so both indexes have unique keys. The map and the
+//! two indexes share one copy of each key (an `Arc`): a key is held once, as it is counted
+//! once, so `max_total_bytes` bounds the memory really held even when keys are long.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-/// Accounting overhead charged per entry on top of key and value bytes: the two index nodes,
-/// the hash-map slot and the key stored three times are roughly this much. It keeps a flood of
-/// empty values from slipping past `max_total_bytes`.
-pub const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Accounting overhead charged per entry on top of key and value bytes: what else the cache
+/// holds for an entry, so `max_total_bytes` bounds the memory really held. Why this value:
+/// the hash-map slot (56 bytes, and up to about four slots per entry after the map grows
+/// under churn), the key's shared allocation (64) and the two index entries in B-tree nodes
+/// that may be half empty come to at most about 410 bytes, as `tests/cache_memory.rs`
+/// measures; this rounds that up. It also keeps a flood of empty values from slipping past
+/// `max_total_bytes`.
+pub const ENTRY_OVERHEAD_BYTES: usize = 448;
 
 /// Longest TTL accepted. Aperture's SDKs pass user-chosen TTLs; a month is far past any sane
 /// response cache and keeps `now + ttl` clear of overflow.
@@ -82,6 +89,17 @@ pub enum CacheError {
     /// TTL zero, negative or absent.
     #[error("ttl must be greater than zero")]
     NonPositiveTtl,
+    /// A TTL `google.protobuf.Duration` that is not normalized: its `nanos` outside
+    /// ±999,999,999, or of the other sign than `seconds`. Such a value has no one meaning
+    /// (`{seconds: 1, nanos: -999999999}` is 1 ns to one reader, 1 s to another), so it is
+    /// refused rather than guessed at.
+    #[error("ttl {{seconds: {seconds}, nanos: {nanos}}} is not a valid google.protobuf.Duration: nanos must be within -999999999..=999999999 and not of the other sign than seconds")]
+    InvalidTtl {
+        /// The duration's `seconds`.
+        seconds: i64,
+        /// The duration's `nanos`.
+        nanos: i32,
+    },
     /// TTL above [`MAX_TTL_NS`].
     #[error("ttl exceeds the maximum of {} seconds", MAX_TTL_NS / 1_000_000_000)]
     TtlTooLong,
@@ -116,9 +134,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct TtlCache {
     limits: CacheLimits,
-    entries: HashMap<Key, Entry>,
-    by_expiry: BTreeMap<(u64, u64), Key>,
-    by_age: BTreeMap<u64, Key>,
+    entries: HashMap<Arc<Key>, Entry>,
+    by_expiry: BTreeMap<(u64, u64), Arc<Key>>,
+    by_age: BTreeMap<u64, Arc<Key>>,
     total_bytes: usize,
     next_seq: u64,
 }
@@ -171,10 +189,10 @@ impl TtlCache {
         if ttl_ns > MAX_TTL_NS {
             return Err(CacheError::TtlTooLong);
         }
-        let k = Key {
+        let k = Arc::new(Key {
             scope,
             key: key.to_owned(),
-        };
+        });
         let size = k
             .bytes()
             .saturating_add(value.len())
@@ -205,8 +223,9 @@ impl TtlCache {
         let seq = self.next_seq;
         self.next_seq += 1;
         let expires_ns = now_ns.saturating_add(ttl_ns);
-        self.by_expiry.insert((expires_ns, seq), k.clone());
-        self.by_age.insert(seq, k.clone());
+        // Both indexes share the map's copy of the key: it is counted once in `size`.
+        self.by_expiry.insert((expires_ns, seq), Arc::clone(&k));
+        self.by_age.insert(seq, Arc::clone(&k));
         self.total_bytes += size;
         self.entries.insert(
             k,

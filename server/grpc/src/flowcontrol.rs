@@ -33,7 +33,8 @@
 //! # A request outside the bounds
 //!
 //! At most 64 labels, label keys, values and the control point at most 4,096 bytes, the
-//! request at most 1 MiB: the binary protocol's bounds ([`crate::request_bounds`]). Beyond
+//! request at most 1 MiB: the binary protocol's bounds ([`crate::request_bounds`]); and at
+//! most [`MAX_GLOBAL_KEYS_PER_CALL`] global cache keys to look up, as a `CacheLookup`. Beyond
 //! them the answer is REJECTED, status 400, reason NONE, no limiter decision, and the bound
 //! broken in the [`REJECT_REASON_HEADER`] header; not an RPC error, for the reason below.
 //!
@@ -86,8 +87,18 @@ pub const FLOW_END_NOT_A_FLOW_ID: &str =
 pub const MAX_FLOW_END_REFS: usize = 1024;
 
 /// Most global cache keys looked up, upserted or deleted in one call. Bounds the work one
-/// request can cause while holding the cache lock.
+/// request can cause while holding the cache lock. A `Check` listing more in its
+/// `cache_lookup_request` is out of bounds ([`request_bounds`]): refused before the decision.
 pub const MAX_GLOBAL_KEYS_PER_CALL: usize = 1024;
+
+/// Most value bytes one cache lookup (`CacheLookup`, or a `Check`'s cache stage) answers with;
+/// the keys past it are answered with an error naming the limit. Why: a lookup may
+/// name one large value many times, so without a bound a small request would build a reply
+/// about [`MAX_GLOBAL_KEYS_PER_CALL`] values large (1 GiB at the default 1 MiB
+/// `server.cache.max_entry_bytes`). Why this value: it is tonic's default decoding limit,
+/// which clients apply to replies too (grpc-go's, grpc-js's and grpc-python's default is the
+/// same): a reply with more value bytes could not reach such a client anyway.
+pub const MAX_LOOKUP_REPLY_VALUE_BYTES: usize = 4 << 20;
 
 /// The FlowControlService implementation.
 #[derive(Clone)]
@@ -118,29 +129,41 @@ impl FlowControl {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lookup(
-        &self,
-        control_point: &str,
-        req: &pb::CacheLookupRequest,
-    ) -> Result<pb::CacheLookupResponse, Status> {
-        if req.global_cache_keys.len() > MAX_GLOBAL_KEYS_PER_CALL {
-            return Err(too_many_keys(req.global_cache_keys.len()));
-        }
+    /// Looks up `req`'s keys, the result cache's under `control_point`: one answer per key,
+    /// in the request's order, with at most [`MAX_LOOKUP_REPLY_VALUE_BYTES`] of values. The
+    /// caller bounds the number of keys ([`MAX_GLOBAL_KEYS_PER_CALL`]).
+    fn lookup(&self, control_point: &str, req: &pb::CacheLookupRequest) -> pb::CacheLookupResponse {
         let now = self.clock.now_ns();
         let cache = self.cache();
-        let found = |scope: &Scope, key: &str| match cache.get(scope, key, now) {
-            Some(v) => pb::KeyLookupResponse {
-                value: v.to_vec(),
-                lookup_status: pb::CacheLookupStatus::Hit as i32,
-                operation_status: pb::CacheOperationStatus::Success as i32,
-                error: String::new(),
-            },
-            None => pb::KeyLookupResponse {
-                value: Vec::new(),
-                lookup_status: pb::CacheLookupStatus::Miss as i32,
-                operation_status: pb::CacheOperationStatus::Success as i32,
-                error: String::new(),
-            },
+        let mut budget_left = MAX_LOOKUP_REPLY_VALUE_BYTES;
+        let mut budget_spent = false;
+        let mut found = |scope: &Scope, key: &str| {
+            // Once a value did not fit, the keys after it are not looked up either: the answer
+            // is a prefix of the keys, so a client can ask again from the first refused one.
+            if budget_spent {
+                return lookup_budget_spent();
+            }
+            match cache.get(scope, key, now) {
+                Some(v) if v.len() > budget_left => {
+                    budget_spent = true;
+                    lookup_budget_spent()
+                }
+                Some(v) => {
+                    budget_left -= v.len();
+                    pb::KeyLookupResponse {
+                        value: v.to_vec(),
+                        lookup_status: pb::CacheLookupStatus::Hit as i32,
+                        operation_status: pb::CacheOperationStatus::Success as i32,
+                        error: String::new(),
+                    }
+                }
+                None => pb::KeyLookupResponse {
+                    value: Vec::new(),
+                    lookup_status: pb::CacheLookupStatus::Miss as i32,
+                    operation_status: pb::CacheOperationStatus::Success as i32,
+                    error: String::new(),
+                },
+            }
         };
         let result_cache_response = (!req.result_cache_key.is_empty()).then(|| {
             if control_point.is_empty() {
@@ -165,10 +188,24 @@ impl FlowControl {
                 value: Some(found(&Scope::Global, k)),
             })
             .collect();
-        Ok(pb::CacheLookupResponse {
+        pb::CacheLookupResponse {
             result_cache_response,
             global_cache_responses,
-        })
+        }
+    }
+}
+
+/// The answer to a key not looked up because the reply's values reached
+/// [`MAX_LOOKUP_REPLY_VALUE_BYTES`]: ERROR, as a failed lookup is answered, naming the limit.
+fn lookup_budget_spent() -> pb::KeyLookupResponse {
+    pb::KeyLookupResponse {
+        value: Vec::new(),
+        lookup_status: pb::CacheLookupStatus::Miss as i32,
+        operation_status: pb::CacheOperationStatus::Error as i32,
+        error: format!(
+            "not looked up: the reply's cache values reached the limit of \
+             {MAX_LOOKUP_REPLY_VALUE_BYTES} bytes per lookup; look the key up in another call"
+        ),
     }
 }
 
@@ -178,15 +215,28 @@ fn too_many_keys(n: usize) -> Status {
     ))
 }
 
-fn ttl_ns(ttl: Option<&prost_types::Duration>) -> u64 {
-    match ttl {
-        Some(d) if d.seconds > 0 || (d.seconds == 0 && d.nanos > 0) => {
-            let secs = u64::try_from(d.seconds).unwrap_or(0);
-            let nanos = u64::try_from(d.nanos.max(0)).unwrap_or(0);
-            secs.saturating_mul(1_000_000_000).saturating_add(nanos)
-        }
-        _ => 0, // absent, zero or negative: refused by the cache as NonPositiveTtl
+/// A cache entry's TTL in nanoseconds: 0 when absent, zero or negative (the cache refuses it
+/// as [`CacheError::NonPositiveTtl`]). A `Duration` that is not normalized (see
+/// `google.protobuf.Duration`: `nanos` within ±999,999,999, not of the other sign than
+/// `seconds`) is refused: [`CacheError::InvalidTtl`].
+fn ttl_ns(ttl: Option<&prost_types::Duration>) -> Result<u64, CacheError> {
+    const NANOS_PER_SECOND: u32 = 1_000_000_000;
+    let Some(d) = ttl else {
+        return Ok(0);
+    };
+    let signs_differ = (d.seconds > 0 && d.nanos < 0) || (d.seconds < 0 && d.nanos > 0);
+    if d.nanos.unsigned_abs() >= NANOS_PER_SECOND || signs_differ {
+        return Err(CacheError::InvalidTtl {
+            seconds: d.seconds,
+            nanos: d.nanos,
+        });
     }
+    let (Ok(secs), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
+        return Ok(0); // negative
+    };
+    Ok(secs
+        .saturating_mul(u64::from(NANOS_PER_SECOND))
+        .saturating_add(u64::from(nanos)))
 }
 
 fn op_status(r: Result<(), CacheError>) -> (i32, String) {
@@ -250,7 +300,9 @@ impl FlowControl {
                 } else {
                     &lookup.control_point
                 };
-                cache_lookup_response = Some(Box::new(self.lookup(cp, &lookup)?));
+                // The number of keys was bounded before the decision (request_bounds): no
+                // RPC error can come from here, after tokens were taken.
+                cache_lookup_response = Some(Box::new(self.lookup(cp, &lookup)));
             }
         }
         Ok(Response::new(CheckAnswer::Decided(Decided {
@@ -305,7 +357,10 @@ impl FlowControlService for FlowControl {
         request: Request<pb::CacheLookupRequest>,
     ) -> Result<Response<pb::CacheLookupResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(self.lookup(&req.control_point, &req)?))
+        if req.global_cache_keys.len() > MAX_GLOBAL_KEYS_PER_CALL {
+            return Err(too_many_keys(req.global_cache_keys.len()));
+        }
+        Ok(Response::new(self.lookup(&req.control_point, &req)))
     }
 
     async fn cache_upsert(
@@ -319,13 +374,15 @@ impl FlowControlService for FlowControl {
         let now = self.clock.now_ns();
         let mut cache = self.cache();
         let result_cache_response = req.result_cache_entry.map(|e| {
-            let r = cache.upsert(
-                Scope::Result(req.control_point.clone()),
-                &e.key,
-                e.value,
-                ttl_ns(e.ttl.as_ref()),
-                now,
-            );
+            let r = ttl_ns(e.ttl.as_ref()).and_then(|ttl| {
+                cache.upsert(
+                    Scope::Result(req.control_point.clone()),
+                    &e.key,
+                    e.value,
+                    ttl,
+                    now,
+                )
+            });
             let (operation_status, error) = op_status(r);
             pb::KeyUpsertResponse {
                 operation_status,
@@ -337,7 +394,8 @@ impl FlowControlService for FlowControl {
             .into_iter()
             .map(|(k, e)| {
                 // The map key names the entry; the SDKs leave CacheEntry.key empty here.
-                let r = cache.upsert(Scope::Global, &k, e.value, ttl_ns(e.ttl.as_ref()), now);
+                let r = ttl_ns(e.ttl.as_ref())
+                    .and_then(|ttl| cache.upsert(Scope::Global, &k, e.value, ttl, now));
                 let (operation_status, error) = op_status(r);
                 pb::cache_upsert_response::GlobalCacheResponsesEntry {
                     key: k,

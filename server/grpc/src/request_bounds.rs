@@ -7,6 +7,11 @@
 //! answered REJECTED with status 400 and the reason in the `tollgate-reject-reason` header
 //! ([`crate::reply::invalid_request_response`]), and nothing is taken from any bucket.
 //!
+//! One bound is the cache calls', not the binary protocol's: a `cache_lookup_request` lists at
+//! most [`MAX_GLOBAL_KEYS_PER_CALL`] global keys, as a `CacheLookup` may. Checked with the
+//! others, before the decision: found after it, tokens would be taken (and concurrency flows
+//! started) for a request then answered with an error.
+//!
 //! A message larger than tonic's decoding limit (4 MiB) never decodes and is answered
 //! `RESOURCE_EXHAUSTED` by tonic; every request between [`MAX_CHECK_REQUEST_BYTES`] and that is
 //! answered here.
@@ -14,6 +19,7 @@
 //! Envoy's `ShouldRateLimit` gets the same label bounds per descriptor ([`check_flow`]): a
 //! descriptor outside them is OVER_LIMIT with its reason in the header ([`crate::rls`]).
 
+use crate::flowcontrol::MAX_GLOBAL_KEYS_PER_CALL;
 use crate::proto::aperture::flowcontrol::check::v1 as pb;
 use prost::Message as _;
 
@@ -65,6 +71,14 @@ pub enum BoundsError {
         /// The value's length.
         len: usize,
     },
+    /// A `cache_lookup_request` listing more global cache keys than one cache call may
+    /// ([`MAX_GLOBAL_KEYS_PER_CALL`]). Checked here, before the decision, so that the answer
+    /// is a decision with nothing taken, not an RPC error after tokens were taken.
+    #[error("cache_lookup_request.global_cache_keys lists {count} keys; at most {MAX_GLOBAL_KEYS_PER_CALL} are accepted")]
+    TooManyCacheKeys {
+        /// How many it lists.
+        count: usize,
+    },
     /// A control point (an RLS domain) longer than [`MAX_STRING_BYTES`].
     #[error("the control point is {len} bytes; at most {MAX_STRING_BYTES} are accepted")]
     ControlPointTooLong {
@@ -87,6 +101,12 @@ pub fn check_request(req: &pb::CheckRequest) -> Result<(), BoundsError> {
     let len = req.encoded_len();
     if len > MAX_CHECK_REQUEST_BYTES {
         return Err(BoundsError::RequestTooLarge { len });
+    }
+    if let Some(lookup) = &req.cache_lookup_request {
+        let count = lookup.global_cache_keys.len();
+        if count > MAX_GLOBAL_KEYS_PER_CALL {
+            return Err(BoundsError::TooManyCacheKeys { count });
+        }
     }
     let pairs = req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     if check_flow(&req.control_point, pairs).is_ok() {
@@ -153,7 +173,12 @@ mod tests {
         let labels = (0..MAX_LABELS)
             .map(|i| (format!("{i:0>4096}"), "v".repeat(MAX_STRING_BYTES)))
             .collect();
-        assert_eq!(check_request(&req(labels)), Ok(()));
+        let mut at_bounds = req(labels);
+        at_bounds.cache_lookup_request = Some(pb::CacheLookupRequest {
+            global_cache_keys: vec!["k".into(); MAX_GLOBAL_KEYS_PER_CALL],
+            ..Default::default()
+        });
+        assert_eq!(check_request(&at_bounds), Ok(()));
     }
 
     #[test]
@@ -196,5 +221,14 @@ mod tests {
             check_request(&big),
             Err(BoundsError::RequestTooLarge { .. })
         ));
+        let mut many_keys = req(vec![]);
+        many_keys.cache_lookup_request = Some(pb::CacheLookupRequest {
+            global_cache_keys: vec!["k".into(); MAX_GLOBAL_KEYS_PER_CALL + 1],
+            ..Default::default()
+        });
+        assert_eq!(
+            check_request(&many_keys).unwrap_err().to_string(),
+            "cache_lookup_request.global_cache_keys lists 1025 keys; at most 1024 are accepted"
+        );
     }
 }

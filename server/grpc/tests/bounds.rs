@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::{start_local, POLICY_YAML};
+use tollgate_grpc::flowcontrol::MAX_GLOBAL_KEYS_PER_CALL;
 use tollgate_grpc::proto::aperture::flowcontrol::check::v1 as pb;
 use tollgate_grpc::proto::envoy::extensions::common::ratelimit::v3::{
     rate_limit_descriptor::Entry, RateLimitDescriptor,
@@ -67,6 +68,13 @@ async fn checks_outside_the_bounds_are_rejected_with_a_reason() {
     });
     let mut long_cp = check_req(vec![("user".into(), "ann".into())]);
     long_cp.control_point = "c".repeat(MAX_STRING_BYTES + 1);
+    // Small, but more keys than a cache call may look up: refused before the decision, not
+    // with an RPC error after tokens were taken.
+    let mut many_cache_keys = check_req(vec![("user".into(), "ann".into())]);
+    many_cache_keys.cache_lookup_request = Some(pb::CacheLookupRequest {
+        global_cache_keys: vec!["g".into(); MAX_GLOBAL_KEYS_PER_CALL + 1],
+        ..Default::default()
+    });
     let cases = [
         (
             check_req(too_many),
@@ -82,6 +90,10 @@ async fn checks_outside_the_bounds_are_rejected_with_a_reason() {
         ),
         (too_large, "at most 1048576 are accepted"),
         (long_cp, "the control point is 4097 bytes"),
+        (
+            many_cache_keys,
+            "cache_lookup_request.global_cache_keys lists 1025 keys; at most 1024 are accepted",
+        ),
     ];
     for (req, reason) in cases {
         let answer = c

@@ -577,6 +577,197 @@ async fn cache_roundtrip_and_limits() {
     );
 }
 
+/// A lookup answers with at most `MAX_LOOKUP_REPLY_VALUE_BYTES` of values: one large value
+/// named many times cannot make a reply of a gigabyte. The keys from the first value that does
+/// not fit on are answered, in order, with an error that names the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_lookup_answers_at_most_its_budget_of_values() {
+    use tollgate_grpc::flowcontrol::MAX_LOOKUP_REPLY_VALUE_BYTES as BUDGET;
+    const BIG: usize = 1_000_000;
+    // Four big values and a small one fit in the budget; a fifth big one does not.
+    const { assert!(4 * BIG < BUDGET && 5 * BIG > BUDGET) };
+    let cache = tollgate_grpc::CacheConfig {
+        max_entry_bytes: BIG,
+        ..Default::default()
+    };
+    let srv = support::start_local_with_cache(POLICY_YAML, None, cache);
+    let mut c = srv.fcs().await;
+    let ttl = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    let entry = |size: usize| pb::CacheEntry {
+        key: String::new(),
+        value: vec![b'v'; size],
+        ttl,
+    };
+    c.cache_upsert(pb::CacheUpsertRequest {
+        control_point: "checkout".into(),
+        result_cache_entry: Some(pb::CacheEntry {
+            key: "r".into(),
+            ..entry(BIG)
+        }),
+        global_cache_entries: [("big".to_string(), entry(BIG)), ("small".into(), entry(1))].into(),
+    })
+    .await
+    .unwrap();
+
+    let (ok, error) = (
+        pb::CacheOperationStatus::Success as i32,
+        pb::CacheOperationStatus::Error as i32,
+    );
+    let keys: Vec<String> = [
+        "small", "big", "big", "big", "big", "big", "small", "missing",
+    ]
+    .map(String::from)
+    .into();
+    let answers = |lookup: &pb::CacheLookupResponse| -> Vec<(String, i32, usize)> {
+        lookup
+            .global_cache_responses
+            .iter()
+            .map(|e| {
+                let v = e.value.clone().unwrap_or_default();
+                (e.key.clone(), v.operation_status, v.value.len())
+            })
+            .collect()
+    };
+    let lookup = c
+        .cache_lookup(pb::CacheLookupRequest {
+            global_cache_keys: keys.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a reply a client with tonic's default limits decodes")
+        .into_inner();
+    let want = |statuses: &[(i32, usize)]| -> Vec<(String, i32, usize)> {
+        keys.iter()
+            .zip(statuses)
+            .map(|(k, &(status, len))| (k.clone(), status, len))
+            .collect()
+    };
+    assert_eq!(
+        answers(&lookup),
+        want(&[
+            (ok, 1),
+            (ok, BIG),
+            (ok, BIG),
+            (ok, BIG),
+            (ok, BIG),
+            (error, 0),
+            (error, 0),
+            (error, 0),
+        ])
+    );
+    let refused = global!(lookup.global_cache_responses, "missing");
+    assert!(
+        refused.error.contains(&BUDGET.to_string()),
+        "{}",
+        refused.error
+    );
+
+    // Through Check, the result cache's value counts too: one big value fewer fits.
+    let mut req = check_req("checkout", &[("user", "dora")]);
+    req.cache_lookup_request = Some(pb::CacheLookupRequest {
+        control_point: String::new(),
+        result_cache_key: "r".into(),
+        global_cache_keys: keys.clone(),
+    });
+    let resp = c.check(req).await.unwrap().into_inner();
+    assert_eq!(resp.decision_type, 0);
+    let lookup = resp.cache_lookup_response.unwrap();
+    let r = lookup.result_cache_response.clone().unwrap();
+    assert_eq!((r.operation_status, r.value.len()), (ok, BIG));
+    assert_eq!(
+        answers(&lookup),
+        want(&[
+            (ok, 1),
+            (ok, BIG),
+            (ok, BIG),
+            (ok, BIG),
+            (error, 0),
+            (error, 0),
+            (error, 0),
+            (error, 0),
+        ])
+    );
+}
+
+/// A TTL is a `google.protobuf.Duration`; one that is not normalized (nanos beyond ±1 s, or
+/// of the other sign than seconds) has no one meaning and is refused per entry, naming the
+/// field, rather than read as some other TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_ttls_that_are_not_valid_durations_are_refused() {
+    let srv = start_local(POLICY_YAML, None);
+    let mut c = srv.fcs().await;
+    let entry = |seconds: i64, nanos: i32| pb::CacheEntry {
+        key: String::new(),
+        value: b"v".to_vec(),
+        ttl: Some(prost_types::Duration { seconds, nanos }),
+    };
+    let up = c
+        .cache_upsert(pb::CacheUpsertRequest {
+            control_point: "checkout".into(),
+            result_cache_entry: Some(pb::CacheEntry {
+                key: "r".into(),
+                ..entry(2, -1)
+            }),
+            global_cache_entries: [
+                ("minus_nanos".to_string(), entry(1, -999_999_999)),
+                ("two_seconds_of_nanos".into(), entry(0, 2_000_000_000)),
+                ("plus_nanos".into(), entry(-1, 5)),
+                ("half_a_second".into(), entry(0, 500_000_000)),
+                ("negative".into(), entry(-1, -5)),
+            ]
+            .into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let error = pb::CacheOperationStatus::Error as i32;
+    let r = up.result_cache_response.unwrap();
+    assert_eq!(r.operation_status, error);
+    assert_eq!(
+        r.error,
+        "ttl {seconds: 2, nanos: -1} is not a valid google.protobuf.Duration: nanos must be \
+         within -999999999..=999999999 and not of the other sign than seconds"
+    );
+    for key in ["minus_nanos", "two_seconds_of_nanos", "plus_nanos"] {
+        let answer = global!(up.global_cache_responses, key);
+        assert_eq!(answer.operation_status, error, "{key}");
+        assert!(
+            answer
+                .error
+                .contains("is not a valid google.protobuf.Duration"),
+            "{key}: {}",
+            answer.error
+        );
+    }
+    assert_eq!(
+        global!(up.global_cache_responses, "half_a_second").operation_status,
+        pb::CacheOperationStatus::Success as i32
+    );
+    assert_eq!(
+        global!(up.global_cache_responses, "negative").error,
+        "ttl must be greater than zero"
+    );
+
+    // Nothing refused was stored.
+    let lookup = c
+        .cache_lookup(pb::CacheLookupRequest {
+            control_point: "checkout".into(),
+            result_cache_key: "r".into(),
+            global_cache_keys: vec!["minus_nanos".into(), "two_seconds_of_nanos".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let miss = pb::CacheLookupStatus::Miss as i32;
+    assert_eq!(lookup.result_cache_response.unwrap().lookup_status, miss);
+    for e in &lookup.global_cache_responses {
+        assert_eq!(e.value.as_ref().unwrap().lookup_status, miss, "{}", e.key);
+    }
+}
+
 /// Every global cache entry of a response carries its value on the wire, even an empty one
 /// (a successful upsert or delete, a hit on an empty value): protobufjs (aperture-js) fails the
 /// whole call on an entry without one, and protobuf-go (Aperture's agent) always writes it.

@@ -94,8 +94,21 @@ fn split_config(
 
 /// Parses `yaml`, starts the gRPC port with a [`LocalBackend`]; cache entries limited to 1 KiB.
 pub fn start_local(yaml: &str, delay: Option<Duration>) -> LocalServer {
+    let cache = tollgate_grpc::CacheConfig {
+        max_entry_bytes: 1024,
+        ..Default::default()
+    };
+    start_local_with_cache(yaml, delay, cache)
+}
+
+/// [`start_local`] with the cache bounds `cache`.
+pub fn start_local_with_cache(
+    yaml: &str,
+    delay: Option<Duration>,
+    cache: tollgate_grpc::CacheConfig,
+) -> LocalServer {
     let (policies, mut settings) = split_config(yaml);
-    settings.cache.max_entry_bytes = 1024;
+    settings.cache = cache;
     let engine = Arc::new(Engine::new(&policies));
     let backend = Arc::new(LocalBackend::new(engine, delay));
     let entered = backend.entered.clone();
