@@ -35,6 +35,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod hello_positions;
 pub mod idle;
 mod pass_buffers;
 mod read_buf;
@@ -51,6 +52,7 @@ use futures::future::{FutureExt, Shared};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
+use hello_positions::HelloPositions;
 use pass_buffers::{recycle, PassBuffers};
 use read_buf::ReadBuf;
 use smallvec::SmallVec;
@@ -109,6 +111,9 @@ struct Outbox {
     bytes: RefCell<Vec<u8>>,
     /// The protocol version replies are encoded in: 1 until a `HELLO` switches it.
     version: Cell<ProtocolVersion>,
+    /// What replies' `limiter_index` indexes: the `policy_names` of the last `HELLO_REPLY`
+    /// (None until a `HELLO`: the policies' places of the moment).
+    positions: RefCell<Option<Rc<HelloPositions>>>,
     /// Wakes the writer (capacity 1: a pending wake covers any number of appends).
     wake: LocalSender<()>,
     /// Pending checks (hops, waits) not yet answered, and when the connection last
@@ -130,6 +135,33 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// Writes `d` as the `CHECK_REPLY` to `request_id`, in the connection's version and
+    /// with its `limiter_index`es.
+    fn reply(&self, request_id: u32, engine: &Engine, d: &Decision) {
+        let positions = self.positions.borrow();
+        let form = ReplyForm {
+            version: self.version.get(),
+            positions: positions.as_deref(),
+        };
+        write_reply(&mut self.bytes.borrow_mut(), request_id, engine, form, d);
+    }
+
+    /// Writes `results` as the `BATCH_REPLY` to `request_id` (see [`Outbox::reply`]).
+    fn batch_reply(&self, request_id: u32, engine: &Engine, results: &[BatchSlot]) {
+        let positions = self.positions.borrow();
+        let form = ReplyForm {
+            version: self.version.get(),
+            positions: positions.as_deref(),
+        };
+        write_batch(
+            &mut self.bytes.borrow_mut(),
+            request_id,
+            engine,
+            form,
+            results,
+        );
+    }
+
     fn notify_writer(&self) {
         let _ = self.wake.try_send(());
     }
@@ -209,6 +241,7 @@ async fn serve_on<T: transport::Transport>(
     let out = Rc::new(Outbox {
         bytes: RefCell::new(Vec::with_capacity(16 * 1024)),
         version: Cell::new(ProtocolVersion::V1),
+        positions: RefCell::new(None),
         wake,
         activity,
         gone: gone.shared(),
@@ -396,10 +429,18 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                         encode_error(&mut out, request_id, ErrorCode::UnsupportedVersion, &msg);
                     }
                     Some(version) => {
-                        let reply = self.shard.node.hello(self.shard_index, version);
+                        // One snapshot of the policies for the reply and for what its
+                        // list's indexes mean: a reload in between cannot mix two sets.
+                        let policies = self.shard.node.policies.load_full();
+                        let reply = self.shard.node.hello(&policies, self.shard_index, version);
                         match encode_hello_reply(&mut out, request_id, &reply) {
-                            // Every frame written after this reply is in `version`.
-                            Ok(()) => self.out.version.set(version),
+                            // Every frame written after this reply is in `version`, and
+                            // indexes its `policy_names`.
+                            Ok(()) => {
+                                self.out.version.set(version);
+                                *self.out.positions.borrow_mut() =
+                                    Some(Rc::new(HelloPositions::of(&policies)));
+                            }
                             Err(e) => encode_error(
                                 &mut out,
                                 request_id,
@@ -525,13 +566,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
         match planned {
             Ok(Planned::Decided(decision)) => {
                 self.shard.metrics().binary_answered(decision.accepted);
-                write_reply(
-                    &mut self.out.bytes.borrow_mut(),
-                    request_id,
-                    &self.shard.engine(),
-                    self.out.version.get(),
-                    &decision,
-                );
+                self.out.reply(request_id, &self.shard.engine(), &decision);
             }
             Ok(Planned::Pending(pending)) => self.answer_later(request_id, pending, now),
             Err((code, message)) => {
@@ -555,13 +590,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             shard
                 .metrics()
                 .binary_answered_later(decision.accepted, now);
-            write_reply(
-                &mut out.bytes.borrow_mut(),
-                request_id,
-                &shard.engine(),
-                out.version.get(),
-                &decision,
-            );
+            out.reply(request_id, &shard.engine(), &decision);
         });
     }
 
@@ -683,13 +712,8 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             }
         }
         if pending.is_empty() {
-            write_batch(
-                &mut self.out.bytes.borrow_mut(),
-                request_id,
-                &self.shard.engine(),
-                self.out.version.get(),
-                &results,
-            );
+            self.out
+                .batch_reply(request_id, &self.shard.engine(), &results);
             return;
         }
         if !self.room_for_pending() {
@@ -700,13 +724,8 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
             for (slot, _) in pending {
                 results[slot] = BatchSlot::Failed(ErrorCode::Overloaded, NO_ROOM.into());
             }
-            write_batch(
-                &mut self.out.bytes.borrow_mut(),
-                request_id,
-                &self.shard.engine(),
-                self.out.version.get(),
-                &results,
-            );
+            self.out
+                .batch_reply(request_id, &self.shard.engine(), &results);
             return;
         }
         let (shard, out) = (self.shard.clone(), self.out.clone());
@@ -726,13 +745,7 @@ impl<R: futures::io::AsyncRead + Unpin + 'static> Reader<R> {
                     .binary_answered_later(decision.accepted, now);
                 results[slot] = BatchSlot::Done(decision);
             }
-            write_batch(
-                &mut out.bytes.borrow_mut(),
-                request_id,
-                &shard.engine(),
-                out.version.get(),
-                &results,
-            );
+            out.batch_reply(request_id, &shard.engine(), &results);
         });
     }
 
@@ -866,6 +879,7 @@ fn reply_head(engine: &Engine, d: &Decision) -> ReplyHead {
 /// section:binary-costs).
 fn reply_limiters<'a>(
     engine: &'a Engine,
+    positions: Option<&'a HelloPositions>,
     d: &'a Decision,
 ) -> impl Iterator<Item = LimiterResult> + 'a {
     // Described with the shard's engine at reply time: a limiter a reload removed meanwhile
@@ -874,8 +888,8 @@ fn reply_limiters<'a>(
     d.limiters
         .iter()
         .filter_map(|o| Some((o, engine.describe(o.limiter)?)))
-        .map(|(o, spec)| LimiterResult {
-            limiter_index: spec.position,
+        .map(move |(o, spec)| LimiterResult {
+            limiter_index: positions.map_or(spec.position, |p| p.position(spec.id)),
             outcome: match o.kind {
                 OutcomeKind::Accepted => LimiterOutcome::Accepted,
                 OutcomeKind::Rejected => LimiterOutcome::Rejected,
@@ -903,17 +917,24 @@ fn reply_limiters<'a>(
         })
 }
 
+/// How a connection's replies are written: its protocol version, and what its
+/// `limiter_index`es index.
+#[derive(Clone, Copy)]
+struct ReplyForm<'a> {
+    version: ProtocolVersion,
+    positions: Option<&'a HelloPositions>,
+}
+
 fn write_reply(
     out: &mut Vec<u8>,
     request_id: u32,
     engine: &Engine,
-    version: ProtocolVersion,
+    form: ReplyForm<'_>,
     d: &Decision,
 ) {
     let head = reply_head(engine, d);
-    if let Err(e) =
-        encode_check_reply_from(out, request_id, head, reply_limiters(engine, d), version)
-    {
+    let limiters = reply_limiters(engine, form.positions, d);
+    if let Err(e) = encode_check_reply_from(out, request_id, head, limiters, form.version) {
         encode_error(out, request_id, ErrorCode::Internal, &e.to_string());
     }
 }
@@ -932,10 +953,10 @@ fn write_batch(
     out: &mut Vec<u8>,
     request_id: u32,
     engine: &Engine,
-    version: ProtocolVersion,
+    form: ReplyForm<'_>,
     results: &[BatchSlot],
 ) {
-    let mut writer = match BatchReplyWriter::new(out, request_id, results.len(), version) {
+    let mut writer = match BatchReplyWriter::new(out, request_id, results.len(), form.version) {
         Ok(w) => w,
         Err(e) => {
             encode_error(out, request_id, ErrorCode::Internal, &e.to_string());
@@ -944,9 +965,10 @@ fn write_batch(
     };
     for r in results {
         let item = match r {
-            BatchSlot::Done(d) => {
-                writer.reply_from(reply_head(engine, d), reply_limiters(engine, d))
-            }
+            BatchSlot::Done(d) => writer.reply_from(
+                reply_head(engine, d),
+                reply_limiters(engine, form.positions, d),
+            ),
             BatchSlot::Failed(code, msg) => writer.error(*code, msg),
             BatchSlot::Pending => writer.error(ErrorCode::Internal, "check was not decided"),
         };

@@ -111,10 +111,12 @@ impl Node {
 
     /// HELLO_REPLY for a connection on `shard_index` (None = the shared port) that speaks
     /// `version` from now on.
-    pub fn hello(&self, shard_index: Option<u16>, version: ProtocolVersion) -> HelloReply {
-        // One snapshot of the policies for the whole reply: a reload in between cannot mix
-        // two sets.
-        let policies = self.policies.load();
+    pub fn hello(
+        &self,
+        policies: &Engine,
+        shard_index: Option<u16>,
+        version: ProtocolVersion,
+    ) -> HelloReply {
         let control_point_routing = match version {
             ProtocolVersion::V1 => Vec::new(),
             ProtocolVersion::V2 | ProtocolVersion::V3 => {

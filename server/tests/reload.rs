@@ -113,6 +113,41 @@ fn sighup_keeps_unchanged_and_changed_buckets_drops_removed_and_adds_new_limiter
 }
 
 #[test]
+fn a_connection_s_limiter_indexes_keep_naming_its_hello_list_across_a_reload() {
+    let before = format!(
+        "{SERVER}policies:\n{}{}{}",
+        budget("keep", "k", 3),
+        budget("change", "c", 2),
+        budget("gone", "g", 1)
+    );
+    let server = start_server_with_args(&before, &[]);
+    let mut cfg = ClientConfig::new(server.addr(), FailMode::Closed);
+    cfg.shard_aware = false; // one connection, one HELLO
+    let c = Client::connect(cfg).expect("connect");
+    let names = c.hello().policy_names.clone();
+    assert_eq!(names, ["keep", "change", "gone"]);
+    // Reordered, one removed, one added first: every place in the list moves.
+    let after = format!(
+        "{SERVER}policies:\n{}{}{}",
+        budget("new", "n", 1),
+        budget("change", "c", 5),
+        budget("keep", "k", 3)
+    );
+    write_config(&server, &after);
+    sighup(&server);
+    wait_for_log(&server, &["policies reloaded", "SIGHUP"]);
+    let index_of = |control_point: &str| {
+        let reply = c
+            .check(&CheckRequest::new(control_point).label("user", "alice"))
+            .expect("check answered");
+        reply.limiters[0].limiter_index
+    };
+    assert_eq!(names[usize::from(index_of("k"))], "keep");
+    assert_eq!(names[usize::from(index_of("c"))], "change");
+    assert_eq!(index_of("n"), u16::MAX, "not in this connection's list");
+}
+
+#[test]
 fn an_invalid_file_changes_nothing_and_server_changes_need_a_restart() {
     let config = format!("{SERVER}policies:\n{}", budget("keep", "k", 2));
     let server = start_server_with_args(&config, &[]);
