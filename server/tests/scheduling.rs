@@ -43,8 +43,13 @@ struct Sent {
 
 impl Node {
     fn start(shards: usize, policies: &str) -> Node {
+        Node::start_with(shards, "", policies)
+    }
+
+    /// [`Node::start`] with more `server:` settings (`, key: value` each).
+    fn start_with(shards: usize, server: &str, policies: &str) -> Node {
         let yaml = format!(
-            "server: {{ listen: 127.0.0.1:0, grpc: off, shards: {shards} }}\npolicies:\n{policies}"
+            "server: {{ listen: 127.0.0.1:0, grpc: off, shards: {shards}{server} }}\npolicies:\n{policies}"
         );
         let config = config::parse_str(&yaml, "test").expect("test config parses");
         let server = runtime::start(&config, StartOptions::default()).expect("server starts");
@@ -87,6 +92,18 @@ impl Node {
             labels.iter().copied(),
             handle.nr_shards(),
         );
+        self.send_to(shard, cp, labels, deadline)
+    }
+
+    /// Sends a check to `shard`, without awaiting it.
+    fn send_to(
+        &self,
+        shard: usize,
+        cp: &str,
+        labels: &[(&str, &str)],
+        deadline: Option<Duration>,
+    ) -> Sent {
+        let handle = self.handle();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
         let sent_at = Instant::now();
@@ -324,6 +341,60 @@ fn queued_checks_are_refused_cleanly_when_the_server_stops_and_flows_end() {
     assert!(node.check("db", &t, None).accepted, "the freed slot");
     let (d, _) = node.answer(node.send("db", &t, Some(Duration::from_secs(20))));
     assert_eq!(d.limiters[0].refusal, Some(Refusal::ShuttingDown));
+}
+
+#[test]
+fn a_flow_waiting_on_another_shard_leaves_the_queue_when_its_check_is_given_up() {
+    // One token per key every 40 s (longer than the test may take: no refill shows); each
+    // shard queues one flow at most.
+    let node = Node::start_with(
+        2,
+        ", max_waiters_per_shard: 1",
+        r#"  - policy_name: tokens
+    quota_scheduler:
+      bucket_capacity: 1
+      fill_amount: 1
+      rate_limiter: { interval: 40s, limit_by_label_key: api_key }
+      selectors: [ { control_point: llm } ]
+"#,
+    );
+    let owner = node.handle().owner_of("k");
+    let (k, k2) = (
+        [("api_key", "k")],
+        [("api_key", key_on(&node, owner, "k2"))],
+    );
+    assert!(node.check("llm", &k, None).accepted, "k's token");
+    assert!(node.check("llm", &k2, None).accepted, "k2's token");
+    // Whether a flow of k2 (same owner) finds the owner's one queue slot taken.
+    let slot_taken = || {
+        let d = node.check("llm", &k2, Some(Duration::from_secs(1)));
+        assert!(!d.accepted);
+        d.limiters[0].refusal == Some(Refusal::QueueFull)
+    };
+    // A check entering on the other shard offers its flow to the owner, where it waits.
+    let given_up = node.send_to(1 - owner, "llm", &k, Some(Duration::from_secs(55)));
+    let deadline = Instant::now() + HANG;
+    while !slot_taken() {
+        assert!(Instant::now() < deadline, "the offer never queued");
+    }
+    // Its client goes away: the owner is told, and the slot comes free long before the
+    // flow's deadline.
+    drop(given_up);
+    while slot_taken() {
+        assert!(
+            Instant::now() < deadline,
+            "the given-up flow still holds the slot"
+        );
+    }
+}
+
+/// A key that `shard` owns, made from `prefix`.
+fn key_on(node: &Node, shard: usize, prefix: &str) -> &'static str {
+    let key = (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|key| node.handle().owner_of(key) == shard)
+        .expect("some key");
+    Box::leak(key.into_boxed_str())
 }
 
 #[test]

@@ -130,6 +130,13 @@ pub enum MeshMsg {
         /// The client's deadline (absolute, [`clock::now_ns`]); None: it brought none.
         deadline: Option<u64>,
     },
+    /// The sender gave up its `Offer` of `ticket` before the answer (its check was refused
+    /// OVERLOADED, or its client went away): the flow leaves the queue, and the offer is
+    /// answered `Offered` (refused), which clears the sender's record of it.
+    Withdraw {
+        /// From the `Offer`.
+        ticket: u32,
+    },
     /// The scheduler's answer to an `Offer`, with its take.
     Offered {
         /// From the `Offer`.
@@ -266,6 +273,9 @@ pub struct Shard {
     next_ticket: Cell<u32>,
     /// Flows queued in this shard's schedulers: who awaits each answer.
     waiters: RefCell<HashMap<Ticket, Waiter>>,
+    /// The waiters of other shards' offers: (offering shard, its ticket) -> the wait's
+    /// ticket here, so a `Withdraw` finds its flow.
+    remote_waits: RefCell<HashMap<(usize, u32), Ticket>>,
     next_wait_ticket: Cell<Ticket>,
     /// Wakes the scheduler task (capacity 1: a pending wake covers any number of events).
     kick: LocalSender<()>,
@@ -323,6 +333,7 @@ impl Shard {
             pending: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
             waiters: RefCell::new(HashMap::new()),
+            remote_waits: RefCell::new(HashMap::new()),
             next_wait_ticket: Cell::new(0),
             kick,
             sleeping_until: Cell::new(0),
@@ -464,6 +475,7 @@ impl Shard {
                 take,
                 deadline,
             } => self.offer_from(from, ticket, take, deadline),
+            MeshMsg::Withdraw { ticket } => self.withdraw_remote(from, ticket),
             MeshMsg::Offered {
                 ticket,
                 outcome,

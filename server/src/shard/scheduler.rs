@@ -65,6 +65,28 @@ impl Queued {
     }
 }
 
+/// An offer sent to another shard and not yet answered: dropped so, it withdraws the offer
+/// (`MeshMsg::Withdraw`).
+struct OfferInFlight<'a> {
+    shard: &'a Shard,
+    owner: usize,
+    ticket: u32,
+    answered: bool,
+}
+
+impl Drop for OfferInFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.shard.send(
+                self.owner,
+                MeshMsg::Withdraw {
+                    ticket: self.ticket,
+                },
+            );
+        }
+    }
+}
+
 impl Drop for Queued {
     fn drop(&mut self) {
         self.shard.withdraw_local(self.ticket);
@@ -116,6 +138,33 @@ impl Shard {
         self.deliver(out);
     }
 
+    /// Another shard gave up its offer `ticket` (`MeshMsg::Withdraw`): the flow leaves its
+    /// queue here, and the offer is answered refused, which clears the offering shard's
+    /// record of it. Nothing happens when it was answered already (that answer is on its
+    /// way and clears the record).
+    pub(crate) fn withdraw_remote(&self, from: usize, ticket: u32) {
+        let Some(wait) = self.remote_waits.borrow_mut().remove(&(from, ticket)) else {
+            return;
+        };
+        let Some(Waiter::Remote { take, .. }) = self.waiters.borrow_mut().remove(&wait) else {
+            return;
+        };
+        let mut out = Vec::new();
+        self.state
+            .borrow_mut()
+            .withdraw(&self.engine(), wait, clock::now_ns(), &mut out);
+        self.deliver(out);
+        let outcome = LimiterOutcome::refused(take.limiter, take.tokens.get(), Refusal::TimedOut);
+        self.send(
+            from,
+            MeshMsg::Offered {
+                ticket,
+                outcome,
+                take,
+            },
+        );
+    }
+
     /// Offers a scheduler component another shard owns, and awaits its answer.
     pub(crate) async fn offer_remote(
         &self,
@@ -137,7 +186,17 @@ impl Shard {
                 deadline: deadline_ns,
             },
         );
-        answer.await.unwrap_or(if_gone)
+        // Dropped before the answer (the check was refused OVERLOADED, or its client went
+        // away), the owner is told: the flow must not keep a place in its queue.
+        let mut in_flight = OfferInFlight {
+            shard: self,
+            owner,
+            ticket,
+            answered: false,
+        };
+        let outcome = answer.await.unwrap_or(if_gone);
+        in_flight.answered = true;
+        outcome
     }
 
     /// Another shard's offer (`MeshMsg::Offer`): answered now or when the flow leaves its
@@ -198,6 +257,16 @@ impl Shard {
     /// Records who awaits a queued flow, and wakes the scheduler (the flow's deadline may
     /// be the next wake). While stopping, nothing waits: the flow is refused at once.
     fn park(&self, ticket: Ticket, waiter: Waiter, now_ns: u64, out: &mut Vec<Resolved>) {
+        if let Waiter::Remote {
+            shard,
+            ticket: theirs,
+            ..
+        } = &waiter
+        {
+            self.remote_waits
+                .borrow_mut()
+                .insert((*shard, *theirs), ticket);
+        }
         self.waiters.borrow_mut().insert(ticket, waiter);
         if self.stopping.get() {
             self.state.borrow_mut().release_waiters(
@@ -232,14 +301,17 @@ impl Shard {
                     shard,
                     ticket,
                     take,
-                }) => self.send(
-                    shard,
-                    MeshMsg::Offered {
-                        ticket,
-                        outcome: r.outcome,
-                        take,
-                    },
-                ),
+                }) => {
+                    self.remote_waits.borrow_mut().remove(&(shard, ticket));
+                    self.send(
+                        shard,
+                        MeshMsg::Offered {
+                            ticket,
+                            outcome: r.outcome,
+                            take,
+                        },
+                    );
+                }
                 None => tracing::error!(
                     shard = self.id,
                     ticket = r.ticket,
