@@ -15,6 +15,9 @@ use hashbrown::HashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+/// Stale expiry entries tolerated beyond one per flow in flight before they are dropped.
+const STALE_SLACK: usize = 64;
+
 /// One flow in flight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowEntry {
@@ -83,6 +86,14 @@ impl InFlight {
             },
         );
         self.expiry.push(Reverse((expires_ns, id)));
+        // An ended flow's entry stays until its expiry comes up. While one flow is held
+        // long, every flow started meanwhile would leave one: dropped in one pass once
+        // they outnumber the flows in flight (amortized O(1) a start).
+        if self.expiry.len() > 2 * self.flows.len() + STALE_SLACK {
+            let flows = &self.flows;
+            self.expiry
+                .retain(|Reverse((_, id))| flows.contains_key(id));
+        }
         Some(id)
     }
 
@@ -127,6 +138,24 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_flows_leave_no_expiry_entries_behind_while_one_is_held_long() {
+        let mut l = InFlight::new(0, 1000);
+        let limiter = LimiterId(0);
+        let held = l.start(limiter, "k", Tokens::ONE, u64::MAX).unwrap();
+        for i in 0..100_000u64 {
+            let id = l.start(limiter, "k", Tokens::ONE, 1_000 + i).unwrap();
+            assert!(l.end(id).is_some());
+        }
+        assert!(
+            l.expiry.len() <= 2 * l.len() + STALE_SLACK,
+            "{}",
+            l.expiry.len()
+        );
+        assert_eq!(l.next_expiry(), Some(u64::MAX));
+        assert_eq!(l.end(held).map(|e| e.expires_ns), Some(u64::MAX));
+    }
 
     #[test]
     fn flows_end_once_and_expire_in_order() {

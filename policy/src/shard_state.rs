@@ -27,6 +27,9 @@ use hashbrown::HashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+/// Stale wake-ups tolerated beyond two per waiting queue before the heap is rebuilt.
+const STALE_WAKEUP_SLACK: usize = 64;
+
 /// Bounds of one shard's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardLimits {
@@ -515,10 +518,31 @@ impl ShardState {
             }
         } else if let Some(at) = wake {
             self.wakeups.push(Reverse((at, limiter, key.into())));
+            self.compact_wakeups();
         }
         for s in served {
             self.resolve(engine, s, now_ns, out);
         }
+    }
+
+    /// Every serve of a waiting queue pushes its next wake, and an entry stays until its
+    /// time comes even when a later one replaced it: many waiters with distant deadlines
+    /// would pile them up. Once they outnumber the queues, the heap is rebuilt with each
+    /// queue's next wake alone (amortized O(1) a push).
+    fn compact_wakeups(&mut self) {
+        let queues: usize = self.queues.values().map(HashMap::len).sum();
+        if self.wakeups.len() <= 2 * queues + STALE_WAKEUP_SLACK {
+            return;
+        }
+        let mut fresh = BinaryHeap::with_capacity(queues);
+        for (&limiter, by_key) in &mut self.queues {
+            for (key, queue) in by_key.iter_mut() {
+                if let Some(at) = queue.next_wake() {
+                    fresh.push(Reverse((at, limiter, key.clone())));
+                }
+            }
+        }
+        self.wakeups = fresh;
     }
 
     /// Turns a queue's answer into the waiter's outcome (recording a concurrency flow).
@@ -568,5 +592,42 @@ fn outcome_of(limiter: LimiterId, tokens: Tokens, take: Take) -> LimiterOutcome 
         wait_ns: take.wait_ns,
         refusal: (!take.accepted).then_some(Refusal::Exhausted),
         flow: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_policies;
+
+    #[test]
+    fn serving_a_queue_often_leaves_no_pile_of_wakeups() {
+        let engine = Engine::new(
+            &parse_policies(
+                "policies:\n  - policy_name: q\n    quota_scheduler: { bucket_capacity: 1, fill_amount: 1, rate_limiter: { interval: 1s, limit_by_label_key: k }, selectors: [ { control_point: c } ] }\n",
+                "t",
+            )
+            .expect("valid"),
+        );
+        let mut state = ShardState::new(0, ShardLimits::default());
+        let mut out = Vec::new();
+        let plan = engine.plan("c", &[("k", "v")], None).expect("planned");
+        assert!(state
+            .offer(&engine, &plan[0], 0, None, 0, &mut out)
+            .is_some());
+        // Each new waiter serves the queue, which pushes its next wake again.
+        for ticket in 1..20_000 {
+            let deadline = Some(50_000_000_000 + ticket);
+            assert!(state
+                .offer(&engine, &plan[0], ticket, deadline, 0, &mut out)
+                .is_none());
+        }
+        assert_eq!(state.waiting(), 19_999, "all wait");
+        assert!(
+            state.wakeups.len() <= 2 + STALE_WAKEUP_SLACK,
+            "{}",
+            state.wakeups.len()
+        );
+        assert_eq!(state.next_wake().map(|at| at > 0), Some(true));
     }
 }

@@ -31,6 +31,9 @@ use hashbrown::HashMap;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
 
+/// Stale heap entries tolerated beyond two per live one before they are dropped.
+const STALE_SLACK: usize = 64;
+
 /// The largest cost one waiter adds to a virtual time (see [`WaitQueue::push`]): costs are
 /// `tokens / priority`, so 1e12 is a trillion tokens at priority 1.
 const MAX_COST: f64 = 1e12;
@@ -241,6 +244,26 @@ impl WaitQueue {
             self.push_heap(vft, ticket);
         } else {
             state.behind.push_back(ticket);
+        }
+        self.drop_stale_entries();
+    }
+
+    /// A withdrawn waiter's deadline and head entries stay until they come up: dropped in
+    /// one pass once they outnumber the live ones (amortized O(1) a push).
+    fn drop_stale_entries(&mut self) {
+        if self.deadlines.len() > 2 * self.waiters.len() + STALE_SLACK {
+            let waiters = &self.waiters;
+            self.deadlines
+                .retain(|Reverse((_, t))| waiters.contains_key(t));
+        }
+        if self.heap.len() > 2 * self.flows.len() + STALE_SLACK {
+            let (flows, waiters) = (&self.flows, &self.waiters);
+            self.heap.retain(|e| {
+                waiters
+                    .get(&e.ticket)
+                    .and_then(|w| flows.get(&w.flow))
+                    .is_some_and(|f| f.head == Some(e.ticket))
+            });
         }
     }
 
@@ -469,6 +492,30 @@ mod tests {
                 None => break,
             }
         }
+    }
+
+    #[test]
+    fn withdrawn_waiters_leave_no_entries_behind() {
+        let mut q = WaitQueue::new();
+        let held = FlowKey::new(Some(0), 1.0, None);
+        q.push(0, tk(1.0), 1.0, held, u64::MAX);
+        for t in 1..100_000u64 {
+            let flow = FlowKey::new(Some(1), 1.0, Some("churn"));
+            q.push(t, tk(1.0), 1.0, flow, u64::MAX - t);
+            assert!(q.withdraw(t));
+        }
+        assert_eq!(q.len(), 1);
+        assert!(
+            q.deadlines.len() <= 2 + STALE_SLACK,
+            "{}",
+            q.deadlines.len()
+        );
+        assert!(
+            q.heap.len() <= 2 * q.flows.len() + STALE_SLACK,
+            "{}",
+            q.heap.len()
+        );
+        assert_eq!(q.live_head().map(|e| e.ticket), Some(0));
     }
 
     #[test]
