@@ -31,6 +31,7 @@ use crate::config::{self, Config, ConfigError};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate_policy::config::Problems;
 use tollgate_policy::Engine;
 
 /// How long a reload waits for every shard to switch (a shard answers within one message;
@@ -102,6 +103,16 @@ impl Reloader {
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         let next = config::load_file(path).map_err(ReloadError::Invalid)?;
+        // The node keeps the cluster it started with (a changed `cluster:` waits for a
+        // restart), so the new policies are held to its rules even when the file no longer
+        // has the section: peers would refuse what they cannot replicate.
+        if let Some(cluster) = &self.started.cluster {
+            let mut problems = Problems::new();
+            cluster.validate_policies(&next.policies, &mut problems);
+            problems
+                .into_result(&path.display().to_string(), ())
+                .map_err(ReloadError::Invalid)?;
+        }
         let update = self.handle.update_policies(
             |old| Ok::<_, std::convert::Infallible>(old.successor(&next.policies)),
             SWITCH_TIMEOUT,

@@ -148,6 +148,29 @@ fn a_connection_s_limiter_indexes_keep_naming_its_hello_list_across_a_reload() {
 }
 
 #[test]
+fn a_clustered_node_holds_reloaded_policies_to_its_cluster_rules_even_without_the_section() {
+    let cluster = "cluster: { gossip: 127.0.0.1:0 }\n";
+    let config = format!("{SERVER}{cluster}policies:\n{}", budget("keep", "k", 2));
+    let server = start_server_with_args(&config, &[]);
+    // The section dropped (that waits for a restart) and a name peers could not replicate.
+    let long = "n".repeat(201);
+    write_config(
+        &server,
+        &format!("{SERVER}policies:\n{}", budget(&long, "k", 2)),
+    );
+    sighup(&server);
+    let line = wait_for_log(&server, &["reload refused, nothing changed"]);
+    assert!(
+        line.contains("policies[0].policy_name") && line.contains("200"),
+        "{line}"
+    );
+    assert!(
+        accepted(&client(&server), "k", "alice"),
+        "the running policy holds"
+    );
+}
+
+#[test]
 fn an_invalid_file_changes_nothing_and_server_changes_need_a_restart() {
     let config = format!("{SERVER}policies:\n{}", budget("keep", "k", 2));
     let server = start_server_with_args(&config, &[]);
