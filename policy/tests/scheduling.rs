@@ -48,6 +48,18 @@ fn offer(
     s.offer(e, &plan[0], ticket, deadline, now, out)
 }
 
+/// [`QUOTA`] on a shard with `limits`, whose key k's 10 tokens were taken at 0 (tickets 0
+/// to 9): the next flow of k waits for the refill.
+fn quota_drained(limits: ShardLimits) -> (Engine, ShardState, Vec<Resolved>) {
+    let e = engine(QUOTA);
+    let mut s = ShardState::new(0, limits);
+    let mut out = Vec::new();
+    for t in 0..10 {
+        offer(&e, &mut s, &[("api_key", "k")], t, None, 0, &mut out).unwrap();
+    }
+    (e, s, out)
+}
+
 #[test]
 fn tokens_at_hand_are_taken_at_once_and_waiters_get_them_as_they_fill() {
     let e = engine(QUOTA);
@@ -188,17 +200,11 @@ fn premium_goes_first_in_a_four_to_one_ratio() {
 
 #[test]
 fn no_flow_waits_longer_than_the_longest_wait_whatever_its_budget() {
-    let e = engine(QUOTA);
-    let limits = ShardLimits {
+    let (e, mut s, mut out) = quota_drained(ShardLimits {
         max_wait_ns: 2 * SEC,
         ..ShardLimits::default()
-    };
-    let mut s = ShardState::new(0, limits);
-    let mut out = Vec::new();
+    });
     let k = [("api_key", "k")];
-    for t in 0..10 {
-        offer(&e, &mut s, &k, t, None, 0, &mut out).unwrap();
-    }
     // The bucket is empty and fills 1 token / 100ms: a flow wanting more than the
     // capacity's worth of wait still waits, but no longer than 2s.
     let budget_of_49_days = Some(u64::from(u32::MAX) * MS);
@@ -217,17 +223,11 @@ fn no_flow_waits_longer_than_the_longest_wait_whatever_its_budget() {
 
 #[test]
 fn a_withdrawn_waiter_leaves_its_place_and_its_slot_at_once() {
-    let e = engine(QUOTA);
-    let limits = ShardLimits {
+    let (e, mut s, mut out) = quota_drained(ShardLimits {
         max_waiters: 2,
         ..ShardLimits::default()
-    };
-    let mut s = ShardState::new(0, limits);
-    let mut out = Vec::new();
+    });
     let k = [("api_key", "k")];
-    for t in 0..10 {
-        offer(&e, &mut s, &k, t, None, 0, &mut out).unwrap();
-    }
     // 10 (the head) and 11 wait for the refill; the queue is full.
     for t in 10..12 {
         assert!(offer(&e, &mut s, &k, t, Some(10 * SEC), 0, &mut out).is_none());
@@ -253,17 +253,11 @@ fn a_withdrawn_waiter_leaves_its_place_and_its_slot_at_once() {
 
 #[test]
 fn the_queue_is_bounded() {
-    let e = engine(QUOTA);
-    let limits = ShardLimits {
+    let (e, mut s, mut out) = quota_drained(ShardLimits {
         max_waiters: 3,
         ..ShardLimits::default()
-    };
-    let mut s = ShardState::new(0, limits);
-    let mut out = Vec::new();
+    });
     let k = [("api_key", "k")];
-    for t in 0..10 {
-        offer(&e, &mut s, &k, t, None, 0, &mut out).unwrap();
-    }
     for t in 10..13 {
         assert!(offer(&e, &mut s, &k, t, Some(10 * SEC), 0, &mut out).is_none());
     }

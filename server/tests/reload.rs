@@ -22,6 +22,27 @@ fn budget(name: &str, control_point: &str, capacity: u32) -> String {
     )
 }
 
+/// Three budgets: keep (3), change (2) and gone (1).
+fn policies_before() -> String {
+    format!(
+        "{SERVER}policies:\n{}{}{}",
+        budget("keep", "k", 3),
+        budget("change", "c", 2),
+        budget("gone", "g", 1)
+    )
+}
+
+/// [`policies_before`] reloaded: new first, change raised to 5, keep as it was and moved
+/// last, gone removed.
+fn policies_after() -> String {
+    format!(
+        "{SERVER}policies:\n{}{}{}",
+        budget("new", "n", 1),
+        budget("change", "c", 5),
+        budget("keep", "k", 3)
+    )
+}
+
 fn client(server: &RunningServer) -> Client {
     Client::connect(ClientConfig::new(server.addr(), FailMode::Closed)).expect("connect")
 }
@@ -60,12 +81,7 @@ fn write_config(server: &RunningServer, text: &str) {
 
 #[test]
 fn sighup_keeps_unchanged_and_changed_buckets_drops_removed_and_adds_new_limiters() {
-    let before = format!(
-        "{SERVER}policies:\n{}{}{}",
-        budget("keep", "k", 3),
-        budget("change", "c", 2),
-        budget("gone", "g", 1)
-    );
+    let before = policies_before();
     let server = start_server_with_args(&before, &[]);
     let c = client(&server);
     for (cp, capacity) in [("k", 3), ("c", 2), ("g", 1)] {
@@ -78,12 +94,7 @@ fn sighup_keeps_unchanged_and_changed_buckets_drops_removed_and_adds_new_limiter
         );
     }
 
-    let after = format!(
-        "{SERVER}policies:\n{}{}{}",
-        budget("new", "n", 1),
-        budget("change", "c", 5),
-        budget("keep", "k", 3)
-    );
+    let after = policies_after();
     write_config(&server, &after);
     sighup(&server);
     let line = wait_for_log(&server, &["policies reloaded", "SIGHUP"]);
@@ -114,12 +125,7 @@ fn sighup_keeps_unchanged_and_changed_buckets_drops_removed_and_adds_new_limiter
 
 #[test]
 fn a_connection_s_limiter_indexes_keep_naming_its_hello_list_across_a_reload() {
-    let before = format!(
-        "{SERVER}policies:\n{}{}{}",
-        budget("keep", "k", 3),
-        budget("change", "c", 2),
-        budget("gone", "g", 1)
-    );
+    let before = policies_before();
     let server = start_server_with_args(&before, &[]);
     let mut cfg = ClientConfig::new(server.addr(), FailMode::Closed);
     cfg.shard_aware = false; // one connection, one HELLO
@@ -127,12 +133,7 @@ fn a_connection_s_limiter_indexes_keep_naming_its_hello_list_across_a_reload() {
     let names = c.hello().policy_names.clone();
     assert_eq!(names, ["keep", "change", "gone"]);
     // Reordered, one removed, one added first: every place in the list moves.
-    let after = format!(
-        "{SERVER}policies:\n{}{}{}",
-        budget("new", "n", 1),
-        budget("change", "c", 5),
-        budget("keep", "k", 3)
-    );
+    let after = policies_after();
     write_config(&server, &after);
     sighup(&server);
     wait_for_log(&server, &["policies reloaded", "SIGHUP"]);

@@ -262,32 +262,42 @@ fn requests_pipelined_behind_a_waiting_check_are_answered_first() {
     );
 }
 
-#[test]
-fn a_batch_on_a_full_connection_refuses_only_its_checks_that_would_wait() {
-    // One pending request per connection; a concurrency pool and a quota on one shard.
-    let server = start_server(
+/// A one-shard server with one pending request per connection (and `server` more
+/// settings), a quota of one token per api key every 20 s at `llm` (and `policies` more),
+/// and a version 2 connection that took key k's token.
+fn one_pending_per_connection(server: &str, policies: &str) -> (common::RunningServer, Raw) {
+    let server = start_server(&format!(
         r#"
-server: { listen: 127.0.0.1:0, grpc: off, shards: 1, max_in_flight: 1 }
+server: {{ listen: 127.0.0.1:0, grpc: off, shards: 1, max_in_flight: 1{server} }}
 policies:
-  - policy_name: pool
-    concurrency_limiter:
-      max_concurrency: 1
-      parameters: { limit_by_label_key: tenant, max_inflight_duration: 600s }
-      selectors: [ { control_point: db } ]
   - policy_name: tokens
     quota_scheduler:
       bucket_capacity: 1
       fill_amount: 1
-      rate_limiter: { interval: 20s, limit_by_label_key: api_key }
-      selectors: [ { control_point: llm } ]
-"#,
-    );
+      rate_limiter: {{ interval: 20s, limit_by_label_key: api_key }}
+      selectors: [ {{ control_point: llm }} ]
+{policies}"#
+    ));
     let mut raw = Raw::connect(server.listen);
     assert_eq!(raw.hello(2), ProtocolVersion::V2);
     raw.send(&llm_frame(10, "k", None));
     assert!(
         matches!(raw.read(), (10, Reply::Check(r)) if r.accepted()),
         "the token"
+    );
+    (server, raw)
+}
+
+#[test]
+fn a_batch_on_a_full_connection_refuses_only_its_checks_that_would_wait() {
+    let (server, mut raw) = one_pending_per_connection(
+        "",
+        r#"  - policy_name: pool
+    concurrency_limiter:
+      max_concurrency: 1
+      parameters: { limit_by_label_key: tenant, max_inflight_duration: 600s }
+      selectors: [ { control_point: db } ]
+"#,
     );
     // 11 waits for the token of 20 s from now (the connection's one pending request); then,
     // read after it in order, a batch of a check decided at once and one that would wait
@@ -335,26 +345,8 @@ policies:
 
 #[test]
 fn a_check_refused_overloaded_leaves_no_waiter_behind() {
-    // One pending request per connection, two waiters per shard.
-    let server = start_server(
-        r#"
-server: { listen: 127.0.0.1:0, grpc: off, shards: 1, max_in_flight: 1, max_waiters_per_shard: 2 }
-policies:
-  - policy_name: tokens
-    quota_scheduler:
-      bucket_capacity: 1
-      fill_amount: 1
-      rate_limiter: { interval: 20s, limit_by_label_key: api_key }
-      selectors: [ { control_point: llm } ]
-"#,
-    );
-    let mut raw = Raw::connect(server.listen);
-    assert_eq!(raw.hello(2), ProtocolVersion::V2);
-    raw.send(&llm_frame(10, "k", None));
-    assert!(
-        matches!(raw.read(), (10, Reply::Check(r)) if r.accepted()),
-        "the token"
-    );
+    // Two waiters per shard.
+    let (server, mut raw) = one_pending_per_connection(", max_waiters_per_shard: 2", "");
     // 11 waits (the connection's one pending request, the shard's first waiter); 12 would
     // wait too, and is refused OVERLOADED.
     let mut pipeline = llm_frame(11, "k", Some(30_000));
