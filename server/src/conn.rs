@@ -28,7 +28,8 @@
 //! Protocol versions: a connection speaks version 1 until a `HELLO` switches it to
 //! `min(HELLO.version, 3)`; every reply written after that `HELLO_REPLY` — pending checks'
 //! replies too — is encoded in the connection's version of the moment it is written
-//! (`Outbox::version`), which is the rule clients decode by. A `CHECK`'s wait budget becomes
+//! (`Outbox::version`), which is the rule clients decode by; their `limiter_index`es index
+//! that `HELLO_REPLY`'s `policy_names`, whatever reloads change meanwhile ([`hello_positions`]). A `CHECK`'s wait budget becomes
 //! the client's absolute deadline (`now + budget`), without one the check is decided at once;
 //! `FLOW_END` ends flows through [`Shard::end_flows`] (a pending request when an id lives on
 //! another shard).
