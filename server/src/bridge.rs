@@ -159,7 +159,7 @@ impl DecisionHandle {
     }
 
     /// Changes the node's policies: `change` makes the successor of the policies in force,
-    /// which every shard then decides with ([`DecisionHandle::install_policies`]). One change
+    /// which every shard then decides with (`install_policies`). One change
     /// at a time, from reading the policies to the last shard's switch: reloads and runtime
     /// limit changes all come here, so none is built from policies another one is
     /// replacing (a limit change racing a reload would otherwise undo it). Blocks: call it
