@@ -530,6 +530,10 @@ impl ShardState {
     /// would pile them up. Once they outnumber the queues, the heap is rebuilt with each
     /// queue's next wake alone (amortized O(1) a push).
     fn compact_wakeups(&mut self) {
+        // Counting the queues walks every limiter's map: only once there may be a pile.
+        if self.wakeups.len() <= STALE_WAKEUP_SLACK {
+            return;
+        }
         let queues: usize = self.queues.values().map(HashMap::len).sum();
         if self.wakeups.len() <= 2 * queues + STALE_WAKEUP_SLACK {
             return;
